@@ -1,0 +1,139 @@
+"""Static model configuration: frozen, hashable, safe to pass as a jit static argument."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+
+
+class UnsupportedModelError(ValueError):
+  """The checkpoint describes an architecture or feature this project does not implement."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and numerics of a Llama-family decoder.
+
+  Attributes:
+    arch: "llama" (SmolLM2, Llama 3.x), "qwen2" (q/k/v bias) or "qwen3" (q/k RMSNorm).
+    vocab_size: rows of the embedding table.
+    d_model: width of the residual stream.
+    d_ff: hidden width of the SwiGLU MLP.
+    n_layers: number of decoder layers L (2L skippable sublayers).
+    n_heads: query heads.
+    n_kv_heads: key/value heads (grouped-query attention when < n_heads).
+    head_dim: width of one head.
+    rope_theta: RoPE base.
+    rope_scaling: RoPE scaling parameters as sorted (key, value) pairs, () for plain RoPE.
+    norm_eps: RMSNorm epsilon.
+    tie_embeddings: LM head shares the embedding matrix.
+    max_seq_len: the model's context length; the KV cache holds this many positions.
+    qkv_bias: q/k/v projections carry a bias (Qwen2).
+    qk_norm: RMSNorm over each query/key head before RoPE (Qwen3).
+  """
+
+  arch: str
+  vocab_size: int
+  d_model: int
+  d_ff: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rope_scaling: tuple[tuple[str, Any], ...] = ()
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = True
+  max_seq_len: int = 8192
+  qkv_bias: bool = False
+  qk_norm: bool = False
+
+  def __post_init__(self):
+    if self.arch not in SUPPORTED_ARCHITECTURES:
+      raise UnsupportedModelError(
+          f"architecture {self.arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")
+    if self.n_heads % self.n_kv_heads:
+      raise UnsupportedModelError(
+          f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    if self.head_dim % 2:
+      raise UnsupportedModelError(f"RoPE needs an even head_dim, got {self.head_dim}")
+
+  @property
+  def n_sublayers(self) -> int:
+    return 2 * self.n_layers
+
+  @property
+  def rope_type(self) -> str:
+    return dict(self.rope_scaling).get("rope_type", "default")
+
+  def rope_inv_freq(self) -> np.ndarray:
+    """Inverse RoPE frequencies [head_dim // 2], float64, with the model's scaling applied."""
+    dim = self.head_dim
+    inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    params = dict(self.rope_scaling)
+    kind = self.rope_type
+    if kind == "default":
+      return inv_freq
+    if kind == "linear":
+      return inv_freq / float(params["factor"])
+    if kind == "llama3":
+      factor = float(params["factor"])
+      low = float(params["low_freq_factor"])
+      high = float(params["high_freq_factor"])
+      old_ctx = float(params["original_max_position_embeddings"])
+      low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+      wavelen = 2 * np.pi / inv_freq
+      scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+      smooth = (old_ctx / wavelen - low) / (high - low)
+      smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+      medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+      return np.where(medium, smoothed, scaled)
+    raise UnsupportedModelError(f"RoPE scaling type {kind!r} is not supported "
+                                "(supported: default, linear, llama3)")
+
+  @classmethod
+  def from_hf(cls, hf_config) -> "ModelConfig":
+    """Builds the config from a `transformers` config object (LlamaConfig, Qwen2Config, Qwen3Config)."""
+    model_type = getattr(hf_config, "model_type", None)
+    arch = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(model_type)
+    if arch is None:
+      raise UnsupportedModelError(
+          f"model_type {model_type!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")
+    n_heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // n_heads
+    rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+    legacy_scaling = getattr(hf_config, "rope_scaling", None)
+    if legacy_scaling and not rope:
+      rope = dict(legacy_scaling)
+    theta = float(rope.pop("rope_theta", getattr(hf_config, "rope_theta", 10000.0)))
+    if "type" in rope and "rope_type" not in rope:
+      rope["rope_type"] = rope.pop("type")
+    rope.pop("type", None)
+    if rope.get("rope_type", "default") == "default":
+      rope = {}
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+      raise UnsupportedModelError("partial rotary embeddings are not supported")
+    if arch in ("qwen2", "qwen3") and getattr(hf_config, "use_sliding_window", False):
+      raise UnsupportedModelError("sliding-window attention is not supported")
+    qkv_bias = arch == "qwen2" or bool(getattr(hf_config, "attention_bias", False))
+    return cls(
+        arch=arch,
+        vocab_size=hf_config.vocab_size,
+        d_model=hf_config.hidden_size,
+        d_ff=hf_config.intermediate_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(hf_config, "num_key_value_heads", None) or n_heads,
+        head_dim=head_dim,
+        rope_theta=theta,
+        rope_scaling=tuple(sorted((k, v) for k, v in rope.items() if v is not None)),
+        norm_eps=float(hf_config.rms_norm_eps),
+        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+        max_seq_len=int(hf_config.max_position_embeddings),
+        qkv_bias=qkv_bias,
+        qk_norm=arch == "qwen3",
+    )

@@ -1,0 +1,42 @@
+"""Preallocated KV cache with an int32 cursor: rollback after a rejected draft moves the cursor."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from knapspec_jax.config import ModelConfig
+
+# Positions past the model's context that a speculation round may write into (padded draft and
+# verify windows). They are never attended from a valid position: causality masks them.
+SLACK = 32
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+  """Per-layer keys and values, each [B, capacity, n_kv_heads, head_dim], and the cursor.
+
+  `length` is the number of valid positions; writes go to positions length, length + 1, ...
+  Per-layer arrays (not one stacked [L, ...] array) keep XLA:CPU from copying a layer's slice.
+  """
+
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  length: jax.Array  # int32 []
+
+  @classmethod
+  def create(cls, cfg: ModelConfig, dtype=jnp.float32, batch: int = 1) -> "KVCache":
+    shape = (batch, cfg.max_seq_len + SLACK, cfg.n_kv_heads, cfg.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+    return cls(k=zeros(), v=zeros(), length=jnp.zeros((), jnp.int32))
+
+  @property
+  def capacity(self) -> int:
+    return self.k[0].shape[1]
+
+  def rollback(self, length) -> "KVCache":
+    """Forgets every position >= length (the entries stay, masked, until overwritten)."""
+    return dataclasses.replace(self, length=jnp.asarray(length, jnp.int32))

@@ -1,0 +1,169 @@
+"""Pure-functional Llama-family decoder (Llama, Qwen2, Qwen3) with a static sublayer skip mask.
+
+Params are a plain pytree:
+  {"embed": [V, D], "final_norm": [D], "lm_head": [D, V] (absent when tied),
+   "layers": ({"attn_norm": [D], "wq": [D, H*hd], "wk": [D, KV*hd], "wv": [D, KV*hd],
+               "wo": [H*hd, D], "bq"/"bk"/"bv" (Qwen2), "q_norm"/"k_norm": [hd] (Qwen3),
+               "mlp_norm": [D], "w_gate": [D, F], "w_up": [D, F], "w_down": [F, D]}, ...)}
+Layers are a tuple of per-layer dicts: the forward is unrolled over layers, so a skipped
+sublayer is simply absent from the compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from knapspec_jax.config import ModelConfig
+from knapspec_jax.kv_cache import KVCache
+from knapspec_jax.skip_mask import SkipMask
+
+Params = dict
+
+
+def rms_norm(x, weight, eps):
+  """RMSNorm in float32, cast back to x's dtype before the scale (as transformers does)."""
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return weight * xf.astype(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig, positions):
+  """cos, sin [T, head_dim] in float32 for integer positions [T]."""
+  inv_freq = jnp.asarray(cfg.rope_inv_freq(), jnp.float32)
+  freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin):
+  """x [B, T, heads, hd]; rotate-half convention of transformers."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos = cos[None, :, None, :]
+  sin = sin[None, :, None, :]
+  return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
+  """Pre-norm and projections of one attention sublayer: q [B,T,H,hd], k and v [B,T,KV,hd]."""
+  b, t, _ = x.shape
+  h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
+  q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+  if cfg.qkv_bias:
+    q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+  q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
+  k = k.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+  v = v.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+  if cfg.qk_norm:
+    q = rms_norm(q, lp["q_norm"], cfg.norm_eps)
+    k = rms_norm(k, lp["k_norm"], cfg.norm_eps)
+  return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def attend(cfg: ModelConfig, q, keys, values, mask):
+  """Grouped-query attention. q [B,T,H,hd]; keys/values [B,S,KV,hd]; mask [B or 1, T, S] bool.
+
+  Returns [B, T, H*hd]. Scores and softmax in float32.
+  """
+  b, t, _, hd = q.shape
+  groups = cfg.n_heads // cfg.n_kv_heads
+  q = q.reshape(b, t, cfg.n_kv_heads, groups, hd)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
+  scores = scores * (hd ** -0.5)
+  scores = jnp.where(mask[:, None, None], scores, -jnp.inf)
+  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, values)
+  return out.reshape(b, t, cfg.n_heads * hd)
+
+
+def mlp(lp: Params, cfg: ModelConfig, x):
+  """Pre-norm SwiGLU MLP sublayer output (before the residual add)."""
+  h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
+  return (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+
+
+def lm_head(params: Params, cfg: ModelConfig, h):
+  """Final-normed hidden states [..., D] -> float32 logits [..., V]."""
+  w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+  return jnp.matmul(h, w, preferred_element_type=jnp.float32)
+
+
+class ForwardOut(NamedTuple):
+  hidden: jax.Array  # [B, T, D] final-normed hidden states (feed to lm_head)
+  cache: KVCache  # cursor advanced by T
+  residuals: jax.Array | None  # [2L+1, B, T, D] residual stream before item 0 and after each item
+
+
+def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: SkipMask,
+            attn_len: int, collect_residuals: bool = False) -> ForwardOut:
+  """Runs tokens [B, T] at positions cache.length + [0, T) through the kept sublayers.
+
+  Keys/values of executed attention sublayers are written to the cache; each query attends
+  to cache positions [0, attn_len) that are <= its own position. attn_len is static (a length
+  bucket); the caller guarantees cache.length + T <= attn_len <= cache.capacity.
+  """
+  skip.check(cfg.n_layers)
+  b, t = tokens.shape
+  pos0 = cache.length
+  positions = pos0 + jnp.arange(t, dtype=jnp.int32)
+  cos, sin = rope_tables(cfg, positions)
+  mask = (jnp.arange(attn_len, dtype=jnp.int32)[None, :] <= positions[:, None])[None]
+  x = params["embed"][tokens]
+  residuals = [x] if collect_residuals else None
+  ks, vs = list(cache.k), list(cache.v)
+  for i, lp in enumerate(params["layers"]):
+    if not skip.skips_attn(i):
+      with jax.named_scope(f"layer{i}/attention"):
+        q, k, v = attention_qkv(lp, cfg, x, cos, sin)
+        ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, pos0, 0, 0))
+        vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, pos0, 0, 0))
+        out = attend(cfg, q, ks[i][:, :attn_len], vs[i][:, :attn_len], mask)
+        x = x + out @ lp["wo"]
+    if collect_residuals:
+      residuals.append(x)
+    if not skip.skips_mlp(i):
+      with jax.named_scope(f"layer{i}/mlp"):
+        x = x + mlp(lp, cfg, x)
+    if collect_residuals:
+      residuals.append(x)
+  h = rms_norm(x, params["final_norm"], cfg.norm_eps)
+  new_cache = KVCache(k=tuple(ks), v=tuple(vs), length=pos0 + t)
+  return ForwardOut(h, new_cache, jnp.stack(residuals) if collect_residuals else None)
+
+
+def cast_params(params: Params, dtype) -> Params:
+  return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+
+
+def init_random_params(cfg: ModelConfig, key, dtype=jnp.float32, scale: float = 0.05) -> Params:
+  """Random weights of the right shapes (tests and synthetic latency profiles only)."""
+  keys = iter(jax.random.split(key, 16 * cfg.n_layers + 4))
+  normal = lambda shape, s=scale: (s * jax.random.normal(next(keys), shape)).astype(dtype)
+  ones = lambda n: (1.0 + 0.1 * jax.random.normal(next(keys), (n,))).astype(dtype)
+  d, f, hd = cfg.d_model, cfg.d_ff, cfg.head_dim
+  layers = []
+  for _ in range(cfg.n_layers):
+    lp = {"attn_norm": ones(d), "wq": normal((d, cfg.n_heads * hd)),
+          "wk": normal((d, cfg.n_kv_heads * hd)), "wv": normal((d, cfg.n_kv_heads * hd)),
+          "wo": normal((cfg.n_heads * hd, d)), "mlp_norm": ones(d),
+          "w_gate": normal((d, f)), "w_up": normal((d, f)), "w_down": normal((f, d))}
+    if cfg.qkv_bias:
+      lp.update(bq=normal((cfg.n_heads * hd,)), bk=normal((cfg.n_kv_heads * hd,)),
+                bv=normal((cfg.n_kv_heads * hd,)))
+    if cfg.qk_norm:
+      lp.update(q_norm=ones(hd), k_norm=ones(hd))
+    layers.append(lp)
+  params = {"embed": normal((cfg.vocab_size, d), 1.0), "final_norm": ones(d),
+            "layers": tuple(layers)}
+  if not cfg.tie_embeddings:
+    params["lm_head"] = normal((d, cfg.vocab_size))
+  return params
+
+
+def param_bytes(params: Params) -> int:
+  return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
