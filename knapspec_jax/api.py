@@ -1,0 +1,192 @@
+"""The research API: load a model, encode a prompt, generate with a named method, get timings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from knapspec_jax import checkpoint as checkpoint_lib
+from knapspec_jax import decoding
+from knapspec_jax.compile_cache import CompileCache
+from knapspec_jax.config import ModelConfig
+from knapspec_jax.kv_cache import KVCache
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Model:
+  """A loaded model: static config, device params, tokenizer and its compiled programs."""
+
+  cfg: ModelConfig
+  params: dict
+  tokenizer: Any
+  eos_ids: tuple[int, ...]
+  dtype: str
+  source: str
+  compiled: CompileCache = dataclasses.field(default_factory=CompileCache)
+
+  @property
+  def name(self) -> str:
+    return self.source.rsplit("/", 1)[-1]
+
+
+def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True) -> Model:
+  """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
+
+  dtype: "float32" (use it on CPU: XLA:CPU runs bfloat16 far slower) or "bfloat16".
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache)
+  params = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), ckpt.params)
+  return Model(ckpt.cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source)
+
+
+def encode_prompt(model: Model, prompt: str, raw: bool = False) -> np.ndarray:
+  """Token ids of a user message wrapped in the model's chat template (or of the raw text)."""
+  if model.tokenizer is None:
+    raise ValueError(f"{model.source} has no tokenizer: pass token ids instead of text")
+  if not prompt:
+    raise decoding.PromptError("the prompt is empty")
+  if raw:
+    ids = model.tokenizer.encode(prompt)
+  else:
+    ids = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):
+      ids = ids["input_ids"]
+  return np.asarray(ids, np.int32)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+  """One generation. Times in seconds; tokens_per_s counts decode only (the headline figure)."""
+
+  method: str
+  prompt_ids: list[int]
+  output_ids: list[int]
+  text: str
+  new_tokens: int
+  prefill_s: float
+  decode_s: float
+  tokens_per_s: float
+  e2e_tokens_per_s: float
+  compile_s: float
+  stop_reason: str
+  stats: dict = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def save_json(self, path: str):
+    with open(path, "w") as f:
+      json.dump(self.to_json(), f, indent=1)
+
+
+# A decoding method: given the model, the post-prefill state and its options, decodes to the end
+# and returns (final state, method statistics). Registered by name; knapspec & peers add theirs.
+DecodeFn = Callable[..., tuple[decoding.DecodeState, dict]]
+WarmupFn = Callable[..., None]
+_METHODS: dict[str, tuple[DecodeFn, WarmupFn]] = {}
+
+
+def register_method(name: str, decode: DecodeFn, warmup: WarmupFn):
+  _METHODS[name] = (decode, warmup)
+
+
+def methods() -> tuple[str, ...]:
+  return tuple(sorted(_METHODS))
+
+
+def _ar_decode(model: Model, state: decoding.DecodeState, **options):
+  if options:
+    raise TypeError(f"method 'ar' takes no options, got {sorted(options)}")
+  return decoding.run_ar(model.params, model.cfg, state, model.compiled), {}
+
+
+def _ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, **options):
+  state = _abstract_state(model)
+  for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens):
+    model.compiled.get("ar_segment", decoding._ar_segment, (model.params, state),
+                       dict(cfg=model.cfg, attn_len=attn_len), donate_argnums=(1,))
+
+
+register_method("ar", _ar_decode, _ar_warmup)
+
+
+def _abstract_state(model: Model) -> decoding.DecodeState:
+  cache = jax.eval_shape(lambda: KVCache.create(model.cfg, DTYPES[model.dtype]))
+  logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
+  return jax.eval_shape(lambda c, l: decoding.init_state(c, l, 1, model.eos_ids), cache, logits)
+
+
+def warmup_prefill(model: Model, n_prompt: int):
+  """Compiles the prefill program a prompt of this length uses."""
+  chunk = decoding.prefill_chunk_len(n_prompt)
+  n_pad = -(-n_prompt // chunk) * chunk
+  cache = jax.eval_shape(lambda: KVCache.create(model.cfg, DTYPES[model.dtype]))
+  args = (model.params, jax.ShapeDtypeStruct((1, chunk), jnp.int32), cache,
+          jax.ShapeDtypeStruct((), jnp.int32))
+  model.compiled.get("prefill_chunk", decoding._prefill_chunk, args,
+                     dict(cfg=model.cfg, attn_len=decoding.attn_bucket(n_pad, cache.capacity)),
+                     donate_argnums=(2,))
+
+
+def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tokens: int = 128,
+             method: str = "ar", *, raw: bool = False, ignore_eos: bool = False,
+             warmup: bool = True, **options) -> GenerationResult:
+  """Greedy generation with `method` ("ar", or a speculative method); returns ids and timings.
+
+  prompt: text (wrapped in the chat template unless raw) or token ids.
+  warmup: compile what the run needs first and report it as compile_s, outside the timings.
+  options: the method's own settings (see each method's config).
+  """
+  if method not in _METHODS:
+    raise ValueError(f"unknown method {method!r}; available: {methods()}")
+  decode_fn, warmup_fn = _METHODS[method]
+  ids = encode_prompt(model, prompt, raw) if isinstance(prompt, str) else np.asarray(prompt, np.int32)
+  if ids.ndim != 1:
+    raise decoding.PromptError(f"prompt ids must be one sequence, got shape {ids.shape}")
+  decoding.validate_request(model.cfg, len(ids), max_new_tokens)
+  if len(ids) and (ids.min() < 0 or ids.max() >= model.cfg.vocab_size):
+    raise decoding.PromptError(f"prompt ids must lie in [0, {model.cfg.vocab_size})")
+  eos_ids = () if ignore_eos else model.eos_ids
+
+  compile_before = model.compiled.stats.compile_s
+  if warmup:
+    warmup_prefill(model, len(ids))
+    warmup_fn(model, len(ids), max_new_tokens, **options)
+  compile_s = model.compiled.stats.compile_s - compile_before
+
+  start = time.perf_counter()
+  cache = KVCache.create(model.cfg, DTYPES[model.dtype])
+  logits, cache = decoding.prefill(model.params, model.cfg, ids, cache, model.compiled)
+  state = decoding.init_state(cache, logits, max_new_tokens, eos_ids)
+  jax.block_until_ready(state)
+  prefill_s = time.perf_counter() - start
+
+  compile_in_run_before = model.compiled.stats.compile_s
+  start = time.perf_counter()
+  state, stats = decode_fn(model, state, **options)
+  jax.block_until_ready(state)
+  decode_s = time.perf_counter() - start
+  stats["compile_in_decode_s"] = model.compiled.stats.compile_s - compile_in_run_before
+
+  n_out, done, out = jax.device_get((state.n_out, state.done, state.out))
+  output = [int(t) for t in out[:int(n_out)]]
+  text = model.tokenizer.decode(output, skip_special_tokens=True) if model.tokenizer else ""
+  return GenerationResult(
+      method=method, prompt_ids=[int(t) for t in ids], output_ids=output, text=text,
+      new_tokens=len(output), prefill_s=prefill_s, decode_s=decode_s,
+      tokens_per_s=len(output) / decode_s if decode_s > 0 else float("inf"),
+      e2e_tokens_per_s=len(output) / (prefill_s + decode_s), compile_s=compile_s,
+      stop_reason=decoding.stop_reason(bool(done), len(output), max_new_tokens,
+                                       output[-1], eos_ids),
+      stats=stats)

@@ -1,0 +1,155 @@
+"""Prefill and greedy autoregressive (AR) decoding: the baseline every speedup is measured against.
+
+The decode loop runs on device (`lax.while_loop`), one program per attention-length bucket: the
+host only steps in when the context crosses a bucket boundary, at EOS, or at max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from knapspec_jax import model as model_lib
+from knapspec_jax.compile_cache import CompileCache
+from knapspec_jax.config import ModelConfig
+from knapspec_jax.kv_cache import KVCache
+from knapspec_jax.skip_mask import SkipMask
+
+MAX_EOS = 4
+STOP_EOS, STOP_MAX_NEW, STOP_CACHE_FULL = "eos", "max_new_tokens", "cache_full"
+
+
+class PromptError(ValueError):
+  """A prompt or generation request that cannot be served (empty, too long, bad budget)."""
+
+
+def attn_bucket(n: int, capacity: int) -> int:
+  """Static attention length covering n positions: 256, 512, 1024, then multiples of 1024."""
+  for b in (256, 512, 1024):
+    if n <= b:
+      return min(b, capacity)
+  return min(-(-n // 1024) * 1024, capacity)
+
+
+def prefill_chunk_len(n: int) -> int:
+  """Chunk size for prefilling an n-token prompt: a power of two from 32 up to 512."""
+  c = 32
+  while c < min(n, 512):
+    c *= 2
+  return c
+
+
+def eos_array(eos_ids) -> jax.Array:
+  ids = tuple(eos_ids)[:MAX_EOS]
+  return jnp.asarray(ids + (-1,) * (MAX_EOS - len(ids)), jnp.int32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+  """Everything that changes during decoding, as arrays (so nothing recompiles)."""
+
+  cache: KVCache
+  token: jax.Array  # int32 [] the newest output token, not yet fed to the model
+  out: jax.Array  # int32 [capacity] output tokens
+  n_out: jax.Array  # int32 [] number of output tokens
+  max_new: jax.Array  # int32 []
+  eos: jax.Array  # int32 [MAX_EOS], -1 = unused slot
+  done: jax.Array  # bool []
+
+
+def _prefill_chunk(params, tokens, cache, last_index, *, cfg, attn_len):
+  """One chunk of the prompt; returns float32 logits at chunk position last_index and the cache."""
+  out = model_lib.forward(params, cfg, tokens, cache, skip=SkipMask.none(cfg.n_layers),
+                          attn_len=attn_len)
+  h_last = jax.lax.dynamic_index_in_dim(out.hidden[0], last_index, axis=0, keepdims=False)
+  return model_lib.lm_head(params, cfg, h_last), out.cache
+
+
+def validate_request(cfg: ModelConfig, n_prompt: int, max_new_tokens: int):
+  if n_prompt == 0:
+    raise PromptError("the prompt is empty: give at least one token")
+  if n_prompt >= cfg.max_seq_len:
+    raise PromptError(
+        f"the prompt has {n_prompt} tokens but the model's context is {cfg.max_seq_len}: "
+        f"it must leave room for at least one new token (at most {cfg.max_seq_len - 1})")
+  if max_new_tokens <= 0:
+    raise PromptError(f"max_new_tokens must be positive, got {max_new_tokens}")
+
+
+def prefill(params, cfg: ModelConfig, prompt_ids: np.ndarray, cache: KVCache,
+            compiled: CompileCache):
+  """Runs the prompt through the full model in chunks; returns (last logits [V], cache)."""
+  n = len(prompt_ids)
+  chunk = prefill_chunk_len(n)
+  n_pad = -(-n // chunk) * chunk
+  padded = np.zeros((1, n_pad), np.int32)
+  padded[0, :n] = prompt_ids
+  attn_len = attn_bucket(n_pad, cache.capacity)
+  logits = None
+  for start in range(0, n_pad, chunk):
+    tokens = jnp.asarray(padded[:, start:start + chunk])
+    last = jnp.asarray(min(n - 1 - start, chunk - 1), jnp.int32)
+    args = (params, tokens, cache, last)
+    fn = compiled.get("prefill_chunk", _prefill_chunk, args,
+                      dict(cfg=cfg, attn_len=attn_len), donate_argnums=(2,))
+    logits, cache = fn(*args)
+  return logits, cache.rollback(n)
+
+
+def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids) -> DecodeState:
+  first = jnp.argmax(first_logits).astype(jnp.int32)
+  eos = eos_array(eos_ids)
+  out = jnp.zeros((cache.capacity,), jnp.int32).at[0].set(first)
+  max_new = jnp.asarray(max_new_tokens, jnp.int32)
+  done = jnp.any(first == eos) | (max_new <= 1)
+  return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done)
+
+
+def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int) -> DecodeState:
+  """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end."""
+  limit = min(attn_len, cfg.max_seq_len)
+
+  def cond(s: DecodeState):
+    return ~s.done & (s.cache.length < limit)
+
+  def body(s: DecodeState):
+    out = model_lib.forward(params, cfg, s.token[None, None], s.cache,
+                            skip=SkipMask.none(cfg.n_layers), attn_len=attn_len)
+    nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0, -1])).astype(jnp.int32)
+    n_out = s.n_out + 1
+    done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
+    return dataclasses.replace(s, cache=out.cache, token=nxt, out=s.out.at[s.n_out].set(nxt),
+                               n_out=n_out, done=done)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos_ids) -> str:
+  if n_out >= max_new:
+    return STOP_MAX_NEW
+  if state_done and last_token in tuple(eos_ids):
+    return STOP_EOS
+  return STOP_CACHE_FULL
+
+
+def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache) -> DecodeState:
+  """Decodes until done or the cache is full, one device program per attention bucket."""
+  while True:
+    done, length = jax.device_get((state.done, state.cache.length))
+    if done or length >= cfg.max_seq_len:
+      return state
+    attn_len = attn_bucket(int(length) + 1, state.cache.capacity)
+    args = (params, state)
+    fn = compiled.get("ar_segment", _ar_segment, args, dict(cfg=cfg, attn_len=attn_len),
+                      donate_argnums=(1,))
+    state = fn(*args)
+
+
+def ar_buckets(cfg: ModelConfig, capacity: int, n_prompt: int, max_new_tokens: int) -> list[int]:
+  """The attention buckets an AR run over these lengths will visit (for warm-up compiles)."""
+  last = min(n_prompt + max_new_tokens, cfg.max_seq_len)
+  return sorted({attn_bucket(n, capacity) for n in range(n_prompt + 1, last + 1)})
