@@ -6,8 +6,8 @@ host only steps in when the context crosses a bucket boundary, at EOS, or at max
 
 from __future__ import annotations
 
-import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +47,7 @@ def eos_array(eos_ids) -> jax.Array:
   return jnp.asarray(ids + (-1,) * (MAX_EOS - len(ids)), jnp.int32)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class DecodeState:
   """Everything that changes during decoding, as arrays (so nothing recompiles)."""
 
@@ -122,7 +121,7 @@ def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int) 
     nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0, -1])).astype(jnp.int32)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
-    return dataclasses.replace(s, cache=out.cache, token=nxt, out=s.out.at[s.n_out].set(nxt),
+    return s.replace(cache=out.cache, token=nxt, out=s.out.at[s.n_out].set(nxt),
                                n_out=n_out, done=done)
 
   return jax.lax.while_loop(cond, body, state)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -14,8 +14,7 @@ from knapspec_jax.config import ModelConfig
 SLACK = 32
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class KVCache:
   """Per-layer keys and values, each [B, capacity, n_kv_heads, head_dim], and the cursor.
 
@@ -39,4 +38,4 @@ class KVCache:
 
   def rollback(self, length) -> "KVCache":
     """Forgets every position >= length (the entries stay, masked, until overwritten)."""
-    return dataclasses.replace(self, length=jnp.asarray(length, jnp.int32))
+    return self.replace(length=jnp.asarray(length, jnp.int32))

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="knapspec_jax",
+    version="0.1.0",
+    description="KnapSpec in JAX: training-free self-speculative decoding that picks which "
+                "attention and MLP sublayers to skip by a knapsack over measured latencies.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["knapspec_jax", "knapspec_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "orbax-checkpoint>=0.11",
+        "numpy>=1.26",
+        # Pinned: tokenization of the GGUF vocabulary differs between transformers releases.
+        "transformers==5.23.0",
+        "gguf>=0.17",
+        "safetensors>=0.4",
+        "absl-py>=2.0",
+    ],
+    extras_require={
+        # The bundled default model; install it with --no-deps (see README).
+        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "accelerate>=1.0"],
+    },
+)
