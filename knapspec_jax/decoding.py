@@ -108,16 +108,21 @@ def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids) -> De
   return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done)
 
 
-def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int) -> DecodeState:
-  """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end."""
+def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
+                skip: SkipMask | None = None) -> DecodeState:
+  """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end.
+
+  With a skip mask this is the draft model decoding on its own (the latency profile times it).
+  """
+  skip = skip or SkipMask.none(cfg.n_layers)
   limit = min(attn_len, cfg.max_seq_len)
 
   def cond(s: DecodeState):
     return ~s.done & (s.cache.length < limit)
 
   def body(s: DecodeState):
-    out = model_lib.forward(params, cfg, s.token[None, None], s.cache,
-                            skip=SkipMask.none(cfg.n_layers), attn_len=attn_len)
+    out = model_lib.forward(params, cfg, s.token[None, None], s.cache, skip=skip,
+                            attn_len=attn_len)
     nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0, -1])).astype(jnp.int32)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)

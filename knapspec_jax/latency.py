@@ -1,0 +1,241 @@
+"""Latency profile: what the compiled draft and verify steps of this project cost on this device.
+
+Measured once per (device, model, dtype) by timing the project's own on-device decode loop with
+several skip masks at several attention lengths, and verify forwards of several window sizes,
+then fitted to
+
+  t_step(n_attn, n_mlp, n) = c0 + n_attn * (a0 + a1 * n) + n_mlp * m      (one draft token)
+  t_verify(T, n)           = t_step(L, L, n) + (T - 1) * (v0 + v1 * n)     (T-token full forward)
+
+where n is the attention length the step runs at (its bucket: attention cost follows the
+bucket, not the exact context). The fit, the raw samples and its error are stored as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from knapspec_jax import decoding
+from knapspec_jax import model as model_lib
+from knapspec_jax.compile_cache import CompileCache
+from knapspec_jax.config import ModelConfig
+from knapspec_jax.kv_cache import KVCache
+from knapspec_jax.skip_mask import SkipMask
+
+PROFILE_DIR = pathlib.Path(__file__).resolve().parents[1] / "profiles"
+
+
+def device_name() -> str:
+  """A stable name for the backend's hardware, e.g. 'NVIDIA H100 80GB HBM3' or the CPU model."""
+  dev = jax.devices()[0]
+  if dev.platform != "cpu":
+    return dev.device_kind
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return f"cpu: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+  except OSError:
+    pass
+  return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyProfile:
+  """Fitted step costs in seconds. See the module docstring for the model."""
+
+  device: str
+  model: str
+  dtype: str
+  n_layers: int
+  c0: float
+  a0: float
+  a1: float
+  m: float
+  v0: float
+  v1: float
+  step_samples: tuple = ()  # (n_attn, n_mlp, attn_len, seconds)
+  verify_samples: tuple = ()  # (T, attn_len, seconds)
+
+  def t_attn(self, n: int) -> float:
+    return self.a0 + self.a1 * n
+
+  def t_step(self, skip: SkipMask | None, n: int) -> float:
+    """One token through the draft (skip=None: the full model), at attention length n."""
+    n_attn = self.n_layers - (len(skip.attn_skipped) if skip else 0)
+    n_mlp = self.n_layers - (len(skip.mlp_skipped) if skip else 0)
+    return self._step(n_attn, n_mlp, n)
+
+  def _step(self, n_attn, n_mlp, n):
+    return self.c0 + n_attn * self.t_attn(n) + n_mlp * self.m
+
+  def t_verify(self, window: int, n: int) -> float:
+    return self.t_step(None, n) + (window - 1) * (self.v0 + self.v1 * n)
+
+  def scaled(self, attn: float = 1.0, mlp: float = 1.0, fixed: float = 1.0,
+             verify: float = 1.0) -> "LatencyProfile":
+    """A what-if profile (e.g. a larger model's cost structure); measured samples are dropped."""
+    return dataclasses.replace(self, c0=self.c0 * fixed, a0=self.a0 * attn, a1=self.a1 * attn,
+                               m=self.m * mlp, v0=self.v0 * verify, v1=self.v1 * verify,
+                               step_samples=(), verify_samples=(),
+                               device=self.device + " (scaled)")
+
+  def errors(self) -> dict:
+    """Median relative error of the fit on its own samples (step and verify)."""
+    step = [abs(self._step(a, m_, n) - t) / t for a, m_, n, t in self.step_samples]
+    ver = [abs(self.t_verify(w, n) - t) / t for w, n, t in self.verify_samples]
+    return {"step_median_rel_err": float(np.median(step)) if step else None,
+            "verify_median_rel_err": float(np.median(ver)) if ver else None}
+
+  # ------------------------------------------------------------------------------- storage
+  @staticmethod
+  def path_for(device: str, model: str, dtype: str, directory=None) -> pathlib.Path:
+    safe = lambda s: "".join(c if c.isalnum() or c in "-._" else "_" for c in s)
+    return pathlib.Path(directory or PROFILE_DIR) / f"{safe(device)}__{safe(model)}__{dtype}.json"
+
+  def save(self, path=None) -> pathlib.Path:
+    path = pathlib.Path(path or self.path_for(self.device, self.model, self.dtype))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dataclasses.asdict(self) | {"fit_errors": self.errors()}
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+  @classmethod
+  def load(cls, path) -> "LatencyProfile":
+    raw = json.loads(pathlib.Path(path).read_text())
+    raw.pop("fit_errors", None)
+    raw["step_samples"] = tuple(tuple(s) for s in raw.get("step_samples", ()))
+    raw["verify_samples"] = tuple(tuple(s) for s in raw.get("verify_samples", ()))
+    return cls(**raw)
+
+
+def _random_cache(cfg: ModelConfig, dtype, length: int, key) -> KVCache:
+  """A cache filled with random keys/values (timing on zeros can mislead) and its cursor set."""
+  cache = KVCache.create(cfg, dtype)
+  keys = jax.random.split(key, 2 * cfg.n_layers)
+  fill = lambda a, k: jax.random.normal(k, a.shape, jnp.float32).astype(a.dtype)
+  return KVCache(k=tuple(fill(a, k) for a, k in zip(cache.k, keys[::2])),
+                 v=tuple(fill(a, k) for a, k in zip(cache.v, keys[1::2])),
+                 length=jnp.asarray(length, jnp.int32))
+
+
+def _verify_loop(params, cache, tokens, n_iter, *, cfg, attn_len):
+  """n_iter verify forwards of a T-token window at the same cursor, on device; each window is
+  the previous one's greedy tokens, as in a speculation round."""
+  def body(_, carry):
+    c, window = carry
+    out = model_lib.forward(params, cfg, window, c, skip=SkipMask.none(cfg.n_layers),
+                            attn_len=attn_len)
+    target = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden), axis=-1).astype(jnp.int32)
+    return out.cache.rollback(c.length), target
+  return jax.lax.fori_loop(0, n_iter, body, (cache, tokens))
+
+
+def _time(fn, make_args, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    args = make_args()
+    jax.block_until_ready(args)
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def profile_masks(n_layers: int) -> list[SkipMask]:
+  """Masks that separate attention and MLP costs: full, inner attention off, inner MLP off, both
+  halves off."""
+  inner = range(1, n_layers - 1)
+  return [SkipMask.none(n_layers), SkipMask.from_layers(n_layers, attn=inner),
+          SkipMask.from_layers(n_layers, mlp=inner),
+          SkipMask.from_layers(n_layers, attn=inner[::2], mlp=inner[1::2])]
+
+
+def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256, 2048, 6144),
+            windows=(1, 4, 8, 11), steps: int = 16, repeats: int = 3,
+            compiled: CompileCache | None = None, log=print) -> LatencyProfile:
+  """Times the project's compiled decode loop and verify forwards and fits the profile."""
+  compiled = CompileCache() if compiled is None else compiled
+  capacity = cfg.max_seq_len + 32
+  attn_lens = [a for a in attn_lens if a + max(steps, max(windows)) <= capacity]
+  key = jax.random.PRNGKey(0)
+  step_samples, verify_samples = [], []
+  eos = ()
+  for attn_len in attn_lens:
+    start_len = attn_len - steps - 1  # the loop runs positions up to attn_len - 1
+    base = _random_cache(cfg, dtype, start_len, key)
+    for skip in profile_masks(cfg.n_layers):
+      def make_args():
+        cache = jax.tree.map(jnp.copy, base)
+        state = decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32),
+                                    steps + 1, eos)
+        return params, state
+      args = make_args()
+      fn = compiled.get("ar_segment", decoding._ar_segment, args,
+                        dict(cfg=cfg, attn_len=attn_len, skip=skip), donate_argnums=(1,))
+      seconds = _time(fn, make_args, repeats) / steps
+      n_attn, n_mlp = cfg.n_layers - len(skip.attn_skipped), cfg.n_layers - len(skip.mlp_skipped)
+      step_samples.append((n_attn, n_mlp, attn_len, seconds))
+      log(f"  step  attn_len={attn_len:5d} attn={n_attn:2d} mlp={n_mlp:2d}: {seconds*1e3:8.3f} ms")
+    for window in windows:
+      tokens = jnp.ones((1, window), jnp.int32)
+      n_iter = jnp.asarray(steps, jnp.int32)
+      make_args = lambda: (params, jax.tree.map(jnp.copy, base), tokens, n_iter)
+      fn = compiled.get("verify_loop", _verify_loop, make_args(),
+                        dict(cfg=cfg, attn_len=attn_len), donate_argnums=(1,))
+      seconds = _time(fn, make_args, repeats) / steps
+      verify_samples.append((window, attn_len, seconds))
+      log(f"  verify attn_len={attn_len:5d} T={window:2d}: {seconds*1e3:8.3f} ms")
+  return fit(step_samples, verify_samples, device_name(), model_name, str(jnp.dtype(dtype)),
+             cfg.n_layers)
+
+
+def fit(step_samples, verify_samples, device, model_name, dtype, n_layers) -> LatencyProfile:
+  """Least squares for (c0, a0, a1, m), then for (v0, v1) on the verify excess over one step."""
+  s = np.asarray(step_samples, np.float64)
+  a, m_, n, t = s.T
+  design = np.stack([np.ones_like(a), a, a * n, m_], axis=1)
+  c0, a0, a1, mm = np.linalg.lstsq(design, t, rcond=None)[0]
+  partial = LatencyProfile(device, model_name, dtype, n_layers, c0, a0, a1, mm, 0.0, 0.0)
+  v = np.asarray([(w, ln, tv) for w, ln, tv in verify_samples if w > 1], np.float64)
+  v0 = v1 = 0.0
+  if len(v):
+    w, ln, tv = v.T
+    excess = tv - np.asarray([partial.t_step(None, x) for x in ln])
+    design = np.stack([w - 1, (w - 1) * ln], axis=1)
+    v0, v1 = np.linalg.lstsq(design, excess, rcond=None)[0]
+  return LatencyProfile(device, model_name, dtype, n_layers, float(c0), float(a0), float(a1),
+                        float(mm), float(v0), float(v1),
+                        tuple(tuple(map(float, x)) for x in step_samples),
+                        tuple(tuple(map(float, x)) for x in verify_samples))
+
+
+def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=None,
+                    compiled: CompileCache | None = None, log=print, **measure_kwargs):
+  """The stored profile for this (device, model, dtype), measured and saved if there is none."""
+  dtype_name = str(jnp.dtype(dtype))
+  for d in ([directory] if directory else []) + [PROFILE_DIR, _user_dir()]:
+    path = LatencyProfile.path_for(device_name(), model_name, dtype_name, d)
+    if path.is_file():
+      return LatencyProfile.load(path)
+  log(f"measuring the latency profile of {model_name} ({dtype_name}) on {device_name()} ...")
+  profile = measure(params, cfg, dtype, model_name, compiled=compiled, log=log, **measure_kwargs)
+  try:
+    profile.save(LatencyProfile.path_for(profile.device, model_name, dtype_name,
+                                         directory or _user_dir()))
+  except OSError:
+    pass
+  return profile
+
+
+def _user_dir() -> pathlib.Path:
+  from knapspec_jax.checkpoint import cache_dir
+  return cache_dir() / "profiles"

@@ -1,0 +1,119 @@
+"""Stage 2 of KnapSpec: pick the (skip set, draft length) pair that maximizes tokens per time.
+
+For a draft S with acceptance rate a and draft length g, one speculation round yields
+E(a, g) = (1 - a^(g+1)) / (1 - a) tokens (g + 1 when a = 1) and costs g draft steps plus one
+verify forward of g + 1 positions, so
+
+  TPT(S, g) = E(a_S, g) / (g * t_step(S, n) + t_verify(g + 1, n)).
+
+Plain AR decoding yields 1 / t_step(full, n). The choice is made against that: when no draft is
+predicted to beat AR (by a margin, and by enough to pay for compiling a new program), KnapSpec
+declines and decodes plainly. That decision is what keeps it from losing to AR on models and
+machines where layer skipping cannot pay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from knapspec_jax.latency import LatencyProfile
+from knapspec_jax.skip_mask import SkipMask
+
+
+def expected_tokens(alpha, gamma):
+  """Tokens one round yields: accepted drafts plus the correction/bonus token."""
+  alpha = np.asarray(alpha, np.float64)
+  gamma = np.asarray(gamma, np.float64)
+  safe = np.where(alpha >= 1.0, 0.5, alpha)
+  return np.where(alpha >= 1.0, gamma + 1, (1 - safe ** (gamma + 1)) / (1 - safe))
+
+
+def smoothed_alpha(agree: float, n_tokens: int) -> float:
+  """Acceptance estimate from top-1 agreement on n reference tokens, with add-one smoothing.
+
+  The candidates were chosen on those same tokens, so the raw agreement is optimistic, and a
+  raw 1.0 would predict that every draft is accepted; (k + 1) / (n + 2) is neither.
+  """
+  return (agree * n_tokens + 1.0) / (n_tokens + 2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  skip: SkipMask
+  alpha: float  # acceptance estimate
+  budget: int = -1  # knapsack budget the DP found it at (-1: not from the DP)
+  cosine: float = float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  """What to decode with until the next re-optimization. skip None means plain AR."""
+
+  skip: SkipMask | None
+  gamma: int
+  alpha: float
+  predicted_tpt: float  # tokens/s predicted for the choice
+  ar_tpt: float  # tokens/s predicted for AR
+  best_tpt: float  # best draft's predicted tokens/s, chosen or not
+  context: int
+  reason: str
+
+  @property
+  def drafts(self) -> bool:
+    return self.skip is not None
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["skip"] = None if self.skip is None else self.skip.to_list()
+    d["n_attn_skipped"] = 0 if self.skip is None else len(self.skip.attn_skipped)
+    d["n_mlp_skipped"] = 0 if self.skip is None else len(self.skip.mlp_skipped)
+    return d
+
+
+def tpt_table(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len: int,
+              gamma_max: int) -> np.ndarray:
+  """Predicted tokens/s [n_candidates, gamma_max] for gamma = 1..gamma_max."""
+  gammas = np.arange(1, gamma_max + 1)
+  verify = np.asarray([profile.t_verify(g + 1, attn_len) for g in gammas])
+  rows = []
+  for c in candidates:
+    t_draft = profile.t_step(c.skip, attn_len)
+    rows.append(expected_tokens(c.alpha, gammas) / (gammas * t_draft + verify))
+  return np.asarray(rows).reshape(len(candidates), gamma_max)
+
+
+def select(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len: int,
+           context: int, gamma_max: int = 10, margin: float = 0.03,
+           compile_cost_s: float = 0.0, window_tokens: int = 0,
+           is_compiled=lambda skip, gamma: True) -> Decision:
+  """Best (skip, gamma) by predicted TPT, or AR when no draft beats it by `margin`.
+
+  A draft whose program is not compiled yet must also repay compile_cost_s within the next
+  window_tokens tokens: window_tokens * (1/ar - 1/tpt) > compile_cost_s.
+  """
+  ar = 1.0 / profile.t_step(None, attn_len)
+  if not candidates:
+    return Decision(None, 0, 0.0, ar, ar, 0.0, context, "no candidate survived the search")
+  table = tpt_table(candidates, profile, attn_len, gamma_max)
+  best_i, best_g = np.unravel_index(np.argmax(table), table.shape)
+  best = float(table[best_i, best_g])
+  order = np.argsort(-table, axis=None)
+  for flat in order:
+    i, g = np.unravel_index(flat, table.shape)
+    tpt = float(table[i, g])
+    if tpt <= ar * (1 + margin):
+      break
+    c, gamma = candidates[i], int(g) + 1
+    if not is_compiled(c.skip, gamma):
+      saved = window_tokens * (1.0 / ar - 1.0 / tpt)
+      if saved <= compile_cost_s:
+        continue
+    return Decision(c.skip, gamma, c.alpha, tpt, ar, best, context,
+                    f"predicted {tpt / ar:.2f}x AR")
+  c = candidates[best_i]
+  why = (f"best draft ({len(c.skip.attn_skipped)} attn + {len(c.skip.mlp_skipped)} MLP skipped, "
+         f"gamma {best_g + 1}, alpha {c.alpha:.2f}) predicts {best / ar:.2f}x AR")
+  return Decision(None, 0, c.alpha, ar, ar, best, context, "declined: " + why)

@@ -1,0 +1,150 @@
+"""Self-speculative decoding rounds, run on device: draft with a skip mask, verify, accept.
+
+One round: starting from the pending token x_n (its KV not yet computed), the draft (the same
+model with `skip` sublayers removed) proposes up to `gamma` tokens, stopping early when its top-1
+probability falls under the confidence threshold or it proposes EOS; the full model verifies
+[x_n, d_1..d_g] in one forward of gamma + 1 positions; the longest prefix of drafts that equals
+the full model's greedy tokens is accepted, plus the full model's next token. The accepted
+tokens are exactly t_0..t_k, the full model's own greedy choices, so the output equals AR's.
+The KV cache is rolled back by setting its cursor: entries past it are stale and masked.
+
+A segment runs rounds in a `lax.while_loop` until done, a round budget is spent (time to
+re-optimize the skip set), or the attention bucket is full; the host then takes over.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from knapspec_jax import model as model_lib
+from knapspec_jax.config import ModelConfig
+from knapspec_jax.decoding import DecodeState
+from knapspec_jax.kv_cache import SLACK
+from knapspec_jax.skip_mask import SkipMask
+
+MAX_GAMMA = SLACK - 2
+
+
+@flax.struct.dataclass
+class SpecCounters:
+  """Per-run statistics kept on device (int32 scalars)."""
+
+  rounds: jax.Array  # verify forwards
+  drafted: jax.Array  # draft tokens proposed
+  accepted: jax.Array  # draft tokens accepted
+  draft_forwards: jax.Array  # draft model forwards (one per proposed or rejected-low-confidence token)
+
+  @classmethod
+  def zeros(cls) -> "SpecCounters":
+    z = jnp.zeros((), jnp.int32)
+    return cls(z, z, z, z)
+
+
+def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: int,
+           attn_len: int, threshold):
+  """Drafts up to gamma tokens after the pending token.
+
+  Returns (drafts [gamma], n_drafts, n_forwards, cache). The draft writes the KV of its kept
+  attention sublayers; verification overwrites every one of those positions.
+  """
+  n = state.cache.length
+
+  def cond(c):
+    n_fwd, k, _, _, stop, _ = c
+    return (n_fwd < gamma) & ~stop
+
+  def body(c):
+    n_fwd, k, drafts, token, _, cache = c
+    out = model_lib.forward(params, cfg, token[None, None], cache.rollback(n + k), skip=skip,
+                            attn_len=attn_len)
+    logits = model_lib.lm_head(params, cfg, out.hidden[0, -1])
+    nxt = jnp.argmax(logits).astype(jnp.int32)
+    confident = jnp.max(jax.nn.softmax(logits)) >= threshold
+    # A low-confidence proposal is dropped and ends the draft; an EOS proposal is kept and ends it.
+    drafts = jnp.where(confident, drafts.at[k].set(nxt), drafts)
+    stop = ~confident | jnp.any(nxt == state.eos)
+    return n_fwd + 1, k + confident.astype(jnp.int32), drafts, nxt, stop, out.cache
+
+  zero = jnp.zeros((), jnp.int32)
+  init = (zero, zero, jnp.zeros((gamma,), jnp.int32), state.token, jnp.zeros((), bool),
+          state.cache)
+  n_fwd, k, drafts, _, _, cache = jax.lax.while_loop(cond, body, init)
+  return drafts, k, n_fwd, cache
+
+
+def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
+           skip: SkipMask, gamma: int, attn_len: int, threshold):
+  n = state.cache.length
+  drafts, n_drafts, n_forwards, cache = _draft(params, cfg, state, skip, gamma, attn_len,
+                                               threshold)
+  window = jnp.concatenate([state.token[None], drafts])  # [gamma + 1]
+  out = model_lib.forward(params, cfg, window[None], cache.rollback(n),
+                          skip=SkipMask.none(cfg.n_layers), attn_len=attn_len)
+  target = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0]), axis=-1).astype(jnp.int32)
+  # Accept the longest prefix d_1..d_k with d_i == t_{i-1}; emit t_0..t_k.
+  idx = jnp.arange(gamma)
+  match = (drafts == target[:-1]) & (idx < n_drafts)
+  n_accepted = jnp.sum(jnp.cumprod(match.astype(jnp.int32)))
+  count = n_accepted + 1
+  is_eos = jnp.any(target[:, None] == state.eos[None, :], axis=-1)
+  first_eos = jnp.argmax(is_eos)
+  count = jnp.where(is_eos[first_eos] & (first_eos < count), first_eos + 1, count)
+  count = jnp.minimum(count, state.max_new - state.n_out)
+  count = jnp.minimum(count, cfg.max_seq_len - n)
+  new_out = jax.lax.dynamic_update_slice(state.out, target, (state.n_out,))
+  last = target[count - 1]
+  n_out = state.n_out + count
+  done = jnp.any(last == state.eos) | (n_out >= state.max_new)
+  state = state.replace(cache=out.cache.rollback(n + count), token=last, out=new_out,
+                        n_out=n_out, done=done)
+  counters = SpecCounters(rounds=counters.rounds + 1, drafted=counters.drafted + n_drafts,
+                          accepted=counters.accepted + jnp.minimum(n_accepted, count - 1),
+                          draft_forwards=counters.draft_forwards + n_forwards)
+  return state, counters
+
+
+def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds, threshold, *,
+                 cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int):
+  """Runs up to max_rounds speculation rounds on device. attn_len bounds the context: a round
+  needs positions up to n + gamma, so the segment stops once n + gamma + 1 > attn_len."""
+  if not 1 <= gamma <= MAX_GAMMA:
+    raise ValueError(f"gamma must be in 1..{MAX_GAMMA}, got {gamma}")
+
+  def cond(c):
+    s, _, r = c
+    n = s.cache.length
+    return ~s.done & (r < max_rounds) & (n + gamma + 1 <= attn_len) & (n < cfg.max_seq_len)
+
+  def body(c):
+    s, cnt, r = c
+    s, cnt = _round(params, cfg, s, cnt, skip, gamma, attn_len, threshold)
+    return s, cnt, r + 1
+
+  state, counters, _ = jax.lax.while_loop(cond, body, (state, counters, jnp.zeros((), jnp.int32)))
+  return state, counters
+
+
+def segment_args(params, state: DecodeState, counters: SpecCounters, max_rounds: int,
+                 threshold: float):
+  return (params, state, counters, jnp.asarray(max_rounds, jnp.int32),
+          jnp.asarray(threshold, jnp.float32))
+
+
+def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
+               *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int):
+  """Host driver: up to max_rounds rounds (fewer at done / cache end), crossing buckets."""
+  from knapspec_jax.decoding import attn_bucket
+  start_rounds = int(counters.rounds)
+  while True:
+    done, length, rounds = jax.device_get((state.done, state.cache.length, counters.rounds))
+    left = max_rounds - (int(rounds) - start_rounds)
+    if done or length >= cfg.max_seq_len or left <= 0:
+      return state, counters
+    attn_len = attn_bucket(int(length) + gamma + 1, state.cache.capacity)
+    args = segment_args(params, state, counters, left, threshold)
+    fn = compiled.get("spec_segment", spec_segment, args,
+                      dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len),
+                      donate_argnums=(1,))
+    state, counters = fn(*args)
