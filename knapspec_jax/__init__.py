@@ -1,0 +1,22 @@
+"""knapspec_jax: KnapSpec self-speculative decoding in JAX.
+
+  model = knapspec_jax.load_model()                     # bundled SmolLM2-135M-Instruct
+  result = knapspec_jax.generate(model, "Hi!", 64, method="knapspec")
+"""
+
+from knapspec_jax import methods as _methods  # registers the speculative methods
+from knapspec_jax.api import GenerationResult, Model, encode_prompt, generate, load_model, methods
+from knapspec_jax.checkpoint import CheckpointError
+from knapspec_jax.config import ModelConfig, UnsupportedModelError
+from knapspec_jax.decoding import PromptError
+from knapspec_jax.latency import LatencyProfile
+from knapspec_jax.methods import ClaspConfig, DelConfig, FixedConfig, KnapSpecConfig, MethodError
+from knapspec_jax.selection import Decision
+from knapspec_jax.skip_mask import SkipMask, SkipMaskError
+
+__all__ = [
+    "CheckpointError", "ClaspConfig", "Decision", "DelConfig", "FixedConfig", "GenerationResult",
+    "KnapSpecConfig", "LatencyProfile", "MethodError", "Model", "ModelConfig", "PromptError",
+    "SkipMask", "SkipMaskError", "UnsupportedModelError", "encode_prompt", "generate",
+    "load_model", "methods",
+]

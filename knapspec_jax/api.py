@@ -31,6 +31,7 @@ class Model:
   dtype: str
   source: str
   compiled: CompileCache = dataclasses.field(default_factory=CompileCache)
+  profile: Any = None  # the LatencyProfile, loaded or measured on first speculative use
 
   @property
   def name(self) -> str:
@@ -105,7 +106,7 @@ def methods() -> tuple[str, ...]:
   return tuple(sorted(_METHODS))
 
 
-def _ar_decode(model: Model, state: decoding.DecodeState, **options):
+def _ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, **options):
   if options:
     raise TypeError(f"method 'ar' takes no options, got {sorted(options)}")
   return decoding.run_ar(model.params, model.cfg, state, model.compiled), {}
@@ -174,7 +175,7 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
 
   compile_in_run_before = model.compiled.stats.compile_s
   start = time.perf_counter()
-  state, stats = decode_fn(model, state, **options)
+  state, stats = decode_fn(model, state, ids, **options)
   jax.block_until_ready(state)
   decode_s = time.perf_counter() - start
   stats["compile_in_decode_s"] = model.compiled.stats.compile_s - compile_in_run_before

@@ -140,17 +140,26 @@ def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos
   return STOP_CACHE_FULL
 
 
-def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache) -> DecodeState:
-  """Decodes until done or the cache is full, one device program per attention bucket."""
+def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
+           max_tokens: int | None = None) -> DecodeState:
+  """Decodes until done or the cache is full (or max_tokens more tokens), one device program
+  per attention bucket."""
+  max_new = state.max_new
+  if max_tokens is not None:
+    state = state.replace(max_new=jnp.minimum(max_new, state.n_out + max_tokens))
   while True:
     done, length = jax.device_get((state.done, state.cache.length))
     if done or length >= cfg.max_seq_len:
-      return state
+      break
     attn_len = attn_bucket(int(length) + 1, state.cache.capacity)
     args = (params, state)
     fn = compiled.get("ar_segment", _ar_segment, args, dict(cfg=cfg, attn_len=attn_len),
                       donate_argnums=(1,))
     state = fn(*args)
+  if max_tokens is not None:  # the pause was not the end: recompute done under the real limit
+    done = jnp.any(state.token == state.eos) | (state.n_out >= max_new)
+    state = state.replace(max_new=max_new, done=done)
+  return state
 
 
 def ar_buckets(cfg: ModelConfig, capacity: int, n_prompt: int, max_new_tokens: int) -> list[int]:

@@ -62,8 +62,12 @@ class LatencyProfile:
   m: float
   v0: float
   v1: float
+  search_c0: float = 0.0  # knapsack search: search_c0 + search_c1 * attn_len seconds
+  search_c1: float = 0.0
+  segment_compile_s: float = 0.0  # compiling one speculation segment program (a new skip set)
   step_samples: tuple = ()  # (n_attn, n_mlp, attn_len, seconds)
   verify_samples: tuple = ()  # (T, attn_len, seconds)
+  search_samples: tuple = ()  # (attn_len, seconds)
 
   def t_attn(self, n: int) -> float:
     return self.a0 + self.a1 * n
@@ -80,12 +84,15 @@ class LatencyProfile:
   def t_verify(self, window: int, n: int) -> float:
     return self.t_step(None, n) + (window - 1) * (self.v0 + self.v1 * n)
 
+  def search_s(self, n: int) -> float:
+    return max(self.search_c0 + self.search_c1 * n, 0.0)
+
   def scaled(self, attn: float = 1.0, mlp: float = 1.0, fixed: float = 1.0,
              verify: float = 1.0) -> "LatencyProfile":
     """A what-if profile (e.g. a larger model's cost structure); measured samples are dropped."""
     return dataclasses.replace(self, c0=self.c0 * fixed, a0=self.a0 * attn, a1=self.a1 * attn,
                                m=self.m * mlp, v0=self.v0 * verify, v1=self.v1 * verify,
-                               step_samples=(), verify_samples=(),
+                               step_samples=(), verify_samples=(), search_samples=(),
                                device=self.device + " (scaled)")
 
   def errors(self) -> dict:
@@ -114,6 +121,7 @@ class LatencyProfile:
     raw.pop("fit_errors", None)
     raw["step_samples"] = tuple(tuple(s) for s in raw.get("step_samples", ()))
     raw["verify_samples"] = tuple(tuple(s) for s in raw.get("verify_samples", ()))
+    raw["search_samples"] = tuple(tuple(s) for s in raw.get("search_samples", ()))
     return cls(**raw)
 
 
@@ -160,14 +168,14 @@ def profile_masks(n_layers: int) -> list[SkipMask]:
 
 
 def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256, 2048, 6144),
-            windows=(1, 4, 8, 11), steps: int = 16, repeats: int = 3,
+            windows=(1, 4, 8, 11), steps: int = 16, repeats: int = 3, n_ref: int = 16,
             compiled: CompileCache | None = None, log=print) -> LatencyProfile:
   """Times the project's compiled decode loop and verify forwards and fits the profile."""
   compiled = CompileCache() if compiled is None else compiled
   capacity = cfg.max_seq_len + 32
   attn_lens = [a for a in attn_lens if a + max(steps, max(windows)) <= capacity]
   key = jax.random.PRNGKey(0)
-  step_samples, verify_samples = [], []
+  step_samples, verify_samples, search_samples, compile_times = [], [], [], []
   eos = ()
   for attn_len in attn_lens:
     start_len = attn_len - steps - 1  # the loop runs positions up to attn_len - 1
@@ -179,8 +187,10 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
                                     steps + 1, eos)
         return params, state
       args = make_args()
+      before = compiled.stats.compile_s
       fn = compiled.get("ar_segment", decoding._ar_segment, args,
                         dict(cfg=cfg, attn_len=attn_len, skip=skip), donate_argnums=(1,))
+      compile_times.append(compiled.stats.compile_s - before)
       seconds = _time(fn, make_args, repeats) / steps
       n_attn, n_mlp = cfg.n_layers - len(skip.attn_skipped), cfg.n_layers - len(skip.mlp_skipped)
       step_samples.append((n_attn, n_mlp, attn_len, seconds))
@@ -194,12 +204,26 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
       seconds = _time(fn, make_args, repeats) / steps
       verify_samples.append((window, attn_len, seconds))
       log(f"  verify attn_len={attn_len:5d} T={window:2d}: {seconds*1e3:8.3f} ms")
+    from knapspec_jax import knapsack
+    p0 = attn_len - n_ref
+    tokens = jnp.ones((n_ref,), jnp.int32)
+    base = base.rollback(p0)
+    run = lambda: knapsack.search(params, cfg, base, tokens, p0, 1, 1, compiled,
+                                  attn_len=attn_len)
+    jax.block_until_ready(run())
+    seconds = _time(lambda: run(), lambda: (), repeats)
+    search_samples.append((attn_len, seconds))
+    log(f"  search attn_len={attn_len:5d} R={n_ref}: {seconds*1e3:8.1f} ms")
+  # A speculation segment holds a draft loop and a verify forward: about two decode loops.
+  segment_compile = 2 * float(np.median(compile_times)) if compile_times else 0.0
   return fit(step_samples, verify_samples, device_name(), model_name, str(jnp.dtype(dtype)),
-             cfg.n_layers)
+             cfg.n_layers, search_samples, segment_compile)
 
 
-def fit(step_samples, verify_samples, device, model_name, dtype, n_layers) -> LatencyProfile:
-  """Least squares for (c0, a0, a1, m), then for (v0, v1) on the verify excess over one step."""
+def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, search_samples=(),
+        segment_compile_s=0.0) -> LatencyProfile:
+  """Least squares for (c0, a0, a1, m), then for (v0, v1) on the verify excess over one step,
+  and a line through the search times."""
   s = np.asarray(step_samples, np.float64)
   a, m_, n, t = s.T
   design = np.stack([np.ones_like(a), a, a * n, m_], axis=1)
@@ -212,10 +236,17 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers) -> La
     excess = tv - np.asarray([partial.t_step(None, x) for x in ln])
     design = np.stack([w - 1, (w - 1) * ln], axis=1)
     v0, v1 = np.linalg.lstsq(design, excess, rcond=None)[0]
+  s0 = s1 = 0.0
+  if len(search_samples) >= 2:
+    sn, st = np.asarray(search_samples, np.float64).T
+    s1, s0 = np.polyfit(sn, st, 1)
+  elif search_samples:
+    s0 = float(search_samples[0][1])
+  as_tuples = lambda xs: tuple(tuple(map(float, x)) for x in xs)
   return LatencyProfile(device, model_name, dtype, n_layers, float(c0), float(a0), float(a1),
-                        float(mm), float(v0), float(v1),
-                        tuple(tuple(map(float, x)) for x in step_samples),
-                        tuple(tuple(map(float, x)) for x in verify_samples))
+                        float(mm), float(v0), float(v1), float(s0), float(s1),
+                        float(segment_compile_s), as_tuples(step_samples),
+                        as_tuples(verify_samples), as_tuples(search_samples))
 
 
 def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=None,

@@ -1,0 +1,129 @@
+"""The decoding loop shared by every speculative method: decide, decode a window, repeat.
+
+A method is a `Policy`: at each re-optimization point it looks at the confirmed context and
+returns a `Decision` (a skip set and draft length, or plain AR). The controller then decodes one
+window with it on device (`speculative.run_rounds` or `decoding.run_ar`), measures it, and asks
+again. Everything a run did is recorded per window, so a reader can see each decision, what it
+predicted and what it got.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import jax
+import numpy as np
+
+from knapspec_jax import decoding, speculative
+from knapspec_jax.decoding import DecodeState, attn_bucket
+from knapspec_jax.latency import LatencyProfile
+from knapspec_jax.selection import Decision
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a policy may look at when it decides."""
+
+  tokens: np.ndarray  # int32 [n] the confirmed sequence (prompt + output) up to the cursor
+  n_out: int  # tokens generated so far
+  remaining: int  # tokens still allowed by max_new_tokens / the cache
+
+
+class Policy(Protocol):
+  name: str
+  interval: int  # speculation rounds per window
+  threshold: float  # draft confidence exit
+
+  def decide(self, model, state: DecodeState, ctx: Context) -> Decision:
+    ...
+
+
+def confirmed_tokens(prompt_ids: np.ndarray, state: DecodeState) -> np.ndarray:
+  """The tokens at cache positions [0, cursor): the prompt, then all outputs but the pending."""
+  length, n_out, out = jax.device_get((state.cache.length, state.n_out, state.out))
+  seq = np.concatenate([prompt_ids, out[:int(n_out)]]).astype(np.int32)
+  return seq[:int(length)]
+
+
+def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: int,
+                       tokens: int, rounds: int, draft_forwards: int) -> float:
+  if not decision.drafts:
+    return tokens * profile.t_step(None, attn_len)
+  return (draft_forwards * profile.t_step(decision.skip, attn_len)
+          + rounds * profile.t_verify(decision.gamma + 1, attn_len))
+
+
+def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
+        profile: LatencyProfile, warmup_tokens: int = 0, ar_window: int | None = None):
+  """Decodes to the end with `policy`; returns (state, stats dict)."""
+  compiled = model.compiled
+  counters = speculative.SpecCounters.zeros()
+  windows = []
+  search_s = 0.0
+  if warmup_tokens:  # AR until the policy has generated tokens to look at
+    state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=warmup_tokens)
+  while True:
+    done, length, n_out, max_new = (int(x) for x in jax.device_get(
+        (state.done, state.cache.length, state.n_out, state.max_new)))
+    if done or length >= model.cfg.max_seq_len:
+      break
+    ctx = Context(confirmed_tokens(prompt_ids, state), n_out,
+                  min(max_new - n_out, model.cfg.max_seq_len - length))
+    compile_before = compiled.stats.compile_s
+    start = time.perf_counter()
+    decision = policy.decide(model, state, ctx)
+    search = time.perf_counter() - start - (compiled.stats.compile_s - compile_before)
+    search_s += search
+
+    attn_len = attn_bucket(length + (decision.gamma + 1 if decision.drafts else 1),
+                           state.cache.capacity)
+    before = jax.device_get(counters)
+    compile_before = compiled.stats.compile_s
+    start = time.perf_counter()
+    if decision.drafts:
+      state, counters = speculative.run_rounds(
+          model.params, model.cfg, state, counters, compiled, skip=decision.skip,
+          gamma=decision.gamma, threshold=policy.threshold, max_rounds=policy.interval)
+    else:
+      state = decoding.run_ar(model.params, model.cfg, state, compiled,
+                              max_tokens=ar_window or policy.interval)
+    jax.block_until_ready(state)
+    measured = time.perf_counter() - start
+    compile_s = compiled.stats.compile_s - compile_before
+    after = jax.device_get(counters)
+    tokens = int(state.n_out) - n_out
+    rounds = int(after.rounds - before.rounds)
+    forwards = int(after.draft_forwards - before.draft_forwards)
+    predicted = predicted_window_s(profile, decision, attn_len, tokens, rounds, forwards)
+    windows.append(dict(
+        decision=decision.to_json(), context=length, tokens=tokens, rounds=rounds,
+        drafted=int(after.drafted - before.drafted),
+        accepted=int(after.accepted - before.accepted), draft_forwards=forwards,
+        search_s=search, compile_s=compile_s, measured_s=measured - compile_s,
+        predicted_s=predicted, measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))
+  return state, summarize(windows, counters, search_s)
+
+
+def summarize(windows: list[dict], counters, search_s: float) -> dict:
+  c = jax.device_get(counters)
+  rounds, drafted, accepted = int(c.rounds), int(c.drafted), int(c.accepted)
+  spec = [w for w in windows if w["decision"]["skip"] is not None]
+  rel = [abs(w["predicted_s"] - w["measured_s"]) / w["measured_s"]
+         for w in windows if w["measured_s"] > 0 and w["tokens"] > 0]
+  return dict(
+      speculation_steps=rounds, drafted_tokens=drafted, accepted_tokens=accepted,
+      acceptance_rate=accepted / drafted if drafted else None,
+      mean_accepted_per_step=(accepted + rounds) / rounds if rounds else None,
+      search_s=search_s,
+      draft_verify_s=sum(w["measured_s"] for w in spec),
+      ar_s=sum(w["measured_s"] for w in windows if w["decision"]["skip"] is None),
+      compile_in_windows_s=sum(w["compile_s"] for w in windows),
+      drafting_windows=len(spec), windows=len(windows),
+      profile_median_rel_err=float(np.median(rel)) if rel else None,
+      decisions=[dict(context=w["context"], **{k: w["decision"][k] for k in (
+          "n_attn_skipped", "n_mlp_skipped", "gamma", "alpha", "predicted_tpt", "ar_tpt",
+          "best_tpt", "reason")}, measured_tokens_per_s=w["measured_tokens_per_s"])
+                 for w in windows],
+      window_log=windows)

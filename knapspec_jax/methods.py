@@ -1,0 +1,294 @@
+"""The decoding methods, each a policy for `controller.run`, registered by name with the API.
+
+  knapspec  the paper's method: knapsack DP over attention/MLP sublayers with latency weights,
+            then the TPT grid search over (candidate, gamma); declines when no draft pays.
+  clasp     CLaSp: whole-layer skipping, DP on the last token, a fixed number M of layers.
+  del       DEL: early exit at layer l with draft length d maximizing Tokens-per-Layer.
+  fixed     a fixed skip set and draft length (default: every other inner layer's attention
+            and MLP), the simplest self-speculative baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from knapspec_jax import api, controller, decoding, knapsack, latency, selection, speculative
+from knapspec_jax.decoding import attn_bucket
+from knapspec_jax.selection import Candidate, Decision
+from knapspec_jax.skip_mask import SkipMask
+
+
+class MethodError(ValueError):
+  """A method option out of range (gamma, threshold, interval, skip set...)."""
+
+
+def _check_common(gamma: int, threshold: float, interval: int):
+  if not 1 <= gamma <= speculative.MAX_GAMMA:
+    raise MethodError(f"gamma must be in 1..{speculative.MAX_GAMMA}, got {gamma}")
+  if not 0.0 < threshold <= 1.0:
+    raise MethodError(f"the confidence threshold must be in (0, 1], got {threshold}")
+  if interval < 1:
+    raise MethodError(f"the re-optimization interval must be >= 1 round, got {interval}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KnapSpecConfig:
+  """KnapSpec's settings (defaults follow the paper and the official code where it is right).
+
+  interval: speculation rounds between re-optimizations (official: 64).
+  n_ref: confirmed tokens the search scores drafts on (the official code collects ~5 verify
+    steps' accepted tokens; here the last n_ref confirmed tokens, the same states).
+  gamma_max: largest draft length in the TPT grid search (paper: D = 10).
+  threshold: draft stops when its top-1 probability falls below this (official: 0.7).
+  tau: DP states whose mean cosine to the full model falls below this are pruned (0.5).
+  max_weight: cap on an item's integer latency weight (official: 5).
+  margin: a draft must beat AR's predicted tokens/s by this fraction to be used.
+  search_budget: the searches of a run may take at most this fraction of the decode time AR
+    would need for the remaining tokens; after a decline the next search waits accordingly.
+  decoupled: attention and MLP are separate items (False: whole layers, an ablation).
+  latency_weights: item weights from the latency profile (False: uniform weights, i.e. DEL's
+    Tokens-per-Layer view, an ablation).
+  protect_ends: never skip the first and last layer (official).
+  """
+
+  interval: int = 64
+  n_ref: int = 16
+  gamma_max: int = 10
+  threshold: float = 0.7
+  tau: float = knapsack.DEFAULT_TAU
+  max_weight: int = knapsack.DEFAULT_MAX_WEIGHT
+  margin: float = 0.03
+  search_budget: float = 0.02
+  decoupled: bool = True
+  latency_weights: bool = True
+  protect_ends: bool = True
+
+  def __post_init__(self):
+    _check_common(self.gamma_max, self.threshold, self.interval)
+    if self.n_ref < 1:
+      raise MethodError(f"n_ref must be >= 1, got {self.n_ref}")
+    if not 0.0 < self.tau < 1.0:
+      raise MethodError(f"tau must be in (0, 1), got {self.tau}")
+
+
+class KnapSpecPolicy:
+  name = "knapspec"
+
+  def __init__(self, model, profile: latency.LatencyProfile, config: KnapSpecConfig):
+    self.model, self.profile, self.config = model, profile, config
+    self.interval, self.threshold = config.interval, config.threshold
+    self.ar_window = config.interval
+    self.used: set = set()  # (skip, gamma) pairs with a compiled program
+    self.search_times: list[float] = []
+
+  def search_cost(self, attn_len: int) -> float:
+    return float(np.median(self.search_times)) if self.search_times else (
+        self.profile.search_s(attn_len))
+
+  def decide(self, model, state, ctx: controller.Context) -> Decision:
+    cfg, r, p = model.cfg, self.config.n_ref, self.profile
+    n = len(ctx.tokens)
+    attn_len = attn_bucket(n + self.config.gamma_max + 1, state.cache.capacity)
+    t_ar = p.t_step(None, attn_len)
+    # Search only when its cost fits the budget of the AR time the remaining tokens need.
+    search_cost = self.search_cost(attn_bucket(n, state.cache.capacity))
+    if n <= r or search_cost > self.config.search_budget * ctx.remaining * t_ar:
+      self.ar_window = max(ctx.remaining, 1)
+      return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
+                      f"no search: it would cost {search_cost:.3f} s, over "
+                      f"{self.config.search_budget:.0%} of the {ctx.remaining} tokens left")
+    if self.config.latency_weights:
+      w_attn, w_mlp = knapsack.integer_weights(p.t_attn(attn_len), p.m, self.config.max_weight)
+    else:
+      w_attn = w_mlp = 1
+    compile_before = model.compiled.stats.compile_s
+    start = time.perf_counter()
+    result = knapsack.search(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r, w_attn,
+                             w_mlp, model.compiled, tau=self.config.tau,
+                             max_weight=self.config.max_weight,
+                             protect_ends=self.config.protect_ends)
+    found = knapsack.candidates(result)
+    self.search_times.append(time.perf_counter() - start
+                             - (model.compiled.stats.compile_s - compile_before))
+    cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine)
+             for c in found if c.skip.n_skipped]
+    if not self.config.decoupled:
+      cands = [c for c in cands if c.skip.attn_skipped == c.skip.mlp_skipped]
+    compile_cost = p.segment_compile_s
+    decision = selection.select(
+        cands, p, attn_len, n, self.config.gamma_max, self.config.margin,
+        compile_cost_s=compile_cost, window_tokens=min(ctx.remaining, 4 * self.interval),
+        is_compiled=lambda skip, gamma: (skip, gamma) in self.used)
+    if decision.drafts:
+      self.used.add((decision.skip, decision.gamma))
+    else:  # wait until another search fits the budget again
+      spent = self.search_times[-1]
+      self.ar_window = max(self.interval,
+                           math.ceil(spent / (self.config.search_budget * t_ar)))
+    return decision
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedConfig:
+  """A fixed draft: skip (None = every other inner layer's attention and MLP), gamma, threshold."""
+
+  skip: SkipMask | None = None
+  gamma: int = 4
+  threshold: float = 0.7
+  interval: int = 1 << 20
+
+  def __post_init__(self):
+    _check_common(self.gamma, self.threshold, self.interval)
+
+
+class FixedPolicy:
+  name = "fixed"
+
+  def __init__(self, model, profile, config: FixedConfig):
+    cfg = model.cfg
+    inner = range(1, cfg.n_layers - 1, 2)
+    self.skip = (config.skip or SkipMask.from_layers(cfg.n_layers, inner, inner)).check(
+        cfg.n_layers)
+    self.config, self.profile = config, profile
+    self.interval, self.threshold, self.ar_window = config.interval, config.threshold, 1
+
+  def decide(self, model, state, ctx):
+    n = len(ctx.tokens)
+    attn_len = attn_bucket(n + self.config.gamma + 1, state.cache.capacity)
+    ar = 1 / self.profile.t_step(None, attn_len)
+    tpt = float(selection.tpt_table([Candidate(self.skip, 0.0)], self.profile, attn_len,
+                                    self.config.gamma)[0, -1])
+    return Decision(self.skip, self.config.gamma, float("nan"), tpt, ar, tpt, n, "fixed set")
+
+
+@dataclasses.dataclass(frozen=True)
+class DelConfig:
+  """DEL: exit layer and draft length by Tokens-per-Layer E(a_l, d) / (d l + L)."""
+
+  interval: int = 64
+  n_ref: int = 16
+  gamma_max: int = 10
+  threshold: float = 0.7
+  min_exit: int = 2
+
+  def __post_init__(self):
+    _check_common(self.gamma_max, self.threshold, self.interval)
+
+
+class DelPolicy:
+  name = "del"
+
+  def __init__(self, model, profile, config: DelConfig):
+    self.config, self.profile = config, profile
+    self.interval, self.threshold, self.ar_window = config.interval, config.threshold, config.interval
+
+  def decide(self, model, state, ctx):
+    cfg, r, n = model.cfg, self.config.n_ref, len(ctx.tokens)
+    attn_len = attn_bucket(n + self.config.gamma_max + 1, state.cache.capacity)
+    ar = 1 / self.profile.t_step(None, attn_len)
+    if n <= r:
+      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "too few tokens")
+    agree = knapsack.exit_agreement(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r,
+                                    model.compiled)
+    L = cfg.n_layers
+    best = (1.0 / L, None, 0, 0.0)  # AR in tokens per layer
+    for exit_layer in range(self.config.min_exit, L):
+      alpha = selection.smoothed_alpha(float(agree[exit_layer - 1]), r)
+      for d in range(1, self.config.gamma_max + 1):
+        tpl = float(selection.expected_tokens(alpha, d)) / (d * exit_layer + L)
+        if tpl > best[0]:
+          best = (tpl, exit_layer, d, alpha)
+    tpl, exit_layer, d, alpha = best
+    if exit_layer is None:
+      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "declined: no exit beats AR in TPL")
+    skip = SkipMask.early_exit(L, exit_layer)
+    tpt = float(selection.tpt_table([Candidate(skip, alpha)], self.profile, attn_len, d)[0, -1])
+    return Decision(skip, d, alpha, tpt, ar, tpt, n, f"exit {exit_layer}, TPL {tpl * L:.2f}x")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaspConfig:
+  """CLaSp: skip exactly n_skip whole layers chosen by a DP on the last token's hidden states.
+
+  interval: rounds between re-optimizations. CLaSp re-runs its DP after every verification; in
+  an engine with one compiled program per skip set that would compile nearly every round, so
+  the default re-optimizes every 8 rounds (set 1 for the original schedule).
+  """
+
+  n_skip: int = 8
+  gamma: int = 4
+  threshold: float = 0.7
+  interval: int = 8
+  n_ref: int = 1
+
+  def __post_init__(self):
+    _check_common(self.gamma, self.threshold, self.interval)
+
+
+class ClaspPolicy:
+  name = "clasp"
+
+  def __init__(self, model, profile, config: ClaspConfig):
+    if not 0 < config.n_skip < model.cfg.n_layers - 1:
+      raise MethodError(f"n_skip must be in 1..{model.cfg.n_layers - 2}, got {config.n_skip}")
+    self.config, self.profile = config, profile
+    self.interval, self.threshold, self.ar_window = config.interval, config.threshold, 1
+
+  def decide(self, model, state, ctx):
+    cfg, r, n = model.cfg, self.config.n_ref, len(ctx.tokens)
+    attn_len = attn_bucket(n + self.config.gamma + 1, state.cache.capacity)
+    ar = 1 / self.profile.t_step(None, attn_len)
+    if n <= r:
+      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "too few tokens")
+    # Whole layers as items of weight 1 each: budget j = number of skipped layers = M.
+    result = knapsack.search(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r, 1, 1,
+                             model.compiled, whole_layers=True)
+    found = {c.budget // 2: c for c in knapsack.candidates(result)}
+    pick = found.get(self.config.n_skip) or found[max(found)]
+    tpt = float(selection.tpt_table([Candidate(pick.skip, pick.agreement)], self.profile,
+                                    attn_len, self.config.gamma)[0, -1])
+    return Decision(pick.skip, self.config.gamma, pick.agreement, tpt, ar, tpt, n,
+                    f"{len(pick.skip.attn_skipped)} layers skipped")
+
+
+_POLICIES = {"knapspec": (KnapSpecPolicy, KnapSpecConfig),
+             "fixed": (FixedPolicy, FixedConfig),
+             "del": (DelPolicy, DelConfig),
+             "clasp": (ClaspPolicy, ClaspConfig)}
+
+
+def profile_for(model) -> latency.LatencyProfile:
+  if model.profile is None:
+    model.profile = latency.load_or_measure(model.params, model.cfg, model.params["embed"].dtype,
+                                            model.name, compiled=model.compiled)
+  return model.profile
+
+
+def _make(name):
+  policy_cls, config_cls = _POLICIES[name]
+
+  def decode(model, state, prompt_ids, config=None, **options):
+    config = config or config_cls(**options)
+    policy = policy_cls(model, profile_for(model), config)
+    warm = getattr(config, "n_ref", 0) if name != "fixed" else 0
+    state, stats = controller.run(model, state, prompt_ids, policy, profile_for(model),
+                                  warmup_tokens=warm)
+    stats["config"] = {k: (v.to_list() if isinstance(v, SkipMask) else v)
+                       for k, v in dataclasses.asdict(config).items()}
+    return state, stats
+
+  def warmup(model, n_prompt, max_new_tokens, config=None, **options):
+    profile_for(model)
+    api._ar_warmup(model, n_prompt, max_new_tokens)
+
+  return decode, warmup
+
+
+for _name in _POLICIES:
+  api.register_method(_name, *_make(_name))
