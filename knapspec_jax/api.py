@@ -32,6 +32,7 @@ class Model:
   source: str
   compiled: CompileCache = dataclasses.field(default_factory=CompileCache)
   profile: Any = None  # the LatencyProfile, loaded or measured on first speculative use
+  search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
 
   @property
   def name(self) -> str:

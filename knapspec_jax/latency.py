@@ -72,6 +72,10 @@ class LatencyProfile:
   def t_attn(self, n: int) -> float:
     return self.a0 + self.a1 * n
 
+  @property
+  def t_mlp(self) -> float:
+    return self.m
+
   def t_step(self, skip: SkipMask | None, n: int) -> float:
     """One token through the draft (skip=None: the full model), at attention length n."""
     n_attn = self.n_layers - (len(skip.attn_skipped) if skip else 0)
@@ -222,12 +226,14 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
 
 def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, search_samples=(),
         segment_compile_s=0.0) -> LatencyProfile:
-  """Least squares for (c0, a0, a1, m), then for (v0, v1) on the verify excess over one step,
-  and a line through the search times."""
+  """Non-negative least squares for (c0, a0, a1, m), then for (v0, v1) on the verify excess over
+  one step, and a line through the search times. Costs are physical: no coefficient may be
+  negative (plain least squares on noisy timings can make t_attn negative at short context)."""
+  from scipy.optimize import nnls
   s = np.asarray(step_samples, np.float64)
   a, m_, n, t = s.T
   design = np.stack([np.ones_like(a), a, a * n, m_], axis=1)
-  c0, a0, a1, mm = np.linalg.lstsq(design, t, rcond=None)[0]
+  c0, a0, a1, mm = nnls(design, t)[0]
   partial = LatencyProfile(device, model_name, dtype, n_layers, c0, a0, a1, mm, 0.0, 0.0)
   v = np.asarray([(w, ln, tv) for w, ln, tv in verify_samples if w > 1], np.float64)
   v0 = v1 = 0.0
@@ -235,7 +241,7 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, searc
     w, ln, tv = v.T
     excess = tv - np.asarray([partial.t_step(None, x) for x in ln])
     design = np.stack([w - 1, (w - 1) * ln], axis=1)
-    v0, v1 = np.linalg.lstsq(design, excess, rcond=None)[0]
+    v0, v1 = nnls(design, np.maximum(excess, 0.0))[0]
   s0 = s1 = 0.0
   if len(search_samples) >= 2:
     sn, st = np.asarray(search_samples, np.float64).T

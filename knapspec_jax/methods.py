@@ -85,37 +85,56 @@ class KnapSpecPolicy:
     self.interval, self.threshold = config.interval, config.threshold
     self.ar_window = config.interval
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
-    self.search_times: list[float] = []
 
   def search_cost(self, attn_len: int) -> float:
-    return float(np.median(self.search_times)) if self.search_times else (
-        self.profile.search_s(attn_len))
+    """Expected seconds of one search at this bucket: last measured on this model, else the
+    profile's line through the searches it timed."""
+    measured = self.model.search_times.get(attn_len)
+    return measured if measured is not None else self.profile.search_s(attn_len)
+
+  def would_search(self, n: int, remaining: int, capacity: int) -> bool:
+    """A search is worth its cost only within `search_budget` of the AR time still ahead."""
+    t_ar = self.profile.t_step(None, attn_bucket(n + self.config.gamma_max + 1, capacity))
+    cost = self.search_cost(attn_bucket(n, capacity))
+    return n > self.config.n_ref and cost <= self.config.search_budget * remaining * t_ar
+
+  def search_static(self, attn_len: int) -> dict:
+    return dict(attn_len=attn_len, tau=self.config.tau, max_weight=self.config.max_weight,
+                protect_ends=self.config.protect_ends)
+
+  def warmup(self, n_prompt: int, max_new_tokens: int):
+    """AOT-compiles the search for every bucket where this run could afford a search."""
+    capacity = self.model.cfg.max_seq_len + speculative.SLACK
+    end = min(n_prompt + max_new_tokens, self.model.cfg.max_seq_len)
+    for n in range(n_prompt + self.config.n_ref, end):
+      if self.would_search(n, n_prompt + max_new_tokens - n, capacity):
+        knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
+                                self.config.n_ref, **self.search_static(attn_bucket(n, capacity)))
 
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile
-    n = len(ctx.tokens)
-    attn_len = attn_bucket(n + self.config.gamma_max + 1, state.cache.capacity)
+    n, capacity = len(ctx.tokens), state.cache.capacity
+    attn_len = attn_bucket(n + self.config.gamma_max + 1, capacity)
     t_ar = p.t_step(None, attn_len)
-    # Search only when its cost fits the budget of the AR time the remaining tokens need.
-    search_cost = self.search_cost(attn_bucket(n, state.cache.capacity))
-    if n <= r or search_cost > self.config.search_budget * ctx.remaining * t_ar:
+    if not self.would_search(n, ctx.remaining, capacity):
       self.ar_window = max(ctx.remaining, 1)
+      cost = self.search_cost(attn_bucket(n, capacity))
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
-                      f"no search: it would cost {search_cost:.3f} s, over "
-                      f"{self.config.search_budget:.0%} of the {ctx.remaining} tokens left")
+                      f"no search: it would cost {cost:.3f} s, over "
+                      f"{self.config.search_budget:.0%} of the AR time of the "
+                      f"{ctx.remaining} tokens left")
     if self.config.latency_weights:
       w_attn, w_mlp = knapsack.integer_weights(p.t_attn(attn_len), p.m, self.config.max_weight)
     else:
       w_attn = w_mlp = 1
     compile_before = model.compiled.stats.compile_s
     start = time.perf_counter()
+    search_len = attn_bucket(n, capacity)
     result = knapsack.search(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r, w_attn,
-                             w_mlp, model.compiled, tau=self.config.tau,
-                             max_weight=self.config.max_weight,
-                             protect_ends=self.config.protect_ends)
+                             w_mlp, model.compiled, **self.search_static(search_len))
     found = knapsack.candidates(result)
-    self.search_times.append(time.perf_counter() - start
-                             - (model.compiled.stats.compile_s - compile_before))
+    spent = time.perf_counter() - start - (model.compiled.stats.compile_s - compile_before)
+    model.search_times[search_len] = spent
     cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine)
              for c in found if c.skip.n_skipped]
     if not self.config.decoupled:
@@ -128,7 +147,6 @@ class KnapSpecPolicy:
     if decision.drafts:
       self.used.add((decision.skip, decision.gamma))
     else:  # wait until another search fits the budget again
-      spent = self.search_times[-1]
       self.ar_window = max(self.interval,
                            math.ceil(spent / (self.config.search_budget * t_ar)))
     return decision
@@ -284,8 +302,11 @@ def _make(name):
     return state, stats
 
   def warmup(model, n_prompt, max_new_tokens, config=None, **options):
-    profile_for(model)
+    config = config or config_cls(**options)
+    policy = policy_cls(model, profile_for(model), config)
     api._ar_warmup(model, n_prompt, max_new_tokens)
+    if hasattr(policy, "warmup"):
+      policy.warmup(n_prompt, max_new_tokens)
 
   return decode, warmup
 
