@@ -13,6 +13,7 @@ import numpy as np
 
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding
+from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.kv_cache import KVCache
@@ -39,15 +40,20 @@ class Model:
     return self.source.rsplit("/", 1)[-1]
 
 
-def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True) -> Model:
+def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
+               fuse: bool = True) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   dtype: "float32" (use it on CPU: XLA:CPU runs bfloat16 far slower) or "bfloat16".
+  fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
+    kernels per step.
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
   ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache)
   params = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), ckpt.params)
+  if fuse:
+    params = model_lib.fuse_projections(params)
   return Model(ckpt.cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source)
 
 

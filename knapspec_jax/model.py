@@ -53,9 +53,14 @@ def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
   """Pre-norm and projections of one attention sublayer: q [B,T,H,hd], k and v [B,T,KV,hd]."""
   b, t, _ = x.shape
   h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
-  q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
-  if cfg.qkv_bias:
-    q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+  if "wqkv" in lp:  # fused layout (fuse_projections): one matmul instead of three
+    qkv = h @ lp["wqkv"] + (lp["bqkv"] if cfg.qkv_bias else 0)
+    q_end, k_end = cfg.n_heads * cfg.head_dim, (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim
+    q, k, v = qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:]
+  else:
+    q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+    if cfg.qkv_bias:
+      q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
   q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
   k = k.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
   v = v.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
@@ -84,7 +89,11 @@ def attend(cfg: ModelConfig, q, keys, values, mask):
 def mlp(lp: Params, cfg: ModelConfig, x):
   """Pre-norm SwiGLU MLP sublayer output (before the residual add)."""
   h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
-  return (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+  if "w_gate_up" in lp:  # fused layout (fuse_projections)
+    gate, up = jnp.split(h @ lp["w_gate_up"], 2, axis=-1)
+  else:
+    gate, up = h @ lp["w_gate"], h @ lp["w_up"]
+  return (jax.nn.silu(gate) * up) @ lp["w_down"]
 
 
 def lm_head(params: Params, cfg: ModelConfig, h):
@@ -134,6 +143,22 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
   h = rms_norm(x, params["final_norm"], cfg.norm_eps)
   new_cache = KVCache(k=tuple(ks), v=tuple(vs), length=pos0 + t)
   return ForwardOut(h, new_cache, jnp.stack(residuals) if collect_residuals else None)
+
+
+def fuse_projections(params: Params) -> Params:
+  """Concatenates q/k/v and gate/up weights per layer: fewer, larger matmuls per step (decode
+  on a GPU is bound by kernel launches, not bytes). The forward accepts either layout."""
+  layers = []
+  for lp in params["layers"]:
+    lp = dict(lp)
+    if "wq" in lp:
+      lp["wqkv"] = jnp.concatenate([lp.pop("wq"), lp.pop("wk"), lp.pop("wv")], axis=-1)
+      if "bq" in lp:
+        lp["bqkv"] = jnp.concatenate([lp.pop("bq"), lp.pop("bk"), lp.pop("bv")], axis=-1)
+    if "w_gate" in lp:
+      lp["w_gate_up"] = jnp.concatenate([lp.pop("w_gate"), lp.pop("w_up")], axis=-1)
+    layers.append(lp)
+  return {**params, "layers": tuple(layers)}
 
 
 def cast_params(params: Params, dtype) -> Params:
