@@ -258,7 +258,7 @@ def _unflatten(flat: dict, n_layers: int) -> dict:
 def _cached(path: pathlib.Path, cfg: ModelConfig, loader) -> dict:
   from absl import logging as absl_logging
   import orbax.checkpoint as ocp
-  absl_logging.set_verbosity(max(absl_logging.get_verbosity(), absl_logging.WARNING))  # orbax chatter
+  absl_logging.set_verbosity(min(absl_logging.get_verbosity(), absl_logging.WARNING))  # orbax chatter
   target = cache_dir() / f"{path.stem}-{_fingerprint(path)}"
   checkpointer = ocp.StandardCheckpointer()
   if target.exists():
