@@ -1,0 +1,226 @@
+"""Shared fixtures: the real SmolLM2 model (JAX and transformers, loaded once per session), tiny
+random transformers models of each supported architecture saved as HF directories, Spec-Bench
+prompts, and an XLA compile counter that does not rely on the project's own bookkeeping."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runs from a plain checkout too, without `pip install -e .`
+  sys.path.insert(0, str(REPO))
+DATA_DIR = REPO.parent / "shared" / "data"
+
+import jax  # noqa: E402
+import torch  # noqa: E402
+
+from knapspec_jax import api, checkpoint  # noqa: E402
+
+# Once XLA's CPU thread pool is up, torch's multi-threaded kernels on this 2-core machine ran
+# ~8x slower (64 greedy SmolLM2 tokens: 20 s instead of 3 s); one torch thread avoids it.
+torch.set_num_threads(1)
+
+# ------------------------------------------------------------------------------ compile counter
+
+# jax records this event once per XLA backend compile (jit, AOT .compile() and eager ops alike);
+# a persistent-compilation-cache retrieval replaces the compile, so it is counted as one too.
+_COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",
+                   "/jax/compilation_cache/cache_retrieval_time_sec")
+
+
+class CompileCounter:
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.count = 0
+    self.events: list[tuple[str, dict]] = []
+
+  def __call__(self, event: str, duration: float, **kwargs):
+    if event in _COMPILE_EVENTS:
+      with self._lock:
+        self.count += 1
+        self.events.append((event, kwargs))
+
+
+_COUNTER = CompileCounter()
+jax.monitoring.register_event_duration_secs_listener(_COUNTER)
+
+
+@pytest.fixture(scope="session")
+def compile_counter() -> CompileCounter:
+  return _COUNTER
+
+
+# ---------------------------------------------------------------------------------- SmolLM2
+
+@pytest.fixture(scope="session")
+def smol_path() -> pathlib.Path:
+  """The bundled SmolLM2 GGUF, even when $KNAPSPEC_MODEL points the library elsewhere."""
+  override = os.environ.pop("KNAPSPEC_MODEL", None)
+  try:
+    path = checkpoint.default_model_path()
+  finally:
+    if override is not None:
+      os.environ["KNAPSPEC_MODEL"] = override
+  assert path.name == checkpoint.DEFAULT_GGUF_FILE
+  return path
+
+
+@pytest.fixture(scope="session")
+def smol_jax(smol_path) -> api.Model:
+  # use_cache=False: exercise the GGUF dequantization path itself, not an Orbax copy of it.
+  return api.load_model(str(smol_path), use_cache=False)
+
+
+@pytest.fixture(scope="session")
+def smol_hf(smol_path):
+  from transformers import AutoModelForCausalLM
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    model = AutoModelForCausalLM.from_pretrained(smol_path.parent, gguf_file=smol_path.name,
+                                                 dtype=torch.float32)
+  return model.eval()
+
+
+# ------------------------------------------------------------------------------ Spec-Bench
+
+PROMPT_CATEGORIES = ("writing", "math", "translation")
+
+
+@pytest.fixture(scope="session")
+def spec_bench_prompts() -> dict[str, str]:
+  """First user turn of the first item of three different categories."""
+  path = DATA_DIR / "spec_bench_question.jsonl"
+  assert path.is_file(), f"{path} is missing: the tests read Spec-Bench prompts from it"
+  prompts = {}
+  for line in path.read_text().splitlines():
+    item = json.loads(line)
+    if item["category"] in PROMPT_CATEGORIES and item["category"] not in prompts:
+      prompts[item["category"]] = item["turns"][0]
+  assert sorted(prompts) == sorted(PROMPT_CATEGORIES)
+  return prompts
+
+
+# ------------------------------------------------------------------------- tiny random models
+
+@dataclasses.dataclass
+class TinyModel:
+  name: str
+  path: pathlib.Path  # HF checkpoint directory (config.json + model.safetensors)
+  hf: torch.nn.Module  # the transformers reference, float32, eval mode
+  jax: api.Model  # the same weights loaded by knapspec_jax (default: fused projections)
+  jax_unfused: api.Model  # loaded with fuse=False: the separate q/k/v and gate/up layout
+
+
+_TINY_COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=512)
+
+
+def _tiny_hf_config(name: str):
+  import transformers
+  if name == "llama":
+    return transformers.LlamaConfig(num_hidden_layers=2, tie_word_embeddings=True,
+                                    rope_theta=10000.0, **_TINY_COMMON)
+  if name == "llama3_rope":
+    # original context 64 against head_dim 16 puts RoPE frequencies in all three llama3 bands
+    # (kept, smoothed, divided by factor) so the scaling formula is exercised.
+    return transformers.LlamaConfig(
+        num_hidden_layers=3, tie_word_embeddings=False, rope_theta=10000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        **_TINY_COMMON)
+  if name == "qwen2":
+    return transformers.Qwen2Config(num_hidden_layers=3, tie_word_embeddings=False,
+                                    rope_theta=1000000.0, use_sliding_window=False,
+                                    **_TINY_COMMON)
+  if name == "qwen3":
+    return transformers.Qwen3Config(num_hidden_layers=4, head_dim=16, tie_word_embeddings=True,
+                                    rope_theta=1000000.0, use_sliding_window=False,
+                                    **_TINY_COMMON)
+  raise KeyError(name)
+
+
+TINY_NAMES = ("llama", "llama3_rope", "qwen2", "qwen3")
+
+
+def build_tiny_hf(name: str, seed: int = 0) -> torch.nn.Module:
+  """A transformers model whose every weight is random and O(1) in effect: norm scales away from
+  1 and nonzero biases, so a loader that drops or mislabels any tensor changes the logits."""
+  import transformers
+  cfg = _tiny_hf_config(name)
+  cfg._attn_implementation = "eager"
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for pname, p in model.named_parameters():
+      if "norm" in pname:
+        p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+      elif pname.endswith("bias"):
+        p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+      elif "embed_tokens" in pname:
+        p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+      else:  # large enough that greedy decoding wanders instead of repeating one token
+        p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+  return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, TinyModel]:
+  models = {}
+  for name in TINY_NAMES:
+    hf = build_tiny_hf(name)
+    path = tmp_path_factory.mktemp(f"tiny_{name}")
+    hf.save_pretrained(path, safe_serialization=True)
+    assert (path / "model.safetensors").is_file()
+    models[name] = TinyModel(name, path, hf, api.load_model(str(path), use_cache=False),
+                             api.load_model(str(path), use_cache=False, fuse=False))
+  return models
+
+
+@pytest.fixture(params=TINY_NAMES)
+def tiny(request, tiny_models) -> TinyModel:
+  return tiny_models[request.param]
+
+
+def _hf_greedy(hf_model, ids, max_new_tokens: int) -> list[int]:
+  """transformers' own greedy generate with end-of-sequence disabled: exactly max_new_tokens."""
+  input_ids = torch.as_tensor(np.asarray(ids, np.int64))[None]
+  with torch.no_grad():
+    out = hf_model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                            do_sample=False, max_new_tokens=max_new_tokens,
+                            eos_token_id=None, pad_token_id=0)
+  new = out[0, input_ids.shape[1]:].tolist()
+  assert len(new) == max_new_tokens
+  return new
+
+
+def _hf_logits(hf_model, ids) -> np.ndarray:
+  """float32 logits [T, V] of transformers for one sequence, no cache."""
+  input_ids = torch.as_tensor(np.asarray(ids, np.int64))[None]
+  with torch.no_grad():
+    return hf_model(input_ids, use_cache=False).logits[0].float().numpy()
+
+
+@pytest.fixture(scope="session")
+def hf_greedy():
+  return _hf_greedy
+
+
+@pytest.fixture(scope="session")
+def hf_logits():
+  return _hf_logits
+
+
+@pytest.fixture(scope="session")
+def tiny_builder():
+  """build_tiny_hf(name, seed) for tests that need a fresh model of their own."""
+  return build_tiny_hf
