@@ -137,9 +137,9 @@ def _abstract_state(model: Model) -> decoding.DecodeState:
 
 def warmup_prefill(model: Model, n_prompt: int):
   """Compiles the prefill program a prompt of this length uses."""
-  chunk = decoding.prefill_chunk_len(n_prompt)
-  n_pad = -(-n_prompt // chunk) * chunk
   cache = jax.eval_shape(lambda: KVCache.create(model.cfg, DTYPES[model.dtype]))
+  chunk = decoding.prefill_chunk_len(n_prompt, cache.capacity)
+  n_pad = -(-n_prompt // chunk) * chunk
   args = (model.params, jax.ShapeDtypeStruct((1, chunk), jnp.int32), cache,
           jax.ShapeDtypeStruct((), jnp.int32))
   model.compiled.get("prefill_chunk", decoding._prefill_chunk, args,

@@ -34,11 +34,14 @@ def attn_bucket(n: int, capacity: int) -> int:
   return min(-(-n // 1024) * 1024, capacity)
 
 
-def prefill_chunk_len(n: int) -> int:
-  """Chunk size for prefilling an n-token prompt: a power of two from 32 up to 512."""
+def prefill_chunk_len(n: int, capacity: int) -> int:
+  """Chunk size for prefilling an n-token prompt: a power of two from 32 up to 512, small
+  enough that the padded prompt (whole chunks) still fits the cache."""
   c = 32
   while c < min(n, 512):
     c *= 2
+  while c > 1 and -(-n // c) * c > capacity:
+    c //= 2
   return c
 
 
@@ -83,7 +86,7 @@ def prefill(params, cfg: ModelConfig, prompt_ids: np.ndarray, cache: KVCache,
             compiled: CompileCache):
   """Runs the prompt through the full model in chunks; returns (last logits [V], cache)."""
   n = len(prompt_ids)
-  chunk = prefill_chunk_len(n)
+  chunk = prefill_chunk_len(n, cache.capacity)
   n_pad = -(-n // chunk) * chunk
   padded = np.zeros((1, n_pad), np.int32)
   padded[0, :n] = prompt_ids
@@ -163,6 +166,9 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
 
 
 def ar_buckets(cfg: ModelConfig, capacity: int, n_prompt: int, max_new_tokens: int) -> list[int]:
-  """The attention buckets an AR run over these lengths will visit (for warm-up compiles)."""
-  last = min(n_prompt + max_new_tokens, cfg.max_seq_len)
+  """The attention buckets an AR run over these lengths will visit (for warm-up compiles).
+
+  The first new token comes from the prefill and the last one is never fed back, so the
+  decode steps run at positions n_prompt .. n_prompt + max_new_tokens - 2."""
+  last = min(n_prompt + max_new_tokens - 1, cfg.max_seq_len)
   return sorted({attn_bucket(n, capacity) for n in range(n_prompt + 1, last + 1)})

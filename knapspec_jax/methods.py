@@ -267,7 +267,7 @@ class ClaspPolicy:
     # Whole layers as items of weight 1 each: budget j = number of skipped layers = M.
     result = knapsack.search(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r, 1, 1,
                              model.compiled, whole_layers=True)
-    found = {c.budget // 2: c for c in knapsack.candidates(result)}
+    found = {len(c.skip.attn_skipped): c for c in knapsack.candidates(result)}
     pick = found.get(self.config.n_skip) or found[max(found)]
     tpt = float(selection.tpt_table([Candidate(pick.skip, pick.agreement)], self.profile,
                                     attn_len, self.config.gamma)[0, -1])

@@ -1,0 +1,187 @@
+"""Self-speculative decoding is lossless, drafts when its latency model says drafting pays,
+declines when it does not, and reuses compiled programs. The reference is plain AR decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import knapspec_jax as ks
+from knapspec_jax import api, datasets
+from knapspec_jax.latency import LatencyProfile
+
+
+def synthetic_profile(n_layers: int, *, t_attn: float, t_mlp: float, fixed: float,
+                      verify_per_token: float, search_s: float = 0.0) -> LatencyProfile:
+  """A stated cost model (seconds): what a device with these sublayer costs would measure."""
+  return LatencyProfile(device="synthetic", model="test", dtype="float32", n_layers=n_layers,
+                        c0=fixed, a0=t_attn, a1=0.0, m=t_mlp, v0=verify_per_token, v1=0.0,
+                        search_c0=search_s)
+
+
+# A large model's structure: sublayers dominate, verifying g + 1 tokens costs one step.
+PAYS = dict(t_attn=1e-3, t_mlp=1e-3, fixed=1e-4, verify_per_token=0.0)
+# This CPU's structure at its worst for drafting: every extra verified token costs a full step.
+NEVER_PAYS = dict(t_attn=1e-3, t_mlp=1e-3, fixed=1e-4, verify_per_token=0.06)
+
+
+@pytest.fixture
+def with_profile():
+  """Temporarily gives a shared model a synthetic latency profile."""
+  saved = []
+
+  def give(model, **costs):
+    saved.append((model, model.profile, dict(model.search_times)))
+    model.profile = synthetic_profile(model.cfg.n_layers, **costs)
+    model.search_times.clear()
+    return model
+
+  yield give
+  for model, profile, times in saved:
+    model.profile, model.search_times = profile, times
+
+
+def ar(model, ids, max_new, ignore_eos=True):
+  return api.generate(model, ids, max_new, method="ar", ignore_eos=ignore_eos).output_ids
+
+
+# ------------------------------------------------------------------------------ property test
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_fixed_drafts_equal_ar_property(tiny_models, with_profile, data):
+  """Random skip sets, draft lengths, thresholds, prompts, budgets and EOS: always AR's output."""
+  name = data.draw(st.sampled_from(["llama", "qwen2", "qwen3"]))
+  model = with_profile(tiny_models[name].jax, **PAYS)
+  n_items = 2 * model.cfg.n_layers
+  skip = ks.SkipMask(tuple(data.draw(st.lists(st.booleans(), min_size=n_items,
+                                               max_size=n_items))))
+  gamma = data.draw(st.integers(1, 6))
+  threshold = data.draw(st.sampled_from([1e-4, 0.05, 0.2, 0.7, 1.0]))
+  ids = data.draw(st.lists(st.integers(0, model.cfg.vocab_size - 1), min_size=1, max_size=40))
+  max_new = data.draw(st.integers(1, 48))
+  ignore_eos = data.draw(st.booleans())
+  # Let the model's own frequent tokens act as EOS sometimes, so EOS inside a draft happens.
+  eos = () if ignore_eos else (int(data.draw(st.integers(0, model.cfg.vocab_size - 1))),)
+  saved_eos, model.eos_ids = model.eos_ids, eos
+  try:
+    want = ar(model, ids, max_new, ignore_eos=False)
+    got = api.generate(model, ids, max_new, method="fixed", ignore_eos=False,
+                       config=ks.FixedConfig(skip=skip, gamma=gamma, threshold=threshold))
+  finally:
+    model.eos_ids = saved_eos
+  assert got.output_ids == want, (skip, gamma, threshold)
+  assert got.new_tokens <= max_new
+
+
+def test_every_method_equals_ar_on_tiny_models(tiny_models, with_profile):
+  for name in ("llama3_rope", "qwen3"):  # 3 and 4 layers: CLaSp may skip an inner layer
+    model = with_profile(tiny_models[name].jax, **PAYS)
+    ids = np.arange(5, 45) % model.cfg.vocab_size
+    want = ar(model, ids, 40)
+    for method, config in [
+        ("knapspec", ks.KnapSpecConfig(interval=4, n_ref=8, threshold=0.01, margin=-0.99,
+                                       search_budget=100.0)),
+        ("del", ks.DelConfig(interval=4, n_ref=8, threshold=0.01, min_exit=1)),
+        ("clasp", ks.ClaspConfig(n_skip=1, gamma=3, threshold=0.01, interval=2)),
+        ("fixed", ks.FixedConfig(gamma=3, threshold=0.01))]:
+      got = api.generate(model, ids, 40, method=method, ignore_eos=True, config=config)
+      assert got.output_ids == want, (name, method)
+
+
+# ----------------------------------------------------------------------------- SmolLM2
+
+@pytest.fixture(scope="module")
+def smol_prompts(smol_jax, spec_bench_prompts):
+  long_doc = datasets.long_document_prompt(smol_jax.tokenizer, 2000)
+  return {"writing": api.encode_prompt(smol_jax, spec_bench_prompts["writing"]),
+          "long-2000": datasets.encode(smol_jax.tokenizer, long_doc)}
+
+
+def test_knapspec_drafts_when_drafting_pays_and_stays_lossless(smol_jax, smol_prompts,
+                                                               with_profile):
+  model = with_profile(smol_jax, **PAYS)
+  config = ks.KnapSpecConfig(interval=8, search_budget=10.0)
+  for name, ids in smol_prompts.items():
+    got = api.generate(model, ids, 40, method="knapspec", ignore_eos=True, config=config)
+    assert got.output_ids == ar(model, ids, 40), name
+    stats = got.stats
+    assert stats["drafting_windows"] >= 1, stats["decisions"]
+    assert stats["speculation_steps"] >= 1
+    drafted = [d for d in stats["decisions"] if d["gamma"] > 0]
+    assert all(d["predicted_tpt"] > d["ar_tpt"] for d in drafted)
+    assert all(d["n_attn_skipped"] + d["n_mlp_skipped"] > 0 for d in drafted)
+
+
+def test_knapspec_declines_when_no_draft_pays(smol_jax, smol_prompts, with_profile):
+  model = with_profile(smol_jax, **NEVER_PAYS)
+  ids = smol_prompts["writing"]
+  config = ks.KnapSpecConfig(interval=8, search_budget=10.0)
+  got = api.generate(model, ids, 32, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == ar(model, ids, 32)
+  stats = got.stats
+  assert stats["drafting_windows"] == 0 and stats["speculation_steps"] == 0
+  searched = [d for d in stats["decisions"] if d["reason"].startswith("declined")]
+  assert searched, stats["decisions"]  # it did search, and its prediction said no
+  assert all(d["best_tpt"] < d["ar_tpt"] * 1.03 for d in searched)
+
+
+def test_knapspec_skips_the_search_it_cannot_afford(smol_jax, smol_prompts, with_profile):
+  """A search that costs more than search_budget of the AR time left is not run at all."""
+  model = with_profile(smol_jax, **PAYS, search_s=5.0)
+  ids = smol_prompts["writing"]
+  got = api.generate(model, ids, 24, method="knapspec", ignore_eos=True)
+  assert got.output_ids == ar(model, ids, 24)
+  assert got.stats["search_s"] == 0.0
+  assert all(d["reason"].startswith("no search") for d in got.stats["decisions"])
+
+
+@pytest.mark.parametrize("method", ["del", "clasp", "fixed"])
+def test_baselines_equal_ar_on_smollm2(smol_jax, smol_prompts, with_profile, method):
+  model = with_profile(smol_jax, **PAYS)
+  config = {"del": ks.DelConfig(interval=8), "clasp": ks.ClaspConfig(interval=16),
+            "fixed": ks.FixedConfig()}[method]
+  for name, ids in smol_prompts.items():
+    got = api.generate(model, ids, 24, method=method, ignore_eos=True, config=config)
+    assert got.output_ids == ar(model, ids, 24), (method, name)
+
+
+def test_seen_skip_set_compiles_nothing(tiny_models, with_profile, compile_counter):
+  model = with_profile(tiny_models["llama"].jax, **PAYS)
+  config = ks.FixedConfig(skip=ks.SkipMask.from_layers(model.cfg.n_layers, attn=[1]), gamma=3,
+                          threshold=0.05)
+  api.generate(model, np.arange(1, 30), 20, method="fixed", ignore_eos=True, config=config)
+  before, own_before = compile_counter.count, model.compiled.stats.compiles
+  for ids, n in [(np.arange(3, 31), 17), (np.arange(40, 70), 25)]:
+    api.generate(model, ids, n, method="fixed", ignore_eos=True, config=config)
+  assert compile_counter.count == before
+  assert model.compiled.stats.compiles == own_before
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda L: ks.FixedConfig(gamma=0), ks.MethodError),
+    (lambda L: ks.FixedConfig(threshold=0.0), ks.MethodError),
+    (lambda L: ks.FixedConfig(threshold=1.5), ks.MethodError),
+    (lambda L: ks.KnapSpecConfig(interval=0), ks.MethodError),
+    (lambda L: ks.KnapSpecConfig(tau=1.0), ks.MethodError),
+    (lambda L: ks.DelConfig(gamma_max=0), ks.MethodError),
+])
+def test_bad_method_options(tiny_models, make, error):
+  with pytest.raises(error):
+    make(tiny_models["llama"].jax.cfg.n_layers)
+
+
+def test_fixed_skip_mask_of_wrong_length(tiny_models, with_profile):
+  model = with_profile(tiny_models["llama"].jax, **PAYS)
+  with pytest.raises(ks.SkipMaskError, match="sublayers"):
+    api.generate(model, [1, 2, 3], 4, method="fixed",
+                 config=ks.FixedConfig(skip=ks.SkipMask.none(model.cfg.n_layers + 1)))
+
+
+def test_unknown_method(tiny_models):
+  with pytest.raises(ValueError, match="unknown method"):
+    api.generate(tiny_models["llama"].jax, [1, 2, 3], 4, method="medusa")
