@@ -35,6 +35,7 @@ class Policy(Protocol):
   name: str
   interval: int  # speculation rounds per window
   threshold: float  # draft confidence exit
+  ar_window: int  # tokens of plain decoding after a decision not to draft
 
   def decide(self, model, state: DecodeState, ctx: Context) -> Decision:
     ...
@@ -55,9 +56,21 @@ def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: in
           + rounds * profile.t_verify(decision.gamma + 1, attn_len))
 
 
+def background_compile_default() -> bool:
+  """Compile new skip sets in a background thread where the host has cores to spare (GPU/TPU
+  hosts); on a CPU backend compiling would take cores from decoding, so it blocks instead."""
+  return jax.default_backend() != "cpu"
+
+
 def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
-        profile: LatencyProfile, warmup_tokens: int = 0, ar_window: int | None = None):
-  """Decodes to the end with `policy`; returns (state, stats dict)."""
+        profile: LatencyProfile, warmup_tokens: int = 0, background: bool | None = None,
+        wait_chunk: int = 16):
+  """Decodes to the end with `policy`; returns (state, stats dict).
+
+  background: compile a newly chosen skip set in a background thread and decode plainly,
+  `wait_chunk` tokens at a time, until it is ready (default: background_compile_default()).
+  """
+  background = background_compile_default() if background is None else background
   compiled = model.compiled
   counters = speculative.SpecCounters.zeros()
   windows = []
@@ -82,13 +95,23 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     before = jax.device_get(counters)
     compile_before = compiled.stats.compile_s
     start = time.perf_counter()
+    waited_tokens = 0
     if decision.drafts:
-      state, counters = speculative.run_rounds(
-          model.params, model.cfg, state, counters, compiled, skip=decision.skip,
-          gamma=decision.gamma, threshold=policy.threshold, max_rounds=policy.interval)
+      start_rounds = int(counters.rounds)
+      while True:
+        left = policy.interval - (int(counters.rounds) - start_rounds)
+        state, counters, ready = speculative.run_rounds(
+            model.params, model.cfg, state, counters, compiled, skip=decision.skip,
+            gamma=decision.gamma, threshold=policy.threshold, max_rounds=left,
+            background=background)
+        if ready or bool(state.done):
+          break
+        n_before = int(state.n_out)  # the draft's program is compiling: decode plainly
+        state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=wait_chunk)
+        waited_tokens += int(state.n_out) - n_before
     else:
       state = decoding.run_ar(model.params, model.cfg, state, compiled,
-                              max_tokens=ar_window or policy.interval)
+                              max_tokens=policy.ar_window)
     jax.block_until_ready(state)
     measured = time.perf_counter() - start
     compile_s = compiled.stats.compile_s - compile_before
@@ -96,10 +119,12 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     tokens = int(state.n_out) - n_out
     rounds = int(after.rounds - before.rounds)
     forwards = int(after.draft_forwards - before.draft_forwards)
-    predicted = predicted_window_s(profile, decision, attn_len, tokens, rounds, forwards)
+    predicted = (predicted_window_s(profile, decision, attn_len, tokens - waited_tokens, rounds,
+                                    forwards)
+                 + waited_tokens * profile.t_step(None, attn_len))
     windows.append(dict(
         decision=decision.to_json(), context=length, tokens=tokens, rounds=rounds,
-        drafted=int(after.drafted - before.drafted),
+        drafted=int(after.drafted - before.drafted), ar_tokens_while_compiling=waited_tokens,
         accepted=int(after.accepted - before.accepted), draft_forwards=forwards,
         search_s=search, compile_s=compile_s, measured_s=measured - compile_s,
         predicted_s=predicted, measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))

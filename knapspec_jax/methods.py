@@ -55,6 +55,9 @@ class KnapSpecConfig:
   latency_weights: item weights from the latency profile (False: uniform weights, i.e. DEL's
     Tokens-per-Layer view, an ablation).
   protect_ends: never skip the first and last layer (official).
+  background_compile: compile a new skip set's program in a background thread while decoding
+    plainly, so the compile costs no decode time (default: on GPU/TPU hosts, off on CPU, where
+    it would take the cores decoding needs). When it blocks, the selection charges it.
   """
 
   interval: int = 64
@@ -68,6 +71,7 @@ class KnapSpecConfig:
   decoupled: bool = True
   latency_weights: bool = True
   protect_ends: bool = True
+  background_compile: bool | None = None
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval)
@@ -85,6 +89,8 @@ class KnapSpecPolicy:
     self.interval, self.threshold = config.interval, config.threshold
     self.ar_window = config.interval
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
+    self.background = (controller.background_compile_default()
+                       if config.background_compile is None else config.background_compile)
 
   def search_cost(self, attn_len: int) -> float:
     """Expected seconds of one search at this bucket: last measured on this model, else the
@@ -139,7 +145,7 @@ class KnapSpecPolicy:
              for c in found if c.skip.n_skipped]
     if not self.config.decoupled:
       cands = [c for c in cands if c.skip.attn_skipped == c.skip.mlp_skipped]
-    compile_cost = p.segment_compile_s
+    compile_cost = 0.0 if self.background else p.segment_compile_s
     decision = selection.select(
         cands, p, attn_len, n, self.config.gamma_max, self.config.margin,
         compile_cost_s=compile_cost, window_tokens=min(ctx.remaining, 4 * self.interval),
@@ -296,7 +302,8 @@ def _make(name):
     policy = policy_cls(model, profile_for(model), config)
     warm = getattr(config, "n_ref", 0) if name != "fixed" else 0
     state, stats = controller.run(model, state, prompt_ids, policy, profile_for(model),
-                                  warmup_tokens=warm)
+                                  warmup_tokens=warm, background=getattr(policy, "background",
+                                                                         None))
     stats["config"] = {k: (v.to_list() if isinstance(v, SkipMask) else v)
                        for k, v in dataclasses.asdict(config).items()}
     return state, stats

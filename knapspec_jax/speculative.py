@@ -133,18 +133,35 @@ def segment_args(params, state: DecodeState, counters: SpecCounters, max_rounds:
 
 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
-               *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int):
-  """Host driver: up to max_rounds rounds (fewer at done / cache end), crossing buckets."""
+               *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int,
+               background: bool = False, prefetch: int = 256):
+  """Host driver: up to max_rounds rounds (fewer at done / cache end), crossing buckets.
+
+  Returns (state, counters, ready). With background=True a program that is not compiled yet is
+  compiled in a background thread and the call returns early with ready=False, so the caller
+  can decode plainly meanwhile; the next bucket's program is requested `prefetch` positions
+  before the context reaches it.
+  """
   from knapspec_jax.decoding import attn_bucket
   start_rounds = int(counters.rounds)
+  static = lambda attn_len: dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len)
   while True:
     done, length, rounds = jax.device_get((state.done, state.cache.length, counters.rounds))
     left = max_rounds - (int(rounds) - start_rounds)
     if done or length >= cfg.max_seq_len or left <= 0:
-      return state, counters
+      return state, counters, True
     attn_len = attn_bucket(int(length) + gamma + 1, state.cache.capacity)
     args = segment_args(params, state, counters, left, threshold)
-    fn = compiled.get("spec_segment", spec_segment, args,
-                      dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len),
-                      donate_argnums=(1,))
+    if background:
+      fn = compiled.get_async("spec_segment", spec_segment, args, static(attn_len),
+                              donate_argnums=(1,))
+      if fn is None:
+        return state, counters, False
+      upcoming = attn_bucket(min(int(length) + gamma + 1 + prefetch, cfg.max_seq_len),
+                             state.cache.capacity)
+      if upcoming != attn_len:
+        compiled.get_async("spec_segment", spec_segment, args, static(upcoming),
+                           donate_argnums=(1,))
+    else:
+      fn = compiled.get("spec_segment", spec_segment, args, static(attn_len), donate_argnums=(1,))
     state, counters = fn(*args)
