@@ -50,7 +50,10 @@ class CompileCache:
       if key in self._compiled:
         self.stats.hits += 1
         return self._compiled[key]
-      if key not in self._pending:
+      # One compile in flight per program name: a policy that changes its mind faster than
+      # programs compile must not queue up programs it will never run.
+      busy = any(k[0] == name for k in self._pending)
+      if key not in self._pending and not busy:
         if self._executor is None:
           self._executor = concurrent.futures.ThreadPoolExecutor(1, "knapspec-compile")
         self._pending[key] = self._executor.submit(

@@ -212,8 +212,10 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
     p0 = attn_len - n_ref
     tokens = jnp.ones((n_ref,), jnp.int32)
     base = base.rollback(p0)
+    chunk = (knapsack.DEFAULT_CHUNK if jax.default_backend() == "cpu"
+             else knapsack.max_budget(cfg.n_layers) + 1)  # as KnapSpecPolicy.search_static
     run = lambda: knapsack.search(params, cfg, base, tokens, p0, 1, 1, compiled,
-                                  attn_len=attn_len)
+                                  attn_len=attn_len, chunk=chunk)
     jax.block_until_ready(run())
     seconds = _time(lambda: run(), lambda: (), repeats)
     search_samples.append((attn_len, seconds))

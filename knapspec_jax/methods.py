@@ -58,6 +58,9 @@ class KnapSpecConfig:
   background_compile: compile a new skip set's program in a background thread while decoding
     plainly, so the compile costs no decode time (default: on GPU/TPU hosts, off on CPU, where
     it would take the cores decoding needs). When it blocks, the selection charges it.
+  search_chunk: budget states per batched sublayer call in the search (default: 8 on CPU, where
+    skipping dead states saves arithmetic; the whole table on accelerators, where the search is
+    bound by kernel launches).
   """
 
   interval: int = 64
@@ -72,6 +75,7 @@ class KnapSpecConfig:
   latency_weights: bool = True
   protect_ends: bool = True
   background_compile: bool | None = None
+  search_chunk: int | None = None
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval)
@@ -105,8 +109,11 @@ class KnapSpecPolicy:
     return n > self.config.n_ref and cost <= self.config.search_budget * remaining * t_ar
 
   def search_static(self, attn_len: int) -> dict:
+    chunk = self.config.search_chunk or (
+        knapsack.DEFAULT_CHUNK if jax.default_backend() == "cpu"
+        else knapsack.max_budget(self.model.cfg.n_layers, self.config.max_weight) + 1)
     return dict(attn_len=attn_len, tau=self.config.tau, max_weight=self.config.max_weight,
-                protect_ends=self.config.protect_ends)
+                protect_ends=self.config.protect_ends, chunk=chunk)
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """AOT-compiles the search for every bucket where this run could afford a search."""
