@@ -8,6 +8,7 @@ full model; the R tokens that follow it are the ones the search scores. Prints o
 """
 
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -31,6 +32,9 @@ _WEIGHTS = flags.DEFINE_list("weights", ["1:1", "5:1"], "w_attn:w_mlp pairs.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per configuration (median reported).")
 _CHUNK = flags.DEFINE_integer("chunk", knapsack.DEFAULT_CHUNK, "Budget states per sublayer call.")
 _K_MAX = flags.DEFINE_integer("k_max", None, "DP table size - 1; default the largest K.")
+_ATTN_LEN = flags.DEFINE_integer("attn_len", None, "One prefix bucket for every prefix length "
+                                 "(default: each prefix's own bucket); the search visits only "
+                                 "the prefix blocks below p0, so this isolates attention cost.")
 _UNSTACKED = flags.DEFINE_bool("unstacked", False, "Pass per-layer params (stacked in the "
                                "program) instead of a stack_layers copy.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the rows here as JSON.")
@@ -57,10 +61,11 @@ def main(argv):
   weights = [tuple(int(w) for w in pair.split(":")) for pair in _WEIGHTS.value]
   ids = long_document_ids(model, max(prefix_lengths) + max(r_values))
   params = model.params if _UNSTACKED.value else knapsack.stack_layers(model.params)
-  static = dict(chunk=_CHUNK.value, k_max=_K_MAX.value)
+  static = dict(chunk=_CHUNK.value, k_max=_K_MAX.value, attn_len=_ATTN_LEN.value)
   rows = []
   print(f"{model.name}, {jax.devices()[0].device_kind}, params "
-        f"{'per layer' if _UNSTACKED.value else 'stacked'}, chunk {_CHUNK.value}")
+        f"{'per layer' if _UNSTACKED.value else 'stacked'}, chunk {_CHUNK.value}, "
+        f"load average {os.getloadavg()[0]:.1f} (other processes skew CPU timings)")
   for p0 in prefix_lengths:
     cache = KVCache.create(cfg)
     _, cache = decoding.prefill(model.params, cfg, ids[:p0], cache, model.compiled)
@@ -78,7 +83,7 @@ def main(argv):
           result = run(wa, wm)
           times.append(time.perf_counter() - start)
         row = dict(prefix=p0, r=r, w_attn=wa, w_mlp=wm,
-                   attn_len=decoding.attn_bucket(p0 + r, cache.capacity),
+                   attn_len=_ATTN_LEN.value or decoding.attn_bucket(p0 + r, cache.capacity),
                    search_s=statistics.median(times), min_s=min(times), compile_s=compile_s,
                    live=int(np.sum(result.alive)),
                    k=min(knapsack.budget_limit(wa, wm, cfg.n_layers),
@@ -88,6 +93,7 @@ def main(argv):
               f"search {row['search_s']:.2f} s (min {row['min_s']:.2f}), "
               f"{row['live']}/{row['k'] + 1} budgets live, compile {compile_s:.1f} s",
               flush=True)
+  print(f"load average {os.getloadavg()[0]:.1f}")
   if _OUTPUT_JSON.value:
     pathlib.Path(_OUTPUT_JSON.value).write_text(json.dumps(rows, indent=1))
 

@@ -1,6 +1,6 @@
 """Measures and saves the latency profile of the default model on this device.
 
-  python experiments/gpu/profile.py --dtype=bfloat16 --output=profile.json
+  python experiments/measure_profile.py --dtype=bfloat16 --output=profile.json
 """
 
 import pathlib
@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import api, latency  # noqa: E402
 
