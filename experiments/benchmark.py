@@ -30,6 +30,9 @@ _LONG = flags.DEFINE_list("long_lengths", [], "Long-context summarization prompt
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate per prompt.")
 _IGNORE_EOS = flags.DEFINE_bool("ignore_eos", True, "Generate exactly max_new_tokens.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs per (method, prompt); median kept.")
+_WARMUP_RUNS = flags.DEFINE_integer(
+    "warmup_runs", 1, "Untimed runs per (method, prompt) first: the first execution of a "
+    "compiled program pays one-off costs (module load) that compiling ahead does not.")
 _OUT = flags.DEFINE_string("output_dir", None, "Write results.jsonl and table.md here.")
 _PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (default: stored/measured).")
 
@@ -59,6 +62,8 @@ def main(argv):
     ids = datasets.encode(model.tokenizer, item)
     ar_tps = None
     for method in methods:
+      for _ in range(_WARMUP_RUNS.value):
+        ks.generate(model, ids, _MAX_NEW.value, method=method, ignore_eos=_IGNORE_EOS.value)
       runs = [ks.generate(model, ids, _MAX_NEW.value, method=method,
                           ignore_eos=_IGNORE_EOS.value) for _ in range(_REPEATS.value)]
       runs.sort(key=lambda r: r.tokens_per_s)

@@ -17,7 +17,8 @@ stage 2 (the TPT grid search) then picks among them using each candidate's top-1
 the full model over the same R tokens.
 
 Layout of the compiled program:
-  * `lax.scan` over layers (two items per step) with per-layer weights stacked to [L, ...];
+  * `lax.scan` over layers (two items per step; one in CLaSp's whole-layer mode) with per-layer
+    weights stacked to [L, ...];
   * the K + 1 budget states are the batch dimension of the sublayer calls; only the rows of live
     states are computed (`_map_live`), because most of the table is dead or out of budget: with
     weights (1, 1) only 31 of SmolLM2's 91 rows can be in budget at all;
@@ -27,6 +28,11 @@ Layout of the compiled program:
     so its executed output at item i IS the full model's residual at depth i + 1.
 Weights and p0 are arrays, so re-running the search as the context grows never recompiles;
 only R, the attention bucket and the table size are static.
+
+Also here, on the same machinery: `exit_agreement`, DEL's per-exit-layer top-1 agreement.
+Costs on the 2-core CPU (SmolLM2-135M f32, experiments/time_knapsack.py): R = 8 at a 6K
+prefix, 0.9 s with weights (1, 1) and 2 s with (5, 1); the prefix attention of the live states
+is about half of it, the stacking copies (weights unless pre-stacked, cached prefix) ~0.35 s.
 """
 
 from __future__ import annotations
@@ -47,9 +53,10 @@ from knapspec_jax.skip_mask import SkipMask
 DEFAULT_MAX_WEIGHT = 5  # the official cap on an item's integer weight
 DEFAULT_TAU = 0.5  # the official pruning threshold on a state's mean cosine
 # Budget states computed together in one sublayer call. Live states are packed to the front, so
-# at most CHUNK - 1 dead rows are computed per item; R * CHUNK rows keep the matmuls efficient.
-DEFAULT_CHUNK = 8
-# Prefix keys per step of the attention's online softmax (at most; the bucket is split evenly).
+# at most CHUNK - 1 dead rows are computed per item. On the 2-core CPU (SmolLM2, R = 8) 16 beat
+# 4, 8 and 32: fewer rows starve the matmuls, more push a prefix block's scores out of cache.
+DEFAULT_CHUNK = 16
+# Prefix keys per step of the attention's online softmax.
 PREFIX_BLOCK = 512
 
 
@@ -65,6 +72,8 @@ class KnapsackResult(NamedTuple):
 
 
 class Candidate(NamedTuple):
+  """One live budget of a result, on the host."""
+
   skip: SkipMask
   budget: int
   cosine: float
@@ -98,7 +107,8 @@ def max_budget(n_layers: int, max_weight: int = DEFAULT_MAX_WEIGHT) -> int:
 def stack_layers(params: model_lib.Params) -> model_lib.Params:
   """A copy of params with the per-layer dicts stacked to [L, ...] arrays (the scan's layout).
 
-  Pass it to `knapsack_search` to keep the stacking copy out of every search.
+  Searching with it keeps the stacking copy out of every search (0.1-0.2 s for SmolLM2 on
+  the CPU) at the price of a second copy of the layer weights; per-layer params work as well.
   """
   layers = params["layers"]
   if isinstance(layers, dict):
@@ -249,8 +259,9 @@ def knapsack_search(params: model_lib.Params, cache: KVCache, tokens, p0, w_attn
   """The DP for the R confirmed tokens `tokens` [R] at positions p0 .. p0 + R - 1 (device).
 
   params: per-layer (model.py) or pre-stacked (`stack_layers`) weights.
-  cache: holds the full model's keys/values at positions < p0 (int32 [] array); read only.
-  w_attn, w_mlp: int32 [] item weights >= 1 (arrays: changing them does not recompile).
+  cache: holds the full model's keys/values at positions < p0; read only (its cursor and any
+    entries at positions >= p0 are ignored).
+  p0, w_attn, w_mlp: int32 [] arrays (changing them does not recompile); weights >= 1.
   Static: attn_len, a prefix bucket with p0 + R <= attn_len <= cache capacity; k_max, the
   largest budget in the table (default: the largest K that weights <= max_weight give); tau;
   protect_ends (layers 0 and L-1 are always executed, as in the official code); whole_layers
@@ -348,11 +359,12 @@ def search_static(cfg: ModelConfig, attn_len: int, *, k_max: int | None = None,
                   max_weight: int = DEFAULT_MAX_WEIGHT, tau: float = DEFAULT_TAU,
                   protect_ends: bool = True, whole_layers: bool = False,
                   chunk: int = DEFAULT_CHUNK) -> dict:
-  """The complete static kwargs of `knapsack_search`, defaults filled in, so that equal
-  configurations share one compile-cache entry however the caller spelled them."""
+  """The complete static kwargs of `knapsack_search`, defaults filled in (max_weight resolved
+  into k_max), so that equal programs share one compile-cache entry however they were asked for.
+  """
   k_max = max_budget(cfg.n_layers, max_weight) if k_max is None else k_max
-  return dict(cfg=cfg, attn_len=attn_len, k_max=k_max, max_weight=max_weight,
-              tau=float(tau), protect_ends=protect_ends, whole_layers=whole_layers, chunk=chunk)
+  return dict(cfg=cfg, attn_len=attn_len, k_max=k_max, tau=float(tau),
+              protect_ends=protect_ends, whole_layers=whole_layers, chunk=chunk)
 
 
 def _search_args(params, cache, tokens, p0, w_attn, w_mlp):
@@ -386,6 +398,16 @@ def search(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p
   fn = compiled.get("knapsack_search", knapsack_search, args,
                     search_static(cfg, attn_len, **static))
   return fn(*args)
+
+
+def compile_exit_agreement(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache,
+                           r: int, *, attn_len: int):
+  """AOT-compiles `exit_agreement_program` for R = r tokens at this bucket (warm-up)."""
+  cache = jax.eval_shape(lambda: KVCache.create(cfg, params["embed"].dtype))
+  args = (params, cache, jax.ShapeDtypeStruct((r,), jnp.int32),
+          jax.ShapeDtypeStruct((), jnp.int32))
+  return compiled.get("exit_agreement", exit_agreement_program, args,
+                      dict(cfg=cfg, attn_len=attn_len))
 
 
 def exit_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p0: int,

@@ -216,8 +216,14 @@ class DelPolicy:
   name = "del"
 
   def __init__(self, model, profile, config: DelConfig):
-    self.config, self.profile = config, profile
+    self.model, self.config, self.profile = model, config, profile
     self.interval, self.threshold, self.ar_window = config.interval, config.threshold, config.interval
+
+  def warmup(self, n_prompt: int, max_new_tokens: int):
+    for attn_len in _search_buckets(self.model.cfg, n_prompt + self.config.n_ref,
+                                    n_prompt + max_new_tokens):
+      knapsack.compile_exit_agreement(self.model.params, self.model.cfg, self.model.compiled,
+                                      self.config.n_ref, attn_len=attn_len)
 
   def decide(self, model, state, ctx):
     cfg, r, n = model.cfg, self.config.n_ref, len(ctx.tokens)
@@ -268,8 +274,14 @@ class ClaspPolicy:
   def __init__(self, model, profile, config: ClaspConfig):
     if not 0 < config.n_skip < model.cfg.n_layers - 1:
       raise MethodError(f"n_skip must be in 1..{model.cfg.n_layers - 2}, got {config.n_skip}")
-    self.config, self.profile = config, profile
+    self.model, self.config, self.profile = model, config, profile
     self.interval, self.threshold, self.ar_window = config.interval, config.threshold, 1
+
+  def warmup(self, n_prompt: int, max_new_tokens: int):
+    for attn_len in _search_buckets(self.model.cfg, n_prompt + self.config.n_ref,
+                                    n_prompt + max_new_tokens):
+      knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
+                              self.config.n_ref, attn_len=attn_len, whole_layers=True)
 
   def decide(self, model, state, ctx):
     cfg, r, n = model.cfg, self.config.n_ref, len(ctx.tokens)
@@ -286,6 +298,12 @@ class ClaspPolicy:
                                     attn_len, self.config.gamma)[0, -1])
     return Decision(pick.skip, self.config.gamma, pick.agreement, tpt, ar, tpt, n,
                     f"{len(pick.skip.attn_skipped)} layers skipped")
+
+
+def _search_buckets(cfg, start: int, end: int) -> list[int]:
+  """The attention buckets a search over contexts start..end-1 runs at."""
+  capacity = cfg.max_seq_len + speculative.SLACK
+  return sorted({attn_bucket(n, capacity) for n in range(start, min(end, cfg.max_seq_len))})
 
 
 _POLICIES = {"knapspec": (KnapSpecPolicy, KnapSpecConfig),
