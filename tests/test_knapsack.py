@@ -1,5 +1,8 @@
 """The knapsack search against an independent NumPy DP (its own float64 Llama forward, plain
-loops over items and budgets, its own backtrack), on a small random model and on SmolLM2-135M.
+loops over items and budgets, its own backtrack), on a small random model (prefix spanning two
+blocks of the attention's online softmax) and on SmolLM2-135M (fused projections); CLaSp's
+whole-layer mode and DEL's exit agreement on the same reference; candidates replayed through
+model.forward; and no recompiles when weights or p0 change.
 
 Float32 (JAX) and float64 (NumPy) may resolve an exact tie differently: a choice whose two
 options have mean cosines within TIE_TOL, or a state whose mean cosine is within TIE_TOL of tau.
@@ -290,11 +293,13 @@ def test_integer_weights():
 @pytest.fixture(scope="module")
 def random_setup():
   cfg = ModelConfig(arch="llama", vocab_size=256, d_model=64, d_ff=128, n_layers=6, n_heads=4,
-                    n_kv_heads=2, head_dim=16, max_seq_len=128)
+                    n_kv_heads=2, head_dim=16, max_seq_len=2048)
   # Large weights make sublayers matter, so cosines spread out and tau prunes some states.
   params = model_lib.init_random_params(cfg, jax.random.PRNGKey(0), scale=0.25)
-  prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 48).astype(np.int32)
-  return make_setup(params, cfg, prompt, p0=37, attn_len=64)
+  prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 700).astype(np.int32)
+  # p0 past one block of the attention's prefix loop, so its online softmax spans two blocks.
+  assert knapsack.PREFIX_BLOCK < 650 < 1024 - R
+  return make_setup(params, cfg, prompt, p0=650, attn_len=1024)
 
 
 @pytest.mark.parametrize("w_attn,w_mlp", WEIGHT_PAIRS)
