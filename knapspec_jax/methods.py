@@ -106,7 +106,7 @@ class KnapSpecPolicy:
     """A search is worth its cost only within `search_budget` of the AR time still ahead."""
     t_ar = self.profile.t_step(None, attn_bucket(n + self.config.gamma_max + 1, capacity))
     cost = self.search_cost(attn_bucket(n, capacity))
-    return n > self.config.n_ref and cost <= self.config.search_budget * remaining * t_ar
+    return cost <= self.config.search_budget * remaining * t_ar
 
   def search_static(self, attn_len: int) -> dict:
     chunk = self.config.search_chunk or (
@@ -129,7 +129,14 @@ class KnapSpecPolicy:
     n, capacity = len(ctx.tokens), state.cache.capacity
     attn_len = attn_bucket(n + self.config.gamma_max + 1, capacity)
     t_ar = p.t_step(None, attn_len)
-    if not self.would_search(n, ctx.remaining, capacity):
+    # The search scores drafts on generated tokens: collect r of them first, unless no search
+    # will be affordable by then, in which case decode plainly to the end in one go.
+    missing = max(r - ctx.n_out, 0)
+    if missing and self.would_search(n + missing, ctx.remaining - missing, capacity):
+      self.ar_window = missing
+      return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
+                      f"collecting {missing} generated tokens for the search")
+    if missing or not self.would_search(n, ctx.remaining, capacity):
       self.ar_window = max(ctx.remaining, 1)
       cost = self.search_cost(attn_bucket(n, capacity))
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
@@ -325,7 +332,7 @@ def _make(name):
   def decode(model, state, prompt_ids, config=None, **options):
     config = config or config_cls(**options)
     policy = policy_cls(model, profile_for(model), config)
-    warm = getattr(config, "n_ref", 0) if name != "fixed" else 0
+    warm = getattr(config, "n_ref", 0) if name in ("del", "clasp") else 0
     state, stats = controller.run(model, state, prompt_ids, policy, profile_for(model),
                                   warmup_tokens=warm, background=getattr(policy, "background",
                                                                          None))
