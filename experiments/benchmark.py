@@ -35,6 +35,23 @@ _WARMUP_RUNS = flags.DEFINE_integer(
     "compiled program pays one-off costs (module load) that compiling ahead does not.")
 _OUT = flags.DEFINE_string("output_dir", None, "Write results.jsonl and table.md here.")
 _PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (default: stored/measured).")
+_OPTIONS = flags.DEFINE_list("method_options", [], "Method settings as method.field=value, e.g. "
+                             "knapspec.search_budget=1.0 (fields of the method's config).")
+_NOISE = flags.DEFINE_bool("noise_floor", False, "Run AR a second time (reported as ar-rerun): "
+                           "the run-to-run spread that any speedup must exceed.")
+
+
+def method_options() -> dict:
+  options: dict = {}
+  for item in _OPTIONS.value:
+    key, value = item.split("=", 1)
+    method, field = key.split(".", 1)
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError:
+      pass
+    options.setdefault(method, {})[field] = value
+  return options
 
 
 def prompts(tokenizer) -> list[dict]:
@@ -49,7 +66,9 @@ def main(argv):
   model = ks.load_model(_MODEL.value, dtype=_DTYPE.value)
   if _PROFILE.value:
     model.profile = ks.LatencyProfile.load(_PROFILE.value)
-  methods = ["ar"] + [m for m in _METHODS.value if m != "ar"]
+  methods = ["ar"] + (["ar-rerun"] if _NOISE.value else []) + [
+      m for m in _METHODS.value if m != "ar"]
+  options = method_options()
   items = prompts(model.tokenizer)
   device = latency.device_name()
   print(f"{model.name} {model.dtype} on {device}; {len(items)} prompts; methods {methods}")
@@ -62,10 +81,11 @@ def main(argv):
     ids = datasets.encode(model.tokenizer, item)
     ar_tps = None
     for method in methods:
+      run = lambda: ks.generate(model, ids, _MAX_NEW.value, method=method.removesuffix("-rerun"),
+                                ignore_eos=_IGNORE_EOS.value, **options.get(method, {}))
       for _ in range(_WARMUP_RUNS.value):
-        ks.generate(model, ids, _MAX_NEW.value, method=method, ignore_eos=_IGNORE_EOS.value)
-      runs = [ks.generate(model, ids, _MAX_NEW.value, method=method,
-                          ignore_eos=_IGNORE_EOS.value) for _ in range(_REPEATS.value)]
+        run()
+      runs = [run() for _ in range(_REPEATS.value)]
       runs.sort(key=lambda r: r.tokens_per_s)
       r = runs[len(runs) // 2]
       if method == "ar":
@@ -76,7 +96,8 @@ def main(argv):
                     tokens_per_s_all=[x.tokens_per_s for x in runs],
                     speedup=r.tokens_per_s / ar_tps,
                     e2e_speedup=r.e2e_tokens_per_s / ar_e2e,
-                    identical_to_ar=r.output_ids == ar_ids, **r.to_json())
+                    identical_to_ar=r.output_ids == ar_ids,
+                    **(r.to_json() | {"method": method}))
       record.pop("text")
       rows.append(record)
       if out_dir:

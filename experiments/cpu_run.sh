@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The CPU numbers of BENCHMARKS.md (float32): latency profile, AR at three prompt lengths, every
+# method on the Spec-Bench subset and long-context summarization.
+set -euo pipefail
+out=${1:-results/cpu}
+mkdir -p "$out"
+python experiments/measure_profile.py --dtype=float32 --attn_lens=256,1024,2048,4096,8192 \
+  --steps=8 2>&1 | grep -v -i warn | tee "$out/profile.log"
+python experiments/benchmark.py --methods=ar --specbench_per_category=1 --categories=writing \
+  --long_lengths=4000,7500 --max_new_tokens=128 --repeats=3 --output_dir="$out/ar" \
+  2>&1 | grep -v -i warn
+python experiments/benchmark.py --methods=ar,knapspec,fixed,del,clasp --long_lengths=2000,4000,6500 \
+  --max_new_tokens=128 --output_dir="$out/long" 2>&1 | grep -v -i warn
+python experiments/benchmark.py --methods=ar,knapspec,fixed,del,clasp --specbench_per_category=1 \
+  --max_new_tokens=64 --output_dir="$out/specbench" 2>&1 | grep -v -i warn

@@ -1,0 +1,81 @@
+"""Markdown tables from benchmark JSONL files (what BENCHMARKS.md quotes).
+
+  python experiments/summarize.py results/h100/run4/long/results.jsonl [--decisions]
+"""
+
+import json
+import statistics
+import sys
+
+
+def load(paths):
+  rows = []
+  for p in paths:
+    rows += [json.loads(line) for line in open(p) if line.strip()]
+  return rows
+
+
+def speed_table(rows) -> str:
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  out = ["| prompt | prompt tokens | " + " | ".join(methods) + " |",
+         "|---|---|" + "---|" * len(methods)]
+  items = list(dict.fromkeys((r["item_id"], r["prompt_tokens"]) for r in rows))
+  for item, n in items:
+    cells = []
+    for m in methods:
+      r = next((x for x in rows if x["item_id"] == item and x["method"] == m), None)
+      cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x)"
+                   + ("" if r["identical_to_ar"] else " ≠AR"))
+    out.append(f"| {item} | {n} | " + " | ".join(cells) + " |")
+  return "\n".join(out)
+
+
+def method_table(rows) -> str:
+  out = ["| method | median x AR (decode) | min x AR | median x AR (end-to-end) | acceptance "
+         "| tokens / verify step | search % of decode | identical to AR | profile error "
+         "(median) |", "|---|---|---|---|---|---|---|---|---|"]
+  for m in dict.fromkeys(r["method"] for r in rows):
+    rs = [r for r in rows if r["method"] == m]
+    sp = [r["speedup"] for r in rs]
+    e2e = [r["e2e_speedup"] for r in rs]
+    drafted = sum(r["stats"].get("drafted_tokens") or 0 for r in rs)
+    accepted = sum(r["stats"].get("accepted_tokens") or 0 for r in rs)
+    steps = sum(r["stats"].get("speculation_steps") or 0 for r in rs)
+    search = sum(r["stats"].get("search_s") or 0 for r in rs) / sum(r["decode_s"] for r in rs)
+    errs = [r["stats"]["profile_median_rel_err"] for r in rs
+            if r["stats"].get("profile_median_rel_err") is not None]
+    same = sum(r["identical_to_ar"] for r in rs)
+    out.append(
+        f"| {m} | {statistics.median(sp):.3f} | {min(sp):.3f} | {statistics.median(e2e):.3f} | "
+        + (f"{accepted / drafted:.2f} | " if drafted else "– | ")
+        + (f"{(accepted + steps) / steps:.2f} | " if steps else "– | ")
+        + f"{100 * search:.2f} | {same}/{len(rs)} | "
+        + (f"{100 * statistics.median(errs):.1f}% |" if errs else "– |"))
+  return "\n".join(out)
+
+
+def decisions(rows) -> str:
+  out = ["| prompt | method | context | decision | attn/MLP skipped | gamma | alpha | "
+         "predicted tok/s | AR predicted | measured tok/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    for d in r["stats"].get("decisions", []):
+      out.append(f"| {r['item_id']} | {r['method']} | {d['context']} | {d['reason']} | "
+                 f"{d['n_attn_skipped']}/{d['n_mlp_skipped']} | {d['gamma']} | "
+                 f"{d['alpha']:.2f} | {d['predicted_tpt']:.1f} | {d['ar_tpt']:.1f} | "
+                 f"{d['measured_tokens_per_s']:.1f} |")
+  return "\n".join(out)
+
+
+def main(argv):
+  paths = [a for a in argv if not a.startswith("--")]
+  rows = load(paths)
+  print(speed_table(rows))
+  print()
+  print(method_table(rows))
+  if "--decisions" in argv:
+    print()
+    print(decisions(rows))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
