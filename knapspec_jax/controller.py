@@ -57,9 +57,11 @@ def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: in
 
 
 def background_compile_default() -> bool:
-  """Compile new skip sets in a background thread where the host has cores to spare (GPU/TPU
-  hosts); on a CPU backend compiling would take cores from decoding, so it blocks instead."""
-  return jax.default_backend() != "cpu"
+  """Off: measured on the H100 (BENCHMARKS.md), decoding plainly in short chunks while a skip
+  set compiled in a background thread ran at about half of AR's speed (host round trips and
+  Python tracing holding the GIL), and the compile took longer than whole generations. A new
+  skip set therefore compiles in the caller's thread and the selection charges that cost."""
+  return False
 
 
 def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,

@@ -56,8 +56,8 @@ class KnapSpecConfig:
     Tokens-per-Layer view, an ablation).
   protect_ends: never skip the first and last layer (official).
   background_compile: compile a new skip set's program in a background thread while decoding
-    plainly, so the compile costs no decode time (default: on GPU/TPU hosts, off on CPU, where
-    it would take the cores decoding needs). When it blocks, the selection charges it.
+    plainly (default off: see controller.background_compile_default). When compiling blocks,
+    the selection charges its cost against the predicted gain.
   search_chunk: budget states per batched sublayer call in the search (default: 8 on CPU, where
     skipping dead states saves arithmetic; the whole table on accelerators, where the search is
     bound by kernel launches).
