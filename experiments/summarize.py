@@ -66,12 +66,39 @@ def decisions(rows) -> str:
   return "\n".join(out)
 
 
+def skip_shift(rows) -> str:
+  """Per prompt: the attention and MLP sublayers skipped by each search's best draft (chosen or
+  declined), averaged over the searches. Longer context should shift skipping to attention."""
+  import re
+  out = ["| prompt | prompt tokens | searches | mean attention skipped | mean MLP skipped | "
+         "attention share |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    if r["method"] != "knapspec":
+      continue
+    counts = []
+    for d in r["stats"].get("decisions", []):
+      m = re.search(r"(\d+) attn \+ (\d+) MLP skipped", d["reason"])
+      if m:
+        counts.append((int(m[1]), int(m[2])))
+      elif d["gamma"] > 0:
+        counts.append((d["n_attn_skipped"], d["n_mlp_skipped"]))
+    if counts:
+      a = statistics.mean(c[0] for c in counts)
+      m_ = statistics.mean(c[1] for c in counts)
+      out.append(f"| {r['item_id']} | {r['prompt_tokens']} | {len(counts)} | {a:.1f} | {m_:.1f} "
+                 f"| {a / max(a + m_, 1e-9):.2f} |")
+  return "\n".join(out)
+
+
 def main(argv):
   paths = [a for a in argv if not a.startswith("--")]
   rows = load(paths)
   print(speed_table(rows))
   print()
   print(method_table(rows))
+  if "--skips" in argv:
+    print()
+    print(skip_shift(rows))
   if "--decisions" in argv:
     print()
     print(decisions(rows))

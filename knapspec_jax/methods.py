@@ -58,6 +58,8 @@ class KnapSpecConfig:
   background_compile: compile a new skip set's program in a background thread while decoding
     plainly (default off: see controller.background_compile_default). When compiling blocks,
     the selection charges its cost against the predicted gain.
+  charge_compile: False ignores compile cost in the selection (an experiment's setting, to
+    measure what the predicted drafts deliver; the compiles then count in decode time).
   search_chunk: budget states per batched sublayer call in the search (default: 8 on CPU, where
     skipping dead states saves arithmetic; the whole table on accelerators, where the search is
     bound by kernel launches).
@@ -76,6 +78,7 @@ class KnapSpecConfig:
   protect_ends: bool = True
   background_compile: bool | None = None
   search_chunk: int | None = None
+  charge_compile: bool = True
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval)
@@ -159,7 +162,8 @@ class KnapSpecPolicy:
              for c in found if c.skip.n_skipped]
     if not self.config.decoupled:
       cands = [c for c in cands if c.skip.attn_skipped == c.skip.mlp_skipped]
-    compile_cost = 0.0 if self.background else p.segment_compile_s
+    compile_cost = (p.segment_compile_s if self.config.charge_compile and not self.background
+                    else 0.0)
     decision = selection.select(
         cands, p, attn_len, n, self.config.gamma_max, self.config.margin,
         compile_cost_s=compile_cost, window_tokens=min(ctx.remaining, 4 * self.interval),
