@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from knapspec_jax import decoding, speculative
+from knapspec_jax.metrics import predicted_window_s, summarize
 from knapspec_jax.decoding import DecodeState, attn_bucket
 from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.selection import Decision
@@ -46,14 +47,6 @@ def confirmed_tokens(prompt_ids: np.ndarray, state: DecodeState) -> np.ndarray:
   length, n_out, out = jax.device_get((state.cache.length, state.n_out, state.out))
   seq = np.concatenate([prompt_ids, out[:int(n_out)]]).astype(np.int32)
   return seq[:int(length)]
-
-
-def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: int,
-                       tokens: int, rounds: int, draft_forwards: int) -> float:
-  if not decision.drafts:
-    return tokens * profile.t_step(None, attn_len)
-  return (draft_forwards * profile.t_step(decision.skip, attn_len)
-          + rounds * profile.t_verify(decision.gamma + 1, attn_len))
 
 
 def background_compile_default() -> bool:
@@ -131,26 +124,3 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         search_s=search, compile_s=compile_s, measured_s=measured - compile_s,
         predicted_s=predicted, measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))
   return state, summarize(windows, counters, search_s)
-
-
-def summarize(windows: list[dict], counters, search_s: float) -> dict:
-  c = jax.device_get(counters)
-  rounds, drafted, accepted = int(c.rounds), int(c.drafted), int(c.accepted)
-  spec = [w for w in windows if w["decision"]["skip"] is not None]
-  rel = [abs(w["predicted_s"] - w["measured_s"]) / w["measured_s"]
-         for w in windows if w["measured_s"] > 0 and w["tokens"] > 0]
-  return dict(
-      speculation_steps=rounds, drafted_tokens=drafted, accepted_tokens=accepted,
-      acceptance_rate=accepted / drafted if drafted else None,
-      mean_accepted_per_step=(accepted + rounds) / rounds if rounds else None,
-      search_s=search_s,
-      draft_verify_s=sum(w["measured_s"] for w in spec),
-      ar_s=sum(w["measured_s"] for w in windows if w["decision"]["skip"] is None),
-      compile_in_windows_s=sum(w["compile_s"] for w in windows),
-      drafting_windows=len(spec), windows=len(windows),
-      profile_median_rel_err=float(np.median(rel)) if rel else None,
-      decisions=[dict(context=w["context"], **{k: w["decision"][k] for k in (
-          "n_attn_skipped", "n_mlp_skipped", "gamma", "alpha", "predicted_tpt", "ar_tpt",
-          "best_tpt", "reason")}, measured_tokens_per_s=w["measured_tokens_per_s"])
-                 for w in windows],
-      window_log=windows)
