@@ -17,7 +17,6 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import jax  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets, latency  # noqa: E402
 

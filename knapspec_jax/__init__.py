@@ -4,7 +4,7 @@
   result = knapspec_jax.generate(model, "Hi!", 64, method="knapspec")
 """
 
-from knapspec_jax import methods as _methods  # registers the speculative methods
+from knapspec_jax import methods as _methods  # noqa: F401  (registers the speculative methods)
 from knapspec_jax.api import GenerationResult, Model, encode_prompt, generate, load_model, methods
 from knapspec_jax.checkpoint import CheckpointError
 from knapspec_jax.config import ModelConfig, UnsupportedModelError

@@ -15,10 +15,8 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from knapspec_jax import api, controller, decoding, knapsack, latency, selection, speculative
+from knapspec_jax import api, controller, knapsack, latency, selection, speculative
 from knapspec_jax.decoding import attn_bucket
 from knapspec_jax.selection import Candidate, Decision
 from knapspec_jax.skip_mask import SkipMask

@@ -11,7 +11,6 @@ sublayer is simply absent from the compiled program.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax

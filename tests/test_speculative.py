@@ -3,7 +3,6 @@ declines when it does not, and reuses compiled programs. The reference is plain 
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest

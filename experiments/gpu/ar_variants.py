@@ -13,7 +13,6 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import decoding, latency  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
