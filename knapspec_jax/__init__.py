@@ -5,7 +5,8 @@
 """
 
 from knapspec_jax import methods as _methods  # noqa: F401  (registers the speculative methods)
-from knapspec_jax.api import GenerationResult, Model, encode_prompt, generate, load_model, methods
+from knapspec_jax.api import GenerationResult, Model, encode_prompt, generate, load_model
+from knapspec_jax.api import methods as available_methods
 from knapspec_jax.checkpoint import CheckpointError
 from knapspec_jax.config import ModelConfig, UnsupportedModelError
 from knapspec_jax.decoding import PromptError
@@ -17,6 +18,6 @@ from knapspec_jax.skip_mask import SkipMask, SkipMaskError
 __all__ = [
     "CheckpointError", "ClaspConfig", "Decision", "DelConfig", "FixedConfig", "GenerationResult",
     "KnapSpecConfig", "LatencyProfile", "MethodError", "Model", "ModelConfig", "PromptError",
-    "SkipMask", "SkipMaskError", "UnsupportedModelError", "encode_prompt", "generate",
-    "load_model", "methods",
+    "SkipMask", "SkipMaskError", "UnsupportedModelError", "available_methods", "encode_prompt",
+    "generate", "load_model",
 ]
