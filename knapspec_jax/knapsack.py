@@ -104,6 +104,15 @@ def max_budget(n_layers: int, max_weight: int = DEFAULT_MAX_WEIGHT) -> int:
   return budget_limit(max_weight, 1, n_layers)
 
 
+def default_chunk(n_layers: int, max_weight: int = DEFAULT_MAX_WEIGHT) -> int:
+  """Budget states per sublayer call for this backend: DEFAULT_CHUNK on CPU, where skipping dead
+  states saves arithmetic; the whole table on accelerators, where the search is bound by kernel
+  launches."""
+  if jax.default_backend() == "cpu":
+    return DEFAULT_CHUNK
+  return max_budget(n_layers, max_weight) + 1
+
+
 def stack_layers(params: model_lib.Params) -> model_lib.Params:
   """A copy of params with the per-layer dicts stacked to [L, ...] arrays (the scan's layout).
 

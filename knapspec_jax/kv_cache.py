@@ -26,9 +26,14 @@ class KVCache:
   v: tuple[jax.Array, ...]
   length: jax.Array  # int32 []
 
+  @staticmethod
+  def capacity_for(cfg: ModelConfig) -> int:
+    """Positions a cache for this model holds: its context plus the speculation slack."""
+    return cfg.max_seq_len + SLACK
+
   @classmethod
   def create(cls, cfg: ModelConfig, dtype=jnp.float32, batch: int = 1) -> "KVCache":
-    shape = (batch, cfg.max_seq_len + SLACK, cfg.n_kv_heads, cfg.head_dim)
+    shape = (batch, cls.capacity_for(cfg), cfg.n_kv_heads, cfg.head_dim)
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
     return cls(k=zeros(), v=zeros(), length=jnp.zeros((), jnp.int32))
 

@@ -176,7 +176,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
             compiled: CompileCache | None = None, log=print) -> LatencyProfile:
   """Times the project's compiled decode loop and verify forwards and fits the profile."""
   compiled = CompileCache() if compiled is None else compiled
-  capacity = cfg.max_seq_len + 32
+  capacity = KVCache.capacity_for(cfg)
   attn_lens = [a for a in attn_lens if a + max(steps, max(windows)) <= capacity]
   key = jax.random.PRNGKey(0)
   step_samples, verify_samples, search_samples, compile_times = [], [], [], []
@@ -212,10 +212,8 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
     p0 = attn_len - n_ref
     tokens = jnp.ones((n_ref,), jnp.int32)
     base = base.rollback(p0)
-    chunk = (knapsack.DEFAULT_CHUNK if jax.default_backend() == "cpu"
-             else knapsack.max_budget(cfg.n_layers) + 1)  # as KnapSpecPolicy.search_static
     run = lambda: knapsack.search(params, cfg, base, tokens, p0, 1, 1, compiled,
-                                  attn_len=attn_len, chunk=chunk)
+                                  attn_len=attn_len, chunk=knapsack.default_chunk(cfg.n_layers))
     jax.block_until_ready(run())
     seconds = _time(lambda: run(), lambda: (), repeats)
     search_samples.append((attn_len, seconds))

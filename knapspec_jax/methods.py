@@ -14,10 +14,10 @@ import dataclasses
 import math
 import time
 
-import jax
 
 from knapspec_jax import api, controller, knapsack, latency, selection, speculative
 from knapspec_jax.decoding import attn_bucket
+from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.selection import Candidate, Decision
 from knapspec_jax.skip_mask import SkipMask
 
@@ -58,9 +58,8 @@ class KnapSpecConfig:
     the selection charges its cost against the predicted gain.
   charge_compile: False ignores compile cost in the selection (an experiment's setting, to
     measure what the predicted drafts deliver; the compiles then count in decode time).
-  search_chunk: budget states per batched sublayer call in the search (default: 8 on CPU, where
-    skipping dead states saves arithmetic; the whole table on accelerators, where the search is
-    bound by kernel launches).
+  search_chunk: budget states per batched sublayer call in the search (default:
+    knapsack.default_chunk).
   """
 
   interval: int = 64
@@ -110,15 +109,14 @@ class KnapSpecPolicy:
     return cost <= self.config.search_budget * remaining * t_ar
 
   def search_static(self, attn_len: int) -> dict:
-    chunk = self.config.search_chunk or (
-        knapsack.DEFAULT_CHUNK if jax.default_backend() == "cpu"
-        else knapsack.max_budget(self.model.cfg.n_layers, self.config.max_weight) + 1)
+    chunk = self.config.search_chunk or knapsack.default_chunk(self.model.cfg.n_layers,
+                                                               self.config.max_weight)
     return dict(attn_len=attn_len, tau=self.config.tau, max_weight=self.config.max_weight,
                 protect_ends=self.config.protect_ends, chunk=chunk)
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """AOT-compiles the search for every bucket where this run could afford a search."""
-    capacity = self.model.cfg.max_seq_len + speculative.SLACK
+    capacity = KVCache.capacity_for(self.model.cfg)
     end = min(n_prompt + max_new_tokens, self.model.cfg.max_seq_len)
     for n in range(n_prompt + self.config.n_ref, end):
       if self.would_search(n, n_prompt + max_new_tokens - n, capacity):
@@ -202,8 +200,7 @@ class FixedPolicy:
     n = len(ctx.tokens)
     attn_len = attn_bucket(n + self.config.gamma + 1, state.cache.capacity)
     ar = 1 / self.profile.t_step(None, attn_len)
-    tpt = float(selection.tpt_table([Candidate(self.skip, 0.0)], self.profile, attn_len,
-                                    self.config.gamma)[0, -1])
+    tpt = selection.draft_tpt(self.skip, 0.0, self.profile, attn_len, self.config.gamma)
     return Decision(self.skip, self.config.gamma, float("nan"), tpt, ar, tpt, n, "fixed set")
 
 
@@ -254,7 +251,7 @@ class DelPolicy:
     if exit_layer is None:
       return Decision(None, 0, 0.0, ar, ar, 0.0, n, "declined: no exit beats AR in TPL")
     skip = SkipMask.early_exit(L, exit_layer)
-    tpt = float(selection.tpt_table([Candidate(skip, alpha)], self.profile, attn_len, d)[0, -1])
+    tpt = selection.draft_tpt(skip, alpha, self.profile, attn_len, d)
     return Decision(skip, d, alpha, tpt, ar, tpt, n, f"exit {exit_layer}, TPL {tpl * L:.2f}x")
 
 
@@ -303,15 +300,15 @@ class ClaspPolicy:
                              model.compiled, whole_layers=True)
     found = {len(c.skip.attn_skipped): c for c in knapsack.candidates(result)}
     pick = found.get(self.config.n_skip) or found[max(found)]
-    tpt = float(selection.tpt_table([Candidate(pick.skip, pick.agreement)], self.profile,
-                                    attn_len, self.config.gamma)[0, -1])
+    tpt = selection.draft_tpt(pick.skip, pick.agreement, self.profile, attn_len,
+                              self.config.gamma)
     return Decision(pick.skip, self.config.gamma, pick.agreement, tpt, ar, tpt, n,
                     f"{len(pick.skip.attn_skipped)} layers skipped")
 
 
 def _search_buckets(cfg, start: int, end: int) -> list[int]:
   """The attention buckets a search over contexts start..end-1 runs at."""
-  capacity = cfg.max_seq_len + speculative.SLACK
+  capacity = KVCache.capacity_for(cfg)
   return sorted({attn_bucket(n, capacity) for n in range(start, min(end, cfg.max_seq_len))})
 
 

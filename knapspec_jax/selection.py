@@ -85,6 +85,12 @@ def tpt_table(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len
   return np.asarray(rows).reshape(len(candidates), gamma_max)
 
 
+def draft_tpt(skip: SkipMask, alpha: float, profile: LatencyProfile, attn_len: int,
+              gamma: int) -> float:
+  """Predicted tokens/s of drafting with `skip` at draft length gamma."""
+  return float(tpt_table([Candidate(skip, alpha)], profile, attn_len, gamma)[0, -1])
+
+
 def select(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len: int,
            context: int, gamma_max: int = 10, margin: float = 0.03,
            compile_cost_s: float = 0.0, window_tokens: int = 0,

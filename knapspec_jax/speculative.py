@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from knapspec_jax import model as model_lib
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.decoding import DecodeState
-from knapspec_jax.kv_cache import SLACK  # noqa: F401  (re-exported for callers)
+from knapspec_jax.kv_cache import SLACK
 from knapspec_jax.skip_mask import SkipMask
 
 MAX_GAMMA = SLACK - 2
