@@ -49,7 +49,8 @@ class KnapSpecConfig:
   margin: a draft must beat AR's predicted tokens/s by this fraction to be used.
   search_budget: the searches of a run may take at most this fraction of the decode time AR
     would need for the remaining tokens; after a decline the next search waits accordingly.
-  decoupled: attention and MLP are separate items (False: whole layers, an ablation).
+  decoupled: attention and MLP are separate items (False: whole layers, each one item of weight
+    w_attn + w_mlp in the same DP, as CLaSp's items; an ablation).
   latency_weights: item weights from the latency profile (False: uniform weights, i.e. DEL's
     Tokens-per-Layer view, an ablation).
   protect_ends: never skip the first and last layer (official).
@@ -112,7 +113,8 @@ class KnapSpecPolicy:
     chunk = self.config.search_chunk or knapsack.default_chunk(self.model.cfg.n_layers,
                                                                self.config.max_weight)
     return dict(attn_len=attn_len, tau=self.config.tau, max_weight=self.config.max_weight,
-                protect_ends=self.config.protect_ends, chunk=chunk)
+                protect_ends=self.config.protect_ends, whole_layers=not self.config.decoupled,
+                chunk=chunk)
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """AOT-compiles the search for every bucket where this run could afford a search."""
@@ -156,8 +158,6 @@ class KnapSpecPolicy:
     model.search_times[search_len] = spent
     cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine)
              for c in found if c.skip.n_skipped]
-    if not self.config.decoupled:
-      cands = [c for c in cands if c.skip.attn_skipped == c.skip.mlp_skipped]
     compile_cost = (p.segment_compile_s if self.config.charge_compile and not self.background
                     else 0.0)
     decision = selection.select(
