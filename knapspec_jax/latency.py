@@ -258,11 +258,10 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, searc
 def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=None,
                     compiled: CompileCache | None = None, log=print, **measure_kwargs):
   """The stored profile for this (device, model, dtype), measured and saved if there is none."""
+  profile = stored(model_name, dtype, directory)
+  if profile is not None:
+    return profile
   dtype_name = str(jnp.dtype(dtype))
-  for d in ([directory] if directory else []) + [PROFILE_DIR, _user_dir()]:
-    path = LatencyProfile.path_for(device_name(), model_name, dtype_name, d)
-    if path.is_file():
-      return LatencyProfile.load(path)
   log(f"measuring the latency profile of {model_name} ({dtype_name}) on {device_name()} ...")
   profile = measure(params, cfg, dtype, model_name, compiled=compiled, log=log, **measure_kwargs)
   try:
@@ -271,6 +270,17 @@ def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=
   except OSError:
     pass
   return profile
+
+
+def stored(model_name: str, dtype, directory=None) -> LatencyProfile | None:
+  """The stored profile of this device for (model, dtype), or None: looked up in `directory`,
+  then the committed profiles/ of the repository, then the user cache."""
+  dtype_name = str(jnp.dtype(dtype))
+  for d in ([directory] if directory else []) + [PROFILE_DIR, _user_dir()]:
+    path = LatencyProfile.path_for(device_name(), model_name, dtype_name, d)
+    if path.is_file():
+      return LatencyProfile.load(path)
+  return None
 
 
 def _user_dir() -> pathlib.Path:
