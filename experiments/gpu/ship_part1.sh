@@ -12,5 +12,9 @@ mkdir -p /root/m
 cp .model/part1 /root/m/part1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /root/site .whl/*.whl
+# gguf alone, for the official code that runs on the device's own transformers (run_official.sh)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /root/gguf_only .whl/gguf-*.whl
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers; print('native torch', torch.__version__, 'transformers', transformers.__version__)"
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"

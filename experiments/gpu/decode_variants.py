@@ -1,0 +1,133 @@
+"""Where does an H100 decode step's time go, and which layout of the step is fastest?
+
+  python experiments/gpu/decode_variants.py --attn_lens=256,4096,8192 --variants=xla,cudnn,unroll2
+
+Times the on-device AR loop (ms/token, median of --repeats loops of --steps tokens) for:
+  xla      the project's forward as is (XLA-generated attention);
+  cudnn    decode attention (one query) through jax.nn.dot_product_attention(implementation=
+           "cudnn") with the cache's valid length, instead of einsum + mask + softmax + einsum;
+  unroll2  two decode steps per while-loop iteration (halves the loop's per-iteration
+           predicate copy to the host);
+and counts the kernels (fusions, library calls) in one iteration of the compiled loop body.
+XLA flags come from the environment (run the script once per XLA_FLAGS setting).
+"""
+
+import os
+import pathlib
+import re
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import knapspec_jax as ks  # noqa: E402
+from knapspec_jax import decoding, latency  # noqa: E402
+from knapspec_jax import model as model_lib  # noqa: E402
+from knapspec_jax.compile_cache import CompileCache  # noqa: E402
+from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+
+_LENS = flags.DEFINE_list("attn_lens", ["256", "4096", "8192"], "Attention buckets.")
+_VARIANTS = flags.DEFINE_list("variants", ["xla", "cudnn", "unroll2"], "Variants to time.")
+_STEPS = flags.DEFINE_integer("steps", 128, "Tokens per timed loop.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed loops (median).")
+_TAG = flags.DEFINE_string("tag", "", "Label printed with each line (e.g. the XLA_FLAGS).")
+
+_xla_attend = model_lib.attend
+
+
+def _cudnn_attend(cfg, q, keys, values, mask):
+  if q.shape[1] != 1:
+    return _xla_attend(cfg, q, keys, values, mask)
+  kv_len = jnp.sum(mask[:, -1].astype(jnp.int32), axis=-1)  # [B]: positions <= the query's
+  out = jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=kv_len,
+                                     implementation="cudnn")
+  return out.reshape(q.shape[0], 1, -1)
+
+
+def _unrolled_segment(params, state, *, cfg, attn_len, per_iter=2):
+  """Like decoding._ar_segment, but per_iter steps per loop iteration; steps after `done` (or
+  past the bucket) are computed and discarded (the cursor does not move for them)."""
+  skip = SkipMask.none(cfg.n_layers)
+  limit = min(attn_len, cfg.max_seq_len) - per_iter + 1
+
+  def step(s):
+    out = model_lib.forward(params, cfg, s.token[None, None], s.cache, skip=skip,
+                            attn_len=attn_len)
+    nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0, -1])).astype(jnp.int32)
+    live = ~s.done
+    n_out = s.n_out + live.astype(jnp.int32)
+    done = s.done | jnp.any(nxt == s.eos) | (n_out >= s.max_new)
+    cache = out.cache.rollback(jnp.where(live, out.cache.length, s.cache.length))
+    return s.replace(cache=cache, token=jnp.where(live, nxt, s.token),
+                     out=s.out.at[s.n_out].set(jnp.where(live, nxt, s.out[s.n_out])),
+                     n_out=n_out, done=done)
+
+  def body(s):
+    for _ in range(per_iter):
+      s = step(s)
+    return s
+
+  return jax.lax.while_loop(lambda s: ~s.done & (s.cache.length < limit), body, state)
+
+
+def count_kernels(hlo_text: str) -> dict:
+  """Kernel-launching instructions in the while body (not inside fused computations)."""
+  body = re.search(r"body=(%?[\w.\-]+)", hlo_text)
+  if not body:
+    return {}
+  name = body.group(1).lstrip("%")
+  m = re.search(r"^(?:%?)" + re.escape(name) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
+  if not m:
+    return {}
+  counts = {}
+  for line in m.group(1).splitlines():
+    op = re.search(r"= \S+ (fusion|custom-call|copy|dynamic-update-slice|gather|reduce|"
+                   r"convolution|dot|sort)\(", line)
+    if op:
+      kind = op.group(1)
+      if kind == "custom-call":
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        kind = f"custom-call:{target.group(1) if target else '?'}"
+      counts[kind] = counts.get(kind, 0) + 1
+  return counts
+
+
+def main(argv):
+  del argv
+  m = ks.load_model(dtype="bfloat16")
+  dtype = jnp.bfloat16
+  print(latency.device_name(), "| XLA_FLAGS:", os.environ.get("XLA_FLAGS", "") or "(none)",
+        flush=True)
+  for n in map(int, _LENS.value):
+    base = latency._random_cache(m.cfg, dtype, n - 2 * _STEPS.value - 4, jax.random.PRNGKey(0))
+    for variant in _VARIANTS.value:
+      model_lib.attend = _cudnn_attend if variant == "cudnn" else _xla_attend
+      seg = _unrolled_segment if variant.startswith("unroll") else decoding._ar_segment
+      static = dict(cfg=m.cfg, attn_len=n)
+      if variant.startswith("unroll"):
+        static["per_iter"] = int(variant.removeprefix("unroll"))
+
+      def make_args():
+        cache = jax.tree.map(jnp.copy, base)
+        state = decoding.init_state(cache, jnp.zeros((m.cfg.vocab_size,), jnp.float32),
+                                    _STEPS.value + 1, ())
+        return m.params, state
+      try:
+        compiled = CompileCache()
+        fn = compiled.get(variant, seg, make_args(), static, donate_argnums=(1,))
+        t = latency._time(fn, make_args, _REPEATS.value) / _STEPS.value
+        kernels = count_kernels(fn.as_text())
+        total = sum(kernels.values())
+        print(f"{_TAG.value:12s} attn_len {n:5d} {variant:8s} {t * 1e3:7.3f} ms/token "
+              f"{1 / t:7.1f} tok/s  kernels/iter {total} {kernels}  "
+              f"(compile {compiled.stats.compile_s:.1f} s)", flush=True)
+      except Exception as e:  # noqa: BLE001  (report and go on to the next variant)
+        print(f"{_TAG.value:12s} attn_len {n:5d} {variant:8s} FAILED: "
+              f"{type(e).__name__}: {str(e)[:300]}", flush=True)
+  model_lib.attend = _xla_attend
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Device machine, after ship_part1.sh, with carry [".model/part2", ".data", ".official"]: the
+# official PyTorch KnapSpec (a git-ignored checkout in .official) on the same prompts, with the
+# device's own torch/transformers (the official code needs transformers 4.x cache APIs) and gguf
+# as installed by ship_part1.sh.
+set -uo pipefail
+source experiments/gpu/env.sh
+PYTHONPATH=/root/gguf_only python3 experiments/gpu/run_official.py --official_dir=.official \
+  --prompts=.data/official_prompts.json --strategies=${STRATEGIES:-autoregressive,knapspec} \
+  --max_new_tokens=128 --output=$OUT/official.jsonl 2>&1 | grep -v -i warn | tail -60
