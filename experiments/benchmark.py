@@ -1,50 +1,74 @@
-"""Decode-speed benchmark: methods x prompts on one compiled model; JSONL + Markdown table.
+"""Decode-speed benchmark: methods x prompts on one compiled model; JSONL, Markdown table, plots.
 
-  python experiments/benchmark.py --methods=ar,knapspec --specbench_per_category=1 \
-      --long_lengths=2000,4000,7500 --max_new_tokens=128 --output_dir=results/cpu
+  python experiments/benchmark.py --config=configs/cpu_default.py
+  python experiments/benchmark.py --config=configs/cpu_full.py --config.methods=ar,knapspec \
+      --config.method_options=knapspec.search_budget=1.0 --config.output_dir=/tmp/run
 
-Every method runs on the same loaded model and compile cache; AR is the baseline. Warm-up
-compiles (prefill and AR programs) happen before each timed run and are reported apart; any
-compile a method triggers while decoding (a new skip set) counts in its decode time.
+The config (configs/*.py, every field documented in configs/base.py) names the model, methods,
+prompts (Spec-Bench subset, long-context summarization lengths) and output folder; any field can
+be overridden with --config.<field>=value. The older flags (--methods, --long_lengths, ...) still
+work: they override the config's field of the same name, and without --config they start from
+the old defaults (AR only, no prompts unless asked, 128 new tokens, no output folder).
+
+Every method runs on the same loaded model and compile cache; AR runs first and is the
+baseline. Warm-up compiles (prefill and AR programs) happen before each timed run and are
+reported apart; a compile a method triggers while decoding (a new skip set) counts in its
+decode time. Output: results.jsonl (one record per method and prompt, every run statistic),
+table.md (summarize.py's tables), config.json, plots/speedup.png, plots/speed_vs_context.png.
 """
 
 import json
 import pathlib
-import statistics
 import sys
 import time
 
 from absl import app, flags
+from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "experiments"))
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets, latency  # noqa: E402
+import plots  # noqa: E402
+import summarize  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "GGUF file or HF dir; default: bundled SmolLM2.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params/KV dtype.")
-_METHODS = flags.DEFINE_list("methods", ["ar"], "Methods to run (ar is always run first).")
-_PER_CAT = flags.DEFINE_integer("specbench_per_category", 0, "Spec-Bench items per category.")
-_CATEGORIES = flags.DEFINE_list("categories", [], "Restrict Spec-Bench to these categories.")
-_LONG = flags.DEFINE_list("long_lengths", [], "Long-context summarization prompt lengths.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate per prompt.")
-_IGNORE_EOS = flags.DEFINE_bool("ignore_eos", True, "Generate exactly max_new_tokens.")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "Timed runs per (method, prompt); median kept.")
-_WARMUP_RUNS = flags.DEFINE_integer(
-    "warmup_runs", 1, "Untimed runs per (method, prompt) first: the first execution of a "
-    "compiled program pays one-off costs (module load) that compiling ahead does not.")
-_OUT = flags.DEFINE_string("output_dir", None, "Write results.jsonl and table.md here.")
-_PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (default: stored/measured).")
-_OPTIONS = flags.DEFINE_list("method_options", [], "Method settings as method.field=value, e.g. "
-                             "knapspec.search_budget=1.0 (fields of the method's config).")
-_NOISE = flags.DEFINE_bool("noise_floor", False, "Run AR a second time (reported as ar-rerun): "
-                           "the run-to-run spread that any speedup must exceed.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(REPO / "configs" / "cpu_default.py"), "Benchmark config (configs/*.py).")
+
+# The flags of earlier versions (experiments/gpu/run_*.sh use them): each overrides the config
+# field of the same name when given.
+_LEGACY = dict(
+    model=flags.DEFINE_string("model", None, "GGUF file or HF dir (config.model)."),
+    dtype=flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "config.dtype"),
+    methods=flags.DEFINE_list("methods", None, "config.methods"),
+    specbench_per_category=flags.DEFINE_integer("specbench_per_category", None,
+                                                "config.specbench_per_category"),
+    categories=flags.DEFINE_list("categories", None, "config.categories"),
+    long_lengths=flags.DEFINE_list("long_lengths", None, "config.long_lengths"),
+    max_new_tokens=flags.DEFINE_integer("max_new_tokens", None, "config.max_new_tokens"),
+    ignore_eos=flags.DEFINE_bool("ignore_eos", None, "config.ignore_eos"),
+    repeats=flags.DEFINE_integer("repeats", None, "config.repeats"),
+    warmup_runs=flags.DEFINE_integer("warmup_runs", None, "config.warmup_runs"),
+    output_dir=flags.DEFINE_string("output_dir", None, "config.output_dir"),
+    profile=flags.DEFINE_string("profile", None, "config.profile"),
+    method_options=flags.DEFINE_list("method_options", None, "config.method_options"),
+    noise_floor=flags.DEFINE_bool("noise_floor", None, "config.noise_floor"),
+)
 
 
-def method_options() -> dict:
+def _split(value: str) -> list[str]:
+  return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def method_options(spec: str) -> dict:
+  """"knapspec.interval=32,fixed.gamma=3" -> {"knapspec": {"interval": 32}, "fixed": {...}}."""
   options: dict = {}
-  for item in _OPTIONS.value:
-    key, value = item.split("=", 1)
-    method, field = key.split(".", 1)
+  for item in _split(spec):
+    key, sep, value = item.partition("=")
+    method, dot, field = key.partition(".")
+    if not sep or not dot:
+      raise ValueError(f"method option {item!r} is not method.field=value")
     try:
       value = json.loads(value)
     except json.JSONDecodeError:
@@ -53,87 +77,112 @@ def method_options() -> dict:
   return options
 
 
-def prompts(tokenizer) -> list[dict]:
-  items = datasets.spec_bench_subset(_PER_CAT.value, _CATEGORIES.value or None) \
-      if _PER_CAT.value else []
-  items += [datasets.long_document_prompt(tokenizer, int(n)) for n in _LONG.value]
+def prompts(config, tokenizer) -> list[dict]:
+  """The Spec-Bench subset, then the long-context documents (each with its own token budget)."""
+  items = (datasets.spec_bench_subset(config.specbench_per_category,
+                                      _split(config.categories) or None)
+           if config.specbench_per_category else [])
+  items = [dict(item, max_new_tokens=config.max_new_tokens) for item in items]
+  long_new = config.long_max_new_tokens or config.max_new_tokens
+  items += [dict(datasets.long_document_prompt(tokenizer, int(n)), max_new_tokens=long_new)
+            for n in _split(config.long_lengths)]
   return items
 
 
-def main(argv):
-  del argv
-  model = ks.load_model(_MODEL.value, dtype=_DTYPE.value)
-  if _PROFILE.value:
-    model.profile = ks.LatencyProfile.load(_PROFILE.value)
-  methods = ["ar"] + (["ar-rerun"] if _NOISE.value else []) + [
-      m for m in _METHODS.value if m != "ar"]
-  options = method_options()
-  items = prompts(model.tokenizer)
+def run(config) -> list[dict]:
+  """Runs the benchmark a config describes; returns the records (also written to output_dir)."""
+  started = time.perf_counter()
+  requested = _split(config.methods)
+  unknown = [m for m in requested if m not in ks.available_methods()]
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}; available: {ks.available_methods()}")
+  methods = ["ar"] + (["ar-rerun"] if config.noise_floor else []) + [
+      m for m in requested if m != "ar"]
+  options = method_options(config.method_options)
+  model = ks.load_model(config.model or None, dtype=config.dtype)
+  if config.profile:
+    model.profile = ks.LatencyProfile.load(config.profile)
+  items = prompts(config, model.tokenizer)
+  if not items:
+    raise ValueError("the config selects no prompts: set specbench_per_category and/or "
+                     "long_lengths")
   device = latency.device_name()
-  print(f"{model.name} {model.dtype} on {device}; {len(items)} prompts; methods {methods}")
-  out_dir = pathlib.Path(_OUT.value) if _OUT.value else None
+  print(f"{model.name} {model.dtype} on {device}; {len(items)} prompts x {len(methods)} "
+        f"methods; loaded in {time.perf_counter() - started:.0f} s", flush=True)
+  out_dir = pathlib.Path(config.output_dir) if config.output_dir else None
   if out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(config.to_json(indent=1) + "\n")
     sink = open(out_dir / "results.jsonl", "w")
   rows = []
+  totals = {m: [0, 0.0] for m in methods}  # new tokens, decode seconds
   for i, item in enumerate(items):
     ids = datasets.encode(model.tokenizer, item)
-    ar_tps = None
     for method in methods:
-      run = lambda: ks.generate(model, ids, _MAX_NEW.value, method=method.removesuffix("-rerun"),
-                                ignore_eos=_IGNORE_EOS.value, **options.get(method, {}))
-      for _ in range(_WARMUP_RUNS.value):
-        run()
-      runs = [run() for _ in range(_REPEATS.value)]
-      runs.sort(key=lambda r: r.tokens_per_s)
+      name = method.removesuffix("-rerun")
+      run_once = lambda: ks.generate(model, ids, item["max_new_tokens"], method=name,
+                                     ignore_eos=config.ignore_eos, **options.get(method, {}))
+      for _ in range(config.warmup_runs):
+        run_once()
+      runs = sorted((run_once() for _ in range(config.repeats)), key=lambda r: r.tokens_per_s)
       r = runs[len(runs) // 2]
       if method == "ar":
-        ar_tps, ar_ids, ar_e2e = r.tokens_per_s, r.output_ids, r.e2e_tokens_per_s
+        ar = r
       record = dict(item_id=item["id"], category=item["category"], prompt_tokens=len(ids),
                     device=device, dtype=model.dtype, model=model.name, date=time.strftime("%F"),
-                    repeats=_REPEATS.value,
+                    config=config.name, repeats=config.repeats,
                     tokens_per_s_all=[x.tokens_per_s for x in runs],
-                    speedup=r.tokens_per_s / ar_tps,
-                    e2e_speedup=r.e2e_tokens_per_s / ar_e2e,
-                    identical_to_ar=r.output_ids == ar_ids,
+                    speedup=r.tokens_per_s / ar.tokens_per_s,
+                    e2e_speedup=r.e2e_tokens_per_s / ar.e2e_tokens_per_s,
+                    identical_to_ar=r.output_ids == ar.output_ids,
                     **(r.to_json() | {"method": method}))
       record.pop("text")
       rows.append(record)
       if out_dir:
         sink.write(json.dumps(record) + "\n")
         sink.flush()
+      totals[method][0] += r.new_tokens
+      totals[method][1] += r.decode_s
       s = r.stats
-      print(f"[{i + 1}/{len(items)}] {item['id']:<22} {len(ids):5d} tok  {method:<9} "
-            f"{r.tokens_per_s:7.1f} tok/s  {record['speedup']:.2f}x  "
+      print(f"[prompt {i + 1}/{len(items)}] {item['id']:<18} {len(ids):5d} tok  {method:<9}"
+            f"{r.tokens_per_s:7.1f} tok/s {record['speedup']:5.2f}x AR  "
             f"acc {s.get('acceptance_rate') or 0:.2f}  search {s.get('search_s', 0):.2f}s  "
-            f"compile {s.get('compile_in_decode_s', 0):.1f}s  "
-            f"{'=' if record['identical_to_ar'] else 'DIFFERENT'}", flush=True)
-  table = markdown_table(rows, methods)
+            f"{'same as AR' if record['identical_to_ar'] else 'DIFFERENT'}  | so far "
+            f"{totals[method][0] / totals[method][1]:.1f} tok/s, "
+            f"{time.perf_counter() - started:.0f} s elapsed", flush=True)
+  table = summarize.speed_table(rows) + "\n\n" + summarize.method_table(rows)
   print(table)
   if out_dir:
     sink.close()
     (out_dir / "table.md").write_text(table + "\n")
+    if config.plots:
+      title = f"{config.name}: {model.name} {model.dtype}, {device}"
+      plots.speedup_bars(rows, out_dir / "plots" / "speedup.png", title)
+      plots.speed_vs_context(rows, out_dir / "plots" / "speed_vs_context.png", title)
+    print(f"wrote {out_dir}/results.jsonl, table.md, plots/ "
+          f"({time.perf_counter() - started:.0f} s in all)")
+  return rows
 
 
-def markdown_table(rows, methods) -> str:
-  lines = ["| prompt | tokens | " + " | ".join(f"{m} tok/s (x AR)" for m in methods) + " |",
-           "|---|---|" + "---|" * len(methods)]
-  by_item: dict = {}
-  for r in rows:
-    by_item.setdefault((r["item_id"], r["prompt_tokens"]), {})[r["method"]] = r
-  for (item, n), per in by_item.items():
-    cells = []
-    for m in methods:
-      r = per.get(m)
-      cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x)"
-                   + ("" if r["identical_to_ar"] else " DIFF"))
-    lines.append(f"| {item} | {n} | " + " | ".join(cells) + " |")
-  for m in methods:
-    sp = [r["speedup"] for r in rows if r["method"] == m]
-    if sp:
-      lines.append(f"\n{m}: median speedup {statistics.median(sp):.3f}x over {len(sp)} prompts, "
-                   f"min {min(sp):.3f}x")
-  return "\n".join(lines)
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  given = {field: flag.value for field, flag in _LEGACY.items() if flags.FLAGS[flag.name].present}
+  if given and not flags.FLAGS["config"].present:
+    config = legacy_config()
+  for field, value in given.items():
+    config[field] = ",".join(value) if isinstance(value, list) else value
+  run(config)
+
+
+def legacy_config():
+  """The defaults of the flag-only benchmark, for the command lines recorded before configs."""
+  sys.path.insert(0, str(REPO))
+  from configs import base
+  config = base.get_config()
+  config.update(dict(name="flags", methods="ar", specbench_per_category=0, long_lengths="",
+                     max_new_tokens=128, output_dir=""))
+  return config
 
 
 if __name__ == "__main__":

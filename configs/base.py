@@ -1,0 +1,38 @@
+"""Every field of a benchmark config, with its default. The other configs start from this one.
+
+  python experiments/benchmark.py --config=configs/base.py --config.methods=ar,knapspec
+
+Lists are comma-separated strings, so that any field can be overridden from the command line
+(`--config.long_lengths=2000,4000`).
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.name = "base"
+  # Model: a GGUF file or HF directory; "" = the bundled SmolLM2-135M-Instruct.
+  c.model = ""
+  c.dtype = "float32"  # float32 on CPU (XLA:CPU runs bfloat16 far slower), bfloat16 on GPU
+  # Latency profile JSON; "" = the stored profile of this device (measured if there is none).
+  c.profile = ""
+  # Methods, comma-separated; AR always runs first and is every speedup's baseline.
+  c.methods = "ar,knapspec,fixed,del,clasp"
+  # Per-method settings, comma-separated method.field=value (fields of the method's config),
+  # e.g. "knapspec.search_budget=1.0,knapspec.interval=32".
+  c.method_options = ""
+  c.noise_floor = False  # run AR twice; the rerun ("ar-rerun") shows the run-to-run spread
+  # Prompts: the first `specbench_per_category` Spec-Bench questions of each category (or of
+  # `categories` only), then long-context summarization documents of `long_lengths` tokens.
+  c.specbench_per_category = 1
+  c.categories = ""
+  c.long_lengths = "2000,4000,6500"
+  c.max_new_tokens = 128
+  c.long_max_new_tokens = 0  # tokens for the long-context prompts; 0 = max_new_tokens
+  c.ignore_eos = True  # generate exactly max_new_tokens
+  c.repeats = 1  # timed runs per (method, prompt); the median is kept
+  c.warmup_runs = 1  # untimed runs per (method, prompt) first (first-execution costs)
+  c.output_dir = ""  # results.jsonl, table.md, config.json and plots/*.png go here
+  c.plots = True
+  return c
