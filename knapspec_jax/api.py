@@ -16,7 +16,7 @@ from knapspec_jax import decoding
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
-from knapspec_jax.kv_cache import KVCache
+from knapspec_jax.kv_cache import SLACK, KVCache
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -113,17 +113,31 @@ def methods() -> tuple[str, ...]:
   return tuple(sorted(_METHODS))
 
 
+def _check_ar_options(options: dict) -> int:
+  """AR's one option, width (decoding._ar_segment): 1, or a verify's width in 2..SLACK."""
+  unknown = sorted(set(options) - {"width"})
+  if unknown:
+    raise TypeError(f"method 'ar' takes no options but width, got {unknown}")
+  width = options.get("width", 1)
+  if not isinstance(width, int) or not 1 <= width <= SLACK:
+    raise ValueError(f"AR width must be an integer in 1..{SLACK}, got {width!r}")
+  return width
+
+
 def _ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, **options):
-  if options:
-    raise TypeError(f"method 'ar' takes no options, got {sorted(options)}")
-  return decoding.run_ar(model.params, model.cfg, state, model.compiled), {}
+  width = _check_ar_options(options)
+  return decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width), {}
 
 
 def _ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, **options):
+  width = _check_ar_options(options)
   state = _abstract_state(model)
-  for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens):
-    model.compiled.get("ar_segment", decoding._ar_segment, (model.params, state),
-                       dict(cfg=model.cfg, attn_len=attn_len), donate_argnums=(1,))
+  for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens,
+                                      width):
+    static = dict(cfg=model.cfg, attn_len=attn_len) if width == 1 else dict(
+        cfg=model.cfg, attn_len=attn_len, width=width)
+    model.compiled.get("ar_segment", decoding._ar_segment, (model.params, state), static,
+                       donate_argnums=(1,))
 
 
 register_method("ar", _ar_decode, _ar_warmup)

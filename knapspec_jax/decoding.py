@@ -112,25 +112,29 @@ def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids) -> De
 
 
 def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
-                skip: SkipMask | None = None) -> DecodeState:
+                skip: SkipMask | None = None, width: int = 1) -> DecodeState:
   """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end.
 
   With a skip mask this is the draft model decoding on its own (the latency profile times it).
+  width > 1 runs each step as a forward over `width` positions, the token in row 0 and padding
+  after it (discarded, cursor advanced by one): the kernel shapes of a speculative verify of
+  width tokens, so that in bfloat16 AR rounds like the verify does (see BENCHMARKS.md).
   """
   skip = skip or SkipMask.none(cfg.n_layers)
-  limit = min(attn_len, cfg.max_seq_len)
+  limit = min(attn_len - width + 1, cfg.max_seq_len)
 
   def cond(s: DecodeState):
     return ~s.done & (s.cache.length < limit)
 
   def body(s: DecodeState):
-    out = model_lib.forward(params, cfg, s.token[None, None], s.cache, skip=skip,
-                            attn_len=attn_len)
-    nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0, -1])).astype(jnp.int32)
+    n = s.cache.length
+    tokens = jnp.zeros((1, width), jnp.int32).at[0, 0].set(s.token)
+    out = model_lib.forward(params, cfg, tokens, s.cache, skip=skip, attn_len=attn_len)
+    nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0, 0])).astype(jnp.int32)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
-    return s.replace(cache=out.cache, token=nxt, out=s.out.at[s.n_out].set(nxt),
-                               n_out=n_out, done=done)
+    return s.replace(cache=out.cache.rollback(n + 1), token=nxt,
+                     out=s.out.at[s.n_out].set(nxt), n_out=n_out, done=done)
 
   return jax.lax.while_loop(cond, body, state)
 
@@ -144,31 +148,37 @@ def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos
 
 
 def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
-           max_tokens: int | None = None) -> DecodeState:
+           max_tokens: int | None = None, width: int = 1) -> DecodeState:
   """Decodes until done or the cache is full (or max_tokens more tokens), one device program
-  per attention bucket."""
-  max_new = state.max_new
+  per attention bucket. width: see _ar_segment (1: plain one-token steps)."""
+  # Host-side arithmetic on purpose: an eager jnp op here would compile on its first call, inside
+  # a method's timed decode (measured: three such compiles cost 0.27 s on the H100).
+  max_new = int(state.max_new)
   if max_tokens is not None:
-    state = state.replace(max_new=jnp.minimum(max_new, state.n_out + max_tokens))
+    state = state.replace(max_new=jnp.asarray(min(max_new, int(state.n_out) + max_tokens),
+                                              jnp.int32))
   while True:
     done, length = jax.device_get((state.done, state.cache.length))
     if done or length >= cfg.max_seq_len:
       break
-    attn_len = attn_bucket(int(length) + 1, state.cache.capacity)
+    attn_len = attn_bucket(int(length) + width, state.cache.capacity)
     args = (params, state)
-    fn = compiled.get("ar_segment", _ar_segment, args, dict(cfg=cfg, attn_len=attn_len),
-                      donate_argnums=(1,))
+    static = dict(cfg=cfg, attn_len=attn_len) if width == 1 else dict(
+        cfg=cfg, attn_len=attn_len, width=width)
+    fn = compiled.get("ar_segment", _ar_segment, args, static, donate_argnums=(1,))
     state = fn(*args)
   if max_tokens is not None:  # the pause was not the end: recompute done under the real limit
-    done = jnp.any(state.token == state.eos) | (state.n_out >= max_new)
-    state = state.replace(max_new=max_new, done=done)
+    token, eos, n_out = jax.device_get((state.token, state.eos, state.n_out))
+    done = bool(np.any(token == eos)) or int(n_out) >= max_new
+    state = state.replace(max_new=jnp.asarray(max_new, jnp.int32), done=jnp.asarray(done))
   return state
 
 
-def ar_buckets(cfg: ModelConfig, capacity: int, n_prompt: int, max_new_tokens: int) -> list[int]:
+def ar_buckets(cfg: ModelConfig, capacity: int, n_prompt: int, max_new_tokens: int,
+               width: int = 1) -> list[int]:
   """The attention buckets an AR run over these lengths will visit (for warm-up compiles).
 
   The first new token comes from the prefill and the last one is never fed back, so the
   decode steps run at positions n_prompt .. n_prompt + max_new_tokens - 2."""
   last = min(n_prompt + max_new_tokens - 1, cfg.max_seq_len)
-  return sorted({attn_bucket(n, capacity) for n in range(n_prompt + 1, last + 1)})
+  return sorted({attn_bucket(n + width - 1, capacity) for n in range(n_prompt + 1, last + 1)})

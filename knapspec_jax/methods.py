@@ -193,8 +193,17 @@ class FixedPolicy:
     inner = range(1, cfg.n_layers - 1, 2)
     self.skip = (config.skip or SkipMask.from_layers(cfg.n_layers, inner, inner)).check(
         cfg.n_layers)
-    self.config, self.profile = config, profile
+    self.model, self.config, self.profile = model, config, profile
     self.interval, self.threshold, self.ar_window = config.interval, config.threshold, 1
+
+  def warmup(self, n_prompt: int, max_new_tokens: int):
+    """The skip set is known before decoding: compile its programs now, not in the timed run."""
+    state = api._abstract_state(self.model)
+    speculative.compile_segments(
+        self.model.params, self.model.cfg, state, self.model.compiled, skip=self.skip,
+        gamma=self.config.gamma, buckets=speculative.segment_buckets(
+            self.model.cfg, state.cache.capacity, self.config.gamma, n_prompt,
+            n_prompt + max_new_tokens))
 
   def decide(self, model, state, ctx):
     n = len(ctx.tokens)

@@ -132,6 +132,27 @@ def segment_args(params, state: DecodeState, counters: SpecCounters, max_rounds:
           jnp.asarray(threshold, jnp.float32))
 
 
+def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
+                    end: int) -> list[int]:
+  """The attention buckets a segment visits while the context grows from start to end."""
+  from knapspec_jax.decoding import attn_bucket
+  end = min(end, cfg.max_seq_len)
+  return sorted({attn_bucket(n + gamma + 1, capacity) for n in range(start, max(end, start + 1))})
+
+
+def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
+                     gamma: int, buckets) -> None:
+  """Ahead-of-time compiles the segment program of (skip, gamma) for each attention bucket;
+  state may be abstract (jax.ShapeDtypeStruct leaves). A method whose skip set is known before
+  decoding (e.g. a fixed set) compiles here, at warm-up, rather than inside its timed decode."""
+  counters = jax.eval_shape(SpecCounters.zeros)
+  args = (params, state, counters, jax.ShapeDtypeStruct((), jnp.int32),
+          jax.ShapeDtypeStruct((), jnp.float32))
+  for attn_len in buckets:
+    compiled.get("spec_segment", spec_segment, args,
+                 dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len), donate_argnums=(1,))
+
+
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
                *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int,
                background: bool = False, prefetch: int = 256):
