@@ -1,75 +1,91 @@
-"""Does the knapsack move its skips toward attention as the context grows? (KnapSpec's claim)
+"""Analysis 2: does the knapsack move its skips toward attention as the context grows?
 
-  python experiments/skip_shift.py --lengths=100,4000,6500 --searches=6
+  python experiments/skip_shift.py --lengths=100,3000 --searches=8 --every=256 \
+      --output_dir=results/cpu/analysis/skip_shift
 
-For each prompt: prefill, decode plainly, and every `every` tokens run the knapsack search with
-the device's latency profile (integer weights at that context) and the TPT selection with no
-decline margin and no compile charge; print the best candidate's attention/MLP skip counts.
+For each prompt: prefill, then a long plain generation; every `every` tokens run the knapsack
+search with the device's latency profile (integer weights at that context) and the TPT
+selection with no decline margin and no compile charge, and record the best draft's attention
+and MLP skip counts (what KnapSpec would choose if it drafted). JSONL, a Markdown table and a
+plot of skipped sublayers against context length.
 """
 
 import pathlib
 import statistics
 import sys
+import time
 
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repository on sys.path)
+import plots  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import datasets, decoding, knapsack, methods, selection  # noqa: E402
-from knapspec_jax.kv_cache import KVCache  # noqa: E402
+from knapspec_jax import latency, methods  # noqa: E402
 
-_LENGTHS = flags.DEFINE_list("lengths", ["100", "4000", "6500"], "Prompt lengths (<300: a "
+_LENGTHS = flags.DEFINE_list("lengths", ["100", "4000", "6500"], "Prompt lengths (< 300: a "
                              "Spec-Bench writing question).")
 _SEARCHES = flags.DEFINE_integer("searches", 6, "Searches per prompt.")
 _EVERY = flags.DEFINE_integer("every", 16, "Plain tokens between searches.")
 _R = flags.DEFINE_integer("n_ref", 16, "Reference tokens.")
+_OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, summary.md and a plot go here.")
 
 
 def main(argv):
   del argv
+  started = time.perf_counter()
   model = ks.load_model()
   profile = methods.profile_for(model)
   print(f"profile: {profile.device}")
-  print("| prompt tokens | context | weights (attn, MLP) | best attn skipped | best MLP skipped "
-        "| gamma | alpha | predicted x AR |")
-  print("|---|---|---|---|---|---|---|---|")
-  summary = []
+  lines = ["| prompt tokens | context | weights (attn, MLP) | best attn skipped | best MLP "
+           "skipped | gamma | alpha | predicted x AR |", "|---|---|---|---|---|---|---|---|"]
+  print("\n".join(lines))
+  rows = []
   for n in map(int, _LENGTHS.value):
-    item = (datasets.spec_bench_subset(1, ["writing"])[0] if n < 300
-            else datasets.long_document_prompt(model.tokenizer, n))
-    ids = datasets.encode(model.tokenizer, item)
-    cache = KVCache.create(model.cfg)
-    logits, cache = decoding.prefill(model.params, model.cfg, ids, cache, model.compiled)
-    state = decoding.init_state(cache, logits, _SEARCHES.value * _EVERY.value + _R.value + 2, ())
-    counts = []
-    for _ in range(_SEARCHES.value):
-      state = decoding.run_ar(model.params, model.cfg, state, model.compiled,
-                              max_tokens=_EVERY.value if counts else _R.value)
-      from knapspec_jax.controller import confirmed_tokens
-      tokens = confirmed_tokens(ids, state)
-      p = len(tokens)
-      attn_len = decoding.attn_bucket(p + 11, state.cache.capacity)
-      w = knapsack.integer_weights(profile.t_attn(attn_len), profile.t_mlp)
-      result = knapsack.search(model.params, model.cfg, state.cache, tokens[p - _R.value:],
-                               p - _R.value, *w, model.compiled)
-      cands = [selection.Candidate(c.skip, selection.smoothed_alpha(c.agreement, _R.value))
-               for c in knapsack.candidates(result) if c.skip.n_skipped]
-      table = selection.tpt_table(cands, profile, attn_len, 10)
-      i, g = divmod(int(table.argmax()), table.shape[1])
-      best = cands[i]
+    item_id, ids = common.prompt_ids(model, n)
+    budget = _SEARCHES.value * _EVERY.value + _R.value + 2
+    point = common.decode_plainly(model, ids, _R.value, budget)
+    for k in range(_SEARCHES.value):
+      if k:
+        point = common.advance(model, ids, point, _EVERY.value)
+      cands, w, attn_len = common.search(model, point, profile, n_ref=_R.value)
+      best, gamma, tpt = common.best_draft(cands, profile, attn_len)
       ar = 1 / profile.t_step(None, attn_len)
-      a, m = len(best.skip.attn_skipped), len(best.skip.mlp_skipped)
-      counts.append((a, m))
-      print(f"| {len(ids)} | {p} | {w} | {a} | {m} | {g + 1} | {best.alpha:.2f} | "
-            f"{table[i, g] / ar:.2f} |", flush=True)
-    a = statistics.mean(c[0] for c in counts)
-    m = statistics.mean(c[1] for c in counts)
-    summary.append((len(ids), a, m))
-  print()
-  print("| prompt tokens | mean attention skipped | mean MLP skipped | attention share |")
-  print("|---|---|---|---|")
-  for n, a, m in summary:
-    print(f"| {n} | {a:.1f} | {m:.1f} | {a / max(a + m, 1e-9):.2f} |")
+      row = dict(item_id=item_id, prompt_tokens=len(ids), context=point.context,
+                 weights=list(w), n_attn_skipped=len(best.skip.attn_skipped),
+                 n_mlp_skipped=len(best.skip.mlp_skipped), gamma=gamma, alpha=best.alpha,
+                 predicted_x_ar=tpt / ar, skip=best.skip.to_list(),
+                 device=latency.device_name(), date=time.strftime("%F"))
+      rows.append(row)
+      lines.append(f"| {len(ids)} | {point.context} | {tuple(w)} | {row['n_attn_skipped']} | "
+                   f"{row['n_mlp_skipped']} | {gamma} | {best.alpha:.2f} | "
+                   f"{row['predicted_x_ar']:.2f} |")
+      print(lines[-1] + f"  ({time.perf_counter() - started:.0f} s)", flush=True)
+  lines += ["", "| prompt tokens | contexts | mean attention skipped | mean MLP skipped | "
+            "attention share |", "|---|---|---|---|---|"]
+  for n in dict.fromkeys(r["prompt_tokens"] for r in rows):
+    sub = [r for r in rows if r["prompt_tokens"] == n]
+    a = statistics.mean(r["n_attn_skipped"] for r in sub)
+    m = statistics.mean(r["n_mlp_skipped"] for r in sub)
+    lines.append(f"| {n} | {sub[0]['context']}-{sub[-1]['context']} | {a:.1f} | {m:.1f} | "
+                 f"{a / max(a + m, 1e-9):.2f} |")
+  print("\n".join(lines[-2 - len(set(r['prompt_tokens'] for r in rows)):]))
+  if _OUT.value:
+    out = pathlib.Path(_OUT.value)
+    common.write_jsonl(out / "results.jsonl", rows)
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    series = {}
+    for n in dict.fromkeys(r["prompt_tokens"] for r in rows):
+      sub = [r for r in rows if r["prompt_tokens"] == n]
+      ctx = [r["context"] for r in sub]
+      series[f"attention, {n}-token prompt"] = (ctx, [r["n_attn_skipped"] for r in sub])
+      series[f"MLP, {n}-token prompt"] = (ctx, [r["n_mlp_skipped"] for r in sub])
+    plots.lines(series, out / "skips_vs_context.png",
+                xlabel="context length (tokens: prompt + generated)",
+                ylabel=f"sublayers skipped by the best draft (of {2 * model.cfg.n_layers})",
+                title=f"Best draft's skips along long generations (SmolLM2-135M f32, "
+                      f"{rows[0]['device']})")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

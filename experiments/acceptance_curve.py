@@ -1,0 +1,153 @@
+"""How acceptance falls as a draft skips more sublayers, measured on the real SmolLM2 (CPU, f32).
+
+  python experiments/acceptance_curve.py --lengths=100,100,100,100,2000,4000 \
+      --output_dir=results/cpu/analysis/acceptance
+
+For each prompt: decode 16 tokens plainly and run the knapsack search on them (latency weights
+and uniform weights: skip sets of every size); decode `held_out` more tokens plainly; then for
+every candidate compute its top-1 agreement with the full model on those held-out tokens
+(teacher-forced: the draft runs on the confirmed tokens, attending to the full model's cache
+of the prompt and to its own keys of the new tokens, as a draft does). Held-out agreement is
+the per-token acceptance rate alpha of the TPT model without the optimism of scoring a set on
+the tokens it was chosen on. The fit alpha = exp(-(b_attn f_attn + b_mlp f_mlp)), f the
+fractions of attention / MLP sublayers skipped, is what experiments/project_scale.py transplants
+to other model shapes. JSONL, fit.json, a table and a plot.
+"""
+
+import functools
+import json
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repository on sys.path)
+import plots  # noqa: E402
+import knapspec_jax as ks  # noqa: E402
+from knapspec_jax import decoding, latency, methods  # noqa: E402
+from knapspec_jax import model as model_lib  # noqa: E402
+from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+
+_LENGTHS = flags.DEFINE_list("lengths", ["100", "100", "100", "100", "2000", "4000"],
+                             "Prompt lengths (< 300: the next Spec-Bench category's question).")
+_HELD_OUT = flags.DEFINE_integer("held_out", 48, "Tokens the agreement is measured on.")
+_N_REF = flags.DEFINE_integer("n_ref", 16, "Reference tokens for the search.")
+_OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, fit.json and a plot go here.")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "attn_len"))
+def _top1(params, cache, tokens, skip_bits, *, cfg, attn_len):
+  """model.forward's computation with the skip set as a run-time array (bool [2L]), so that one
+  compile serves every skip set: a skipped sublayer's output is computed and discarded. Only
+  for measuring agreement; decoding uses static skip sets, which drop the work."""
+  t = tokens.shape[0]
+  pos0 = cache.length
+  positions = pos0 + jnp.arange(t, dtype=jnp.int32)
+  cos, sin = model_lib.rope_tables(cfg, positions)
+  mask = (jnp.arange(attn_len, dtype=jnp.int32)[None, :] <= positions[:, None])[None]
+  x = params["embed"][tokens][None]
+  for i, lp in enumerate(params["layers"]):
+    q, k, v = model_lib.attention_qkv(lp, cfg, x, cos, sin)
+    keys = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype), (0, pos0, 0, 0))
+    values = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype),
+                                          (0, pos0, 0, 0))
+    out = model_lib.attend(cfg, q, keys[:, :attn_len], values[:, :attn_len], mask)
+    x = jnp.where(skip_bits[2 * i], x, x + out @ lp["wo"])
+    x = jnp.where(skip_bits[2 * i + 1], x, x + model_lib.mlp(lp, cfg, x))
+  h = model_lib.rms_norm(x, params["final_norm"], cfg.norm_eps)
+  return jnp.argmax(model_lib.lm_head(params, cfg, h[0]), axis=-1)
+
+
+def held_out_agreement(model, cache, tokens, p: int, skip) -> float:
+  """Fraction of positions p..p+H-2 where the draft's top-1 is the next confirmed token (the
+  full model's greedy choice); cache holds the full model's keys/values below p."""
+  window = jnp.asarray(tokens[p:-1], jnp.int32)
+  attn_len = decoding.attn_bucket(len(tokens), cache.capacity)
+  top1 = _top1(model.params, cache.rollback(p), window, jnp.asarray(skip.to_list(), bool),
+               cfg=model.cfg, attn_len=attn_len)
+  return float(np.mean(np.asarray(top1) == tokens[p + 1:]))
+
+
+def fit(rows) -> dict:
+  """Least squares for -log(alpha) = b_attn f_attn + b_mlp f_mlp (no intercept: alpha(0) = 1)."""
+  fa = np.asarray([r["f_attn"] for r in rows])
+  fm = np.asarray([r["f_mlp"] for r in rows])
+  alpha = np.clip([r["held_out_alpha"] for r in rows], 0.02, 1.0)
+  (b_attn, b_mlp), *_ = np.linalg.lstsq(np.stack([fa, fm], 1), -np.log(alpha), rcond=None)
+  pred = np.exp(-(b_attn * fa + b_mlp * fm))
+  return dict(b_attn=float(b_attn), b_mlp=float(b_mlp), n=len(rows),
+              median_abs_err=float(np.median(np.abs(pred - alpha))),
+              model="SmolLM2-135M-Instruct (float32)", device=rows[0]["device"],
+              date=rows[0]["date"], formula="alpha = exp(-(b_attn * f_attn + b_mlp * f_mlp))")
+
+
+def main(argv):
+  del argv
+  started = time.perf_counter()
+  model = ks.load_model()
+  profile = methods.profile_for(model)
+  L = model.cfg.n_layers
+  rows, short = [], 0
+  for length in map(int, _LENGTHS.value):
+    item_id, ids = common.prompt_ids(model, length, index=short)
+    short += length < common.SHORT
+    point = common.decode_plainly(model, ids, _N_REF.value, _N_REF.value + _HELD_OUT.value + 1)
+    cands = []
+    for latency_weights in (True, False):
+      cands += common.search(model, point, profile, n_ref=_N_REF.value,
+                             latency_weights=latency_weights)[0]
+    cands = list({c.skip: c for c in cands}.values())
+    p = point.context
+    later = common.advance(model, ids, point, _HELD_OUT.value)
+    full = held_out_agreement(model, later.state.cache, later.tokens, p, SkipMask.none(L))
+    for c in cands:
+      alpha = held_out_agreement(model, later.state.cache, later.tokens, p, c.skip)
+      rows.append(dict(item_id=item_id, prompt_tokens=len(ids), context=p,
+                       n_attn_skipped=len(c.skip.attn_skipped),
+                       n_mlp_skipped=len(c.skip.mlp_skipped),
+                       f_attn=len(c.skip.attn_skipped) / L, f_mlp=len(c.skip.mlp_skipped) / L,
+                       in_sample_alpha=c.alpha, held_out_alpha=alpha, skip=c.skip.to_list(),
+                       device=latency.device_name(), date=time.strftime("%F")))
+    print(f"{item_id}: {len(ids)} prompt tokens, {len(cands)} skip sets, full model's own "
+          f"agreement {full:.2f} (must be 1.00); {time.perf_counter() - started:.0f} s",
+          flush=True)
+  result = fit(rows)
+  print(json.dumps(result, indent=1))
+  lines = ["| sublayers skipped (of 60) | skip sets | mean held-out alpha | mean in-sample "
+           "alpha (smoothed) |", "|---|---|---|---|"]
+  bins = [(1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 30), (31, 60)]
+  for lo, hi in bins:
+    sub = [r for r in rows if lo <= r["n_attn_skipped"] + r["n_mlp_skipped"] <= hi]
+    if sub:
+      lines.append(f"| {lo}-{hi} | {len(sub)} | {np.mean([r['held_out_alpha'] for r in sub]):.2f} "
+                   f"| {np.mean([r['in_sample_alpha'] for r in sub]):.2f} |")
+  lines.append(f"\nfit: alpha = exp(-({result['b_attn']:.2f} f_attn + {result['b_mlp']:.2f} "
+               f"f_mlp)), median |error| {result['median_abs_err']:.3f} over {len(rows)} sets")
+  print("\n".join(lines))
+  if _OUT.value:
+    out = pathlib.Path(_OUT.value)
+    common.write_jsonl(out / "results.jsonl", rows)
+    (out / "fit.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    share = [r["n_attn_skipped"] / max(r["n_attn_skipped"] + r["n_mlp_skipped"], 1)
+             for r in rows]
+    groups = ["mostly attention" if s >= 0.5 else "mostly MLP" for s in share]
+    plots.scatter_fit(
+        [r["n_attn_skipped"] + r["n_mlp_skipped"] for r in rows],
+        [r["held_out_alpha"] for r in rows], out / "alpha_vs_skipped.png", groups=groups,
+        xlabel=f"sublayers skipped (of {2 * L})",
+        ylabel=f"acceptance alpha (top-1 agreement, {_HELD_OUT.value} held-out tokens)",
+        title=f"Acceptance falls as drafts skip more (SmolLM2-135M f32, measured, "
+              f"{rows[0]['device']})",
+        annotate=f"fit: alpha = exp(-({result['b_attn']:.2f} f_attn + {result['b_mlp']:.2f} "
+                 f"f_mlp))")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

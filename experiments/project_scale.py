@@ -1,0 +1,297 @@
+"""Analysis 5: where would KnapSpec pay? Latency profiles of larger model shapes (synthetic,
+random weights) combined with an acceptance curve measured on the real SmolLM2, projected to
+tokens per time and speedup against model size and context length.
+
+  # on the GPU (experiments/gpu/run_project_scale.sh): measure the shapes' profiles, project
+  python experiments/project_scale.py --shapes=llama3.2-1b,llama3.1-8b,qwen3-8b \
+      --attn_lens=1024,4096,16384 --output_dir=$OUT/scale
+  # anywhere: re-project from stored profiles without measuring
+  python experiments/project_scale.py --profiles_dir=results/h100/scale/profiles \
+      --output_dir=results/h100/scale
+  # CPU smoke run: python experiments/project_scale.py --shapes=tiny --attn_lens=256,512 ...
+
+Measured (synthetic): each shape's latency profile, with the project's own compiled programs
+(latency.measure, as measure_profile.py does for the real model): per-sublayer cost against
+context, verify cost against window, search time. Latency does not depend on weight values, so
+random weights give the real shape's costs; nothing about acceptance is measured on them.
+
+Projected: for each shape and context n, the best draft over attention/MLP skip counts
+(first and last layer kept) and gamma = 1..10 by
+
+  TPT = I E(alpha, g) / (I (g t_draft + t_verify(g + 1)) + t_search(n)),   speedup = TPT t_full
+
+I = the re-optimization interval in rounds (one search per I rounds), or AR (1.0x) when no draft
+beats it, as KnapSpec declines. alpha comes from an acceptance curve,
+alpha = exp(-k (b_attn f_attn + b_mlp f_mlp)), f the fractions skipped, (b_attn, b_mlp) fitted on
+SmolLM2 (experiments/acceptance_curve.py), and k a scenario: k = 1, SmolLM2's own curve; k
+calibrated so that the Llama-3.2-1B shape's projection at the largest context equals the
+paper's reported speedup for Llama3.2-1B (1.06-1.13x: 1.10x), i.e. the acceptance the paper's
+result implies on this engine's latencies. Every number this script prints is either a
+measured latency of a synthetic-weight model or a projection, and is labelled so.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repository on sys.path)
+import plots  # noqa: E402
+from knapspec_jax import latency, selection  # noqa: E402
+from knapspec_jax.config import ModelConfig  # noqa: E402
+
+# Shapes from the models' published configs (RoPE scaling left out: it changes frequencies,
+# not cost). max_seq_len is set per run from the attention lengths measured.
+SHAPES = {
+    "smollm2-135m": dict(arch="llama", vocab_size=49152, d_model=576, d_ff=1536, n_layers=30,
+                         n_heads=9, n_kv_heads=3, head_dim=64, rope_theta=100000.0),
+    "llama3.2-1b": dict(arch="llama", vocab_size=128256, d_model=2048, d_ff=8192, n_layers=16,
+                        n_heads=32, n_kv_heads=8, head_dim=64, rope_theta=500000.0),
+    "llama3.1-8b": dict(arch="llama", vocab_size=128256, d_model=4096, d_ff=14336, n_layers=32,
+                        n_heads=32, n_kv_heads=8, head_dim=128, rope_theta=500000.0,
+                        tie_embeddings=False),
+    "qwen3-8b": dict(arch="qwen3", vocab_size=151936, d_model=4096, d_ff=12288, n_layers=36,
+                     n_heads=32, n_kv_heads=8, head_dim=128, rope_theta=1000000.0,
+                     tie_embeddings=False, qk_norm=True, norm_eps=1e-6),
+    "tiny": dict(arch="llama", vocab_size=512, d_model=64, d_ff=128, n_layers=4, n_heads=4,
+                 n_kv_heads=2, head_dim=16),  # CPU smoke runs only
+}
+PAPER_1B_SPEEDUP = 1.10  # KNAPSPEC.md: Llama3.2-1B 1.06-1.13x over AR
+GAMMA_MAX = 10
+
+_SHAPES = flags.DEFINE_list("shapes", ["llama3.2-1b", "llama3.1-8b", "qwen3-8b"],
+                            f"Shapes to measure: {sorted(SHAPES)}.")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Weights/KV dtype.")
+_ATTN_LENS = flags.DEFINE_list("attn_lens", ["1024", "4096", "16384"],
+                               "Attention lengths the profiles are measured at.")
+_WINDOWS = flags.DEFINE_list("windows", ["1", "4", "11"], "Verify windows measured.")
+_STEPS = flags.DEFINE_integer("steps", 16, "Decode steps per timed loop.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed loops per sample (median).")
+_PROFILES = flags.DEFINE_string("profiles_dir", None, "Project from the profiles stored here "
+                                "(<shape>.json) instead of measuring.")
+_FIT = flags.DEFINE_string("acceptance_fit", "results/cpu/analysis/acceptance/fit.json",
+                           "SmolLM2's acceptance curve (experiments/acceptance_curve.py).")
+_CONTEXTS = flags.DEFINE_list("contexts", ["1024", "2048", "4096", "8192", "16384"],
+                              "Contexts the projection is made at.")
+_INTERVAL = flags.DEFINE_integer("interval", 64, "Speculation rounds per search (official 64).")
+_OUT = flags.DEFINE_string("output_dir", None, "profiles/, projection.jsonl, summary.md, plots.")
+
+
+def shape_config(name: str, max_len: int) -> ModelConfig:
+  return ModelConfig(max_seq_len=max_len, **SHAPES[name])
+
+
+def n_params(cfg: ModelConfig) -> float:
+  """Parameters of the shape (embedding and LM head counted once each when untied)."""
+  attn = cfg.d_model * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim \
+      + cfg.n_heads * cfg.head_dim * cfg.d_model
+  per_layer = attn + 3 * cfg.d_model * cfg.d_ff + 2 * cfg.d_model
+  head = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+  return float(cfg.n_layers * per_layer + head + cfg.d_model)
+
+
+def measure_shape(name: str, out_dir: pathlib.Path | None) -> latency.LatencyProfile:
+  """The latency profile of a random-weight model of this shape on this device (synthetic)."""
+  import jax
+  from knapspec_jax import api
+  from knapspec_jax import model as model_lib
+  from knapspec_jax.compile_cache import CompileCache
+  lens = sorted(int(a) for a in _ATTN_LENS.value)
+  cfg = shape_config(name, max(lens))
+  dtype = api.DTYPES[_DTYPE.value]
+  start = time.perf_counter()
+  params = model_lib.fuse_projections(
+      model_lib.init_random_params(cfg, jax.random.PRNGKey(0), dtype))
+  jax.block_until_ready(params)
+  print(f"{name}: {n_params(cfg) / 1e9:.2f} B parameters (random), "
+        f"{model_lib.param_bytes(params) / 2**30:.1f} GiB; built in "
+        f"{time.perf_counter() - start:.0f} s", flush=True)
+  profile = latency.measure(params, cfg, dtype, f"synthetic-{name} (random weights)",
+                            attn_lens=tuple(lens), windows=tuple(map(int, _WINDOWS.value)),
+                            steps=_STEPS.value, repeats=_REPEATS.value, compiled=CompileCache(),
+                            log=lambda s: print(f"  {name}{s}", flush=True))
+  print(f"{name}: profile measured in {time.perf_counter() - start:.0f} s, fit errors "
+        f"{profile.errors()}", flush=True)
+  if out_dir:
+    profile.save(out_dir / "profiles" / f"{name}.json")
+  del params
+  return profile
+
+
+# ------------------------------------------------------------------------------- projection
+
+def alpha_curve(fit: dict, k: float):
+  return lambda f_attn, f_mlp: np.exp(-k * (fit["b_attn"] * f_attn + fit["b_mlp"] * f_mlp))
+
+
+def best_draft(p: latency.LatencyProfile, n: int, alpha_fn, interval: int) -> dict:
+  """The best (attention skipped, MLP skipped, gamma) at context n, or AR; first and last layer
+  kept. Speedups relative to the profile's own AR step at n; with and without search cost."""
+  L = p.n_layers
+  na, nm = np.meshgrid(np.arange(L - 1), np.arange(L - 1), indexing="ij")  # up to L - 2 each
+  alpha = alpha_fn(na / L, nm / L)[..., None]  # [A, M, 1]
+  g = np.arange(1, GAMMA_MAX + 1)
+  t_draft = (p.c0 + (L - na) * p.t_attn(n) + (L - nm) * p.m)[..., None]
+  t_verify = np.asarray([p.t_verify(int(x) + 1, n) for x in g])
+  t_round = g * t_draft + t_verify
+  tokens = selection.expected_tokens(alpha, g)
+  search = p.search_s(n)
+  t_full = p.t_step(None, n)
+  speed = tokens * t_full / t_round  # x AR, search not counted
+  speed_search = interval * tokens * t_full / (interval * t_round + search)
+  i = np.unravel_index(int(np.argmax(speed_search)), speed_search.shape)
+  best = dict(n_attn_skipped=int(i[0]), n_mlp_skipped=int(i[1]), gamma=int(g[i[2]]),
+              alpha=float(alpha[i[0], i[1], 0]), speedup_no_search=float(speed[i]),
+              speedup=float(speed_search[i]), search_share=float(
+                  search / (interval * t_round[i] + search)))
+  if best["speedup"] <= 1.0:  # KnapSpec declines: plain AR
+    best.update(n_attn_skipped=0, n_mlp_skipped=0, gamma=0, alpha=float("nan"), speedup=1.0,
+                search_share=0.0, declined=True)
+  return best
+
+
+def calibrate(p: latency.LatencyProfile, n: int, fit: dict, target: float, interval: int):
+  """k such that the projected speedup at n equals target (bisection on log k; speedup falls
+  as k grows). None if even k -> 0 (alpha -> 1) stays below the target."""
+  f = lambda k: best_draft(p, n, alpha_curve(fit, k), interval)["speedup"]
+  lo, hi = 1e-4, 1e3
+  if f(lo) < target:
+    return None
+  for _ in range(60):
+    mid = np.sqrt(lo * hi)
+    lo, hi = (mid, hi) if f(mid) >= target else (lo, mid)
+  return float(lo)
+
+
+def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
+  contexts = [int(c) for c in _CONTEXTS.value]
+  cfgs = {name: shape_config(name, max(contexts)) for name in profiles}
+  scenarios = {"SmolLM2's acceptance curve (k=1)": 1.0}
+  if "llama3.2-1b" in profiles:
+    n_cal = min(max(contexts), max(s[1] for s in profiles["llama3.2-1b"].step_samples)
+                if profiles["llama3.2-1b"].step_samples else max(contexts))
+    k = calibrate(profiles["llama3.2-1b"], n_cal, fit, PAPER_1B_SPEEDUP, _INTERVAL.value)
+    if k is not None:
+      scenarios[f"calibrated to the paper's 1B speedup (k={k:.2f})"] = k
+  rows = []
+  for scenario, k in scenarios.items():
+    for name, p in profiles.items():
+      for n in contexts:
+        b = best_draft(p, n, alpha_curve(fit, k), _INTERVAL.value)
+        rows.append(dict(shape=name, params_b=n_params(cfgs[name]) / 1e9, context=n,
+                         scenario=scenario, k=k, ar_ms=1e3 * p.t_step(None, n),
+                         device=p.device, **b))
+  lines = ["Synthetic-weight latency profiles (measured) and projected KnapSpec speedups "
+           "(PROJECTION: acceptance transplanted from SmolLM2, not measured on these shapes).",
+           "", "| shape | params (B) | context | AR ms/token (measured fit) | t_attn / t_mlp | "
+           "verify 11 tok / 1 step | search ms |", "|---|---|---|---|---|---|---|"]
+  for name, p in profiles.items():
+    for n in contexts:
+      lines.append(f"| {name} | {n_params(cfgs[name]) / 1e9:.2f} | {n} | "
+                   f"{1e3 * p.t_step(None, n):.2f} | {p.t_attn(n) / p.m if p.m else float('inf'):.2f} | "
+                   f"{p.t_verify(11, n) / p.t_step(None, n):.2f} | {1e3 * p.search_s(n):.0f} |")
+  for scenario in scenarios:
+    lines += ["", f"Projected, {scenario}, one search per {_INTERVAL.value} rounds:", "",
+              "| shape | context | best draft (attn + MLP skipped of 2L, gamma) | alpha | "
+              "projected x AR (no search) | projected x AR (with search) | search share |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+      if r["scenario"] != scenario:
+        continue
+      what = ("declines (AR)" if r.get("declined") else
+              f"{r['n_attn_skipped']} + {r['n_mlp_skipped']} of {2 * profiles[r['shape']].n_layers},"
+              f" gamma {r['gamma']}")
+      lines.append(f"| {r['shape']} | {r['context']} | {what} | {r['alpha']:.2f} | "
+                   f"{r['speedup_no_search']:.2f} | {r['speedup']:.2f} | "
+                   f"{100 * r['search_share']:.1f}% |")
+  text = "\n".join(lines)
+  print(text)
+  if not out_dir:
+    return rows
+  common.write_jsonl(out_dir / "projection.jsonl", rows)
+  (out_dir / "summary.md").write_text(text + "\n")
+  device = next(iter(profiles.values())).device
+  plot_profiles(profiles, contexts, device, out_dir)
+  for scenario, k in scenarios.items():
+    tag = "smollm2_curve" if k == 1.0 else "paper_calibrated"
+    series = {name: ([r["context"] for r in rows if r["shape"] == name and r["scenario"] ==
+                      scenario],
+                     [r["speedup"] for r in rows if r["shape"] == name and r["scenario"] ==
+                      scenario]) for name in profiles}
+    plots.lines(series, out_dir / f"projected_speedup_vs_context_{tag}.png", logx=True,
+                xlabel="context length (tokens, log scale)",
+                ylabel="PROJECTED speedup over AR (x)", hline=1.0, hline_label="AR",
+                title=f"PROJECTION ({scenario}); latencies measured with random weights "
+                      f"on {device}")
+    by_size = {}
+    for n in (min(contexts), max(contexts)):
+      sub = sorted((r["params_b"], r["speedup"]) for r in rows
+                   if r["context"] == n and r["scenario"] == scenario)
+      by_size[f"context {n}"] = tuple(zip(*sub))
+    plots.lines(by_size, out_dir / f"projected_speedup_vs_size_{tag}.png", logx=True,
+                xlabel="model size (billion parameters, log scale)",
+                ylabel="PROJECTED speedup over AR (x)", hline=1.0, hline_label="AR",
+                title=f"PROJECTION ({scenario}); latencies measured with random weights "
+                      f"on {device}")
+  return rows
+
+
+def plot_profiles(profiles: dict, contexts, device: str, out_dir: pathlib.Path):
+  """Three measured (synthetic-weight) latency figures: sublayer cost against context, verify
+  cost against window, search time against context."""
+  xs = np.asarray(contexts)
+  series = {}
+  for name, p in profiles.items():
+    series[f"{name} attention"] = (xs, [1e6 * p.t_attn(n) for n in xs])
+    series[f"{name} MLP"] = (xs, [1e6 * p.m for _ in xs])
+  plots.lines(series, out_dir / "sublayer_cost_vs_context.png", logx=True, markers=False,
+              xlabel="attention length (tokens, log scale)",
+              ylabel="cost of one sublayer in a decode step (us)",
+              title=f"Attention cost grows with context, MLP's does not (random weights, "
+                    f"measured on {device})")
+  n = 4096
+  series = {name: (np.arange(1, GAMMA_MAX + 1),
+                   [p.t_verify(g + 1, n) / p.t_step(None, n) for g in range(1, GAMMA_MAX + 1)])
+            for name, p in profiles.items()}
+  plots.lines(series, out_dir / "verify_cost_vs_draft_length.png",
+              xlabel="draft length gamma (verify window gamma + 1 tokens)",
+              ylabel=f"verify time / one decode step (x, context {n})", hline=1.0,
+              title=f"Verifying a draft costs ~one step on large shapes (random weights, "
+                    f"measured on {device})")
+  series = {name: (xs, [1e3 * p.search_s(n) for n in xs]) for name, p in profiles.items()}
+  plots.lines(series, out_dir / "search_time_vs_context.png", logx=True,
+              xlabel="context length (tokens, log scale)",
+              ylabel="knapsack search time, R = 16 (ms)",
+              title=f"Search time (random weights, measured on {device})")
+
+
+def main(argv):
+  del argv
+  out_dir = pathlib.Path(_OUT.value) if _OUT.value else None
+  fit = json.loads(pathlib.Path(_FIT.value).read_text())
+  if _PROFILES.value:
+    profiles = {path.stem: latency.LatencyProfile.load(path)
+                for path in sorted(pathlib.Path(_PROFILES.value).glob("*.json"))
+                if path.stem in SHAPES}
+  else:
+    unknown = [s for s in _SHAPES.value if s not in SHAPES]
+    if unknown:
+      raise ValueError(f"unknown shapes {unknown}; known: {sorted(SHAPES)}")
+    profiles = {}
+    for name in _SHAPES.value:
+      profiles[name] = measure_shape(name, out_dir)
+  if not profiles:
+    raise ValueError("no profiles to project from")
+  project(profiles, fit, out_dir)
+  if out_dir:
+    print(f"wrote {out_dir}")
+
+
+if __name__ == "__main__":
+  app.run(main)
