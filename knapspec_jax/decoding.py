@@ -155,8 +155,8 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
   # a method's timed decode (measured: three such compiles cost 0.27 s on the H100).
   max_new = int(state.max_new)
   if max_tokens is not None:
-    state = state.replace(max_new=jnp.asarray(min(max_new, int(state.n_out) + max_tokens),
-                                              jnp.int32))
+    state = state.replace(max_new=jax.device_put(np.int32(min(max_new,
+                                                              int(state.n_out) + max_tokens))))
   while True:
     done, length = jax.device_get((state.done, state.cache.length))
     if done or length >= cfg.max_seq_len:
@@ -170,7 +170,8 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
   if max_tokens is not None:  # the pause was not the end: recompute done under the real limit
     token, eos, n_out = jax.device_get((state.token, state.eos, state.n_out))
     done = bool(np.any(token == eos)) or int(n_out) >= max_new
-    state = state.replace(max_new=jnp.asarray(max_new, jnp.int32), done=jnp.asarray(done))
+    state = state.replace(max_new=jax.device_put(np.int32(max_new)),
+                          done=jax.device_put(np.bool_(done)))
   return state
 
 

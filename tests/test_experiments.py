@@ -4,6 +4,7 @@ transformers' own greedy generation and for complete outputs (JSONL, table, read
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -60,3 +61,39 @@ def test_unknown_method_is_named(tmp_path):
                f"--config.output_dir={tmp_path}"], timeout=120)
   assert proc.returncode != 0
   assert "unknown methods ['knapsack']" in proc.stderr
+
+
+def _project_scale():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "project_scale", REPO / "experiments" / "project_scale.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_projection_follows_the_tpt_formula():
+  """experiments/project_scale.py's best draft against the TPT formula worked out by hand."""
+  from knapspec_jax.latency import LatencyProfile
+  ps = _project_scale()
+  ms = 1e-3
+  p = LatencyProfile("test", "m", "float32", n_layers=10, c0=ms, a0=ms, a1=0.0, m=ms, v0=0.0,
+                     v1=0.0)
+  t_full, t_draft = 21 * ms, 5 * ms  # 1 + 10 + 10 ms; 1 + 2 + 2 ms with 8 + 8 of 20 skipped
+  # alpha = 1: skip all 16 skippable sublayers (first and last layer kept), gamma 10, and a
+  # verify of 11 tokens that costs one step (v0 = v1 = 0): 11 tokens per 10 drafts + 1 verify.
+  best = ps.best_draft(p, 1024, ps.alpha_curve({"b_attn": 0.0, "b_mlp": 0.0}, 1.0), 64)
+  assert (best["n_attn_skipped"], best["n_mlp_skipped"], best["gamma"]) == (8, 8, 10)
+  assert best["speedup"] == pytest.approx(11 * t_full / (10 * t_draft + t_full))
+  # A search of 50 ms every 64 rounds is paid from the same rounds.
+  slow = dataclasses.replace(p, search_c0=0.05)
+  best = ps.best_draft(slow, 1024, ps.alpha_curve({"b_attn": 0.0, "b_mlp": 0.0}, 1.0), 64)
+  assert best["speedup"] == pytest.approx(
+      64 * 11 * t_full / (64 * (10 * t_draft + t_full) + 0.05))
+  # Acceptance near zero: no draft beats AR and the projection declines, as KnapSpec does.
+  best = ps.best_draft(p, 1024, ps.alpha_curve({"b_attn": 60.0, "b_mlp": 60.0}, 1.0), 64)
+  assert best.get("declined") and best["speedup"] == 1.0
+  # Calibration finds the curve steepness that gives a target speedup.
+  k = ps.calibrate(p, 1024, {"b_attn": 1.0, "b_mlp": 1.0}, 1.5, 64)
+  assert ps.best_draft(p, 1024, ps.alpha_curve({"b_attn": 1.0, "b_mlp": 1.0}, k),
+                       64)["speedup"] == pytest.approx(1.5, rel=1e-3)

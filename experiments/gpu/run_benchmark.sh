@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: the H100 tables of
+# BENCHMARKS.md from configs/h100.py, in parts that fit one call each:
+#   bash experiments/gpu/run_benchmark.sh specbench   # every method, Spec-Bench subset
+#   bash experiments/gpu/run_benchmark.sh long        # every method, 2K / 4K / 7K documents
+#   bash experiments/gpu/run_benchmark.sh hf          # HF generate, eager, same prompts
+#   bash experiments/gpu/run_benchmark.sh hf_compiled # HF generate, StaticCache + torch.compile
+# Each writes results.jsonl (flushed per record: a run cut by its time limit keeps what it
+# finished), table.md and plots/ under $OUT/<part>.
+set -uo pipefail
+source experiments/gpu/env.sh
+part=${1:?specbench, long or hf}
+limit=${BENCH_TIMEOUT:-560}
+case $part in
+  specbench)
+    timeout $limit python3 experiments/benchmark.py --config=configs/h100.py \
+      --config.long_lengths= --config.output_dir=$OUT/specbench 2>&1 | grep -v -i warn ;;
+  long)
+    timeout $limit python3 experiments/benchmark.py --config=configs/h100.py \
+      --config.specbench_per_category=0 --config.output_dir=$OUT/long 2>&1 | grep -v -i warn ;;
+  hf|hf_compiled)
+    mode=$([ $part = hf ] && echo eager || echo compiled)
+    timeout $limit python3 experiments/bench_hf.py --modes=$mode \
+      --long_lengths=100,2000,4000,7000 --max_new_tokens=128 --repeats=2 \
+      --output_json=$OUT/hf_$mode.json 2>&1 | grep -E "^\{|Error" ;;
+  *) echo "unknown part $part"; exit 2 ;;
+esac
