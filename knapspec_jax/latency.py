@@ -32,6 +32,10 @@ from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.skip_mask import SkipMask
 
 PROFILE_DIR = pathlib.Path(__file__).resolve().parents[1] / "profiles"
+# measure() settings for a first look on a device without a stored profile (the notebooks):
+# two attention lengths and three verify windows: 16 compiled programs instead of 27.
+# Its fit is coarser; the stored profiles come from full measurements.
+QUICK_MEASURE = dict(attn_lens=(256, 2048), windows=(1, 4, 11), steps=8, repeats=3)
 
 
 def device_name() -> str:
