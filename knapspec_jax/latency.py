@@ -74,10 +74,12 @@ class LatencyProfile:
   search_samples: tuple = ()  # (attn_len, seconds)
 
   def t_attn(self, n: int) -> float:
+    """Seconds of one attention sublayer for one token at attention length n (positions)."""
     return self.a0 + self.a1 * n
 
   @property
   def t_mlp(self) -> float:
+    """Seconds of one MLP sublayer for one token."""
     return self.m
 
   def t_step(self, skip: SkipMask | None, n: int) -> float:
@@ -90,9 +92,11 @@ class LatencyProfile:
     return self.c0 + n_attn * self.t_attn(n) + n_mlp * self.m
 
   def t_verify(self, window: int, n: int) -> float:
+    """Seconds of one full-model forward of `window` tokens at attention length n."""
     return self.t_step(None, n) + (window - 1) * (self.v0 + self.v1 * n)
 
   def search_s(self, n: int) -> float:
+    """Predicted seconds of one knapsack search at attention length n."""
     return max(self.search_c0 + self.search_c1 * n, 0.0)
 
   def scaled(self, attn: float = 1.0, mlp: float = 1.0, fixed: float = 1.0,
