@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 
 class UnsupportedModelError(ValueError):
@@ -34,6 +35,10 @@ class ModelConfig:
     max_seq_len: the model's context length; the KV cache holds this many positions.
     qkv_bias: q/k/v projections carry a bias (Qwen2).
     qk_norm: RMSNorm over each query/key head before RoPE (Qwen3).
+    attention: how a one-query (decode or draft) step computes attention: "xla" (einsum, mask,
+      softmax, einsum: any backend and dtype) or "cudnn" (one fused cuDNN kernel; GPU with
+      bfloat16/float16 only). Multi-token forwards (prefill, verify) always use "xla".
+      Not a property of the checkpoint: load_model picks it for the backend.
   """
 
   arch: str
@@ -51,8 +56,11 @@ class ModelConfig:
   max_seq_len: int = 8192
   qkv_bias: bool = False
   qk_norm: bool = False
+  attention: str = "xla"
 
   def __post_init__(self):
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
     if self.arch not in SUPPORTED_ARCHITECTURES:
       raise UnsupportedModelError(
           f"architecture {self.arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")

@@ -69,12 +69,19 @@ def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
   return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def attend(cfg: ModelConfig, q, keys, values, mask):
-  """Grouped-query attention. q [B,T,H,hd]; keys/values [B,S,KV,hd]; mask [B or 1, T, S] bool.
+def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
+  """Grouped-query attention. q [B,T,H,hd]; keys/values [B,S,KV,hd]; mask [B or 1, T, S] bool;
+  kv_len: int32 [B], the valid cache length (used by the cuDNN one-query path).
 
   Returns [B, T, H*hd]. Scores and softmax in float32.
   """
   b, t, _, hd = q.shape
+  if cfg.attention == "cudnn" and t == 1:
+    # One fused kernel instead of ~8 per layer (BENCHMARKS.md section 1). For one query, the
+    # causal mask is exactly "key position < kv_len".
+    out = jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=kv_len,
+                                       implementation="cudnn")
+    return out.reshape(b, t, cfg.n_heads * hd)
   groups = cfg.n_heads // cfg.n_kv_heads
   q = q.reshape(b, t, cfg.n_kv_heads, groups, hd)
   scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
@@ -121,6 +128,7 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
   positions = pos0 + jnp.arange(t, dtype=jnp.int32)
   cos, sin = rope_tables(cfg, positions)
   mask = (jnp.arange(attn_len, dtype=jnp.int32)[None, :] <= positions[:, None])[None]
+  kv_len = jnp.full((b,), pos0 + t, jnp.int32)
   x = params["embed"][tokens]
   residuals = [x] if collect_residuals else None
   ks, vs = list(cache.k), list(cache.v)
@@ -130,7 +138,7 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
         q, k, v = attention_qkv(lp, cfg, x, cos, sin)
         ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, pos0, 0, 0))
         vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, pos0, 0, 0))
-        out = attend(cfg, q, ks[i][:, :attn_len], vs[i][:, :attn_len], mask)
+        out = attend(cfg, q, ks[i][:, :attn_len], vs[i][:, :attn_len], mask, kv_len)
         x = x + out @ lp["wo"]
     if collect_residuals:
       residuals.append(x)
