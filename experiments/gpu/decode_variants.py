@@ -33,6 +33,8 @@ _VARIANTS = flags.DEFINE_list("variants", ["xla", "cudnn", "unroll2"], "Variants
 _STEPS = flags.DEFINE_integer("steps", 128, "Tokens per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed loops (median).")
 _TAG = flags.DEFINE_string("tag", "", "Label printed with each line (e.g. the XLA_FLAGS).")
+_DUMP = flags.DEFINE_integer("dump_body", 0, "Print the first N kernels of the loop body with "
+                             "the source op each fuses (which ops a layer launches).")
 
 _xla_attend = model_lib.attend
 
@@ -70,6 +72,23 @@ def _unrolled_segment(params, state, *, cfg, attn_len, per_iter=2):
     return s
 
   return jax.lax.while_loop(lambda s: ~s.done & (s.cache.length < limit), body, state)
+
+
+def body_kernels(hlo_text: str) -> list[str]:
+  """One line per kernel-launching instruction of the while body: its kind and source ops."""
+  body = re.search(r"body=(%?[\w.\-]+)", hlo_text)
+  name = body.group(1).lstrip("%") if body else ""
+  m = re.search(r"^(?:%?)" + re.escape(name) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
+  lines = []
+  for line in (m.group(1).splitlines() if m else []):
+    op = re.search(r"= (\S+) (fusion|custom-call)\(", line)
+    if op:
+      kind = re.search(r"kind=(\w+)", line)
+      src = re.search(r'op_name="([^"]+)"', line)
+      calls = re.search(r"calls=(%?[\w.\-]+)", line)
+      lines.append(f"{op.group(1)[:40]:40s} {kind.group(1) if kind else op.group(2):10s} "
+                   f"{calls.group(1) if calls else '':28s} {src.group(1)[-90:] if src else ''}")
+  return lines
 
 
 def count_kernels(hlo_text: str) -> dict:
@@ -118,7 +137,10 @@ def main(argv):
         compiled = CompileCache()
         fn = compiled.get(variant, seg, make_args(), static, donate_argnums=(1,))
         t = latency._time(fn, make_args, _REPEATS.value) / _STEPS.value
-        kernels = count_kernels(fn.as_text())
+        text = fn.as_text()
+        kernels = count_kernels(text)
+        if _DUMP.value:
+          print("\n".join(body_kernels(text)[:_DUMP.value]))
         total = sum(kernels.values())
         print(f"{_TAG.value:12s} attn_len {n:5d} {variant:8s} {t * 1e3:7.3f} ms/token "
               f"{1 / t:7.1f} tok/s  kernels/iter {total} {kernels}  "

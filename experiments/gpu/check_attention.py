@@ -1,0 +1,67 @@
+"""Does the cuDNN decode attention compute what the XLA one does? bf16 greedy outputs of both
+against the float32 model (the reference), on Spec-Bench prompts.
+
+  python experiments/gpu/check_attention.py --max_new_tokens=64
+
+Prints, per prompt, how many leading tokens each bf16 variant shares with float32 and the
+largest |logit| difference of one decode step against float32.
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import knapspec_jax as ks  # noqa: E402
+from knapspec_jax import datasets, model as model_lib  # noqa: E402
+from knapspec_jax.kv_cache import KVCache  # noqa: E402
+from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+
+_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens per generation.")
+_PER_CAT = flags.DEFINE_integer("per_category", 1, "Spec-Bench questions per category.")
+
+
+def step_logits(m, ids):
+  """Logits [V] of one decode step after the prompt ids[:-1] (prefill then one-token forward)."""
+  dtype = ks.api.DTYPES[m.dtype]
+  cache = KVCache.create(m.cfg, dtype)
+  none = SkipMask.none(m.cfg.n_layers)
+  out = model_lib.forward(m.params, m.cfg, jnp.asarray(ids[None, :-1]), cache, skip=none,
+                          attn_len=1024)
+  out = model_lib.forward(m.params, m.cfg, jnp.asarray(ids[None, -1:]), out.cache, skip=none,
+                          attn_len=1024)
+  return np.asarray(model_lib.lm_head(m.params, m.cfg, out.hidden[0, -1]), np.float32)
+
+
+def common_prefix(a, b):
+  n = 0
+  for x, y in zip(a, b):
+    if x != y:
+      break
+    n += 1
+  return n
+
+
+def main(argv):
+  del argv
+  ref = ks.load_model(dtype="float32")
+  variants = {a: ks.load_model(dtype="bfloat16", attention=a) for a in ("xla", "cudnn")}
+  print(jax.devices()[0].device_kind, {a: m.cfg.attention for a, m in variants.items()})
+  for item in datasets.spec_bench_subset(_PER_CAT.value):
+    ids = ks.encode_prompt(ref, item["prompt"])
+    want = ks.generate(ref, ids, _NEW.value, ignore_eos=True).output_ids
+    ref_logits = step_logits(ref, ids)
+    row = [f"{item['id']:16s} {len(ids):4d} tokens"]
+    for name, m in variants.items():
+      got = ks.generate(m, ids, _NEW.value, ignore_eos=True).output_ids
+      err = float(np.abs(step_logits(m, ids) - ref_logits).max())
+      row.append(f"{name}: {common_prefix(got, want):3d}/{len(want)} same, max|dlogit| {err:.3f}")
+    print(" | ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
