@@ -38,6 +38,7 @@ _LENGTHS = flags.DEFINE_list("lengths", ["100", "100", "100", "100", "2000", "40
 _HELD_OUT = flags.DEFINE_integer("held_out", 48, "Tokens the agreement is measured on.")
 _N_REF = flags.DEFINE_integer("n_ref", 16, "Reference tokens for the search.")
 _OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, fit.json and a plot go here.")
+_FROM = flags.DEFINE_string("from_jsonl", None, "Redo the fit, table and plot from these results.")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "attn_len"))
@@ -88,6 +89,9 @@ def fit(rows) -> dict:
 
 def main(argv):
   del argv
+  if _FROM.value:
+    rows = [json.loads(line) for line in open(_FROM.value)]
+    return write_outputs(rows, len(rows[0]["skip"]))
   started = time.perf_counter()
   model = ks.load_model()
   profile = methods.profile_for(model)
@@ -116,11 +120,15 @@ def main(argv):
     print(f"{item_id}: {len(ids)} prompt tokens, {len(cands)} skip sets, full model's own "
           f"agreement {full:.2f} (must be 1.00); {time.perf_counter() - started:.0f} s",
           flush=True)
+  write_outputs(rows, 2 * L)
+
+
+def write_outputs(rows, n_sublayers: int):
   result = fit(rows)
   print(json.dumps(result, indent=1))
-  lines = ["| sublayers skipped (of 60) | skip sets | mean held-out alpha | mean in-sample "
-           "alpha (smoothed) |", "|---|---|---|---|"]
-  bins = [(1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 30), (31, 60)]
+  lines = [f"| sublayers skipped (of {n_sublayers}) | skip sets | mean held-out alpha | mean "
+           "in-sample alpha (smoothed) |", "|---|---|---|---|"]
+  bins = [(1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 30), (31, n_sublayers)]
   for lo, hi in bins:
     sub = [r for r in rows if lo <= r["n_attn_skipped"] + r["n_mlp_skipped"] <= hi]
     if sub:
@@ -129,24 +137,24 @@ def main(argv):
   lines.append(f"\nfit: alpha = exp(-({result['b_attn']:.2f} f_attn + {result['b_mlp']:.2f} "
                f"f_mlp)), median |error| {result['median_abs_err']:.3f} over {len(rows)} sets")
   print("\n".join(lines))
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    common.write_jsonl(out / "results.jsonl", rows)
-    (out / "fit.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    share = [r["n_attn_skipped"] / max(r["n_attn_skipped"] + r["n_mlp_skipped"], 1)
-             for r in rows]
-    groups = ["mostly attention" if s >= 0.5 else "mostly MLP" for s in share]
-    plots.scatter_fit(
-        [r["n_attn_skipped"] + r["n_mlp_skipped"] for r in rows],
-        [r["held_out_alpha"] for r in rows], out / "alpha_vs_skipped.png", groups=groups,
-        xlabel=f"sublayers skipped (of {2 * L})",
-        ylabel=f"acceptance alpha (top-1 agreement, {_HELD_OUT.value} held-out tokens)",
-        title=f"Acceptance falls as drafts skip more (SmolLM2-135M f32, measured, "
-              f"{rows[0]['device']})",
-        annotate=f"fit: alpha = exp(-({result['b_attn']:.2f} f_attn + {result['b_mlp']:.2f} "
-                 f"f_mlp))")
-    print(f"wrote {out}")
+  if not _OUT.value:
+    return
+  out = pathlib.Path(_OUT.value)
+  common.write_jsonl(out / "results.jsonl", rows)
+  (out / "fit.json").write_text(json.dumps(result, indent=1) + "\n")
+  (out / "summary.md").write_text("\n".join(lines) + "\n")
+  share = [r["n_attn_skipped"] / max(r["n_attn_skipped"] + r["n_mlp_skipped"], 1) for r in rows]
+  groups = ["mostly attention skipped" if s >= 0.5 else "mostly MLP skipped" for s in share]
+  plots.scatter_fit(
+      [r["n_attn_skipped"] + r["n_mlp_skipped"] for r in rows],
+      [r["held_out_alpha"] for r in rows], out / "alpha_vs_skipped.png", groups=groups,
+      xlabel=f"sublayers skipped (of {n_sublayers})",
+      ylabel="acceptance alpha (top-1 agreement on held-out tokens)",
+      title=f"Acceptance falls as drafts skip more sublayers (SmolLM2-135M f32, measured on "
+            f"{rows[0]['device']})",
+      annotate=f"fit: alpha = exp(-({result['b_attn']:.2f} f_attn + {result['b_mlp']:.2f} "
+               f"f_mlp))")
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

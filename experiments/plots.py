@@ -7,6 +7,7 @@ machine and, for anything not measured on the real model, say so.
 from __future__ import annotations
 
 import pathlib
+import textwrap
 from typing import Sequence
 
 import matplotlib
@@ -16,6 +17,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 DPI = 120
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str):
+  """Axis labels and title, wrapped to fit the figure."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("\n".join(textwrap.wrap(ylabel, 45)))
+  ax.set_title("\n".join(textwrap.wrap(title, 75)), fontsize=9)
 
 
 def _save(fig, path) -> pathlib.Path:
@@ -41,9 +49,8 @@ def speedup_bars(rows: Sequence[dict], path, title: str) -> pathlib.Path:
   ax.axhline(1.0, color="black", lw=1, ls="--", label="AR")
   ax.set_xticks(x, [f"{item.removeprefix('specbench-').removeprefix('longdoc-')}\n{n} tok"
                     for item, n in items], fontsize=7)
-  ax.set_xlabel("prompt (Spec-Bench id or long-document length; prompt tokens)")
-  ax.set_ylabel("decode speed / AR's (x)")
-  ax.set_title(title, fontsize=9)
+  _label(ax, "prompt (Spec-Bench id or long-document length; prompt tokens)",
+         "decode speed / AR's (x)", title)
   ax.legend(fontsize=7, ncol=min(len(methods) + 1, 6))
   return _save(fig, path)
 
@@ -55,9 +62,7 @@ def speed_vs_context(rows: Sequence[dict], path, title: str) -> pathlib.Path:
     pts = sorted((r["prompt_tokens"], r["tokens_per_s"]) for r in rows if r["method"] == m)
     ax.plot(*zip(*pts), marker="o", ls="", label=m, alpha=0.8)
   ax.set_xscale("log")
-  ax.set_xlabel("prompt length (tokens, log scale)")
-  ax.set_ylabel("decode speed (tokens/s)")
-  ax.set_title(title, fontsize=9)
+  _label(ax, "prompt length (tokens, log scale)", "decode speed (tokens/s)", title)
   ax.legend(fontsize=7)
   return _save(fig, path)
 
@@ -74,9 +79,7 @@ def scatter_fit(x, y, path, *, xlabel: str, ylabel: str, title: str, groups=None
   if annotate:
     ax.text(0.03, 0.97, annotate, transform=ax.transAxes, va="top", fontsize=8,
             bbox=dict(facecolor="white", alpha=0.8, lw=0))
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=9)
+  _label(ax, xlabel, ylabel, title)
   if len(set(groups.tolist())) > 1:
     ax.legend(fontsize=7, loc="lower right")
   return _save(fig, path)
@@ -85,19 +88,18 @@ def scatter_fit(x, y, path, *, xlabel: str, ylabel: str, title: str, groups=None
 def lines(series: dict, path, *, xlabel: str, ylabel: str, title: str, logx: bool = False,
           hline: float | None = None, hline_label: str = "", markers: bool = True,
           ylim=None) -> pathlib.Path:
-  """One line per entry of series: label -> (x, y)."""
+  """One line per entry of series: label -> (x, y) or (x, y, matplotlib line options)."""
   fig, ax = plt.subplots(figsize=(6.0, 4.0))
-  for label, (x, y) in series.items():
-    ax.plot(x, y, marker="o" if markers else None, ms=4, label=label)
+  for label, (x, y, *style) in series.items():
+    ax.plot(x, y, **({"marker": "o" if markers else None, "ms": 4} | (style[0] if style else {})),
+            label=label)
   if hline is not None:
     ax.axhline(hline, color="black", lw=1, ls="--", label=hline_label or None)
   if logx:
     ax.set_xscale("log")
   if ylim is not None:
     ax.set_ylim(*ylim)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=9)
+  _label(ax, xlabel, ylabel, title)
   ax.legend(fontsize=7)
   return _save(fig, path)
 
@@ -113,8 +115,6 @@ def grouped_bars(groups: Sequence[str], series: dict, path, *, xlabel: str, ylab
   if hline is not None:
     ax.axhline(hline, color="black", lw=1, ls="--", label=hline_label or None)
   ax.set_xticks(x, groups, fontsize=8)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=9)
+  _label(ax, xlabel, ylabel, title)
   ax.legend(fontsize=7)
   return _save(fig, path)

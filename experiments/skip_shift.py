@@ -10,6 +10,7 @@ and MLP skip counts (what KnapSpec would choose if it drafted). JSONL, a Markdow
 plot of skipped sublayers against context length.
 """
 
+import json
 import pathlib
 import statistics
 import sys
@@ -29,10 +30,14 @@ _SEARCHES = flags.DEFINE_integer("searches", 6, "Searches per prompt.")
 _EVERY = flags.DEFINE_integer("every", 16, "Plain tokens between searches.")
 _R = flags.DEFINE_integer("n_ref", 16, "Reference tokens.")
 _OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, summary.md and a plot go here.")
+_FROM = flags.DEFINE_string("from_jsonl", None, "Redo the table and plot from these results.")
 
 
 def main(argv):
   del argv
+  if _FROM.value:
+    rows = [json.loads(line) for line in open(_FROM.value)]
+    return write_outputs(rows, [], len(rows[0]["skip"]))
   started = time.perf_counter()
   model = ks.load_model()
   profile = methods.profile_for(model)
@@ -61,31 +66,47 @@ def main(argv):
                    f"{row['n_mlp_skipped']} | {gamma} | {best.alpha:.2f} | "
                    f"{row['predicted_x_ar']:.2f} |")
       print(lines[-1] + f"  ({time.perf_counter() - started:.0f} s)", flush=True)
+  write_outputs(rows, lines, 2 * model.cfg.n_layers)
+
+
+def write_outputs(rows, lines, n_sublayers: int):
+  """Per-prompt means appended to the table; JSONL, summary.md and the plot to --output_dir."""
+  if not lines:  # redone from JSONL: the per-search table again
+    lines = ["| prompt tokens | context | weights (attn, MLP) | best attn skipped | best MLP "
+             "skipped | gamma | alpha | predicted x AR |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['prompt_tokens']} | {r['context']} | {tuple(r['weights'])} | "
+              f"{r['n_attn_skipped']} | {r['n_mlp_skipped']} | {r['gamma']} | {r['alpha']:.2f} | "
+              f"{r['predicted_x_ar']:.2f} |" for r in rows]
   lines += ["", "| prompt tokens | contexts | mean attention skipped | mean MLP skipped | "
             "attention share |", "|---|---|---|---|---|"]
-  for n in dict.fromkeys(r["prompt_tokens"] for r in rows):
+  prompts = list(dict.fromkeys(r["prompt_tokens"] for r in rows))
+  for n in prompts:
     sub = [r for r in rows if r["prompt_tokens"] == n]
     a = statistics.mean(r["n_attn_skipped"] for r in sub)
     m = statistics.mean(r["n_mlp_skipped"] for r in sub)
     lines.append(f"| {n} | {sub[0]['context']}-{sub[-1]['context']} | {a:.1f} | {m:.1f} | "
                  f"{a / max(a + m, 1e-9):.2f} |")
-  print("\n".join(lines[-2 - len(set(r['prompt_tokens'] for r in rows)):]))
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    common.write_jsonl(out / "results.jsonl", rows)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    series = {}
-    for n in dict.fromkeys(r["prompt_tokens"] for r in rows):
-      sub = [r for r in rows if r["prompt_tokens"] == n]
-      ctx = [r["context"] for r in sub]
-      series[f"attention, {n}-token prompt"] = (ctx, [r["n_attn_skipped"] for r in sub])
-      series[f"MLP, {n}-token prompt"] = (ctx, [r["n_mlp_skipped"] for r in sub])
-    plots.lines(series, out / "skips_vs_context.png",
-                xlabel="context length (tokens: prompt + generated)",
-                ylabel=f"sublayers skipped by the best draft (of {2 * model.cfg.n_layers})",
-                title=f"Best draft's skips along long generations (SmolLM2-135M f32, "
-                      f"{rows[0]['device']})")
-    print(f"wrote {out}")
+  print("\n".join(lines[-2 - len(prompts):]))
+  if not _OUT.value:
+    return
+  out = pathlib.Path(_OUT.value)
+  common.write_jsonl(out / "results.jsonl", rows)
+  (out / "summary.md").write_text("\n".join(lines) + "\n")
+  series = {}
+  for k, n in enumerate(prompts):
+    sub = [r for r in rows if r["prompt_tokens"] == n]
+    ctx = [r["context"] for r in sub]
+    marker = "os^v"[k % 4]
+    series[f"attention ({n}-token prompt)"] = (ctx, [r["n_attn_skipped"] for r in sub],
+                                               dict(color="tab:blue", marker=marker))
+    series[f"MLP ({n}-token prompt)"] = (ctx, [r["n_mlp_skipped"] for r in sub],
+                                         dict(color="tab:orange", marker=marker, ls="--"))
+  plots.lines(series, out / "skips_vs_context.png",
+              xlabel="context length (tokens: prompt + generated)",
+              ylabel=f"sublayers skipped by the best draft (of {n_sublayers})",
+              title=f"At longer context the best draft skips fewer MLP sublayers, as many "
+                    f"attention ones (SmolLM2-135M f32, {rows[0]['device']})")
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":
