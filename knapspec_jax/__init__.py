@@ -21,12 +21,14 @@ from knapspec_jax.config import ModelConfig, UnsupportedModelError
 from knapspec_jax.decoding import PromptError
 from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.methods import ClaspConfig, DelConfig, FixedConfig, KnapSpecConfig, MethodError
+from knapspec_jax.sampling import SamplingConfig, SamplingError
 from knapspec_jax.selection import Decision
 from knapspec_jax.skip_mask import SkipMask, SkipMaskError
 
 __all__ = [
     "CheckpointError", "ClaspConfig", "Decision", "DelConfig", "FixedConfig", "GenerationResult",
     "KnapSpecConfig", "LatencyProfile", "MethodError", "Model", "ModelConfig", "PromptError",
+    "SamplingConfig", "SamplingError",
     "SkipMask", "SkipMaskError", "UnsupportedModelError", "available_methods", "encode_prompt",
     "generate", "load_model",
 ]

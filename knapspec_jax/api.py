@@ -22,6 +22,7 @@ from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.kv_cache import SLACK, KVCache
+from knapspec_jax.sampling import SamplingConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -174,19 +175,19 @@ def _check_ar_options(options: dict) -> int:
   return width
 
 
-def _ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, **options):
+def _ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, sampling=None, **options):
   width = _check_ar_options(options)
-  return decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width), {}
+  return decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width,
+                         sampling=sampling), {}
 
 
-def _ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, **options):
+def _ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, **options):
   width = _check_ar_options(options)
   state = _abstract_state(model)
   for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens,
                                       width):
-    static = dict(cfg=model.cfg, attn_len=attn_len) if width == 1 else dict(
-        cfg=model.cfg, attn_len=attn_len, width=width)
-    model.compiled.get("ar_segment", decoding._ar_segment, (model.params, state), static,
+    model.compiled.get("ar_segment", decoding._ar_segment, (model.params, state),
+                       decoding.ar_static(model.cfg, attn_len, width, sampling),
                        donate_argnums=(1,))
 
 
@@ -213,15 +214,21 @@ def warmup_prefill(model: Model, n_prompt: int):
 
 def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tokens: int = 128,
              method: str = "ar", *, raw: bool = False, ignore_eos: bool = False,
-             warmup: bool = True, **options) -> GenerationResult:
-  """Greedy generation with `method` ("ar", or a speculative method); returns ids and timings.
+             warmup: bool = True, sampling: SamplingConfig | None = None,
+             **options) -> GenerationResult:
+  """Generation with `method` ("ar", or a speculative method); returns ids and timings.
 
   prompt: text (wrapped in the chat template unless raw) or token ids.
+  sampling: None decodes greedily (lossless: every method gives AR's tokens); a SamplingConfig
+    samples (speculative methods then keep the sampled distribution, sampling.py).
   warmup: compile what the run needs first and report it as compile_s, outside the timings.
   options: the method's own settings (see each method's config).
   """
   if method not in _METHODS:
     raise ValueError(f"unknown method {method!r}; available: {methods()}")
+  if sampling is not None and not isinstance(sampling, SamplingConfig):
+    raise TypeError(f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}")
+  f = sampling.filter if sampling else None
   decode_fn, warmup_fn = _METHODS[method]
   ids = encode_prompt(model, prompt, raw) if isinstance(prompt, str) else np.asarray(prompt, np.int32)
   if ids.ndim != 1:
@@ -234,19 +241,19 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
   compile_before = model.compiled.stats.compile_s
   if warmup:
     warmup_prefill(model, len(ids))
-    warmup_fn(model, len(ids), max_new_tokens, **options)
+    warmup_fn(model, len(ids), max_new_tokens, sampling=f, **options)
   compile_s = model.compiled.stats.compile_s - compile_before
 
   start = time.perf_counter()
   cache = KVCache.create(model.cfg, DTYPES[model.dtype])
   logits, cache = decoding.prefill(model.params, model.cfg, ids, cache, model.compiled)
-  state = decoding.init_state(cache, logits, max_new_tokens, eos_ids)
+  state = decoding.init_state(cache, logits, max_new_tokens, eos_ids, sampling)
   jax.block_until_ready(state)
   prefill_s = time.perf_counter() - start
 
   compile_in_run_before = model.compiled.stats.compile_s
   start = time.perf_counter()
-  state, stats = decode_fn(model, state, ids, **options)
+  state, stats = decode_fn(model, state, ids, sampling=f, **options)
   jax.block_until_ready(state)
   decode_s = time.perf_counter() - start
   stats["compile_in_decode_s"] = model.compiled.stats.compile_s - compile_in_run_before

@@ -93,6 +93,7 @@ def _gguf_config_and_tokenizer(path: pathlib.Path):
     hf_config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
   cfg = ModelConfig.from_hf(hf_config)
+  _check_tokenizer(path, tokenizer, cfg)
   eos = int(reader.fields["tokenizer.ggml.eos_token_id"].contents())
   return cfg, tokenizer, (eos,)
 
@@ -143,7 +144,7 @@ def _gguf_params(path: pathlib.Path, cfg: ModelConfig) -> dict:
             "layers": tuple(layers)}
   if not cfg.tie_embeddings:
     params["lm_head"] = get("output.weight").T if "output.weight" in tensors else params["embed"].T
-  return _contiguous(params)
+  return _contiguous(_check_shapes(path, params, cfg))
 
 
 # ---------------------------------------------------------------------------------- HF directory
@@ -166,6 +167,7 @@ def _hf_config_and_tokenizer(path: pathlib.Path):
   tokenizer = None
   if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
     tokenizer = AutoTokenizer.from_pretrained(path)
+    _check_tokenizer(path, tokenizer, cfg)
   eos = raw.get("eos_token_id")
   eos = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
   gen_file = path / "generation_config.json"
@@ -214,7 +216,40 @@ def _hf_params(path: pathlib.Path, cfg: ModelConfig) -> dict:
             "layers": tuple(layers)}
   if not cfg.tie_embeddings:
     params["lm_head"] = get("lm_head.weight").T
-  return _contiguous(params)
+  return _contiguous(_check_shapes(path, params, cfg))
+
+
+def _check_tokenizer(path: pathlib.Path, tokenizer, cfg: ModelConfig):
+  """A tokenizer that can emit ids the model has no embedding for is a mismatched pair."""
+  if len(tokenizer) > cfg.vocab_size:
+    raise CheckpointError(
+        f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+        f"{cfg.vocab_size}: tokenizer and model do not belong together")
+
+
+def expected_shapes(cfg: ModelConfig) -> dict:
+  """The shape of every param of model.py's (unfused) layout for this config."""
+  d, f, hd, v = cfg.d_model, cfg.d_ff, cfg.head_dim, cfg.vocab_size
+  q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+  layer = {"attn_norm": (d,), "wq": (d, q), "wk": (d, kv), "wv": (d, kv), "wo": (q, d),
+           "mlp_norm": (d,), "w_gate": (d, f), "w_up": (d, f), "w_down": (f, d),
+           "bq": (q,), "bk": (kv,), "bv": (kv,), "q_norm": (hd,), "k_norm": (hd,)}
+  return {"embed": (v, d), "final_norm": (d,), "lm_head": (d, v), "layer": layer}
+
+
+def _check_shapes(path: pathlib.Path, params: dict, cfg: ModelConfig) -> dict:
+  """Raises CheckpointError naming the first tensor whose shape disagrees with the config (a
+  checkpoint whose weights and config.json / metadata do not match)."""
+  want = expected_shapes(cfg)
+  named = [(k, v, want[k]) for k, v in params.items() if k != "layers"]
+  for i, lp in enumerate(params["layers"]):
+    named += [(f"layer {i} {k}", v, want["layer"][k]) for k, v in lp.items()]
+  for name, value, shape in named:
+    if tuple(value.shape) != shape:
+      raise CheckpointError(
+          f"{path}: {name} has shape {tuple(value.shape)} but the config ({cfg.arch}, vocab "
+          f"{cfg.vocab_size}, d_model {cfg.d_model}) needs {shape}")
+  return params
 
 
 def _contiguous(params: dict) -> dict:

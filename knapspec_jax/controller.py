@@ -59,11 +59,12 @@ def background_compile_default() -> bool:
 
 def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         profile: LatencyProfile, warmup_tokens: int = 0, background: bool | None = None,
-        wait_chunk: int = 16):
+        wait_chunk: int = 16, sampling=None):
   """Decodes to the end with `policy`; returns (state, stats dict).
 
   background: compile a newly chosen skip set in a background thread and decode plainly,
   `wait_chunk` tokens at a time, until it is ready (default: background_compile_default()).
+  sampling: a sampling.Filter to sample (speculative sampling in drafting windows), None: greedy.
   """
   background = background_compile_default() if background is None else background
   compiled = model.compiled
@@ -71,7 +72,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   windows = []
   search_s = 0.0
   if warmup_tokens:  # AR until the policy has generated tokens to look at
-    state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=warmup_tokens)
+    state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=warmup_tokens,
+                            sampling=sampling)
   while True:
     done, length, n_out, max_new = (int(x) for x in jax.device_get(
         (state.done, state.cache.length, state.n_out, state.max_new)))
@@ -98,15 +100,16 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         state, counters, ready = speculative.run_rounds(
             model.params, model.cfg, state, counters, compiled, skip=decision.skip,
             gamma=decision.gamma, threshold=policy.threshold, max_rounds=left,
-            background=background)
+            background=background, sampling=sampling)
         if ready or bool(state.done):
           break
         n_before = int(state.n_out)  # the draft's program is compiling: decode plainly
-        state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=wait_chunk)
+        state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=wait_chunk,
+                                sampling=sampling)
         waited_tokens += int(state.n_out) - n_before
     else:
       state = decoding.run_ar(model.params, model.cfg, state, compiled,
-                              max_tokens=policy.ar_window)
+                              max_tokens=policy.ar_window, sampling=sampling)
     jax.block_until_ready(state)
     measured = time.perf_counter() - start
     compile_s = compiled.stats.compile_s - compile_before

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from knapspec_jax import model as model_lib
+from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.kv_cache import KVCache
@@ -61,6 +62,7 @@ class DecodeState:
   max_new: jax.Array  # int32 []
   eos: jax.Array  # int32 [MAX_EOS], -1 = unused slot
   done: jax.Array  # bool []
+  key: jax.Array  # uint32 [2] PRNG key data (sampling only; greedy never reads it)
 
 
 def _prefill_chunk(params, tokens, cache, last_index, *, cfg, attn_len):
@@ -78,6 +80,8 @@ def validate_request(cfg: ModelConfig, n_prompt: int, max_new_tokens: int):
     raise PromptError(
         f"the prompt has {n_prompt} tokens but the model's context is {cfg.max_seq_len}: "
         f"it must leave room for at least one new token (at most {cfg.max_seq_len - 1})")
+  if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool):
+    raise PromptError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
   if max_new_tokens <= 0:
     raise PromptError(f"max_new_tokens must be positive, got {max_new_tokens}")
 
@@ -102,23 +106,36 @@ def prefill(params, cfg: ModelConfig, prompt_ids: np.ndarray, cache: KVCache,
   return logits, cache.rollback(n)
 
 
-def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids) -> DecodeState:
-  first = jnp.argmax(first_logits).astype(jnp.int32)
+def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids,
+               sampling: sampling_lib.SamplingConfig | None = None) -> DecodeState:
+  key = sampling.key() if sampling else jnp.zeros((2,), jnp.uint32)
+  first, key = next_token(first_logits, key, sampling and sampling.filter)
   eos = eos_array(eos_ids)
   out = jnp.zeros((cache.capacity,), jnp.int32).at[0].set(first)
   max_new = jnp.asarray(max_new_tokens, jnp.int32)
   done = jnp.any(first == eos) | (max_new <= 1)
-  return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done)
+  return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done, key)
+
+
+def next_token(logits, key, sampling: sampling_lib.Filter | None):
+  """(token, key): argmax of logits [V] when sampling is None, else a sample of the filtered
+  distribution drawn with key (uint32 [2]), which is advanced."""
+  if sampling is None:
+    return jnp.argmax(logits).astype(jnp.int32), key
+  key, u = sampling_lib.uniforms(key, 1)
+  return sampling_lib.draw(sampling_lib.probs(logits, sampling), u[0]), key
 
 
 def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
-                skip: SkipMask | None = None, width: int = 1) -> DecodeState:
+                skip: SkipMask | None = None, width: int = 1,
+                sampling: sampling_lib.Filter | None = None) -> DecodeState:
   """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end.
 
   With a skip mask this is the draft model decoding on its own (the latency profile times it).
   width > 1 runs each step as a forward over `width` positions, the token in row 0 and padding
   after it (discarded, cursor advanced by one): the kernel shapes of a speculative verify of
   width tokens, so that in bfloat16 AR rounds like the verify does (see BENCHMARKS.md).
+  sampling: sample each token from the filtered distribution instead of taking the argmax.
   """
   skip = skip or SkipMask.none(cfg.n_layers)
   limit = min(attn_len - width + 1, cfg.max_seq_len)
@@ -130,13 +147,24 @@ def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
     n = s.cache.length
     tokens = jnp.zeros((1, width), jnp.int32).at[0, 0].set(s.token)
     out = model_lib.forward(params, cfg, tokens, s.cache, skip=skip, attn_len=attn_len)
-    nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0, 0])).astype(jnp.int32)
+    nxt, key = next_token(model_lib.lm_head(params, cfg, out.hidden[0, 0]), s.key, sampling)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
     return s.replace(cache=out.cache.rollback(n + 1), token=nxt,
-                     out=s.out.at[s.n_out].set(nxt), n_out=n_out, done=done)
+                     out=s.out.at[s.n_out].set(nxt), n_out=n_out, done=done, key=key)
 
   return jax.lax.while_loop(cond, body, state)
+
+
+def ar_static(cfg: ModelConfig, attn_len: int, width: int = 1,
+              sampling: sampling_lib.Filter | None = None) -> dict:
+  """_ar_segment's static kwargs; defaults left out so that equal programs share a cache key."""
+  static = dict(cfg=cfg, attn_len=attn_len)
+  if width != 1:
+    static["width"] = width
+  if sampling is not None:
+    static["sampling"] = sampling
+  return static
 
 
 def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos_ids) -> str:
@@ -148,9 +176,10 @@ def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos
 
 
 def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
-           max_tokens: int | None = None, width: int = 1) -> DecodeState:
+           max_tokens: int | None = None, width: int = 1,
+           sampling: sampling_lib.Filter | None = None) -> DecodeState:
   """Decodes until done or the cache is full (or max_tokens more tokens), one device program
-  per attention bucket. width: see _ar_segment (1: plain one-token steps)."""
+  per attention bucket. width, sampling: see _ar_segment (default: one-token greedy steps)."""
   # Host-side arithmetic on purpose: an eager jnp op here would compile on its first call, inside
   # a method's timed decode (measured: three such compiles cost 0.27 s on the H100).
   max_new = int(state.max_new)
@@ -163,9 +192,8 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
       break
     attn_len = attn_bucket(int(length) + width, state.cache.capacity)
     args = (params, state)
-    static = dict(cfg=cfg, attn_len=attn_len) if width == 1 else dict(
-        cfg=cfg, attn_len=attn_len, width=width)
-    fn = compiled.get("ar_segment", _ar_segment, args, static, donate_argnums=(1,))
+    fn = compiled.get("ar_segment", _ar_segment, args,
+                      ar_static(cfg, attn_len, width, sampling), donate_argnums=(1,))
     state = fn(*args)
   if max_tokens is not None:  # the pause was not the end: recompute done under the real limit
     token, eos, n_out = jax.device_get((state.token, state.eos, state.n_out))

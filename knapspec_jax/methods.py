@@ -337,18 +337,21 @@ def profile_for(model) -> latency.LatencyProfile:
 def _make(name):
   policy_cls, config_cls = _POLICIES[name]
 
-  def decode(model, state, prompt_ids, config=None, **options):
+  def decode(model, state, prompt_ids, config=None, sampling=None, **options):
     config = config or config_cls(**options)
     policy = policy_cls(model, profile_for(model), config)
     warm = getattr(config, "n_ref", 0) if name in ("del", "clasp") else 0
     state, stats = controller.run(model, state, prompt_ids, policy, profile_for(model),
                                   warmup_tokens=warm, background=getattr(policy, "background",
-                                                                         None))
+                                                                         None),
+                                  sampling=sampling)
     stats["config"] = {k: (v.to_list() if isinstance(v, SkipMask) else v)
                        for k, v in dataclasses.asdict(config).items()}
     return state, stats
 
-  def warmup(model, n_prompt, max_new_tokens, config=None, **options):
+  def warmup(model, n_prompt, max_new_tokens, config=None, sampling=None, **options):
+    # With sampling, the sampling programs compile in the first run (counted in
+    # compile_in_decode_s); the warm-up compiles the greedy ones.
     config = config or config_cls(**options)
     policy = policy_cls(model, profile_for(model), config)
     api._ar_warmup(model, n_prompt, max_new_tokens)

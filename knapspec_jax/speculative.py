@@ -14,14 +14,17 @@ re-optimize the skip set), or the attention bucket is full; the host then takes 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from knapspec_jax import model as model_lib
+from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.decoding import DecodeState
-from knapspec_jax.kv_cache import SLACK
+from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.skip_mask import SkipMask
 
 MAX_GAMMA = SLACK - 2
@@ -42,51 +45,79 @@ class SpecCounters:
     return cls(z, z, z, z)
 
 
-def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: int,
-           attn_len: int, threshold):
-  """Drafts up to gamma tokens after the pending token.
+class _Draft(NamedTuple):
+  tokens: jax.Array  # int32 [gamma]
+  n: jax.Array  # int32 [] drafts proposed
+  n_forwards: jax.Array  # int32 [] draft forwards run
+  cache: KVCache
+  q: jax.Array  # float32 [gamma, V] the draft's filtered distributions (sampling; else [gamma, 0])
+  key: jax.Array  # uint32 [2] the PRNG key after drafting
 
-  Returns (drafts [gamma], n_drafts, n_forwards, cache). The draft writes the KV of its kept
-  attention sublayers; verification overwrites every one of those positions.
+
+def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: int,
+           attn_len: int, threshold, sampling: sampling_lib.Filter | None = None) -> _Draft:
+  """Drafts up to gamma tokens after the pending token: the draft's argmax, or with sampling a
+  sample of its filtered distribution q (kept for verification).
+
+  The draft writes the KV of its kept attention sublayers; verification overwrites every one of
+  those positions.
   """
   n = state.cache.length
 
   def cond(c):
-    n_fwd, k, _, _, stop, _ = c
+    n_fwd, k, _, _, _, stop, _, _ = c
     return (n_fwd < gamma) & ~stop
 
   def body(c):
-    n_fwd, k, drafts, token, _, cache = c
+    n_fwd, k, drafts, q, token, _, cache, key = c
     out = model_lib.forward(params, cfg, token[None, None], cache.rollback(n + k), skip=skip,
                             attn_len=attn_len)
     logits = model_lib.lm_head(params, cfg, out.hidden[0, -1])
-    nxt = jnp.argmax(logits).astype(jnp.int32)
-    confident = jnp.max(jax.nn.softmax(logits)) >= threshold
+    if sampling is None:
+      nxt = jnp.argmax(logits).astype(jnp.int32)
+      confident = jnp.max(jax.nn.softmax(logits)) >= threshold
+    else:
+      dist = sampling_lib.probs(logits, sampling)
+      key, u = sampling_lib.uniforms(key, 1)
+      nxt = sampling_lib.draw(dist, u[0])
+      confident = jnp.max(dist) >= threshold
+      q = jnp.where(confident, q.at[k].set(dist), q)
     # A low-confidence proposal is dropped and ends the draft; an EOS proposal is kept and ends it.
     drafts = jnp.where(confident, drafts.at[k].set(nxt), drafts)
     stop = ~confident | jnp.any(nxt == state.eos)
-    return n_fwd + 1, k + confident.astype(jnp.int32), drafts, nxt, stop, out.cache
+    return n_fwd + 1, k + confident.astype(jnp.int32), drafts, q, nxt, stop, out.cache, key
 
   zero = jnp.zeros((), jnp.int32)
-  init = (zero, zero, jnp.zeros((gamma,), jnp.int32), state.token, jnp.zeros((), bool),
-          state.cache)
-  n_fwd, k, drafts, _, _, cache = jax.lax.while_loop(cond, body, init)
-  return drafts, k, n_fwd, cache
+  q = jnp.zeros((gamma, cfg.vocab_size if sampling else 0), jnp.float32)
+  init = (zero, zero, jnp.zeros((gamma,), jnp.int32), q, state.token, jnp.zeros((), bool),
+          state.cache, state.key)
+  n_fwd, k, drafts, q, _, _, cache, key = jax.lax.while_loop(cond, body, init)
+  return _Draft(drafts, k, n_fwd, cache, q, key)
 
 
 def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
-           skip: SkipMask, gamma: int, attn_len: int, threshold):
+           skip: SkipMask, gamma: int, attn_len: int, threshold,
+           sampling: sampling_lib.Filter | None = None):
   n = state.cache.length
-  drafts, n_drafts, n_forwards, cache = _draft(params, cfg, state, skip, gamma, attn_len,
-                                               threshold)
+  d = _draft(params, cfg, state, skip, gamma, attn_len, threshold, sampling)
+  drafts, n_drafts, n_forwards, key = d.tokens, d.n, d.n_forwards, d.key
   window = jnp.concatenate([state.token[None], drafts])  # [gamma + 1]
-  out = model_lib.forward(params, cfg, window[None], cache.rollback(n),
+  out = model_lib.forward(params, cfg, window[None], d.cache.rollback(n),
                           skip=SkipMask.none(cfg.n_layers), attn_len=attn_len)
-  target = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0]), axis=-1).astype(jnp.int32)
-  # Accept the longest prefix d_1..d_k with d_i == t_{i-1}; emit t_0..t_k.
-  idx = jnp.arange(gamma)
-  match = (drafts == target[:-1]) & (idx < n_drafts)
-  n_accepted = jnp.sum(jnp.cumprod(match.astype(jnp.int32)))
+  logits = model_lib.lm_head(params, cfg, out.hidden[0])  # [gamma + 1, V]
+  if sampling is None:
+    target = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # Accept the longest prefix d_1..d_k with d_i == t_{i-1}; emit t_0..t_k.
+    idx = jnp.arange(gamma)
+    match = (drafts == target[:-1]) & (idx < n_drafts)
+    n_accepted = jnp.sum(jnp.cumprod(match.astype(jnp.int32)))
+  else:  # emit d_1..d_k, then the rule's token (sampling.py)
+    key, u = sampling_lib.uniforms(key, gamma + 1)
+    verdict = sampling_lib.verify(sampling, sampling_lib.probs(logits, sampling), d.q, drafts,
+                                  n_drafts, u)
+    n_accepted = verdict.n_accepted
+    target = jnp.where(jnp.arange(gamma + 1) < n_accepted,
+                       jnp.concatenate([drafts, drafts[:1]]), verdict.token)
   count = n_accepted + 1
   is_eos = jnp.any(target[:, None] == state.eos[None, :], axis=-1)
   first_eos = jnp.argmax(is_eos)
@@ -98,7 +129,7 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
   n_out = state.n_out + count
   done = jnp.any(last == state.eos) | (n_out >= state.max_new)
   state = state.replace(cache=out.cache.rollback(n + count), token=last, out=new_out,
-                        n_out=n_out, done=done)
+                        n_out=n_out, done=done, key=key)
   counters = SpecCounters(rounds=counters.rounds + 1, drafted=counters.drafted + n_drafts,
                           accepted=counters.accepted + jnp.minimum(n_accepted, count - 1),
                           draft_forwards=counters.draft_forwards + n_forwards)
@@ -106,9 +137,11 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
 
 
 def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds, threshold, *,
-                 cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int):
+                 cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
+                 sampling: sampling_lib.Filter | None = None):
   """Runs up to max_rounds speculation rounds on device. attn_len bounds the context: a round
-  needs positions up to n + gamma, so the segment stops once n + gamma + 1 > attn_len."""
+  needs positions up to n + gamma, so the segment stops once n + gamma + 1 > attn_len.
+  sampling: None verifies greedily; a Filter runs speculative sampling (sampling.py)."""
   if not 1 <= gamma <= MAX_GAMMA:
     raise ValueError(f"gamma must be in 1..{MAX_GAMMA}, got {gamma}")
 
@@ -119,7 +152,7 @@ def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds,
 
   def body(c):
     s, cnt, r = c
-    s, cnt = _round(params, cfg, s, cnt, skip, gamma, attn_len, threshold)
+    s, cnt = _round(params, cfg, s, cnt, skip, gamma, attn_len, threshold, sampling)
     return s, cnt, r + 1
 
   state, counters, _ = jax.lax.while_loop(cond, body, (state, counters, jnp.zeros((), jnp.int32)))
@@ -140,8 +173,17 @@ def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
   return sorted({attn_bucket(n + gamma + 1, capacity) for n in range(start, max(end, start + 1))})
 
 
+def segment_static(cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
+                   sampling: sampling_lib.Filter | None = None) -> dict:
+  """spec_segment's static kwargs; sampling left out when greedy, so greedy keys don't change."""
+  static = dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len)
+  if sampling is not None:
+    static["sampling"] = sampling
+  return static
+
+
 def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
-                     gamma: int, buckets) -> None:
+                     gamma: int, buckets, sampling: sampling_lib.Filter | None = None) -> None:
   """Ahead-of-time compiles the segment program of (skip, gamma) for each attention bucket;
   state may be abstract (jax.ShapeDtypeStruct leaves). A method whose skip set is known before
   decoding (e.g. a fixed set) compiles here, at warm-up, rather than inside its timed decode."""
@@ -150,12 +192,13 @@ def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, 
           jax.ShapeDtypeStruct((), jnp.float32))
   for attn_len in buckets:
     compiled.get("spec_segment", spec_segment, args,
-                 dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len), donate_argnums=(1,))
+                 segment_static(cfg, skip, gamma, attn_len, sampling), donate_argnums=(1,))
 
 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
                *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int,
-               background: bool = False, prefetch: int = 256):
+               background: bool = False, prefetch: int = 256,
+               sampling: sampling_lib.Filter | None = None):
   """Host driver: up to max_rounds rounds (fewer at done / cache end), crossing buckets.
 
   Returns (state, counters, ready). With background=True a program that is not compiled yet is
@@ -165,7 +208,7 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
   """
   from knapspec_jax.decoding import attn_bucket
   start_rounds = int(counters.rounds)
-  static = lambda attn_len: dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len)
+  static = lambda attn_len: segment_static(cfg, skip, gamma, attn_len, sampling)
   while True:
     done, length, rounds = jax.device_get((state.done, state.cache.length, counters.rounds))
     left = max_rounds - (int(rounds) - start_rounds)
