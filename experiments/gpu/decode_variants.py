@@ -4,14 +4,15 @@
 
 Times the on-device AR loop (ms/token, median of --repeats loops of --steps tokens) for:
   xla      the project's forward as is (XLA-generated attention);
-  cudnn    decode attention (one query) through jax.nn.dot_product_attention(implementation=
-           "cudnn") with the cache's valid length, instead of einsum + mask + softmax + einsum;
+  cudnn    ModelConfig.attention="cudnn": decode attention (one query) in one cuDNN kernel
+           (jax.nn.dot_product_attention) instead of einsum + mask + softmax + einsum;
   unroll2  two decode steps per while-loop iteration (halves the loop's per-iteration
            predicate copy to the host);
 and counts the kernels (fusions, library calls) in one iteration of the compiled loop body.
 XLA flags come from the environment (run the script once per XLA_FLAGS setting).
 """
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -35,18 +36,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed loops (median).")
 _TAG = flags.DEFINE_string("tag", "", "Label printed with each line (e.g. the XLA_FLAGS).")
 _DUMP = flags.DEFINE_integer("dump_body", 0, "Print the first N kernels of the loop body with "
                              "the source op each fuses (which ops a layer launches).")
-
-_xla_attend = model_lib.attend
-
-
-def _cudnn_attend(cfg, q, keys, values, mask):
-  if q.shape[1] != 1:
-    return _xla_attend(cfg, q, keys, values, mask)
-  kv_len = jnp.sum(mask[:, -1].astype(jnp.int32), axis=-1)  # [B]: positions <= the query's
-  out = jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=kv_len,
-                                     implementation="cudnn")
-  return out.reshape(q.shape[0], 1, -1)
-
 
 def _unrolled_segment(params, state, *, cfg, attn_len, per_iter=2):
   """Like decoding._ar_segment, but per_iter steps per loop iteration; steps after `done` (or
@@ -115,22 +104,22 @@ def count_kernels(hlo_text: str) -> dict:
 
 def main(argv):
   del argv
-  m = ks.load_model(dtype="bfloat16")
+  m = ks.load_model(dtype="bfloat16", attention="xla")
   dtype = jnp.bfloat16
   print(latency.device_name(), "| XLA_FLAGS:", os.environ.get("XLA_FLAGS", "") or "(none)",
         flush=True)
   for n in map(int, _LENS.value):
     base = latency._random_cache(m.cfg, dtype, n - 2 * _STEPS.value - 4, jax.random.PRNGKey(0))
     for variant in _VARIANTS.value:
-      model_lib.attend = _cudnn_attend if variant == "cudnn" else _xla_attend
+      cfg = dataclasses.replace(m.cfg, attention="cudnn" if variant == "cudnn" else "xla")
       seg = _unrolled_segment if variant.startswith("unroll") else decoding._ar_segment
-      static = dict(cfg=m.cfg, attn_len=n)
+      static = dict(cfg=cfg, attn_len=n)
       if variant.startswith("unroll"):
         static["per_iter"] = int(variant.removeprefix("unroll"))
 
       def make_args():
         cache = jax.tree.map(jnp.copy, base)
-        state = decoding.init_state(cache, jnp.zeros((m.cfg.vocab_size,), jnp.float32),
+        state = decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32),
                                     _STEPS.value + 1, ())
         return m.params, state
       try:
@@ -148,7 +137,6 @@ def main(argv):
       except Exception as e:  # noqa: BLE001  (report and go on to the next variant)
         print(f"{_TAG.value:12s} attn_len {n:5d} {variant:8s} FAILED: "
               f"{type(e).__name__}: {str(e)[:300]}", flush=True)
-  model_lib.attend = _xla_attend
 
 
 if __name__ == "__main__":

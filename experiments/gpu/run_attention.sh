@@ -9,4 +9,4 @@ python3 experiments/benchmark.py --dtype=bfloat16 --methods=ar --specbench_per_c
   --output_dir=$OUT/ar 2>&1 | grep -v -i warn | tail -12
 python3 experiments/gpu/decode_variants.py --attn_lens=8192 --variants=cudnn --dump_body=40 \
   --tag=dump 2>&1 | grep -v -i warn
-python3 experiments/gpu/check_attention.py --max_new_tokens=64 2>&1 | grep -v -i warn
+timeout 200 python3 experiments/gpu/check_attention.py --max_new_tokens=64 2>&1 | grep -v -i warn

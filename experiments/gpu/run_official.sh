@@ -7,4 +7,4 @@ set -uo pipefail
 source experiments/gpu/env.sh
 PYTHONPATH=/root/gguf_only python3 experiments/gpu/run_official.py --official_dir=.official \
   --prompts=.data/official_prompts.json --strategies=${STRATEGIES:-autoregressive,knapspec} \
-  --max_new_tokens=128 --output=$OUT/official.jsonl 2>&1 | grep -v -i warn | tail -60
+  --max_new_tokens=128 --limit=${LIMIT:-0} --output=$OUT/official.jsonl 2>&1 | grep -v -i warn | tail -60
