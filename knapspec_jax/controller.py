@@ -59,12 +59,14 @@ def background_compile_default() -> bool:
 
 def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         profile: LatencyProfile, warmup_tokens: int = 0, background: bool | None = None,
-        wait_chunk: int = 16, sampling=None):
+        wait_chunk: int = 16, sampling=None, width: int | None = None):
   """Decodes to the end with `policy`; returns (state, stats dict).
 
   background: compile a newly chosen skip set in a background thread and decode plainly,
   `wait_chunk` tokens at a time, until it is ready (default: background_compile_default()).
   sampling: a sampling.Filter to sample (speculative sampling in drafting windows), None: greedy.
+  width: every full-model forward (verify windows, plain steps) this many positions wide
+  (bf16 output then equals AR's at the same width; speculative.spec_segment). None: natural.
   """
   background = background_compile_default() if background is None else background
   compiled = model.compiled
@@ -73,7 +75,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   search_s = 0.0
   if warmup_tokens:  # AR until the policy has generated tokens to look at
     state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=warmup_tokens,
-                            sampling=sampling)
+                            sampling=sampling, width=width or 1)
   while True:
     done, length, n_out, max_new = (int(x) for x in jax.device_get(
         (state.done, state.cache.length, state.n_out, state.max_new)))
@@ -100,16 +102,16 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         state, counters, ready = speculative.run_rounds(
             model.params, model.cfg, state, counters, compiled, skip=decision.skip,
             gamma=decision.gamma, threshold=policy.threshold, max_rounds=left,
-            background=background, sampling=sampling)
+            background=background, sampling=sampling, width=width)
         if ready or bool(state.done):
           break
         n_before = int(state.n_out)  # the draft's program is compiling: decode plainly
         state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=wait_chunk,
-                                sampling=sampling)
+                                sampling=sampling, width=width or 1)
         waited_tokens += int(state.n_out) - n_before
     else:
       state = decoding.run_ar(model.params, model.cfg, state, compiled,
-                              max_tokens=policy.ar_window, sampling=sampling)
+                              max_tokens=policy.ar_window, sampling=sampling, width=width or 1)
     jax.block_until_ready(state)
     measured = time.perf_counter() - start
     compile_s = compiled.stats.compile_s - compile_before

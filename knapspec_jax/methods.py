@@ -17,7 +17,7 @@ import time
 
 from knapspec_jax import api, controller, knapsack, latency, selection, speculative
 from knapspec_jax.decoding import attn_bucket
-from knapspec_jax.kv_cache import KVCache
+from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.selection import Candidate, Decision
 from knapspec_jax.skip_mask import SkipMask
 
@@ -327,6 +327,16 @@ _POLICIES = {"knapspec": (KnapSpecPolicy, KnapSpecConfig),
              "clasp": (ClaspPolicy, ClaspConfig)}
 
 
+def _check_width(width, config):
+  """width (bf16 agreement with AR at the same width, controller.run) must hold every verify."""
+  if width is None:
+    return
+  longest = getattr(config, "gamma", None) or getattr(config, "gamma_max")
+  if not isinstance(width, int) or not longest + 1 <= width <= SLACK:
+    raise MethodError(f"width must be an integer in {longest + 1}..{SLACK} "
+                      f"(the longest verify, gamma + 1 = {longest + 1}), got {width!r}")
+
+
 def profile_for(model) -> latency.LatencyProfile:
   if model.profile is None:
     model.profile = latency.load_or_measure(model.params, model.cfg, model.params["embed"].dtype,
@@ -337,19 +347,21 @@ def profile_for(model) -> latency.LatencyProfile:
 def _make(name):
   policy_cls, config_cls = _POLICIES[name]
 
-  def decode(model, state, prompt_ids, config=None, sampling=None, **options):
+  def decode(model, state, prompt_ids, config=None, sampling=None, width=None, **options):
     config = config or config_cls(**options)
+    _check_width(width, config)
     policy = policy_cls(model, profile_for(model), config)
     warm = getattr(config, "n_ref", 0) if name in ("del", "clasp") else 0
     state, stats = controller.run(model, state, prompt_ids, policy, profile_for(model),
                                   warmup_tokens=warm, background=getattr(policy, "background",
                                                                          None),
-                                  sampling=sampling)
+                                  sampling=sampling, width=width)
     stats["config"] = {k: (v.to_list() if isinstance(v, SkipMask) else v)
                        for k, v in dataclasses.asdict(config).items()}
     return state, stats
 
-  def warmup(model, n_prompt, max_new_tokens, config=None, sampling=None, **options):
+  def warmup(model, n_prompt, max_new_tokens, config=None, sampling=None, width=None,
+             **options):
     # With sampling, the sampling programs compile in the first run (counted in
     # compile_in_decode_s); the warm-up compiles the greedy ones.
     config = config or config_cls(**options)

@@ -97,14 +97,16 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
 
 def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
            skip: SkipMask, gamma: int, attn_len: int, threshold,
-           sampling: sampling_lib.Filter | None = None):
+           sampling: sampling_lib.Filter | None = None, width: int | None = None):
   n = state.cache.length
   d = _draft(params, cfg, state, skip, gamma, attn_len, threshold, sampling)
   drafts, n_drafts, n_forwards, key = d.tokens, d.n, d.n_forwards, d.key
   window = jnp.concatenate([state.token[None], drafts])  # [gamma + 1]
+  if width:  # padded to a fixed verify width (see spec_segment)
+    window = jnp.concatenate([window, jnp.zeros((width - gamma - 1,), jnp.int32)])
   out = model_lib.forward(params, cfg, window[None], d.cache.rollback(n),
                           skip=SkipMask.none(cfg.n_layers), attn_len=attn_len)
-  logits = model_lib.lm_head(params, cfg, out.hidden[0])  # [gamma + 1, V]
+  logits = model_lib.lm_head(params, cfg, out.hidden[0, :gamma + 1])  # [gamma + 1, V]
   if sampling is None:
     target = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     # Accept the longest prefix d_1..d_k with d_i == t_{i-1}; emit t_0..t_k.
@@ -138,21 +140,27 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
 
 def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds, threshold, *,
                  cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
-                 sampling: sampling_lib.Filter | None = None):
+                 sampling: sampling_lib.Filter | None = None, width: int | None = None):
   """Runs up to max_rounds speculation rounds on device. attn_len bounds the context: a round
   needs positions up to n + gamma, so the segment stops once n + gamma + 1 > attn_len.
-  sampling: None verifies greedily; a Filter runs speculative sampling (sampling.py)."""
+  sampling: None verifies greedily; a Filter runs speculative sampling (sampling.py).
+  width: verify windows padded to this many positions (>= gamma + 1); with AR run at the same
+  width (decoding._ar_segment) every full-model forward has one shape, so bf16 output equals
+  that AR's exactly. None: gamma + 1, the fastest."""
   if not 1 <= gamma <= MAX_GAMMA:
     raise ValueError(f"gamma must be in 1..{MAX_GAMMA}, got {gamma}")
+  span = width or gamma + 1
+  if not gamma + 1 <= span <= SLACK:
+    raise ValueError(f"the verify width must be in {gamma + 1}..{SLACK}, got {width}")
 
   def cond(c):
     s, _, r = c
     n = s.cache.length
-    return ~s.done & (r < max_rounds) & (n + gamma + 1 <= attn_len) & (n < cfg.max_seq_len)
+    return ~s.done & (r < max_rounds) & (n + span <= attn_len) & (n < cfg.max_seq_len)
 
   def body(c):
     s, cnt, r = c
-    s, cnt = _round(params, cfg, s, cnt, skip, gamma, attn_len, threshold, sampling)
+    s, cnt = _round(params, cfg, s, cnt, skip, gamma, attn_len, threshold, sampling, width)
     return s, cnt, r + 1
 
   state, counters, _ = jax.lax.while_loop(cond, body, (state, counters, jnp.zeros((), jnp.int32)))
@@ -174,11 +182,14 @@ def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
 
 
 def segment_static(cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
-                   sampling: sampling_lib.Filter | None = None) -> dict:
-  """spec_segment's static kwargs; sampling left out when greedy, so greedy keys don't change."""
+                   sampling: sampling_lib.Filter | None = None,
+                   width: int | None = None) -> dict:
+  """spec_segment's static kwargs; defaults left out, so greedy keys don't change."""
   static = dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len)
   if sampling is not None:
     static["sampling"] = sampling
+  if width is not None:
+    static["width"] = width
   return static
 
 
@@ -198,7 +209,7 @@ def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
                *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int,
                background: bool = False, prefetch: int = 256,
-               sampling: sampling_lib.Filter | None = None):
+               sampling: sampling_lib.Filter | None = None, width: int | None = None):
   """Host driver: up to max_rounds rounds (fewer at done / cache end), crossing buckets.
 
   Returns (state, counters, ready). With background=True a program that is not compiled yet is
@@ -208,20 +219,21 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
   """
   from knapspec_jax.decoding import attn_bucket
   start_rounds = int(counters.rounds)
-  static = lambda attn_len: segment_static(cfg, skip, gamma, attn_len, sampling)
+  static = lambda attn_len: segment_static(cfg, skip, gamma, attn_len, sampling, width)
+  span = width or gamma + 1
   while True:
     done, length, rounds = jax.device_get((state.done, state.cache.length, counters.rounds))
     left = max_rounds - (int(rounds) - start_rounds)
     if done or length >= cfg.max_seq_len or left <= 0:
       return state, counters, True
-    attn_len = attn_bucket(int(length) + gamma + 1, state.cache.capacity)
+    attn_len = attn_bucket(int(length) + span, state.cache.capacity)
     args = segment_args(params, state, counters, left, threshold)
     if background:
       fn = compiled.get_async("spec_segment", spec_segment, args, static(attn_len),
                               donate_argnums=(1,))
       if fn is None:
         return state, counters, False
-      upcoming = attn_bucket(min(int(length) + gamma + 1 + prefetch, cfg.max_seq_len),
+      upcoming = attn_bucket(min(int(length) + span + prefetch, cfg.max_seq_len),
                              state.cache.capacity)
       if upcoming != attn_len:
         compiled.get_async("spec_segment", spec_segment, args, static(upcoming),

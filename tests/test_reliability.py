@@ -57,7 +57,8 @@ def _method_config(data, method: str, n_layers: int):
   if method == "knapspec":
     return ks.KnapSpecConfig(interval=interval, n_ref=n_ref, gamma_max=min(gamma, 10),
                              threshold=threshold, margin=-0.99, search_budget=100.0,
-                             protect_ends=False)  # 2 layers: both are ends
+                             protect_ends=False,  # 2 layers: both are ends
+                             charge_compile=data.draw(st.booleans(), label="charge_compile"))
   return ks.DelConfig(interval=interval, n_ref=n_ref, gamma_max=min(gamma, 10),
                       threshold=threshold, min_exit=1)
 
@@ -118,7 +119,8 @@ def test_smollm2_text_prompts_equal_ar(smol_pays, text, bits, gamma, threshold, 
 @pytest.mark.parametrize("method, config", [
     ("ar", None), ("fixed", ks.FixedConfig(gamma=speculative.MAX_GAMMA, threshold=1e-4)),
     ("knapspec", ks.KnapSpecConfig(interval=2, n_ref=4, threshold=1e-4, margin=-0.99,
-                                   search_budget=100.0, protect_ends=False))])
+                                   search_budget=100.0, protect_ends=False,
+                                   charge_compile=False))])
 def test_generation_stops_when_the_cache_is_full(short_ctx, hf_greedy, method, config):
   """A 50-token prompt in a 64-token context with a budget of 100: 15 new tokens (14 free
   positions and the prediction at the last one), stop reason cache_full, and the tokens are
@@ -137,21 +139,46 @@ def test_generation_stops_when_the_cache_is_full(short_ctx, hf_greedy, method, c
 
 # --------------------------------------------------------------------------------- bfloat16
 
-def test_bfloat16_fixed_equals_ar_run_at_the_verify_width(short_ctx):
-  """In bf16 a gamma + 1-token verify and a one-token step round differently; AR run with the
-  verify's shape (width = gamma + 1) computes every token like the verify does, so the fixed
-  method's output equals it token for token."""
+@pytest.fixture(scope="module")
+def short_ctx_bf16(short_ctx):
   _, _, path = short_ctx
   model = api.load_model(str(path), dtype="bfloat16", use_cache=False)
   model.profile = ks.LatencyProfile(n_layers=2, **{**PAYS, "dtype": "bfloat16"})
+  return model
+
+
+@pytest.mark.parametrize("method, config, width", [
+    ("fixed", ks.FixedConfig(skip=ks.SkipMask.from_layers(2, attn=[1]), gamma=3,
+                             threshold=1e-4), None),
+    ("knapspec", ks.KnapSpecConfig(interval=2, n_ref=4, gamma_max=4, threshold=1e-4,
+                                   margin=-0.99, search_budget=100.0, protect_ends=False,
+                                   charge_compile=False), 5),
+    ("del", ks.DelConfig(interval=2, n_ref=4, gamma_max=4, threshold=1e-4, min_exit=1), 5)])
+def test_bfloat16_speculative_equals_ar_run_at_the_verify_width(short_ctx_bf16, method, config,
+                                                                width):
+  """In bf16 a gamma + 1-token verify and a one-token step round differently. AR run with the
+  verify's shape (width) computes every token like the verify does: the fixed method (verify
+  width gamma + 1) equals it token for token; methods whose gamma changes, with plain windows in
+  between, do when run at one width themselves (width=...)."""
+  model = short_ctx_bf16
   rng = np.random.default_rng(6)
-  config = ks.FixedConfig(skip=ks.SkipMask.from_layers(2, attn=[1]), gamma=3, threshold=1e-4)
-  for _ in range(4):
+  kwargs = {} if width is None else {"width": width}
+  rounds = 0
+  for _ in range(3):
     ids = rng.integers(0, model.cfg.vocab_size, size=int(rng.integers(4, 30)))
-    got = api.generate(model, ids, 30, method="fixed", ignore_eos=True, config=config)
-    assert got.stats["speculation_steps"] > 0
-    wide = api.generate(model, ids, 30, ignore_eos=True, width=4)
+    got = api.generate(model, ids, 30, method=method, ignore_eos=True, config=config, **kwargs)
+    rounds += got.stats["speculation_steps"]
+    wide = api.generate(model, ids, 30, ignore_eos=True, width=width or config.gamma + 1)
     assert got.output_ids == wide.output_ids
+  assert rounds > 0
+
+
+def test_speculative_width_must_hold_the_longest_verify(short_ctx):
+  _, model, _ = short_ctx
+  with pytest.raises(ks.MethodError, match=r"width must be an integer in 5\.\.32"):
+    api.generate(model, [1, 2, 3], 4, method="fixed", config=ks.FixedConfig(gamma=4), width=4)
+  with pytest.raises(ks.MethodError, match=r"width must be an integer in 11\.\.32"):
+    api.generate(model, [1, 2, 3], 4, method="del", width=33)
 
 
 def test_ar_width_keeps_float32_output(short_ctx):
