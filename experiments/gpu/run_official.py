@@ -19,6 +19,21 @@ import sys
 import time
 
 
+def _legacy_cache_shim(transformers):
+  """The official code targets transformers 4.57, whose DynamicCache converts to and from tuples
+  of (keys, values) per layer; 5.x dropped those two methods. Restore them (only if missing)."""
+  cls = transformers.cache_utils.DynamicCache
+  if not hasattr(cls, "from_legacy_cache"):
+    def from_legacy_cache(past):
+      cache = cls()
+      for i, (k, v) in enumerate(past or ()):
+        cache.update(k, v, i)
+      return cache
+    cls.from_legacy_cache = staticmethod(from_legacy_cache)
+  if not hasattr(cls, "to_legacy_cache"):
+    cls.to_legacy_cache = lambda self: tuple((layer.keys, layer.values) for layer in self.layers)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--official_dir", required=True)
@@ -33,6 +48,7 @@ def main():
   sys.path.insert(0, args.official_dir)
   import torch
   import transformers
+  _legacy_cache_shim(transformers)
   from transformers import AutoModelForCausalLM, AutoTokenizer
   from utils import Env  # the official code's
   from profile_modules import profile_model
@@ -48,7 +64,7 @@ def main():
   if tok.pad_token is None:
     tok.pad_token = tok.eos_token
   model = AutoModelForCausalLM.from_pretrained(
-      path.parent, gguf_file=path.name, torch_dtype=torch.float16).cuda().eval()
+      path.parent, gguf_file=path.name, dtype=torch.float16).cuda().eval()
   env = Env(model=model, tok=tok, device="cuda", eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
   t0 = time.perf_counter()
   coefficients = profile_model(model)
