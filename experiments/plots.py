@@ -20,10 +20,11 @@ DPI = 120
 
 
 def _label(ax, xlabel: str, ylabel: str, title: str):
-  """Axis labels and title, wrapped to fit the figure."""
+  """Axis labels and title, wrapped to the figure's width."""
+  width = ax.figure.get_figwidth()
   ax.set_xlabel(xlabel)
   ax.set_ylabel("\n".join(textwrap.wrap(ylabel, 45)))
-  ax.set_title("\n".join(textwrap.wrap(title, 75)), fontsize=9)
+  ax.set_title("\n".join(textwrap.wrap(title, int(11 * width))), fontsize=9)
 
 
 def _save(fig, path) -> pathlib.Path:
