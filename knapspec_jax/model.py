@@ -48,16 +48,21 @@ def apply_rope(x, cos, sin):
   return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
 
 
+def linear(x, w):
+  """x [..., D_in] @ w [D_in, D_out]: every projection of the model goes through here."""
+  return x @ w
+
+
 def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
   """Pre-norm and projections of one attention sublayer: q [B,T,H,hd], k and v [B,T,KV,hd]."""
   b, t, _ = x.shape
   h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
   if "wqkv" in lp:  # fused layout (fuse_projections): one matmul instead of three
-    qkv = h @ lp["wqkv"] + (lp["bqkv"] if cfg.qkv_bias else 0)
+    qkv = linear(h, lp["wqkv"]) + (lp["bqkv"] if cfg.qkv_bias else 0)
     q_end, k_end = cfg.n_heads * cfg.head_dim, (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim
     q, k, v = qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:]
   else:
-    q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+    q, k, v = linear(h, lp["wq"]), linear(h, lp["wk"]), linear(h, lp["wv"])
     if cfg.qkv_bias:
       q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
   q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
@@ -70,18 +75,21 @@ def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
 
 
 def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
-  """Grouped-query attention. q [B,T,H,hd]; keys/values [B,S,KV,hd]; mask [B or 1, T, S] bool;
-  kv_len: int32 [B], the valid cache length (used by the cuDNN one-query path).
+  """Grouped-query attention. q [B,T,H,hd]; keys/values [B,S,KV,hd], S >= the mask's length
+  (a cache; positions past the mask are ignored); mask [B or 1, T, S'] bool; kv_len: int32
+  [B], the valid cache length (the cuDNN one-query path's mask).
 
   Returns [B, T, H*hd]. Scores and softmax in float32.
   """
   b, t, _, hd = q.shape
   if cfg.attention == "cudnn" and t == 1:
     # One fused kernel instead of ~8 per layer (BENCHMARKS.md section 1). For one query, the
-    # causal mask is exactly "key position < kv_len".
+    # causal mask is exactly "key position < kv_len". The whole cache goes in: slicing it to
+    # the bucket would copy it.
     out = jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=kv_len,
                                        implementation="cudnn")
     return out.reshape(b, t, cfg.n_heads * hd)
+  keys, values = keys[:, :mask.shape[-1]], values[:, :mask.shape[-1]]
   groups = cfg.n_heads // cfg.n_kv_heads
   q = q.reshape(b, t, cfg.n_kv_heads, groups, hd)
   scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
@@ -96,10 +104,10 @@ def mlp(lp: Params, cfg: ModelConfig, x):
   """Pre-norm SwiGLU MLP sublayer output (before the residual add)."""
   h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
   if "w_gate_up" in lp:  # fused layout (fuse_projections)
-    gate, up = jnp.split(h @ lp["w_gate_up"], 2, axis=-1)
+    gate, up = jnp.split(linear(h, lp["w_gate_up"]), 2, axis=-1)
   else:
-    gate, up = h @ lp["w_gate"], h @ lp["w_up"]
-  return (jax.nn.silu(gate) * up) @ lp["w_down"]
+    gate, up = linear(h, lp["w_gate"]), linear(h, lp["w_up"])
+  return linear(jax.nn.silu(gate) * up, lp["w_down"])
 
 
 def lm_head(params: Params, cfg: ModelConfig, h):
@@ -138,8 +146,8 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
         q, k, v = attention_qkv(lp, cfg, x, cos, sin)
         ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, pos0, 0, 0))
         vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, pos0, 0, 0))
-        out = attend(cfg, q, ks[i][:, :attn_len], vs[i][:, :attn_len], mask, kv_len)
-        x = x + out @ lp["wo"]
+        out = attend(cfg, q, ks[i], vs[i], mask, kv_len)
+        x = x + linear(out, lp["wo"])
     if collect_residuals:
       residuals.append(x)
     if not skip.skips_mlp(i):

@@ -8,6 +8,8 @@ Times the on-device AR loop (ms/token, median of --repeats loops of --steps toke
            (jax.nn.dot_product_attention) instead of einsum + mask + softmax + einsum;
   unroll2  two decode steps per while-loop iteration (halves the loop's per-iteration
            predicate copy to the host);
+  V+f32acc, V+pad2  variant V with every projection computed with float32 accumulation, or as
+           a two-row GEMM (XLA turns a one-row product into a broadcast multiply + reduce);
 and counts the kernels (fusions, library calls) in one iteration of the compiled loop body.
 XLA flags come from the environment (run the script once per XLA_FLAGS setting).
 """
@@ -36,6 +38,24 @@ _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed loops (median).")
 _TAG = flags.DEFINE_string("tag", "", "Label printed with each line (e.g. the XLA_FLAGS).")
 _DUMP = flags.DEFINE_integer("dump_body", 0, "Print the first N kernels of the loop body with "
                              "the source op each fuses (which ops a layer launches).")
+
+_linear = model_lib.linear
+
+
+def _linear_f32acc(x, w):
+  return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _linear_pad2(x, w):
+  """A one-row product padded to two rows: a GEMM rather than a vector-matrix product (which
+  XLA strength-reduces to a broadcast multiply and a reduction)."""
+  if x.ndim != 3 or x.shape[1] != 1:
+    return x @ w
+  return (jnp.concatenate([x, jnp.zeros_like(x)], axis=1) @ w)[:, :1]
+
+
+LINEARS = {"f32acc": _linear_f32acc, "pad2": _linear_pad2}
+
 
 def _unrolled_segment(params, state, *, cfg, attn_len, per_iter=2):
   """Like decoding._ar_segment, but per_iter steps per loop iteration; steps after `done` (or
@@ -111,7 +131,9 @@ def main(argv):
   for n in map(int, _LENS.value):
     base = latency._random_cache(m.cfg, dtype, n - 2 * _STEPS.value - 4, jax.random.PRNGKey(0))
     for variant in _VARIANTS.value:
-      cfg = dataclasses.replace(m.cfg, attention="cudnn" if variant == "cudnn" else "xla")
+      base_variant, _, linear = variant.partition("+")
+      model_lib.linear = LINEARS.get(linear, _linear)
+      cfg = dataclasses.replace(m.cfg, attention="cudnn" if base_variant == "cudnn" else "xla")
       seg = _unrolled_segment if variant.startswith("unroll") else decoding._ar_segment
       static = dict(cfg=cfg, attn_len=n)
       if variant.startswith("unroll"):
@@ -137,6 +159,7 @@ def main(argv):
       except Exception as e:  # noqa: BLE001  (report and go on to the next variant)
         print(f"{_TAG.value:12s} attn_len {n:5d} {variant:8s} FAILED: "
               f"{type(e).__name__}: {str(e)[:300]}", flush=True)
+  model_lib.linear = _linear
 
 
 if __name__ == "__main__":
