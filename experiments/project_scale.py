@@ -191,19 +191,23 @@ def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
         rows.append(dict(shape=name, params_b=n_params(cfgs[name]) / 1e9, context=n,
                          scenario=scenario, k=k, ar_ms=1e3 * p.t_step(None, n),
                          device=p.device, **b))
-  lines = ["Synthetic-weight latency profiles (measured) and projected KnapSpec speedups "
-           "(PROJECTION: acceptance transplanted from SmolLM2, not measured on these shapes).",
-           "", "| shape | params (B) | context | AR ms/token (measured fit) | t_attn / t_mlp | "
-           "verify 11 tok / 1 step | search ms |", "|---|---|---|---|---|---|---|"]
+  lines = ["Latency profiles (measured; 'random' = a random-weight model of the shape, 'real' = "
+           "the real model) and projected KnapSpec speedups (PROJECTION: acceptance "
+           "transplanted from SmolLM2, not measured on these shapes).",
+           "", "| shape | weights | params (B) | context | AR ms/token (measured fit) | "
+           "t_attn / t_mlp | verify 11 tok / 1 step | search ms |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, p in profiles.items():
+    weights = "random" if p.model.startswith("synthetic") else "real"
     for n in contexts:
-      lines.append(f"| {name} | {n_params(cfgs[name]) / 1e9:.2f} | {n} | "
+      lines.append(f"| {name} | {weights} | {n_params(cfgs[name]) / 1e9:.2f} | {n} | "
                    f"{1e3 * p.t_step(None, n):.2f} | {p.t_attn(n) / p.m if p.m else float('inf'):.2f} | "
                    f"{p.t_verify(11, n) / p.t_step(None, n):.2f} | {1e3 * p.search_s(n):.0f} |")
   for scenario in scenarios:
     lines += ["", f"Projected, {scenario}, one search per {_INTERVAL.value} rounds:", "",
-              "| shape | context | best draft (attn + MLP skipped of 2L, gamma) | alpha | "
-              "projected x AR (no search) | projected x AR (with search) | search share |",
+              "| shape | context | choice (attn + MLP skipped of 2L, gamma) | alpha | "
+              "best draft's projected x AR (no search) | projected x AR (with search) | "
+              "search share |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
       if r["scenario"] != scenario:
