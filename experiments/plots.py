@@ -48,6 +48,8 @@ def speedup_bars(rows: Sequence[dict], path, title: str) -> pathlib.Path:
     ax.bar(x + (k - (len(methods) - 1) / 2) * width,
            [by.get((item, m), np.nan) for item, _ in items], width, label=m)
   ax.axhline(1.0, color="black", lw=1, ls="--", label="AR")
+  top = max([1.0] + [v for v in by.values() if np.isfinite(v)])
+  ax.set_ylim(0, 1.3 * top)  # room for the legend above the bars
   ax.set_xticks(x, [f"{item.removeprefix('specbench-').removeprefix('longdoc-')}\n{n} tok"
                     for item, n in items], fontsize=7)
   _label(ax, "prompt (Spec-Bench id or long-document length; prompt tokens)",
