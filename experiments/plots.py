@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 DPI = 120
@@ -99,7 +100,9 @@ def lines(series: dict, path, *, xlabel: str, ylabel: str, title: str, logx: boo
   if hline is not None:
     ax.axhline(hline, color="black", lw=1, ls="--", label=hline_label or None)
   if logx:
-    ax.set_xscale("log")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   if ylim is not None:
     ax.set_ylim(*ylim)
   _label(ax, xlabel, ylabel, title)

@@ -225,18 +225,28 @@ def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
   common.write_jsonl(out_dir / "projection.jsonl", rows)
   (out_dir / "summary.md").write_text(text + "\n")
   device = next(iter(profiles.values())).device
-  plot_profiles(profiles, contexts, device, out_dir)
+  real = [n for n, p in profiles.items() if not p.model.startswith("synthetic")]
+  source = ("latencies measured" + (" with random weights" if len(real) < len(profiles) else "")
+            + (f" ({', '.join(real)}: real weights)" if real and len(real) < len(profiles)
+               else " on the real model" if real else "") + f" on {device}")
+  plot_profiles(profiles, contexts, source, out_dir)
   for scenario, k in scenarios.items():
     tag = "smollm2_curve" if k == 1.0 else "paper_calibrated"
-    series = {name: ([r["context"] for r in rows if r["shape"] == name and r["scenario"] ==
-                      scenario],
-                     [r["speedup"] for r in rows if r["shape"] == name and r["scenario"] ==
-                      scenario]) for name in profiles}
+    series = {}
+    for k_shape, name in enumerate(profiles):
+      sub = [r for r in rows if r["shape"] == name and r["scenario"] == scenario]
+      color = f"C{k_shape}"
+      series[f"{name}: KnapSpec (search paid, declines < 1.03x)"] = (
+          [r["context"] for r in sub], [r["speedup"] for r in sub], dict(color=color))
+      series[f"{name}: best draft, search free"] = (
+          [r["context"] for r in sub], [r["speedup_no_search"] for r in sub],
+          dict(color=color, ls="--", marker="x"))
     plots.lines(series, out_dir / f"projected_speedup_vs_context_{tag}.png", logx=True,
                 xlabel="context length (tokens, log scale)",
                 ylabel="PROJECTED speedup over AR (x)", hline=1.0, hline_label="AR",
-                title=f"PROJECTION ({scenario}); latencies measured with random weights "
-                      f"on {device}")
+                title=f"PROJECTION ({scenario}); {source}")
+    if len(profiles) < 2:
+      continue
     by_size = {}
     for n in (min(contexts), max(contexts)):
       sub = sorted((r["params_b"], r["speedup"]) for r in rows
@@ -245,13 +255,12 @@ def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
     plots.lines(by_size, out_dir / f"projected_speedup_vs_size_{tag}.png", logx=True,
                 xlabel="model size (billion parameters, log scale)",
                 ylabel="PROJECTED speedup over AR (x)", hline=1.0, hline_label="AR",
-                title=f"PROJECTION ({scenario}); latencies measured with random weights "
-                      f"on {device}")
+                title=f"PROJECTION ({scenario}); {source}")
   return rows
 
 
-def plot_profiles(profiles: dict, contexts, device: str, out_dir: pathlib.Path):
-  """Three measured (synthetic-weight) latency figures: sublayer cost against context, verify
+def plot_profiles(profiles: dict, contexts, source: str, out_dir: pathlib.Path):
+  """Three measured latency figures: sublayer cost against context, verify
   cost against window, search time against context."""
   xs = np.asarray(contexts)
   series = {}
@@ -261,8 +270,7 @@ def plot_profiles(profiles: dict, contexts, device: str, out_dir: pathlib.Path):
   plots.lines(series, out_dir / "sublayer_cost_vs_context.png", logx=True, markers=False,
               xlabel="attention length (tokens, log scale)",
               ylabel="cost of one sublayer in a decode step (us)",
-              title=f"Attention cost grows with context, MLP's does not (random weights, "
-                    f"measured on {device})")
+              title=f"Attention cost grows with context, MLP's does not ({source})")
   n = 4096
   series = {name: (np.arange(1, GAMMA_MAX + 1),
                    [p.t_verify(g + 1, n) / p.t_step(None, n) for g in range(1, GAMMA_MAX + 1)])
@@ -270,13 +278,12 @@ def plot_profiles(profiles: dict, contexts, device: str, out_dir: pathlib.Path):
   plots.lines(series, out_dir / "verify_cost_vs_draft_length.png",
               xlabel="draft length gamma (verify window gamma + 1 tokens)",
               ylabel=f"verify time / one decode step (x, context {n})", hline=1.0,
-              title=f"Verifying a draft costs ~one step on large shapes (random weights, "
-                    f"measured on {device})")
+              title=f"Verify cost against draft length ({source})")
   series = {name: (xs, [1e3 * p.search_s(n) for n in xs]) for name, p in profiles.items()}
   plots.lines(series, out_dir / "search_time_vs_context.png", logx=True,
               xlabel="context length (tokens, log scale)",
               ylabel="knapsack search time, R = 16 (ms)",
-              title=f"Search time (random weights, measured on {device})")
+              title=f"Knapsack search time against context ({source})")
 
 
 def main(argv):
