@@ -337,3 +337,13 @@ def test_prompt_that_fills_the_context_exactly(short_ctx):
     api.generate(model, np.ones(CONTEXT, np.int32), 1)
   last = api.generate(model, np.ones(CONTEXT - 1, np.int32), 5, ignore_eos=True)
   assert last.new_tokens == 2 and last.stop_reason == decoding.STOP_CACHE_FULL
+
+
+def test_nothing_in_the_package_unpickles():
+  """Checkpoints load through gguf and safetensors only: no pickle-based loader in the source."""
+  import pathlib
+  package = pathlib.Path(ks.__file__).parent
+  for path in package.glob("*.py"):
+    source = path.read_text()
+    for forbidden in ("torch.load(", "pickle.load", "allow_pickle=True", "np.load("):
+      assert forbidden not in source, f"{path.name} uses {forbidden}"
