@@ -12,6 +12,7 @@ from knapspec_jax.config import ModelConfig
 # Positions past the model's context that a speculation round may write into (padded draft and
 # verify windows). They are never attended from a valid position: causality masks them.
 SLACK = 32
+TILE = 256
 
 
 @flax.struct.dataclass
@@ -28,8 +29,9 @@ class KVCache:
 
   @staticmethod
   def capacity_for(cfg: ModelConfig) -> int:
-    """Positions a cache for this model holds: its context plus the speculation slack."""
-    return cfg.max_seq_len + SLACK
+    """Positions a cache for this model holds: its context plus the speculation slack, rounded
+    up to a multiple of TILE (the cuDNN decode attention reads the whole cache in tiles)."""
+    return -(-(cfg.max_seq_len + SLACK) // TILE) * TILE
 
   @classmethod
   def create(cls, cfg: ModelConfig, dtype=jnp.float32, batch: int = 1) -> "KVCache":

@@ -82,7 +82,7 @@ def test_tiny_decode_stops_at_eos(tiny_models, hf_greedy):
 def test_prefill_with_context_not_a_multiple_of_the_chunk(tiny_builder, tmp_path, hf_logits,
                                                           hf_greedy):
   """A context length that is not a multiple of 512 (here 600): a 590-token prompt is padded to
-  2 chunks of 512 = 1024 positions, more than the cache holds (600 + SLACK). The chunk written
+  2 chunks of 512 = 1024 positions, more than the cache holds (KVCache.capacity_for: 768). The chunk written
   past the end must not be clamped back over earlier keys."""
   hf = tiny_builder("llama", seed=21)
   hf.config.max_position_embeddings = 600
