@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from knapspec_jax import api, decoding, sampling, speculative
 from knapspec_jax.kv_cache import KVCache
 
 ALPHA = 1e-3  # false-alarm rate of each chi-square test
-N_SEEDS = 10_000
+N_SEEDS = int(os.environ.get("KNAPSPEC_SAMPLING_SEEDS", "10000"))  # more for a long run
 N_TOKENS = 3  # joint distribution of the first three generated tokens: 16^3 cells
 
 
@@ -178,7 +179,7 @@ def exact_joint(hf, temperature=1.0, top_k=0, top_p=1.0) -> np.ndarray:
 
 
 def sample_first_tokens(model, config: ks.SamplingConfig, *, skip=None, gamma=1,
-                        threshold=1e-3, n_seeds=N_SEEDS, chunk=N_SEEDS):
+                        threshold=1e-3, n_seeds=N_SEEDS, chunk=10_000):
   """The first N_TOKENS tokens of n_seeds runs (seeds 0..n-1), AR sampling when skip is None,
   else speculative sampling with this draft; also (accepted, drafted) summed over the runs."""
   cfg = model.cfg
@@ -249,7 +250,7 @@ def test_sampled_distribution_equals_the_target(vocab16, exact, filt, gamma, rul
         f"accepted {accepted}/{drafted}")
   assert pvalue > ALPHA
   if gamma is not None:
-    assert drafted > N_SEEDS and 0 < accepted < drafted  # it drafted, and rejections happened
+    assert drafted >= N_SEEDS and 0 < accepted < drafted  # it drafted, and rejections happened
 
 
 def test_broken_rule_is_detected(vocab16, exact, monkeypatch):
