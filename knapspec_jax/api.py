@@ -71,8 +71,9 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
     kernels per step.
   use_cache: reuse (and write) an Orbax copy of the converted weights in the user cache.
-  attention: one-query attention kernel, "xla" or "cudnn" (ModelConfig.attention); None picks
-    "cudnn" on a GPU in bfloat16 (measured faster on the H100) and "xla" otherwise.
+  attention: one-query attention kernel (ModelConfig.attention), "xla" (the default) or
+    "cudnn": GPU bf16 only, 10-20% faster AR on the H100 but not deterministic (two runs of
+    one prompt diverge after tens of tokens, BENCHMARKS.md section 1).
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -80,8 +81,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
   on_gpu = jax.default_backend() == "gpu"
-  if attention is None:
-    attention = "cudnn" if on_gpu and dtype == "bfloat16" else "xla"
+  attention = attention or "xla"
   if attention == "cudnn" and not (on_gpu and dtype == "bfloat16"):
     raise ValueError(f"attention='cudnn' needs a GPU and dtype='bfloat16' (backend "
                      f"{jax.default_backend()}, dtype {dtype}): use attention='xla'")
