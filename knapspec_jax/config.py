@@ -37,8 +37,8 @@ class ModelConfig:
     qk_norm: RMSNorm over each query/key head before RoPE (Qwen3).
     attention: how a one-query (decode or draft) step computes attention: "xla" (einsum, mask,
       softmax, einsum: any backend and dtype) or "cudnn" (one fused cuDNN kernel; GPU with
-      bfloat16/float16 only). Multi-token forwards (prefill, verify) always use "xla".
-      Not a property of the checkpoint: load_model picks it for the backend.
+      bfloat16 only; faster on the H100 but not deterministic). Multi-token forwards (prefill,
+      verify) always use "xla". Not a property of the checkpoint: a load_model option.
   """
 
   arch: str
