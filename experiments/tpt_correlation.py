@@ -12,6 +12,7 @@ correlation of predicted TPT with measured tokens/s (paper: 0.837), of the accep
 alone with measured tokens/s, pooled and per context; JSONL rows and two plots.
 """
 
+import json
 import pathlib
 import sys
 import time
@@ -33,6 +34,7 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "Tokens decoded per timed 
 _N_REF = flags.DEFINE_integer("n_ref", 16, "Reference tokens for the search.")
 _OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, summary.md and plots go here.")
 _PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (default: this device's).")
+_FROM = flags.DEFINE_string("from_jsonl", None, "Redo the table and plots from these results.")
 
 
 def pick_sets(cands, n: int):
@@ -46,6 +48,8 @@ def pick_sets(cands, n: int):
 
 def main(argv):
   del argv
+  if _FROM.value:
+    return report([json.loads(line) for line in open(_FROM.value)])
   started = time.perf_counter()
   model = ks.load_model()
   profile = (ks.LatencyProfile.load(_PROFILE.value) if _PROFILE.value
@@ -134,7 +138,7 @@ def report(rows):
   plots.scatter_fit(
       [r["alpha_estimate"] for r in rows], [r["measured_tokens_per_s"] for r in rows],
       out / "alpha_vs_measured.png", groups=groups,
-      xlabel="acceptance estimate (smoothed top-1 agreement on 16 reference tokens)",
+      xlabel="acceptance estimate (top-1 agreement, 16 reference tokens)",
       ylabel="measured decode speed (tokens/s)",
       title=f"Acceptance estimate alone vs measured speed (SmolLM2-135M f32, {device})",
       annotate=f"Pearson r = {r_alpha:.3f} over {n} (skip set, gamma)")
