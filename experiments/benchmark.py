@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets, latency  # noqa: E402
-import plots  # noqa: E402
 import summarize  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -161,12 +160,20 @@ def run(config) -> list[dict]:
     sink.close()
     (out_dir / "table.md").write_text(table + "\n")
     if config.plots:
-      title = f"{config.name}: {model.name} {model.dtype}, {device}"
-      plots.speedup_bars(rows, out_dir / "plots" / "speedup.png", title)
-      plots.speed_vs_context(rows, out_dir / "plots" / "speed_vs_context.png", title)
+      write_plots(rows, out_dir, f"{config.name}: {model.name} {model.dtype}, {device}")
     print(f"wrote {out_dir}/results.jsonl, table.md, plots/ "
           f"({time.perf_counter() - started:.0f} s in all)")
   return rows
+
+
+def write_plots(rows, out_dir: pathlib.Path, title: str):
+  try:
+    import plots
+  except ImportError as e:  # e.g. a device machine without matplotlib
+    print(f"no plots ({e}); make them elsewhere with experiments/plots.py from results.jsonl")
+    return
+  plots.speedup_bars(rows, out_dir / "plots" / "speedup.png", title)
+  plots.speed_vs_context(rows, out_dir / "plots" / "speed_vs_context.png", title)
 
 
 def main(argv):

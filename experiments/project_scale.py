@@ -42,7 +42,6 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path)
-import plots  # noqa: E402
 from knapspec_jax import latency, selection  # noqa: E402
 from knapspec_jax.config import ModelConfig  # noqa: E402
 
@@ -224,6 +223,11 @@ def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
     return rows
   common.write_jsonl(out_dir / "projection.jsonl", rows)
   (out_dir / "summary.md").write_text(text + "\n")
+  try:
+    import plots
+  except ImportError as e:  # e.g. a device machine without matplotlib
+    print(f"no plots ({e}): redo them with --profiles_dir={out_dir / 'profiles'} elsewhere")
+    return rows
   device = next(iter(profiles.values())).device
   real = [n for n, p in profiles.items() if not p.model.startswith("synthetic")]
   source = ("latencies measured" + (" with random weights" if len(real) < len(profiles) else "")
@@ -262,6 +266,7 @@ def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
 def plot_profiles(profiles: dict, contexts, source: str, out_dir: pathlib.Path):
   """Three measured latency figures: sublayer cost against context, verify
   cost against window, search time against context."""
+  import plots
   xs = np.asarray(contexts)
   series = {}
   for name, p in profiles.items():
