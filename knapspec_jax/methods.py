@@ -183,6 +183,9 @@ class FixedConfig:
 
   def __post_init__(self):
     _check_common(self.gamma, self.threshold, self.interval)
+    if self.skip is not None and not isinstance(self.skip, SkipMask):
+      raise MethodError(f"skip must be a SkipMask (e.g. SkipMask.from_layers(n_layers, attn=..., "
+                        f"mlp=...)) or None, got {type(self.skip).__name__}")
 
 
 class FixedPolicy:
@@ -344,11 +347,25 @@ def profile_for(model) -> latency.LatencyProfile:
   return model.profile
 
 
+def _config(name, config_cls, config, options):
+  """The method's config: the one given (of the right type, with no loose options), or one
+  built from the options."""
+  if config is None:
+    return config_cls(**options)
+  if not isinstance(config, config_cls):
+    raise MethodError(f"method {name!r} takes config={config_cls.__name__}(...), got a "
+                      f"{type(config).__name__}")
+  if options:
+    raise MethodError(f"give either config= or options, not both (got options "
+                      f"{sorted(options)})")
+  return config
+
+
 def _make(name):
   policy_cls, config_cls = _POLICIES[name]
 
   def decode(model, state, prompt_ids, config=None, sampling=None, width=None, **options):
-    config = config or config_cls(**options)
+    config = _config(name, config_cls, config, options)
     _check_width(width, config)
     policy = policy_cls(model, profile_for(model), config)
     warm = getattr(config, "n_ref", 0) if name in ("del", "clasp") else 0
@@ -364,7 +381,7 @@ def _make(name):
              **options):
     # With sampling, the sampling programs compile in the first run (counted in
     # compile_in_decode_s); the warm-up compiles the greedy ones.
-    config = config or config_cls(**options)
+    config = _config(name, config_cls, config, options)
     policy = policy_cls(model, profile_for(model), config)
     api._ar_warmup(model, n_prompt, max_new_tokens)
     if hasattr(policy, "warmup"):
