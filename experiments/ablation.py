@@ -93,13 +93,8 @@ def main(argv):
     lines.append(f"| {name} | {statistics.median(r['speedup'] for r in sub):.3f} | "
                  f"{statistics.median(r['predicted_tokens_per_s'] / r['ar_predicted_tokens_per_s'] for r in sub):.3f} | "
                  f"{statistics.mean(r['measured_acceptance'] or 0 for r in sub):.2f} |")
-  lines.append(f"\n{sum(r['identical_to_ar'] for r in rows)}/{len(rows)} runs produced AR's "
-               "output exactly.")
-  print("\n".join(lines))
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    common.write_jsonl(out / "results.jsonl", rows)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+  out = common.report(lines, rows, _OUT.value)
+  if out:
     prompts = list(dict.fromkeys((r["item_id"], r["prompt_tokens"]) for r in rows))
     by = {(r["item_id"], r["variant"]): r["speedup"] for r in rows}
     plots.grouped_bars(

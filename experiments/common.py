@@ -121,3 +121,17 @@ def write_jsonl(path, rows):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def report(lines: list[str], rows: list[dict], output_dir: str | None) -> pathlib.Path | None:
+  """Appends how many runs equalled AR, prints the Markdown summary and, with an output folder,
+  writes results.jsonl and summary.md there; returns the folder (None without one)."""
+  lines.append(f"\n{sum(r['identical_to_ar'] for r in rows)}/{len(rows)} runs produced AR's "
+               "output exactly.")
+  print("\n".join(lines))
+  if not output_dir:
+    return None
+  out = pathlib.Path(output_dir)
+  write_jsonl(out / "results.jsonl", rows)
+  (out / "summary.md").write_text("\n".join(lines) + "\n")
+  return out

@@ -73,13 +73,8 @@ def main(argv):
             f"{r['search_s']:.2f} | {r['search_pct']:.1f} | {r['compile_in_decode_s']:.1f} | "
             f"{r['drafting_windows']} | {r['tokens_per_s']:.1f} ({r['speedup']:.2f}x) |"
             for r in rows]
-  lines.append(f"\n{sum(r['identical_to_ar'] for r in rows)}/{len(rows)} runs produced AR's "
-               "output exactly.")
-  print("\n".join(lines))
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    common.write_jsonl(out / "results.jsonl", rows)
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+  out = common.report(lines, rows, _OUT.value)
+  if out:
     series = {}
     for n in dict.fromkeys(r["prompt_tokens"] for r in rows):
       sub = [r for r in rows if r["prompt_tokens"] == n]
