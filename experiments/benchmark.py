@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets, latency  # noqa: E402
+from knapspec_jax.config import ATTENTION_IMPLS  # noqa: E402
 import summarize  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,6 +41,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _LEGACY = dict(
     model=flags.DEFINE_string("model", None, "GGUF file or HF dir (config.model)."),
     dtype=flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "config.dtype"),
+    attention=flags.DEFINE_enum("attention", None, list(ATTENTION_IMPLS), "config.attention"),
     methods=flags.DEFINE_list("methods", None, "config.methods"),
     specbench_per_category=flags.DEFINE_integer("specbench_per_category", None,
                                                 "config.specbench_per_category"),
@@ -98,7 +100,7 @@ def run(config) -> list[dict]:
   methods = ["ar"] + (["ar-rerun"] if config.noise_floor else []) + [
       m for m in requested if m != "ar"]
   options = method_options(config.method_options)
-  model = ks.load_model(config.model or None, dtype=config.dtype)
+  model = ks.load_model(config.model or None, dtype=config.dtype, attention=config.attention)
   if config.profile:
     model.profile = ks.LatencyProfile.load(config.profile)
   items = prompts(config, model.tokenizer)
@@ -133,7 +135,8 @@ def run(config) -> list[dict]:
       if method == "ar":
         ar = r
       record = dict(item_id=item["id"], category=item["category"], prompt_tokens=len(ids),
-                    device=device, dtype=model.dtype, model=model.name, date=time.strftime("%F"),
+                    device=device, dtype=model.dtype, attention=model.cfg.attention,
+                    model=model.name, date=time.strftime("%F"),
                     config=config.name, repeats=config.repeats,
                     tokens_per_s_all=[x.tokens_per_s for x in runs],
                     speedup=r.tokens_per_s / ar.tokens_per_s,

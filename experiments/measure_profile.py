@@ -1,6 +1,7 @@
 """Measures and saves the latency profile of the default model on this device.
 
   python experiments/measure_profile.py --dtype=bfloat16 --output=profile.json
+  python experiments/measure_profile.py --dtype=bfloat16 --attention=pallas   # GPU
 """
 
 import pathlib
@@ -13,6 +14,7 @@ import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import api, latency  # noqa: E402
 
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "float32 or bfloat16")
+_ATTENTION = flags.DEFINE_string("attention", "xla", "One-query attention kernel (load_model).")
 _OUT = flags.DEFINE_string("output", None, "Where to save (default: profiles/ in the repo).")
 _LENS = flags.DEFINE_list("attn_lens", ["256", "1024", "2048", "4096", "8192"], "Buckets.")
 _STEPS = flags.DEFINE_integer("steps", 32, "Decode steps per timed loop.")
@@ -20,8 +22,8 @@ _STEPS = flags.DEFINE_integer("steps", 32, "Decode steps per timed loop.")
 
 def main(argv):
   del argv
-  m = ks.load_model(dtype=_DTYPE.value)
-  p = latency.measure(m.params, m.cfg, api.DTYPES[_DTYPE.value], m.name,
+  m = ks.load_model(dtype=_DTYPE.value, attention=_ATTENTION.value)
+  p = latency.measure(m.params, m.cfg, api.DTYPES[_DTYPE.value], m.profile_name,
                       attn_lens=tuple(map(int, _LENS.value)), windows=(1, 2, 4, 8, 11),
                       steps=_STEPS.value, repeats=3, compiled=m.compiled)
   print("saved", p.save(_OUT.value), p.errors(), "segment compile", p.segment_compile_s)

@@ -59,6 +59,12 @@ class Model:
   def name(self) -> str:
     return self.source.rsplit("/", 1)[-1]
 
+  @property
+  def profile_name(self) -> str:
+    """The key of this model's latency profile: its name, plus the one-query attention kernel
+    when that is not the default (a different kernel is a different cost structure)."""
+    return self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
+
 
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
                fuse: bool = True, attention: str | None = None) -> Model:
@@ -71,9 +77,11 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
     kernels per step.
   use_cache: reuse (and write) an Orbax copy of the converted weights in the user cache.
-  attention: one-query attention kernel (ModelConfig.attention), "xla" (the default) or
-    "cudnn": GPU bf16 only, 10-20% faster AR on the H100 but not deterministic (two runs of
-    one prompt diverge after tens of tokens, BENCHMARKS.md section 1).
+  attention: one-query attention kernel (ModelConfig.attention): "xla" (the default),
+    "pallas" (a deterministic split-KV kernel over the whole cache; GPU; on CPU it runs in
+    Pallas's interpreter, correct but slow) or "cudnn" (GPU bf16 only, 10-20% faster AR on the
+    H100 but not deterministic: two runs of one prompt diverge after tens of tokens,
+    BENCHMARKS.md section 1).
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
 
 
 class UnsupportedModelError(ValueError):
@@ -36,9 +36,12 @@ class ModelConfig:
     qkv_bias: q/k/v projections carry a bias (Qwen2).
     qk_norm: RMSNorm over each query/key head before RoPE (Qwen3).
     attention: how a one-query (decode or draft) step computes attention: "xla" (einsum, mask,
-      softmax, einsum: any backend and dtype) or "cudnn" (one fused cuDNN kernel; GPU with
-      bfloat16 only; faster on the H100 but not deterministic). Multi-token forwards (prefill,
-      verify) always use "xla". Not a property of the checkpoint: a load_model option.
+      softmax, einsum over the cache sliced to a length bucket: any backend and dtype),
+      "pallas" (decode_attention.py: a deterministic split-KV kernel over the whole cache; on
+      a GPU through Triton, elsewhere in Pallas's interpreter, which is slow: tests only) or
+      "cudnn" (one fused cuDNN kernel; GPU with bfloat16 only; faster on the H100 but not
+      deterministic). Multi-token forwards (prefill, verify) always use "xla". Not a property
+      of the checkpoint: a load_model option.
   """
 
   arch: str

@@ -12,7 +12,7 @@ from knapspec_jax.config import ModelConfig
 # Positions past the model's context that a speculation round may write into (padded draft and
 # verify windows). They are never attended from a valid position: causality masks them.
 SLACK = 32
-TILE = 256
+TILE = 256  # a multiple of decode_attention.SPLIT
 
 
 @flax.struct.dataclass

@@ -343,7 +343,7 @@ def _check_width(width, config):
 def profile_for(model) -> latency.LatencyProfile:
   if model.profile is None:
     model.profile = latency.load_or_measure(model.params, model.cfg, model.params["embed"].dtype,
-                                            model.name, compiled=model.compiled)
+                                            model.profile_name, compiled=model.compiled)
   return model.profile
 
 

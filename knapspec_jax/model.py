@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from knapspec_jax import decode_attention
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.skip_mask import SkipMask
@@ -82,6 +83,10 @@ def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
   Returns [B, T, H*hd]. Scores and softmax in float32.
   """
   b, t, _, hd = q.shape
+  if cfg.attention == "pallas" and t == 1:
+    # Split-KV kernel over the whole cache with its valid length: deterministic, no slice.
+    out = decode_attention.decode_attention(q[:, 0], keys, values, kv_len)
+    return out.reshape(b, t, cfg.n_heads * hd)
   if cfg.attention == "cudnn" and t == 1:
     # One fused kernel instead of ~8 per layer (BENCHMARKS.md section 1). For one query, the
     # causal mask is exactly "key position < kv_len". The whole cache goes in: slicing it to

@@ -7,6 +7,7 @@ output first differs from the variant's first run:
   cudnn-8224  cuDNN decode attention over a cache of 8192 + 32 positions (not a multiple of
               the kernel's 128-row tiles)
   cudnn       cuDNN over the cache as KVCache.capacity_for sizes it now
+  pallas      the split-KV Pallas kernel (decode_attention.py) over the same cache
   xla         XLA attention
 """
 
@@ -21,12 +22,14 @@ from knapspec_jax import datasets, kv_cache  # noqa: E402
 
 _N = flags.DEFINE_integer("n_tokens", 2000, "Prompt length (long-document prompt).")
 _NEW = flags.DEFINE_integer("max_new_tokens", 1024, "New tokens.")
+_VARIANTS = flags.DEFINE_list("variants", ["cudnn-8224", "cudnn", "pallas", "xla"],
+                              "Attention kernels (cudnn-8224: cuDNN with an unrounded cache).")
 
 
 def main(argv):
   del argv
   current = kv_cache.KVCache.capacity_for
-  for variant in ("cudnn-8224", "cudnn", "xla"):
+  for variant in _VARIANTS.value:
     if variant == "cudnn-8224":
       kv_cache.KVCache.capacity_for = staticmethod(lambda cfg: cfg.max_seq_len + kv_cache.SLACK)
     else:

@@ -6,6 +6,7 @@ Times the on-device AR loop (ms/token, median of --repeats loops of --steps toke
   xla      the project's forward as is (XLA-generated attention);
   cudnn    ModelConfig.attention="cudnn": decode attention (one query) in one cuDNN kernel
            (jax.nn.dot_product_attention) instead of einsum + mask + softmax + einsum;
+  pallas   ModelConfig.attention="pallas": the split-KV Pallas kernel (decode_attention.py);
   unroll2  two decode steps per while-loop iteration (halves the loop's per-iteration
            predicate copy to the host);
   V+f32acc, V+pad2  variant V with every projection computed with float32 accumulation, or as
@@ -133,7 +134,8 @@ def main(argv):
     for variant in _VARIANTS.value:
       base_variant, _, linear = variant.partition("+")
       model_lib.linear = LINEARS.get(linear, _linear)
-      cfg = dataclasses.replace(m.cfg, attention="cudnn" if base_variant == "cudnn" else "xla")
+      cfg = dataclasses.replace(
+          m.cfg, attention=base_variant if base_variant in ("cudnn", "pallas") else "xla")
       seg = _unrolled_segment if variant.startswith("unroll") else decoding._ar_segment
       static = dict(cfg=cfg, attn_len=n)
       if variant.startswith("unroll"):

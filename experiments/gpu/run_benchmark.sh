@@ -6,17 +6,19 @@
 #   bash experiments/gpu/run_benchmark.sh hf          # HF generate, eager, same prompts
 #   bash experiments/gpu/run_benchmark.sh hf_compiled # HF generate, StaticCache + torch.compile
 # Each writes results.jsonl (flushed per record: a run cut by its time limit keeps what it
-# finished), table.md and plots/ under $OUT/<part>.
+# finished), table.md and plots/ under $OUT/<part>. ATTENTION=pallas|cudnn picks the one-query
+# attention kernel (default: the config's, xla).
 set -uo pipefail
 source experiments/gpu/env.sh
 part=${1:?specbench, long or hf}
 limit=${BENCH_TIMEOUT:-560}
+attn=${ATTENTION:+--config.attention=$ATTENTION}
 case $part in
   specbench)
-    timeout $limit python3 experiments/benchmark.py --config=configs/h100.py \
+    timeout $limit python3 experiments/benchmark.py --config=configs/h100.py $attn \
       --config.long_lengths= --config.output_dir=$OUT/specbench 2>&1 | grep -v -i warn ;;
   long)
-    timeout $limit python3 experiments/benchmark.py --config=configs/h100.py \
+    timeout $limit python3 experiments/benchmark.py --config=configs/h100.py $attn \
       --config.specbench_per_category=0 --config.output_dir=$OUT/long 2>&1 | grep -v -i warn ;;
   hf|hf_compiled)
     mode=$([ $part = hf ] && echo eager || echo compiled)

@@ -1,0 +1,111 @@
+"""The Pallas split-KV decode attention (attention="pallas"): against a NumPy softmax attention,
+inside the model against transformers' greedy generate, and lowered for a CUDA GPU.
+
+On CPU the kernel runs in Pallas's interpreter (same kernel body, same split/merge); its speed
+and run-to-run determinism on the H100 are measured by experiments/gpu/check_determinism.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from knapspec_jax import api
+from knapspec_jax.compile_cache import CompileCache
+from knapspec_jax.decode_attention import SPLIT, decode_attention
+
+
+def _numpy_attention(q, keys, values, kv_len):
+  """float64 softmax attention of q [B,H,hd] over keys/values [B,S,KV,hd][:, :kv_len]."""
+  b, h, hd = q.shape
+  groups = h // keys.shape[2]
+  out = np.zeros((b, h, hd))
+  for i in range(b):
+    for head in range(h):
+      k = keys[i, :kv_len[i], head // groups].astype(np.float64)
+      v = values[i, :kv_len[i], head // groups].astype(np.float64)
+      s = k @ q[i, head].astype(np.float64) / np.sqrt(hd)
+      p = np.exp(s - s.max())
+      out[i, head] = (p / p.sum()) @ v
+  return out
+
+
+@pytest.mark.parametrize("heads,kv_heads,hd,splits,kv_len", [
+    (9, 3, 64, 2, [1]),  # SmolLM2's grouping, a single valid key
+    (9, 3, 64, 2, [SPLIT]),  # exactly one full split
+    (9, 3, 64, 3, [SPLIT + 1]),  # one key into the second split
+    (8, 2, 64, 3, [3 * SPLIT, 130]),  # batch of two: the whole cache, and a partial block
+    (4, 4, 128, 1, [200]),  # no grouping, head_dim 128
+    (16, 1, 32, 2, [300]),  # 16 query heads on one KV head: the padded tile exactly full
+])
+def test_kernel_matches_numpy_attention(heads, kv_heads, hd, splits, kv_len):
+  rng = np.random.default_rng(len(kv_len) * 1000 + kv_len[0])
+  s = splits * SPLIT
+  q = rng.standard_normal((len(kv_len), heads, hd)).astype(np.float32)
+  keys = rng.standard_normal((len(kv_len), s, kv_heads, hd)).astype(np.float32)
+  values = rng.standard_normal((len(kv_len), s, kv_heads, hd)).astype(np.float32)
+  keys[:, max(kv_len):] = 1e4  # cache rows past the valid length must not leak in
+  out = decode_attention(jnp.asarray(q), jnp.asarray(keys), jnp.asarray(values),
+                         jnp.asarray(kv_len, jnp.int32))
+  err = float(np.abs(np.asarray(out) - _numpy_attention(q, keys, values, kv_len)).max())
+  print(f"\n[pallas attention] H={heads} KV={kv_heads} hd={hd} kv_len={kv_len}: max abs err "
+        f"{err:.2e}")
+  assert err <= 1e-5
+
+
+def test_kernel_bfloat16_inputs():
+  rng = np.random.default_rng(3)
+  q, keys, values = (rng.standard_normal(shape).astype(np.float32) for shape in
+                     ((1, 9, 64), (1, 2 * SPLIT, 3, 64), (1, 2 * SPLIT, 3, 64)))
+  out = decode_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, keys, values)),
+                         jnp.asarray([400], jnp.int32))
+  assert out.dtype == jnp.bfloat16
+  bf = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32))
+  ref = _numpy_attention(bf(q), bf(keys), bf(values), [400])
+  assert float(np.abs(np.asarray(out.astype(jnp.float32)) - ref).max()) <= 2e-2
+
+
+def test_bad_cache_length_is_a_clear_error():
+  q = jnp.zeros((1, 4, 16))
+  with pytest.raises(ValueError, match="multiple of split"):
+    decode_attention(q, jnp.zeros((1, 300, 2, 16)), jnp.zeros((1, 300, 2, 16)),
+                     jnp.asarray([5], jnp.int32))
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, name):
+  """AR and a drafting method with the kernel in every one-token step (decode, draft): the same
+  tokens as transformers, across the 256-position split and attention bucket boundary."""
+  tiny = tiny_models[name]
+  model = dataclasses.replace(tiny.jax, compiled=CompileCache(),
+                              cfg=dataclasses.replace(tiny.jax.cfg, attention="pallas"))
+  ids = np.random.default_rng(11).integers(0, model.cfg.vocab_size, size=230)
+  ref = hf_greedy(tiny.hf, ids, 40)
+  assert api.generate(model, ids, 40, ignore_eos=True).output_ids == ref
+  assert api.generate(model, ids, 40, method="fixed", ignore_eos=True).output_ids == ref
+
+
+def test_load_model_accepts_pallas_and_keys_its_own_profile(tiny_models):
+  """A different kernel is a different cost structure: its latency profile is stored apart."""
+  m = api.load_model(str(tiny_models["llama"].path), attention="pallas", use_cache=False)
+  assert m.cfg.attention == "pallas"
+  assert tiny_models["llama"].jax.profile_name == m.name
+  assert m.profile_name != m.name and "pallas" in m.profile_name
+
+
+def test_kernel_lowers_to_triton_for_a_cuda_gpu():
+  """The kernel body is lowered for CUDA here on a CPU-only machine: Pallas builds its Triton
+  module at this step, so an op Triton cannot express fails this test, not a GPU session."""
+  export = pytest.importorskip("jax.export")
+  fn = jax.jit(lambda q, k, v, n: decode_attention(q, k, v, n, interpret=False))
+  for dtype in (jnp.bfloat16, jnp.float32):
+    cache = jax.ShapeDtypeStruct((1, 33 * SPLIT, 3, 64), dtype)
+    exported = export.export(fn, platforms=("cuda",), disabled_checks=[
+        export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+            jax.ShapeDtypeStruct((1, 9, 64), dtype), cache, cache,
+            jax.ShapeDtypeStruct((1,), jnp.int32))
+    assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 1
