@@ -1,6 +1,7 @@
 """The CPU tables of BENCHMARKS.md (2 vCPU, float32): every method on the Spec-Bench subset (the
 first question of each of the 13 categories, 64 new tokens) and on 2K / 4K / 6.5K-token
-summarization documents (128 new tokens).
+summarization documents (128 new tokens); medians of 3 timed runs after one untimed run, AR
+rerun as the noise floor. About an hour on the 2-vCPU dev machine.
 
   flock -x /tmp/knapspec/cpu.lock python experiments/benchmark.py --config=configs/cpu_full.py
 """
@@ -14,5 +15,7 @@ def get_config():
   c.long_lengths = "2000,4000,6500"
   c.max_new_tokens = 64
   c.long_max_new_tokens = 128
+  c.repeats = 3
+  c.noise_floor = True
   c.output_dir = "results/cpu/full"
   return c
