@@ -15,6 +15,9 @@ source experiments/gpu/env.sh
 part=${1:?specbench, long or hf}
 limit=${BENCH_TIMEOUT:-560}
 attn=${ATTENTION:+--config.attention=$ATTENTION}
+if [ -n "${ATTENTION:-}" ] && [ -f /root/${ATTENTION}_profile.json ]; then  # run_pallas.sh profile
+  attn="$attn --config.profile=/root/${ATTENTION}_profile.json"
+fi
 case $part in
   specbench)
     timeout $limit python3 experiments/benchmark.py --config=configs/h100.py $attn \
