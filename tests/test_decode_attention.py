@@ -89,6 +89,15 @@ def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, n
   assert api.generate(model, ids, 40, method="fixed", ignore_eos=True).output_ids == ref
 
 
+def test_pallas_decoding_of_smollm2_matches_transformers_generate(smol_jax, smol_hf,
+                                                                 spec_bench_prompts, hf_greedy):
+  """The real model with the kernel in every decode step (interpreted: about 1 token/s here)."""
+  model = dataclasses.replace(smol_jax, compiled=CompileCache(),
+                              cfg=dataclasses.replace(smol_jax.cfg, attention="pallas"))
+  ids = api.encode_prompt(model, spec_bench_prompts["math"])
+  assert api.generate(model, ids, 16, ignore_eos=True).output_ids == hf_greedy(smol_hf, ids, 16)
+
+
 def test_load_model_accepts_pallas_and_keys_its_own_profile(tiny_models):
   """A different kernel is a different cost structure: its latency profile is stored apart."""
   m = api.load_model(str(tiny_models["llama"].path), attention="pallas", use_cache=False)
