@@ -31,8 +31,8 @@ HEAD_ROWS = 16  # query heads of one KV head, padded to the smallest dot tile
 def _split_kernel(kv_len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale, block_k):
   """One split of one KV head: partial (output, max, normalizer) over its valid keys.
 
-  kv_len_ref []: the sequence's valid cache length; q_ref [HEAD_ROWS, hd]; k_ref, v_ref [split, hd]; o_ref [HEAD_ROWS, hd] float32;
-  m_ref, l_ref [HEAD_ROWS] float32.
+  kv_len_ref []: the sequence's valid cache length; q_ref [HEAD_ROWS, hd]; k_ref, v_ref
+  [split, hd]; o_ref [HEAD_ROWS, hd] float32; m_ref, l_ref [HEAD_ROWS] float32.
   """
   split = k_ref.shape[0]
   start = pl.program_id(0) * split
@@ -45,7 +45,8 @@ def _split_kernel(kv_len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale
   def block(j, carry):
     o, m, l = carry
     keys = pl.ds(j * block_k, block_k)
-    s = plgpu.dot(q_ref[...], k_ref[keys, :], trans_b=True, allow_tf32=False) * scale  # [rows, block_k] f32
+    s = plgpu.dot(q_ref[...], k_ref[keys, :], trans_b=True, allow_tf32=False)  # [rows, block_k]
+    s = s * scale
     s = jnp.where((j * block_k + jnp.arange(block_k))[None, :] < valid, s, -jnp.inf)
     m_new = jnp.maximum(m, s.max(axis=-1))  # finite: every block holds a valid key
     p = jnp.exp(s - m_new[:, None])
