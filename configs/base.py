@@ -15,8 +15,9 @@ def get_config() -> config_dict.ConfigDict:
   # Model: a GGUF file or HF directory; "" = the bundled SmolLM2-135M-Instruct.
   c.model = ""
   c.dtype = "float32"  # float32 on CPU (XLA:CPU runs bfloat16 far slower), bfloat16 on GPU
-  # One-query attention kernel (knapspec_jax.load_model): "xla", "pallas" (GPU) or "cudnn".
-  c.attention = "xla"
+  # One-query attention kernel (knapspec_jax.load_model): "" = its default (pallas on a GPU in
+  # bfloat16, else xla), or "xla", "pallas", "cudnn".
+  c.attention = ""
   # Latency profile JSON; "" = the stored profile of this device (measured if there is none).
   c.profile = ""
   # Methods, comma-separated; AR always runs first and is every speedup's baseline.

@@ -100,7 +100,8 @@ def run(config) -> list[dict]:
   methods = ["ar"] + (["ar-rerun"] if config.noise_floor else []) + [
       m for m in requested if m != "ar"]
   options = method_options(config.method_options)
-  model = ks.load_model(config.model or None, dtype=config.dtype, attention=config.attention)
+  model = ks.load_model(config.model or None, dtype=config.dtype,
+                        attention=config.attention or None)
   if config.profile:
     model.profile = ks.LatencyProfile.load(config.profile)
   items = prompts(config, model.tokenizer)

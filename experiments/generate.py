@@ -21,8 +21,9 @@ _RAW = flags.DEFINE_bool("raw", False, "Tokenize the prompt as is, without the c
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Upper bound on generated tokens.")
 _METHOD = flags.DEFINE_string("method", "ar", "Decoding method: " + ", ".join(api.methods()))
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params and KV dtype.")
-_ATTENTION = flags.DEFINE_enum("attention", "xla", list(ATTENTION_IMPLS),
-                               "One-query attention kernel: xla, pallas (GPU) or cudnn (GPU bf16).")
+_ATTENTION = flags.DEFINE_enum("attention", None, list(ATTENTION_IMPLS),
+                               "One-query attention kernel: xla, pallas or cudnn (GPU bf16); "
+                               "default: pallas on a GPU in bfloat16, else xla.")
 _IGNORE_EOS = flags.DEFINE_bool("ignore_eos", False, "Keep generating past end-of-sequence.")
 _COMPARE_AR = flags.DEFINE_bool("compare_ar", False, "Also run AR on the same compiled model "
                                 "and prompt and print the speedup.")

@@ -66,6 +66,12 @@ class Model:
     return self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
 
 
+def default_attention(dtype: str) -> str:
+  """"pallas" on a GPU in bfloat16 (measured on the H100: deterministic and 1.2x XLA's decode
+  speed, BENCHMARKS.md section 1), else "xla"."""
+  return "pallas" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
+
+
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
                fuse: bool = True, attention: str | None = None) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
@@ -77,10 +83,10 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
     kernels per step.
   use_cache: reuse (and write) an Orbax copy of the converted weights in the user cache.
-  attention: one-query attention kernel (ModelConfig.attention): "xla" (the default),
-    "pallas" (a deterministic split-KV kernel over the whole cache; GPU; on CPU it runs in
-    Pallas's interpreter, correct but slow) or "cudnn" (GPU bf16 only, 10-20% faster AR on the
-    H100 but not deterministic: two runs of one prompt diverge after tens of tokens,
+  attention: one-query attention kernel (ModelConfig.attention); None: default_attention(dtype).
+    "xla" (any backend), "pallas" (a deterministic split-KV kernel over the whole cache; on a
+    GPU through Triton, on CPU in Pallas's interpreter, correct but slow) or "cudnn" (GPU bf16
+    only; not deterministic: two runs of one prompt diverge after tens of tokens,
     BENCHMARKS.md section 1).
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
@@ -89,7 +95,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
   on_gpu = jax.default_backend() == "gpu"
-  attention = attention or "xla"
+  attention = attention or default_attention(dtype)
   if attention == "cudnn" and not (on_gpu and dtype == "bfloat16"):
     raise ValueError(f"attention='cudnn' needs a GPU and dtype='bfloat16' (backend "
                      f"{jax.default_backend()}, dtype {dtype}): use attention='xla'")

@@ -38,7 +38,8 @@ class ModelConfig:
     attention: how a one-query (decode or draft) step computes attention: "xla" (einsum, mask,
       softmax, einsum over the cache sliced to a length bucket: any backend and dtype),
       "pallas" (decode_attention.py: a deterministic split-KV kernel over the whole cache; on
-      a GPU through Triton, elsewhere in Pallas's interpreter, which is slow: tests only) or
+      a GPU through Triton, the default there in bfloat16; elsewhere in Pallas's interpreter,
+      which is slow: tests only) or
       "cudnn" (one fused cuDNN kernel; GPU with bfloat16 only; faster on the H100 but not
       deterministic). Multi-token forwards (prefill, verify) always use "xla". Not a property
       of the checkpoint: a load_model option.
