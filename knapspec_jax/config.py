@@ -39,10 +39,9 @@ class ModelConfig:
       softmax, einsum over the cache sliced to a length bucket: any backend and dtype),
       "pallas" (decode_attention.py: a deterministic split-KV kernel over the whole cache; on
       a GPU through Triton, the default there in bfloat16; elsewhere in Pallas's interpreter,
-      which is slow: tests only) or
-      "cudnn" (one fused cuDNN kernel; GPU with bfloat16 only; faster on the H100 but not
-      deterministic). Multi-token forwards (prefill, verify) always use "xla". Not a property
-      of the checkpoint: a load_model option.
+      which is slow: tests only) or "cudnn" (one fused cuDNN kernel; GPU with bfloat16 only;
+      not deterministic). Multi-token forwards (prefill, verify) always use "xla". Not a
+      property of the checkpoint: a load_model option.
   """
 
   arch: str

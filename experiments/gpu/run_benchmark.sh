@@ -8,16 +8,14 @@
 #   bash experiments/gpu/run_benchmark.sh hf          # HF generate, eager, same prompts
 #   bash experiments/gpu/run_benchmark.sh hf_compiled # HF generate, StaticCache + torch.compile
 # Each writes results.jsonl (flushed per record: a run cut by its time limit keeps what it
-# finished), table.md and plots/ under $OUT/<part>. ATTENTION=pallas|cudnn picks the one-query
-# attention kernel (default: the config's, xla).
+# finished), table.md and plots/ under $OUT/<part>. ATTENTION=xla|pallas|cudnn picks the
+# one-query attention kernel (default: load_model's, pallas on a GPU in bfloat16); KnapSpec finds
+# the kernel's latency profile in profiles/ by its key (Model.profile_name).
 set -uo pipefail
 source experiments/gpu/env.sh
 part=${1:?specbench, long or hf}
 limit=${BENCH_TIMEOUT:-560}
 attn=${ATTENTION:+--config.attention=$ATTENTION}
-if [ -n "${ATTENTION:-}" ] && [ -f /root/${ATTENTION}_profile.json ]; then  # run_pallas.sh profile
-  attn="$attn --config.profile=/root/${ATTENTION}_profile.json"
-fi
 case $part in
   specbench)
     timeout $limit python3 experiments/benchmark.py --config=configs/h100.py $attn \

@@ -5,8 +5,8 @@
 #            2. ms/token and kernels per decode step at attention lengths 4096 and 8192,
 #               xla / pallas / cudnn (one call holds at most 10 minutes);
 #            3. AR tokens/s through the API at 53 / 4004 / 7511 prompt tokens (section 1).
-#   profile  its latency profile, kept in /root for `ATTENTION=pallas run_benchmark.sh` calls
-#            while the machine stays warm, and in $OUT for profiles/.
+#   profile  its latency profile, saved under profiles/ (where run_benchmark.sh's KnapSpec runs
+#            find it by key) and copied to $OUT, to commit in profiles/.
 set -uo pipefail
 source experiments/gpu/env.sh
 case ${1:-check} in
@@ -19,8 +19,8 @@ case ${1:-check} in
       --specbench_per_category=1 --categories=writing --long_lengths=4000,7500 \
       --max_new_tokens=256 --repeats=3 --output_dir=$OUT/ar_pallas 2>&1 | grep -v -i warn | tail -8 ;;
   profile)
-    python3 experiments/measure_profile.py --dtype=bfloat16 --attention=pallas \
-      --output=/root/pallas_profile.json 2>&1 | grep -v -i warn | tail -12
-    cp /root/pallas_profile.json $OUT/ ;;
+    python3 experiments/measure_profile.py --dtype=bfloat16 --attention=pallas 2>&1 \
+      | grep -v -i warn | tail -12
+    cp profiles/*pallas*.json $OUT/ ;;
   *) echo "unknown part $1"; exit 2 ;;
 esac
