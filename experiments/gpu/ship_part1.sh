@@ -2,7 +2,7 @@
 # Device machine, call 1 of 2: one call carries at most 64 MiB, the SmolLM2 GGUF is 98 MB.
 # Here (the dev machine), first:
 #   f=$(python -c "from knapspec_jax.checkpoint import default_model_path as d; print(d())")
-#   mkdir -p .model && head -c 46137344 "$f" > .model/part1 && tail -c +46137345 "$f" > .model/part2
+#   mkdir -p .model && head -c 42000000 "$f" > .model/part1 && tail -c +42000001 "$f" > .model/part2
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 transformers==5.23.0 ml_collections==1.1.0
 # (.model and .whl are git-ignored via .git/info/exclude). Then run this with carry
