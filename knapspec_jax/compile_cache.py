@@ -17,8 +17,11 @@ import jax
 
 
 def _shape_key(args) -> tuple:
+  """Structure, shapes and dtypes of the arguments (arrays and ShapeDtypeStructs alike). Hashed
+  objects, not strings: the key is computed on every call in the decode loop (about 250 leaves
+  with the parameters), where formatting each dtype cost 1.5 ms per call on the CPU."""
   leaves, treedef = jax.tree.flatten(args)
-  return (str(treedef),) + tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+  return (treedef,) + tuple((tuple(x.shape), x.dtype) for x in leaves)
 
 
 @dataclasses.dataclass

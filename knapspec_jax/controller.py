@@ -45,8 +45,14 @@ class Policy(Protocol):
 def confirmed_tokens(prompt_ids: np.ndarray, state: DecodeState) -> np.ndarray:
   """The tokens at cache positions [0, cursor): the prompt, then all outputs but the pending."""
   length, n_out, out = jax.device_get((state.cache.length, state.n_out, state.out))
-  seq = np.concatenate([prompt_ids, out[:int(n_out)]]).astype(np.int32)
-  return seq[:int(length)]
+  return _confirmed(prompt_ids, out, int(n_out), int(length))
+
+
+def _confirmed(prompt_ids: np.ndarray, out: np.ndarray, n_out: int, length: int) -> np.ndarray:
+  return np.concatenate([prompt_ids, out[:n_out]]).astype(np.int32)[:length]
+
+
+_NO_ROUNDS = speculative.SpecCounters(*(np.int32(0),) * 4)  # a plain window's counter deltas
 
 
 def background_compile_default() -> bool:
@@ -77,11 +83,14 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=warmup_tokens,
                             sampling=sampling, width=width or 1)
   while True:
-    done, length, n_out, max_new = (int(x) for x in jax.device_get(
-        (state.done, state.cache.length, state.n_out, state.max_new)))
+    # One device read per window: on a GPU each read waits for the device and costs tens of
+    # microseconds of host time (a declining KnapSpec's whole overhead over AR is such reads).
+    done, length, n_out, max_new, out = jax.device_get(
+        (state.done, state.cache.length, state.n_out, state.max_new, state.out))
+    done, length, n_out, max_new = int(done), int(length), int(n_out), int(max_new)
     if done or length >= model.cfg.max_seq_len:
       break
-    ctx = Context(confirmed_tokens(prompt_ids, state), n_out,
+    ctx = Context(_confirmed(prompt_ids, out, n_out, length), n_out,
                   min(max_new - n_out, model.cfg.max_seq_len - length))
     compile_before = compiled.stats.compile_s
     start = time.perf_counter()
@@ -91,7 +100,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
 
     attn_len = attn_bucket(length + (decision.gamma + 1 if decision.drafts else 1),
                            state.cache.capacity)
-    before = jax.device_get(counters)
+    before = jax.device_get(counters) if decision.drafts else None
     compile_before = compiled.stats.compile_s
     start = time.perf_counter()
     waited_tokens = 0
@@ -109,14 +118,18 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=wait_chunk,
                                 sampling=sampling, width=width or 1)
         waited_tokens += int(state.n_out) - n_before
-    else:
-      state = decoding.run_ar(model.params, model.cfg, state, compiled,
-                              max_tokens=policy.ar_window, sampling=sampling, width=width or 1)
+    else:  # plain decoding; to the end in one go (no pause to resume from) if the window allows
+      limit = policy.ar_window if policy.ar_window < ctx.remaining else None
+      state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=limit,
+                              sampling=sampling, width=width or 1)
     jax.block_until_ready(state)
     measured = time.perf_counter() - start
     compile_s = compiled.stats.compile_s - compile_before
-    after = jax.device_get(counters)
-    tokens = int(state.n_out) - n_out
+    if decision.drafts:
+      after, n_after = jax.device_get((counters, state.n_out))
+    else:
+      after, before, n_after = _NO_ROUNDS, _NO_ROUNDS, jax.device_get(state.n_out)
+    tokens = int(n_after) - n_out
     rounds = int(after.rounds - before.rounds)
     forwards = int(after.draft_forwards - before.draft_forwards)
     predicted = (predicted_window_s(profile, decision, attn_len, tokens - waited_tokens, rounds,
