@@ -14,7 +14,10 @@ our own `tokens_per_s`. Two modes: eager (dynamic cache) and StaticCache + torch
 compiled mode one StaticCache of a fixed length serves every prompt (reset between runs), so the
 decode step compiles once rather than once per prompt length.
 
---ours: benchmark.py JSONL files; prints, per prompt, our AR decode tokens/s over HF's.
+--ours: benchmark.py JSONL files; prints, per prompt, our AR decode tokens/s over HF's. With
+--records (earlier --output files) it only prints that comparison:
+
+  python experiments/bench_hf.py --records=hf_eager.jsonl,hf_compiled.jsonl --ours=a.jsonl,b.jsonl
 """
 
 import json
@@ -46,6 +49,8 @@ _OUT = flags.DEFINE_string("output_json", None, "Write all records here as one J
 _OUT_JSONL = flags.DEFINE_string("output", None, "Write one JSON line per record here "
                                  "(flushed per record).")
 _OURS = flags.DEFINE_list("ours", [], "benchmark.py JSONL files to compare our AR with.")
+_RECORDS = flags.DEFINE_list("records", [], "Compare these earlier --output files with --ours "
+                             "instead of running anything.")
 
 
 def prompt_items(tokenizer) -> list[dict]:
@@ -93,6 +98,10 @@ def compare(records: list[dict], paths: list[str]):
 
 def main(argv):
   del argv
+  if _RECORDS.value:
+    compare([json.loads(line) for path in _RECORDS.value for line in open(path) if line.strip()],
+            _OURS.value)
+    return
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
   path = pathlib.Path(_MODEL.value) if _MODEL.value else checkpoint.default_model_path()

@@ -7,6 +7,9 @@
 #   bash experiments/gpu/run_h200.sh long_hf              # every method on the 2K / 4K / 7K
 #                                                         # documents, then HF generate (eager
 #                                                         # and compiled) on all 16 prompts
+#   bash experiments/gpu/run_h200.sh overhead             # a declining KnapSpec's host overhead
+#                                                         # over AR, then AR / KnapSpec alone on
+#                                                         # the Spec-Bench subset
 # The profile part saves the H200 latency profile to $OUT (commit it to profiles/, where KnapSpec
 # finds it by its key) and to /root, from where the later parts of the same lease put it back
 # into profiles/ until the committed copy travels with the tree. Each benchmark writes
@@ -35,5 +38,9 @@ case ${1:?part} in
     timeout ${HF_TIMEOUT:-230} python3 experiments/bench_hf.py --modes=eager,compiled \
       --specbench_per_category=1 --long_lengths=2000,4000,7000 --max_new_tokens=128 \
       --repeats=2 --output=$OUT/hf.jsonl 2>&1 | grep -E "^\{|Error" | cut -c1-160 ;;
+  overhead)
+    timeout 100 python3 experiments/plain_overhead.py --dtype=bfloat16 --max_new_tokens=16,128 \
+      --repeats=20 2>&1 | grep -v -i warn | grep -v "^I1"
+    bench ar_knapspec ${BENCH_TIMEOUT:-170} --config.long_lengths= --config.methods=ar,knapspec ;;
   *) echo "unknown part $1"; exit 2 ;;
 esac
