@@ -76,7 +76,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   """
   background = background_compile_default() if background is None else background
   compiled = model.compiled
-  counters = speculative.SpecCounters.zeros()
+  counters = _NO_ROUNDS  # host zeros until the first drafting window (no device op before)
   windows = []
   search_s = 0.0
   if warmup_tokens:  # AR until the policy has generated tokens to look at
@@ -100,10 +100,12 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
 
     attn_len = attn_bucket(length + (decision.gamma + 1 if decision.drafts else 1),
                            state.cache.capacity)
+    if decision.drafts and counters is _NO_ROUNDS:
+      counters = speculative.SpecCounters.zeros()
     before = jax.device_get(counters) if decision.drafts else None
     compile_before = compiled.stats.compile_s
     start = time.perf_counter()
-    waited_tokens = 0
+    waited_tokens, finished = 0, False
     if decision.drafts:
       start_rounds = int(counters.rounds)
       while True:
@@ -120,6 +122,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         waited_tokens += int(state.n_out) - n_before
     else:  # plain decoding; to the end in one go (no pause to resume from) if the window allows
       limit = policy.ar_window if policy.ar_window < ctx.remaining else None
+      finished = limit is None  # run_ar returns only when done or the cache is full
       state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=limit,
                               sampling=sampling, width=width or 1)
     jax.block_until_ready(state)
@@ -141,4 +144,6 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         accepted=int(after.accepted - before.accepted), draft_forwards=forwards,
         search_s=search, compile_s=compile_s, measured_s=measured - compile_s,
         predicted_s=predicted, measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))
+    if finished:
+      break
   return state, summarize(windows, counters, search_s)

@@ -97,3 +97,29 @@ def test_projection_follows_the_tpt_formula():
   k = ps.calibrate(p, 1024, {"b_attn": 1.0, "b_mlp": 1.0}, 1.5, 64)
   assert ps.best_draft(p, 1024, ps.alpha_curve({"b_attn": 1.0, "b_mlp": 1.0}, k),
                        64)["speedup"] == pytest.approx(1.5, rel=1e-3)
+
+
+def test_hf_reference_script_and_its_comparison(tmp_path):
+  """experiments/bench_hf.py on the CPU (eager, 4 tokens): a record per prompt with the benchmark's
+  prompt ids, then --records/--ours prints our AR tokens/s over HF's for each prompt."""
+  env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
+  script = [sys.executable, str(REPO / "experiments" / "bench_hf.py")]
+  out = tmp_path / "hf.jsonl"
+  proc = subprocess.run(script + ["--modes=eager", "--specbench_per_category=0",
+                                  "--long_lengths=100", "--max_new_tokens=4", "--repeats=1",
+                                  "--device=cpu", "--dtype=float32", f"--output={out}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert rec["item_id"] == "specbench-81" and rec["mode"] == "eager"
+  assert rec["prompt_tokens"] == 53 and rec["decode_tokens_per_s"] > 0  # the benchmark's prompt
+
+  ours = tmp_path / "ours.jsonl"
+  ours.write_text(json.dumps(dict(item_id="specbench-81", method="ar", prompt_tokens=53,
+                                  tokens_per_s=10 * rec["decode_tokens_per_s"])) + "\n")
+  proc = subprocess.run(script + [f"--records={out}", f"--ours={ours}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = next(line for line in proc.stdout.splitlines() if line.startswith("| specbench-81"))
+  assert row.split("|")[5].strip() == "10.0x"
+  assert "ours / HF eager: 10.0x - 10.0x, median 10.0x over 1 prompts" in proc.stdout
