@@ -35,6 +35,7 @@ def get_config() -> config_dict.ConfigDict:
   c.long_max_new_tokens = 0  # tokens for the long-context prompts; 0 = max_new_tokens
   c.ignore_eos = True  # generate exactly max_new_tokens
   c.repeats = 1  # timed runs per (method, prompt); the median is kept
+  c.long_repeats = 0  # timed runs per long-context prompt; 0 = repeats
   c.warmup_runs = 1  # untimed runs per (method, prompt) first (first-execution costs)
   c.output_dir = ""  # results.jsonl, table.md, config.json and plots/*.png go here
   c.plots = True

@@ -83,9 +83,11 @@ def prompts(config, tokenizer) -> list[dict]:
   items = (datasets.spec_bench_subset(config.specbench_per_category,
                                       _split(config.categories) or None)
            if config.specbench_per_category else [])
-  items = [dict(item, max_new_tokens=config.max_new_tokens) for item in items]
+  items = [dict(item, max_new_tokens=config.max_new_tokens, repeats=config.repeats)
+           for item in items]
   long_new = config.long_max_new_tokens or config.max_new_tokens
-  items += [dict(datasets.long_document_prompt(tokenizer, int(n)), max_new_tokens=long_new)
+  items += [dict(datasets.long_document_prompt(tokenizer, int(n)), max_new_tokens=long_new,
+                 repeats=config.long_repeats or config.repeats)
             for n in _split(config.long_lengths)]
   return items
 
@@ -132,7 +134,7 @@ def run(config) -> list[dict]:
     # Timed runs round-robin over the methods, so that a slow stretch of the machine (measured:
     # AR against its own rerun spreads 0.98-1.05x on the 2-vCPU CPU) falls on all of them.
     timed = {method: [] for method in methods}
-    for _ in range(config.repeats):
+    for _ in range(item["repeats"]):
       for method in methods:
         timed[method].append(run_once(method))
     for method in methods:
@@ -143,7 +145,7 @@ def run(config) -> list[dict]:
       record = dict(item_id=item["id"], category=item["category"], prompt_tokens=len(ids),
                     device=device, dtype=model.dtype, attention=model.cfg.attention,
                     model=model.name, date=time.strftime("%F"),
-                    config=config.name, repeats=config.repeats,
+                    config=config.name, repeats=item["repeats"],
                     tokens_per_s_all=[x.tokens_per_s for x in runs],
                     speedup=r.tokens_per_s / ar.tokens_per_s,
                     e2e_speedup=r.e2e_tokens_per_s / ar.e2e_tokens_per_s,
