@@ -19,6 +19,7 @@ table.md (summarize.py's tables), config.json, plots/speedup.png, plots/speed_vs
 
 import json
 import pathlib
+import statistics
 import sys
 import time
 
@@ -142,12 +143,17 @@ def run(config) -> list[dict]:
       r = runs[len(runs) // 2]
       if method == "ar":
         ar = r
+      # Each repeat's run against the AR run of the same repeat, seconds apart: a machine whose
+      # speed drifts over minutes (the 2-vCPU VM) moves both alike, so this median cancels it.
+      paired = statistics.median(x.tokens_per_s / a.tokens_per_s
+                                 for x, a in zip(timed[method], timed["ar"]))
       record = dict(item_id=item["id"], category=item["category"], prompt_tokens=len(ids),
                     device=device, dtype=model.dtype, attention=model.cfg.attention,
                     model=model.name, date=time.strftime("%F"),
                     config=config.name, repeats=item["repeats"],
                     tokens_per_s_all=[x.tokens_per_s for x in runs],
-                    speedup=r.tokens_per_s / ar.tokens_per_s,
+                    tokens_per_s_runs=[x.tokens_per_s for x in timed[method]],  # run order
+                    speedup=r.tokens_per_s / ar.tokens_per_s, paired_speedup=paired,
                     e2e_speedup=r.e2e_tokens_per_s / ar.e2e_tokens_per_s,
                     identical_to_ar=r.output_ids == ar.output_ids,
                     **(r.to_json() | {"method": method}))

@@ -16,6 +16,8 @@ def load(paths):
 
 
 def speed_table(rows) -> str:
+  """Per prompt and method: median decode tokens/s (its ratio to AR's median); with paired
+  ratios recorded, also the median over repeats of run / the same repeat's AR run."""
   methods = list(dict.fromkeys(r["method"] for r in rows))
   out = ["| prompt | prompt tokens | " + " | ".join(methods) + " |",
          "|---|---|" + "---|" * len(methods)]
@@ -24,16 +26,18 @@ def speed_table(rows) -> str:
     cells = []
     for m in methods:
       r = next((x for x in rows if x["item_id"] == item and x["method"] == m), None)
-      cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x)"
+      paired = "" if r is None or r.get("paired_speedup") is None or m == "ar" else (
+          f", paired {r['paired_speedup']:.3f}x")
+      cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x{paired})"
                    + ("" if r["identical_to_ar"] else " ≠AR"))
     out.append(f"| {item} | {n} | " + " | ".join(cells) + " |")
   return "\n".join(out)
 
 
 def method_table(rows) -> str:
-  out = ["| method | median x AR (decode) | min x AR | median x AR (end-to-end) | acceptance "
-         "| tokens / verify step | search % of decode | identical to AR | profile error "
-         "(median) |", "|---|---|---|---|---|---|---|---|---|"]
+  out = ["| method | median x AR (decode) | min x AR | min x AR, paired | median x AR "
+         "(end-to-end) | acceptance | tokens / verify step | search % of decode | identical to "
+         "AR | profile error (median) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for m in dict.fromkeys(r["method"] for r in rows):
     rs = [r for r in rows if r["method"] == m]
     sp = [r["speedup"] for r in rs]
@@ -45,8 +49,12 @@ def method_table(rows) -> str:
     errs = [r["stats"]["profile_median_rel_err"] for r in rs
             if r["stats"].get("profile_median_rel_err") is not None]
     same = sum(r["identical_to_ar"] for r in rs)
+    # paired: per prompt, the median over repeats of (run / the same repeat's AR run)
+    paired = [r["paired_speedup"] for r in rs if r.get("paired_speedup") is not None]
     out.append(
-        f"| {m} | {statistics.median(sp):.3f} | {min(sp):.3f} | {statistics.median(e2e):.3f} | "
+        f"| {m} | {statistics.median(sp):.3f} | {min(sp):.3f} | "
+        + (f"{min(paired):.3f} | " if len(paired) == len(rs) else "– | ")
+        + f"{statistics.median(e2e):.3f} | "
         + (f"{accepted / drafted:.2f} | " if drafted else "– | ")
         + (f"{(accepted + steps) / steps:.2f} | " if steps else "– | ")
         + f"{100 * search:.2f} | {same}/{len(rs)} | "

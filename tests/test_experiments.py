@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -43,6 +44,8 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert r["new_tokens"] == 6 and r["tokens_per_s"] > 0 and r["decode_s"] > 0
     assert r["identical_to_ar"] and r["speedup"] == pytest.approx(
         r["tokens_per_s"] / rows[0]["tokens_per_s"])
+    assert r["paired_speedup"] == pytest.approx(statistics.median(  # run order, repeat by repeat
+        x / a for x, a in zip(r["tokens_per_s_runs"], rows[0]["tokens_per_s_runs"])))
     assert "decisions" in r["stats"] or r["method"] == "ar"
   assert question[:60] in smol_jax.tokenizer.decode(rows[0]["prompt_ids"])  # Spec-Bench writing
 
