@@ -4,9 +4,9 @@ documents (256 new tokens), AR rerun as the noise floor, medians of 3 timed runs
 device machine by experiments/gpu/run_h200.sh.
 
 The budgets are half and a quarter of configs/h100.py's, and CLaSp re-optimizes every 32 rounds
-instead of 8: on a GPU each new skip set costs a ~4.5 s compile (BENCHMARKS.md section 2), and
-CLaSp's warm-up run compiles every set its timed runs will use, which at the H100 settings would
-take longer than the device time of a session.
+instead of 8: each new skip set costs a 4.0 s compile on the H200 (its profile, BENCHMARKS.md
+section 2), and CLaSp's warm-up run compiles every set its timed runs will use, which at the
+H100 settings would take longer than the device time of a session.
 """
 
 from configs import h100

@@ -29,7 +29,9 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from knapspec_jax import checkpoint, datasets  # noqa: E402
+import summarize  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "GGUF file; default: the bundled SmolLM2.")
 _PER_CATEGORY = flags.DEFINE_integer("specbench_per_category", 0,
@@ -64,12 +66,9 @@ def prompt_items(tokenizer) -> list[dict]:
 def compare(records: list[dict], paths: list[str]):
   """Our AR decode tokens/s over HF's, per prompt and mode (Markdown)."""
   ours = {}
-  for path in paths:
-    for line in open(path):
-      if line.strip():
-        r = json.loads(line)
-        if r["method"] == "ar":
-          ours.setdefault(r["item_id"], r)
+  for r in summarize.load(paths):
+    if r["method"] == "ar":
+      ours.setdefault(r["item_id"], r)  # the first file naming a prompt wins
   modes = list(dict.fromkeys(r["mode"] for r in records))
   print("\n| prompt | prompt tokens | ours AR | " + " | ".join(
       f"HF {m} | ours / HF {m}" for m in modes) + " |")
@@ -99,8 +98,7 @@ def compare(records: list[dict], paths: list[str]):
 def main(argv):
   del argv
   if _RECORDS.value:
-    compare([json.loads(line) for path in _RECORDS.value for line in open(path) if line.strip()],
-            _OURS.value)
+    compare(summarize.load(_RECORDS.value), _OURS.value)
     return
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache

@@ -102,7 +102,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
                            state.cache.capacity)
     if decision.drafts and counters is _NO_ROUNDS:
       counters = speculative.SpecCounters.zeros()
-    before = jax.device_get(counters) if decision.drafts else None
+    before = jax.device_get(counters) if decision.drafts else _NO_ROUNDS
     compile_before = compiled.stats.compile_s
     start = time.perf_counter()
     waited_tokens, finished = 0, False
@@ -131,7 +131,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     if decision.drafts:
       after, n_after = jax.device_get((counters, state.n_out))
     else:
-      after, before, n_after = _NO_ROUNDS, _NO_ROUNDS, jax.device_get(state.n_out)
+      after, n_after = _NO_ROUNDS, jax.device_get(state.n_out)
     tokens = int(n_after) - n_out
     rounds = int(after.rounds - before.rounds)
     forwards = int(after.draft_forwards - before.draft_forwards)

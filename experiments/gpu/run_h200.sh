@@ -10,9 +10,8 @@
 #   bash experiments/gpu/run_h200.sh overhead             # a declining KnapSpec's host overhead
 #                                                         # over AR, then AR / KnapSpec alone on
 #                                                         # the Spec-Bench subset
-# The profile part saves the H200 latency profile to $OUT (commit it to profiles/, where KnapSpec
-# finds it by its key) and to /root, from where the later parts of the same lease put it back
-# into profiles/ until the committed copy travels with the tree. Each benchmark writes
+# The profile part measures the H200 latency profile again and copies it to $OUT (the committed
+# one in profiles/, where KnapSpec finds it by its key, came from there). Each benchmark writes
 # results.jsonl (flushed per record), table.md and plots/ under $OUT/<part>.
 set -uo pipefail
 source experiments/gpu/env.sh
@@ -24,12 +23,11 @@ bench() {  # name, time limit, config overrides...
     --config.output_dir=$OUT/$name "$@" 2>&1 | grep -v -i warn | grep -v "^|"
   tail -n 30 $OUT/$name/table.md 2>/dev/null
 }
-cp -n /root/*H200*.json profiles/ 2>/dev/null
 case ${1:?part} in
   profile_specbench_a)
     timeout 200 python3 experiments/measure_profile.py --dtype=bfloat16 --attention=pallas \
       --attn_lens=256,2048,6144 2>&1 | grep -v -i warn | tail -4
-    cp profiles/*H200*.json $OUT/ && cp profiles/*H200*.json /root/
+    cp profiles/*H200*.json $OUT/
     bench specbench_a ${BENCH_TIMEOUT:-360} --config.long_lengths= --config.categories=$A ;;
   specbench_b)
     bench specbench_b ${BENCH_TIMEOUT:-540} --config.long_lengths= --config.categories=$B ;;
