@@ -37,6 +37,8 @@ def get_config() -> config_dict.ConfigDict:
   c.repeats = 1  # timed runs per (method, prompt); the median is kept
   c.long_repeats = 0  # timed runs per long-context prompt; 0 = repeats
   c.warmup_runs = 1  # untimed runs per (method, prompt) first (first-execution costs)
-  c.output_dir = ""  # results.jsonl, table.md, config.json and plots/*.png go here
+  # results.jsonl, table.md, config.json and plots/*.png go here; "" = a new folder
+  # results/tmp/<name>-<time>/. A folder holding files is refused without --overwrite.
+  c.output_dir = ""
   c.plots = True
   return c

@@ -14,5 +14,7 @@ def get_config():
   c.categories = "writing,math_reasoning,translation,qa"
   c.long_lengths = "2000"
   c.max_new_tokens = 48
-  c.output_dir = "results/cpu/default"
+  # Output: a new results/tmp/cpu_default-<time>/ folder. The committed run is in
+  # results/cpu/default/;
+  # rewrite it on purpose with --config.output_dir=results/cpu/default --overwrite.
   return c

@@ -17,5 +17,6 @@ def get_config():
   c.long_max_new_tokens = 128
   c.repeats = 3
   c.noise_floor = True
-  c.output_dir = "results/cpu/full"
+  # Output: a new results/tmp/cpu_full-<time>/ folder. The committed run is in results/cpu/full/;
+  # rewrite it on purpose with --config.output_dir=results/cpu/full --overwrite.
   return c

@@ -20,5 +20,7 @@ def get_config():
   c.long_max_new_tokens = 128
   c.repeats = 9
   c.long_repeats = 5
-  c.output_dir = "results/cpu/knapspec_vs_ar"
+  # Output: a new results/tmp/cpu_knapspec-<time>/ folder. The committed run is in
+  # results/cpu/knapspec_vs_ar/;
+  # rewrite it on purpose with --config.output_dir=results/cpu/knapspec_vs_ar --overwrite.
   return c

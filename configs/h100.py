@@ -15,5 +15,6 @@ def get_config():
   c.long_lengths = "2000,4000,7000"
   c.max_new_tokens = 256
   c.long_max_new_tokens = 1024
-  c.output_dir = "results/h100/benchmark"
+  # Output: a new results/tmp/h100-<time>/ folder; experiments/gpu/*.sh pass
+  # --config.output_dir=$OUT/<part> (the committed runs are under results/h100/).
   return c

@@ -18,5 +18,6 @@ def get_config():
   c.max_new_tokens = 128
   c.long_max_new_tokens = 256
   c.method_options = "clasp.interval=32"
-  c.output_dir = "results/h200/benchmark"
+  # Output: a new results/tmp/h200-<time>/ folder; experiments/gpu/*.sh pass
+  # --config.output_dir=$OUT/<part> (the committed runs are under results/h200/).
   return c

@@ -13,5 +13,4 @@ def get_config():
   c.max_new_tokens = 8
   c.warmup_runs = 0
   c.profile = "profiles/cpu__AMD_EPYC_x2__SmolLM2-135M-Instruct.Q4_1.gguf__float32.json"
-  c.output_dir = "/tmp/knapspec_tiny"
   return c

@@ -8,7 +8,13 @@ The config (configs/*.py, every field documented in configs/base.py) names the m
 prompts (Spec-Bench subset, long-context summarization lengths) and output folder; any field can
 be overridden with --config.<field>=value. The older flags (--methods, --long_lengths, ...) still
 work: they override the config's field of the same name, and without --config they start from
-the old defaults (AR only, no prompts unless asked, 128 new tokens, no output folder).
+the old defaults (AR only, no prompts unless asked, 128 new tokens).
+
+Output folder: config.output_dir, or by default a new one, results/tmp/<config name>-<time>/.
+A folder that exists and is not empty is refused unless --overwrite is given, so the committed
+results (results/cpu/..., results/h200/...) are only rewritten on purpose, e.g.
+  python experiments/benchmark.py --config=configs/cpu_default.py \
+      --config.output_dir=results/cpu/default --overwrite
 
 Every method runs on the same loaded model and compile cache; AR runs first and is the
 baseline. Warm-up compiles (prefill and AR programs) happen before each timed run and are
@@ -36,6 +42,10 @@ import summarize  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(REPO / "configs" / "cpu_default.py"), "Benchmark config (configs/*.py).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Write into an output folder that already holds files (their "
+    "results.jsonl, table.md, config.json and plots are replaced). Without it such a folder is "
+    "refused before the model loads.")
 
 # The flags of earlier versions (experiments/gpu/run_*.sh use them): each overrides the config
 # field of the same name when given.
@@ -93,9 +103,27 @@ def prompts(config, tokenizer) -> list[dict]:
   return items
 
 
-def run(config) -> list[dict]:
-  """Runs the benchmark a config describes; returns the records (also written to output_dir)."""
+def output_dir(config, overwrite: bool = False) -> pathlib.Path:
+  """The folder a run writes to: config.output_dir, or a new results/tmp/<name>-<time>/.
+
+  Raises FileExistsError for a folder that already holds files, unless overwrite."""
+  if not config.output_dir:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return REPO / "results" / "tmp" / f"{config.name}-{stamp}"
+  out = pathlib.Path(config.output_dir)
+  if not overwrite and out.is_dir() and any(out.iterdir()):
+    raise FileExistsError(f"the output folder {out} already holds files: pass --overwrite to "
+                          "replace them, or choose another with --config.output_dir=...")
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f"the output folder {out} is a file")
+  return out
+
+
+def run(config, overwrite: bool = False) -> list[dict]:
+  """Runs the benchmark a config describes; returns the records, also written to its output
+  folder (output_dir)."""
   started = time.perf_counter()
+  out_dir = output_dir(config, overwrite)
   requested = _split(config.methods)
   unknown = [m for m in requested if m not in ks.available_methods()]
   if unknown:
@@ -114,11 +142,10 @@ def run(config) -> list[dict]:
   device = latency.device_name()
   print(f"{model.name} {model.dtype} on {device}; {len(items)} prompts x {len(methods)} "
         f"methods; loaded in {time.perf_counter() - started:.0f} s", flush=True)
-  out_dir = pathlib.Path(config.output_dir) if config.output_dir else None
-  if out_dir:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(config.to_json(indent=1) + "\n")
-    sink = open(out_dir / "results.jsonl", "w")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  print(f"writing to {out_dir}", flush=True)
+  (out_dir / "config.json").write_text(config.to_json(indent=1) + "\n")
+  sink = open(out_dir / "results.jsonl", "w")
   rows = []
   totals = {m: [0, 0.0] for m in methods}  # new tokens, decode seconds
   for i, item in enumerate(items):
@@ -159,9 +186,8 @@ def run(config) -> list[dict]:
                     **(r.to_json() | {"method": method}))
       record.pop("text")
       rows.append(record)
-      if out_dir:
-        sink.write(json.dumps(record) + "\n")
-        sink.flush()
+      sink.write(json.dumps(record) + "\n")
+      sink.flush()
       totals[method][0] += r.new_tokens
       totals[method][1] += r.decode_s
       s = r.stats
@@ -173,13 +199,12 @@ def run(config) -> list[dict]:
             f"{time.perf_counter() - started:.0f} s elapsed", flush=True)
   table = summarize.speed_table(rows) + "\n\n" + summarize.method_table(rows)
   print(table)
-  if out_dir:
-    sink.close()
-    (out_dir / "table.md").write_text(table + "\n")
-    if config.plots:
-      write_plots(rows, out_dir, f"{config.name}: {model.name} {model.dtype}, {device}")
-    print(f"wrote {out_dir}/results.jsonl, table.md, plots/ "
-          f"({time.perf_counter() - started:.0f} s in all)")
+  sink.close()
+  (out_dir / "table.md").write_text(table + "\n")
+  if config.plots:
+    write_plots(rows, out_dir, f"{config.name}: {model.name} {model.dtype}, {device}")
+  print(f"wrote {out_dir}/results.jsonl, table.md, plots/ "
+        f"({time.perf_counter() - started:.0f} s in all)")
   return rows
 
 
@@ -201,7 +226,12 @@ def main(argv):
     config = legacy_config()
   for field, value in given.items():
     config[field] = ",".join(value) if isinstance(value, list) else value
-  run(config)
+  try:
+    output_dir(config, _OVERWRITE.value)
+  except FileExistsError as e:
+    print(f"benchmark.py: {e}", file=sys.stderr)
+    sys.exit(2)
+  run(config, _OVERWRITE.value)
 
 
 def legacy_config():
@@ -210,7 +240,7 @@ def legacy_config():
   from configs import base
   config = base.get_config()
   config.update(dict(name="flags", methods="ar", specbench_per_category=0, long_lengths="",
-                     max_new_tokens=128, output_dir=""))
+                     max_new_tokens=128))
   return config
 
 
