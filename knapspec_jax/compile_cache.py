@@ -3,17 +3,59 @@
 Every device program of the project (prefill chunk, AR segment, speculation segment, knapsack
 search) is compiled through `CompileCache.get`, so a configuration seen before costs a dict
 lookup and the cache can report exactly how many compiles a run triggered and what they cost.
+
+A program seen by an earlier process costs a disk read instead of a compile: before its first
+compile, `CompileCache` turns on JAX's persistent compilation cache in
+`checkpoint.cache_dir() / "xla"` ($KNAPSPEC_CACHE, else ~/.cache/knapspec_jax), every program
+cached whatever its compile time or size (JAX's thresholds are process-wide: eager ops' small
+programs are cached too). Measured on the CPU with a tiny model (tests/test_persistent_cache.py):
+3.3 s of warm-up compiles in a first process, 0.34 s in the second. KNAPSPEC_XLA_CACHE=0 turns it off; a cache directory
+the user gave JAX (jax_compilation_cache_dir) is left as it is.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 import threading
 import time
 from typing import Any, Callable
 
 import jax
+
+from knapspec_jax import checkpoint
+
+PERSISTENT_CACHE_ENV = "KNAPSPEC_XLA_CACHE"  # "0", "off", "false" or "no": no on-disk cache
+_persistent_lock = threading.Lock()
+_persistent_dir: list = []  # the directory chosen, once per process ([None]: off)
+
+
+def persistent_cache_dir() -> str | None:
+  """Turns on JAX's on-disk compilation cache (once per process, see the module docstring) and
+  returns its directory, or None when it is off. Later calls return the first answer."""
+  with _persistent_lock:
+    if not _persistent_dir:
+      _persistent_dir.append(_enable_persistent_cache())
+    return _persistent_dir[0]
+
+
+def _enable_persistent_cache() -> str | None:
+  if jax.config.jax_compilation_cache_dir:  # the user's own setting wins
+    return jax.config.jax_compilation_cache_dir
+  if os.environ.get(PERSISTENT_CACHE_ENV, "1").lower() in ("0", "off", "false", "no"):
+    return None
+  path = checkpoint.cache_dir() / "xla"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return None
+  # JAX's defaults keep programs that compiled in under a second out of the cache: on a CPU
+  # that is most of ours, and every new skip set is one.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  return str(path)
 
 
 def _shape_key(args) -> tuple:
@@ -26,7 +68,7 @@ def _shape_key(args) -> tuple:
 
 @dataclasses.dataclass
 class CompileStats:
-  compiles: int = 0
+  compiles: int = 0  # programs built: compiled, or read from the persistent cache (cheap)
   compile_s: float = 0.0  # spent compiling in the caller's thread (it waited)
   hits: int = 0
   background_compiles: int = 0
@@ -82,6 +124,7 @@ class CompileCache:
       with self._lock:
         self.stats.compile_s += time.perf_counter() - start
       return result
+    persistent_cache_dir()
     start = time.perf_counter()
     jitted = jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate_argnums)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
