@@ -12,6 +12,9 @@ from knapspec_jax.selection import Decision
 
 def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: int,
                        tokens: int, rounds: int, draft_forwards: int) -> float:
+  """The profile's seconds for a window as it ran: its draft forwards (each one's token goes to
+  the verifier, the low-confidence last one of a round included, so this is the drafted count)
+  and one verify of gamma + 1 positions per round; a plain window, one full step per token."""
   if not decision.drafts:
     return tokens * profile.t_step(None, attn_len)
   return (draft_forwards * profile.t_step(decision.skip, attn_len)

@@ -1,8 +1,9 @@
 """Self-speculative decoding rounds, run on device: draft with a skip mask, verify, accept.
 
 One round: starting from the pending token x_n (its KV not yet computed), the draft (the same
-model with `skip` sublayers removed) proposes up to `gamma` tokens, stopping early when its top-1
-probability falls under the confidence threshold or it proposes EOS; the full model verifies
+model with `skip` sublayers removed) proposes up to `gamma` tokens, stopping early after a token
+whose top-1 probability fell under the confidence threshold (that token is kept: the verifier
+judges it, as in the official code) or after an EOS; the full model verifies
 [x_n, d_1..d_g] in one forward of gamma + 1 positions; the longest prefix of drafts that equals
 the full model's greedy tokens is accepted, plus the full model's next token. The accepted
 tokens are exactly t_0..t_k, the full model's own greedy choices, so the output equals AR's.
@@ -35,9 +36,12 @@ class SpecCounters:
   """Per-run statistics kept on device (int32 scalars)."""
 
   rounds: jax.Array  # verify forwards
-  drafted: jax.Array  # draft tokens proposed
+  drafted: jax.Array  # draft tokens proposed to the verifier, low-confidence last ones included
   accepted: jax.Array  # draft tokens accepted
-  draft_forwards: jax.Array  # draft model forwards (one per proposed or rejected-low-confidence token)
+  # Draft model forwards. Every forward's token goes to the verifier (the confidence exit keeps
+  # its token), so this equals `drafted`; kept apart because the latency prediction
+  # (metrics.predicted_window_s) is stated in forwards.
+  draft_forwards: jax.Array
 
   @classmethod
   def zeros(cls) -> "SpecCounters":
@@ -47,8 +51,7 @@ class SpecCounters:
 
 class _Draft(NamedTuple):
   tokens: jax.Array  # int32 [gamma]
-  n: jax.Array  # int32 [] drafts proposed
-  n_forwards: jax.Array  # int32 [] draft forwards run
+  n: jax.Array  # int32 [] drafts proposed (= draft forwards run: every forward's token is kept)
   cache: KVCache
   q: jax.Array  # float32 [gamma, V] the draft's filtered distributions (sampling; else [gamma, 0])
   key: jax.Array  # uint32 [2] the PRNG key after drafting
@@ -59,17 +62,25 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
   """Drafts up to gamma tokens after the pending token: the draft's argmax, or with sampling a
   sample of its filtered distribution q (kept for verification).
 
+  Confidence exit (official knapspec_generator.py): a token whose top-1 probability is under
+  `threshold` is still proposed, then drafting stops. Dropping it instead (this project's
+  earlier rule) wasted the forward that made it: on Qwen2.5-Coder-1.5B (H200, fixed sets, gamma
+  4) 91-100% of drafted tokens were accepted, yet only 1.1-1.3 were drafted per round and every
+  round paid one forward whose token was thrown away (../shared/MEASURED.md). With sampling the
+  token's q is recorded like any other, so speculative sampling stays exact: where to stop
+  depends only on the draft's own distributions and tokens, never on the target's.
+
   The draft writes the KV of its kept attention sublayers; verification overwrites every one of
   those positions.
   """
   n = state.cache.length
 
   def cond(c):
-    n_fwd, k, _, _, _, stop, _, _ = c
-    return (n_fwd < gamma) & ~stop
+    k, _, _, _, stop, _, _ = c
+    return (k < gamma) & ~stop
 
   def body(c):
-    n_fwd, k, drafts, q, token, _, cache, key = c
+    k, drafts, q, token, _, cache, key = c
     out = model_lib.forward(params, cfg, token[None, None], cache.rollback(n + k), skip=skip,
                             attn_len=attn_len)
     logits = model_lib.lm_head(params, cfg, out.hidden[0, -1])
@@ -81,18 +92,17 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
       key, u = sampling_lib.uniforms(key, 1)
       nxt = sampling_lib.draw(dist, u[0])
       confident = jnp.max(dist) >= threshold
-      q = jnp.where(confident, q.at[k].set(dist), q)
-    # A low-confidence proposal is dropped and ends the draft; an EOS proposal is kept and ends it.
-    drafts = jnp.where(confident, drafts.at[k].set(nxt), drafts)
+      q = q.at[k].set(dist)
+    # Every proposal is kept; a low-confidence one or an EOS is the last of this draft.
     stop = ~confident | jnp.any(nxt == state.eos)
-    return n_fwd + 1, k + confident.astype(jnp.int32), drafts, q, nxt, stop, out.cache, key
+    return k + 1, drafts.at[k].set(nxt), q, nxt, stop, out.cache, key
 
   zero = jnp.zeros((), jnp.int32)
   q = jnp.zeros((gamma, cfg.vocab_size if sampling else 0), jnp.float32)
-  init = (zero, zero, jnp.zeros((gamma,), jnp.int32), q, state.token, jnp.zeros((), bool),
+  init = (zero, jnp.zeros((gamma,), jnp.int32), q, state.token, jnp.zeros((), bool),
           state.cache, state.key)
-  n_fwd, k, drafts, q, _, _, cache, key = jax.lax.while_loop(cond, body, init)
-  return _Draft(drafts, k, n_fwd, cache, q, key)
+  k, drafts, q, _, _, cache, key = jax.lax.while_loop(cond, body, init)
+  return _Draft(drafts, k, cache, q, key)
 
 
 def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
@@ -100,7 +110,7 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
            sampling: sampling_lib.Filter | None = None, width: int | None = None):
   n = state.cache.length
   d = _draft(params, cfg, state, skip, gamma, attn_len, threshold, sampling)
-  drafts, n_drafts, n_forwards, key = d.tokens, d.n, d.n_forwards, d.key
+  drafts, n_drafts, key = d.tokens, d.n, d.key
   window = jnp.concatenate([state.token[None], drafts])  # [gamma + 1]
   if width:  # padded to a fixed verify width (see spec_segment)
     window = jnp.concatenate([window, jnp.zeros((width - gamma - 1,), jnp.int32)])
@@ -134,7 +144,7 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
                         n_out=n_out, done=done, key=key)
   counters = SpecCounters(rounds=counters.rounds + 1, drafted=counters.drafted + n_drafts,
                           accepted=counters.accepted + jnp.minimum(n_accepted, count - 1),
-                          draft_forwards=counters.draft_forwards + n_forwards)
+                          draft_forwards=counters.draft_forwards + n_drafts)
   return state, counters
 
 

@@ -77,6 +77,25 @@ def test_fixed_drafts_equal_ar_property(tiny_models, with_profile, data):
   assert got.new_tokens <= max_new
 
 
+def test_low_confidence_token_is_kept_and_verified(tiny_models, with_profile):
+  """The confidence exit keeps its token for the verifier (official knapspec_generator.py): at
+  threshold 1.0 no proposal is confident, so each round drafts exactly one token, one draft
+  forward each, some are accepted, and the output is AR's."""
+  model = with_profile(tiny_models["llama"].jax, **PAYS)
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, mlp=[1])
+  for ids in (np.arange(1, 30), np.arange(40, 52)):
+    want = ar(model, ids, 32)
+    got = api.generate(model, ids, 32, method="fixed", ignore_eos=True,
+                       config=ks.FixedConfig(skip=skip, gamma=4, threshold=1.0))
+    assert got.output_ids == want
+    s = got.stats
+    assert s["speculation_steps"] > 0 and s["drafted_tokens"] == s["speculation_steps"]
+    assert [w["draft_forwards"] for w in s["window_log"]] == [
+        w["drafted"] for w in s["window_log"]]
+    assert 0 < s["accepted_tokens"] <= s["drafted_tokens"]
+    assert s["mean_accepted_per_step"] > 1.0
+
+
 def test_every_method_equals_ar_on_tiny_models(tiny_models, with_profile):
   for name in ("llama3_rope", "qwen3"):  # 3 and 4 layers: CLaSp may skip an inner layer
     model = with_profile(tiny_models[name].jax, **PAYS)
