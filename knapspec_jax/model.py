@@ -84,8 +84,10 @@ def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
   """
   b, t, _, hd = q.shape
   if cfg.attention == "pallas" and t == 1:
-    # Split-KV kernel over the whole cache with its valid length: deterministic, no slice.
-    out = decode_attention.decode_attention(q[:, 0], keys, values, kv_len)
+    # Split-KV kernel over the cache's first attn_len positions (the bucket) with its valid
+    # length: deterministic, no slice; its grid follows the bucket, not the capacity.
+    out = decode_attention.decode_attention(q[:, 0], keys, values, kv_len,
+                                            attn_len=mask.shape[-1])
     return out.reshape(b, t, cfg.n_heads * hd)
   if cfg.attention == "cudnn" and t == 1:
     # One fused kernel instead of ~8 per layer (BENCHMARKS.md section 1). For one query, the
