@@ -253,6 +253,22 @@ def test_sampled_distribution_equals_the_target(vocab16, exact, filt, gamma, rul
     assert drafted >= N_SEEDS and 0 < accepted < drafted  # it drafted, and rejections happened
 
 
+@pytest.mark.parametrize("threshold", [1.0, 0.5])
+def test_confidence_exit_keeps_sampling_exact(vocab16, exact, threshold):
+  """The token that ends a draft on low confidence is proposed with its q and verified; the
+  output distribution is still the target's. At threshold 1.0 every round drafts exactly one
+  such token (nothing reaches the verifier if the exit drops it)."""
+  _, model = vocab16
+  config = ks.SamplingConfig(0.8, 8, 0.9)
+  tokens, (accepted, drafted) = sample_first_tokens(model, config, skip=DRAFT, gamma=3,
+                                                    threshold=threshold)
+  pvalue = chi_square_pvalue(tokens, exact(0.8, 8, 0.9))
+  print(f"\n[sampling] threshold {threshold}: chi-square p = {pvalue:.3g}, "
+        f"accepted {accepted}/{drafted}")
+  assert pvalue > ALPHA
+  assert drafted >= N_SEEDS and 0 < accepted < drafted
+
+
 def test_broken_rule_is_detected(vocab16, exact, monkeypatch):
   """Accepting every draft emits the draft's distribution: the same test must reject it."""
   def always_accept(p, q, drafts, n_drafts, u):
