@@ -1,14 +1,25 @@
 """Shared fixtures: the real SmolLM2 model (JAX and transformers, loaded once per session), tiny
 random transformers models of each supported architecture saved as HF directories, Spec-Bench
-prompts, and an XLA compile counter that does not rely on the project's own bookkeeping."""
+prompts, and an XLA compile counter that does not rely on the project's own bookkeeping.
+
+The session runs with a cache directory of its own ($KNAPSPEC_CACHE: converted params, latency
+profiles, XLA's on-disk programs), inherited by the subprocesses and notebook kernels the tests
+start, and checks at its end that the user's cache (~/.cache/knapspec_jax) was left as it was.
+After each test module, the programs compiled for the shared models and JAX's own caches are
+dropped, so memory does not grow with the number of modules (release_compiled_programs).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import json
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import threading
 import warnings
 
@@ -20,10 +31,73 @@ if str(REPO) not in sys.path:  # runs from a plain checkout too, without `pip in
   sys.path.insert(0, str(REPO))
 DATA_DIR = REPO.parent / "shared" / "data"
 
+# ------------------------------------------------------------------------------- cache isolation
+
+# Where knapspec_jax writes when $KNAPSPEC_CACHE is unset (checkpoint.cache_dir), and the user's
+# own $KNAPSPEC_CACHE if set: neither may change during the session.
+USER_CACHES = tuple(dict.fromkeys(
+    [pathlib.Path.home() / ".cache" / "knapspec_jax"]
+    + ([pathlib.Path(os.environ["KNAPSPEC_CACHE"])] if os.environ.get("KNAPSPEC_CACHE") else [])))
+SESSION_CACHE = pathlib.Path(tempfile.mkdtemp(prefix="knapspec_test_cache_"))
+os.environ["KNAPSPEC_CACHE"] = str(SESSION_CACHE)  # set before anything reads it
+
+
+def tree_snapshot(root: pathlib.Path) -> dict[str, tuple[int, int]] | None:
+  """{relative path: (size, mtime_ns)} of every file and folder under root; None: no root."""
+  if not root.exists():
+    return None
+  snap = {".": (0, root.stat().st_mtime_ns)}
+  for path in root.rglob("*"):
+    try:
+      st = path.lstat()
+    except OSError:  # removed while listing
+      continue
+    snap[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+  return snap
+
+
+def snapshot_changes(before, after) -> list[str]:
+  """What differs between two tree_snapshot()s, one line per path."""
+  if before == after:
+    return []
+  if before is None:
+    return ["created"] + sorted(k for k in after if k != ".")[:20]
+  if after is None:
+    return ["removed"]
+  lines = [f"new {k}" for k in sorted(set(after) - set(before))]
+  lines += [f"removed {k}" for k in sorted(set(before) - set(after))]
+  lines += [f"changed {k}" for k in sorted(set(before) & set(after)) if before[k] != after[k]]
+  return lines[:20]
+
+
+_USER_CACHE_BEFORE = {root: tree_snapshot(root) for root in USER_CACHES}
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Fails the session when it wrote into the user's cache; removes the session's own cache."""
+  changes = {root: snapshot_changes(before, tree_snapshot(root))
+             for root, before in _USER_CACHE_BEFORE.items()}
+  changes = {root: lines for root, lines in changes.items() if lines}
+  if changes:
+    report = session.config.pluginmanager.get_plugin("terminalreporter")
+    for root, lines in changes.items():
+      message = (f"the test session changed the user's cache {root} (it must write only to "
+                 f"$KNAPSPEC_CACHE={SESSION_CACHE}): " + "; ".join(lines))
+      if report is not None:
+        report.ensure_newline()
+        report.write_line(message, red=True, bold=True)
+      else:
+        print(message, file=sys.stderr)
+    if session.exitstatus == 0:
+      session.exitstatus = pytest.ExitCode.TESTS_FAILED
+  shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
 import jax  # noqa: E402
 import torch  # noqa: E402
 
 from knapspec_jax import api, checkpoint  # noqa: E402
+from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 
 # Once XLA's CPU thread pool is up, torch's multi-threaded kernels on this 2-core machine ran
 # ~8x slower (64 greedy SmolLM2 tokens: 20 s instead of 3 s); one torch thread avoids it.
@@ -59,6 +133,41 @@ def compile_counter() -> CompileCounter:
   return _COUNTER
 
 
+# ------------------------------------------------------------------------- memory between modules
+
+# Session-scoped models, whose compiled programs would otherwise pile up over the modules: each
+# module compiles its own shapes and skip sets, and an XLA:CPU executable of the 30-layer model
+# holds tens of MB.
+_SHARED_MODELS: list[api.Model] = []
+
+
+def _return_freed_memory_to_the_os():
+  try:  # glibc keeps freed blocks in its arenas; without this, RSS stays at its high-water mark
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc
+    pass
+
+
+@pytest.fixture(autouse=True)
+def return_freed_memory():
+  """After each test: what it freed goes back to the OS, not into the next test's peak."""
+  yield
+  _return_freed_memory_to_the_os()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+  """After each module: drop the shared models' compiled programs and JAX's in-memory caches
+  (jit caches, eager ops). A later module that needs a program compiles it again, or reads it
+  from the session's on-disk XLA cache (compile_cache.persistent_cache_dir)."""
+  yield
+  for model in _SHARED_MODELS:
+    model.compiled = CompileCache()
+  jax.clear_caches()
+  gc.collect()
+  _return_freed_memory_to_the_os()
+
+
 # ---------------------------------------------------------------------------------- SmolLM2
 
 @pytest.fixture(scope="session")
@@ -77,7 +186,9 @@ def smol_path() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def smol_jax(smol_path) -> api.Model:
   # use_cache=False: exercise the GGUF dequantization path itself, not an Orbax copy of it.
-  return api.load_model(str(smol_path), use_cache=False)
+  model = api.load_model(str(smol_path), use_cache=False)
+  _SHARED_MODELS.append(model)
+  return model
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +294,7 @@ def tiny_models(tmp_path_factory) -> dict[str, TinyModel]:
     assert (path / "model.safetensors").is_file()
     models[name] = TinyModel(name, path, hf, api.load_model(str(path), use_cache=False),
                              api.load_model(str(path), use_cache=False, fuse=False))
+    _SHARED_MODELS.extend((models[name].jax, models[name].jax_unfused))
   return models
 
 
