@@ -36,7 +36,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import datasets, latency  # noqa: E402
+from knapspec_jax import api, datasets, latency, metrics  # noqa: E402
 from knapspec_jax.config import ATTENTION_IMPLS  # noqa: E402
 import summarize  # noqa: E402
 
@@ -144,6 +144,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
         f"methods; loaded in {time.perf_counter() - started:.0f} s", flush=True)
   out_dir.mkdir(parents=True, exist_ok=True)
   print(f"writing to {out_dir}", flush=True)
+  read_gbps = latency.device_read_gbps(model.profile)
+  print(f"read bandwidth of {device}: {read_gbps:.1f} GB/s (sum over a large array)", flush=True)
   (out_dir / "config.json").write_text(config.to_json(indent=1) + "\n")
   sink = open(out_dir / "results.jsonl", "w")
   rows = []
@@ -185,6 +187,10 @@ def run(config, overwrite: bool = False) -> list[dict]:
                     identical_to_ar=r.output_ids == ar.output_ids,
                     **(r.to_json() | {"method": method}))
       record.pop("text")
+      # The bytes a full step reads at the run's mean context, per measured time per token.
+      record.update(metrics.bandwidth(
+          metrics.step_bytes(model.params, model.cfg, len(ids) + r.new_tokens // 2,
+                             api.DTYPES[model.dtype]), 1 / r.tokens_per_s, read_gbps))
       rows.append(record)
       sink.write(json.dumps(record) + "\n")
       sink.flush()
@@ -192,7 +198,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
       totals[method][1] += r.decode_s
       s = r.stats
       print(f"[prompt {i + 1}/{len(items)}] {item['id']:<18} {len(ids):5d} tok  {method:<9}"
-            f"{r.tokens_per_s:7.1f} tok/s {record['speedup']:5.2f}x AR  "
+            f"{r.tokens_per_s:7.1f} tok/s {1e3 / r.tokens_per_s:6.2f} ms/tok "
+            f"{metrics.format_bandwidth(record)}  {record['speedup']:5.2f}x AR  "
             f"acc {s.get('acceptance_rate') or 0:.2f}  search {s.get('search_s', 0):.2f}s  "
             f"{'same as AR' if record['identical_to_ar'] else 'DIFFERENT'}  | so far "
             f"{totals[method][0] / totals[method][1]:.1f} tok/s, "

@@ -11,7 +11,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import api, latency  # noqa: E402
+from knapspec_jax import api, latency, metrics  # noqa: E402
 
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "float32 or bfloat16")
 _ATTENTION = flags.DEFINE_string("attention", None, "One-query attention kernel (load_model's "
@@ -28,6 +28,12 @@ def main(argv):
                       attn_lens=tuple(map(int, _LENS.value)), windows=(1, 2, 4, 8, 11),
                       steps=_STEPS.value, repeats=3, compiled=m.compiled)
   print("saved", p.save(_OUT.value), p.errors(), "segment compile", p.segment_compile_s)
+  for n_attn, n_mlp, attn_len, seconds in p.step_samples:
+    if n_attn == n_mlp == m.cfg.n_layers:  # the full model: what a step reads at this context
+      bw = metrics.bandwidth(metrics.step_bytes(m.params, m.cfg, attn_len - 1,
+                                                api.DTYPES[_DTYPE.value]), seconds, p.read_gbps)
+      print(f"full step at {attn_len:5d}: {seconds * 1e3:.3f} ms/token {1 / seconds:.1f} "
+            f"tok/s {metrics.format_bandwidth(bw)}")
 
 
 if __name__ == "__main__":

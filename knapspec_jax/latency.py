@@ -8,7 +8,9 @@ then fitted to
   t_verify(T, n)           = t_step(L, L, n) + (T - 1) * (v0 + v1 * n)     (T-token full forward)
 
 where n is the attention length the step runs at (its bucket: attention cost follows the
-bucket, not the exact context). The fit, the raw samples and its error are stored as JSON.
+bucket, not the exact context). The fit, the raw samples and its error are stored as JSON, with
+the device's read bandwidth (read_bandwidth: a sum over a large array), the yardstick for how
+close a step runs to the memory-bound floor (metrics.bandwidth).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class LatencyProfile:
   step_samples: tuple = ()  # (n_attn, n_mlp, attn_len, seconds)
   verify_samples: tuple = ()  # (T, attn_len, seconds)
   search_samples: tuple = ()  # (attn_len, seconds)
+  read_gbps: float | None = None  # the device's read bandwidth, GB/s (None: not measured)
 
   def t_attn(self, n: int) -> float:
     """Seconds of one attention sublayer for one token at attention length n (positions)."""
@@ -135,6 +138,37 @@ class LatencyProfile:
     raw["verify_samples"] = tuple(tuple(s) for s in raw.get("verify_samples", ()))
     raw["search_samples"] = tuple(tuple(s) for s in raw.get("search_samples", ()))
     return cls(**raw)
+
+
+# Bytes summed by read_bandwidth: 8 GiB on a GPU (at most a quarter of its memory), 512 MiB on
+# a CPU. Large enough that the launch is noise; a GPU's caches hold a few hundred MiB at most.
+BANDWIDTH_BYTES = {"gpu": 8 << 30, "cpu": 512 << 20}
+_bandwidth_measured: dict[str, float] = {}
+
+
+def read_bandwidth(n_bytes: int | None = None, repeats: int = 5) -> float:
+  """The device's read bandwidth in GB/s (1e9 bytes): n_bytes of float32 summed by one
+  compiled reduction, median of `repeats` timed runs after a warm-up. With the default size it
+  is measured once per process and device."""
+  dev = jax.devices()[0]
+  if n_bytes is None:
+    if device_name() not in _bandwidth_measured:
+      n_bytes = BANDWIDTH_BYTES.get(dev.platform, BANDWIDTH_BYTES["gpu"])
+      limit = (dev.memory_stats() or {}).get("bytes_limit") if dev.platform != "cpu" else None
+      n_bytes = min(n_bytes, limit // 4) if limit else n_bytes
+      _bandwidth_measured[device_name()] = read_bandwidth(n_bytes, repeats)
+    return _bandwidth_measured[device_name()]
+  data = jnp.ones((n_bytes // 4,), jnp.float32)
+  total = jax.jit(jnp.sum).lower(data).compile()
+  jax.block_until_ready(total(data))
+  return n_bytes / 1e9 / _time(total, lambda: (data,), repeats)
+
+
+def device_read_gbps(profile: "LatencyProfile | None" = None) -> float:
+  """The read bandwidth stored with the profile, else measured here (once per process)."""
+  if profile is not None and profile.read_gbps and profile.device == device_name():
+    return profile.read_gbps
+  return read_bandwidth()
 
 
 def _random_cache(cfg: ModelConfig, dtype, length: int, key) -> KVCache:
@@ -228,8 +262,11 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
     log(f"  search attn_len={attn_len:5d} R={n_ref}: {seconds*1e3:8.1f} ms")
   # A speculation segment holds a draft loop and a verify forward: about two decode loops.
   segment_compile = 2 * float(np.median(compile_times)) if compile_times else 0.0
-  return fit(step_samples, verify_samples, device_name(), model_name, str(jnp.dtype(dtype)),
-             cfg.n_layers, search_samples, segment_compile)
+  profile = fit(step_samples, verify_samples, device_name(), model_name,
+                str(jnp.dtype(dtype)), cfg.n_layers, search_samples, segment_compile)
+  gbps = read_bandwidth()
+  log(f"  read bandwidth: {gbps:.1f} GB/s")
+  return dataclasses.replace(profile, read_gbps=gbps)
 
 
 def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, search_samples=(),

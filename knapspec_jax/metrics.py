@@ -1,11 +1,15 @@
 """Run statistics: what a generation did, window by window, and how well the latency profile
-predicted it (acceptance, tokens per verify step, time split, decisions, prediction error)."""
+predicted it (acceptance, tokens per verify step, time split, decisions, prediction error), and
+how close a decode runs to the device's read bandwidth (step_bytes, bandwidth)."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from knapspec_jax import model as model_lib
+from knapspec_jax.config import ModelConfig
 from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.selection import Decision
 
@@ -42,3 +46,32 @@ def summarize(windows: list[dict], counters, search_s: float) -> dict:
           "best_tpt", "reason")}, measured_tokens_per_s=w["measured_tokens_per_s"])
                  for w in windows],
       window_log=windows)
+
+
+def step_bytes(params, cfg: ModelConfig, context: int, kv_dtype) -> int:
+  """Bytes one full-model decode step reads at `context` cached positions: every weight once
+  (the embedding table is read whole only as a tied LM head; untied, a step reads one row) and
+  the keys and values of every layer up to the context."""
+  weights = model_lib.param_bytes(params)
+  if not cfg.tie_embeddings:
+    weights -= model_lib.param_bytes(params["embed"])
+  kv = 2 * cfg.n_layers * context * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(kv_dtype).itemsize
+  return weights + kv
+
+
+def bandwidth(bytes_per_step: int, seconds_per_token: float, read_gbps: float | None) -> dict:
+  """How close a decode runs to the memory-bound floor: the bytes a full step reads, those bytes
+  per second of the measured time per token (GB/s, 1e9 bytes) and that over the device's
+  measured read bandwidth. For a speculative method the time per token is per output token, so
+  the fraction is AR-equivalent and may exceed 1 when drafting pays."""
+  gbps = bytes_per_step / seconds_per_token / 1e9
+  return dict(step_gb=bytes_per_step / 1e9, gb_per_s=gbps, read_gbps=read_gbps,
+              bandwidth_fraction=gbps / read_gbps if read_gbps else None)
+
+
+def format_bandwidth(b: dict) -> str:
+  """'3.12 GB/step 1450 GB/s 36% of 4012' (the last part only when the bandwidth is known)."""
+  out = f"{b['step_gb']:.3g} GB/step {b['gb_per_s']:6.1f} GB/s"
+  if b["bandwidth_fraction"] is not None:
+    out += f" {100 * b['bandwidth_fraction']:3.0f}% of {b['read_gbps']:.0f}"
+  return out

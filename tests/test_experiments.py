@@ -31,6 +31,7 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
                "--config.max_new_tokens=6"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "[prompt 1/1]" in proc.stdout and "tok/s" in proc.stdout  # progress lines
+  assert "GB/s" in proc.stdout and "ms/tok" in proc.stdout
 
   rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   assert [r["method"] for r in rows] == ["ar", "knapspec", "fixed"]
@@ -47,6 +48,10 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert r["paired_speedup"] == pytest.approx(statistics.median(  # run order, repeat by repeat
         x / a for x, a in zip(r["tokens_per_s_runs"], rows[0]["tokens_per_s_runs"])))
     assert "decisions" in r["stats"] or r["method"] == "ar"
+    # bandwidth: a SmolLM2 step reads its 135M f32 weights (more than 0.5 GB) and the cache
+    assert r["step_gb"] > 0.5 and r["read_gbps"] > 0
+    assert r["gb_per_s"] == pytest.approx(r["step_gb"] * r["tokens_per_s"])
+    assert r["bandwidth_fraction"] == pytest.approx(r["gb_per_s"] / r["read_gbps"])
   assert question[:60] in smol_jax.tokenizer.decode(rows[0]["prompt_ids"])  # Spec-Bench writing
 
   table = (out / "table.md").read_text()
