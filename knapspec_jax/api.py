@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -20,11 +21,22 @@ from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
-from knapspec_jax.config import ModelConfig
+from knapspec_jax.config import ATTENTION_IMPLS, ModelConfig, UnsupportedModelError
 from knapspec_jax.kv_cache import SLACK, KVCache
-from knapspec_jax.sampling import SamplingConfig
+from knapspec_jax.sampling import SamplingConfig, SamplingError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# With EOS possible, the warm-up compiles the attention buckets of the first WARMUP_HORIZON new
+# tokens only: a generation that goes on compiles the next bucket when it reaches it (counted in
+# stats["compile_in_decode_s"]), and a huge max_new_tokens on a short answer compiles nothing it
+# never uses. Without EOS (ignore_eos) every bucket up to max_new_tokens is certain: all are
+# compiled first.
+WARMUP_HORIZON = 1024
+
+
+class MethodError(ValueError):
+  """A method or method option out of range (unknown method, gamma, threshold, interval, skip
+  set...)."""
 
 
 @dataclasses.dataclass
@@ -92,13 +104,21 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
   """
-  if dtype not in DTYPES:
-    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  if path is not None and not isinstance(path, (str, os.PathLike)):
+    raise checkpoint_lib.CheckpointError(
+        f"path must be a .gguf file or HF directory (a str or os.PathLike) or None, got "
+        f"{type(path).__name__} {path!r}")
+  if not isinstance(dtype, str) or dtype not in DTYPES:
+    raise UnsupportedModelError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  if attention is not None and (not isinstance(attention, str)
+                                or attention not in ATTENTION_IMPLS):
+    raise UnsupportedModelError(f"attention must be one of {ATTENTION_IMPLS} or None, got "
+                                f"{attention!r}")
   on_gpu = jax.default_backend() == "gpu"
   attention = attention or default_attention(dtype)
   if attention == "cudnn" and not (on_gpu and dtype == "bfloat16"):
-    raise ValueError(f"attention='cudnn' needs a GPU and dtype='bfloat16' (backend "
-                     f"{jax.default_backend()}, dtype {dtype}): use attention='xla'")
+    raise UnsupportedModelError(f"attention='cudnn' needs a GPU and dtype='bfloat16' (backend "
+                                f"{jax.default_backend()}, dtype {dtype}): use attention='xla'")
   ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache)
   params = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), ckpt.params)
   if fuse:
@@ -109,12 +129,20 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
 
 def encode_prompt(model: Model, prompt: str, raw: bool = False) -> np.ndarray:
   """Token ids, int32 [T], of a user message wrapped in the model's chat template (raw: of the
-  text as it is). Raises PromptError for an empty prompt or a model without a tokenizer."""
+  text as it is). Raises PromptError for a prompt that is not text, is empty or is not valid
+  Unicode (a lone surrogate), or a model without a tokenizer."""
+  if not isinstance(prompt, str):
+    raise decoding.PromptError(f"the prompt must be text (a str), got {type(prompt).__name__}")
   if model.tokenizer is None:
     raise decoding.PromptError(f"{model.source} has no tokenizer: pass token ids instead of "
                                "text (a sequence of ints or an int array [T])")
   if not prompt:
     raise decoding.PromptError("the prompt is empty")
+  try:
+    prompt.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise decoding.PromptError(f"the prompt is not valid Unicode text: {e.reason} at character "
+                               f"{e.start} ({prompt[e.start:e.end]!r})") from None
   if raw:
     ids = model.tokenizer.encode(prompt)
   else:
@@ -182,10 +210,10 @@ def _check_ar_options(options: dict) -> int:
   """AR's one option, width (decoding._ar_segment): 1, or a verify's width in 2..SLACK."""
   unknown = sorted(set(options) - {"width"})
   if unknown:
-    raise TypeError(f"method 'ar' takes no options but width, got {unknown}")
+    raise MethodError(f"method 'ar' takes no options but width, got {unknown}")
   width = options.get("width", 1)
-  if not isinstance(width, int) or not 1 <= width <= SLACK:
-    raise ValueError(f"AR width must be an integer in 1..{SLACK}, got {width!r}")
+  if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= SLACK:
+    raise MethodError(f"AR width must be an integer in 1..{SLACK}, got {width!r}")
   return width
 
 
@@ -226,6 +254,27 @@ def warmup_prefill(model: Model, n_prompt: int):
                      donate_argnums=(2,))
 
 
+def prompt_ids(model: Model, prompt: Sequence[int] | np.ndarray) -> np.ndarray:
+  """Token ids, int32 [T], from a sequence of ints or an integer array, each in
+  [0, vocab_size); PromptError for anything else (None, strings, floats, nested sequences)."""
+  if prompt is None:
+    raise decoding.PromptError("the prompt is None: give text or token ids")
+  try:
+    ids = np.asarray(prompt)
+  except (ValueError, TypeError) as e:
+    raise decoding.PromptError(f"prompt ids must be one sequence of integers: {e}") from None
+  if ids.ndim != 1:
+    raise decoding.PromptError(f"prompt ids must be one sequence, got shape {ids.shape}")
+  if ids.size == 0:
+    return np.zeros(0, np.int32)
+  if ids.dtype.kind not in "iu":
+    raise decoding.PromptError(f"prompt ids must be integers, got {ids.dtype} values such as "
+                               f"{ids[0]!r}")
+  if ids.min() < 0 or ids.max() >= model.cfg.vocab_size:
+    raise decoding.PromptError(f"prompt ids must lie in [0, {model.cfg.vocab_size})")
+  return ids.astype(np.int32)
+
+
 def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tokens: int = 128,
              method: str = "ar", *, raw: bool = False, ignore_eos: bool = False,
              warmup: bool = True, sampling: SamplingConfig | None = None,
@@ -235,27 +284,29 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
   prompt: text (wrapped in the chat template unless raw) or token ids.
   sampling: None decodes greedily (lossless: every method gives AR's tokens); a SamplingConfig
     samples (speculative methods then keep the sampled distribution, sampling.py).
-  warmup: compile what the run needs first and report it as compile_s, outside the timings.
+  warmup: compile what the run needs first and report it as compile_s, outside the timings
+    (with EOS possible, the buckets of the first WARMUP_HORIZON new tokens).
   options: the method's own settings (see each method's config).
+
+  Every argument is checked before any work: PromptError (prompt, max_new_tokens), MethodError
+  (method, options), SamplingError (sampling), SkipMaskError (a skip set).
   """
-  if method not in _METHODS:
-    raise ValueError(f"unknown method {method!r}; available: {methods()}")
+  if not isinstance(method, str) or method not in _METHODS:
+    raise MethodError(f"unknown method {method!r}; available: {methods()}")
   if sampling is not None and not isinstance(sampling, SamplingConfig):
-    raise TypeError(f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}")
+    raise SamplingError(f"sampling must be a SamplingConfig or None, got "
+                        f"{type(sampling).__name__}")
   f = sampling.filter if sampling else None
   decode_fn, warmup_fn = _METHODS[method]
-  ids = encode_prompt(model, prompt, raw) if isinstance(prompt, str) else np.asarray(prompt, np.int32)
-  if ids.ndim != 1:
-    raise decoding.PromptError(f"prompt ids must be one sequence, got shape {ids.shape}")
+  ids = encode_prompt(model, prompt, raw) if isinstance(prompt, str) else prompt_ids(model, prompt)
   decoding.validate_request(model.cfg, len(ids), max_new_tokens)
-  if len(ids) and (ids.min() < 0 or ids.max() >= model.cfg.vocab_size):
-    raise decoding.PromptError(f"prompt ids must lie in [0, {model.cfg.vocab_size})")
   eos_ids = () if ignore_eos else model.eos_ids
 
   compile_before = model.compiled.stats.compile_s
-  if warmup:
+  if warmup:  # the method's warm-up first: it checks the method's options before compiling
+    warm_new = min(max_new_tokens, WARMUP_HORIZON) if eos_ids else max_new_tokens
+    warmup_fn(model, len(ids), warm_new, sampling=f, **options)
     warmup_prefill(model, len(ids))
-    warmup_fn(model, len(ids), max_new_tokens, sampling=f, **options)
   compile_s = model.compiled.stats.compile_s - compile_before
 
   start = time.perf_counter()

@@ -158,7 +158,7 @@ def read_bandwidth(n_bytes: int | None = None, repeats: int = 5) -> float:
       n_bytes = min(n_bytes, limit // 4) if limit else n_bytes
       _bandwidth_measured[device_name()] = read_bandwidth(n_bytes, repeats)
     return _bandwidth_measured[device_name()]
-  data = jnp.ones((n_bytes // 4,), jnp.float32)
+  data = jnp.ones((n_bytes // 4096, 1024), jnp.float32)  # 2-D: no 2**31-element axis at 8 GiB
   total = jax.jit(jnp.sum).lower(data).compile()
   jax.block_until_ready(total(data))
   return n_bytes / 1e9 / _time(total, lambda: (data,), repeats)
