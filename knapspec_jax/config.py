@@ -63,7 +63,8 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.attention not in ATTENTION_IMPLS:
-      raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+      raise UnsupportedModelError(f"attention must be one of {ATTENTION_IMPLS}, got "
+                                  f"{self.attention!r}")
     if self.arch not in SUPPORTED_ARCHITECTURES:
       raise UnsupportedModelError(
           f"architecture {self.arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")

@@ -84,6 +84,9 @@ def validate_request(cfg: ModelConfig, n_prompt: int, max_new_tokens: int):
     raise PromptError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
   if max_new_tokens <= 0:
     raise PromptError(f"max_new_tokens must be positive, got {max_new_tokens}")
+  if max_new_tokens >= 2**31:
+    raise PromptError(f"max_new_tokens must be below 2**31 (an int32 on the device), got "
+                      f"{max_new_tokens}")
 
 
 def prefill(params, cfg: ModelConfig, prompt_ids: np.ndarray, cache: KVCache,

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import time
 
+import numpy as np
 
 from knapspec_jax import api, controller, knapsack, latency, selection, speculative
 from knapspec_jax.decoding import attn_bucket
@@ -22,17 +23,40 @@ from knapspec_jax.selection import Candidate, Decision
 from knapspec_jax.skip_mask import SkipMask
 
 
-class MethodError(ValueError):
-  """A method option out of range (gamma, threshold, interval, skip set...)."""
+MethodError = api.MethodError  # raised here for options, by api.generate for unknown methods
 
 
-def _check_common(gamma: int, threshold: float, interval: int):
-  if not 1 <= gamma <= speculative.MAX_GAMMA:
-    raise MethodError(f"gamma must be in 1..{speculative.MAX_GAMMA}, got {gamma}")
-  if not 0.0 < threshold <= 1.0:
-    raise MethodError(f"the confidence threshold must be in (0, 1], got {threshold}")
-  if interval < 1:
-    raise MethodError(f"the re-optimization interval must be >= 1 round, got {interval}")
+def _check_int(name: str, value, low: int, high: int | None = None):
+  """An integer option (not a bool, not a float) in low..high, named as the config's field."""
+  if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+    raise MethodError(f"{name} must be an integer, got {value!r}")
+  if value < low or (high is not None and value > high):
+    bound = f"in {low}..{high}" if high is not None else f">= {low}"
+    raise MethodError(f"{name} must be {bound}, got {value}")
+
+
+def _check_real(name: str, value, low: float, high: float, low_open: bool, high_open: bool):
+  """A number option in the interval low..high, open or closed at either end."""
+  if (not isinstance(value, (int, float, np.integer, np.floating))
+      or isinstance(value, (bool, np.bool_))):
+    raise MethodError(f"{name} must be a number, got {value!r}")
+  ok = ((value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high))
+  if not ok:  # nan fails every comparison
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    raise MethodError(f"{name} must be in {interval}, got {value}")
+
+
+def _check_bool(name: str, value, none_ok: bool = False):
+  if not (isinstance(value, bool) or (none_ok and value is None)):
+    raise MethodError(f"{name} must be True or False{' or None' if none_ok else ''}, "
+                      f"got {value!r}")
+
+
+def _check_common(gamma: int, threshold: float, interval: int, gamma_name: str = "gamma"):
+  _check_int(gamma_name, gamma, 1, speculative.MAX_GAMMA)
+  _check_real("threshold", threshold, 0.0, 1.0, low_open=True, high_open=False)
+  _check_int("interval", interval, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +103,18 @@ class KnapSpecConfig:
   charge_compile: bool = True
 
   def __post_init__(self):
-    _check_common(self.gamma_max, self.threshold, self.interval)
-    if self.n_ref < 1:
-      raise MethodError(f"n_ref must be >= 1, got {self.n_ref}")
-    if not 0.0 < self.tau < 1.0:
-      raise MethodError(f"tau must be in (0, 1), got {self.tau}")
+    _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
+    _check_int("n_ref", self.n_ref, 1)
+    _check_real("tau", self.tau, 0.0, 1.0, low_open=True, high_open=True)
+    _check_int("max_weight", self.max_weight, 1)
+    _check_real("margin", self.margin, -1.0, math.inf, low_open=True, high_open=True)
+    _check_real("search_budget", self.search_budget, 0.0, math.inf, low_open=False,
+                high_open=True)
+    for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile"):
+      _check_bool(name, getattr(self, name))
+    _check_bool("background_compile", self.background_compile, none_ok=True)
+    if self.search_chunk is not None:
+      _check_int("search_chunk", self.search_chunk, 1)
 
 
 class KnapSpecPolicy:
@@ -227,7 +258,9 @@ class DelConfig:
   min_exit: int = 2
 
   def __post_init__(self):
-    _check_common(self.gamma_max, self.threshold, self.interval)
+    _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
+    _check_int("n_ref", self.n_ref, 1)
+    _check_int("min_exit", self.min_exit, 1)
 
 
 class DelPolicy:
@@ -284,6 +317,8 @@ class ClaspConfig:
 
   def __post_init__(self):
     _check_common(self.gamma, self.threshold, self.interval)
+    _check_int("n_skip", self.n_skip, 1)
+    _check_int("n_ref", self.n_ref, 1)
 
 
 class ClaspPolicy:
@@ -334,10 +369,13 @@ def _check_width(width, config):
   """width (bf16 agreement with AR at the same width, controller.run) must hold every verify."""
   if width is None:
     return
-  longest = getattr(config, "gamma", None) or getattr(config, "gamma_max")
-  if not isinstance(width, int) or not longest + 1 <= width <= SLACK:
+  name = "gamma" if hasattr(config, "gamma") else "gamma_max"
+  longest = getattr(config, name)
+  if (not isinstance(width, int) or isinstance(width, bool)
+      or not longest + 1 <= width <= SLACK):
     raise MethodError(f"width must be an integer in {longest + 1}..{SLACK} "
-                      f"(the longest verify, gamma + 1 = {longest + 1}), got {width!r}")
+                      f"(it must hold the longest verify, {name} + 1 = {longest + 1}), "
+                      f"got {width!r}")
 
 
 def profile_for(model) -> latency.LatencyProfile:
@@ -351,6 +389,10 @@ def _config(name, config_cls, config, options):
   """The method's config: the one given (of the right type, with no loose options), or one
   built from the options."""
   if config is None:
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+      raise MethodError(f"method {name!r} has no options {unknown} (its options: the fields of "
+                        f"{config_cls.__name__})")
     return config_cls(**options)
   if not isinstance(config, config_cls):
     raise MethodError(f"method {name!r} takes config={config_cls.__name__}(...), got a "
@@ -382,6 +424,7 @@ def _make(name):
     # With sampling, the sampling programs compile in the first run (counted in
     # compile_in_decode_s); the warm-up compiles the greedy ones.
     config = _config(name, config_cls, config, options)
+    _check_width(width, config)
     policy = policy_cls(model, profile_for(model), config)
     api._ar_warmup(model, n_prompt, max_new_tokens)
     if hasattr(policy, "warmup"):

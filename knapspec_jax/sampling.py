@@ -24,14 +24,27 @@ functions of (p, q, drafts, uniforms) that tests can run on numpy inputs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class SamplingError(ValueError):
   """A sampling setting out of range (temperature, top_k, top_p, rule)."""
+
+
+def _is_int(x) -> bool:
+  """An integer, Python's or numpy's; bools are not."""
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x) -> bool:
+  """A real number, Python's or numpy's; bools and strings are not."""
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
+      x, (bool, np.bool_))
 
 
 class Filter(NamedTuple):
@@ -47,11 +60,12 @@ class Filter(NamedTuple):
 class SamplingConfig:
   """Sample instead of greedy decoding.
 
-  temperature: logits are divided by it (> 0).
-  top_k: keep the k most likely tokens (ties at the k-th value kept); 0 keeps all.
+  temperature: logits are divided by it (> 0, finite; near 0 it tends to greedy, exactly).
+  top_k: keep the k most likely tokens (ties at the k-th value kept); 0 keeps all (an int).
   top_p: keep the smallest set of most likely tokens whose probability reaches top_p (nucleus),
     always at least one; 1.0 keeps all.
-  seed: the PRNG seed of the run (an array in the decode state: new seeds compile nothing).
+  seed: the PRNG seed of the run, 0..2**32 - 1 (jax keeps 32 bits of it without x64); an
+    array in the decode state: new seeds compile nothing.
   rule: how a speculative round verifies drafts: "speculative" (min(1, p/q) and residual
     resampling) or "exact_match" (the official code's: a target sample must equal the draft).
   """
@@ -63,14 +77,16 @@ class SamplingConfig:
   rule: str = "speculative"
 
   def __post_init__(self):
-    if not self.temperature > 0.0:
-      raise SamplingError(f"temperature must be > 0 (use sampling=None for greedy), "
-                          f"got {self.temperature}")
-    if not isinstance(self.top_k, int) or self.top_k < 0:
+    if not _is_real(self.temperature) or not 0.0 < self.temperature < math.inf:
+      raise SamplingError(f"temperature must be a finite number > 0 (use sampling=None for "
+                          f"greedy), got {self.temperature!r}")
+    if not _is_int(self.top_k) or self.top_k < 0:
       raise SamplingError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
-    if self.rule not in RULES:
+    if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+      raise SamplingError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+    if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+      raise SamplingError(f"seed must be an integer in 0..2**32 - 1, got {self.seed!r}")
+    if not isinstance(self.rule, str) or self.rule not in RULES:
       raise SamplingError(f"unknown acceptance rule {self.rule!r}; known: {sorted(RULES)}")
 
   @property
@@ -83,8 +99,14 @@ class SamplingConfig:
 
 def probs(logits, f: Filter):
   """Filtered probabilities [..., V] (float32) of logits [..., V]: temperature, then top-k,
-  then top-p, as transformers' and the official code's warpers apply them."""
-  logits = logits.astype(jnp.float32) / f.temperature
+  then top-p, as transformers' and the official code's warpers apply them.
+
+  The logits are shifted by their maximum before the division, and the maxima set to 0 apart:
+  a temperature however small (1e-38, or one that float32 flushes to zero) then gives the limit,
+  all mass on the most likely tokens, instead of inf - inf = nan."""
+  logits = logits.astype(jnp.float32)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  logits = jnp.where(logits == top, 0.0, (logits - top) / f.temperature)
   v = logits.shape[-1]
   if 0 < f.top_k < v:
     kth = jax.lax.top_k(logits, f.top_k)[0][..., -1:]

@@ -178,5 +178,5 @@ def test_other_bad_requests(tiny_models):
     api.generate(tiny, [1, 2], 4, method="nope")
   with pytest.raises(ValueError, match=r"has no tokenizer: pass token ids"):
     api.generate(tiny, "hello", 4)
-  with pytest.raises(TypeError, match=r"method 'ar' takes no options"):
+  with pytest.raises(api.MethodError, match=r"method 'ar' takes no options"):
     api.generate(tiny, [1, 2], 4, gamma=3)

@@ -315,7 +315,7 @@ def test_skip_mask_rules():
     (lambda: ks.FixedConfig(gamma=-1), "gamma must be in"),
     (lambda: ks.FixedConfig(threshold=float("nan")), "threshold must be in"),
     (lambda: ks.FixedConfig(threshold=-0.1), "threshold must be in"),
-    (lambda: ks.KnapSpecConfig(gamma_max=0), "gamma must be in"),
+    (lambda: ks.KnapSpecConfig(gamma_max=0), "gamma_max must be in"),
     (lambda: ks.KnapSpecConfig(n_ref=0), "n_ref must be"),
     (lambda: ks.ClaspConfig(interval=0), "interval must be"),
 ])

@@ -299,5 +299,5 @@ def test_generate_with_sampling(vocab16):
     again = ks.generate(model, PROMPT, 20, ignore_eos=True, sampling=s)
     assert again.output_ids == ar.output_ids
   assert runs[0][0] != runs[1][0] and runs[0][1] != runs[1][1]
-  with pytest.raises(TypeError, match="SamplingConfig"):
+  with pytest.raises(ks.SamplingError, match="SamplingConfig"):
     ks.generate(model, PROMPT, 4, sampling={"temperature": 1.0})
