@@ -8,6 +8,14 @@ import re
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+def readme_command(marker: str) -> str:
+  """The command on the line after `<!-- marker -->` in README.md, without its backquotes (as
+  .ci/run reads the test command)."""
+  lines = README.read_text().splitlines()
+  assert f"<!-- {marker} -->" in lines, f"README.md has no <!-- {marker} --> line"
+  return lines[lines.index(f"<!-- {marker} -->") + 1].strip().strip("`")
+
+
 def api_example() -> str:
   """The first python code block of the README's "## The API" section."""
   text = README.read_text()
