@@ -16,8 +16,8 @@ last positions (bucket - max T): within a bucket, the costliest steps. Each line
 ms/token, tokens/s, the bytes a step reads (weights and the KV cache up to the context), GB/s,
 the fraction of the device's read bandwidth (latency.read_bandwidth) and the kernels per step
 (kernel-launching instructions of the compiled loop's body). Records go to
-$OUT/decode_kernels.json (or --output). Run it twice: the second process reads every program from the persistent compilation cache
-(compile_cache.py); its compile_s shows it.
+$OUT/decode_kernels.json (or --output). Run it twice: the second process reads every program
+from the persistent compilation cache (compile_cache.py); its compile_s shows it.
 
 No Mosaic GPU variant yet: lowering this kernel's body with Mosaic GPU's CompilerParams (checked
 on a CPU host through jax.export for CUDA, jax 0.10.2) stops at 4-byte blocks (kv_len; copies
