@@ -55,6 +55,8 @@ class Model:
     stored one for this device, model and dtype (latency.stored), else a full measurement
     (minutes on a CPU). Assign one to decide with other costs (latency.measure, .scaled).
   search_times: seconds of the last knapsack search at each attention bucket.
+  search_gains: at each attention bucket, the fraction of decode time the last search's best
+    draft was predicted to save (0 when no draft beat AR); KnapSpec budgets searches with it.
   """
 
   cfg: ModelConfig
@@ -66,6 +68,7 @@ class Model:
   compiled: CompileCache = dataclasses.field(default_factory=CompileCache)
   profile: Any = None  # the LatencyProfile, loaded or measured on first speculative use
   search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
+  search_gains: dict = dataclasses.field(default_factory=dict)  # attn bucket -> predicted saving
 
   @property
   def name(self) -> str:

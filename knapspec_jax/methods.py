@@ -14,6 +14,9 @@ import dataclasses
 import math
 import time
 
+import jax
+import jax.numpy as jnp
+
 import numpy as np
 
 from knapspec_jax import api, controller, knapsack, latency, selection, speculative
@@ -70,9 +73,26 @@ class KnapSpecConfig:
   threshold: draft stops when its top-1 probability falls below this (official: 0.7).
   tau: DP states whose mean cosine to the full model falls below this are pruned (0.5).
   max_weight: cap on an item's integer latency weight (official: 5).
-  margin: a draft must beat AR's predicted tokens/s by this fraction to be used.
-  search_budget: the searches of a run may take at most this fraction of the decode time AR
-    would need for the remaining tokens; after a decline the next search waits accordingly.
+  margin: a draft must beat AR's predicted tokens/s by this fraction to be used. Kept at 3%:
+    the profile's step and verify fits err by a median 4-8% (SmolLM2: CPU 6.1% / 5.2%, H200
+    4.3% / 8.3%, profiles/*.json fit_errors), so a thinner margin would draft on noise.
+  search_budget: a search is always allowed when it costs at most this fraction of the decode
+    time AR would need for the remaining tokens (the cheap case; 2% keeps a declining run
+    within 0.97x AR). Alone it was too strict where searches are dear against a short
+    generation: Qwen2.5-Coder-1.5B on the H200 pays 27-92 ms a search against 2.1-2.4 ms per AR
+    token, 5-15% of a 256-token generation, so it never searched (../shared/MEASURED.md). Hence
+    the two rules below, which budget a search against what it can win.
+  gain_share: where a search already ran at this attention bucket (this process, this model),
+    a new one is allowed when it costs at most this share of the savings that search predicted
+    for the remaining tokens: gain_share * (1 - ar_tpt / best_tpt) * AR time left. A search
+    whose best draft lost to AR records no savings, so on SmolLM2, where no draft ever paid
+    (CPU and GPU, README), the next searches there fall back to search_budget.
+  explore_budget: at a bucket where no search ran yet, the generation's first search is allowed
+    up to this fraction of the AR time left (once per generation; the outcome is recorded for
+    gain_share). This is the price of finding out: at most 5% of one generation per new bucket.
+    On SmolLM2 on this 2-vCPU CPU a search costs 0.73 s at 256 positions against 16.8 ms per AR
+    token (its profile), so it explores only in generations of >= 870 tokens; the CPU configs
+    (96-128 tokens) never do. A benchmark's untimed warm-up run of each prompt pays it.
   decoupled: attention and MLP are separate items (False: whole layers, each one item of weight
     w_attn + w_mlp in the same DP, as CLaSp's items; an ablation).
   latency_weights: item weights from the latency profile (False: uniform weights, i.e. DEL's
@@ -82,7 +102,16 @@ class KnapSpecConfig:
     plainly (default off: see controller.background_compile_default). When compiling blocks,
     the selection charges its cost against the predicted gain.
   charge_compile: False ignores compile cost in the selection (an experiment's setting, to
-    measure what the predicted drafts deliver; the compiles then count in decode time).
+    measure what the predicted drafts deliver; the compiles then count in decode time). Only
+    a (skip set, draft length) whose segment program is not in the model's compile cache is
+    charged: one compiled by an earlier generation or a warm-up run costs nothing to use again
+    (the check was per generation before, so every generation paid the full charge again).
+  compile_horizon: tokens whose predicted savings must repay a new skip set's compile (the
+    profile's segment_compile_s: 4.0 s on the H200, 2.1 s on the CPU). 0: this generation's
+    next min(remaining, 4 * interval) tokens; at 2.1-2.4 ms per Qwen-1.5B token on the H200
+    those 256 tokens save at most about 0.3 s, so no set was ever compiled. A process that
+    reuses its programs across generations (a server, a benchmark with warm-up runs) may set
+    the tokens it expects to decode with them, e.g. 100_000.
   search_chunk: budget states per batched sublayer call in the search (default:
     knapsack.default_chunk).
   """
@@ -95,12 +124,15 @@ class KnapSpecConfig:
   max_weight: int = knapsack.DEFAULT_MAX_WEIGHT
   margin: float = 0.03
   search_budget: float = 0.02
+  gain_share: float = 0.5
+  explore_budget: float = 0.05
   decoupled: bool = True
   latency_weights: bool = True
   protect_ends: bool = True
   background_compile: bool | None = None
   search_chunk: int | None = None
   charge_compile: bool = True
+  compile_horizon: int = 0
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -125,6 +157,7 @@ class KnapSpecPolicy:
     self.interval, self.threshold = config.interval, config.threshold
     self.ar_window = config.interval
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
+    self.explored = False  # this generation ran its one search at a bucket with no record
     self.background = (controller.background_compile_default()
                        if config.background_compile is None else config.background_compile)
 
@@ -134,11 +167,34 @@ class KnapSpecPolicy:
     measured = self.model.search_times.get(attn_len)
     return measured if measured is not None else self.profile.search_s(attn_len)
 
+  def search_share(self, n: int, capacity: int) -> tuple[float, str]:
+    """The fraction of the AR time ahead that a search at context n may cost, and the rule that
+    grants it (KnapSpecConfig: search_budget, gain_share, explore_budget)."""
+    c = self.config
+    gain = self.model.search_gains.get(attn_bucket(n, capacity))
+    if gain is not None:
+      return max(c.search_budget, c.gain_share * gain), (
+          f"{c.search_budget:.0%} of the AR time, or {c.gain_share:.0%} of the {gain:.0%} "
+          f"saving the last search here predicted")
+    if self.explored:
+      return c.search_budget, f"{c.search_budget:.0%} of the AR time (explored already)"
+    return max(c.search_budget, c.explore_budget), (
+        f"the {max(c.search_budget, c.explore_budget):.0%} budget of a first search here")
+
   def would_search(self, n: int, remaining: int, capacity: int) -> bool:
-    """A search is worth its cost only within `search_budget` of the AR time still ahead."""
+    """A search is worth its cost within search_share of the AR time still ahead."""
     t_ar = self.profile.t_step(None, attn_bucket(n + self.config.gamma_max + 1, capacity))
     cost = self.search_cost(attn_bucket(n, capacity))
-    return cost <= self.config.search_budget * remaining * t_ar
+    return cost <= self.search_share(n, capacity)[0] * remaining * t_ar
+
+  def segment_compiled(self, state, skip: SkipMask, gamma: int, n: int) -> bool:
+    """Whether the (greedy) segment program of (skip, gamma) at context n is compiled already
+    in this model's compile cache (by an earlier generation or a warm-up)."""
+    cfg, capacity = self.model.cfg, state.cache.capacity
+    args = (self.model.params, state, jax.eval_shape(speculative.SpecCounters.zeros),
+            jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
+    static = speculative.segment_static(cfg, skip, gamma, attn_bucket(n + gamma + 1, capacity))
+    return self.model.compiled.contains("spec_segment", args, static)
 
   def search_static(self, attn_len: int) -> dict:
     chunk = self.config.search_chunk or knapsack.default_chunk(self.model.cfg.n_layers,
@@ -173,12 +229,12 @@ class KnapSpecPolicy:
       cost = self.search_cost(attn_bucket(n, capacity))
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"no search: it would cost {cost:.3f} s, over "
-                      f"{self.config.search_budget:.0%} of the AR time of the "
-                      f"{ctx.remaining} tokens left")
+                      f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left")
     if self.config.latency_weights:
       w_attn, w_mlp = knapsack.integer_weights(p.t_attn(attn_len), p.m, self.config.max_weight)
     else:
       w_attn = w_mlp = 1
+    self.explored = True
     compile_before = model.compiled.stats.compile_s
     start = time.perf_counter()
     search_len = attn_bucket(n, capacity)
@@ -191,15 +247,21 @@ class KnapSpecPolicy:
              for c in found if c.skip.n_skipped]
     compile_cost = (p.segment_compile_s if self.config.charge_compile and not self.background
                     else 0.0)
+    horizon = self.config.compile_horizon or min(ctx.remaining, 4 * self.interval)
     decision = selection.select(
         cands, p, attn_len, n, self.config.gamma_max, self.config.margin,
-        compile_cost_s=compile_cost, window_tokens=min(ctx.remaining, 4 * self.interval),
-        is_compiled=lambda skip, gamma: (skip, gamma) in self.used)
+        compile_cost_s=compile_cost, window_tokens=horizon,
+        is_compiled=lambda skip, gamma: ((skip, gamma) in self.used
+                                         or self.segment_compiled(state, skip, gamma, n)))
+    # What this search predicts a draft saves here: the budget of the next searches here.
+    model.search_gains[search_len] = max(0.0, 1.0 - decision.ar_tpt / decision.best_tpt
+                                         if decision.best_tpt > 0 else 0.0)
     if decision.drafts:
       self.used.add((decision.skip, decision.gamma))
-    else:  # wait until another search fits the budget again
+    else:  # wait until another search fits its budget again
+      share = self.search_share(n, capacity)[0]
       self.ar_window = max(self.interval,
-                           math.ceil(spent / (self.config.search_budget * t_ar)))
+                           math.ceil(spent / (share * t_ar)) if share > 0 else ctx.remaining)
     return decision
 
 

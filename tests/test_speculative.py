@@ -33,14 +33,15 @@ def with_profile():
   saved = []
 
   def give(model, **costs):
-    saved.append((model, model.profile, dict(model.search_times)))
+    saved.append((model, model.profile, dict(model.search_times), dict(model.search_gains)))
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
     model.search_times.clear()
+    model.search_gains.clear()
     return model
 
   yield give
-  for model, profile, times in saved:
-    model.profile, model.search_times = profile, times
+  for model, profile, times, gains in saved:
+    model.profile, model.search_times, model.search_gains = profile, times, gains
 
 
 def ar(model, ids, max_new, ignore_eos=True):
@@ -190,6 +191,60 @@ def test_knapspec_skips_the_search_it_cannot_afford(smol_jax, smol_prompts, with
   assert got.output_ids == ar(model, ids, 24)
   assert got.stats["search_s"] < 0.01  # deciding not to search costs microseconds
   assert all(d["reason"].startswith("no search") for d in got.stats["decisions"])
+
+
+def test_first_search_explores_then_the_predicted_gain_budgets_the_next(tiny_models,
+                                                                         with_profile):
+  """search_budget 0 allows no search by itself. The first generation's search runs on the
+  exploration budget and records its predicted saving; after a search whose best draft lost
+  (saving 0) a later generation does not search; with a positive saving on record it does,
+  without exploring; with neither a record nor an exploration budget nothing searches."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **NEVER_PAYS)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  want = ar(model, ids, 32)
+  common = dict(interval=4, n_ref=8, threshold=0.01, search_budget=0.0, gain_share=1e6)
+
+  def searched(config):
+    got = api.generate(model, ids, 32, method="knapspec", ignore_eos=True, config=config)
+    assert got.output_ids == want
+    return [d["reason"] for d in got.stats["decisions"]
+            if not d["reason"].startswith(("no search", "collecting"))], got.stats
+
+  done, _ = searched(ks.KnapSpecConfig(**common, explore_budget=1e6))
+  assert done and set(model.search_gains.values()) == {0.0}, (done, model.search_gains)
+  done, stats = searched(ks.KnapSpecConfig(**common, explore_budget=1e6))
+  assert not done and stats["search_s"] < 0.01
+  assert "saving the last search here predicted" in stats["decisions"][-1]["reason"]
+  bucket = next(iter(model.search_gains))
+  model.search_gains[bucket] = 0.5  # as if the last search here had predicted 2x AR
+  done, _ = searched(ks.KnapSpecConfig(**common, explore_budget=0.0))
+  assert done
+  model.search_gains.clear()
+  done, stats = searched(ks.KnapSpecConfig(**common, explore_budget=0.0))
+  assert not done and "first search here" in stats["decisions"][-1]["reason"]
+
+
+def test_compiled_skip_set_is_not_charged_again(tiny_models, with_profile):
+  """A (skip set, gamma) whose segment program an earlier generation compiled counts as
+  compiled for KnapSpec's compile charge (before, each generation charged it again); one
+  never compiled does not."""
+  import jax
+  from knapspec_jax import decoding, methods
+  from knapspec_jax.kv_cache import KVCache
+  model = with_profile(tiny_models["llama"].jax, **PAYS)
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, attn=[1])
+  other = ks.SkipMask.from_layers(model.cfg.n_layers, mlp=[1])
+  ids = np.arange(1, 30)
+  api.generate(model, ids, 20, method="fixed", ignore_eos=True,
+               config=ks.FixedConfig(skip=skip, gamma=3, threshold=0.05))
+  cache = jax.eval_shape(lambda: KVCache.create(model.cfg))
+  logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), np.float32)
+  state = jax.eval_shape(lambda c, x: decoding.init_state(c, x, 1, model.eos_ids), cache,
+                         logits)
+  policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig())
+  assert policy.segment_compiled(state, skip, 3, len(ids))
+  assert not policy.segment_compiled(state, skip, 4, len(ids))
+  assert not policy.segment_compiled(state, other, 3, len(ids))
 
 
 @pytest.mark.parametrize("method", ["del", "clasp", "fixed"])
