@@ -1,0 +1,47 @@
+"""Qwen2.5-Coder-1.5B-Instruct on one H200 (bfloat16, the default Pallas decode attention), for
+issue 13 item 4: every method on a few Spec-Bench prompts and on 2K / 8K-token summarization
+documents, 256 new tokens, AR rerun as the noise floor, medians of 3 timed runs after one
+untimed warm-up run per (method, prompt). Run on the device machine by
+experiments/gpu/run_qwen.sh (model path: $QWEN_GGUF).
+
+Budget (the device time of one call, about 6 minutes): the model loads in 64-106 s there
+(../shared/MEASURED.md); 5 prompts x 6 runs (ar, ar-rerun, knapspec, fixed, del, clasp) x 4
+(warm-up + 3 timed) = 120 generations of 256 tokens at 0.5-0.8 s; each new skip set or attention
+bucket costs a ~4 s compile (the H200 profile's segment_compile_s), so CLaSp re-optimizes every
+64 rounds (configs/h200.py: 32, for SmolLM2) to keep its warm-up compiles few.
+
+KnapSpec options (KnapSpecConfig's docstring gives the measurements behind each):
+  explore_budget=0.2  the first search at a context may cost up to 20% of the AR time left: a
+                      search costs 27-92 ms against 0.54-0.62 s of AR time for 256 tokens
+                      (5-15%). The untimed warm-up run of each prompt pays it; its predicted
+                      saving then budgets the timed runs' searches (gain_share).
+  compile_horizon=100000  a new skip set's ~4 s compile is charged against the savings of
+                      100K tokens, i.e. the programs are reused across the process's
+                      generations: the warm-up run compiles them, the timed runs find them
+                      compiled and are not charged (as the fixed set compiles at warm-up).
+"""
+
+import os
+
+from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.name = "h200_qwen"
+  c.model = os.environ.get("QWEN_GGUF", "")  # "" on a machine without it: bundled SmolLM2
+  c.dtype = "bfloat16"
+  c.methods = "ar,knapspec,fixed,del,clasp"
+  c.noise_floor = True
+  c.specbench_per_category = 1
+  c.categories = "writing,coding,math"
+  c.long_lengths = "2000,8000"
+  c.max_new_tokens = 256
+  c.long_max_new_tokens = 256
+  c.repeats = 3
+  c.warmup_runs = 1
+  c.method_options = ("knapspec.explore_budget=0.2,knapspec.compile_horizon=100000,"
+                      "clasp.interval=64")
+  # Output: a new results/tmp/h200_qwen-<time>/ folder; experiments/gpu/run_qwen.sh writes
+  # results/h200_qwen/<time>/ and copies it to $OUT (commit the run under results/h200_qwen/).
+  return c

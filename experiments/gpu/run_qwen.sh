@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Device machine (nvidia-h200), repo root, with the Qwen2.5-Coder-1.5B-Instruct GGUF at
+# $QWEN_GGUF: every method (ar, ar-rerun, knapspec, fixed, del, clasp) on the prompts of
+# configs/h200_qwen.py (3 Spec-Bench prompts, 2K / 8K documents, 256 new tokens, warm-up + 3
+# timed runs each), in one process. About 6 minutes; BENCH_TIMEOUT (s) bounds it.
+#   QWEN_GGUF=/path/to/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf bash experiments/gpu/run_qwen.sh
+# Writes results/h200_qwen/<time>/ (results.jsonl flushed per record, table.md, config.json,
+# plots/) and copies it to $OUT/h200_qwen/, with any H200 Qwen latency profile from profiles/
+# (measured on first use if none was there) and the log as $OUT/run_qwen.log.
+set -uo pipefail
+: "${QWEN_GGUF:?set QWEN_GGUF to the Qwen2.5-Coder-1.5B-Instruct GGUF}"
+: "${OUT:?set OUT to the folder whose contents come back}"
+[ -f "$QWEN_GGUF" ] || { echo "no file at QWEN_GGUF=$QWEN_GGUF"; exit 2; }
+if [ -d /root/site ]; then  # the carried wheels of ship_part1.sh, if this machine has them
+  source experiments/gpu/env.sh
+else
+  export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+fi
+export QWEN_GGUF
+dir=results/h200_qwen/$(date +%Y%m%d-%H%M%S)
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+timeout ${BENCH_TIMEOUT:-450} python3 experiments/benchmark.py --config=configs/h200_qwen.py \
+  --config.output_dir=$dir "$@" 2>&1 | grep -v -i warn | tee $OUT/run_qwen.log \
+  | grep -v "^|"
+mkdir -p $OUT/h200_qwen
+cp -r $dir/. $OUT/h200_qwen/ 2>/dev/null
+cp profiles/*H200*[Qq]wen*.json $OUT/ 2>/dev/null
+tail -n 40 $dir/table.md 2>/dev/null
+ls $OUT $OUT/h200_qwen
