@@ -1,0 +1,98 @@
+"""Compile time of one generation in a fresh process and in a second one (issue 14, part 5).
+
+  python experiments/gpu/compile_twice.py --model=qwen2.5-1.5b     # H200, bf16, random weights
+  python experiments/gpu/compile_twice.py --model=tiny --dtype=float32 --tokens=8   # CPU check
+
+Runs the same AR generation (random weights of a decode_kernels.SHAPES shape, a 100-token
+prompt) in two Python processes that share one persistent compilation cache directory
+($KNAPSPEC_CACHE/xla, compile_cache.py). Each prints the warm-up compile_s that generate()
+reports and where it went, from JAX's own events: tracing, lowering to MLIR, XLA compiles (JAX
+times a read of the on-disk cache as one too) and, of those, the reads. The first process starts
+from an empty directory, removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+EVENTS = {"trace": "/jax/core/compile/jaxpr_trace_duration",
+          "lower": "/jax/core/compile/jaxpr_to_mlir_module_duration",
+          "xla_compile": "/jax/core/compile/backend_compile_duration",  # a disk read included
+          "disk_read": "/jax/compilation_cache/cache_retrieval_time_sec"}
+
+
+def one_process(model_name: str, dtype: str, tokens: int) -> dict:
+  sys.path.insert(0, str(REPO))
+  sys.path.insert(0, str(REPO / "experiments" / "gpu"))
+  import jax
+  import numpy as np
+  totals = {k: [0, 0.0] for k in EVENTS}
+
+  def listen(event, seconds, **_):
+    for k, name in EVENTS.items():
+      if event == name:
+        totals[k][0] += 1
+        totals[k][1] += seconds
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  from decode_kernels import SHAPES
+  from knapspec_jax import api, compile_cache
+  from knapspec_jax import model as model_lib
+  cfg = SHAPES[model_name]
+  params = model_lib.init_random_params(cfg, jax.random.PRNGKey(0), api.DTYPES[dtype])
+  model = api.Model(cfg, params, None, (), dtype, model_name)
+  before = {k: list(v) for k, v in totals.items()}
+  r = api.generate(model, np.arange(1, 101) % cfg.vocab_size, tokens, ignore_eos=True)
+  return dict(compile_s=r.compile_s, programs=model.compiled.stats.compiles,
+              tokens_per_s=r.tokens_per_s, cache_dir=compile_cache.persistent_cache_dir(),
+              **{f"{k}_n": totals[k][0] - before[k][0] for k in EVENTS},
+              **{f"{k}_s": totals[k][1] - before[k][1] for k in EVENTS})
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--model", default="qwen2.5-1.5b")
+  parser.add_argument("--dtype", default="bfloat16")
+  parser.add_argument("--tokens", type=int, default=32)
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--output", default=None, help="JSON (default: $OUT/compile_twice.json)")
+  args = parser.parse_args()
+  if args.child:
+    print(json.dumps(one_process(args.model, args.dtype, args.tokens)))
+    return
+  cache = tempfile.mkdtemp(prefix="knapspec_compile_twice_")
+  env = dict(os.environ, KNAPSPEC_CACHE=cache, KNAPSPEC_XLA_CACHE="1")
+  runs = []
+  for label in ("fresh process", "second process"):
+    proc = subprocess.run([sys.executable, __file__, "--child", f"--model={args.model}",
+                           f"--dtype={args.dtype}", f"--tokens={args.tokens}"], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+      print(f"{label} FAILED:\n{proc.stderr[-3000:]}")
+      sys.exit(1)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs.append(dict(process=label, **r))
+    print(f"{args.model} {args.dtype} {label:15s}: compile_s {r['compile_s']:6.2f} s for "
+          f"{r['programs']} programs | trace {r['trace_s']:.2f} s, lower {r['lower_s']:.2f} s, "
+          f"compile or read {r['xla_compile_s']:.2f} s ({r['xla_compile_n']}), of it disk reads "
+          f"{r['disk_read_s']:.2f} s ({r['disk_read_n']}) | decode {r['tokens_per_s']:.1f} tok/s",
+          flush=True)
+  entries = list(pathlib.Path(cache, "xla").iterdir())
+  print(f"cache {cache}/xla: {len(entries)} entries, "
+        f"{sum(p.stat().st_size for p in entries) / 1e6:.1f} MB")
+  out = pathlib.Path(args.output or pathlib.Path(os.environ.get("OUT", ".")) /
+                     "compile_twice.json")
+  out.write_text(json.dumps(runs, indent=1))
+  shutil.rmtree(cache, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
