@@ -14,6 +14,7 @@ from an empty directory, removed at the end.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -46,12 +47,13 @@ def one_process(model_name: str, dtype: str, tokens: int) -> dict:
   from decode_kernels import SHAPES
   from knapspec_jax import api, compile_cache
   from knapspec_jax import model as model_lib
-  cfg = SHAPES[model_name]
+  cfg = dataclasses.replace(SHAPES[model_name], attention=api.default_attention(dtype))
   params = model_lib.init_random_params(cfg, jax.random.PRNGKey(0), api.DTYPES[dtype])
   model = api.Model(cfg, params, None, (), dtype, model_name)
   before = {k: list(v) for k, v in totals.items()}
   r = api.generate(model, np.arange(1, 101) % cfg.vocab_size, tokens, ignore_eos=True)
   return dict(compile_s=r.compile_s, programs=model.compiled.stats.compiles,
+              attention=cfg.attention,
               tokens_per_s=r.tokens_per_s, cache_dir=compile_cache.persistent_cache_dir(),
               **{f"{k}_n": totals[k][0] - before[k][0] for k in EVENTS},
               **{f"{k}_s": totals[k][1] - before[k][1] for k in EVENTS})
@@ -83,7 +85,8 @@ def main():
     print(f"{args.model} {args.dtype} {label:15s}: compile_s {r['compile_s']:6.2f} s for "
           f"{r['programs']} programs | trace {r['trace_s']:.2f} s, lower {r['lower_s']:.2f} s, "
           f"compile or read {r['xla_compile_s']:.2f} s ({r['xla_compile_n']}), of it disk reads "
-          f"{r['disk_read_s']:.2f} s ({r['disk_read_n']}) | decode {r['tokens_per_s']:.1f} tok/s",
+          f"{r['disk_read_s']:.2f} s ({r['disk_read_n']}) | {r['attention']} attention, decode "
+          f"{r['tokens_per_s']:.1f} tok/s",
           flush=True)
   entries = list(pathlib.Path(cache, "xla").iterdir())
   print(f"cache {cache}/xla: {len(entries)} entries, "
