@@ -1,6 +1,8 @@
 """The README's one-command CPU benchmark (2 vCPU, float32): every method on four Spec-Bench
-questions and one 2K-token summarization document; about 6 minutes including model load and
-compiles.
+questions and one 2K-token summarization document. Measured once on the CI machine (2026-12-01):
+37 min 40 s wall including model load and compiles, with three other sessions' test runs beside
+it (29% of the two CPUs, 11.2 min of CPU time); alone, under the exclusive CPU lock, 240 s
+(BENCHMARKS.md section 8.1).
 
   python experiments/benchmark.py --config=configs/cpu_default.py
 """
