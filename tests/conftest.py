@@ -82,9 +82,10 @@ def pytest_sessionfinish(session, exitstatus):
     report = session.config.pluginmanager.get_plugin("terminalreporter")
     for root, lines in changes.items():
       message = (f"the test session changed the user's cache {root} (it must write only to "
-                 f"$KNAPSPEC_CACHE={SESSION_CACHE}): " + "; ".join(lines))
+                 f"$KNAPSPEC_CACHE={SESSION_CACHE}; another process writing there meanwhile "
+                 f"shows here too): " + "; ".join(lines))
       if report is not None:
-        report.ensure_newline()
+        report.line("")  # after -q's progress dots
         report.write_line(message, red=True, bold=True)
       else:
         print(message, file=sys.stderr)
