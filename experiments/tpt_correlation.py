@@ -33,6 +33,8 @@ _GAMMAS = flags.DEFINE_list("gammas", ["1", "3", "6"], "Draft lengths per skip s
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "Tokens decoded per timed run.")
 _N_REF = flags.DEFINE_integer("n_ref", 16, "Reference tokens for the search.")
 _OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, summary.md and plots go here.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params and KV dtype "
+                           "(the model: $KNAPSPEC_MODEL, default the bundled SmolLM2).")
 _PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (default: this device's).")
 _FROM = flags.DEFINE_string("from_jsonl", None, "Redo the table and plots from these results.")
 
@@ -51,7 +53,7 @@ def main(argv):
   if _FROM.value:
     return report([json.loads(line) for line in open(_FROM.value)])
   started = time.perf_counter()
-  model = ks.load_model()
+  model = ks.load_model(dtype=_DTYPE.value)
   profile = (ks.LatencyProfile.load(_PROFILE.value) if _PROFILE.value
              else methods.profile_for(model))
   model.profile = profile
