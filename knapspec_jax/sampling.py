@@ -64,8 +64,9 @@ class SamplingConfig:
   top_k: keep the k most likely tokens (ties at the k-th value kept); 0 keeps all (an int).
   top_p: keep the smallest set of most likely tokens whose probability reaches top_p (nucleus),
     always at least one; 1.0 keeps all.
-  seed: the PRNG seed of the run, 0..2**32 - 1 (jax keeps 32 bits of it without x64); an
-    array in the decode state: new seeds compile nothing.
+  seed: the PRNG seed of the run, 0..2**32 - 1 (jax keeps 32 bits of it without x64), or an
+    integer scalar jax array (e.g. traced under vmap over seeds); an array in the decode
+    state: new seeds compile nothing.
   rule: how a speculative round verifies drafts: "speculative" (min(1, p/q) and residual
     resampling) or "exact_match" (the official code's: a target sample must equal the draft).
   """
@@ -84,7 +85,11 @@ class SamplingConfig:
       raise SamplingError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
     if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
       raise SamplingError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-    if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+    if isinstance(self.seed, jax.Array):  # traced or device seeds (vmap over seeds): no range
+      if self.seed.shape != () or not jnp.issubdtype(self.seed.dtype, jnp.integer):
+        raise SamplingError(f"seed must be an integer scalar, got an array of shape "
+                            f"{self.seed.shape} and dtype {self.seed.dtype}")
+    elif not _is_int(self.seed) or not 0 <= self.seed < 2**32:
       raise SamplingError(f"seed must be an integer in 0..2**32 - 1, got {self.seed!r}")
     if not isinstance(self.rule, str) or self.rule not in RULES:
       raise SamplingError(f"unknown acceptance rule {self.rule!r}; known: {sorted(RULES)}")
