@@ -171,7 +171,7 @@ def device_read_gbps(profile: "LatencyProfile | None" = None) -> float:
   return read_bandwidth()
 
 
-def _random_cache(cfg: ModelConfig, dtype, length: int, key) -> KVCache:
+def random_cache(cfg: ModelConfig, dtype, length: int, key) -> KVCache:
   """A cache filled with random keys/values (timing on zeros can mislead) and its cursor set."""
   cache = KVCache.create(cfg, dtype)
   keys = jax.random.split(key, 2 * cfg.n_layers)
@@ -181,7 +181,7 @@ def _random_cache(cfg: ModelConfig, dtype, length: int, key) -> KVCache:
                  length=jnp.asarray(length, jnp.int32))
 
 
-def _verify_loop(params, cache, tokens, n_iter, *, cfg, attn_len):
+def verify_loop(params, cache, tokens, n_iter, *, cfg, attn_len):
   """n_iter verify forwards of a T-token window at the same cursor, on device; each window is
   the previous one's greedy tokens, as in a speculation round."""
   def body(_, carry):
@@ -225,7 +225,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
   eos = ()
   for attn_len in attn_lens:
     start_len = attn_len - steps - 1  # the loop runs positions up to attn_len - 1
-    base = _random_cache(cfg, dtype, start_len, key)
+    base = random_cache(cfg, dtype, start_len, key)
     for skip in profile_masks(cfg.n_layers):
       def make_args():
         cache = jax.tree.map(jnp.copy, base)
@@ -245,7 +245,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
       tokens = jnp.ones((1, window), jnp.int32)
       n_iter = jnp.asarray(steps, jnp.int32)
       make_args = lambda: (params, jax.tree.map(jnp.copy, base), tokens, n_iter)
-      fn = compiled.get("verify_loop", _verify_loop, make_args(),
+      fn = compiled.get("verify_loop", verify_loop, make_args(),
                         dict(cfg=cfg, attn_len=attn_len), donate_argnums=(1,))
       seconds = _time(fn, make_args, repeats) / steps
       verify_samples.append((window, attn_len, seconds))

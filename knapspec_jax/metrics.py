@@ -4,6 +4,8 @@ how close a decode runs to the device's read bandwidth (step_bytes, bandwidth)."
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,3 +77,24 @@ def format_bandwidth(b: dict) -> str:
   if b["bandwidth_fraction"] is not None:
     out += f" {100 * b['bandwidth_fraction']:3.0f}% of {b['read_gbps']:.0f}"
   return out
+
+
+def loop_kernels(hlo_text: str) -> dict:
+  """Kernel-launching instructions (fusions, custom calls, library ops) of the while body with
+  the most of them: the loop over steps."""
+  best = {}
+  for body in re.findall(r"body=%?([\w.\-]+)", hlo_text):
+    m = re.search(r"^%?" + re.escape(body) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
+    counts = {}
+    for line in (m.group(1).splitlines() if m else []):
+      op = re.search(r"= \S+ (fusion|custom-call|copy|dynamic-update-slice|gather|reduce|dot|"
+                     r"convolution|sort)\(", line)
+      if op:
+        kind = op.group(1)
+        if kind == "custom-call":
+          target = re.search(r'custom_call_target="([^"]+)"', line)
+          kind = f"custom-call:{target.group(1) if target else '?'}"
+        counts[kind] = counts.get(kind, 0) + 1
+    if sum(counts.values()) > sum(best.values()):
+      best = counts
+  return best

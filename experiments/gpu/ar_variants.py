@@ -30,7 +30,7 @@ def main(argv):
   dtype = ks.api.DTYPES[_DTYPE.value]
   print(latency.device_name())
   for n in map(int, _LENS.value):
-    base = latency._random_cache(m.cfg, dtype, n - _STEPS.value - 1, jax.random.PRNGKey(0))
+    base = latency.random_cache(m.cfg, dtype, n - _STEPS.value - 1, jax.random.PRNGKey(0))
     for name, params in variants.items():
       compiled = CompileCache()
 

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import re
 import sys
 import time
 
@@ -49,7 +48,6 @@ from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.config import ModelConfig  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
-from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes and loops (CPU check of the script).")
 _MODELS = flags.DEFINE_list("models", ["smollm2", "qwen2.5-1.5b"], "Model shapes.")
@@ -82,49 +80,6 @@ def _whole_cache_kernel(q, keys, values, kv_len, *, attn_len=None, **kwargs):
   """The kernel as it was before its grid followed the bucket: every split of the cache."""
   del attn_len
   return _bucketed_kernel(q, keys, values, kv_len, **kwargs)
-
-
-def _loop(params, cache, tokens, n_iter, *, cfg, attn_len):
-  """n_iter full-model forwards of the T tokens [1, T] at the cache's cursor (T = 1: a decode
-  step; T > 1: a verify), each fed the previous one's greedy tokens; the cursor stays put."""
-  def body(_, carry):
-    c, window = carry
-    out = model_lib.forward(params, cfg, window, c, skip=SkipMask.none(cfg.n_layers),
-                            attn_len=attn_len)
-    nxt = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden), axis=-1).astype(jnp.int32)
-    return out.cache.rollback(c.length), nxt
-  return jax.lax.fori_loop(0, n_iter, body, (cache, tokens))
-
-
-def random_cache(cfg: ModelConfig, dtype, length: int) -> KVCache:
-  """Random keys and values (timing on zeros can mislead), cursor at `length`."""
-  cache = KVCache.create(cfg, dtype)
-  fill = jax.jit(lambda a, key: jax.random.normal(key, a.shape, jnp.float32).astype(a.dtype))
-  keys = jax.random.split(jax.random.PRNGKey(1), 2 * cfg.n_layers)
-  return KVCache(k=tuple(fill(a, k) for a, k in zip(cache.k, keys[::2])),
-                 v=tuple(fill(a, k) for a, k in zip(cache.v, keys[1::2])),
-                 length=jnp.asarray(length, jnp.int32))
-
-
-def loop_kernels(hlo_text: str) -> dict:
-  """Kernel-launching instructions (fusions, custom calls, library ops) of the while body with
-  the most of them: the loop over steps."""
-  best = {}
-  for body in re.findall(r"body=%?([\w.\-]+)", hlo_text):
-    m = re.search(r"^%?" + re.escape(body) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
-    counts = {}
-    for line in (m.group(1).splitlines() if m else []):
-      op = re.search(r"= \S+ (fusion|custom-call|copy|dynamic-update-slice|gather|reduce|dot|"
-                     r"convolution|sort)\(", line)
-      if op:
-        kind = op.group(1)
-        if kind == "custom-call":
-          target = re.search(r'custom_call_target="([^"]+)"', line)
-          kind = f"custom-call:{target.group(1) if target else '?'}"
-        counts[kind] = counts.get(kind, 0) + 1
-    if sum(counts.values()) > sum(best.values()):
-      best = counts
-  return best
 
 
 def ratio(x: float | None) -> str:
@@ -177,7 +132,7 @@ def main(argv):
     for n in lens:
       attn_len = attn_bucket(min(n, base_cfg.max_seq_len), KVCache.capacity_for(base_cfg))
       context = attn_len - t_max  # the last positions of the bucket: its costliest steps
-      base = random_cache(base_cfg, dtype, context)
+      base = latency.random_cache(base_cfg, dtype, context, jax.random.PRNGKey(1))
       step_bytes = metrics.step_bytes(params, base_cfg, context, dtype)
       one_step = {}
       runs = [(v, 1) for v in _VARIANTS.value] + [("xla", int(t)) for t in _VERIFY.value]
@@ -194,10 +149,10 @@ def main(argv):
           cache_fns = CompileCache()
           tokens = jnp.ones((1, window), jnp.int32)
           args = (params, base, tokens, jnp.asarray(steps, jnp.int32))
-          fn = cache_fns.get(f"{variant}_T{window}", _loop, args,
+          fn = cache_fns.get(f"{variant}_T{window}", latency.verify_loop, args,
                              dict(cfg=cfg, attn_len=attn_len), donate_argnums=(1,))
           seconds = time_loop(fn, params, base, tokens, steps, repeats)
-          kernels = loop_kernels(fn.as_text())
+          kernels = metrics.loop_kernels(fn.as_text())
         except Exception as e:  # noqa: BLE001  (report it and go on with the next variant)
           print(f"{name:13s} {context:7d} {variant} T={window} FAILED: {type(e).__name__}: "
                 f"{str(e)[:300]}", flush=True)

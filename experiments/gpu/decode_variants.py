@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import decoding, latency  # noqa: E402
+from knapspec_jax import decoding, latency, metrics  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
@@ -101,28 +101,6 @@ def body_kernels(hlo_text: str) -> list[str]:
   return lines
 
 
-def count_kernels(hlo_text: str) -> dict:
-  """Kernel-launching instructions in the while body (not inside fused computations)."""
-  body = re.search(r"body=(%?[\w.\-]+)", hlo_text)
-  if not body:
-    return {}
-  name = body.group(1).lstrip("%")
-  m = re.search(r"^(?:%?)" + re.escape(name) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
-  if not m:
-    return {}
-  counts = {}
-  for line in m.group(1).splitlines():
-    op = re.search(r"= \S+ (fusion|custom-call|copy|dynamic-update-slice|gather|reduce|"
-                   r"convolution|dot|sort)\(", line)
-    if op:
-      kind = op.group(1)
-      if kind == "custom-call":
-        target = re.search(r'custom_call_target="([^"]+)"', line)
-        kind = f"custom-call:{target.group(1) if target else '?'}"
-      counts[kind] = counts.get(kind, 0) + 1
-  return counts
-
-
 def main(argv):
   del argv
   m = ks.load_model(dtype="bfloat16", attention="xla")
@@ -130,7 +108,7 @@ def main(argv):
   print(latency.device_name(), "| XLA_FLAGS:", os.environ.get("XLA_FLAGS", "") or "(none)",
         flush=True)
   for n in map(int, _LENS.value):
-    base = latency._random_cache(m.cfg, dtype, n - 2 * _STEPS.value - 4, jax.random.PRNGKey(0))
+    base = latency.random_cache(m.cfg, dtype, n - 2 * _STEPS.value - 4, jax.random.PRNGKey(0))
     for variant in _VARIANTS.value:
       base_variant, _, linear = variant.partition("+")
       model_lib.linear = LINEARS.get(linear, _linear)
@@ -151,7 +129,7 @@ def main(argv):
         fn = compiled.get(variant, seg, make_args(), static, donate_argnums=(1,))
         t = latency._time(fn, make_args, _REPEATS.value) / _STEPS.value
         text = fn.as_text()
-        kernels = count_kernels(text)
+        kernels = metrics.loop_kernels(text)
         if _DUMP.value:
           print("\n".join(body_kernels(text)[:_DUMP.value]))
         total = sum(kernels.values())
