@@ -12,7 +12,6 @@ setup(
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
-        "orbax-checkpoint>=0.11",
         "numpy>=1.26",
         # Pinned: tokenization of the GGUF vocabulary differs between transformers releases.
         "transformers==5.23.0",

