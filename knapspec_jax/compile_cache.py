@@ -75,6 +75,12 @@ class CompileStats:
   background_compile_s: float = 0.0  # spent in the background thread (decoding went on)
 
 
+def jit_program(fn: Callable, static: dict, donate_argnums: tuple[int, ...] = ()):
+  """The jitted program `CompileCache.get` compiles: fn with the static kwargs bound, taking its
+  array arguments positionally (tests/test_tpu_export.py exports it for TPU)."""
+  return jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate_argnums)
+
+
 class CompileCache:
   """Maps (name, static kwargs, argument shapes) to a compiled executable."""
 
@@ -126,7 +132,7 @@ class CompileCache:
       return result
     persistent_cache_dir()
     start = time.perf_counter()
-    jitted = jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate_argnums)
+    jitted = jit_program(fn, static, donate_argnums)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
     compiled = jitted.lower(*abstract).compile()
     elapsed = time.perf_counter() - start

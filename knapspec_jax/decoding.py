@@ -65,7 +65,7 @@ class DecodeState:
   key: jax.Array  # uint32 [2] PRNG key data (sampling only; greedy never reads it)
 
 
-def _prefill_chunk(params, tokens, cache, last_index, *, cfg, attn_len):
+def prefill_chunk(params, tokens, cache, last_index, *, cfg, attn_len):
   """One chunk of the prompt; returns float32 logits at chunk position last_index and the cache."""
   out = model_lib.forward(params, cfg, tokens, cache, skip=SkipMask.none(cfg.n_layers),
                           attn_len=attn_len)
@@ -103,7 +103,7 @@ def prefill(params, cfg: ModelConfig, prompt_ids: np.ndarray, cache: KVCache,
     tokens = jnp.asarray(padded[:, start:start + chunk])
     last = jnp.asarray(min(n - 1 - start, chunk - 1), jnp.int32)
     args = (params, tokens, cache, last)
-    fn = compiled.get("prefill_chunk", _prefill_chunk, args,
+    fn = compiled.get("prefill_chunk", prefill_chunk, args,
                       dict(cfg=cfg, attn_len=attn_len), donate_argnums=(2,))
     logits, cache = fn(*args)
   return logits, cache.rollback(n)
@@ -129,9 +129,9 @@ def next_token(logits, key, sampling: sampling_lib.Filter | None):
   return sampling_lib.draw(sampling_lib.probs(logits, sampling), u[0]), key
 
 
-def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
-                skip: SkipMask | None = None, width: int = 1,
-                sampling: sampling_lib.Filter | None = None) -> DecodeState:
+def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
+               skip: SkipMask | None = None, width: int = 1,
+               sampling: sampling_lib.Filter | None = None) -> DecodeState:
   """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end.
 
   With a skip mask this is the draft model decoding on its own (the latency profile times it).
@@ -161,7 +161,7 @@ def _ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
 
 def ar_static(cfg: ModelConfig, attn_len: int, width: int = 1,
               sampling: sampling_lib.Filter | None = None) -> dict:
-  """_ar_segment's static kwargs; defaults left out so that equal programs share a cache key."""
+  """ar_segment's static kwargs; defaults left out so that equal programs share a cache key."""
   static = dict(cfg=cfg, attn_len=attn_len)
   if width != 1:
     static["width"] = width
@@ -182,7 +182,7 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
            max_tokens: int | None = None, width: int = 1,
            sampling: sampling_lib.Filter | None = None) -> DecodeState:
   """Decodes until done or the cache is full (or max_tokens more tokens), one device program
-  per attention bucket. width, sampling: see _ar_segment (default: one-token greedy steps)."""
+  per attention bucket. width, sampling: see ar_segment (default: one-token greedy steps)."""
   # Host-side arithmetic on purpose: an eager jnp op here would compile on its first call, inside
   # a method's timed decode (measured: three such compiles cost 0.27 s on the H100).
   max_new = int(state.max_new)
@@ -195,7 +195,7 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
       break
     attn_len = attn_bucket(int(length) + width, state.cache.capacity)
     args = (params, state)
-    fn = compiled.get("ar_segment", _ar_segment, args,
+    fn = compiled.get("ar_segment", ar_segment, args,
                       ar_static(cfg, attn_len, width, sampling), donate_argnums=(1,))
     state = fn(*args)
   if max_tokens is not None:  # the pause was not the end: recompute done under the real limit

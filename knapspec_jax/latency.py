@@ -234,7 +234,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
         return params, state
       args = make_args()
       before = compiled.stats.compile_s
-      fn = compiled.get("ar_segment", decoding._ar_segment, args,
+      fn = compiled.get("ar_segment", decoding.ar_segment, args,
                         dict(cfg=cfg, attn_len=attn_len, skip=skip), donate_argnums=(1,))
       compile_times.append(compiled.stats.compile_s - before)
       seconds = _time(fn, make_args, repeats) / steps

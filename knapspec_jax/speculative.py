@@ -155,7 +155,7 @@ def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds,
   needs positions up to n + gamma, so the segment stops once n + gamma + 1 > attn_len.
   sampling: None verifies greedily; a Filter runs speculative sampling (sampling.py).
   width: verify windows padded to this many positions (>= gamma + 1); with AR run at the same
-  width (decoding._ar_segment) every full-model forward has one shape, so bf16 output equals
+  width (decoding.ar_segment) every full-model forward has one shape, so bf16 output equals
   that AR's exactly. None: gamma + 1, the fastest."""
   if not 1 <= gamma <= MAX_GAMMA:
     raise ValueError(f"gamma must be in 1..{MAX_GAMMA}, got {gamma}")

@@ -9,6 +9,7 @@ import jax
 import pytest
 
 import knapspec_jax as ks
+from knapspec_jax import api
 
 
 def test_default_attention_is_xla(tiny_models):
@@ -24,3 +25,41 @@ def test_cudnn_attention_off_gpu_is_a_clear_error(tiny_models):
 def test_unknown_attention_is_a_clear_error(tiny_models):
   with pytest.raises(ValueError, match="attention must be one of"):
     dataclasses.replace(tiny_models["llama"].jax.cfg, attention="flash")
+
+
+@pytest.mark.parametrize("platform, dtype, want", [
+    ("cpu", "float32", "xla"), ("cpu", "bfloat16", "xla"),
+    ("gpu", "float32", "xla"), ("gpu", "bfloat16", "pallas"),
+    ("tpu", "float32", "xla"), ("tpu", "bfloat16", "xla")])
+def test_default_attention_by_platform(platform, dtype, want):
+  assert api.default_attention(dtype, platform=platform) == want
+  api.check_attention(want, dtype, platform=platform)  # the default always runs there
+
+
+def test_default_attention_follows_the_backend():
+  assert api.default_attention("bfloat16") == api.default_attention(
+      "bfloat16", platform=jax.default_backend())
+
+
+@pytest.mark.parametrize("platform, dtype, attention, ok", [
+    ("tpu", "bfloat16", "pallas", False), ("tpu", "bfloat16", "cudnn", False),
+    ("tpu", "bfloat16", "xla", True), ("cpu", "float32", "pallas", True),
+    ("gpu", "bfloat16", "pallas", True), ("gpu", "float32", "cudnn", False),
+    ("gpu", "bfloat16", "cudnn", True)])
+def test_check_attention_by_platform(platform, dtype, attention, ok):
+  if ok:
+    api.check_attention(attention, dtype, platform=platform)
+  else:
+    with pytest.raises(ks.UnsupportedModelError, match=f"attention='{attention}'"):
+      api.check_attention(attention, dtype, platform=platform)
+
+
+def test_load_model_on_a_tpu_backend(tiny_models, monkeypatch):
+  """On a TPU backend (faked: none is reachable here) the default is XLA and Pallas is refused
+  with a clear error, before anything is loaded."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  path = str(tiny_models["llama"].path)
+  with pytest.raises(ks.UnsupportedModelError, match="'pallas' has no TPU version.*'xla'"):
+    ks.load_model(path, dtype="bfloat16", attention="pallas", use_cache=False)
+  model = ks.load_model(path, dtype="bfloat16", use_cache=False)
+  assert model.cfg.attention == "xla"

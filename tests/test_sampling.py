@@ -191,8 +191,8 @@ def sample_first_tokens(model, config: ks.SamplingConfig, *, skip=None, gamma=1,
     state = decoding.init_state(cache, logits, N_TOKENS, (),
                                 dataclasses.replace(config, seed=seed))
     if skip is None:
-      state = decoding._ar_segment(model.params, state, cfg=cfg, attn_len=attn_len,
-                                   sampling=config.filter)
+      state = decoding.ar_segment(model.params, state, cfg=cfg, attn_len=attn_len,
+                                  sampling=config.filter)
       counts = jnp.zeros((2,), jnp.int32)
     else:
       state, c = speculative.spec_segment(

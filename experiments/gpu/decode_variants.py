@@ -59,7 +59,7 @@ LINEARS = {"f32acc": _linear_f32acc, "pad2": _linear_pad2}
 
 
 def _unrolled_segment(params, state, *, cfg, attn_len, per_iter=2):
-  """Like decoding._ar_segment, but per_iter steps per loop iteration; steps after `done` (or
+  """Like decoding.ar_segment, but per_iter steps per loop iteration; steps after `done` (or
   past the bucket) are computed and discarded (the cursor does not move for them)."""
   skip = SkipMask.none(cfg.n_layers)
   limit = min(attn_len, cfg.max_seq_len) - per_iter + 1
@@ -114,7 +114,7 @@ def main(argv):
       model_lib.linear = LINEARS.get(linear, _linear)
       cfg = dataclasses.replace(
           m.cfg, attention=base_variant if base_variant in ("cudnn", "pallas") else "xla")
-      seg = _unrolled_segment if variant.startswith("unroll") else decoding._ar_segment
+      seg = _unrolled_segment if variant.startswith("unroll") else decoding.ar_segment
       static = dict(cfg=cfg, attn_len=n)
       if variant.startswith("unroll"):
         static["per_iter"] = int(variant.removeprefix("unroll"))
