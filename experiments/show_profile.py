@@ -16,7 +16,8 @@ def main(paths):
     err = p.errors()
     print(f"{p.device} | {p.model} | {p.dtype}")
     print(f"fit: median rel. error step {100 * err['step_median_rel_err']:.1f}%, verify "
-          f"{100 * err['verify_median_rel_err']:.1f}%; segment compile {p.segment_compile_s:.1f} s; "
+          f"{100 * err['verify_median_rel_err']:.1f}%; "
+          f"segment compile {p.segment_compile_s:.1f} s; "
           f"read bandwidth {f'{p.read_gbps:.1f} GB/s' if p.read_gbps else 'not measured'}")
     print("| attn length | t_attn (us) | t_mlp (us) | full step (ms) | verify T=4 (ms) | "
           "verify T=11 (ms) | search R=16 (ms) | attn/MLP |")
