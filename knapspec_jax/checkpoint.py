@@ -4,7 +4,8 @@ Both paths produce the same params pytree (see model.py) in float32 numpy, plus 
 and the tokenizer. Converted params are cached, one .npy file per tensor, so that the next load
 skips the dequantization and maps each tensor from disk as it is moved to the device. Nothing
 here unpickles: GGUF goes through `gguf`, weights through `safetensors`, the cache through
-numpy with allow_pickle=False.
+numpy's .npy format (written with allow_pickle=False, read with open_memmap, which refuses
+object arrays).
 """
 
 from __future__ import annotations
@@ -398,7 +399,7 @@ def _cached(path: pathlib.Path, cfg: ModelConfig, fuse: bool, loader) -> dict:
   target = cache_dir() / f"{path.stem}-{_fingerprint(path)}{'-fused' if fuse else ''}"
   if (target / "complete").is_file():
     try:
-      return _unflatten({f.stem: np.load(f, mmap_mode="r", allow_pickle=False)
+      return _unflatten({f.stem: np.lib.format.open_memmap(f, mode="r")  # no object arrays
                          for f in sorted(target.glob("*.npy"))}, cfg.n_layers)
     except Exception as e:  # a damaged cache entry is rebuilt, never trusted
       warnings.warn(f"ignoring unreadable params cache {target}: {e}")
