@@ -11,6 +11,17 @@ SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
 
 
+def is_int(x) -> bool:
+  """An integer, Python's or numpy's; bools are not (the check of every integer option)."""
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def is_real(x) -> bool:
+  """A real number, Python's or numpy's; bools and strings are not."""
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
+      x, (bool, np.bool_))
+
+
 class UnsupportedModelError(ValueError):
   """The checkpoint describes an architecture or feature this project does not implement."""
 

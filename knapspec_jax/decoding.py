@@ -15,7 +15,7 @@ import numpy as np
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.compile_cache import CompileCache
-from knapspec_jax.config import ModelConfig
+from knapspec_jax.config import ModelConfig, is_int
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.skip_mask import SkipMask
 
@@ -80,7 +80,7 @@ def validate_request(cfg: ModelConfig, n_prompt: int, max_new_tokens: int):
     raise PromptError(
         f"the prompt has {n_prompt} tokens but the model's context is {cfg.max_seq_len}: "
         f"it must leave room for at least one new token (at most {cfg.max_seq_len - 1})")
-  if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool):
+  if not is_int(max_new_tokens):
     raise PromptError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
   if max_new_tokens <= 0:
     raise PromptError(f"max_new_tokens must be positive, got {max_new_tokens}")

@@ -17,9 +17,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-import numpy as np
-
 from knapspec_jax import api, controller, knapsack, latency, selection, speculative
+from knapspec_jax.config import is_int, is_real
 from knapspec_jax.decoding import attn_bucket
 from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.selection import Candidate, Decision
@@ -31,7 +30,7 @@ MethodError = api.MethodError  # raised here for options, by api.generate for un
 
 def _check_int(name: str, value, low: int, high: int | None = None):
   """An integer option (not a bool, not a float) in low..high, named as the config's field."""
-  if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+  if not is_int(value):
     raise MethodError(f"{name} must be an integer, got {value!r}")
   if value < low or (high is not None and value > high):
     bound = f"in {low}..{high}" if high is not None else f">= {low}"
@@ -40,8 +39,7 @@ def _check_int(name: str, value, low: int, high: int | None = None):
 
 def _check_real(name: str, value, low: float, high: float, low_open: bool, high_open: bool):
   """A number option in the interval low..high, open or closed at either end."""
-  if (not isinstance(value, (int, float, np.integer, np.floating))
-      or isinstance(value, (bool, np.bool_))):
+  if not is_real(value):
     raise MethodError(f"{name} must be a number, got {value!r}")
   ok = ((value > low if low_open else value >= low)
         and (value < high if high_open else value <= high))
@@ -140,8 +138,9 @@ class KnapSpecConfig:
     _check_real("tau", self.tau, 0.0, 1.0, low_open=True, high_open=True)
     _check_int("max_weight", self.max_weight, 1)
     _check_real("margin", self.margin, -1.0, math.inf, low_open=True, high_open=True)
-    _check_real("search_budget", self.search_budget, 0.0, math.inf, low_open=False,
-                high_open=True)
+    for name in ("search_budget", "gain_share", "explore_budget"):
+      _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
+    _check_int("compile_horizon", self.compile_horizon, 0)
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile"):
       _check_bool(name, getattr(self, name))
     _check_bool("background_compile", self.background_compile, none_ok=True)

@@ -29,22 +29,12 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from knapspec_jax.config import is_int, is_real
 
 
 class SamplingError(ValueError):
   """A sampling setting out of range (temperature, top_k, top_p, rule)."""
-
-
-def _is_int(x) -> bool:
-  """An integer, Python's or numpy's; bools are not."""
-  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_real(x) -> bool:
-  """A real number, Python's or numpy's; bools and strings are not."""
-  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
-      x, (bool, np.bool_))
 
 
 class Filter(NamedTuple):
@@ -78,18 +68,18 @@ class SamplingConfig:
   rule: str = "speculative"
 
   def __post_init__(self):
-    if not _is_real(self.temperature) or not 0.0 < self.temperature < math.inf:
+    if not is_real(self.temperature) or not 0.0 < self.temperature < math.inf:
       raise SamplingError(f"temperature must be a finite number > 0 (use sampling=None for "
                           f"greedy), got {self.temperature!r}")
-    if not _is_int(self.top_k) or self.top_k < 0:
+    if not is_int(self.top_k) or self.top_k < 0:
       raise SamplingError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-    if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+    if not is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
       raise SamplingError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
     if isinstance(self.seed, jax.Array):  # traced or device seeds (vmap over seeds): no range
       if self.seed.shape != () or not jnp.issubdtype(self.seed.dtype, jnp.integer):
         raise SamplingError(f"seed must be an integer scalar, got an array of shape "
                             f"{self.seed.shape} and dtype {self.seed.dtype}")
-    elif not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+    elif not is_int(self.seed) or not 0 <= self.seed < 2**32:
       raise SamplingError(f"seed must be an integer in 0..2**32 - 1, got {self.seed!r}")
     if not isinstance(self.rule, str) or self.rule not in RULES:
       raise SamplingError(f"unknown acceptance rule {self.rule!r}; known: {sorted(RULES)}")

@@ -339,3 +339,10 @@ def test_cli_fixed_skip_set_sampling_and_progress(tmp_path):
   assert fixed["output_ids"] == ar["output_ids"]
   quiet, _ = _generate(["--prompt=Hi", "--max_new_tokens=2", "--quiet"], timeout=600)
   assert quiet.returncode == 0 and "[generate]" not in quiet.stderr
+
+
+@pytest.mark.parametrize("field,value", [("gain_share", -0.1), ("explore_budget", "0.1"),
+                                         ("compile_horizon", 1.5), ("compile_horizon", -1)])
+def test_knapspec_search_rule_fields_are_checked(field, value):
+  with pytest.raises(ks.MethodError, match=field):
+    ks.KnapSpecConfig(**{field: value})
