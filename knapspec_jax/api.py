@@ -153,7 +153,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
 def to_device(host_params: dict, dtype) -> dict:
   """Device arrays of `dtype` for host (numpy) params, one array at a time: each host array is
   dropped from `host_params` as soon as its device copy exists, so a load never holds the model
-  twice (measured in BENCHMARKS.md: peak RSS against the weights' bytes)."""
+  twice (peak RSS against the weights' bytes: tests/test_qwen.py, README)."""
   put = lambda group: {k: jnp.asarray(group.pop(k), dtype) for k in list(group)}
   layers = tuple(put(lp) for lp in host_params["layers"])
   return {**put({k: host_params.pop(k) for k in list(host_params) if k != "layers"}),

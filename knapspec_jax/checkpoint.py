@@ -22,7 +22,6 @@ import numpy as np
 from knapspec_jax.config import ModelConfig, SUPPORTED_ARCHITECTURES, UnsupportedModelError
 
 DEFAULT_MODEL = "smollm2-135m"  # packaged_models.MODELS
-DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEQUANT_ROWS = 512  # rows of a GGUF tensor dequantized at a time (a few MB of temporaries)
 _CACHE_FORMAT = 2  # 1: one Orbax checkpoint; 2: one .npy file per tensor
 

@@ -97,7 +97,7 @@ def pytest_sessionfinish(session, exitstatus):
 import jax  # noqa: E402
 import torch  # noqa: E402
 
-from knapspec_jax import api, checkpoint  # noqa: E402
+from knapspec_jax import api, checkpoint, packaged_models  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 
 # Once XLA's CPU thread pool is up, torch's multi-threaded kernels on this 2-core machine ran
@@ -183,7 +183,7 @@ def smol_path() -> pathlib.Path:
   finally:
     if override is not None:
       os.environ["KNAPSPEC_MODEL"] = override
-  assert path.name == checkpoint.DEFAULT_GGUF_FILE
+  assert path.name == packaged_models.MODELS[checkpoint.DEFAULT_MODEL].file_name
   return path
 
 
