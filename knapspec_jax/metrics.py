@@ -80,8 +80,8 @@ def format_bandwidth(b: dict) -> str:
 
 
 def loop_kernels(hlo_text: str) -> dict:
-  """Kernel-launching instructions (fusions, custom calls, library ops) of the while body with
-  the most of them: the loop over steps."""
+  """Kernel-launching instructions (fusions by kind, custom calls by target, library ops) of the
+  while body with the most of them: the loop over steps."""
   best = {}
   for body in re.findall(r"body=%?([\w.\-]+)", hlo_text):
     m = re.search(r"^%?" + re.escape(body) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
@@ -94,6 +94,12 @@ def loop_kernels(hlo_text: str) -> dict:
         if kind == "custom-call":
           target = re.search(r'custom_call_target="([^"]+)"', line)
           kind = f"custom-call:{target.group(1) if target else '?'}"
+        elif kind == "fusion":  # by fusion kind; a library or Triton GEMM fusion by its name
+          fusion_kind = re.search(r"kind=(k\w+)", line)
+          kind = f"fusion:{fusion_kind.group(1) if fusion_kind else '?'}"
+          backend = re.search(r'"kind":"(__\w+)"', line)
+          if backend:
+            kind += f":{backend.group(1)}"
         counts[kind] = counts.get(kind, 0) + 1
     if sum(counts.values()) > sum(best.values()):
       best = counts
