@@ -53,6 +53,10 @@ class ModelConfig:
       which is slow: tests only) or "cudnn" (one fused cuDNN kernel; GPU with bfloat16 only;
       not deterministic). Multi-token forwards (prefill, verify) always use "xla". Not a
       property of the checkpoint: a load_model option.
+    matmul_rows: projections of fewer rows than this run padded with zero rows to this many
+      (model.linear). On the H200, XLA lowers a one-row bfloat16 projection to a slower kernel
+      than a two-row one: a Qwen2.5-1.5B-shaped one-token step took 2.24 ms, a two-token
+      forward 1.64 ms (BENCHMARKS.md 10.5). 1: no padding. A load_model option, like attention.
   """
 
   arch: str
@@ -71,8 +75,12 @@ class ModelConfig:
   qkv_bias: bool = False
   qk_norm: bool = False
   attention: str = "xla"
+  matmul_rows: int = 1
 
   def __post_init__(self):
+    if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
+      raise UnsupportedModelError(f"matmul_rows must be an integer in 1..16, got "
+                                  f"{self.matmul_rows!r}")
     if self.attention not in ATTENTION_IMPLS:
       raise UnsupportedModelError(f"attention must be one of {ATTENTION_IMPLS}, got "
                                   f"{self.attention!r}")

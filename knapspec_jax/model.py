@@ -11,6 +11,7 @@ sublayer is simply absent from the compiled program.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -49,9 +50,20 @@ def apply_rope(x, cos, sin):
   return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
 
 
-def linear(x, w):
-  """x [..., D_in] @ w [D_in, D_out]: every projection of the model goes through here."""
-  return x @ w
+def linear(x, w, min_rows: int = 1, out_dtype=None):
+  """x [..., D_in] @ w [D_in, D_out]: every projection of the model and the LM head.
+
+  min_rows: fewer rows than this (a one-token step) are padded with zero rows, multiplied, and
+  sliced back (ModelConfig.matmul_rows: on a GPU, XLA's kernel for a one-row product is slower
+  than its kernel for two rows). Each output row depends only on its own input row.
+  out_dtype: accumulate and return in this dtype (the LM head's float32 logits).
+  """
+  rows = math.prod(x.shape[:-1])
+  if rows >= min_rows:
+    return jnp.matmul(x, w, preferred_element_type=out_dtype)
+  padded = jnp.pad(x.reshape(rows, x.shape[-1]), ((0, min_rows - rows), (0, 0)))
+  out = jnp.matmul(padded, w, preferred_element_type=out_dtype)[:rows]
+  return out.reshape(*x.shape[:-1], w.shape[-1])
 
 
 def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
@@ -59,11 +71,11 @@ def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
   b, t, _ = x.shape
   h = rms_norm(x, lp["attn_norm"], cfg.norm_eps)
   if "wqkv" in lp:  # fused layout (fuse_projections): one matmul instead of three
-    qkv = linear(h, lp["wqkv"]) + (lp["bqkv"] if cfg.qkv_bias else 0)
+    qkv = linear(h, lp["wqkv"], cfg.matmul_rows) + (lp["bqkv"] if cfg.qkv_bias else 0)
     q_end, k_end = cfg.n_heads * cfg.head_dim, (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim
     q, k, v = qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:]
   else:
-    q, k, v = linear(h, lp["wq"]), linear(h, lp["wk"]), linear(h, lp["wv"])
+    q, k, v = (linear(h, lp[name], cfg.matmul_rows) for name in ("wq", "wk", "wv"))
     if cfg.qkv_bias:
       q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
   q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
@@ -86,8 +98,8 @@ def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
   if cfg.attention == "pallas" and t == 1:
     # Split-KV kernel over the cache's first attn_len positions (the bucket) with its valid
     # length: deterministic, no slice; its grid follows the bucket, not the capacity.
-    out = decode_attention.decode_attention(q[:, 0], keys, values, kv_len,
-                                            attn_len=mask.shape[-1])
+    out = decode_attention.sharded_decode_attention(q[:, 0], keys, values, kv_len,
+                                                    attn_len=mask.shape[-1])
     return out.reshape(b, t, cfg.n_heads * hd)
   if cfg.attention == "cudnn" and t == 1:
     # One fused kernel instead of ~8 per layer (BENCHMARKS.md section 1). For one query, the
@@ -111,16 +123,16 @@ def mlp(lp: Params, cfg: ModelConfig, x):
   """Pre-norm SwiGLU MLP sublayer output (before the residual add)."""
   h = rms_norm(x, lp["mlp_norm"], cfg.norm_eps)
   if "w_gate_up" in lp:  # fused layout (fuse_projections)
-    gate, up = jnp.split(linear(h, lp["w_gate_up"]), 2, axis=-1)
+    gate, up = jnp.split(linear(h, lp["w_gate_up"], cfg.matmul_rows), 2, axis=-1)
   else:
-    gate, up = linear(h, lp["w_gate"]), linear(h, lp["w_up"])
-  return linear(jax.nn.silu(gate) * up, lp["w_down"])
+    gate, up = linear(h, lp["w_gate"], cfg.matmul_rows), linear(h, lp["w_up"], cfg.matmul_rows)
+  return linear(jax.nn.silu(gate) * up, lp["w_down"], cfg.matmul_rows)
 
 
 def lm_head(params: Params, cfg: ModelConfig, h):
   """Final-normed hidden states [..., D] -> float32 logits [..., V]."""
   w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  return jnp.matmul(h, w, preferred_element_type=jnp.float32)
+  return linear(h, w, cfg.matmul_rows, jnp.float32)
 
 
 class ForwardOut(NamedTuple):
@@ -154,7 +166,7 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
         ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, pos0, 0, 0))
         vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, pos0, 0, 0))
         out = attend(cfg, q, ks[i], vs[i], mask, kv_len)
-        x = x + linear(out, lp["wo"])
+        x = x + linear(out, lp["wo"], cfg.matmul_rows)
     if collect_residuals:
       residuals.append(x)
     if not skip.skips_mlp(i):

@@ -10,6 +10,7 @@ the context) with each one-query attention variant:
   pallas        the split-KV Pallas kernel (Triton backend) over the bucket (decode_attention);
   pallas_whole  the same kernel over the whole cache, as before the grid followed the bucket;
   cudnn         jax.nn.dot_product_attention's cuDNN kernel (opt in: --variants=...,cudnn);
+  <any>_rows2   that variant with its projections padded to two rows (ModelConfig.matmul_rows);
 and a T-token verify forward (--verify; multi-token forwards always use XLA attention), with
 its ratio to the one-token step of xla (/xla) and of pallas (/pal). The cache holds the bucket's
 last positions (bucket - max T): within a bucket, the costliest steps. Each line prints
@@ -141,8 +142,9 @@ def main(argv):
           print(f"{name:13s} {context:7d} budget of {_BUDGET.value:.0f} s spent: skipping "
                 f"{variant} T={window}", flush=True)
           continue
-        attention = "pallas" if variant.startswith("pallas") else variant
-        cfg = dataclasses.replace(base_cfg, attention=attention)
+        attention = "pallas" if variant.startswith("pallas") else variant.split("_")[0]
+        rows = 2 if variant.endswith("_rows2") else 1  # projections padded to 2 rows
+        cfg = dataclasses.replace(base_cfg, attention=attention, matmul_rows=rows)
         decode_attention.decode_attention = (_whole_cache_kernel if variant == "pallas_whole"
                                              else _bucketed_kernel)
         try:
