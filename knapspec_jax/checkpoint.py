@@ -17,6 +17,7 @@ import os
 import pathlib
 import warnings
 
+import ml_dtypes  # noqa: F401  registers bfloat16 with numpy: safetensors reads BF16 tensors
 import numpy as np
 
 from knapspec_jax.config import ModelConfig, SUPPORTED_ARCHITECTURES, UnsupportedModelError
@@ -24,6 +25,7 @@ from knapspec_jax.config import ModelConfig, SUPPORTED_ARCHITECTURES, Unsupporte
 DEFAULT_MODEL = "smollm2-135m"  # packaged_models.MODELS
 _DEQUANT_ROWS = 512  # rows of a GGUF tensor dequantized at a time (a few MB of temporaries)
 _CACHE_FORMAT = 2  # 1: one Orbax checkpoint; 2: one .npy file per tensor
+HF_INDEX = "model.safetensors.index.json"  # a split checkpoint's map of tensor -> file
 
 
 class CheckpointError(ValueError):
@@ -54,13 +56,15 @@ def default_model_path() -> pathlib.Path:
 
 
 def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = True,
-                    fuse: bool = False) -> Checkpoint:
+                    fuse: bool = False, check=None) -> Checkpoint:
   """Loads a .gguf file, an HF checkpoint directory (config.json + *.safetensors) or a packaged
   model by name (packaged_models.MODELS, e.g. "qwen2.5-coder-1.5b").
 
   Params come as float32 numpy arrays, built tensor by tensor (one tensor's temporaries at a
   time, never a second copy of the model). fuse: in model.fuse_layer's layout (q/k/v and
   gate/up concatenated as each layer is read), else the separate layout of expected_shapes().
+  check: called with the ModelConfig before any weight is read (api.load_model checks there that
+  a mesh can split the model), so a load that will be refused reads no weights.
   """
   from knapspec_jax import packaged_models
   path = packaged_models.resolve(default_model_path() if path is None else path)
@@ -72,6 +76,8 @@ def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = Tru
   else:
     cfg, tokenizer, eos = _gguf_config_and_tokenizer(path)
     loader = lambda: _gguf_params(path, cfg, fuse)
+  if check is not None:
+    check(cfg)
   params = _cached(path, cfg, fuse, loader) if use_cache else loader()
   return Checkpoint(cfg, params, tokenizer, eos, str(path))
 
@@ -275,19 +281,12 @@ def _hf_config_and_tokenizer(path: pathlib.Path):
 
 def _hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
   from safetensors import SafetensorError, safe_open
-  files = sorted(path.glob("*.safetensors"))
-  if not files:
-    raise CheckpointError(f"{path}: no *.safetensors weights (pickled .bin weights are not loaded)")
-  where = {}  # tensor name -> its file (a checkpoint may be split over several)
-  for f in files:
-    try:
-      with safe_open(str(f), framework="numpy") as sf:
-        where.update(dict.fromkeys(sf.keys(), f))
-    except (SafetensorError, OSError, ValueError) as e:
-      raise CheckpointError(f"{f}: corrupt safetensors file ({e})") from e
+  where = _hf_weight_files(path)  # tensor name -> its file (a checkpoint may be split over several)
 
   def get(name: str) -> np.ndarray:
-    """One tensor, read when it is needed: never the whole checkpoint in memory at once."""
+    """One tensor in float32, read when it is needed: never the whole checkpoint in memory at
+    once. Stored as float32, bfloat16 or float16 alike (safetensors gives numpy arrays of the
+    stored dtype, bfloat16 through ml_dtypes)."""
     if name not in where:
       raise CheckpointError(f"{path}: tensor {name!r} is missing")
     try:
@@ -315,6 +314,50 @@ def _hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
       lp.update(q_norm=get(a + "q_norm.weight"), k_norm=get(a + "k_norm.weight"))
     layers.append(_layer(path, cfg, i, lp, fuse))
   return _top(path, cfg, params, layers)
+
+
+def _hf_weight_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Tensor name -> the safetensors file that holds it: from the index (HF_INDEX, its weight_map)
+  when there is one, else from the keys of every *.safetensors file. Nothing is read but the
+  files' headers; a tensor the index puts in a missing file is a CheckpointError here, before
+  any weight is read."""
+  from safetensors import SafetensorError, safe_open
+  index = path / HF_INDEX
+  if index.is_file():
+    try:
+      weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{index}: not a safetensors index (JSON with a weight_map): "
+                            f"{type(e).__name__}: {e}") from e
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+      raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
+    where = {name: path / file for name, file in weight_map.items()}
+    for name, f in sorted(where.items()):
+      if not f.is_file():
+        raise CheckpointError(f"{index}: tensor {name!r} is in {f.name}, which is missing from "
+                              f"{path}")
+    files = sorted(set(where.values()))
+  else:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+      raise CheckpointError(f"{path}: no *.safetensors weights (pickled .bin weights are not "
+                            "loaded)")
+    where = {}
+  for f in files:
+    try:
+      with safe_open(str(f), framework="numpy") as sf:
+        keys = set(sf.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+      raise CheckpointError(f"{f}: corrupt safetensors file ({e})") from e
+    if index.is_file():
+      absent = sorted(n for n, g in where.items() if g == f and n not in keys)
+      if absent:
+        raise CheckpointError(f"{index}: puts tensor {absent[0]!r} in {f.name}, which has no "
+                              "such tensor")
+    else:
+      where.update(dict.fromkeys(keys, f))
+  return where
 
 
 def _check_tokenizer(path: pathlib.Path, tokenizer, cfg: ModelConfig):
@@ -369,7 +412,8 @@ def cache_dir() -> pathlib.Path:
 
 
 def _fingerprint(path: pathlib.Path) -> str:
-  files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+  files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(
+      path.glob(HF_INDEX))
   h = hashlib.sha256(f"v{_CACHE_FORMAT}".encode())
   for f in files:
     st = f.stat()

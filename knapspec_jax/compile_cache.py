@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import jax
 
-from knapspec_jax import checkpoint
+from knapspec_jax import checkpoint, sharding
 
 PERSISTENT_CACHE_ENV = "KNAPSPEC_XLA_CACHE"  # "0", "off", "false" or "no": no on-disk cache
 _persistent_lock = threading.Lock()
@@ -60,11 +60,21 @@ def _enable_persistent_cache() -> str | None:
 
 
 def _shape_key(args) -> tuple:
-  """Structure, shapes and dtypes of the arguments (arrays and ShapeDtypeStructs alike). Hashed
-  objects, not strings: the key is computed on every call in the decode loop (about 250 leaves
-  with the parameters), where formatting each dtype cost 1.5 ms per call on the CPU."""
+  """Structure, shapes, dtypes and placements of the arguments (arrays and ShapeDtypeStructs
+  alike). Hashed objects, not strings: the key is computed on every call in the decode loop
+  (about 250 leaves with the parameters), where formatting each dtype cost 1.5 ms per call on
+  the CPU. A placement is a split leaf's sharding, its mesh included, or None for a whole one
+  (sharding.key_of): a program compiled for one mesh is never reused for another, and one device
+  keys as it always did."""
   leaves, treedef = jax.tree.flatten(args)
-  return (treedef,) + tuple((tuple(x.shape), x.dtype) for x in leaves)
+  return (treedef,) + tuple((tuple(x.shape), x.dtype, sharding.key_of(x)) for x in leaves)
+
+
+def _abstract(args):
+  """args as ShapeDtypeStructs that keep their shardings, and the mesh they are split over (None
+  on one device: then no sharding at all, the single-device path as before)."""
+  mesh = sharding.mesh_of(args)
+  return jax.tree.map(lambda x: sharding.abstract(x, mesh), args), mesh
 
 
 @dataclasses.dataclass
@@ -97,7 +107,7 @@ class CompileCache:
     """The compiled program if it is ready, else None after making sure a background thread is
     compiling it (XLA compiles outside the GIL, so decoding goes on meanwhile)."""
     key = (name, tuple(sorted(static.items())), _shape_key(args))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    abstract, _ = _abstract(args)
     with self._lock:
       if key in self._compiled:
         self.stats.hits += 1
@@ -115,8 +125,8 @@ class CompileCache:
 
   def get(self, name: str, fn: Callable, args: tuple, static: dict,
           donate_argnums: tuple[int, ...] = ()):
-    """Returns fn compiled for these static kwargs and the shapes of `args` (arrays or
-    ShapeDtypeStructs). The compiled callable takes `args` positionally."""
+    """Returns fn compiled for these static kwargs and the shapes and shardings of `args`
+    (arrays or ShapeDtypeStructs). The compiled callable takes `args` positionally."""
     key = (name, tuple(sorted(static.items())), _shape_key(args))
     in_background = threading.current_thread().name.startswith("knapspec-compile")
     with self._lock:
@@ -134,8 +144,13 @@ class CompileCache:
     persistent_cache_dir()
     start = time.perf_counter()
     jitted = jit_program(fn, static, donate_argnums)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-    compiled = jitted.lower(*abstract).compile()
+    abstract, mesh = _abstract(args)
+    if mesh is None:
+      compiled = jitted.lower(*abstract).compile()
+    else:  # GSPMD partitions the program from its inputs' shardings; kernels that cannot be
+      # partitioned find the mesh in the context (sharding.map_over_heads)
+      with jax.set_mesh(mesh):
+        compiled = jitted.lower(*abstract).compile()
     elapsed = time.perf_counter() - start
     with self._lock:
       self._compiled.setdefault(key, compiled)

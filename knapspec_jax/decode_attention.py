@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from knapspec_jax import sharding
+
 SPLIT = 256  # cache positions per program; KVCache capacities are multiples of this
 BLOCK_K = 128  # keys per inner step of a program
 HEAD_ROWS = 16  # query heads of one KV head, padded to the smallest dot tile
@@ -120,3 +122,11 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, sp
   weight = jnp.where(jnp.isfinite(m), jnp.exp(m - m_all), 0.0)
   out = (o * weight[..., None]).sum(axis=2) / (l * weight).sum(axis=2)[..., None]
   return out[:, :, :groups].reshape(b, h, hd).astype(q.dtype)
+
+
+def sharded_decode_attention(q, keys, values, kv_len, *, attn_len: int):
+  """decode_attention as the model calls it: under a tensor-parallel mesh each device runs the
+  kernel on its own heads (sharding.map_over_heads; GSPMD cannot split a Pallas call), else the
+  kernel as it is."""
+  kernel = functools.partial(decode_attention, attn_len=attn_len)
+  return sharding.map_over_heads(kernel, q, keys, values, kv_len)

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from knapspec_jax import decoding
+from knapspec_jax import decoding, sharding
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
@@ -385,7 +385,8 @@ def _search_args(params, cache, tokens, p0, w_attn, w_mlp):
 def compile_search(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache, r: int,
                    *, attn_len: int, **static):
   """AOT-compiles the search for R = r tokens at this attention bucket (warm-up)."""
-  cache = jax.eval_shape(lambda: KVCache.create(cfg, params["embed"].dtype))
+  cache = KVCache.abstract(cfg, params["embed"].dtype,
+                           sharding=sharding.cache_sharding(cfg, sharding.mesh_of(params)))
   token_ids = jax.ShapeDtypeStruct((r,), jnp.int32)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   return compiled.get("knapsack_search", knapsack_search,
@@ -412,7 +413,8 @@ def search(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p
 def compile_exit_agreement(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache,
                            r: int, *, attn_len: int):
   """AOT-compiles `exit_agreement_program` for R = r tokens at this bucket (warm-up)."""
-  cache = jax.eval_shape(lambda: KVCache.create(cfg, params["embed"].dtype))
+  cache = KVCache.abstract(cfg, params["embed"].dtype,
+                           sharding=sharding.cache_sharding(cfg, sharding.mesh_of(params)))
   args = (params, cache, jax.ShapeDtypeStruct((r,), jnp.int32),
           jax.ShapeDtypeStruct((), jnp.int32))
   return compiled.get("exit_agreement", exit_agreement_program, args,

@@ -34,10 +34,23 @@ class KVCache:
     return -(-(cfg.max_seq_len + SLACK) // TILE) * TILE
 
   @classmethod
-  def create(cls, cfg: ModelConfig, dtype=jnp.float32, batch: int = 1) -> "KVCache":
+  def create(cls, cfg: ModelConfig, dtype=jnp.float32, batch: int = 1,
+             sharding=None) -> "KVCache":
+    """A zeroed cache; sharding (sharding.cache_sharding): each layer's placement over a mesh,
+    made in place on the devices (None: the default device)."""
     shape = (batch, cls.capacity_for(cfg), cfg.n_kv_heads, cfg.head_dim)
-    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+    zeros = lambda: tuple(jnp.zeros(shape, dtype, device=sharding) for _ in range(cfg.n_layers))
     return cls(k=zeros(), v=zeros(), length=jnp.zeros((), jnp.int32))
+
+  @classmethod
+  def abstract(cls, cfg: ModelConfig, dtype=jnp.float32, batch: int = 1,
+               sharding=None) -> "KVCache":
+    """create's shapes as ShapeDtypeStructs, with their sharding, for compiling ahead of time
+    (jax.eval_shape of create drops a sharding over a mesh of Auto axes)."""
+    shape = (batch, cls.capacity_for(cfg), cfg.n_kv_heads, cfg.head_dim)
+    layer = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+    return cls(k=(layer,) * cfg.n_layers, v=(layer,) * cfg.n_layers,
+               length=jax.ShapeDtypeStruct((), jnp.int32))
 
   @property
   def capacity(self) -> int:

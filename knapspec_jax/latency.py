@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from knapspec_jax import decoding
+from knapspec_jax import decoding, sharding
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
@@ -171,11 +171,14 @@ def device_read_gbps(profile: "LatencyProfile | None" = None) -> float:
   return read_bandwidth()
 
 
-def random_cache(cfg: ModelConfig, dtype, length: int, key) -> KVCache:
-  """A cache filled with random keys/values (timing on zeros can mislead) and its cursor set."""
-  cache = KVCache.create(cfg, dtype)
+def random_cache(cfg: ModelConfig, dtype, length: int, key, placement=None) -> KVCache:
+  """A cache filled with random keys/values (timing on zeros can mislead) and its cursor set;
+  placement: KVCache.create's sharding (the cache a tensor-parallel model decodes with)."""
+  cache = KVCache.create(cfg, dtype, sharding=placement)
   keys = jax.random.split(key, 2 * cfg.n_layers)
   fill = lambda a, k: jax.random.normal(k, a.shape, jnp.float32).astype(a.dtype)
+  if placement is not None:
+    fill = lambda a, k, plain=fill: jax.device_put(plain(a, k), placement)
   return KVCache(k=tuple(fill(a, k) for a, k in zip(cache.k, keys[::2])),
                  v=tuple(fill(a, k) for a, k in zip(cache.v, keys[1::2])),
                  length=jnp.asarray(length, jnp.int32))
@@ -225,7 +228,8 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
   eos = ()
   for attn_len in attn_lens:
     start_len = attn_len - steps - 1  # the loop runs positions up to attn_len - 1
-    base = random_cache(cfg, dtype, start_len, key)
+    base = random_cache(cfg, dtype, start_len, key,
+                        sharding.cache_sharding(cfg, sharding.mesh_of(params)))
     for skip in profile_masks(cfg.n_layers):
       def make_args():
         cache = jax.tree.map(jnp.copy, base)
