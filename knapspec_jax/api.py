@@ -82,6 +82,8 @@ class Model:
     when that is not the default, and the tensor-parallel degree above 1 (a different kernel or
     split is a different cost structure)."""
     name = self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
+    if self.cfg.matmul_rows > 1:
+      name += f"+rows{self.cfg.matmul_rows}"
     tp = sharding.tp_size(self.mesh)
     return name if tp == 1 else f"{name}+tp{tp}"
 
@@ -89,6 +91,14 @@ class Model:
   def cache_sharding(self):
     """Where each KV cache layer goes (sharding.cache_sharding; None on one device)."""
     return sharding.cache_sharding(self.cfg, self.mesh)
+
+
+def default_matmul_rows(platform: str | None = None) -> int:
+  """ModelConfig.matmul_rows load_model picks on `platform` (None: jax.default_backend()): 2 on
+  a GPU, where XLA's one-row projections are slow (H200, bfloat16: a Qwen2.5-1.5B-shaped
+  one-token step 2.23 -> 1.61 ms, SmolLM2's 1.24 -> 1.04 ms; BENCHMARKS.md 10.5), else 1."""
+  platform = jax.default_backend() if platform is None else platform
+  return 2 if platform == "gpu" else 1
 
 
 def default_attention(dtype: str, platform: str | None = None) -> str:
@@ -178,7 +188,8 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   shardings = None if mesh is None else sharding.param_shardings(ckpt.cfg, mesh)
   params = to_device(ckpt.params, DTYPES[dtype], shardings)
   context = min(ckpt.cfg.max_seq_len, max_context or ckpt.cfg.max_seq_len)
-  cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context)
+  cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context,
+                            matmul_rows=default_matmul_rows())
   return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source, mesh)
 
 
