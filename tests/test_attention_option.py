@@ -36,6 +36,17 @@ def test_default_attention_by_platform(platform, dtype, want):
   api.check_attention(want, dtype, platform=platform)  # the default always runs there
 
 
+@pytest.mark.parametrize("platform, want", [("cpu", 1), ("gpu", 2), ("tpu", 1)])
+def test_default_matmul_rows_by_platform(platform, want):
+  assert api.default_matmul_rows(platform) == want
+
+
+def test_matmul_rows_must_be_a_small_integer(tiny_models):
+  for bad in (0, 17, 1.5, True):
+    with pytest.raises(ks.UnsupportedModelError, match="matmul_rows must be an integer"):
+      dataclasses.replace(tiny_models["llama"].jax.cfg, matmul_rows=bad)
+
+
 def test_default_attention_follows_the_backend():
   assert api.default_attention("bfloat16") == api.default_attention(
       "bfloat16", platform=jax.default_backend())

@@ -3,6 +3,8 @@ multi-token forwards against one-token-at-a-time decoding through the KV cache."
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import functools
 
@@ -185,9 +187,13 @@ def test_smollm2_skip_mask_matches_patched_transformers(smol_jax, smol_hf, hf_lo
 
 @pytest.mark.parametrize("name", ["llama3_rope", "qwen3"])
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "skip"])
-def test_multi_token_forward_equals_token_by_token(tiny_models, name, masked):
+@pytest.mark.parametrize("rows", [1, 2], ids=["rows1", "rows2"])
+def test_multi_token_forward_equals_token_by_token(tiny_models, name, masked, rows):
+  """rows=2: the one-token steps pad their projections to two rows (ModelConfig.matmul_rows,
+  the GPU default); the 11-token forward needs no padding and is the reference."""
   m = tiny_models[name]
   cfg = m.jax.cfg
+  step_cfg = dataclasses.replace(cfg, matmul_rows=rows)
   skip = random_masks(cfg.n_layers, 1, seed=5)[0] if masked else SkipMask.none(cfg.n_layers)
   rng = np.random.default_rng(6)
   prefix = jnp.asarray(rng.integers(0, cfg.vocab_size, size=(1, 5)), jnp.int32)
@@ -201,7 +207,7 @@ def test_multi_token_forward_equals_token_by_token(tiny_models, name, masked):
   one_by_one, cache_b = [], start
   for j in range(block.shape[1]):
     logits, cache_b = _forward_logits(m.jax.params, jnp.asarray(block[:, j:j + 1]), cache_b,
-                                      cfg=cfg, skip=skip, attn_len=attn_len)
+                                      cfg=step_cfg, skip=skip, attn_len=attn_len)
     one_by_one.append(np.asarray(logits)[0])
 
   assert int(cache_a.length) == int(cache_b.length) == 16
