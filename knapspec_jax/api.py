@@ -57,7 +57,10 @@ class Model:
     (minutes on a CPU). Assign one to decide with other costs (latency.measure, .scaled).
   search_times: seconds of the last knapsack search at each attention bucket.
   search_gains: at each attention bucket, the fraction of decode time the last search's best
-    draft was predicted to save (0 when no draft beat AR); KnapSpec budgets searches with it.
+    draft was predicted to save (0 when no draft beat AR, or when the draft it chose measured
+    slower than AR); KnapSpec budgets searches with it.
+  kept_drafts: at each attention bucket, the draft KnapSpec chose there and keeps using, across
+    windows and generations, until a window of it measures slower than AR (methods.KeptDraft).
   """
 
   cfg: ModelConfig
@@ -71,6 +74,7 @@ class Model:
   profile: Any = None  # the LatencyProfile, loaded or measured on first speculative use
   search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
   search_gains: dict = dataclasses.field(default_factory=dict)  # attn bucket -> predicted saving
+  kept_drafts: dict = dataclasses.field(default_factory=dict)  # attn bucket -> KeptDraft
 
   @property
   def name(self) -> str:

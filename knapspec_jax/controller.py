@@ -41,6 +41,9 @@ class Policy(Protocol):
   def decide(self, model, state: DecodeState, ctx: Context) -> Decision:
     ...
 
+  # Optional: observe(decision, window, capacity) is called after each window with its record
+  # (what it decoded, measured_tokens_per_s, ...), for a policy that learns from measurements.
+
 
 def confirmed_tokens(prompt_ids: np.ndarray, state: DecodeState) -> np.ndarray:
   """The tokens at cache positions [0, cursor): the prompt, then all outputs but the pending."""
@@ -55,26 +58,35 @@ def _confirmed(prompt_ids: np.ndarray, out: np.ndarray, n_out: int, length: int)
 _NO_ROUNDS = speculative.SpecCounters(*(np.int32(0),) * 4)  # a plain window's counter deltas
 
 
-def background_compile_default() -> bool:
-  """Off: measured on the H100 (BENCHMARKS.md), decoding plainly in short chunks while a skip
-  set compiled in a background thread ran at about half of AR's speed (host round trips and
-  Python tracing holding the GIL), and the compile took longer than whole generations. A new
-  skip set therefore compiles in the caller's thread and the selection charges that cost."""
-  return False
+def background_compile_default(platform: str | None = None) -> bool:
+  """On an accelerator (None: jax.default_backend()), a new skip set compiles in a background
+  thread while decoding goes on plainly, so that switching to it costs the decode loop nothing
+  and no compile is charged against a draft's gain; on a CPU, where the compile would take the
+  cores the decode runs on, it compiles in the caller's thread and the selection charges it.
+
+  Before (until session 6) it was off everywhere: on the H100, decoding plainly in chunks of 16
+  tokens while a skip set compiled ran at about half of AR's speed (host round trips and Python
+  tracing holding the GIL). The chunks are now `interval` tokens long, and on the H200 a 6 s
+  segment compile cost a generation more than any draft could win unless it ran beside the
+  decode (BENCHMARKS.md 10.6 has the H200 measurement of decoding while compiling)."""
+  platform = jax.default_backend() if platform is None else platform
+  return platform != "cpu"
 
 
 def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         profile: LatencyProfile, warmup_tokens: int = 0, background: bool | None = None,
-        wait_chunk: int = 16, sampling=None, width: int | None = None):
+        wait_chunk: int | None = None, sampling=None, width: int | None = None):
   """Decodes to the end with `policy`; returns (state, stats dict).
 
   background: compile a newly chosen skip set in a background thread and decode plainly,
-  `wait_chunk` tokens at a time, until it is ready (default: background_compile_default()).
+  `wait_chunk` tokens at a time (default: the policy's interval), until it is ready (default:
+  background_compile_default()).
   sampling: a sampling.Filter to sample (speculative sampling in drafting windows), None: greedy.
   width: every full-model forward (verify windows, plain steps) this many positions wide
   (bf16 output then equals AR's at the same width; speculative.spec_segment). None: natural.
   """
   background = background_compile_default() if background is None else background
+  wait_chunk = wait_chunk or policy.interval
   compiled = model.compiled
   counters = _NO_ROUNDS  # host zeros until the first drafting window (no device op before)
   windows = []
@@ -144,6 +156,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         accepted=int(after.accepted - before.accepted), draft_forwards=forwards,
         search_s=search, compile_s=compile_s, measured_s=measured - compile_s,
         predicted_s=predicted, measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))
+    if hasattr(policy, "observe"):  # what the window measured, for a policy that learns from it
+      policy.observe(decision, windows[-1], state.cache.capacity)
     if finished:
       break
   return state, summarize(windows, counters, search_s)

@@ -112,6 +112,13 @@ class KnapSpecConfig:
     the tokens it expects to decode with them, e.g. 100_000.
   search_chunk: budget states per batched sublayer call in the search (default:
     knapsack.default_chunk).
+  keep: keep the draft a search chose at an attention bucket, across windows and generations
+    (Model.kept_drafts), and decode with it without searching again until one of its windows
+    measures slower than AR's predicted speed; then it is dropped and the next generation may
+    search there again. False: the paper's schedule, a search every `interval` rounds. Measured
+    on Qwen2.5-Coder-1.5B on the H200 (BENCHMARKS.md 10.3): with a search every window, the
+    searches took 14.5% of the decode time and cost what the drafts won (0.88-1.07x AR, while
+    the drafting alone ran at 1.06-1.25x).
   """
 
   interval: int = 64
@@ -131,6 +138,7 @@ class KnapSpecConfig:
   search_chunk: int | None = None
   charge_compile: bool = True
   compile_horizon: int = 0
+  keep: bool = True
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -141,11 +149,22 @@ class KnapSpecConfig:
     for name in ("search_budget", "gain_share", "explore_budget"):
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
-    for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile"):
+    for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep"):
       _check_bool(name, getattr(self, name))
     _check_bool("background_compile", self.background_compile, none_ok=True)
     if self.search_chunk is not None:
       _check_int("search_chunk", self.search_chunk, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptDraft:
+  """A draft KnapSpec chose at an attention bucket and keeps (KnapSpecConfig.keep)."""
+
+  skip: SkipMask
+  gamma: int
+  alpha: float  # the search's acceptance estimate
+  context: int  # where it was chosen
+  measured_tpt: float | None = None  # tokens/s of its last measured window, None: not yet
 
 
 class KnapSpecPolicy:
@@ -211,11 +230,57 @@ class KnapSpecPolicy:
         knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
                                 self.config.n_ref, **self.search_static(attn_bucket(n, capacity)))
 
+  def kept(self, state, n: int) -> KeptDraft | None:
+    """The draft kept at context n's bucket, else at the nearest bucket below that has one
+    (None where one was dropped), if it can run now: compiled, or compiling in the background."""
+    if not self.config.keep:
+      return None
+    capacity = state.cache.capacity
+    bucket = attn_bucket(n, capacity)
+    kept_drafts = self.model.kept_drafts
+    if bucket in kept_drafts:
+      draft = kept_drafts[bucket]
+    else:
+      below = [b for b in kept_drafts if b < bucket]
+      draft = kept_drafts[max(below)] if below else None
+    if draft is None:
+      return None
+    if self.background or self.segment_compiled(state, draft.skip, draft.gamma, n):
+      return draft
+    return None
+
+  def observe(self, decision: Decision, window: dict, capacity: int):
+    """After each window (controller.run): a kept draft whose window measured slower than AR's
+    predicted speed is dropped at its bucket, and the bucket forgets its search's predicted
+    gain, so that the next generation may explore there again (once, within explore_budget).
+    Windows that decoded plainly while a program compiled, or ran under 4 rounds, say too
+    little to judge."""
+    if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
+        or window["rounds"] < 4:
+      return
+    bucket = attn_bucket(decision.context, capacity)
+    measured = window["measured_tokens_per_s"]
+    if measured < decision.ar_tpt:
+      self.model.kept_drafts[bucket] = None
+      self.model.search_gains.pop(bucket, None)
+    else:
+      self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
+                                                 decision.context, measured)
+
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile
     n, capacity = len(ctx.tokens), state.cache.capacity
     attn_len = attn_bucket(n + self.config.gamma_max + 1, capacity)
     t_ar = p.t_step(None, attn_len)
+    kept = self.kept(state, n)
+    if kept is not None:  # no search: decode with the draft that measured faster than AR here
+      tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma)
+      measured = ("not measured yet" if kept.measured_tpt is None
+                  else f"last window {kept.measured_tpt:.0f} tok/s")
+      self.used.add((kept.skip, kept.gamma))
+      return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
+                      f"kept (chosen at context {kept.context}; {measured}, AR predicted "
+                      f"{1 / t_ar:.0f})")
     # The search scores drafts on generated tokens: collect r of them first, unless no search
     # will be affordable by then, in which case decode plainly to the end in one go.
     missing = max(r - ctx.n_out, 0)
@@ -257,6 +322,9 @@ class KnapSpecPolicy:
                                          if decision.best_tpt > 0 else 0.0)
     if decision.drafts:
       self.used.add((decision.skip, decision.gamma))
+      if self.config.keep:
+        model.kept_drafts[search_len] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
+                                                  n)
     else:  # wait until another search fits its budget again
       share = self.search_share(n, capacity)[0]
       self.ar_window = max(self.interval,

@@ -33,15 +33,18 @@ def with_profile():
   saved = []
 
   def give(model, **costs):
-    saved.append((model, model.profile, dict(model.search_times), dict(model.search_gains)))
+    saved.append((model, model.profile, dict(model.search_times), dict(model.search_gains),
+                  dict(model.kept_drafts)))
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
     model.search_times.clear()
     model.search_gains.clear()
+    model.kept_drafts.clear()
     return model
 
   yield give
-  for model, profile, times, gains in saved:
+  for model, profile, times, gains, kept in saved:
     model.profile, model.search_times, model.search_gains = profile, times, gains
+    model.kept_drafts = kept
 
 
 def ar(model, ids, max_new, ignore_eos=True):
@@ -222,6 +225,82 @@ def test_first_search_explores_then_the_predicted_gain_budgets_the_next(tiny_mod
   model.search_gains.clear()
   done, stats = searched(ks.KnapSpecConfig(**common, explore_budget=0.0))
   assert not done and "first search here" in stats["decisions"][-1]["reason"]
+
+
+KEEP_TEST = dict(interval=8, n_ref=8, threshold=0.01, margin=-0.99, search_budget=100.0)
+
+
+def _reasons(got) -> list[str]:
+  return [d["reason"] for d in got.stats["decisions"]]
+
+
+def test_kept_draft_is_used_again_without_a_search(tiny_models, with_profile):
+  """A draft the search chose is kept at its bucket: the generation's later windows and the
+  next generation decode with it and run no search; keep=False searches every window (the
+  paper's schedule). Every output is AR's."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  want = ar(model, ids, 48)
+  first = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                       config=ks.KnapSpecConfig(**KEEP_TEST))
+  assert first.output_ids == want
+  assert any(r.startswith("predicted") for r in _reasons(first)), _reasons(first)
+  assert any(r.startswith("kept") for r in _reasons(first)), _reasons(first)
+  assert [k for k in model.kept_drafts.values() if k is not None]
+  second = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                        config=ks.KnapSpecConfig(**KEEP_TEST))
+  assert second.output_ids == want
+  assert _reasons(second) and all(r.startswith("kept") for r in _reasons(second))
+  assert second.stats["speculation_steps"] > 0
+  model.kept_drafts.clear()
+  fresh = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                       config=ks.KnapSpecConfig(**KEEP_TEST, keep=False))
+  assert fresh.output_ids == want
+  assert not any(r.startswith("kept") for r in _reasons(fresh))
+  assert not model.kept_drafts
+
+
+def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
+  """The same search under a profile that predicts AR a million times faster than this CPU
+  runs: every drafting window measures slower than predicted AR, so its draft is dropped after
+  the window (and the bucket forgets its predicted gain); no window decodes with a kept draft."""
+  model = with_profile(tiny_models["llama3_rope"].jax,
+                       **{k: v * 1e-6 for k, v in PAYS.items()})
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                     config=ks.KnapSpecConfig(**KEEP_TEST))
+  assert got.output_ids == ar(model, ids, 48)
+  judged = [w for w in got.stats["window_log"] if w["rounds"] >= 4]
+  assert judged, got.stats["window_log"]
+  assert all(w["measured_tokens_per_s"] < w["decision"]["ar_tpt"] for w in judged)
+  assert any(r.startswith("predicted") for r in _reasons(got)), _reasons(got)
+  assert not any(r.startswith("kept") for r in _reasons(got)), _reasons(got)
+  assert None in model.kept_drafts.values() and not model.search_gains
+
+
+def test_background_compile_decodes_plainly_meanwhile_and_stays_lossless(tiny_models,
+                                                                        with_profile):
+  """With background_compile (the default on an accelerator), a new skip set compiles in a
+  background thread while the controller decodes plainly; the output is AR's either way, and
+  once wait_background returns, the next generation drafts with the kept set at once."""
+  from knapspec_jax import controller
+  assert controller.background_compile_default("gpu")
+  assert controller.background_compile_default("tpu")
+  assert not controller.background_compile_default("cpu")
+  model = with_profile(tiny_models["qwen3"].jax, **PAYS)
+  ids = np.arange(7, 47) % model.cfg.vocab_size
+  want = ar(model, ids, 48)
+  config = ks.KnapSpecConfig(**KEEP_TEST, background_compile=True)
+  before = model.compiled.stats.background_compiles
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == want
+  waited = model.compiled.wait_background()
+  assert waited >= 0.0
+  assert model.compiled.stats.background_compiles > before
+  again = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert again.output_ids == want
+  assert again.stats["speculation_steps"] > 0
+  assert all(r.startswith("kept") for r in _reasons(again)), _reasons(again)
 
 
 def test_compiled_skip_set_is_not_charged_again(tiny_models, with_profile):
