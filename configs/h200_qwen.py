@@ -10,15 +10,11 @@ Budget (the device time of one call, about 6 minutes): the model loads in 64-106
 bucket costs a ~4 s compile (the H200 profile's segment_compile_s), so CLaSp re-optimizes every
 64 rounds (configs/h200.py: 32, for SmolLM2) to keep its warm-up compiles few.
 
-KnapSpec options (KnapSpecConfig's docstring gives the measurements behind each):
-  explore_budget=0.2  the first search at a context may cost up to 20% of the AR time left: a
-                      search costs 27-92 ms against 0.54-0.62 s of AR time for 256 tokens
-                      (5-15%). The untimed warm-up run of each prompt pays it; its predicted
-                      saving then budgets the timed runs' searches (gain_share).
-  compile_horizon=100000  a new skip set's ~4 s compile is charged against the savings of
-                      100K tokens, i.e. the programs are reused across the process's
-                      generations: the warm-up run compiles them, the timed runs find them
-                      compiled and are not charged (as the fixed set compiles at warm-up).
+KnapSpec runs with its defaults (since session 6: keep=True, a 25% explore_budget, skip sets
+compiled in the background on the GPU; KnapSpecConfig's docstring gives the measurements behind
+each). The untimed warm-up run of each prompt explores and compiles; the benchmark waits for
+background compiles before each timed run (CompileCache.wait_background). Session 5's options,
+explore_budget=0.2 and compile_horizon=100000, are no longer needed.
 """
 
 import os
@@ -40,8 +36,7 @@ def get_config():
   c.long_max_new_tokens = 256
   c.repeats = 3
   c.warmup_runs = 1
-  c.method_options = ("knapspec.explore_budget=0.2,knapspec.compile_horizon=100000,"
-                      "clasp.interval=64")
+  c.method_options = "clasp.interval=64"
   # Output: a new results/tmp/h200_qwen-<time>/ folder; experiments/gpu/run_qwen.sh writes
   # results/h200_qwen/<time>/ and copies it to $OUT (commit the run under results/h200_qwen/).
   return c

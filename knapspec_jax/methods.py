@@ -87,10 +87,16 @@ class KnapSpecConfig:
     (CPU and GPU, README), the next searches there fall back to search_budget.
   explore_budget: at a bucket where no search ran yet, the generation's first search is allowed
     up to this fraction of the AR time left (once per generation; the outcome is recorded for
-    gain_share). This is the price of finding out: at most 5% of one generation per new bucket.
-    On SmolLM2 on this 2-vCPU CPU a search costs 0.73 s at 256 positions against 16.8 ms per AR
-    token (its profile), so it explores only in generations of >= 870 tokens; the CPU configs
-    (96-128 tokens) never do. A benchmark's untimed warm-up run of each prompt pays it.
+    gain_share, and a draft it chooses is kept: `keep`). This is the price of finding out,
+    paid once per bucket in a process whose first search there finds no draft worth keeping.
+    25%: on the H200 a Qwen2.5-Coder-1.5B search costs 30-58 ms up to 8K positions (its
+    profile) against 0.38-0.43 s of AR time for 240 tokens with the two-row one-token step
+    (BENCHMARKS.md 10.5), so at 5% (until session 6) and at 20% it never searched at 256 new
+    tokens. On SmolLM2 on this 2-vCPU CPU a search costs 0.73 s at 256 positions against 16.8 ms
+    per AR token, so it explores only in generations of >= 174 tokens (the CPU configs, 96-128
+    tokens, never do); where it explores and finds no paying draft, the bucket records a saving
+    of 0 and later generations do not search there again. A benchmark's untimed warm-up run of
+    each prompt pays it.
   decoupled: attention and MLP are separate items (False: whole layers, each one item of weight
     w_attn + w_mlp in the same DP, as CLaSp's items; an ablation).
   latency_weights: item weights from the latency profile (False: uniform weights, i.e. DEL's
@@ -99,8 +105,10 @@ class KnapSpecConfig:
   background_compile: compile a new skip set's program in a background thread while decoding
     plainly (default off: see controller.background_compile_default). When compiling blocks,
     the selection charges its cost against the predicted gain.
-  charge_compile: False ignores compile cost in the selection (an experiment's setting, to
-    measure what the predicted drafts deliver; the compiles then count in decode time). Only
+  charge_compile: (only where a new skip set compiles in the caller's thread: on a CPU, or with
+    background_compile=False) False ignores compile cost in the selection (an experiment's
+    setting, to measure what the predicted drafts deliver; the compiles then count in decode
+    time). Only
     a (skip set, draft length) whose segment program is not in the model's compile cache is
     charged: one compiled by an earlier generation or a warm-up run costs nothing to use again
     (the check was per generation before, so every generation paid the full charge again).
@@ -130,7 +138,7 @@ class KnapSpecConfig:
   margin: float = 0.03
   search_budget: float = 0.02
   gain_share: float = 0.5
-  explore_budget: float = 0.05
+  explore_budget: float = 0.25
   decoupled: bool = True
   latency_weights: bool = True
   protect_ends: bool = True
