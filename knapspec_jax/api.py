@@ -187,9 +187,9 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     raise UnsupportedModelError(f"attention='cudnn' is not supported with tp={tp} (untested): "
                                 "use attention='xla' or 'pallas'")
   fuse = tp == 1 if fuse is None else fuse
-  check = None if mesh is None else (lambda cfg: sharding.param_shardings(cfg, mesh))
+  check = None if mesh is None else (lambda cfg: sharding.param_shardings(cfg, mesh, fuse))
   ckpt = checkpoint_lib.load_checkpoint(path, use_cache=use_cache, fuse=fuse, check=check)
-  shardings = None if mesh is None else sharding.param_shardings(ckpt.cfg, mesh)
+  shardings = None if mesh is None else sharding.param_shardings(ckpt.cfg, mesh, fuse)
   params = to_device(ckpt.params, DTYPES[dtype], shardings)
   context = min(ckpt.cfg.max_seq_len, max_context or ckpt.cfg.max_seq_len)
   cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context,
@@ -210,9 +210,8 @@ def to_device(host_params: dict, dtype, shardings: dict | None = None) -> dict:
   else:
     def put(group, where):
       if set(group) != set(where):
-        raise UnsupportedModelError(
-            f"params {sorted(group)} do not match the sharded layout {sorted(where)} (a fused "
-            "layout cannot be split: load with fuse=False)")
+        raise UnsupportedModelError(f"params {sorted(group)} do not match the layout of their "
+                                    f"shardings {sorted(where)}")
       return {k: jax.device_put(np.asarray(group.pop(k), dtype), where[k]) for k in list(group)}
   where = shardings or {"layers": (None,) * len(host_params["layers"])}
   layers = tuple(put(lp, w) for lp, w in zip(host_params["layers"], where["layers"]))

@@ -19,7 +19,8 @@ The fused layout (model.fuse_projections: q/k/v and gate/up concatenated along t
 is not sharded: an even split of the concatenated columns would put one device's q columns next
 to another device's k columns, so every step would reshuffle them. Under a mesh of more than one
 device api.load_model loads the separate layout (separate, head-aligned matmuls per shard cost
-nothing extra: fusion only saves kernel launches on one GPU) and refuses fuse=True.
+nothing extra: fusion only saves kernel launches on one GPU) and refuses fuse=True; a mesh of
+one device keeps the fused layout, placed whole.
 
 A single device (mesh None) is the default; then nothing here is called and every code path is
 the one without a mesh.
@@ -116,16 +117,29 @@ def _check_mesh(cfg: ModelConfig, mesh: Mesh):
   check_divides(cfg, tp_size(mesh))
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
-  """NamedShardings in the layout of the params (model.py, separate q/k/v and gate/up: see the
-  module docstring for the fused layout): only the keys this config has (lm_head when untied,
-  biases for Qwen2, q/k norms for Qwen3)."""
+FUSED = {"wqkv": ("wq", "wk", "wv"), "bqkv": ("bq", "bk", "bv"), "w_gate_up": ("w_gate", "w_up")}
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, fused: bool = False) -> dict:
+  """NamedShardings in the layout of the params (model.py): only the keys this config has
+  (lm_head when untied, biases for Qwen2, q/k norms for Qwen3). fused: model.fuse_layer's keys
+  (wqkv, bqkv, w_gate_up), which are only placed whole, on a mesh of one device (see the module
+  docstring); UnsupportedModelError on more."""
   _check_mesh(cfg, mesh)
-  rules = ShardingRules.for_model(cfg, tp_size(mesh))
+  tp = tp_size(mesh)
+  if fused and tp > 1:
+    raise UnsupportedModelError(f"the fused layout (q/k/v and gate/up concatenated) cannot be "
+                                f"split over tp={tp} devices: load with fuse=False")
+  rules = ShardingRules.for_model(cfg, tp)
   named = lambda axes: NamedSharding(mesh, rules.spec(axes))
   optional = {"bq", "bk", "bv"} if not cfg.qkv_bias else set()
   optional |= {"q_norm", "k_norm"} if not cfg.qk_norm else set()
   layer = {k: named(axes) for k, axes in PARAM_AXES["layer"].items() if k not in optional}
+  for name, parts in FUSED.items() if fused else ():
+    if parts[0] in layer:  # one device: every part is replicated, and so is their concatenation
+      layer[name] = layer[parts[0]]
+      for part in parts:
+        del layer[part]
   top = {k: named(PARAM_AXES[k]) for k in ("embed", "final_norm", "lm_head")
          if k != "lm_head" or not cfg.tie_embeddings}
   return {**top, "layers": tuple(dict(layer) for _ in range(cfg.n_layers))}

@@ -1,0 +1,177 @@
+"""Tensor parallelism (sharding.py) on 8 virtual CPU devices: under tp = 1, 2, 4 and 8 (Llama;
+Qwen2 and Qwen3 at two of them) every method's tokens equal AR's with the same model on one
+device, which equal transformers' greedy ones; each weight and the KV cache sit split as the
+heads, MLP and vocabulary dictate; a warmed-up generation compiles nothing; a mesh that cannot
+split the model is refused clearly.
+
+The multi-device runs happen in a subprocess (tests/sharding_worker.py) that asks for 8 CPU
+devices before jax starts, so the rest of the suite keeps its usual single device. The models
+are tiny random transformers models saved as split checkpoints (several safetensors files and
+model.safetensors.index.json), so the index loader is exercised on the way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from knapspec_jax import api, sharding
+from knapspec_jax.config import UnsupportedModelError
+
+WORKER = pathlib.Path(__file__).with_name("sharding_worker.py")
+TPS = (1, 2, 4, 8)
+# Every tp for llama; for the others the tps that split their KV heads and one that cannot
+# (qwen2, 4 KV heads) or splits them down to one per device (qwen3, 8): the suite's time.
+MODEL_TPS = {"llama": TPS, "qwen2": (2, 8), "qwen3": (4, 8)}
+METHODS = ("ar", "knapspec", "fixed", "del", "clasp")
+NEW = 12  # new tokens per generation: enough for several speculation rounds and rollbacks
+
+# 8 query heads; KV heads 2, 4 and 8, so that KV heads are split where tp divides them (llama at
+# tp 2, qwen2 up to 4, qwen3 always) and replicated where it does not.
+_COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_attention_heads=8,
+               max_position_embeddings=512, num_hidden_layers=3)
+
+
+def _hf_config(name: str):
+  import transformers
+  if name == "llama":
+    return transformers.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **_COMMON)
+  if name == "qwen2":
+    return transformers.Qwen2Config(num_key_value_heads=4, tie_word_embeddings=False,
+                                    use_sliding_window=False, **_COMMON)
+  return transformers.Qwen3Config(num_key_value_heads=8, head_dim=16, tie_word_embeddings=True,
+                                  use_sliding_window=False, **_COMMON)
+
+
+def _build(name: str, seed: int = 0):
+  """A random transformers model whose every weight matters (conftest.build_tiny_hf's recipe,
+  with head counts that 8 devices can split)."""
+  import transformers
+  cfg = _hf_config(name)
+  cfg._attn_implementation = "eager"
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for pname, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      p.copy_(1.0 + 0.2 * noise if "norm" in pname else
+              (0.1 if "embed_tokens" in pname else 0.2) * noise)
+  return model.eval()
+
+
+@pytest.fixture(scope="module")
+def split_models(tmp_path_factory) -> dict:
+  """name -> (HF checkpoint directory split over several files with an index, transformers
+  model)."""
+  models = {}
+  for name in ("llama", "qwen2", "qwen3"):
+    hf = _build(name)
+    path = tmp_path_factory.mktemp(f"split_{name}")
+    hf.save_pretrained(path, safe_serialization=True, max_shard_size="100KB")
+    models[name] = (path, hf)
+  return models
+
+
+def _worker(mode: str, spec: dict, timeout: int = 300) -> dict:
+  out = subprocess.run([sys.executable, str(WORKER), mode, json.dumps(spec)], capture_output=True,
+                       text=True, timeout=timeout)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _expected_shards(cfg, tp: int) -> dict:
+  """Per-device shapes, written from what each dimension means: query heads, MLP hidden units
+  and vocabulary rows split tp ways; KV heads too when tp divides them; norms whole."""
+  d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+  hd = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+  q = cfg.num_attention_heads * hd // tp
+  kv_heads = cfg.num_key_value_heads
+  kv = (kv_heads // tp if kv_heads % tp == 0 else kv_heads) * hd
+  layer = {"attn_norm": [d], "mlp_norm": [d], "wq": [d, q], "wk": [d, kv], "wv": [d, kv],
+           "wo": [q, d], "w_gate": [d, f // tp], "w_up": [d, f // tp], "w_down": [f // tp, d]}
+  if cfg.model_type == "qwen2":
+    layer.update(bq=[q], bk=[kv], bv=[kv])
+  if cfg.model_type == "qwen3":
+    layer.update(q_norm=[hd], k_norm=[hd])
+  top = {"embed": [v // tp, d], "final_norm": [d]}
+  if not cfg.tie_word_embeddings:
+    top["lm_head"] = [d, v // tp]
+  return {"layer": layer, "top": top, "cache_kv": kv // hd}
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3"])
+def test_every_method_under_tp_equals_one_device(split_models, hf_greedy, name):
+  path, hf = split_models[name]
+  assert (path / "model.safetensors.index.json").is_file()
+  assert len(list(path.glob("*.safetensors"))) >= 2
+  prompt = np.random.default_rng(7).integers(0, hf.config.vocab_size, size=16).tolist()
+  got = _worker("generate", dict(model=str(path), prompt=prompt, new=NEW,
+                                 tps=list(MODEL_TPS[name]), methods=list(METHODS)))
+  single = got["single"]["tokens"]  # AR on one device; every method's tokens there (float32)
+  assert single == hf_greedy(hf, prompt, NEW)
+  for tp in MODEL_TPS[name]:
+    run = got[f"tp{tp}"]
+    for m in METHODS:
+      assert run["methods"][m]["tokens"] == single, (tp, m)
+    for m in ("ar", "fixed"):  # every program known at warm-up: none compiled while decoding
+      assert run["methods"][m]["compile_in_decode_s"] == 0.0, (tp, m)
+      again = run[f"{m}_again"]
+      assert again["tokens"] == single
+      assert again["xla_compiles"] == 0, (tp, m, again)
+    placed = run["placement"]
+    want = _expected_shards(hf.config, tp)
+    if tp == 1:  # one device keeps the fused layout, whole
+      assert "wqkv" in placed["layer"] and placed["layer"]["wqkv"]["devices"] == 1
+      continue
+    assert {k: v["shape"] for k, v in placed["layer"].items()} == want["layer"], tp
+    assert all(v["devices"] == tp for v in placed["layer"].values())
+    assert {k: placed[k]["shape"] for k in want["top"]} == want["top"], tp
+    assert placed["cache"]["shape"][2] == want["cache_kv"] and placed["cache"]["devices"] == tp
+
+
+def test_pallas_kernel_runs_per_device_over_its_heads(split_models):
+  """The one-query Pallas kernel (interpreted on CPU) under shard_map: KV heads split (tp 2) and
+  replicated (tp 8, 2 KV heads) give AR's tokens with XLA's attention on one device."""
+  path, hf = split_models["llama"]
+  prompt = np.random.default_rng(8).integers(0, hf.config.vocab_size, size=12).tolist()
+  got = _worker("pallas", dict(model=str(path), prompt=prompt, new=6, tps=[2, 8]))
+  assert len(got["single_xla"]) == 6
+  assert got["tp2"] == got["single_xla"] and got["tp8"] == got["single_xla"]
+
+
+def test_meshes_that_cannot_split_the_model_are_refused(split_models, tmp_path, tiny_builder):
+  undivided = tmp_path / "four_heads"  # conftest's tiny llama: 4 query heads, not 8
+  tiny_builder("llama").save_pretrained(undivided, safe_serialization=True)
+  path, _ = split_models["llama"]
+  got = _worker("errors", dict(model=str(path), undivided=str(undivided)))
+  assert all(e is not None and e["type"] == "UnsupportedModelError" for e in got.values()), got
+  assert "tp=3 does not divide the 8 available devices" in got["devices"]["message"]
+  assert "tp=16 needs 16 devices, only 8" in got["too_many"]["message"]
+  assert "does not divide the model's n_heads=4" in got["heads"]["message"]
+  assert "fuse=True" in got["fuse"]["message"]
+  assert "mesh must be a jax.sharding.Mesh" in got["not_a_mesh"]["message"]
+
+
+def test_one_device_checks_without_a_mesh(tiny_models):
+  """In this process (one CPU device): make_mesh refuses what it cannot build, check_divides
+  names the size tp does not divide, and a model loaded without a mesh is as before."""
+  cfg = tiny_models["qwen2"].jax.cfg  # 4 heads, d_ff 96, vocab 512
+  with pytest.raises(UnsupportedModelError, match="tp=2 needs 2 devices, only 1"):
+    sharding.make_mesh(2)
+  with pytest.raises(UnsupportedModelError, match="tp must be a positive integer"):
+    sharding.make_mesh(0)
+  with pytest.raises(UnsupportedModelError, match="does not divide the model's d_ff=90"):
+    sharding.check_divides(dataclasses.replace(cfg, d_ff=90), 4)
+  with pytest.raises(UnsupportedModelError, match="does not divide the model's vocab_size=510"):
+    sharding.check_divides(dataclasses.replace(cfg, vocab_size=510), 4)
+  model = tiny_models["qwen2"].jax
+  assert model.mesh is None and model.cache_sharding is None
+  assert "wqkv" in model.params["layers"][0]  # fused, as on one device always
