@@ -72,6 +72,46 @@ def test_hf_directory_weights_equal_transformers(tiny):
   _assert_params_match_hf(jax.tree.map(np.asarray, tiny.jax.params), tiny.jax.cfg, state)
 
 
+def test_split_checkpoint_reads_each_tensor_from_the_file_its_index_names(tmp_path,
+                                                                          tiny_builder):
+  """A checkpoint saved in several files with model.safetensors.index.json (transformers'
+  max_shard_size) loads every tensor as transformers has it; a stray *.safetensors file that
+  the index does not name is not read."""
+  hf = tiny_builder("qwen2", seed=5)
+  model_dir = tmp_path / "split"
+  hf.save_pretrained(model_dir, safe_serialization=True, max_shard_size="100KB")
+  index = json.loads((model_dir / checkpoint.HF_INDEX).read_text())["weight_map"]
+  assert len(set(index.values())) >= 2
+  (model_dir / "stray.safetensors").write_bytes(b"not safetensors at all")
+  ckpt = checkpoint.load_checkpoint(model_dir, use_cache=False)
+  _assert_params_match_hf(ckpt.params, ckpt.cfg, _hf_state(hf))
+
+
+def test_index_naming_a_missing_file_is_refused(tmp_path, tiny_builder):
+  hf = tiny_builder("llama", seed=6)
+  model_dir = tmp_path / "split"
+  hf.save_pretrained(model_dir, safe_serialization=True, max_shard_size="100KB")
+  index = json.loads((model_dir / checkpoint.HF_INDEX).read_text())["weight_map"]
+  name, file = sorted(index.items())[-1]
+  (model_dir / file).unlink()
+  with pytest.raises(CheckpointError, match=rf"tensor '[^']+' is in {file}, which is missing"):
+    api.load_model(str(model_dir), use_cache=False)
+  (model_dir / checkpoint.HF_INDEX).write_text("{}")
+  with pytest.raises(CheckpointError, match=r"not a safetensors index"):
+    api.load_model(str(model_dir), use_cache=False)
+
+
+def test_bfloat16_safetensors_load_as_their_float32_values(tmp_path, tiny_builder):
+  """Weights stored in bfloat16 (as most released checkpoints are) load as exactly the float32
+  values of transformers' bfloat16 tensors."""
+  hf = tiny_builder("qwen3", seed=7).to(torch.bfloat16)
+  model_dir = tmp_path / "bf16"
+  hf.save_pretrained(model_dir, safe_serialization=True)
+  ckpt = checkpoint.load_checkpoint(model_dir, use_cache=False)
+  assert all(a.dtype == np.float32 for a in jax.tree.leaves(ckpt.params))
+  _assert_params_match_hf(ckpt.params, ckpt.cfg, _hf_state(hf))
+
+
 # ------------------------------------------------------------------------------ params cache
 
 def test_params_cache_restores_identical_params(tmp_path, monkeypatch, tiny_builder):
