@@ -38,6 +38,10 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params 
 _ATTENTION = flags.DEFINE_enum("attention", None, ["xla", "pallas", "cudnn"],
                                "One-query attention kernel: xla, pallas or cudnn (GPU bf16); "
                                "default: pallas on a GPU in bfloat16, else xla.")
+_TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel devices: split the model's heads, MLP and "
+                           "vocabulary over the first N devices (knapspec_jax.sharding); 1: one "
+                           "device. N must divide the device count and the model's n_heads, "
+                           "d_ff and vocab_size (checked before the weights load).")
 _IGNORE_EOS = flags.DEFINE_bool("ignore_eos", False, "Keep generating past end-of-sequence.")
 _COMPARE_AR = flags.DEFINE_bool("compare_ar", False, "Also run AR on the same compiled model "
                                 "and prompt and print the speedup.")
@@ -143,6 +147,8 @@ def check_cheap():
         raise UsageError(f"--{flag.name} takes layer indices like 4,6,8; got {item!r}")
   if _WIDTH.value is not None and not 1 <= _WIDTH.value <= WIDTH_MAX:
     raise UsageError(f"--width must be in 1..{WIDTH_MAX}, got {_WIDTH.value}")
+  if _TP.value < 1:
+    raise UsageError(f"--tp must be >= 1, got {_TP.value}")
 
 
 def method_config(ks):
@@ -252,8 +258,10 @@ def main(argv):
     import knapspec_jax as ks
     errors = (ks.PromptError, ks.MethodError, ks.SamplingError, ks.SkipMaskError,
               ks.CheckpointError, ks.UnsupportedModelError)
+    from knapspec_jax import sharding
     config = method_config(ks)
     sampling = sampling_config(ks)
+    mesh = sharding.make_mesh(_TP.value) if _TP.value > 1 else None  # the device count
   except UsageError as e:
     usage_exit(str(e))
   except (ValueError, TypeError) as e:  # the configs' documented errors, ValueError subclasses
@@ -262,7 +270,8 @@ def main(argv):
   progress = Progress(_QUIET.value)
   try:
     progress.phase("loading the model")
-    model = ks.load_model(_MODEL.value, dtype=_DTYPE.value, attention=_ATTENTION.value)
+    model = ks.load_model(_MODEL.value, dtype=_DTYPE.value, attention=_ATTENTION.value,
+                          mesh=mesh)
     if _METHOD.value == "fixed" and (_SKIP_ATTN.present or _SKIP_MLP.present):
       skip = ks.SkipMask.from_layers(model.cfg.n_layers,
                                      attn=[int(i) for i in _SKIP_ATTN.value or ()],
@@ -293,7 +302,8 @@ def main(argv):
     progress.done()
     usage_exit(f"{type(e).__name__}: {e}")
   result = results[0]
-  print(f"prompt: {len(result.prompt_ids)} tokens; model {model.name} ({model.dtype})")
+  tp = f", tp={_TP.value}" if mesh is not None else ""
+  print(f"prompt: {len(result.prompt_ids)} tokens; model {model.name} ({model.dtype}{tp})")
   print("-" * 80)
   print(result.text)
   print("-" * 80)

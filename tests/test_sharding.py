@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -175,3 +176,20 @@ def test_one_device_checks_without_a_mesh(tiny_models):
   model = tiny_models["qwen2"].jax
   assert model.mesh is None and model.cache_sharding is None
   assert "wqkv" in model.params["layers"][0]  # fused, as on one device always
+
+
+@pytest.mark.parametrize("tp,devices,message", [
+    (0, 1, "generate.py: --tp must be >= 1, got 0"),
+    (2, 1, "generate.py: UnsupportedModelError: tp=2 needs 2 devices, only 1 (cpu)"),
+    # SmolLM2-135M has 9 query heads: refused from its config, before its weights are read
+    (2, 2, "generate.py: UnsupportedModelError: tp=2 does not divide the model's n_heads=9"),
+])
+def test_generate_script_checks_tp_before_loading(tp, devices, message):
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "generate.py"
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  env.pop("KNAPSPEC_MODEL", None)
+  proc = subprocess.run([sys.executable, str(script), "--prompt=hi", f"--tp={tp}", "--quiet"],
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1
