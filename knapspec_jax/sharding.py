@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from knapspec_jax.config import ModelConfig, UnsupportedModelError, is_int
 
@@ -172,7 +172,9 @@ def key_of(x) -> Any:
   loses its trailing Nones: a program's outputs come back as P(None, None, "tp") for the
   P(None, None, "tp", None) the cache was made with, the same placement."""
   s = getattr(x, "sharding", None)
-  if s is None or s.is_fully_replicated:
+  # One device, the common case, answered first. Reading the sharding still costs: a key of
+  # 270 leaves took 0.20 ms on the CPU, 0.09 ms before placements were keyed.
+  if s is None or isinstance(s, SingleDeviceSharding) or s.is_fully_replicated:
     return None
   if not isinstance(s, NamedSharding):
     return s
