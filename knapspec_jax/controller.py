@@ -59,18 +59,16 @@ _NO_ROUNDS = speculative.SpecCounters(*(np.int32(0),) * 4)  # a plain window's c
 
 
 def background_compile_default(platform: str | None = None) -> bool:
-  """On an accelerator (None: jax.default_backend()), a new skip set compiles in a background
-  thread while decoding goes on plainly, so that switching to it costs the decode loop nothing
-  and no compile is charged against a draft's gain; on a CPU, where the compile would take the
-  cores the decode runs on, it compiles in the caller's thread and the selection charges it.
-
-  Before (until session 6) it was off everywhere: on the H100, decoding plainly in chunks of 16
-  tokens while a skip set compiled ran at about half of AR's speed (host round trips and Python
-  tracing holding the GIL). The chunks are now `interval` tokens long, and on the H200 a 6 s
-  segment compile cost a generation more than any draft could win unless it ran beside the
-  decode (BENCHMARKS.md 10.6 has the H200 measurement of decoding while compiling)."""
-  platform = jax.default_backend() if platform is None else platform
-  return platform != "cpu"
+  """Off on every platform (`platform` is for tests; None: jax.default_backend()): decoding
+  plainly while a skip set compiles in a background thread runs far below AR's speed. Measured
+  on the H100 (chunks of 16 tokens: about half of AR's speed) and again on the H200 with
+  Qwen2.5-Coder-1.5B (chunks of 64 tokens: 92-199 tok/s against AR's 575; a drafting window
+  beside a prefetching compile 286 tok/s against a predicted 605; BENCHMARKS.md 10.6): the
+  compile's host threads starve the host loop that drives XLA's while loops on the GPU. A new
+  skip set therefore compiles in the caller's thread, at warm-up where possible (KnapSpec
+  compiles its kept drafts there), and the selection charges a compile inside a run."""
+  del platform
+  return False
 
 
 def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,

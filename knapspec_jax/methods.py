@@ -123,7 +123,11 @@ class KnapSpecConfig:
   keep: keep the draft a search chose at an attention bucket, across windows and generations
     (Model.kept_drafts), and decode with it without searching again until one of its windows
     measures slower than AR's predicted speed; then it is dropped and the next generation may
-    search there again. False: the paper's schedule, a search every `interval` rounds. Measured
+    search there again. A draft predicted to pay whose program is not compiled, and whose
+    compile this generation cannot repay (compile_horizon), is kept too: this generation decodes
+    plainly, and the next generation's warm-up compiles it (outside the timed decode, reported
+    as compile_s), as the fixed set's programs compile at warm-up. False: the paper's schedule,
+    a search every `interval` rounds, and only compiled or repaid drafts. Measured
     on Qwen2.5-Coder-1.5B on the H200 (BENCHMARKS.md 10.3): with a search every window, the
     searches took 14.5% of the decode time and cost what the drafts won (0.88-1.07x AR, while
     the drafting alone ran at 1.06-1.25x).
@@ -230,32 +234,35 @@ class KnapSpecPolicy:
                 chunk=chunk)
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
-    """AOT-compiles the search for every bucket where this run could afford a search."""
+    """AOT-compiles the search for every bucket where this run could afford a search, and the
+    segment programs of the drafts kept for the buckets this run visits (keep)."""
     capacity = KVCache.capacity_for(self.model.cfg)
     end = min(n_prompt + max_new_tokens, self.model.cfg.max_seq_len)
     for n in range(n_prompt + self.config.n_ref, end):
       if self.would_search(n, n_prompt + max_new_tokens - n, capacity):
         knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
                                 self.config.n_ref, **self.search_static(attn_bucket(n, capacity)))
+    drafts = {self.kept(capacity, n) for n in range(n_prompt, max(end, n_prompt + 1))} - {None}
+    if not drafts:
+      return
+    state = api._abstract_state(self.model)
+    for draft in drafts:
+      speculative.compile_segments(
+          self.model.params, self.model.cfg, state, self.model.compiled, skip=draft.skip,
+          gamma=draft.gamma, buckets=speculative.segment_buckets(
+              self.model.cfg, capacity, draft.gamma, n_prompt, end))
 
-  def kept(self, state, n: int) -> KeptDraft | None:
-    """The draft kept at context n's bucket, else at the nearest bucket below that has one
-    (None where one was dropped), if it can run now: compiled, or compiling in the background."""
+  def kept(self, capacity: int, n: int) -> KeptDraft | None:
+    """The draft kept at context n's bucket, else at the nearest bucket below that has one;
+    None where none was kept or it was dropped."""
     if not self.config.keep:
       return None
-    capacity = state.cache.capacity
     bucket = attn_bucket(n, capacity)
     kept_drafts = self.model.kept_drafts
     if bucket in kept_drafts:
-      draft = kept_drafts[bucket]
-    else:
-      below = [b for b in kept_drafts if b < bucket]
-      draft = kept_drafts[max(below)] if below else None
-    if draft is None:
-      return None
-    if self.background or self.segment_compiled(state, draft.skip, draft.gamma, n):
-      return draft
-    return None
+      return kept_drafts[bucket]
+    below = [b for b in kept_drafts if b < bucket]
+    return kept_drafts[max(below)] if below else None
 
   def observe(self, decision: Decision, window: dict, capacity: int):
     """After each window (controller.run): a kept draft whose window measured slower than AR's
@@ -280,7 +287,13 @@ class KnapSpecPolicy:
     n, capacity = len(ctx.tokens), state.cache.capacity
     attn_len = attn_bucket(n + self.config.gamma_max + 1, capacity)
     t_ar = p.t_step(None, attn_len)
-    kept = self.kept(state, n)
+    kept = self.kept(capacity, n)
+    if kept is not None and not (self.background or (kept.skip, kept.gamma) in self.used
+                                 or self.segment_compiled(state, kept.skip, kept.gamma, n)):
+      self.ar_window = max(ctx.remaining, 1)  # no search either: the draft is chosen already
+      return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
+                      f"kept draft (chosen at context {kept.context}) not compiled: the next "
+                      f"warm-up compiles it")
     if kept is not None:  # no search: decode with the draft that measured faster than AR here
       tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma)
       measured = ("not measured yet" if kept.measured_tpt is None
@@ -325,6 +338,16 @@ class KnapSpecPolicy:
         compile_cost_s=compile_cost, window_tokens=horizon,
         is_compiled=lambda skip, gamma: ((skip, gamma) in self.used
                                          or self.segment_compiled(state, skip, gamma, n)))
+    if not decision.drafts and compile_cost > 0 and self.config.keep:
+      unpaid = selection.select(cands, p, attn_len, n, self.config.gamma_max,
+                                self.config.margin)
+      if unpaid.drafts:  # pays once compiled: keep it for the next generation's warm-up
+        model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n)
+        model.search_gains[search_len] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
+        self.ar_window = max(ctx.remaining, 1)
+        return dataclasses.replace(
+            decision, reason=f"kept for the next warm-up to compile ({unpaid.reason}; its "
+                             f"{compile_cost:.1f} s compile does not pay in {horizon} tokens)")
     # What this search predicts a draft saves here: the budget of the next searches here.
     model.search_gains[search_len] = max(0.0, 1.0 - decision.ar_tpt / decision.best_tpt
                                          if decision.best_tpt > 0 else 0.0)

@@ -14,11 +14,12 @@ from knapspec_jax.latency import LatencyProfile
 
 
 def synthetic_profile(n_layers: int, *, t_attn: float, t_mlp: float, fixed: float,
-                      verify_per_token: float, search_s: float = 0.0) -> LatencyProfile:
+                      verify_per_token: float, search_s: float = 0.0,
+                      compile_s: float = 0.0) -> LatencyProfile:
   """A stated cost model (seconds): what a device with these sublayer costs would measure."""
   return LatencyProfile(device="synthetic", model="test", dtype="float32", n_layers=n_layers,
                         c0=fixed, a0=t_attn, a1=0.0, m=t_mlp, v0=verify_per_token, v1=0.0,
-                        search_c0=search_s)
+                        search_c0=search_s, segment_compile_s=compile_s)
 
 
 # A large model's structure: sublayers dominate, verifying g + 1 tokens costs one step.
@@ -278,15 +279,38 @@ def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   assert None in model.kept_drafts.values() and not model.search_gains
 
 
+def test_draft_whose_compile_does_not_pay_is_compiled_by_the_next_warm_up(tiny_models,
+                                                                           with_profile):
+  """Under a profile where drafting pays but a compile costs 1000 s, the first generation
+  finds a paying draft, keeps it and decodes plainly (no compile in its decode); the next
+  generation's warm-up compiles it (reported as compile_s, outside the decode) and the whole
+  generation drafts with it, without a search and without a compile in its decode."""
+  model = with_profile(tiny_models["qwen3"].jax, **PAYS, compile_s=1e3)
+  ids = np.arange(3, 43) % model.cfg.vocab_size
+  want = ar(model, ids, 48)
+  config = ks.KnapSpecConfig(**KEEP_TEST)
+  first = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert first.output_ids == want
+  assert first.stats["speculation_steps"] == 0
+  assert any(r.startswith("kept for the next warm-up") for r in _reasons(first)), \
+      _reasons(first)
+  assert first.stats["compile_in_decode_s"] == 0.0
+  second = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert second.output_ids == want
+  assert second.compile_s > 0 and second.stats["compile_in_decode_s"] == 0.0
+  assert second.stats["speculation_steps"] > 0
+  assert _reasons(second) and all(r.startswith("kept (") for r in _reasons(second))
+
+
 def test_background_compile_decodes_plainly_meanwhile_and_stays_lossless(tiny_models,
                                                                         with_profile):
-  """With background_compile (the default on an accelerator), a new skip set compiles in a
-  background thread while the controller decodes plainly; the output is AR's either way, and
-  once wait_background returns, the next generation drafts with the kept set at once."""
+  """With background_compile (off by default: measured slow, controller's docstring), a new
+  skip set compiles in a background thread while the controller decodes plainly; the output
+  is AR's either way, and once wait_background returns, the next generation drafts with the
+  kept set at once."""
   from knapspec_jax import controller
-  assert controller.background_compile_default("gpu")
-  assert controller.background_compile_default("tpu")
-  assert not controller.background_compile_default("cpu")
+  for platform in ("cpu", "gpu", "tpu", None):
+    assert not controller.background_compile_default(platform)
   model = with_profile(tiny_models["qwen3"].jax, **PAYS)
   ids = np.arange(7, 47) % model.cfg.vocab_size
   want = ar(model, ids, 48)
