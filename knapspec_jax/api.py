@@ -298,6 +298,12 @@ def methods() -> tuple[str, ...]:
   return tuple(sorted(_METHODS))
 
 
+def method_functions(name: str) -> tuple[DecodeFn, WarmupFn]:
+  """The (decode, warmup) pair registered under `name` (a test wraps them to watch a decode,
+  then registers the originals again)."""
+  return _METHODS[name]
+
+
 def _check_ar_options(options: dict) -> int:
   """AR's one option, width (decoding.ar_segment): 1, or a verify's width in 2..SLACK."""
   unknown = sorted(set(options) - {"width"})
@@ -309,15 +315,19 @@ def _check_ar_options(options: dict) -> int:
   return width
 
 
-def _ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, sampling=None, **options):
+def ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, sampling=None, **options):
+  """The "ar" method's decode: plain decoding to the end (the baseline every method is timed
+  against)."""
   width = _check_ar_options(options)
   return decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width,
                          sampling=sampling), {}
 
 
-def _ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, **options):
+def ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, **options):
+  """Compiles AR's segment program for each attention bucket the run visits; every
+  speculative method calls it too, since each decodes plainly where it declines to draft."""
   width = _check_ar_options(options)
-  state = _abstract_state(model)
+  state = abstract_state(model)
   for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens,
                                       width):
     model.compiled.get("ar_segment", decoding.ar_segment, (model.params, state),
@@ -325,10 +335,12 @@ def _ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, 
                        donate_argnums=(1,))
 
 
-register_method("ar", _ar_decode, _ar_warmup)
+register_method("ar", ar_decode, ar_warmup)
 
 
-def _abstract_state(model: Model) -> decoding.DecodeState:
+def abstract_state(model: Model) -> decoding.DecodeState:
+  """A DecodeState of ShapeDtypeStructs laid out as `generate` builds it (the KV cache sharded
+  as the model's): the arguments of a warm-up compile, without allocating a cache."""
   cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
   state = jax.eval_shape(lambda c, l: decoding.init_state(c, l, 1, model.eos_ids), cache, logits)

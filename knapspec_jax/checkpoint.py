@@ -72,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = Tru
     raise CheckpointError(f"{path}: no such file or directory")
   if path.is_dir():
     cfg, tokenizer, eos = _hf_config_and_tokenizer(path)
-    loader = lambda: _hf_params(path, cfg, fuse)
+    loader = lambda: hf_params(path, cfg, fuse)
   else:
     cfg, tokenizer, eos = _gguf_config_and_tokenizer(path)
     loader = lambda: _gguf_params(path, cfg, fuse)
@@ -279,7 +279,9 @@ def _hf_config_and_tokenizer(path: pathlib.Path):
   return cfg, tokenizer, eos
 
 
-def _hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
+def hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
+  """The float32 params of an HF directory's safetensors, converted to model.py's layout (the
+  slow step a cached load skips; tests/test_checkpoint.py checks that it does)."""
   from safetensors import SafetensorError, safe_open
   where = _hf_weight_files(path)  # tensor name -> its file (a checkpoint may be split over several)
 

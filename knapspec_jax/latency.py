@@ -315,7 +315,7 @@ def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=
   profile = measure(params, cfg, dtype, model_name, compiled=compiled, log=log, **measure_kwargs)
   try:
     profile.save(LatencyProfile.path_for(profile.device, model_name, dtype_name,
-                                         directory or _user_dir()))
+                                         directory or user_dir()))
   except OSError:
     pass
   return profile
@@ -325,13 +325,15 @@ def stored(model_name: str, dtype, directory=None) -> LatencyProfile | None:
   """The stored profile of this device for (model, dtype), or None: looked up in `directory`,
   then the committed profiles/ of the repository, then the user cache."""
   dtype_name = str(jnp.dtype(dtype))
-  for d in ([directory] if directory else []) + [PROFILE_DIR, _user_dir()]:
+  for d in ([directory] if directory else []) + [PROFILE_DIR, user_dir()]:
     path = LatencyProfile.path_for(device_name(), model_name, dtype_name, d)
     if path.is_file():
       return LatencyProfile.load(path)
   return None
 
 
-def _user_dir() -> pathlib.Path:
+def user_dir() -> pathlib.Path:
+  """Where measured profiles are saved: the user cache (checkpoint.cache_dir), not the
+  repository's committed profiles/."""
   from knapspec_jax.checkpoint import cache_dir
   return cache_dir() / "profiles"

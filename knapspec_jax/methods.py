@@ -245,7 +245,7 @@ class KnapSpecPolicy:
     drafts = {self.kept(capacity, n) for n in range(n_prompt, max(end, n_prompt + 1))} - {None}
     if not drafts:
       return
-    state = api._abstract_state(self.model)
+    state = api.abstract_state(self.model)
     for draft in drafts:
       speculative.compile_segments(
           self.model.params, self.model.cfg, state, self.model.compiled, skip=draft.skip,
@@ -392,7 +392,7 @@ class FixedPolicy:
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """The skip set is known before decoding: compile its programs now, not in the timed run."""
-    state = api._abstract_state(self.model)
+    state = api.abstract_state(self.model)
     speculative.compile_segments(
         self.model.params, self.model.cfg, state, self.model.compiled, skip=self.skip,
         gamma=self.config.gamma, buckets=speculative.segment_buckets(
@@ -586,7 +586,7 @@ def _make(name):
     config = _config(name, config_cls, config, options)
     _check_width(width, config)
     policy = policy_cls(model, profile_for(model), config)
-    api._ar_warmup(model, n_prompt, max_new_tokens)
+    api.ar_warmup(model, n_prompt, max_new_tokens)
     if hasattr(policy, "warmup"):
       policy.warmup(n_prompt, max_new_tokens)
 

@@ -131,7 +131,7 @@ def test_params_cache_restores_identical_params(tmp_path, monkeypatch, tiny_buil
   def no_conversion(*args, **kwargs):
     raise AssertionError("the second load converted the safetensors instead of using the cache")
 
-  monkeypatch.setattr(checkpoint, "_hf_params", no_conversion)
+  monkeypatch.setattr(checkpoint, "hf_params", no_conversion)
   second = checkpoint.load_checkpoint(model_dir)
   assert second.cfg == first.cfg
   assert jax.tree.structure(second.params) == jax.tree.structure(first.params)

@@ -21,9 +21,9 @@ from knapspec_jax.compile_cache import CompileCache
 from test_speculative import NEVER_PAYS, PAYS, synthetic_profile
 
 
-def _decode_compiles(monkeypatch, compile_counter, model, method, ids, max_new, **options):
+def _decode_compiles(compile_counter, model, method, ids, max_new, **options):
   """Runs generate(warmup=True) and returns (result, XLA compiles seen during the decode)."""
-  decode, warmup = api._METHODS[method]
+  decode, warmup = api.method_functions(method)
   seen = {}
 
   def counted(*args, **kwargs):
@@ -33,9 +33,11 @@ def _decode_compiles(monkeypatch, compile_counter, model, method, ids, max_new, 
     finally:
       seen["n"] = compile_counter.count - before
 
-  monkeypatch.setitem(api._METHODS, method, (counted, warmup))
-  result = api.generate(model, ids, max_new, method=method, ignore_eos=True, **options)
-  monkeypatch.setitem(api._METHODS, method, (decode, warmup))
+  api.register_method(method, counted, warmup)
+  try:
+    result = api.generate(model, ids, max_new, method=method, ignore_eos=True, **options)
+  finally:
+    api.register_method(method, decode, warmup)
   return result, seen["n"]
 
 
@@ -45,22 +47,20 @@ def _decode_compiles(monkeypatch, compile_counter, model, method, ids, max_new, 
     ("knapspec", PAYS, dict(config=ks.KnapSpecConfig(search_budget=1.0, interval=4))),
     ("fixed", PAYS, dict(config=ks.FixedConfig(gamma=3))),
 ])
-def test_decode_after_warmup_compiles_nothing(tiny_models, compile_counter, monkeypatch, method,
-                                              costs, options):
+def test_decode_after_warmup_compiles_nothing(tiny_models, compile_counter, method, costs,
+                                              options):
   base = tiny_models["llama"].jax
   model = dataclasses.replace(base, compiled=CompileCache(), search_times={})
   if costs is not None:
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
   rng = np.random.default_rng(3)
   prompt = lambda: rng.integers(0, model.cfg.vocab_size, size=30)
-  first, _ = _decode_compiles(monkeypatch, compile_counter, model, method, prompt(), 40,
-                              **options)
+  first, _ = _decode_compiles(compile_counter, model, method, prompt(), 40, **options)
   if method in ("ar", "fixed") or costs is NEVER_PAYS:  # nothing chosen at run time: all warm
     assert first.stats["compile_in_decode_s"] == 0.0
 
   jax.clear_caches()  # every eager op is new again; the AOT-compiled programs stay
-  result, n = _decode_compiles(monkeypatch, compile_counter, model, method, prompt(), 40,
-                               **options)
+  result, n = _decode_compiles(compile_counter, model, method, prompt(), 40, **options)
   assert result.new_tokens == 40
   assert n == 0, f"{method}: {n} XLA compiles inside the timed decode after warm-up: " \
                  f"{compile_counter.events[-n:]}"
@@ -69,7 +69,7 @@ def test_decode_after_warmup_compiles_nothing(tiny_models, compile_counter, monk
 
 @pytest.mark.parametrize("method", ["del", "clasp"])
 def test_runtime_chosen_sets_compile_only_what_they_report(tiny_models, compile_counter,
-                                                           monkeypatch, method):
+                                                           method):
   """DEL and CLaSp choose skip sets while decoding, so they may compile then; every such compile
   must be one the method accounts for (compile_in_decode_s), none hidden."""
   base = tiny_models["qwen2"].jax
@@ -79,7 +79,7 @@ def test_runtime_chosen_sets_compile_only_what_they_report(tiny_models, compile_
   jax.clear_caches()
   ours_before = model.compiled.stats.compiles
   options = dict(config=ks.ClaspConfig(n_skip=1)) if method == "clasp" else {}
-  result, n = _decode_compiles(monkeypatch, compile_counter, model, method, ids, 40, **options)
+  result, n = _decode_compiles(compile_counter, model, method, ids, 40, **options)
   reported = model.compiled.stats.compiles - ours_before
   assert result.new_tokens == 40
   assert n <= reported, f"{method}: {n} XLA compiles in decode, {reported} by the project"

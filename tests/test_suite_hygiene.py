@@ -16,7 +16,7 @@ def test_the_session_cache_is_a_temporary_directory():
   session = conftest.SESSION_CACHE
   assert os.environ["KNAPSPEC_CACHE"] == str(session) and session.is_dir()
   assert checkpoint.cache_dir() == session
-  assert latency._user_dir().parent == session
+  assert latency.user_dir().parent == session
   xla = compile_cache.persistent_cache_dir()
   assert xla is None or pathlib.Path(xla).parent == session
   for user in conftest.USER_CACHES:

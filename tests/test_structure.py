@@ -1,0 +1,112 @@
+"""The package's seams, checked on its sources: no module reaches into another's private names.
+
+A name with a leading underscore is its module's own business; a caller elsewhere that uses it
+(`api._ar_warmup`, `from x import _helper`) couples itself to an implementation detail that
+its owner may change without looking elsewhere (issue 15). The check parses every source file
+of the package, the tests and the experiments with `ast` and reports each offending use by file
+and line. A module is "ours" when it is knapspec_jax or under it, or a sibling script of the
+same folder (tests import conftest and test_speculative; experiments import common); dunder
+names (`__file__`) are public by convention. Third-party privates (`jax._src`) are not ours to
+rename, so they are not checked.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SOURCES = ("knapspec_jax", "tests", "experiments")
+
+
+def _private(name: str) -> bool:
+  return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _ours(module: str, siblings: set[str]) -> bool:
+  root = module.split(".")[0]
+  return root == "knapspec_jax" or root in siblings
+
+
+def private_uses(path: pathlib.Path, siblings: set[str]) -> list[str]:
+  """'file:line: what' for each private name of another of our modules that `path` uses:
+  `from ours import _x`, and `m._x` / `m.sub._x` where m was bound by an import of ours."""
+  tree = ast.parse(path.read_text(), filename=str(path))
+  where = lambda node: f"{path.relative_to(REPO)}:{node.lineno}"
+  imported = {}  # local name -> the module or object it was imported as
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        if _ours(alias.name, siblings):
+          local = alias.asname or alias.name.split(".")[0]
+          imported[local] = alias.name if alias.asname else local
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      if not _ours(node.module, siblings):
+        continue
+      for alias in node.names:
+        if _private(alias.name):
+          found.append(f"{where(node)}: from {node.module} import {alias.name}")
+        imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Attribute) and _private(node.attr):
+      base = node.value
+      while isinstance(base, ast.Attribute):
+        base = base.value
+      if isinstance(base, ast.Name) and base.id in imported:
+        found.append(f"{where(node)}: {ast.unparse(node)} ({base.id} is "
+                     f"{imported[base.id]})")
+    elif isinstance(node, ast.Call) and _by_name(node, imported):
+      found.append(f"{where(node)}: {ast.unparse(node)}")
+  return sorted(found, key=lambda line: int(line.split(":")[1]))
+
+
+def _by_name(call: ast.Call, imported: dict) -> bool:
+  """getattr(m, "_x"), setattr(...), monkeypatch.setattr(m, "_x", ...): the same use, spelled
+  with the name as a string."""
+  func = call.func
+  name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+  if name not in ("getattr", "setattr", "delattr", "hasattr") or len(call.args) < 2:
+    return False
+  target, attr = call.args[:2]
+  return (isinstance(target, ast.Name) and target.id in imported
+          and isinstance(attr, ast.Constant) and isinstance(attr.value, str)
+          and _private(attr.value))
+
+
+def _files():
+  for folder in SOURCES:
+    paths = sorted((REPO / folder).glob("*.py"))
+    siblings = {p.stem for p in paths}
+    for path in paths:
+      yield path, siblings
+
+
+def test_no_module_uses_another_modules_private_names():
+  found = [line for path, siblings in _files() for line in private_uses(path, siblings)]
+  assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+def test_the_check_sees_each_kind_of_private_use(tmp_path, monkeypatch):
+  """The check is not vacuous: each form of the use it forbids is reported with its line, and
+  an object's own private attribute or a third-party private is not."""
+  monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+  source = tmp_path / "example.py"
+  source.write_text(
+      "import jax\n"
+      "import knapspec_jax.api\n"
+      "from knapspec_jax import api, decoding as dec\n"
+      "from knapspec_jax.api import _ar_warmup\n"
+      "import common\n"
+      "api._abstract_state(None)\n"
+      "dec._segment\n"
+      "knapspec_jax.api._METHODS\n"
+      "common._helper()\n"
+      "jax._src\n"
+      "self._own\n"
+      "api.__file__\n"
+      "monkeypatch.setattr(dec, '_helper', None)\n"
+      "monkeypatch.setattr(dec, 'public', None)\n")
+  found = private_uses(source, {"common"})
+  assert [line.split(":")[1] for line in found] == ["4", "6", "7", "8", "9", "13"], found
+  assert "from knapspec_jax.api import _ar_warmup" in found[0]
