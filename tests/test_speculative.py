@@ -279,13 +279,18 @@ def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   assert None in model.kept_drafts.values() and not model.search_gains
 
 
-def test_draft_whose_compile_does_not_pay_is_compiled_by_the_next_warm_up(tiny_models,
-                                                                           with_profile):
+def test_draft_whose_compile_does_not_pay_is_compiled_by_the_next_warm_up(tiny_models):
   """Under a profile where drafting pays but a compile costs 1000 s, the first generation
   finds a paying draft, keeps it and decodes plainly (no compile in its decode); the next
   generation's warm-up compiles it (reported as compile_s, outside the decode) and the whole
   generation drafts with it, without a search and without a compile in its decode."""
-  model = with_profile(tiny_models["qwen3"].jax, **PAYS, compile_s=1e3)
+  import dataclasses
+  from knapspec_jax.compile_cache import CompileCache
+  shared = tiny_models["qwen3"].jax  # a copy with no compiled program: earlier tests drafted
+  model = dataclasses.replace(shared, compiled=CompileCache(), search_times={}, search_gains={},
+                              kept_drafts={},
+                              profile=synthetic_profile(shared.cfg.n_layers, **PAYS,
+                                                        compile_s=1e3))
   ids = np.arange(3, 43) % model.cfg.vocab_size
   want = ar(model, ids, 48)
   config = ks.KnapSpecConfig(**KEEP_TEST)
