@@ -330,9 +330,8 @@ def ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, *
   state = abstract_state(model)
   for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens,
                                       width):
-    model.compiled.get("ar_segment", decoding.ar_segment, (model.params, state),
-                       decoding.ar_static(model.cfg, attn_len, width, sampling),
-                       donate_argnums=(1,))
+    model.compiled.get(decoding.ARSegmentStatics(model.cfg, attn_len, width=width,
+                                                 sampling=sampling), (model.params, state))
 
 
 register_method("ar", ar_decode, ar_warmup)
@@ -354,9 +353,8 @@ def warmup_prefill(model: Model, n_prompt: int):
   n_pad = -(-n_prompt // chunk) * chunk
   args = (model.params, jax.ShapeDtypeStruct((1, chunk), jnp.int32), cache,
           jax.ShapeDtypeStruct((), jnp.int32))
-  model.compiled.get("prefill_chunk", decoding.prefill_chunk, args,
-                     dict(cfg=model.cfg, attn_len=decoding.attn_bucket(n_pad, cache.capacity)),
-                     donate_argnums=(2,))
+  model.compiled.get(
+      decoding.PrefillStatics(model.cfg, decoding.attn_bucket(n_pad, cache.capacity)), args)
 
 
 def prompt_ids(model: Model, prompt: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -4,6 +4,13 @@ Every device program of the project (prefill chunk, AR segment, speculation segm
 search) is compiled through `CompileCache.get`, so a configuration seen before costs a dict
 lookup and the cache can report exactly how many compiles a run triggered and what they cost.
 
+A program is named by its static settings: a frozen, hashable dataclass registered with
+`@program` (decoding.ARSegmentStatics, speculative.SpecSegmentStatics, ...), whose `run` method
+is the program over its array arguments, as gemma's SamplerLoop is its own static argument.
+Every setting is a field with its default filled in, so two callers that ask for the same
+program build equal keys however they spelled the request (with a string name and a dict of
+kwargs, a caller that left out a default and one that gave it compiled the same program twice).
+
 A program seen by an earlier process costs a disk read instead of a compile: before its first
 compile, `CompileCache` turns on JAX's persistent compilation cache in
 `checkpoint.cache_dir() / "xla"` ($KNAPSPEC_CACHE, else ~/.cache/knapspec_jax), every program
@@ -21,7 +28,7 @@ import dataclasses
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 
@@ -86,14 +93,70 @@ class CompileStats:
   background_compile_s: float = 0.0  # spent in the background thread (decoding went on)
 
 
-def jit_program(fn: Callable, static: dict, donate_argnums: tuple[int, ...] = ()):
-  """The jitted program `CompileCache.get` compiles: fn with the static kwargs bound, taking its
-  array arguments positionally (tests/test_tpu_export.py exports it for TPU)."""
-  return jax.jit(lambda *a: fn(*a, **static), donate_argnums=donate_argnums)
+class Program(Protocol):
+  """The static settings of one compiled program (a frozen dataclass registered with `@program`):
+  run(*args) is the program over its array arguments; donate_argnums, the arguments whose
+  buffers it may reuse (a decode state or cache it replaces)."""
+
+  donate_argnums: tuple[int, ...]
+
+  def run(self, *args):
+    ...
+
+
+PROGRAMS: dict[str, type] = {}  # class name -> the class, every program the package compiles
+
+
+def program(cls: type) -> type:
+  """Registers a frozen dataclass as a program's static settings: CompileCache compiles only
+  registered programs, so tests/test_tpu_export.py, which exports each of PROGRAMS for TPU,
+  sees every program the package can compile."""
+  params = getattr(cls, "__dataclass_params__", None)
+  if params is None or not params.frozen or not callable(getattr(cls, "run", None)):
+    raise TypeError(f"{cls.__name__}: a program is a frozen dataclass with a run method")
+  PROGRAMS[cls.__name__] = cls
+  return cls
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionProgram:
+  """A function with static kwargs under a name of the caller's: the older form of a request,
+  `get(name, fn, args, static, donate_argnums)`, which scripts outside the package still use
+  (experiments/gpu times variants of one function under names of its own). The package's own
+  programs are registered statics classes; test_tpu_export fails on a named request in it."""
+
+  name: str
+  fn: Callable
+  static: tuple  # sorted (kwarg, value) pairs
+  donate_argnums: tuple[int, ...] = ()
+
+  def run(self, *args):
+    return self.fn(*args, **dict(self.static))
+
+
+def _request(request, rest: tuple, donate_argnums: tuple[int, ...]):
+  """(program, args) of get's two forms: get(program, args) and get(name, fn, args, static)."""
+  if isinstance(request, str):
+    fn, args, static = rest
+    return FunctionProgram(request, fn, tuple(sorted(static.items())), donate_argnums), args
+  if not isinstance(request, FunctionProgram) and type(request) not in PROGRAMS.values():
+    raise TypeError(f"{type(request).__name__} is not a registered program (@compile_cache."
+                    "program)")
+  (args,) = rest
+  return request, args
+
+
+def jit_program(prog: Program):
+  """The jitted program `CompileCache.get` compiles: prog.run, taking its array arguments
+  positionally (tests/test_tpu_export.py exports it for TPU). Named after the statics class, so
+  that profiles and HLO dumps say which program they show."""
+  run = lambda *args: prog.run(*args)
+  run.__name__ = getattr(prog, "name", type(prog).__name__)
+  return jax.jit(run, donate_argnums=prog.donate_argnums)
 
 
 class CompileCache:
-  """Maps (name, static kwargs, argument shapes) to a compiled executable."""
+  """Maps (program statics, argument shapes and shardings) to a compiled executable."""
 
   def __init__(self):
     self._compiled: dict[Any, Any] = {}
@@ -102,32 +165,34 @@ class CompileCache:
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
     self.stats = CompileStats()
 
-  def get_async(self, name: str, fn: Callable, args: tuple, static: dict,
-                donate_argnums: tuple[int, ...] = ()):
+  def get_async(self, request, *rest, donate_argnums: tuple[int, ...] = ()):
     """The compiled program if it is ready, else None after making sure a background thread is
-    compiling it (XLA compiles outside the GIL, so decoding goes on meanwhile)."""
-    key = (name, tuple(sorted(static.items())), _shape_key(args))
+    compiling it (XLA compiles outside the GIL, so decoding goes on meanwhile). Takes what `get`
+    takes."""
+    prog, args = _request(request, rest, donate_argnums)
+    key = (prog, _shape_key(args))
     abstract, _ = _abstract(args)
     with self._lock:
       if key in self._compiled:
         self.stats.hits += 1
         return self._compiled[key]
-      # One compile in flight per program name: a policy that changes its mind faster than
+      # One compile in flight per kind of program: a policy that changes its mind faster than
       # programs compile must not queue up programs it will never run.
-      busy = any(k[0] == name for k in self._pending)
+      busy = any(type(k[0]) is type(prog) for k in self._pending)
       if key not in self._pending and not busy:
         if self._executor is None:
           self._executor = concurrent.futures.ThreadPoolExecutor(1, "knapspec-compile")
-        self._pending[key] = self._executor.submit(
-            self.get, name, fn, abstract, static, donate_argnums)
+        self._pending[key] = self._executor.submit(self.get, prog, abstract)
         self._pending[key].add_done_callback(lambda _: self._pending.pop(key, None))
     return None
 
-  def get(self, name: str, fn: Callable, args: tuple, static: dict,
-          donate_argnums: tuple[int, ...] = ()):
-    """Returns fn compiled for these static kwargs and the shapes and shardings of `args`
-    (arrays or ShapeDtypeStructs). The compiled callable takes `args` positionally."""
-    key = (name, tuple(sorted(static.items())), _shape_key(args))
+  def get(self, request, *rest, donate_argnums: tuple[int, ...] = ()):
+    """get(program, args): the program (a registered statics object) compiled for the shapes and
+    shardings of `args` (arrays or ShapeDtypeStructs); the compiled callable takes `args`
+    positionally. get(name, fn, args, static, donate_argnums=...): fn with the static kwargs
+    bound, for scripts outside the package (FunctionProgram)."""
+    prog, args = _request(request, rest, donate_argnums)
+    key = (prog, _shape_key(args))
     in_background = threading.current_thread().name.startswith("knapspec-compile")
     with self._lock:
       hit = self._compiled.get(key)
@@ -143,7 +208,7 @@ class CompileCache:
       return result
     persistent_cache_dir()
     start = time.perf_counter()
-    jitted = jit_program(fn, static, donate_argnums)
+    jitted = jit_program(prog)
     abstract, mesh = _abstract(args)
     if mesh is None:
       compiled = jitted.lower(*abstract).compile()
@@ -174,8 +239,14 @@ class CompileCache:
         return time.perf_counter() - start
       concurrent.futures.wait(pending)
 
-  def contains(self, name: str, args: tuple, static: dict) -> bool:
-    return (name, tuple(sorted(static.items())), _shape_key(args)) in self._compiled
+  def contains(self, prog: Program, args: tuple) -> bool:
+    """Whether `prog` is compiled for these arguments' shapes already (no compile, no wait)."""
+    return (prog, _shape_key(args)) in self._compiled
+
+  def programs(self) -> list:
+    """The statics of every compiled program, once per compiled shape."""
+    with self._lock:
+      return [prog for prog, _ in self._compiled]
 
   def __len__(self) -> int:
     return len(self._compiled)

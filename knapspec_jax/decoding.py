@@ -6,6 +6,7 @@ host only steps in when the context crosses a bucket boundary, at EOS, or at max
 
 from __future__ import annotations
 
+import dataclasses
 
 import flax.struct
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
+from knapspec_jax import compile_cache
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig, is_int
 from knapspec_jax.kv_cache import KVCache
@@ -73,6 +75,19 @@ def prefill_chunk(params, tokens, cache, last_index, *, cfg, attn_len):
   return model_lib.lm_head(params, cfg, h_last), out.cache
 
 
+@compile_cache.program
+@dataclasses.dataclass(frozen=True)
+class PrefillStatics:
+  """prefill_chunk's static settings: the program that runs one chunk of a prompt."""
+
+  cfg: ModelConfig
+  attn_len: int
+  donate_argnums = (2,)  # the cache
+
+  def run(self, params, tokens, cache, last_index):
+    return prefill_chunk(params, tokens, cache, last_index, cfg=self.cfg, attn_len=self.attn_len)
+
+
 def validate_request(cfg: ModelConfig, n_prompt: int, max_new_tokens: int):
   if n_prompt == 0:
     raise PromptError("the prompt is empty: give at least one token")
@@ -103,9 +118,7 @@ def prefill(params, cfg: ModelConfig, prompt_ids: np.ndarray, cache: KVCache,
     tokens = jnp.asarray(padded[:, start:start + chunk])
     last = jnp.asarray(min(n - 1 - start, chunk - 1), jnp.int32)
     args = (params, tokens, cache, last)
-    fn = compiled.get("prefill_chunk", prefill_chunk, args,
-                      dict(cfg=cfg, attn_len=attn_len), donate_argnums=(2,))
-    logits, cache = fn(*args)
+    logits, cache = compiled.get(PrefillStatics(cfg, attn_len), args)(*args)
   return logits, cache.rollback(n)
 
 
@@ -159,15 +172,27 @@ def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
   return jax.lax.while_loop(cond, body, state)
 
 
-def ar_static(cfg: ModelConfig, attn_len: int, width: int = 1,
-              sampling: sampling_lib.Filter | None = None) -> dict:
-  """ar_segment's static kwargs; defaults left out so that equal programs share a cache key."""
-  static = dict(cfg=cfg, attn_len=attn_len)
-  if width != 1:
-    static["width"] = width
-  if sampling is not None:
-    static["sampling"] = sampling
-  return static
+@compile_cache.program
+@dataclasses.dataclass(frozen=True)
+class ARSegmentStatics:
+  """ar_segment's static settings, every default filled in (skip: the full model), so that AR,
+  the methods' plain windows and the latency profiler's full-model timing, which asks for the
+  same program with an explicit empty skip set, share one compile."""
+
+  cfg: ModelConfig
+  attn_len: int
+  skip: SkipMask | None = None  # None: SkipMask.none, filled in
+  width: int = 1
+  sampling: sampling_lib.Filter | None = None
+  donate_argnums = (1,)  # the decode state
+
+  def __post_init__(self):
+    if self.skip is None:
+      object.__setattr__(self, "skip", SkipMask.none(self.cfg.n_layers))
+
+  def run(self, params, state):
+    return ar_segment(params, state, cfg=self.cfg, attn_len=self.attn_len, skip=self.skip,
+                      width=self.width, sampling=self.sampling)
 
 
 def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos_ids) -> str:
@@ -195,9 +220,8 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
       break
     attn_len = attn_bucket(int(length) + width, state.cache.capacity)
     args = (params, state)
-    fn = compiled.get("ar_segment", ar_segment, args,
-                      ar_static(cfg, attn_len, width, sampling), donate_argnums=(1,))
-    state = fn(*args)
+    state = compiled.get(ARSegmentStatics(cfg, attn_len, width=width, sampling=sampling),
+                         args)(*args)
   if max_tokens is not None:  # the pause was not the end: recompute done under the real limit
     token, eos, n_out = jax.device_get((state.token, state.eos, state.n_out))
     done = bool(np.any(token == eos)) or int(n_out) >= max_new

@@ -37,13 +37,14 @@ is about half of it, the stacking copies (weights unless pre-stacked, cached pre
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from knapspec_jax import decoding, sharding
+from knapspec_jax import compile_cache, decoding, sharding
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
@@ -364,16 +365,49 @@ def exit_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0,
 
 # ---------------------------------------------------------------------------------- host side
 
-def search_static(cfg: ModelConfig, attn_len: int, *, k_max: int | None = None,
-                  max_weight: int = DEFAULT_MAX_WEIGHT, tau: float = DEFAULT_TAU,
-                  protect_ends: bool = True, whole_layers: bool = False,
-                  chunk: int = DEFAULT_CHUNK) -> dict:
-  """The complete static kwargs of `knapsack_search`, defaults filled in (max_weight resolved
-  into k_max), so that equal programs share one compile-cache entry however they were asked for.
-  """
-  k_max = max_budget(cfg.n_layers, max_weight) if k_max is None else k_max
-  return dict(cfg=cfg, attn_len=attn_len, k_max=k_max, tau=float(tau),
-              protect_ends=protect_ends, whole_layers=whole_layers, chunk=chunk)
+@compile_cache.program
+@dataclasses.dataclass(frozen=True)
+class SearchStatics:
+  """knapsack_search's complete static settings (see it for each). Build it with `of`, which
+  fills in the defaults and resolves max_weight into k_max, so that equal programs share one
+  compile-cache entry however they were asked for."""
+
+  cfg: ModelConfig
+  attn_len: int
+  k_max: int
+  tau: float = DEFAULT_TAU
+  protect_ends: bool = True
+  whole_layers: bool = False
+  chunk: int = DEFAULT_CHUNK
+  donate_argnums = ()
+
+  @classmethod
+  def of(cls, cfg: ModelConfig, attn_len: int, *, k_max: int | None = None,
+         max_weight: int = DEFAULT_MAX_WEIGHT, tau: float = DEFAULT_TAU,
+         protect_ends: bool = True, whole_layers: bool = False,
+         chunk: int = DEFAULT_CHUNK) -> "SearchStatics":
+    k_max = max_budget(cfg.n_layers, max_weight) if k_max is None else k_max
+    return cls(cfg, attn_len, k_max, float(tau), protect_ends, whole_layers, chunk)
+
+  def run(self, params, cache, tokens, p0, w_attn, w_mlp):
+    return knapsack_search(params, cache, tokens, p0, w_attn, w_mlp, cfg=self.cfg,
+                           attn_len=self.attn_len, k_max=self.k_max, tau=self.tau,
+                           protect_ends=self.protect_ends, whole_layers=self.whole_layers,
+                           chunk=self.chunk)
+
+
+@compile_cache.program
+@dataclasses.dataclass(frozen=True)
+class ExitAgreementStatics:
+  """exit_agreement_program's static settings (DEL's statistic)."""
+
+  cfg: ModelConfig
+  attn_len: int
+  donate_argnums = ()
+
+  def run(self, params, cache, tokens, p0):
+    return exit_agreement_program(params, cache, tokens, p0, cfg=self.cfg,
+                                  attn_len=self.attn_len)
 
 
 def _search_args(params, cache, tokens, p0, w_attn, w_mlp):
@@ -389,9 +423,8 @@ def compile_search(params: model_lib.Params, cfg: ModelConfig, compiled: Compile
                            sharding=sharding.cache_sharding(cfg, sharding.mesh_of(params)))
   token_ids = jax.ShapeDtypeStruct((r,), jnp.int32)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  return compiled.get("knapsack_search", knapsack_search,
-                      (params, cache, token_ids, scalar, scalar, scalar),
-                      search_static(cfg, attn_len, **static))
+  return compiled.get(SearchStatics.of(cfg, attn_len, **static),
+                      (params, cache, token_ids, scalar, scalar, scalar))
 
 
 def search(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p0: int,
@@ -405,9 +438,7 @@ def search(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p
   args = _search_args(params, cache, tokens, p0, w_attn, w_mlp)
   if attn_len is None:
     attn_len = decoding.attn_bucket(int(p0) + args[2].shape[0], cache.capacity)
-  fn = compiled.get("knapsack_search", knapsack_search, args,
-                    search_static(cfg, attn_len, **static))
-  return fn(*args)
+  return compiled.get(SearchStatics.of(cfg, attn_len, **static), args)(*args)
 
 
 def compile_exit_agreement(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache,
@@ -417,8 +448,7 @@ def compile_exit_agreement(params: model_lib.Params, cfg: ModelConfig, compiled:
                            sharding=sharding.cache_sharding(cfg, sharding.mesh_of(params)))
   args = (params, cache, jax.ShapeDtypeStruct((r,), jnp.int32),
           jax.ShapeDtypeStruct((), jnp.int32))
-  return compiled.get("exit_agreement", exit_agreement_program, args,
-                      dict(cfg=cfg, attn_len=attn_len))
+  return compiled.get(ExitAgreementStatics(cfg, attn_len), args)
 
 
 def exit_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p0: int,
@@ -427,8 +457,7 @@ def exit_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, t
   args = _search_args(params, cache, tokens, p0, 0, 0)[:4]
   if attn_len is None:
     attn_len = decoding.attn_bucket(int(p0) + args[2].shape[0], cache.capacity)
-  fn = compiled.get("exit_agreement", exit_agreement_program, args,
-                    dict(cfg=cfg, attn_len=attn_len))
+  fn = compiled.get(ExitAgreementStatics(cfg, attn_len), args)
   return np.asarray(jax.device_get(fn(*args)))
 
 

@@ -223,8 +223,9 @@ class KnapSpecPolicy:
     cfg, capacity = self.model.cfg, state.cache.capacity
     args = (self.model.params, state, jax.eval_shape(speculative.SpecCounters.zeros),
             jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
-    static = speculative.segment_static(cfg, skip, gamma, attn_bucket(n + gamma + 1, capacity))
-    return self.model.compiled.contains("spec_segment", args, static)
+    statics = speculative.SpecSegmentStatics(cfg, skip, gamma,
+                                             attn_bucket(n + gamma + 1, capacity))
+    return self.model.compiled.contains(statics, args)
 
   def search_static(self, attn_len: int) -> dict:
     chunk = self.config.search_chunk or knapsack.default_chunk(self.model.cfg.n_layers,

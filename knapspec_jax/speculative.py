@@ -15,12 +15,14 @@ re-optimize the skip set), or the attention bucket is full; the host then takes 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from knapspec_jax import compile_cache
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.config import ModelConfig
@@ -191,16 +193,24 @@ def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
   return sorted({attn_bucket(n + gamma + 1, capacity) for n in range(start, max(end, start + 1))})
 
 
-def segment_static(cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
-                   sampling: sampling_lib.Filter | None = None,
-                   width: int | None = None) -> dict:
-  """spec_segment's static kwargs; defaults left out, so greedy keys don't change."""
-  static = dict(cfg=cfg, skip=skip, gamma=gamma, attn_len=attn_len)
-  if sampling is not None:
-    static["sampling"] = sampling
-  if width is not None:
-    static["width"] = width
-  return static
+@compile_cache.program
+@dataclasses.dataclass(frozen=True)
+class SpecSegmentStatics:
+  """spec_segment's static settings (see it for each), defaults filled in: the key of one
+  compiled segment program."""
+
+  cfg: ModelConfig
+  skip: SkipMask
+  gamma: int
+  attn_len: int
+  sampling: sampling_lib.Filter | None = None
+  width: int | None = None
+  donate_argnums = (1,)  # the decode state
+
+  def run(self, params, state, counters, max_rounds, threshold):
+    return spec_segment(params, state, counters, max_rounds, threshold, cfg=self.cfg,
+                        skip=self.skip, gamma=self.gamma, attn_len=self.attn_len,
+                        sampling=self.sampling, width=self.width)
 
 
 def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
@@ -212,8 +222,7 @@ def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, 
   args = (params, state, counters, jax.ShapeDtypeStruct((), jnp.int32),
           jax.ShapeDtypeStruct((), jnp.float32))
   for attn_len in buckets:
-    compiled.get("spec_segment", spec_segment, args,
-                 segment_static(cfg, skip, gamma, attn_len, sampling), donate_argnums=(1,))
+    compiled.get(SpecSegmentStatics(cfg, skip, gamma, attn_len, sampling), args)
 
 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
@@ -229,7 +238,7 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
   """
   from knapspec_jax.decoding import attn_bucket
   start_rounds = int(counters.rounds)
-  static = lambda attn_len: segment_static(cfg, skip, gamma, attn_len, sampling, width)
+  statics = lambda attn_len: SpecSegmentStatics(cfg, skip, gamma, attn_len, sampling, width)
   span = width or gamma + 1
   while True:
     done, length, rounds = jax.device_get((state.done, state.cache.length, counters.rounds))
@@ -239,15 +248,13 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
     attn_len = attn_bucket(int(length) + span, state.cache.capacity)
     args = segment_args(params, state, counters, left, threshold)
     if background:
-      fn = compiled.get_async("spec_segment", spec_segment, args, static(attn_len),
-                              donate_argnums=(1,))
+      fn = compiled.get_async(statics(attn_len), args)
       if fn is None:
         return state, counters, False
       upcoming = attn_bucket(min(int(length) + span + prefetch, cfg.max_seq_len),
                              state.cache.capacity)
       if upcoming != attn_len:
-        compiled.get_async("spec_segment", spec_segment, args, static(upcoming),
-                           donate_argnums=(1,))
+        compiled.get_async(statics(upcoming), args)
     else:
-      fn = compiled.get("spec_segment", spec_segment, args, static(attn_len), donate_argnums=(1,))
+      fn = compiled.get(statics(attn_len), args)
     state, counters = fn(*args)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import knapspec_jax as ks
-from knapspec_jax import api
+from knapspec_jax import api, decoding, latency
 from knapspec_jax.compile_cache import CompileCache
+from knapspec_jax.skip_mask import SkipMask
 from test_speculative import NEVER_PAYS, PAYS, synthetic_profile
 
 
@@ -83,3 +84,25 @@ def test_runtime_chosen_sets_compile_only_what_they_report(tiny_models, compile_
   reported = model.compiled.stats.compiles - ours_before
   assert result.new_tokens == 40
   assert n <= reported, f"{method}: {n} XLA compiles in decode, {reported} by the project"
+
+
+def test_profile_then_ar_compiles_the_full_model_segment_once(tiny_models):
+  """The latency profiler times the full model with AR's own program (decoding.ARSegmentStatics
+  fills in the empty skip set it names), so an AR generation after a measurement compiles only
+  its prefill: before the statics were one key, the profiler's full-model program was compiled
+  a second time by the first generation."""
+  base = tiny_models["llama"].jax
+  model = dataclasses.replace(base, compiled=CompileCache(), search_times={})
+  cfg = model.cfg
+  latency.measure(model.params, cfg, model.params["embed"].dtype, "tiny", attn_lens=(256,),
+                  windows=(1,), steps=4, repeats=1, compiled=model.compiled, log=lambda *_: None)
+  full = lambda: [p for p in model.compiled.programs()
+                  if isinstance(p, decoding.ARSegmentStatics)
+                  and p.skip == SkipMask.none(cfg.n_layers)]
+  assert [p.attn_len for p in full()] == [256]
+  before = model.compiled.stats.compiles
+  ids = np.random.default_rng(7).integers(0, cfg.vocab_size, size=30)
+  result = ks.generate(model, ids, 20, ignore_eos=True)  # every step in the 256 bucket
+  assert result.new_tokens == 20
+  assert len(full()) == 1
+  assert model.compiled.stats.compiles - before == 1, "more than the prefill chunk compiled"

@@ -2,22 +2,26 @@
 
 No TPU is reachable here: `jax.export.export(jit, platforms=("tpu",))` lowers a program for TPU
 on this CPU (StableHLO, no XLA compile), which is what a TPU runtime would compile. Each program
-is built as `CompileCache.get` builds it (compile_cache.jit_program, the static kwargs from the
-project's own helpers), through the public warm-up helpers where there is one, for SmolLM2-135M's
-and Qwen2.5-Coder-1.5B's configs in bfloat16 with the XLA one-query attention (the TPU default,
-api.default_attention). Weights and caches are jax.ShapeDtypeStructs (jax.eval_shape): nothing is
-allocated. Each program is exported at the smallest attention bucket (256), a static length: the
-other buckets change shapes, not operations. About 20 s on a 2-core CPU (lowering, no compile).
-The Pallas attention is not exported: load_model refuses it on a TPU (test_attention_option).
+is built as `CompileCache.get` builds it (compile_cache.jit_program of its statics object, built
+by the project's own helpers), through the public warm-up helpers where there is one, for
+SmolLM2-135M's and Qwen2.5-Coder-1.5B's configs in bfloat16 with the XLA one-query attention
+(the TPU default, api.default_attention). Weights and caches are jax.ShapeDtypeStructs
+(jax.eval_shape): nothing is allocated. Each program is exported at the smallest attention
+bucket (256), a static length: the other buckets change shapes, not operations. About 20 s on a
+2-core CPU (lowering, no compile). The Pallas attention is not exported: load_model refuses it
+on a TPU (test_attention_option).
 
-A program name passed to CompileCache.get / get_async anywhere in knapspec_jax/ that this test
-does not export fails `test_every_program_is_covered`.
+CompileCache compiles only programs registered with `@compile_cache.program`; a registered
+program that this test does not export fails `test_every_program_is_covered`, and so does a
+request by name (`get("name", fn, ...)`, the form left for experiments/gpu) in knapspec_jax/.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import pathlib
+import pkgutil
 import re
 import time
 
@@ -25,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from knapspec_jax import api, decoding, knapsack, latency, speculative
+import knapspec_jax
+from knapspec_jax import api, compile_cache, decoding, knapsack, latency, speculative
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache, jit_program
 from knapspec_jax.config import ModelConfig
-from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.sampling import SamplingConfig
 from knapspec_jax.skip_mask import SkipMask
 
@@ -57,8 +61,8 @@ class Recorder(CompileCache):
     super().__init__()
     self.calls = []
 
-  def get(self, name, fn, args, static, donate_argnums=()):
-    self.calls.append((name, fn, args, static, donate_argnums))
+  def get(self, prog, args):
+    self.calls.append((prog, args))
 
 
 def _abstract_model(cfg: ModelConfig) -> api.Model:
@@ -69,18 +73,12 @@ def _abstract_model(cfg: ModelConfig) -> api.Model:
   return api.Model(cfg, params, None, (0,), "bfloat16", cfg.arch, compiled=Recorder())
 
 
-def _abstract_state(model: api.Model) -> decoding.DecodeState:
-  cache = jax.eval_shape(lambda: KVCache.create(model.cfg, jnp.bfloat16))
-  logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
-  return jax.eval_shape(lambda c, l: decoding.init_state(c, l, 1, model.eos_ids), cache, logits)
-
-
 def programs(cfg: ModelConfig) -> dict:
-  """{label: (program name, fn, abstract args, static kwargs, donate_argnums)}: each variant of
-  each program the methods and the latency profiler compile."""
+  """{label: (statics, abstract args)}: each variant of each program the methods and the latency
+  profiler compile; a label starts with its statics class's name."""
   model = _abstract_model(cfg)
   params, rec = model.params, model.compiled
-  state = _abstract_state(model)
+  state = api.abstract_state(model)
   cache = state.cache
   sampling = SamplingConfig(temperature=0.8, top_p=0.95, seed=0).filter
   skip = SkipMask.from_layers(cfg.n_layers, attn=range(2, cfg.n_layers - 2, 2),
@@ -92,18 +90,18 @@ def programs(cfg: ModelConfig) -> dict:
     out[label] = rec.calls.pop()
 
   api.warmup_prefill(model, 200)  # a 200-token prompt: one 256-token chunk
-  take("prefill_chunk")
-  for label, static in [
-      ("ar_segment", decoding.ar_static(cfg, ATTN_LEN)),
-      ("ar_segment/width", decoding.ar_static(cfg, ATTN_LEN, width=GAMMA + 1)),
-      ("ar_segment/sampling", decoding.ar_static(cfg, ATTN_LEN, sampling=sampling)),
-      ("ar_segment/skip (profiler)", dict(cfg=cfg, attn_len=ATTN_LEN,
-                                          skip=latency.profile_masks(cfg.n_layers)[3]))]:
-    rec.get("ar_segment", decoding.ar_segment, (params, state), static, donate_argnums=(1,))
+  take("PrefillStatics")
+  for label, width, sampling_ in [("ARSegmentStatics", 1, None),
+                                  ("ARSegmentStatics/width", GAMMA + 1, None),
+                                  ("ARSegmentStatics/sampling", 1, sampling)]:
+    api.ar_warmup(model, 200, 2, sampling=sampling_, width=width)
     take(label)
-  for label, sampling_, width in [("spec_segment", None, None),
-                                  ("spec_segment/sampling", sampling, None),
-                                  ("spec_segment/width", None, GAMMA + 2)]:
+  rec.get(decoding.ARSegmentStatics(cfg, ATTN_LEN, skip=latency.profile_masks(cfg.n_layers)[3]),
+          (params, state))
+  take("ARSegmentStatics/skip (profiler)")
+  for label, sampling_, width in [("SpecSegmentStatics", None, None),
+                                  ("SpecSegmentStatics/sampling", sampling, None),
+                                  ("SpecSegmentStatics/width", None, GAMMA + 2)]:
     if width is None:
       speculative.compile_segments(params, cfg, state, rec, skip=skip, gamma=GAMMA,
                                    buckets=[ATTN_LEN], sampling=sampling_)
@@ -112,72 +110,89 @@ def programs(cfg: ModelConfig) -> dict:
       counters = jax.eval_shape(speculative.SpecCounters.zeros)
       args = (params, state, counters, jax.ShapeDtypeStruct((), jnp.int32),
               jax.ShapeDtypeStruct((), jnp.float32))
-      rec.get("spec_segment", speculative.spec_segment, args,
-              speculative.segment_static(cfg, skip, GAMMA, ATTN_LEN, width=width),
-              donate_argnums=(1,))
+      rec.get(speculative.SpecSegmentStatics(cfg, skip, GAMMA, ATTN_LEN, width=width), args)
       take(label)
   chunk = knapsack.default_chunk(cfg.n_layers)
   knapsack.compile_search(params, cfg, rec, 16, attn_len=ATTN_LEN, chunk=chunk)
-  take("knapsack_search (KnapSpec, profiler)")
+  take("SearchStatics (KnapSpec, profiler)")
   knapsack.compile_search(params, cfg, rec, 16, attn_len=ATTN_LEN, whole_layers=True,
                           chunk=chunk)
-  take("knapsack_search/whole_layers (CLaSp)")
+  take("SearchStatics/whole_layers (CLaSp)")
   knapsack.compile_exit_agreement(params, cfg, rec, 16, attn_len=ATTN_LEN)
-  take("exit_agreement (DEL)")
-  rec.get("verify_loop", latency.verify_loop,
+  take("ExitAgreementStatics (DEL)")
+  rec.get(latency.VerifyLoopStatics(cfg, ATTN_LEN),
           (params, cache, jax.ShapeDtypeStruct((1, GAMMA + 1), jnp.int32),
-           jax.ShapeDtypeStruct((), jnp.int32)),
-          dict(cfg=cfg, attn_len=ATTN_LEN), donate_argnums=(1,))
-  take("verify_loop (profiler)")
+           jax.ShapeDtypeStruct((), jnp.int32)))
+  take("VerifyLoopStatics (profiler)")
   return out
 
 
 LABELS = tuple(programs(dataclasses.replace(CONFIGS["smollm2-135m"], n_layers=2)))
 
 
-def compiled_program_names() -> set[str]:
-  """Names passed to CompileCache.get / get_async in knapspec_jax/: a string literal followed
-  by a function (dict.get("key", default) calls have no function second)."""
-  pattern = re.compile(r"\.get(?:_async)?\(\s*(\"\w+\"|'\w+'|[A-Za-z_][\w.]*)\s*,\s*"
+def registered_programs() -> set[str]:
+  """The statics classes of every program the package can compile: compile_cache.PROGRAMS once
+  every module of knapspec_jax is imported (each registers its own)."""
+  for module in pkgutil.iter_modules(knapspec_jax.__path__):
+    importlib.import_module(f"knapspec_jax.{module.name}")
+  return set(compile_cache.PROGRAMS)
+
+
+def named_requests() -> list[str]:
+  """Calls in knapspec_jax/ of CompileCache.get / get_async in the form with a string name
+  first and a function second (dict.get("key", default) calls have no function second)."""
+  pattern = re.compile(r"\.get(?:_async)?\(\s*(\"\w+\"|'\w+'|f\"[^\"]*\")\s*,\s*"
                        r"[A-Za-z_][\w.]*\s*,")
-  names = set()
-  for path in sorted(PACKAGE.glob("*.py")):
-    for m in pattern.finditer(path.read_text()):
-      first = m.group(1)
-      assert first[0] in "\"'", f"{path.name}: a program compiled under a non-literal name {first}"
-      names.add(first[1:-1])
-  return names
+  return [f"{path.name}: {m.group(0)}" for path in sorted(PACKAGE.glob("*.py"))
+          for m in pattern.finditer(path.read_text())]
 
 
 def test_every_program_is_covered():
-  names = compiled_program_names()
-  assert names >= {"prefill_chunk", "ar_segment", "spec_segment", "knapsack_search"}, names
+  names = registered_programs()
+  assert names >= {"PrefillStatics", "ARSegmentStatics", "SpecSegmentStatics",
+                   "SearchStatics"}, names
   covered = {label.split("/")[0].split(" ")[0] for label in LABELS}
   assert names <= covered, f"programs not exported for TPU here: {sorted(names - covered)}"
-  assert covered <= names, f"exported programs the code no longer compiles: {covered - names}"
+  assert covered <= names, f"exported programs the code no longer registers: {covered - names}"
+  assert not named_requests(), "programs requested by name, not by statics"
+  outside = [path.name for path in sorted(PACKAGE.glob("*.py"))
+             if path.name != "compile_cache.py" and "FunctionProgram" in path.read_text()]
+  assert not outside, f"FunctionProgram (unregistered programs) used in {outside}"
 
 
-def test_recorder_sees_every_program_name():
-  """The recorded names are the program names (the labels are not made up)."""
+def test_recorder_sees_every_program():
+  """The recorded statics are of the class each label names (the labels are not made up)."""
   rec = programs(dataclasses.replace(CONFIGS["smollm2-135m"], n_layers=2))
-  assert {label: call[0] for label, call in rec.items()} == {
+  assert {label: type(call[0]).__name__ for label, call in rec.items()} == {
       label: label.split("/")[0].split(" ")[0] for label in LABELS}
+
+
+def test_only_registered_programs_compile():
+  """An unregistered statics class is refused, so none escapes the coverage check above."""
+  @dataclasses.dataclass(frozen=True)
+  class Unregistered:
+    donate_argnums = ()
+
+    def run(self, x):
+      return x + 1
+
+  with pytest.raises(TypeError, match="not a registered program"):
+    CompileCache().get(Unregistered(), (jnp.ones(2),))
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_every_program_exports_for_tpu(config):
   cfg = CONFIGS[config]
   failures, times = [], {}
-  for label, (name, fn, args, static, donate) in programs(cfg).items():
+  for label, (prog, args) in programs(cfg).items():
     start = time.perf_counter()
     try:
-      exported = jax.export.export(jit_program(fn, static, donate), platforms=("tpu",))(*args)
+      exported = jax.export.export(jit_program(prog), platforms=("tpu",))(*args)
     except Exception as e:  # noqa: BLE001 - reported by program name below
-      failures.append(f"{name} [{label}]: {type(e).__name__}: {str(e)[:400]}")
+      failures.append(f"{label}: {type(e).__name__}: {str(e)[:400]}")
       continue
     times[label] = time.perf_counter() - start
     assert exported.platforms == ("tpu",), label
     assert "stablehlo" in exported.mlir_module(), label
   print(f"{config}: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
   assert not failures, f"{config}: programs that do not lower for TPU:\n" + "\n".join(failures)
-
