@@ -52,14 +52,17 @@ def _top1(params, cache, tokens, skip_bits, *, cfg, attn_len):
   cos, sin = model_lib.rope_tables(cfg, positions)
   mask = (jnp.arange(attn_len, dtype=jnp.int32)[None, :] <= positions[:, None])[None]
   x = params["embed"][tokens][None]
-  for i, lp in enumerate(params["layers"]):
-    q, k, v = model_lib.attention_qkv(lp, cfg, x, cos, sin)
+
+  def attend(i, q, k, v):  # layer i's keys written over the cache's copy, then attention
     keys = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype), (0, pos0, 0, 0))
     values = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype),
                                           (0, pos0, 0, 0))
-    out = model_lib.attend(cfg, q, keys[:, :attn_len], values[:, :attn_len], mask)
-    x = jnp.where(skip_bits[2 * i], x, x + out @ lp["wo"])
-    x = jnp.where(skip_bits[2 * i + 1], x, x + model_lib.mlp(lp, cfg, x))
+    return model_lib.attend(cfg, q, keys[:, :attn_len], values[:, :attn_len], mask)
+
+  for i, lp in enumerate(params["layers"]):
+    attention = model_lib.attention_sublayer(lp, cfg, x, cos, sin, functools.partial(attend, i))
+    x = jnp.where(skip_bits[2 * i], x, attention)
+    x = jnp.where(skip_bits[2 * i + 1], x, model_lib.mlp_sublayer(lp, cfg, x))
   h = model_lib.rms_norm(x, params["final_norm"], cfg.norm_eps)
   return jnp.argmax(model_lib.lm_head(params, cfg, h[0]), axis=-1)
 

@@ -22,8 +22,11 @@ Layout of the compiled program:
   * the K + 1 budget states are the batch dimension of the sublayer calls; only the rows of live
     states are computed (`_map_live`), because most of the table is dead or out of budget: with
     weights (1, 1) only 31 of SmolLM2's 91 rows can be in budget at all;
-  * the attention of every branch reads the shared cached prefix (the full model's keys/values,
-    positions < p0, read-only) plus its own R keys, causally;
+  * each item is model.py's own sublayer (attention_sublayer, mlp_sublayer; `block` for a
+    whole layer), so the search scores exactly the layer body the draft will run; only the
+    attention kernel is the search's own: every branch reads the shared cached prefix (the full
+    model's keys/values, positions < p0, read-only) plus its own R keys, causally
+    (`_branch_attend`);
   * the reference (the full model) is not a separate pass: the budget-0 state skips nothing,
     so its executed output at item i IS the full model's residual at depth i + 1.
 Weights and p0 are arrays, so re-running the search as the context grows never recompiles;
@@ -154,19 +157,22 @@ def _map_live(fn: Callable, x, live, chunk: int):
   return jnp.zeros_like(out[:n_rows]).at[order].set(out[:n_rows])
 
 
-def _branch_attention(lp, cfg: ModelConfig, x, prefix_k, prefix_v, p0, cos, sin):
-  """x [B, R, D] plus one attention sublayer, for B independent branches of the same R tokens.
+def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0):
+  """The attention of B independent branches of the same R tokens (the attend_kv of
+  model.attention_sublayer in the search): q [B,R,H,hd], k/v [B,R,KV,hd] -> [B, R, H*hd].
 
   Each branch attends causally to its own R keys and to the shared prefix, prefix_k/v
   [KV, S, hd] (positions < p0 are valid). One joint softmax, computed online over blocks of
   PREFIX_BLOCK prefix keys, seeded with the own keys: the prefix is never copied per branch
   (model.attend takes one key array per batch row), a block's scores stay in cache (one pass
   over all S scores was 3x slower at S = 6K), and blocks past p0 are not visited at all.
+  The configured one-query kernels (cfg.attention: Pallas, cuDNN) attend one sequence over its
+  own cache; the branches share a prefix but not their own keys, so they have no such cache,
+  and this is the search's kernel whatever cfg.attention says.
   """
-  b, r, _ = x.shape
+  b, r = q.shape[:2]
   kv, hd = cfg.n_kv_heads, cfg.head_dim
   groups = cfg.n_heads // kv
-  q, k, v = model_lib.attention_qkv(lp, cfg, x, cos, sin)  # q [B,R,H,hd], k/v [B,R,KV,hd]
   q = q.reshape(b, r, kv, groups, hd) * (hd ** -0.5)
   f32 = dict(preferred_element_type=jnp.float32)
   rows = lambda a: a.reshape(kv, b * r * groups, *a.shape[4:])  # [KV, M, ...], M = B*R*G
@@ -198,9 +204,8 @@ def _branch_attention(lp, cfg: ModelConfig, x, prefix_k, prefix_v, p0, cos, sin)
   with jax.named_scope("prefix"):
     n_blocks = (p0 + block - 1) // block
     top, total, acc = jax.lax.fori_loop(0, n_blocks, prefix_block, (top, total, acc))
-  out = (acc / total[..., None]).astype(x.dtype).reshape(kv, b, r, groups, hd)
-  out = out.transpose(1, 2, 0, 3, 4).reshape(b, r, cfg.n_heads * hd)
-  return x + out @ lp["wo"]
+  out = (acc / total[..., None]).astype(v.dtype).reshape(kv, b, r, groups, hd)
+  return out.transpose(1, 2, 0, 3, 4).reshape(b, r, cfg.n_heads * hd)
 
 
 def _knapsack_item(g, alive, sublayer: Callable, w, can_skip, in_budget, *, tau: float,
@@ -295,11 +300,14 @@ def knapsack_search(params: model_lib.Params, cache: KVCache, tokens, p0, w_attn
     lp, pk, pv, skippable = xs
     item = lambda g, alive, sublayer, w: _knapsack_item(
         g, alive, sublayer, w, skippable, in_budget, tau=tau, chunk=chunk)
-    attention = lambda x: _branch_attention(lp, cfg, x, pk, pv, p0, shared.cos, shared.sin)
-    mlp = lambda x: x + model_lib.mlp(lp, cfg, x)
+    attend = lambda q, k, v: _branch_attend(cfg, q, k, v, pk, pv, p0)
+    attention = lambda x: model_lib.attention_sublayer(lp, cfg, x, shared.cos, shared.sin, attend)
+    mlp = lambda x: model_lib.mlp_sublayer(lp, cfg, x)
     if whole_layers:
       with jax.named_scope("layer_item"):
-        g, alive, skipped, ref = item(g, alive, lambda x: mlp(attention(x)), w_attn + w_mlp)
+        g, alive, skipped, ref = item(
+            g, alive, lambda x: model_lib.block(lp, cfg, x, shared.cos, shared.sin, attend),
+            w_attn + w_mlp)
       return (g, alive), (skipped[None], ref)
     with jax.named_scope("attention_item"):
       g, alive, skip_attn, _ = item(g, alive, attention, w_attn)
@@ -354,8 +362,8 @@ def exit_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0,
 
   def layer(x, xs):  # x [1, R, D]: the full model as a single branch
     lp, pk, pv = xs
-    x = _branch_attention(lp, cfg, x, pk, pv, p0, shared.cos, shared.sin)
-    x = x + model_lib.mlp(lp, cfg, x)
+    attend = lambda q, k, v: _branch_attend(cfg, q, k, v, pk, pv, p0)
+    x = model_lib.block(lp, cfg, x, shared.cos, shared.sin, attend)
     return x, _top1(params, cfg, x[0])
 
   _, top1 = jax.lax.scan(layer, shared.x0[None],

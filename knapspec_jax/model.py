@@ -11,8 +11,9 @@ sublayer is simply absent from the compiled program.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,30 @@ def mlp(lp: Params, cfg: ModelConfig, x):
   return linear(jax.nn.silu(gate) * up, lp["w_down"], cfg.matmul_rows)
 
 
+def attention_sublayer(lp: Params, cfg: ModelConfig, x, cos, sin, attend_kv: Callable):
+  """x [B, T, D] plus one attention sublayer: the layer body every program runs (the decode
+  forward and the knapsack search alike), so that a draft the search scores is the draft the
+  forward runs.
+
+  attend_kv(q [B,T,H,hd], k, v [B,T,KV,hd]) -> [B, T, H*hd] is where the new keys and values go
+  and what they are attended with: `forward` writes them into the KV cache and attends over it
+  with the configured kernel (`attend`, cfg.attention); the search attends each budget branch
+  over a shared prefix (knapsack._branch_attend).
+  """
+  q, k, v = attention_qkv(lp, cfg, x, cos, sin)
+  return x + linear(attend_kv(q, k, v), lp["wo"], cfg.matmul_rows)
+
+
+def mlp_sublayer(lp: Params, cfg: ModelConfig, x):
+  """x plus one MLP sublayer (the other half of the layer body, see attention_sublayer)."""
+  return x + mlp(lp, cfg, x)
+
+
+def block(lp: Params, cfg: ModelConfig, x, cos, sin, attend_kv: Callable):
+  """One whole layer: attention_sublayer, then mlp_sublayer."""
+  return mlp_sublayer(lp, cfg, attention_sublayer(lp, cfg, x, cos, sin, attend_kv))
+
+
 def lm_head(params: Params, cfg: ModelConfig, h):
   """Final-normed hidden states [..., D] -> float32 logits [..., V]."""
   w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
@@ -159,19 +184,21 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
   x = params["embed"][tokens]
   residuals = [x] if collect_residuals else None
   ks, vs = list(cache.k), list(cache.v)
+
+  def attend_cache(i, q, k, v):  # layer i's new keys and values into the cache, then attention
+    ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, pos0, 0, 0))
+    vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, pos0, 0, 0))
+    return attend(cfg, q, ks[i], vs[i], mask, kv_len)
+
   for i, lp in enumerate(params["layers"]):
     if not skip.skips_attn(i):
       with jax.named_scope(f"layer{i}/attention"):
-        q, k, v = attention_qkv(lp, cfg, x, cos, sin)
-        ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, pos0, 0, 0))
-        vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, pos0, 0, 0))
-        out = attend(cfg, q, ks[i], vs[i], mask, kv_len)
-        x = x + linear(out, lp["wo"], cfg.matmul_rows)
+        x = attention_sublayer(lp, cfg, x, cos, sin, functools.partial(attend_cache, i))
     if collect_residuals:
       residuals.append(x)
     if not skip.skips_mlp(i):
       with jax.named_scope(f"layer{i}/mlp"):
-        x = x + mlp(lp, cfg, x)
+        x = mlp_sublayer(lp, cfg, x)
     if collect_residuals:
       residuals.append(x)
   h = rms_norm(x, params["final_norm"], cfg.norm_eps)

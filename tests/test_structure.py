@@ -110,3 +110,22 @@ def test_the_check_sees_each_kind_of_private_use(tmp_path, monkeypatch):
   found = private_uses(source, {"common"})
   assert [line.split(":")[1] for line in found] == ["4", "6", "7", "8", "9", "13"], found
   assert "from knapspec_jax.api import _ar_warmup" in found[0]
+
+
+# model.py's parts of a layer: a caller elsewhere that strings them together writes the layer body
+# a second time (the knapsack search did, twice); it calls model.attention_sublayer,
+# mlp_sublayer or block, with its own attention where it needs one.
+LAYER_PARTS = {"attention_qkv", "mlp"}
+
+
+def test_the_layer_body_is_written_once():
+  found = []
+  for path, _ in _files():
+    if path.name == "model.py":
+      continue
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found += [f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}"
+              for node in ast.walk(tree)
+              if isinstance(node, ast.Attribute) and node.attr in LAYER_PARTS
+              and isinstance(node.value, ast.Name) and node.value.id in ("model", "model_lib")]
+  assert not found, "layer parts used outside model.py:\n" + "\n".join(found)
