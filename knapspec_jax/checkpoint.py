@@ -72,10 +72,10 @@ def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = Tru
     raise CheckpointError(f"{path}: no such file or directory")
   if path.is_dir():
     cfg, tokenizer, eos = _hf_config_and_tokenizer(path)
-    loader = lambda: hf_params(path, cfg, fuse)
+    loader = lambda store=None: hf_params(path, cfg, fuse, store)
   else:
     cfg, tokenizer, eos = _gguf_config_and_tokenizer(path)
-    loader = lambda: _gguf_params(path, cfg, fuse)
+    loader = lambda store=None: _gguf_params(path, cfg, fuse, store)
   if check is not None:
     check(cfg)
   params = _cached(path, cfg, fuse, loader) if use_cache else loader()
@@ -191,7 +191,7 @@ def _unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(w.shape))
 
 
-def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
+def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool, store=None) -> dict:
   import gguf
   reader = _gguf_reader(path)
   tensors = {t.name: t for t in reader.tensors}
@@ -244,8 +244,8 @@ def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
       lp.update(bq=get(p + "attn_q.bias"), bk=get(p + "attn_k.bias"), bv=get(p + "attn_v.bias"))
     if cfg.qk_norm:
       lp.update(q_norm=get(p + "attn_q_norm.weight"), k_norm=get(p + "attn_k_norm.weight"))
-    layers.append(_layer(path, cfg, i, lp, fuse))
-  return _top(path, cfg, params, layers)
+    layers.append(_layer(path, cfg, i, lp, fuse, store))
+  return _top(path, cfg, params, layers, store)
 
 
 # ---------------------------------------------------------------------------------- HF directory
@@ -279,7 +279,7 @@ def _hf_config_and_tokenizer(path: pathlib.Path):
   return cfg, tokenizer, eos
 
 
-def hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
+def hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool, store=None) -> dict:
   """The float32 params of an HF directory's safetensors, converted to model.py's layout (the
   slow step a cached load skips; tests/test_checkpoint.py checks that it does)."""
   from safetensors import SafetensorError, safe_open
@@ -314,8 +314,8 @@ def hf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool) -> dict:
       lp.update(bq=get(a + "q_proj.bias"), bk=get(a + "k_proj.bias"), bv=get(a + "v_proj.bias"))
     if cfg.qk_norm:
       lp.update(q_norm=get(a + "q_norm.weight"), k_norm=get(a + "k_norm.weight"))
-    layers.append(_layer(path, cfg, i, lp, fuse))
-  return _top(path, cfg, params, layers)
+    layers.append(_layer(path, cfg, i, lp, fuse, store))
+  return _top(path, cfg, params, layers, store)
 
 
 def _hf_weight_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -395,15 +395,24 @@ def _check_shapes(path: pathlib.Path, named, want: dict, cfg: ModelConfig, where
           f"vocab {cfg.vocab_size}, d_model {cfg.d_model}) needs {want[name]}")
 
 
-def _layer(path: pathlib.Path, cfg: ModelConfig, i: int, lp: dict, fuse: bool) -> dict:
-  """One layer's tensors, shape-checked, then fused if asked (its parts dropped at once)."""
+def _layer(path: pathlib.Path, cfg: ModelConfig, i: int, lp: dict, fuse: bool,
+           store=None) -> dict:
+  """One layer's tensors, shape-checked, then fused if asked (its parts dropped at once), then
+  handed to store(name, array) one by one (the params cache writes each and gives back a
+  memory map, so that a first load never holds every layer in memory)."""
   from knapspec_jax.model import fuse_layer
   _check_shapes(path, lp, expected_shapes(cfg)["layer"], cfg, f"layer {i} ")
-  return fuse_layer(lp, np.concatenate) if fuse else lp
+  lp = fuse_layer(lp, np.concatenate) if fuse else lp
+  if store is not None:
+    lp = {k: store(f"layer{i:03d}.{k}", lp.pop(k)) for k in list(lp)}
+  return lp
 
 
-def _top(path: pathlib.Path, cfg: ModelConfig, params: dict, layers: list) -> dict:
+def _top(path: pathlib.Path, cfg: ModelConfig, params: dict, layers: list,
+         store=None) -> dict:
   _check_shapes(path, params, expected_shapes(cfg), cfg)
+  if store is not None:
+    params = {k: store(k, params.pop(k)) for k in list(params)}
   return {**params, "layers": tuple(layers)}
 
 
@@ -423,13 +432,6 @@ def _fingerprint(path: pathlib.Path) -> str:
   return h.hexdigest()[:16]
 
 
-def _flatten(params: dict) -> dict:
-  flat = {k: v for k, v in params.items() if k != "layers"}
-  for i, lp in enumerate(params["layers"]):
-    flat.update({f"layer{i:03d}.{k}": v for k, v in lp.items()})
-  return flat
-
-
 def _unflatten(flat: dict, n_layers: int) -> dict:
   params = {k: v for k, v in flat.items() if not k.startswith("layer")}
   layers = [{} for _ in range(n_layers)]
@@ -443,13 +445,15 @@ def _unflatten(flat: dict, n_layers: int) -> dict:
 
 def _cached(path: pathlib.Path, cfg: ModelConfig, fuse: bool, loader) -> dict:
   """Params from the cache entry of this checkpoint (its path, size and mtime), else from
-  loader(), then written there.
+  loader(store), written there tensor by tensor as the loader converts them.
 
-  One .npy file per tensor, written as each is in hand and read back memory-mapped: a load
-  holds at most the model plus one tensor (Qwen2.5-1.5B in float32: 7.1 GB of weights). An
-  Orbax checkpoint, the cache of earlier versions, peaked at 18.2 GB writing it (a host copy of
-  every array, measured with tests/test_qwen.py). An entry counts only once its `complete`
-  marker is written, so an interrupted write is rebuilt, never read."""
+  One .npy file per tensor, written as each tensor is converted (loader's store) and read back
+  memory-mapped, so a first load holds the tensors of one layer (plus the top-level ones until
+  the layers are done) rather than the whole model: Qwen2.5-1.5B in float32 is 7.1 GB of
+  weights, and a first load that built them all before writing peaked at 9.2 GB (1.30x;
+  tests/test_qwen.py measures it). An Orbax checkpoint, the cache of earlier versions, peaked at
+  18.2 GB. An entry counts only once its `complete` marker is written, so an interrupted write
+  is rebuilt, never read; a disk that fails mid-write leaves the load in memory."""
   target = cache_dir() / f"{path.stem}-{_fingerprint(path)}{'-fused' if fuse else ''}"
   if (target / "complete").is_file():
     try:
@@ -459,16 +463,33 @@ def _cached(path: pathlib.Path, cfg: ModelConfig, fuse: bool, loader) -> dict:
       warnings.warn(f"ignoring unreadable params cache {target}: {e}")
   import shutil
   shutil.rmtree(target, ignore_errors=True)
-  params = loader()
   tmp = target.with_name(f".{target.name}.{os.getpid()}")
+  failed = []
+
+  def store(name: str, value: np.ndarray) -> np.ndarray:
+    if failed:
+      return value
+    try:
+      np.save(tmp / f"{name}.npy", value, allow_pickle=False)
+      return np.lib.format.open_memmap(tmp / f"{name}.npy", mode="r")
+    except Exception as e:  # a read-only or full disk must not stop a load
+      failed.append(e)
+      return value
+
   try:
     tmp.mkdir(parents=True, exist_ok=True)
-    for name, value in _flatten(params).items():
-      np.save(tmp / f"{name}.npy", value, allow_pickle=False)
-    (tmp / "complete").write_text(str(path))
-    os.replace(tmp, target)
-  except Exception as e:  # a read-only or full disk must not stop a load
-    warnings.warn(f"could not write params cache {target}: {e}")
+  except Exception as e:
+    failed.append(e)
+  try:
+    params = loader(store)
+    if not failed:
+      try:
+        (tmp / "complete").write_text(str(path))
+        os.replace(tmp, target)  # the memory maps stay valid: they hold the files open
+      except OSError as e:
+        failed.append(e)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+  if failed:
+    warnings.warn(f"could not write params cache {target}: {failed[0]}")
   return params
