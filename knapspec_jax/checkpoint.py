@@ -450,10 +450,11 @@ def _cached(path: pathlib.Path, cfg: ModelConfig, fuse: bool, loader) -> dict:
   One .npy file per tensor, written as each tensor is converted (loader's store) and read back
   memory-mapped, so a first load holds the tensors of one layer (plus the top-level ones until
   the layers are done) rather than the whole model: Qwen2.5-1.5B in float32 is 7.1 GB of
-  weights, and a first load that built them all before writing peaked at 9.2 GB (1.30x); written
-  as converted, 4.21 GB (0.59x; tests/test_qwen.py measures it). An Orbax checkpoint, the cache of earlier versions, peaked at
-  18.2 GB. An entry counts only once its `complete` marker is written, so an interrupted write
-  is rebuilt, never read; a disk that fails mid-write leaves the load in memory."""
+  weights, and a first load that built them all before writing peaked at 9.2 GB (1.30x);
+  written as converted, 4.21 GB (0.59x; tests/test_qwen.py measures it). An Orbax checkpoint,
+  the cache of earlier versions, peaked at 18.2 GB. An entry counts only once its `complete`
+  marker is written, so an interrupted write is rebuilt, never read; a disk that fails
+  mid-write leaves the load in memory."""
   target = cache_dir() / f"{path.stem}-{_fingerprint(path)}{'-fused' if fuse else ''}"
   if (target / "complete").is_file():
     try:
