@@ -49,6 +49,7 @@ from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.config import ModelConfig  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
+from shapes import SHAPES  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes and loops (CPU check of the script).")
 _MODELS = flags.DEFINE_list("models", ["smollm2", "qwen2.5-1.5b"], "Model shapes.")
@@ -61,18 +62,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _BUDGET = flags.DEFINE_float("budget_s", 200.0, "Skip what is left after this many seconds.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/decode_kernels.json).")
 
-SHAPES = {
-    "smollm2": ModelConfig(arch="llama", vocab_size=49152, d_model=576, d_ff=1536, n_layers=30,
-                           n_heads=9, n_kv_heads=3, head_dim=64, rope_theta=100000.0,
-                           tie_embeddings=True, max_seq_len=8192),
-    "qwen2.5-1.5b": ModelConfig(arch="qwen2", vocab_size=151936, d_model=1536, d_ff=8960,
-                                n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
-                                rope_theta=1000000.0, norm_eps=1e-6, tie_embeddings=True,
-                                max_seq_len=32768, qkv_bias=True),
-    # --smoke: the same code paths at toy sizes (2 layers, 9 splits of cache)
-    "tiny": ModelConfig(arch="qwen2", vocab_size=256, d_model=64, d_ff=128, n_layers=2,
-                        n_heads=4, n_kv_heads=2, head_dim=32, max_seq_len=2048, qkv_bias=True),
-}
 
 _bucketed_kernel = decode_attention.decode_attention
 

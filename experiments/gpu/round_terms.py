@@ -1,0 +1,143 @@
+"""Where a speculation round's time goes (issue 13): the segment program against its parts.
+
+  python experiments/gpu/round_terms.py            # H200: Qwen2.5-1.5B shape, random bf16 weights
+  python experiments/gpu/round_terms.py --smoke    # CPU: tiny shapes, checks the script runs
+
+On Qwen2.5-Coder-1.5B a round measured 0.8-2.3 ms more than the latency profile's draft steps
+plus verify (BENCHMARKS.md 10.6). For a skip set S and draft lengths gamma, at one context, this
+times on device:
+  segment   spec_segment over `rounds` rounds, threshold 0 (every round drafts exactly gamma
+            tokens: no confidence exit, no EOS) -> ms per round;
+  draft     the AR segment with S skipped (what the profile calls a draft step) -> ms per step;
+  verify    verify_loop of gamma + 1 tokens (the profile's verify) -> ms per forward;
+and prints the excess: segment - (gamma * draft + verify), with the kernels per loop body of
+each program (metrics.loop_kernels) and the step's bytes and share of the read bandwidth.
+Run it once per XLA flag set to see whether the excess is a lowering matter (run_round_terms.sh).
+Records: $OUT/round_terms.json (or --output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from shapes import SHAPES  # noqa: E402
+from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
+from knapspec_jax import model as model_lib  # noqa: E402
+from knapspec_jax.compile_cache import CompileCache  # noqa: E402
+from knapspec_jax.decoding import attn_bucket  # noqa: E402
+from knapspec_jax.kv_cache import KVCache  # noqa: E402
+from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes and loops (CPU check of the script).")
+_MODEL = flags.DEFINE_string("model", "qwen2.5-1.5b", "Model shape (shapes.SHAPES).")
+_CONTEXT = flags.DEFINE_integer("context", 2000, "Cache cursor at the start.")
+_GAMMAS = flags.DEFINE_list("gammas", ["1", "2", "4"], "Draft lengths.")
+_SETS = flags.DEFINE_list("sets", ["8:4", "16:12"], "Skip sets as attn:mlp counts of skipped "
+                          "inner sublayers (the first attn / mlp inner layers, spread evenly).")
+_ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/round_terms.json).")
+
+
+def spread(n_layers: int, count: int) -> list[int]:
+  """`count` inner layers (1 .. n_layers - 2; every layer where there are too few) spread
+  evenly."""
+  pool = np.arange(1, n_layers - 1) if count <= n_layers - 2 else np.arange(n_layers)
+  picks = np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int)
+  return sorted({int(pool[i]) for i in picks})
+
+
+def median_seconds(fn, make_args, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    args = make_args()
+    jax.block_until_ready(args)
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main(argv):
+  del argv
+  smoke = _SMOKE.value
+  name = "tiny" if smoke else _MODEL.value
+  rounds, repeats = (4, 2) if smoke else (_ROUNDS.value, _REPEATS.value)
+  dtype = jnp.float32 if smoke else jnp.bfloat16
+  base_cfg = SHAPES[name]
+  cfg = dataclasses.replace(base_cfg, attention="xla" if smoke else "pallas",
+                            matmul_rows=1 if smoke else 2)
+  context = min(_CONTEXT.value, cfg.max_seq_len // 2)
+  params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),
+                                                                   dtype))
+  capacity = KVCache.capacity_for(cfg)
+  base = latency.random_cache(cfg, dtype, context, jax.random.PRNGKey(1))
+  read_gbps = latency.read_bandwidth(64 << 20 if smoke else None)
+  device = latency.device_name()
+  flags_env = os.environ.get("XLA_FLAGS", "")
+  print(f"{device} | jax {jax.__version__} | {name} | context {context} | XLA_FLAGS="
+        f"'{flags_env}' | {rounds} rounds x {repeats} loops", flush=True)
+  compiled = CompileCache()
+  records = []
+  for spec in (["1:1"] if smoke else _SETS.value):
+    n_attn, n_mlp = (int(x) for x in spec.split(":"))
+    skip = SkipMask.from_layers(cfg.n_layers, attn=spread(cfg.n_layers, n_attn),
+                                mlp=spread(cfg.n_layers, n_mlp))
+    for gamma in map(int, _GAMMAS.value):
+      attn_len = attn_bucket(context + rounds * (gamma + 1) + gamma + 1, capacity)
+
+      def fresh_state(max_new):
+        cache = jax.tree.map(jnp.copy, base)
+        return decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32), max_new,
+                                   ())
+
+      seg_args = lambda: (params, fresh_state(rounds * (gamma + 1) + 1),
+                          speculative.SpecCounters.zeros(), jnp.asarray(rounds, jnp.int32),
+                          jnp.asarray(0.0, jnp.float32))
+      seg = compiled.get(speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len), seg_args())
+      ar_args = lambda: (params, fresh_state(rounds))
+      draft = compiled.get(decoding.ARSegmentStatics(cfg, attn_len, skip=skip), ar_args())
+      tokens = jnp.ones((1, gamma + 1), jnp.int32)
+      ver_args = lambda: (params, jax.tree.map(jnp.copy, base), tokens,
+                          jnp.asarray(rounds, jnp.int32))
+      verify = compiled.get(latency.VerifyLoopStatics(cfg, attn_len), ver_args())
+      t_seg = median_seconds(seg, seg_args, repeats) / rounds
+      t_draft = median_seconds(draft, ar_args, repeats) / rounds
+      t_verify = median_seconds(verify, ver_args, repeats) / rounds
+      parts = gamma * t_draft + t_verify
+      kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
+                 for k, f in (("segment", seg), ("draft", draft), ("verify", verify))}
+      record = dict(model=name, device=device, xla_flags=flags_env, context=context,
+                    attn_len=attn_len, n_attn_skipped=len(skip.attn_skipped),
+                    n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma,
+                    ms_per_round=t_seg * 1e3, ms_per_draft_step=t_draft * 1e3,
+                    ms_per_verify=t_verify * 1e3, ms_parts=parts * 1e3,
+                    ms_excess=(t_seg - parts) * 1e3, kernels_per_body=kernels,
+                    read_gbps=read_gbps)
+      records.append(record)
+      print(f"skip {len(skip.attn_skipped):2d} attn + {len(skip.mlp_skipped):2d} mlp  gamma "
+            f"{gamma}: round {t_seg * 1e3:7.3f} ms = {gamma} x draft {t_draft * 1e3:6.3f} + "
+            f"verify {t_verify * 1e3:6.3f} ({parts * 1e3:7.3f}) + excess "
+            f"{(t_seg - parts) * 1e3:+7.3f} ms | kernels per body {kernels}", flush=True)
+  out = pathlib.Path(_OUTPUT.value or pathlib.Path(os.environ.get("OUT", ".")) /
+                     "round_terms.json")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(records, indent=1))
+  print(f"wrote {out} ({len(records)} records)")
+
+
+if __name__ == "__main__":
+  app.run(main)
