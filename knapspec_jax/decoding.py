@@ -7,6 +7,7 @@ host only steps in when the context crosses a bucket boundary, at EOS, or at max
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import flax.struct
 import jax
@@ -203,25 +204,67 @@ def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos
   return STOP_CACHE_FULL
 
 
+def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Callable, *,
+                 span: int, max_seq_len: int, read: Callable = lambda carry: None,
+                 args: Callable = lambda value: (), background: bool = False,
+                 prefetch: int = 256) -> tuple[tuple, bool]:
+  """The host loop of every decoding method: read the cursor, dispatch the segment program of
+  the attention bucket it is in (the program decodes on device until its bucket, or its own
+  stopping rule, ends it), repeat until done or the model's context is used up.
+
+  carry: (DecodeState, *rest), what the program maps to its next value (AR: the state;
+    speculation: the state and its counters).
+  statics_at(attn_len): the program's statics at a bucket; span: positions one step needs
+    beyond the cursor (1, AR's width, a verify's window), which pick the bucket.
+  read(carry): a device value read with the cursor (speculation: the round counter), and
+    args(value): the program's arguments after params and carry, or None to stop (a spent
+    budget of rounds).
+  background: a program not compiled yet compiles in a background thread and the loop returns
+    early with ready=False (the caller decodes plainly meanwhile); the next bucket's program is
+    requested `prefetch` positions before the context reaches it.
+  Returns (carry, ready).
+  """
+  while True:
+    state = carry[0]
+    # One device read per segment: the program decides everything else on device.
+    done, length, value = jax.device_get((state.done, state.cache.length, read(carry)))
+    if done or length >= max_seq_len:
+      return carry, True
+    extra = args(value)
+    if extra is None:
+      return carry, True
+    attn_len = attn_bucket(int(length) + span, state.cache.capacity)
+    call = (params,) + tuple(carry) + tuple(extra)
+    if background:
+      fn = compiled.get_async(statics_at(attn_len), call)
+      if fn is None:
+        return carry, False
+      upcoming = attn_bucket(min(int(length) + span + prefetch, max_seq_len),
+                             state.cache.capacity)
+      if upcoming != attn_len:
+        compiled.get_async(statics_at(upcoming), call)
+    else:
+      fn = compiled.get(statics_at(attn_len), call)
+    out = fn(*call)
+    carry = out if isinstance(out, tuple) else (out,)
+
+
 def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
            max_tokens: int | None = None, width: int = 1,
            sampling: sampling_lib.Filter | None = None) -> DecodeState:
   """Decodes until done or the cache is full (or max_tokens more tokens), one device program
-  per attention bucket. width, sampling: see ar_segment (default: one-token greedy steps)."""
+  per attention bucket (run_segments). width, sampling: see ar_segment (default: one-token
+  greedy steps)."""
   # Host-side arithmetic on purpose: an eager jnp op here would compile on its first call, inside
   # a method's timed decode (measured: three such compiles cost 0.27 s on the H100).
   max_new = int(state.max_new)
   if max_tokens is not None:
     state = state.replace(max_new=jax.device_put(np.int32(min(max_new,
                                                               int(state.n_out) + max_tokens))))
-  while True:
-    done, length = jax.device_get((state.done, state.cache.length))
-    if done or length >= cfg.max_seq_len:
-      break
-    attn_len = attn_bucket(int(length) + width, state.cache.capacity)
-    args = (params, state)
-    state = compiled.get(ARSegmentStatics(cfg, attn_len, width=width, sampling=sampling),
-                         args)(*args)
+  (state,), _ = run_segments(
+      compiled, params, (state,),
+      lambda attn_len: ARSegmentStatics(cfg, attn_len, width=width, sampling=sampling),
+      span=width, max_seq_len=cfg.max_seq_len)
   if max_tokens is not None:  # the pause was not the end: recompute done under the real limit
     token, eos, n_out = jax.device_get((state.token, state.eos, state.n_out))
     done = bool(np.any(token == eos)) or int(n_out) >= max_new

@@ -26,7 +26,7 @@ from knapspec_jax import compile_cache
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.config import ModelConfig
-from knapspec_jax.decoding import DecodeState
+from knapspec_jax.decoding import DecodeState, attn_bucket, run_segments
 from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.skip_mask import SkipMask
 
@@ -179,16 +179,9 @@ def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds,
   return state, counters
 
 
-def segment_args(params, state: DecodeState, counters: SpecCounters, max_rounds: int,
-                 threshold: float):
-  return (params, state, counters, jnp.asarray(max_rounds, jnp.int32),
-          jnp.asarray(threshold, jnp.float32))
-
-
 def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
                     end: int) -> list[int]:
   """The attention buckets a segment visits while the context grows from start to end."""
-  from knapspec_jax.decoding import attn_bucket
   end = min(end, cfg.max_seq_len)
   return sorted({attn_bucket(n + gamma + 1, capacity) for n in range(start, max(end, start + 1))})
 
@@ -229,32 +222,25 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
                *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int,
                background: bool = False, prefetch: int = 256,
                sampling: sampling_lib.Filter | None = None, width: int | None = None):
-  """Host driver: up to max_rounds rounds (fewer at done / cache end), crossing buckets.
+  """Up to max_rounds rounds (fewer at done / cache end), crossing buckets: decoding.run_segments
+  with the segment program of (skip, gamma) and a budget of rounds read from the counters.
 
   Returns (state, counters, ready). With background=True a program that is not compiled yet is
   compiled in a background thread and the call returns early with ready=False, so the caller
   can decode plainly meanwhile; the next bucket's program is requested `prefetch` positions
   before the context reaches it.
   """
-  from knapspec_jax.decoding import attn_bucket
   start_rounds = int(counters.rounds)
-  statics = lambda attn_len: SpecSegmentStatics(cfg, skip, gamma, attn_len, sampling, width)
-  span = width or gamma + 1
-  while True:
-    done, length, rounds = jax.device_get((state.done, state.cache.length, counters.rounds))
+
+  def budget(rounds):  # the segment's arguments after (state, counters), None once spent
     left = max_rounds - (int(rounds) - start_rounds)
-    if done or length >= cfg.max_seq_len or left <= 0:
-      return state, counters, True
-    attn_len = attn_bucket(int(length) + span, state.cache.capacity)
-    args = segment_args(params, state, counters, left, threshold)
-    if background:
-      fn = compiled.get_async(statics(attn_len), args)
-      if fn is None:
-        return state, counters, False
-      upcoming = attn_bucket(min(int(length) + span + prefetch, cfg.max_seq_len),
-                             state.cache.capacity)
-      if upcoming != attn_len:
-        compiled.get_async(statics(upcoming), args)
-    else:
-      fn = compiled.get(statics(attn_len), args)
-    state, counters = fn(*args)
+    if left <= 0:
+      return None
+    return jnp.asarray(left, jnp.int32), jnp.asarray(threshold, jnp.float32)
+
+  (state, counters), ready = run_segments(
+      compiled, params, (state, counters),
+      lambda attn_len: SpecSegmentStatics(cfg, skip, gamma, attn_len, sampling, width),
+      span=width or gamma + 1, max_seq_len=cfg.max_seq_len, read=lambda carry: carry[1].rounds,
+      args=budget, background=background, prefetch=prefetch)
+  return state, counters, ready
