@@ -10,11 +10,10 @@ Budget (the device time of one call, about 6 minutes): the model loads in 64-106
 bucket costs a ~4 s compile (the H200 profile's segment_compile_s), so CLaSp re-optimizes every
 64 rounds (configs/h200.py: 32, for SmolLM2) to keep its warm-up compiles few.
 
-KnapSpec runs with its defaults (since session 6: keep=True, a 25% explore_budget, skip sets
-compiled in the background on the GPU; KnapSpecConfig's docstring gives the measurements behind
-each). The untimed warm-up run of each prompt explores and compiles; the benchmark waits for
-background compiles before each timed run (CompileCache.wait_background). Session 5's options,
-explore_budget=0.2 and compile_horizon=100000, are no longer needed.
+KnapSpec runs with its defaults (since session 6: keep=True and a 25% explore_budget;
+KnapSpecConfig's docstring gives the measurements behind each). The untimed warm-up run of each
+prompt explores; a draft it keeps is compiled by the next run's warm-up, outside the timings.
+Session 5's options, explore_budget=0.2 and compile_horizon=100000, are no longer needed.
 """
 
 import os

@@ -161,8 +161,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
     for method in methods:
       for _ in range(config.warmup_runs):
         run_once(method)
-    # A skip set chosen in a run compiles in a background thread on an accelerator
-    # (controller.background_compile_default); no timed run shares the host with it.
+    # With background_compile on (off by default: controller.background_compile_default), a skip
+    # set chosen in a run compiles in a background thread; no timed run shares the host with it.
     model.compiled.wait_background()
     # Timed runs round-robin over the methods, so that a slow stretch of the machine (measured:
     # AR against its own rerun spreads 0.98-1.05x on the 2-vCPU CPU) falls on all of them.

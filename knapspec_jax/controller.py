@@ -58,17 +58,15 @@ def _confirmed(prompt_ids: np.ndarray, out: np.ndarray, n_out: int, length: int)
 _NO_ROUNDS = speculative.SpecCounters(*(np.int32(0),) * 4)  # a plain window's counter deltas
 
 
-def background_compile_default(platform: str | None = None) -> bool:
-  """Off on every platform (`platform` is for tests; None: jax.default_backend()): decoding
-  plainly while a skip set compiles in a background thread runs below AR's speed. Measured
-  on the H100 (chunks of 16 tokens: about half of AR's speed) and again on the H200 with
-  Qwen2.5-Coder-1.5B (plain windows of up to 64-token chunks: 92-485 tok/s, four of six under
-  200, against AR's 518-590; a drafting window beside a prefetching compile 286 tok/s against a
-  predicted 605; BENCHMARKS.md 10.6), probably because the compile's host work competes with
-  the host loop that drives XLA's while loops on the GPU (not measured further). A new skip set
-  therefore compiles in the caller's thread, at warm-up where possible (KnapSpec
-  compiles its kept drafts there), and the selection charges a compile inside a run."""
-  del platform
+def background_compile_default() -> bool:
+  """Off on every platform: decoding plainly while a skip set compiles in a background thread
+  runs below AR's speed. Measured on the H100 (chunks of 16 tokens: about half of AR's speed) and
+  again on the H200 with Qwen2.5-Coder-1.5B (plain windows of up to 64-token chunks: 92-485
+  tok/s, four of six under 200, against AR's 518-590; a drafting window beside a prefetching
+  compile 286 tok/s against a predicted 605; BENCHMARKS.md 10.6), probably because the compile's
+  host work competes with the host loop that drives XLA's while loops on the GPU (not measured
+  further). A new skip set therefore compiles in the caller's thread, at warm-up where possible
+  (KnapSpec compiles its kept drafts there), and the selection charges a compile inside a run."""
   return False
 
 

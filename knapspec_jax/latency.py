@@ -161,7 +161,7 @@ def read_bandwidth(n_bytes: int | None = None, repeats: int = 5) -> float:
   data = jnp.ones((n_bytes // 4096, 1024), jnp.float32)  # 2-D: no 2**31-element axis at 8 GiB
   total = jax.jit(jnp.sum).lower(data).compile()
   jax.block_until_ready(total(data))
-  return n_bytes / 1e9 / _time(total, lambda: (data,), repeats)
+  return n_bytes / 1e9 / median_seconds(total, lambda: (data,), repeats)
 
 
 def device_read_gbps(profile: "LatencyProfile | None" = None) -> float:
@@ -209,7 +209,9 @@ class VerifyLoopStatics:
     return verify_loop(params, cache, tokens, n_iter, cfg=self.cfg, attn_len=self.attn_len)
 
 
-def _time(fn, make_args, repeats: int) -> float:
+def median_seconds(fn, make_args, repeats: int) -> float:
+  """Median wall seconds of fn(*make_args()) over `repeats` calls, fresh arguments each time
+  (made and ready before the clock starts), the result waited for."""
   times = []
   for _ in range(repeats):
     args = make_args()
@@ -255,7 +257,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
       # skip set), so a later generation reuses this compile.
       fn = compiled.get(decoding.ARSegmentStatics(cfg, attn_len, skip=skip), args)
       compile_times.append(compiled.stats.compile_s - before)
-      seconds = _time(fn, make_args, repeats) / steps
+      seconds = median_seconds(fn, make_args, repeats) / steps
       n_attn, n_mlp = cfg.n_layers - len(skip.attn_skipped), cfg.n_layers - len(skip.mlp_skipped)
       step_samples.append((n_attn, n_mlp, attn_len, seconds))
       log(f"  step  attn_len={attn_len:5d} attn={n_attn:2d} mlp={n_mlp:2d}: {seconds*1e3:8.3f} ms")
@@ -264,7 +266,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
       n_iter = jnp.asarray(steps, jnp.int32)
       make_args = lambda: (params, jax.tree.map(jnp.copy, base), tokens, n_iter)
       fn = compiled.get(VerifyLoopStatics(cfg, attn_len), make_args())
-      seconds = _time(fn, make_args, repeats) / steps
+      seconds = median_seconds(fn, make_args, repeats) / steps
       verify_samples.append((window, attn_len, seconds))
       log(f"  verify attn_len={attn_len:5d} T={window:2d}: {seconds*1e3:8.3f} ms")
     from knapspec_jax import knapsack
@@ -274,7 +276,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
     run = lambda: knapsack.search(params, cfg, base, tokens, p0, 1, 1, compiled,
                                   attn_len=attn_len, chunk=knapsack.default_chunk(cfg.n_layers))
     jax.block_until_ready(run())
-    seconds = _time(lambda: run(), lambda: (), repeats)
+    seconds = median_seconds(lambda: run(), lambda: (), repeats)
     search_samples.append((attn_len, seconds))
     log(f"  search attn_len={attn_len:5d} R={n_ref}: {seconds*1e3:8.1f} ms")
   # A speculation segment holds a draft loop and a verify forward: about two decode loops.

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -266,11 +267,26 @@ def _tiny_hf_config(name: str):
 TINY_NAMES = ("llama", "llama3_rope", "qwen2", "qwen3")
 
 
+def run_gpu_script_smoke(script: str, output) -> subprocess.CompletedProcess:
+  """experiments/gpu/<script> --smoke on the CPU, its records written to `output`; fails the test
+  with the script's stderr when it does not exit 0."""
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / "gpu" / script), "--smoke",
+       f"--output={output}"], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
 def build_tiny_hf(name: str, seed: int = 0) -> torch.nn.Module:
   """A transformers model whose every weight is random and O(1) in effect: norm scales away from
   1 and nonzero biases, so a loader that drops or mislabels any tensor changes the logits."""
+  return build_random_hf(_tiny_hf_config(name), seed)
+
+
+def build_random_hf(cfg, seed: int = 0) -> torch.nn.Module:
+  """build_tiny_hf's recipe for any transformers config (tests/test_sharding.py's head counts)."""
   import transformers
-  cfg = _tiny_hf_config(name)
   cfg._attn_implementation = "eager"
   torch.manual_seed(seed)
   model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

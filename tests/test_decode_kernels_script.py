@@ -5,22 +5,15 @@ on it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import run_gpu_script_smoke
 
 
 def test_decode_kernels_smoke(tmp_path):
   out = tmp_path / "kernels.json"
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "experiments" / "gpu" / "decode_kernels.py"), "--smoke",
-       f"--output={out}"], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-      capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_gpu_script_smoke("decode_kernels.py", out)
   result = json.loads(out.read_text())
   records = result["records"]
   assert not [r for r in records if "error" in r]

@@ -4,22 +4,15 @@ round's time goes runs end to end before device time is spent on it, and its rec
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import run_gpu_script_smoke
 
 
 def test_round_terms_smoke(tmp_path):
   out = tmp_path / "round_terms.json"
-  proc = subprocess.run(
-      [sys.executable, str(REPO / "experiments" / "gpu" / "round_terms.py"), "--smoke",
-       f"--output={out}"], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-      capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_gpu_script_smoke("round_terms.py", out)
   records = json.loads(out.read_text())
   assert [r["gamma"] for r in records] == [1, 2, 4]
   for r in records:

@@ -21,7 +21,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+
+from conftest import build_random_hf
 
 from knapspec_jax import api, sharding
 from knapspec_jax.config import UnsupportedModelError
@@ -52,20 +53,9 @@ def _hf_config(name: str):
 
 
 def _build(name: str, seed: int = 0):
-  """A random transformers model whose every weight matters (conftest.build_tiny_hf's recipe,
-  with head counts that 8 devices can split)."""
-  import transformers
-  cfg = _hf_config(name)
-  cfg._attn_implementation = "eager"
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-  gen = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for pname, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      p.copy_(1.0 + 0.2 * noise if "norm" in pname else
-              (0.1 if "embed_tokens" in pname else 0.2) * noise)
-  return model.eval()
+  """A random transformers model whose every weight matters (conftest.build_random_hf), with
+  head counts that 8 devices can split."""
+  return build_random_hf(_hf_config(name), seed)
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,7 @@ def main(argv):
       try:
         compiled = CompileCache()
         fn = compiled.get(variant, seg, make_args(), static, donate_argnums=(1,))
-        t = latency._time(fn, make_args, _REPEATS.value) / _STEPS.value
+        t = latency.median_seconds(fn, make_args, _REPEATS.value) / _STEPS.value
         text = fn.as_text()
         kernels = metrics.loop_kernels(text)
         if _DUMP.value:

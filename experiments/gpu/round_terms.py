@@ -60,17 +60,6 @@ def spread(n_layers: int, count: int) -> list[int]:
   return sorted({int(pool[i]) for i in picks})
 
 
-def median_seconds(fn, make_args, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    args = make_args()
-    jax.block_until_ready(args)
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def main(argv):
   del argv
   smoke = _SMOKE.value
@@ -114,9 +103,9 @@ def main(argv):
       ver_args = lambda: (params, jax.tree.map(jnp.copy, base), tokens,
                           jnp.asarray(rounds, jnp.int32))
       verify = compiled.get(latency.VerifyLoopStatics(cfg, attn_len), ver_args())
-      t_seg = median_seconds(seg, seg_args, repeats) / rounds
-      t_draft = median_seconds(draft, ar_args, repeats) / rounds
-      t_verify = median_seconds(verify, ver_args, repeats) / rounds
+      t_seg = latency.median_seconds(seg, seg_args, repeats) / rounds
+      t_draft = latency.median_seconds(draft, ar_args, repeats) / rounds
+      t_verify = latency.median_seconds(verify, ver_args, repeats) / rounds
       parts = gamma * t_draft + t_verify
       kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
                  for k, f in (("segment", seg), ("draft", draft), ("verify", verify))}
