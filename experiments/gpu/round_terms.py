@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shapes import SHAPES  # noqa: E402
+from shapes import SHAPES, spread  # noqa: E402
 from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
@@ -50,14 +50,6 @@ _SETS = flags.DEFINE_list("sets", ["8:4", "16:12"], "Skip sets as attn:mlp count
 _ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/round_terms.json).")
-
-
-def spread(n_layers: int, count: int) -> list[int]:
-  """`count` inner layers (1 .. n_layers - 2; every layer where there are too few) spread
-  evenly."""
-  pool = np.arange(1, n_layers - 1) if count <= n_layers - 2 else np.arange(n_layers)
-  picks = np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int)
-  return sorted({int(pool[i]) for i in picks})
 
 
 def main(argv):

@@ -1,4 +1,7 @@
-"""Model shapes the GPU scripts time with random weights (decode_kernels.py, round_terms.py)."""
+"""Model shapes the GPU scripts time with random weights (decode_kernels.py, round_terms.py,
+first_call.py), and skip sets spread over them."""
+
+import numpy as np
 
 from knapspec_jax.config import ModelConfig
 
@@ -14,3 +17,11 @@ SHAPES = {
     "tiny": ModelConfig(arch="qwen2", vocab_size=256, d_model=64, d_ff=128, n_layers=2,
                         n_heads=4, n_kv_heads=2, head_dim=32, max_seq_len=2048, qkv_bias=True),
 }
+
+
+def spread(n_layers: int, count: int) -> list[int]:
+  """`count` inner layers (1 .. n_layers - 2; every layer where there are too few) spread
+  evenly."""
+  pool = np.arange(1, n_layers - 1) if count <= n_layers - 2 else np.arange(n_layers)
+  picks = np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int)
+  return sorted({int(pool[i]) for i in picks})
