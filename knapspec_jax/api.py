@@ -38,6 +38,9 @@ class MethodError(ValueError):
   set...)."""
 
 
+AR_SPEED_MIN_TOKENS = 32  # Model.note_ar_speed: shorter plain runs say too little
+
+
 @dataclasses.dataclass
 class Model:
   """A loaded model: static config, device params, tokenizer and its compiled programs.
@@ -61,6 +64,11 @@ class Model:
     slower than AR); KnapSpec budgets searches with it.
   kept_drafts: at each attention bucket, the draft KnapSpec chose there and keeps using, across
     windows and generations, until a window of it measures slower than AR (methods.KeptDraft).
+  ar_speeds: at each attention bucket, the fastest plain decoding measured there, tokens/s (the
+    "ar" method's generations and every method's plain windows of AR_SPEED_MIN_TOKENS or more):
+    what a kept draft must beat. The latency profile's prediction stands in where none was
+    measured; it can be far off where the profile did not sample (Qwen2.5-1.5B at 28K positions
+    on the H200: 348 tok/s predicted, 473 measured; BENCHMARKS.md 10.8).
   """
 
   cfg: ModelConfig
@@ -75,6 +83,7 @@ class Model:
   search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
   search_gains: dict = dataclasses.field(default_factory=dict)  # attn bucket -> predicted saving
   kept_drafts: dict = dataclasses.field(default_factory=dict)  # attn bucket -> KeptDraft
+  ar_speeds: dict = dataclasses.field(default_factory=dict)  # attn bucket -> measured AR tok/s
 
   @property
   def name(self) -> str:
@@ -90,6 +99,20 @@ class Model:
       name += f"+rows{self.cfg.matmul_rows}"
     tp = sharding.tp_size(self.mesh)
     return name if tp == 1 else f"{name}+tp{tp}"
+
+  def note_ar_speed(self, context: int, capacity: int, tokens: int, seconds: float):
+    """Records a plain-decoding measurement of `tokens` from `context` (too short ones are
+    ignored: a window's fixed host costs would make AR look slower than it is)."""
+    if tokens >= AR_SPEED_MIN_TOKENS and seconds > 0:
+      bucket = decoding.attn_bucket(context, capacity)
+      self.ar_speeds[bucket] = max(self.ar_speeds.get(bucket, 0.0), tokens / seconds)
+
+  def ar_speed(self, context: int, capacity: int) -> float | None:
+    """The measured AR tokens/s at context's bucket, else at the nearest bucket below (a bound
+    from above: AR slows as the context grows); None when none was measured."""
+    bucket = decoding.attn_bucket(context, capacity)
+    below = [b for b in self.ar_speeds if b <= bucket]
+    return self.ar_speeds[max(below)] if below else None
 
   @property
   def cache_sharding(self):
@@ -319,8 +342,14 @@ def ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, sampling=No
   """The "ar" method's decode: plain decoding to the end (the baseline every method is timed
   against)."""
   width = _check_ar_options(options)
-  return decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width,
-                         sampling=sampling), {}
+  context, n_out = (int(x) for x in jax.device_get((state.cache.length, state.n_out)))
+  start = time.perf_counter()
+  state = decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width,
+                          sampling=sampling)
+  if sampling is None and width == 1:  # the speed a kept draft must beat (Model.ar_speeds)
+    tokens = int(jax.device_get(state.n_out)) - n_out
+    model.note_ar_speed(context, state.cache.capacity, tokens, time.perf_counter() - start)
+  return state, {}
 
 
 def ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, **options):

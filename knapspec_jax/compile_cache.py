@@ -19,6 +19,13 @@ programs are cached too). Measured on the CPU with a tiny model (tests/test_pers
 3.3 s of warm-up compiles in a first process, 0.34 s in the second; on the H200, a
 Qwen-1.5B-shaped generation's 13.1 s, then 1.55 s (BENCHMARKS.md 10.4). KNAPSPEC_XLA_CACHE=0
 turns it off; a cache directory the user gave JAX (jax_compilation_cache_dir) is left as it is.
+
+A compiled program is also run once before `get` returns it, when its statics say how
+(`prime_args`: the decode loops): on the H200 the first call of a decode program cost 20-56 ms
+more than every later one (experiments/gpu/first_call.py, BENCHMARKS.md 10.8), which a draft
+compiled at warm-up paid inside its first timed window and which made a paying draft measure
+slower than AR. One iteration of each loop on zero-filled state removes it; a call with no
+iteration left about 5 ms of it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import time
 from typing import Any, Callable, Protocol
 
 import jax
+import jax.numpy as jnp
 
 from knapspec_jax import checkpoint, sharding
 
@@ -89,6 +97,7 @@ class CompileStats:
   compiles: int = 0  # programs built: compiled, or read from the persistent cache (cheap)
   compile_s: float = 0.0  # spent compiling in the caller's thread (it waited)
   hits: int = 0
+  primed: int = 0  # programs run once right after their compile (Program.prime_args)
   background_compiles: int = 0
   background_compile_s: float = 0.0  # spent in the background thread (decoding went on)
 
@@ -102,6 +111,10 @@ class Program(Protocol):
 
   def run(self, *args):
     ...
+
+  # Optional: prime_args(args) -> args, given args whose donated (and abstract) arguments are
+  # zero-filled, returns the arguments of one cheap call that runs every loop of the program at
+  # least once; `get` makes that call right after compiling (see the module docstring).
 
 
 PROGRAMS: dict[str, type] = {}  # class name -> the class, every program the package compiles
@@ -153,6 +166,22 @@ def jit_program(prog: Program):
   run = lambda *args: prog.run(*args)
   run.__name__ = getattr(prog, "name", type(prog).__name__)
   return jax.jit(run, donate_argnums=prog.donate_argnums)
+
+
+def _prime(prog, compiled, args, abstract) -> bool:
+  """Calls a just-compiled program once, if its statics define prime_args, with zeros in place
+  of its donated arguments (the caller's buffers are left alone) and of any abstract leaf (a
+  warm-up's state and counters), the caller's concrete arrays (the weights) as they are.
+  Returns whether it ran."""
+  prime_args = getattr(prog, "prime_args", None)
+  if prime_args is None:
+    return False
+  zeros = lambda a: jnp.zeros(a.shape, a.dtype, device=getattr(a, "sharding", None))
+  pick = lambda x, a: zeros(a) if isinstance(x, jax.ShapeDtypeStruct) else x
+  call = tuple(jax.tree.map(zeros, abstract[i]) if i in prog.donate_argnums
+               else jax.tree.map(pick, args[i], abstract[i]) for i in range(len(args)))
+  jax.block_until_ready(compiled(*prime_args(call)))
+  return True
 
 
 class CompileCache:
@@ -216,8 +245,10 @@ class CompileCache:
       # partitioned find the mesh in the context (sharding.map_over_heads)
       with jax.set_mesh(mesh):
         compiled = jitted.lower(*abstract).compile()
+    primed = _prime(prog, compiled, args, abstract)
     elapsed = time.perf_counter() - start
     with self._lock:
+      self.stats.primed += primed
       self._compiled.setdefault(key, compiled)
       if in_background:
         self.stats.background_compiles += 1

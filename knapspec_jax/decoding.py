@@ -195,6 +195,12 @@ class ARSegmentStatics:
     return ar_segment(params, state, cfg=self.cfg, attn_len=self.attn_len, skip=self.skip,
                       width=self.width, sampling=self.sampling)
 
+  def prime_args(self, args):
+    """One token from a zero-filled state, no EOS (compile_cache primes each program so)."""
+    params, state = args
+    return params, state.replace(max_new=jnp.ones((), jnp.int32),
+                                 eos=jnp.full(state.eos.shape, -1, jnp.int32))
+
 
 def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos_ids) -> str:
   if n_out >= max_new:

@@ -8,7 +8,13 @@ then fitted to
   t_verify(T, n)           = t_step(L, L, n) + (T - 1) * (v0 + v1 * n)     (T-token full forward)
 
 where n is the attention length the step runs at (its bucket: attention cost follows the
-bucket, not the exact context). The fit, the raw samples and its error are stored as JSON, with
+bucket, not the exact context). Where the profile timed several attention lengths, an attention
+sublayer's cost is not that line but the costs fitted at each length (`attn_knots`), joined
+linearly and continued past the longest with the slope of the last two: on the H200 the line
+through 256 / 2K / 6K positions predicted Qwen2.5-1.5B's AR step at 28K positions at 2.87 ms,
+the knots at 2.40 ms, and the step measured 2.12 ms (BENCHMARKS.md 10.8); measure() therefore
+times lengths up to the model's context. The fit, the raw samples and its error are stored as
+JSON, with
 the device's read bandwidth (read_bandwidth: a sum over a large array), the yardstick for how
 close a step runs to the memory-bound floor (metrics.bandwidth).
 """
@@ -75,10 +81,19 @@ class LatencyProfile:
   verify_samples: tuple = ()  # (T, attn_len, seconds)
   search_samples: tuple = ()  # (attn_len, seconds)
   read_gbps: float | None = None  # the device's read bandwidth, GB/s (None: not measured)
+  # ((n, seconds), ...): one attention sublayer's cost fitted at each timed attention length
+  # (attention_knots); () where fewer than two were timed: then the line a0 + a1 * n.
+  attn_knots: tuple = ()
 
   def t_attn(self, n: int) -> float:
     """Seconds of one attention sublayer for one token at attention length n (positions)."""
-    return self.a0 + self.a1 * n
+    if not self.attn_knots:
+      return self.a0 + self.a1 * n
+    (n0, _), (n1, t1) = self.attn_knots[-2], self.attn_knots[-1]
+    if n > n1:  # past the longest length timed: its last segment's slope
+      return t1 + (n - n1) * max(t1 - self.attn_knots[-2][1], 0.0) / (n1 - n0)
+    knots = np.asarray(self.attn_knots)
+    return float(np.interp(n, knots[:, 0], knots[:, 1]))
 
   @property
   def t_mlp(self) -> float:
@@ -106,6 +121,7 @@ class LatencyProfile:
              verify: float = 1.0) -> "LatencyProfile":
     """A what-if profile (e.g. a larger model's cost structure); measured samples are dropped."""
     return dataclasses.replace(self, c0=self.c0 * fixed, a0=self.a0 * attn, a1=self.a1 * attn,
+                               attn_knots=tuple((n, t * attn) for n, t in self.attn_knots),
                                m=self.m * mlp, v0=self.v0 * verify, v1=self.v1 * verify,
                                step_samples=(), verify_samples=(), search_samples=(),
                                device=self.device + " (scaled)")
@@ -137,6 +153,12 @@ class LatencyProfile:
     raw["step_samples"] = tuple(tuple(s) for s in raw.get("step_samples", ()))
     raw["verify_samples"] = tuple(tuple(s) for s in raw.get("verify_samples", ()))
     raw["search_samples"] = tuple(tuple(s) for s in raw.get("search_samples", ()))
+    if "attn_knots" in raw:
+      raw["attn_knots"] = tuple(tuple(k) for k in raw["attn_knots"])
+    else:  # stored before the knots: fixed, MLP and attention costs refitted from its samples
+      per_length = attention_knots(raw["step_samples"])
+      if per_length is not None:
+        raw["c0"], raw["m"], raw["attn_knots"] = per_length
     return cls(**raw)
 
 
@@ -231,7 +253,8 @@ def profile_masks(n_layers: int) -> list[SkipMask]:
           SkipMask.from_layers(n_layers, attn=inner[::2], mlp=inner[1::2])]
 
 
-def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256, 2048, 6144),
+def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
+            attn_lens=(256, 2048, 6144, 16384, 28672),
             windows=(1, 4, 8, 11), steps: int = 16, repeats: int = 3, n_ref: int = 16,
             compiled: CompileCache | None = None, log=print) -> LatencyProfile:
   """Times the project's compiled decode loop and verify forwards and fits the profile."""
@@ -288,6 +311,23 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *, attn_lens=(256,
   return dataclasses.replace(profile, read_gbps=gbps)
 
 
+def attention_knots(step_samples) -> tuple[float, float, tuple] | None:
+  """(c0, m, knots): the fixed and MLP costs fitted jointly with one attention sublayer's cost
+  at each attention length the samples timed (non-negative least squares), knots being
+  ((n, seconds), ...); None when fewer than two lengths were timed."""
+  from scipy.optimize import nnls
+  if not step_samples:
+    return None
+  a, m_, n, t = np.asarray(step_samples, np.float64).T
+  lengths = sorted(set(n.tolist()))
+  if len(lengths) < 2:
+    return None
+  design = np.stack([np.ones_like(a)] + [a * (n == x) for x in lengths] + [m_], axis=1)
+  coef = nnls(design, t)[0]
+  knots = tuple((float(x), float(y)) for x, y in zip(lengths, coef[1:-1]))
+  return float(coef[0]), float(coef[-1]), knots
+
+
 def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, search_samples=(),
         segment_compile_s=0.0) -> LatencyProfile:
   """Non-negative least squares for (c0, a0, a1, m), then for (v0, v1) on the verify excess over
@@ -298,7 +338,12 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, searc
   a, m_, n, t = s.T
   design = np.stack([np.ones_like(a), a, a * n, m_], axis=1)
   c0, a0, a1, mm = nnls(design, t)[0]
-  partial = LatencyProfile(device, model_name, dtype, n_layers, c0, a0, a1, mm, 0.0, 0.0)
+  knots = ()
+  per_length = attention_knots(step_samples)
+  if per_length is not None:  # a0, a1 stay the line's (what-if profiles scale them)
+    c0, mm, knots = per_length
+  partial = LatencyProfile(device, model_name, dtype, n_layers, c0, a0, a1, mm, 0.0, 0.0,
+                           attn_knots=knots)
   v = np.asarray([(w, ln, tv) for w, ln, tv in verify_samples if w > 1], np.float64)
   v0 = v1 = 0.0
   if len(v):
@@ -316,7 +361,7 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, searc
   return LatencyProfile(device, model_name, dtype, n_layers, float(c0), float(a0), float(a1),
                         float(mm), float(v0), float(v1), float(s0), float(s1),
                         float(segment_compile_s), as_tuples(step_samples),
-                        as_tuples(verify_samples), as_tuples(search_samples))
+                        as_tuples(verify_samples), as_tuples(search_samples), attn_knots=knots)
 
 
 def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=None,

@@ -266,19 +266,23 @@ class KnapSpecPolicy:
     return kept_drafts[max(below)] if below else None
 
   def observe(self, decision: Decision, window: dict, capacity: int):
-    """After each window (controller.run): a kept draft whose window measured slower than AR's
-    predicted speed is dropped at its bucket, and the bucket forgets its search's predicted
-    gain, so that the next generation may explore there again (once, within explore_budget).
-    Windows that decoded plainly while a program compiled, or ran under 4 rounds, say too
-    little to judge."""
+    """After each window (controller.run): a kept draft whose window measured slower than AR
+    is dropped at its bucket, and the bucket's gain is set to what was measured, none, so that
+    no later generation explores there again within explore_budget (only within
+    search_budget). AR's speed is the one measured at that context (Model.ar_speed), else the
+    profile's prediction: on the H200 the profile predicted Qwen2.5-1.5B's AR at 28K positions
+    at 348 tok/s where it ran at 473, and a draft at 391-406 tok/s was kept through three
+    generations (BENCHMARKS.md 10.8). Windows that decoded plainly while a program compiled,
+    or ran under 4 rounds, say too little to judge."""
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < 4:
       return
     bucket = attn_bucket(decision.context, capacity)
     measured = window["measured_tokens_per_s"]
-    if measured < decision.ar_tpt:
+    ar_speed = self.model.ar_speed(decision.context, capacity)
+    if measured < (decision.ar_tpt if ar_speed is None else ar_speed):
       self.model.kept_drafts[bucket] = None
-      self.model.search_gains.pop(bucket, None)
+      self.model.search_gains[bucket] = 0.0
     else:
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                  decision.context, measured)

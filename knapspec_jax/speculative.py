@@ -205,6 +205,15 @@ class SpecSegmentStatics:
                         skip=self.skip, gamma=self.gamma, attn_len=self.attn_len,
                         sampling=self.sampling, width=self.width)
 
+  def prime_args(self, args):
+    """One round of gamma drafts (threshold 0, no EOS) from a zero-filled state (compile_cache
+    primes each program so)."""
+    params, state, counters = args[:3]
+    state = state.replace(max_new=jnp.full((), self.gamma + 2, jnp.int32),
+                          eos=jnp.full(state.eos.shape, -1, jnp.int32))
+    return (params, state, counters,
+            jnp.ones((), jnp.int32), jnp.zeros((), jnp.float32))
+
 
 def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
                      gamma: int, buckets, sampling: sampling_lib.Filter | None = None) -> None:

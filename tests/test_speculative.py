@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
 from knapspec_jax import api, datasets, selection
+from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 
 
@@ -35,21 +36,28 @@ def with_profile():
 
   def give(model, **costs):
     saved.append((model, model.profile, dict(model.search_times), dict(model.search_gains),
-                  dict(model.kept_drafts)))
+                  dict(model.kept_drafts), dict(model.ar_speeds)))
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
     model.search_times.clear()
     model.search_gains.clear()
     model.kept_drafts.clear()
+    model.ar_speeds.clear()
     return model
 
   yield give
-  for model, profile, times, gains, kept in saved:
+  for model, profile, times, gains, kept, speeds in saved:
     model.profile, model.search_times, model.search_gains = profile, times, gains
-    model.kept_drafts = kept
+    model.kept_drafts, model.ar_speeds = kept, speeds
 
 
 def ar(model, ids, max_new, ignore_eos=True):
-  return api.generate(model, ids, max_new, method="ar", ignore_eos=ignore_eos).output_ids
+  """AR's tokens, the reference; the AR speed it measures is not left on the model (a kept
+  draft is judged against Model.ar_speeds: each test here sets what it needs)."""
+  speeds = dict(model.ar_speeds)
+  out = api.generate(model, ids, max_new, method="ar", ignore_eos=ignore_eos).output_ids
+  model.ar_speeds.clear()
+  model.ar_speeds.update(speeds)
+  return out
 
 
 # ------------------------------------------------------------------------------ property test
@@ -276,7 +284,32 @@ def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   assert all(w["measured_tokens_per_s"] < w["decision"]["ar_tpt"] for w in judged)
   assert any(r.startswith("predicted") for r in _reasons(got)), _reasons(got)
   assert not any(r.startswith("kept") for r in _reasons(got)), _reasons(got)
-  assert None in model.kept_drafts.values() and not model.search_gains
+  dropped = [b for b, k in model.kept_drafts.items() if k is None]
+  assert dropped and all(model.search_gains[b] == 0.0 for b in dropped), model.search_gains
+
+
+def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
+  """Under a profile where drafting pays (the draft is kept when judged by the profile, test
+  above), a measured AR speed beyond any draft's (Model.ar_speeds) drops every kept draft after
+  its window, sets the bucket's gain to 0 and the next generation decodes plainly, without a
+  search; the AR method records its own speed there."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  measured = api.generate(model, ids, 48, method="ar", ignore_eos=True)
+  capacity = KVCache.capacity_for(model.cfg)
+  recorded = model.ar_speed(len(ids), capacity)
+  assert recorded is not None and 0.5 < recorded / measured.tokens_per_s < 2.0
+  for bucket in list(model.ar_speeds):
+    model.ar_speeds[bucket] = 1e12
+  want = measured.output_ids
+  first = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                       config=ks.KnapSpecConfig(**KEEP_TEST))
+  assert first.output_ids == want
+  judged = [w for w in first.stats["window_log"] if w["rounds"] >= 4]
+  assert judged and any(r.startswith("predicted") for r in _reasons(first)), _reasons(first)
+  dropped = [b for b, k in model.kept_drafts.items() if k is None]
+  assert dropped and all(model.search_gains[b] == 0.0 for b in dropped)
+  assert not [k for k in model.kept_drafts.values() if k is not None]
 
 
 def test_draft_whose_compile_does_not_pay_is_compiled_by_the_next_warm_up(tiny_models):
@@ -288,7 +321,7 @@ def test_draft_whose_compile_does_not_pay_is_compiled_by_the_next_warm_up(tiny_m
   from knapspec_jax.compile_cache import CompileCache
   shared = tiny_models["qwen3"].jax  # a copy with no compiled program: earlier tests drafted
   model = dataclasses.replace(shared, compiled=CompileCache(), search_times={}, search_gains={},
-                              kept_drafts={},
+                              kept_drafts={}, ar_speeds={},
                               profile=synthetic_profile(shared.cfg.n_layers, **PAYS,
                                                         compile_s=1e3))
   ids = np.arange(3, 43) % model.cfg.vocab_size

@@ -38,7 +38,8 @@ def long_ctx(tiny_builder, tmp_path_factory):
 
 def fresh(model: api.Model) -> api.Model:
   """The same model with an empty compile cache: its stats count this test's compiles only."""
-  return dataclasses.replace(model, compiled=CompileCache(), search_times={})
+  return dataclasses.replace(model, compiled=CompileCache(), search_times={},
+                              ar_speeds={})
 
 
 # ------------------------------------------------------------------------------- prompts

@@ -1,0 +1,60 @@
+"""The latency profile's attention cost: per attention length where several were timed
+(latency.attention_knots), against stated costs computed here with numpy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from knapspec_jax import latency
+from knapspec_jax.latency import LatencyProfile
+
+LAYERS = 10
+FIXED, MLP = 1e-4, 3e-5
+ATTN = {256: 2e-5, 2048: 3e-5, 6144: 3.2e-5}  # one attention sublayer, seconds, by length
+
+
+def samples(attn: dict) -> list[tuple]:
+  """What a device with these stated costs measures for profile_masks-like (n_attn, n_mlp)."""
+  masks = [(LAYERS, LAYERS), (2, LAYERS), (LAYERS, 2), (6, 6)]
+  return [(a, m, n, FIXED + a * attn[n] + m * MLP) for n in attn for a, m in masks]
+
+
+def test_knots_recover_the_stated_costs_and_continue_the_last_slope():
+  p = latency.fit(samples(ATTN), [], "dev", "m", "float32", LAYERS)
+  np.testing.assert_allclose([t for _, t in p.attn_knots], list(ATTN.values()), rtol=1e-6)
+  assert [n for n, _ in p.attn_knots] == list(ATTN)
+  # between lengths: the straight line between the two stated costs
+  assert p.t_attn(4096) == pytest.approx(np.interp(4096, [2048, 6144], [3e-5, 3.2e-5]))
+  # past the longest: the last segment's slope, (3.2e-5 - 3e-5) / 4096 per position
+  assert p.t_attn(28672) == pytest.approx(3.2e-5 + (28672 - 6144) * 0.2e-5 / 4096)
+  assert p.t_step(None, 2048) == pytest.approx(FIXED + LAYERS * (3e-5 + MLP))
+  assert p.errors()["step_median_rel_err"] == pytest.approx(0.0, abs=1e-6)
+  # the single line through all three lengths misses the stated costs where the knots do not
+  line = dataclasses.replace(p, attn_knots=())
+  assert abs(line.t_attn(256) - 2e-5) > 1e-6
+
+
+def test_a_profile_stored_without_knots_gets_them_from_its_samples(tmp_path):
+  p = latency.fit(samples(ATTN), [], "dev", "m", "float32", LAYERS)
+  raw = json.loads(p.save(tmp_path / "p.json").read_text())
+  assert len(raw["attn_knots"]) == 3
+  del raw["attn_knots"]
+  (tmp_path / "old.json").write_text(json.dumps(raw))
+  old = LatencyProfile.load(tmp_path / "old.json")
+  np.testing.assert_allclose(old.attn_knots, p.attn_knots)
+  assert LatencyProfile.load(tmp_path / "p.json") == p
+
+
+def test_one_length_keeps_the_line():
+  p = latency.fit(samples({2048: 3e-5}), [], "dev", "m", "float32", LAYERS)
+  assert p.attn_knots == () and latency.attention_knots(samples({2048: 3e-5})) is None
+  assert p.t_attn(2048) == pytest.approx(p.a0 + p.a1 * 2048)
+
+
+def test_scaled_scales_the_knots():
+  p = latency.fit(samples(ATTN), [], "dev", "m", "float32", LAYERS)
+  assert p.scaled(attn=2.0).t_attn(4096) == pytest.approx(2 * p.t_attn(4096))
