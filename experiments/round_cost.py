@@ -9,6 +9,12 @@ seconds per speculation round against the profile's (draft forwards plus one ver
 acceptance measured (accepted / drafted) against the search's estimate; tokens per round; the
 AR time per token at that context (the AR run of the same prompt in the same records); and the
 acceptance a draft of that length would need, at the measured round cost, to equal AR.
+Then the Pearson correlation, over those windows, of the tokens/s each decision predicted
+(profile and the search's acceptance estimate: KnapSpec's TPT) with the tokens/s measured
+(the paper's analysis 1 reports 0.837), and of the profile's prediction from the window's own
+counts (its predicted_s: measured acceptance) with the measured.
+
+--results takes several files (comma-separated); --method=all reads every drafting method.
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ import pathlib
 import sys
 
 from absl import app, flags
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from knapspec_jax import selection  # noqa: E402
 from knapspec_jax.latency import LatencyProfile  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
-_RESULTS = flags.DEFINE_string("results", None, "A benchmark's results.jsonl.", required=True)
+_RESULTS = flags.DEFINE_list("results", None, "Benchmark results.jsonl files.", required=True)
 _PROFILE = flags.DEFINE_string("profile", None, "The latency profile JSON the run decided with.",
                                required=True)
-_METHOD = flags.DEFINE_string("method", "knapspec", "Method whose windows to show.")
+_METHOD = flags.DEFINE_string("method", "knapspec", "Method whose windows to show (all: every "
+                              "method's drafting windows).")
 
 
 def needed_alpha(gamma: int, tokens_per_round: float) -> float:
@@ -49,14 +57,18 @@ def needed_alpha(gamma: int, tokens_per_round: float) -> float:
 def main(argv):
   del argv
   profile = LatencyProfile.load(_PROFILE.value)
-  records = [json.loads(line) for line in open(_RESULTS.value)]
-  ar_ms = {r["item_id"]: 1e3 / r["tokens_per_s"] for r in records if r["method"] == "ar"}
+  records, ar_ms = [], {}
+  for path in _RESULTS.value:  # item ids are per file: a prompt's AR is its own file's
+    these = [json.loads(line) | {"file": path} for line in open(path)]
+    ar_ms |= {(path, r["item_id"]): 1e3 / r["tokens_per_s"] for r in these if r["method"] == "ar"}
+    records += these
+  predicted_tpt, window_tpt, measured_tpt, estimates = [], [], [], []
   print(f"profile {profile.model} on {profile.device}, {profile.dtype}")
   print(f"{'prompt':16s} {'ctx':>5s} {'attn':>4s} {'mlp':>3s} {'g':>2s} {'rounds':>6s} "
         f"{'ms/round':>8s} {'profile':>7s} {'acc':>5s} {'est':>5s} {'tok/rnd':>7s} "
         f"{'AR ms':>6s} {'x AR':>5s} {'alpha for 1.0x':>14s}")
   for r in records:
-    if r["method"] != _METHOD.value:
+    if r["method"] in ("ar", "ar-rerun") or _METHOD.value not in ("all", r["method"]):
       continue
     for w in r["stats"]["window_log"]:
       d = w["decision"]
@@ -68,13 +80,27 @@ def main(argv):
       predicted = (w["draft_forwards"] * profile.t_step(skip, attn_len)
                    + w["rounds"] * profile.t_verify(gamma + 1, attn_len)) / w["rounds"]
       tokens = w["tokens"] / w["rounds"]
-      t_ar = ar_ms[r["item_id"]] / 1e3
+      t_ar = ar_ms[(r["file"], r["item_id"])] / 1e3
+      predicted_tpt.append(d["predicted_tpt"])
+      estimates.append(d["alpha"])
+      window_tpt.append(w["tokens"] / w["predicted_s"])
+      measured_tpt.append(w["measured_tokens_per_s"])
       acc = w["accepted"] / w["drafted"] if w["drafted"] else float("nan")
       print(f"{r['item_id']:16s} {w['context']:5d} {d['n_attn_skipped']:4d} "
             f"{d['n_mlp_skipped']:3d} {gamma:2d} {w['rounds']:6d} {per_round * 1e3:8.2f} "
             f"{predicted * 1e3:7.2f} {acc:5.2f} {d['alpha']:5.2f} {tokens:7.2f} "
             f"{t_ar * 1e3:6.2f} {tokens * t_ar / per_round:5.2f} "
             f"{needed_alpha(gamma, per_round / t_ar):14.3f}")
+  if len(measured_tpt) >= 3:
+    estimated = [i for i, x in enumerate(estimates) if np.isfinite(x)]  # a fixed set has none
+    r_decision = (np.corrcoef([predicted_tpt[i] for i in estimated],
+                              [measured_tpt[i] for i in estimated])[0, 1]
+                  if len(estimated) >= 3 else float("nan"))
+    r_window = np.corrcoef(window_tpt, measured_tpt)[0, 1]
+    print(f"Pearson r, predicted against measured tokens/s: the decisions' TPT (profile and "
+          f"the search's acceptance estimate; {len(estimated)} windows that had one) "
+          f"{r_decision:.3f}; the profile with each window's own acceptance "
+          f"({len(measured_tpt)} windows) {r_window:.3f}")
 
 
 if __name__ == "__main__":
