@@ -428,6 +428,27 @@ class DelConfig:
     _check_int("min_exit", self.min_exit, 1)
 
 
+def del_choice(agree, min_exit: int, gamma_max: int) -> tuple[float, int | None, int, float]:
+  """DEL's rule: the exit layer l >= min_exit and draft length d that maximize Tokens-per-Layer
+  E(a_l, d) / (d l + L), a_l the exit's top-1 agreement with the full model (agree[l - 1], L =
+  len(agree)); (tpl, None, 0, 0.0) when no exit beats AR's 1 / L.
+
+  a_l is the raw agreement, as DEL measures it. This project first passed it through KnapSpec's
+  add-one smoothing ((k + 1) / (n + 2), selection.smoothed_alpha), which turned one agreeing
+  token in 16 at layer 2 of Qwen2.5-1.5B into a = 0.11 and "TPL 1.04x": DEL then drafted from
+  layer 2 at acceptance 0-0.1 (0.64-0.79x AR on the H200, BENCHMARKS.md 10.8). Raw, that exit
+  scores 0.99x AR's TPL and DEL declines."""
+  L = len(agree)
+  best = (1.0 / L, None, 0, 0.0)  # AR in tokens per layer
+  for exit_layer in range(min_exit, L):
+    alpha = float(agree[exit_layer - 1])
+    for d in range(1, gamma_max + 1):
+      tpl = float(selection.expected_tokens(alpha, d)) / (d * exit_layer + L)
+      if tpl > best[0]:
+        best = (tpl, exit_layer, d, alpha)
+  return best
+
+
 class DelPolicy:
   name = "del"
 
@@ -450,14 +471,7 @@ class DelPolicy:
     agree = knapsack.exit_agreement(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r,
                                     model.compiled)
     L = cfg.n_layers
-    best = (1.0 / L, None, 0, 0.0)  # AR in tokens per layer
-    for exit_layer in range(self.config.min_exit, L):
-      alpha = selection.smoothed_alpha(float(agree[exit_layer - 1]), r)
-      for d in range(1, self.config.gamma_max + 1):
-        tpl = float(selection.expected_tokens(alpha, d)) / (d * exit_layer + L)
-        if tpl > best[0]:
-          best = (tpl, exit_layer, d, alpha)
-    tpl, exit_layer, d, alpha = best
+    tpl, exit_layer, d, alpha = del_choice(agree, self.config.min_exit, self.config.gamma_max)
     if exit_layer is None:
       return Decision(None, 0, 0.0, ar, ar, 0.0, n, "declined: no exit beats AR in TPL")
     skip = SkipMask.early_exit(L, exit_layer)
