@@ -8,10 +8,10 @@ A program is named by its static settings: a frozen, hashable dataclass register
 `@program` (decoding.ARSegmentStatics, speculative.SpecSegmentStatics, ...), whose `run` method
 is the program over its array arguments, as gemma's SamplerLoop is its own static argument.
 Every setting is a field with its default filled in, so two callers that ask for the same
-program build equal keys however they spelled the request (with the string name and dict of
-kwargs that requests once were, a caller that left out a default and one that gave it compiled
-the same program twice). A script's own program is a statics class of its own, registered the
-same way.
+program build equal keys however they spelled the request (when a request was a string name
+and a dict of kwargs, a caller that left out a default and one that gave it compiled the same
+program twice). A script's own program is a statics class of its own, registered the same way
+(experiments/gpu/decode_variants.py).
 
 A program seen by an earlier process costs a disk read instead of a compile: before its first
 compile, `CompileCache` turns on JAX's persistent compilation cache in

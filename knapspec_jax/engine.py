@@ -81,7 +81,7 @@ class Model:
 
 
 def abstract_state(model: Model) -> decoding.DecodeState:
-  """A DecodeState of ShapeDtypeStructs laid out as `generate` builds it (the KV cache sharded
+  """A DecodeState of ShapeDtypeStructs laid out as api.generate builds it (the KV cache sharded
   as the model's): the arguments of a warm-up compile, without allocating a cache."""
   cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
