@@ -13,7 +13,6 @@ the errors, each a ValueError that names the problem. The modules beneath (knaps
 selection, latency, decoding, ...) are the research layer that the notebooks in colab/ use.
 """
 
-from knapspec_jax import methods as _methods  # noqa: F401  (registers the speculative methods)
 from knapspec_jax.api import GenerationResult, Model, encode_prompt, generate, load_model
 from knapspec_jax.api import methods as available_methods
 from knapspec_jax.checkpoint import CheckpointError

@@ -3,6 +3,9 @@
   model = load_model()                       # or load_model("model.gguf" | "hf_checkpoint_dir")
   result = generate(model, "Hi!", 64, method="knapspec")
   result.output_ids, result.tokens_per_s, result.stats["decisions"]
+
+The top of the package: nothing under it imports api. Model and DTYPES live in engine.py,
+the methods (AR included) and MethodError in methods.py; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,105 +22,19 @@ import numpy as np
 
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding, sharding
-from knapspec_jax.compile_cache import CompileCache
-from knapspec_jax.config import ATTENTION_IMPLS, ModelConfig, UnsupportedModelError
-from knapspec_jax.kv_cache import SLACK, KVCache
+from knapspec_jax import methods as methods_lib
+from knapspec_jax.config import ATTENTION_IMPLS, UnsupportedModelError
+from knapspec_jax.engine import DTYPES, Model, warmup_prefill
+from knapspec_jax.kv_cache import KVCache
+from knapspec_jax.methods import MethodError
 from knapspec_jax.sampling import SamplingConfig, SamplingError
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # With EOS possible, the warm-up compiles the attention buckets of the first WARMUP_HORIZON new
 # tokens only: a generation that goes on compiles the next bucket when it reaches it (counted in
 # stats["compile_in_decode_s"]), and a huge max_new_tokens on a short answer compiles nothing it
 # never uses. Without EOS (ignore_eos) every bucket up to max_new_tokens is certain: all are
 # compiled first.
 WARMUP_HORIZON = 1024
-
-
-class MethodError(ValueError):
-  """A method or method option out of range (unknown method, gamma, threshold, interval, skip
-  set...)."""
-
-
-AR_SPEED_MIN_TOKENS = 32  # Model.note_ar_speed: shorter plain runs say too little
-
-
-@dataclasses.dataclass
-class Model:
-  """A loaded model: static config, device params, tokenizer and its compiled programs.
-
-  cfg: the architecture (frozen, hashable: a static argument of every compiled program).
-  params: the weights as a pytree of device arrays of `dtype` (model.py's layout).
-  tokenizer: a transformers tokenizer, or None for a checkpoint without tokenizer files (then
-    prompt with token ids).
-  eos_ids: token ids that end a generation.
-  dtype: "float32" or "bfloat16".
-  source: the file or directory it was loaded from; `name` is its last path component.
-  mesh: the tensor-parallel mesh the params and KV caches are split over (sharding.make_mesh),
-    or None: one device.
-  compiled: the ahead-of-time compiled programs of this model, keyed by static configuration.
-  profile: the LatencyProfile the speculative methods decide with. None: on first use, the
-    stored one for this device, model and dtype (latency.stored), else a full measurement
-    (minutes on a CPU). Assign one to decide with other costs (latency.measure, .scaled).
-  search_times: seconds of the last knapsack search at each attention bucket.
-  search_gains: at each attention bucket, the fraction of decode time the last search's best
-    draft was predicted to save (0 when no draft beat AR, or when the draft it chose measured
-    slower than AR); KnapSpec budgets searches with it.
-  kept_drafts: at each attention bucket, the draft KnapSpec chose there and keeps using, across
-    windows and generations, until a window of it measures slower than AR (methods.KeptDraft).
-  ar_speeds: at each attention bucket, the fastest plain decoding measured there, tokens/s (the
-    "ar" method's generations and every method's plain windows of AR_SPEED_MIN_TOKENS or more):
-    what a kept draft must beat. The latency profile's prediction stands in where none was
-    measured; it can be far off where the profile did not sample (Qwen2.5-1.5B at 28K positions
-    on the H200: 348 tok/s predicted, 473 measured; BENCHMARKS.md 10.8).
-  """
-
-  cfg: ModelConfig
-  params: dict
-  tokenizer: Any
-  eos_ids: tuple[int, ...]
-  dtype: str
-  source: str
-  mesh: Any = None  # jax.sharding.Mesh over "tp", or None
-  compiled: CompileCache = dataclasses.field(default_factory=CompileCache)
-  profile: Any = None  # the LatencyProfile, loaded or measured on first speculative use
-  search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
-  search_gains: dict = dataclasses.field(default_factory=dict)  # attn bucket -> predicted saving
-  kept_drafts: dict = dataclasses.field(default_factory=dict)  # attn bucket -> KeptDraft
-  ar_speeds: dict = dataclasses.field(default_factory=dict)  # attn bucket -> measured AR tok/s
-
-  @property
-  def name(self) -> str:
-    return self.source.rsplit("/", 1)[-1]
-
-  @property
-  def profile_name(self) -> str:
-    """The key of this model's latency profile: its name, plus the one-query attention kernel
-    when that is not the default, and the tensor-parallel degree above 1 (a different kernel or
-    split is a different cost structure)."""
-    name = self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
-    if self.cfg.matmul_rows > 1:
-      name += f"+rows{self.cfg.matmul_rows}"
-    tp = sharding.tp_size(self.mesh)
-    return name if tp == 1 else f"{name}+tp{tp}"
-
-  def note_ar_speed(self, context: int, capacity: int, tokens: int, seconds: float):
-    """Records a plain-decoding measurement of `tokens` from `context` (too short ones are
-    ignored: a window's fixed host costs would make AR look slower than it is)."""
-    if tokens >= AR_SPEED_MIN_TOKENS and seconds > 0:
-      bucket = decoding.attn_bucket(context, capacity)
-      self.ar_speeds[bucket] = max(self.ar_speeds.get(bucket, 0.0), tokens / seconds)
-
-  def ar_speed(self, context: int, capacity: int) -> float | None:
-    """The measured AR tokens/s at context's bucket, else at the nearest bucket below (a bound
-    from above: AR slows as the context grows); None when none was measured."""
-    bucket = decoding.attn_bucket(context, capacity)
-    below = [b for b in self.ar_speeds if b <= bucket]
-    return self.ar_speeds[max(below)] if below else None
-
-  @property
-  def cache_sharding(self):
-    """Where each KV cache layer goes (sharding.cache_sharding; None on one device)."""
-    return sharding.cache_sharding(self.cfg, self.mesh)
 
 
 def default_matmul_rows(platform: str | None = None) -> int:
@@ -307,13 +224,16 @@ class GenerationResult:
 
 
 # A decoding method: given the model, the post-prefill state and its options, decodes to the end
-# and returns (final state, method statistics). Registered by name; knapspec & peers add theirs.
+# and returns (final state, method statistics). The registry starts as methods.py's table (AR,
+# knapspec and its peers); register_method adds a user's own or replaces one.
 DecodeFn = Callable[..., tuple[decoding.DecodeState, dict]]
 WarmupFn = Callable[..., None]
-_METHODS: dict[str, tuple[DecodeFn, WarmupFn]] = {}
+_METHODS: dict[str, tuple[DecodeFn, WarmupFn]] = dict(methods_lib.METHODS)
 
 
 def register_method(name: str, decode: DecodeFn, warmup: WarmupFn):
+  """Makes `method=name` run decode(model, state, prompt_ids, sampling=..., **options) and, at
+  warm-up, warmup(model, n_prompt, max_new_tokens, sampling=..., **options)."""
   _METHODS[name] = (decode, warmup)
 
 
@@ -325,65 +245,6 @@ def method_functions(name: str) -> tuple[DecodeFn, WarmupFn]:
   """The (decode, warmup) pair registered under `name` (a test wraps them to watch a decode,
   then registers the originals again)."""
   return _METHODS[name]
-
-
-def _check_ar_options(options: dict) -> int:
-  """AR's one option, width (decoding.ar_segment): 1, or a verify's width in 2..SLACK."""
-  unknown = sorted(set(options) - {"width"})
-  if unknown:
-    raise MethodError(f"method 'ar' takes no options but width, got {unknown}")
-  width = options.get("width", 1)
-  if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= SLACK:
-    raise MethodError(f"AR width must be an integer in 1..{SLACK}, got {width!r}")
-  return width
-
-
-def ar_decode(model: Model, state: decoding.DecodeState, prompt_ids, sampling=None, **options):
-  """The "ar" method's decode: plain decoding to the end (the baseline every method is timed
-  against)."""
-  width = _check_ar_options(options)
-  context, n_out = (int(x) for x in jax.device_get((state.cache.length, state.n_out)))
-  start = time.perf_counter()
-  state = decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width,
-                          sampling=sampling)
-  if sampling is None and width == 1:  # the speed a kept draft must beat (Model.ar_speeds)
-    tokens = int(jax.device_get(state.n_out)) - n_out
-    model.note_ar_speed(context, state.cache.capacity, tokens, time.perf_counter() - start)
-  return state, {}
-
-
-def ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, **options):
-  """Compiles AR's segment program for each attention bucket the run visits; every
-  speculative method calls it too, since each decodes plainly where it declines to draft."""
-  width = _check_ar_options(options)
-  state = abstract_state(model)
-  for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens,
-                                      width):
-    model.compiled.get(decoding.ARSegmentStatics(model.cfg, attn_len, width=width,
-                                                 sampling=sampling), (model.params, state))
-
-
-register_method("ar", ar_decode, ar_warmup)
-
-
-def abstract_state(model: Model) -> decoding.DecodeState:
-  """A DecodeState of ShapeDtypeStructs laid out as `generate` builds it (the KV cache sharded
-  as the model's): the arguments of a warm-up compile, without allocating a cache."""
-  cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
-  logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
-  state = jax.eval_shape(lambda c, l: decoding.init_state(c, l, 1, model.eos_ids), cache, logits)
-  return state.replace(cache=cache)  # eval_shape drops the cache's sharding over a mesh
-
-
-def warmup_prefill(model: Model, n_prompt: int):
-  """Compiles the prefill program a prompt of this length uses."""
-  cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
-  chunk = decoding.prefill_chunk_len(n_prompt, cache.capacity)
-  n_pad = -(-n_prompt // chunk) * chunk
-  args = (model.params, jax.ShapeDtypeStruct((1, chunk), jnp.int32), cache,
-          jax.ShapeDtypeStruct((), jnp.int32))
-  model.compiled.get(
-      decoding.PrefillStatics(model.cfg, decoding.attn_bucket(n_pad, cache.capacity)), args)
 
 
 def prompt_ids(model: Model, prompt: Sequence[int] | np.ndarray) -> np.ndarray:

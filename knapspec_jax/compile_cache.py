@@ -8,8 +8,10 @@ A program is named by its static settings: a frozen, hashable dataclass register
 `@program` (decoding.ARSegmentStatics, speculative.SpecSegmentStatics, ...), whose `run` method
 is the program over its array arguments, as gemma's SamplerLoop is its own static argument.
 Every setting is a field with its default filled in, so two callers that ask for the same
-program build equal keys however they spelled the request (with a string name and a dict of
-kwargs, a caller that left out a default and one that gave it compiled the same program twice).
+program build equal keys however they spelled the request (when a request was a string name
+and a dict of kwargs, a caller that left out a default and one that gave it compiled the same
+program twice). A script's own program is a statics class of its own, registered the same way
+(experiments/gpu/decode_variants.py).
 
 A program seen by an earlier process costs a disk read instead of a compile: before its first
 compile, `CompileCache` turns on JAX's persistent compilation cache in
@@ -35,7 +37,7 @@ import dataclasses
 import os
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -131,32 +133,12 @@ def program(cls: type) -> type:
   return cls
 
 
-@dataclasses.dataclass(frozen=True)
-class FunctionProgram:
-  """A function with static kwargs under a name of the caller's: the older form of a request,
-  `get(name, fn, args, static, donate_argnums)`, which scripts outside the package still use
-  (experiments/gpu times variants of one function under names of its own). The package's own
-  programs are registered statics classes; test_tpu_export fails on a named request in it."""
-
-  name: str
-  fn: Callable
-  static: tuple  # sorted (kwarg, value) pairs
-  donate_argnums: tuple[int, ...] = ()
-
-  def run(self, *args):
-    return self.fn(*args, **dict(self.static))
-
-
-def _request(request, rest: tuple, donate_argnums: tuple[int, ...]):
-  """(program, args) of get's two forms: get(program, args) and get(name, fn, args, static)."""
-  if isinstance(request, str):
-    fn, args, static = rest
-    return FunctionProgram(request, fn, tuple(sorted(static.items())), donate_argnums), args
-  if not isinstance(request, FunctionProgram) and type(request) not in PROGRAMS.values():
-    raise TypeError(f"{type(request).__name__} is not a registered program (@compile_cache."
+def _registered(prog) -> Program:
+  """prog itself, or TypeError when it is not of a registered statics class."""
+  if type(prog) not in PROGRAMS.values():
+    raise TypeError(f"{type(prog).__name__} is not a registered program (@compile_cache."
                     "program)")
-  (args,) = rest
-  return request, args
+  return prog
 
 
 def jit_program(prog: Program):
@@ -164,7 +146,7 @@ def jit_program(prog: Program):
   positionally (tests/test_tpu_export.py exports it for TPU). Named after the statics class, so
   that profiles and HLO dumps say which program they show."""
   run = lambda *args: prog.run(*args)
-  run.__name__ = getattr(prog, "name", type(prog).__name__)
+  run.__name__ = type(prog).__name__
   return jax.jit(run, donate_argnums=prog.donate_argnums)
 
 
@@ -194,11 +176,11 @@ class CompileCache:
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
     self.stats = CompileStats()
 
-  def get_async(self, request, *rest, donate_argnums: tuple[int, ...] = ()):
+  def get_async(self, prog: Program, args):
     """The compiled program if it is ready, else None after making sure a background thread is
     compiling it (XLA compiles outside the GIL, so decoding goes on meanwhile). Takes what `get`
     takes."""
-    prog, args = _request(request, rest, donate_argnums)
+    prog = _registered(prog)
     key = (prog, _shape_key(args))
     abstract, _ = _abstract(args)
     with self._lock:
@@ -215,12 +197,10 @@ class CompileCache:
         self._pending[key].add_done_callback(lambda _: self._pending.pop(key, None))
     return None
 
-  def get(self, request, *rest, donate_argnums: tuple[int, ...] = ()):
-    """get(program, args): the program (a registered statics object) compiled for the shapes and
-    shardings of `args` (arrays or ShapeDtypeStructs); the compiled callable takes `args`
-    positionally. get(name, fn, args, static, donate_argnums=...): fn with the static kwargs
-    bound, for scripts outside the package (FunctionProgram)."""
-    prog, args = _request(request, rest, donate_argnums)
+  def get(self, prog: Program, args):
+    """The program (a registered statics object) compiled for the shapes and shardings of
+    `args` (arrays or ShapeDtypeStructs); the compiled callable takes `args` positionally."""
+    prog = _registered(prog)
     key = (prog, _shape_key(args))
     in_background = threading.current_thread().name.startswith("knapspec-compile")
     with self._lock:

@@ -36,7 +36,6 @@ class Policy(Protocol):
   name: str
   interval: int  # speculation rounds per window
   threshold: float  # draft confidence exit
-  ar_window: int  # tokens of plain decoding after a decision not to draft
 
   def decide(self, model, state: DecodeState, ctx: Context) -> Decision:
     ...
@@ -130,7 +129,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
                                 sampling=sampling, width=width or 1)
         waited_tokens += int(state.n_out) - n_before
     else:  # plain decoding; to the end in one go (no pause to resume from) if the window allows
-      limit = policy.ar_window if policy.ar_window < ctx.remaining else None
+      plain = decision.ar_tokens
+      limit = plain if plain is not None and plain < ctx.remaining else None
       finished = limit is None  # run_ar returns only when done or the cache is full
       state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=limit,
                               sampling=sampling, width=width or 1)

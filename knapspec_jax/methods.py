@@ -1,4 +1,10 @@
-"""The decoding methods, each a policy for `controller.run`, registered by name with the API.
+"""Every decoding method, as the (decode, warmup) pair of functions api.generate runs: the table
+METHODS, from which api builds its registry (api.register_method adds more).
+
+  ar        plain decoding, the baseline (ar_decode, ar_warmup; every speculative method warms
+            AR's programs too, since each decodes plainly where it declines to draft).
+
+The speculative ones, each a policy for `controller.run`:
 
   knapspec  the paper's method: knapsack DP over attention/MLP sublayers with latency weights,
             then the TPT grid search over (candidate, gamma); declines when no draft pays.
@@ -17,15 +23,18 @@ import time
 import jax
 import jax.numpy as jnp
 
-from knapspec_jax import api, controller, knapsack, latency, selection, speculative
+from knapspec_jax import controller, decoding, knapsack, latency, selection, speculative
 from knapspec_jax.config import is_int, is_real
-from knapspec_jax.decoding import attn_bucket
+from knapspec_jax.decoding import DecodeState, attn_bucket
+from knapspec_jax.engine import Model, abstract_state
 from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.selection import Candidate, Decision
 from knapspec_jax.skip_mask import SkipMask
 
 
-MethodError = api.MethodError  # raised here for options, by api.generate for unknown methods
+class MethodError(ValueError):
+  """A method or method option out of range (unknown method, gamma, threshold, interval, skip
+  set...): raised here for options, by api.generate for an unknown method."""
 
 
 def _check_int(name: str, value, low: int, high: int | None = None):
@@ -58,6 +67,42 @@ def _check_common(gamma: int, threshold: float, interval: int, gamma_name: str =
   _check_int(gamma_name, gamma, 1, speculative.MAX_GAMMA)
   _check_real("threshold", threshold, 0.0, 1.0, low_open=True, high_open=False)
   _check_int("interval", interval, 1)
+
+
+def _check_ar_options(options: dict) -> int:
+  """AR's one option, width (decoding.ar_segment): 1, or a verify's width in 2..SLACK."""
+  unknown = sorted(set(options) - {"width"})
+  if unknown:
+    raise MethodError(f"method 'ar' takes no options but width, got {unknown}")
+  width = options.get("width", 1)
+  if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= SLACK:
+    raise MethodError(f"AR width must be an integer in 1..{SLACK}, got {width!r}")
+  return width
+
+
+def ar_decode(model: Model, state: DecodeState, prompt_ids, sampling=None, **options):
+  """The "ar" method's decode: plain decoding to the end (the baseline every method is timed
+  against)."""
+  width = _check_ar_options(options)
+  context, n_out = (int(x) for x in jax.device_get((state.cache.length, state.n_out)))
+  start = time.perf_counter()
+  state = decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width,
+                          sampling=sampling)
+  if sampling is None and width == 1:  # the speed a kept draft must beat (Model.ar_speeds)
+    tokens = int(jax.device_get(state.n_out)) - n_out
+    model.note_ar_speed(context, state.cache.capacity, tokens, time.perf_counter() - start)
+  return state, {}
+
+
+def ar_warmup(model: Model, n_prompt: int, max_new_tokens: int, sampling=None, **options):
+  """Compiles AR's segment program for each attention bucket the run visits; every
+  speculative method calls it too, since each decodes plainly where it declines to draft."""
+  width = _check_ar_options(options)
+  state = abstract_state(model)
+  for attn_len in decoding.ar_buckets(model.cfg, state.cache.capacity, n_prompt, max_new_tokens,
+                                      width):
+    model.compiled.get(decoding.ARSegmentStatics(model.cfg, attn_len, width=width,
+                                                 sampling=sampling), (model.params, state))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +230,6 @@ class KnapSpecPolicy:
   def __init__(self, model, profile: latency.LatencyProfile, config: KnapSpecConfig):
     self.model, self.profile, self.config = model, profile, config
     self.interval, self.threshold = config.interval, config.threshold
-    self.ar_window = config.interval
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
     self.explored = False  # this generation ran its one search at a bucket with no record
     self.background = (controller.background_compile_default()
@@ -246,7 +290,7 @@ class KnapSpecPolicy:
     drafts = {self.kept(capacity, n) for n in range(n_prompt, max(end, n_prompt + 1))} - {None}
     if not drafts:
       return
-    state = api.abstract_state(self.model)
+    state = abstract_state(self.model)
     for draft in drafts:
       speculative.compile_segments(
           self.model.params, self.model.cfg, state, self.model.compiled, skip=draft.skip,
@@ -295,10 +339,10 @@ class KnapSpecPolicy:
     kept = self.kept(capacity, n)
     if kept is not None and not (self.background or (kept.skip, kept.gamma) in self.used
                                  or self.segment_compiled(state, kept.skip, kept.gamma, n)):
-      self.ar_window = max(ctx.remaining, 1)  # no search either: the draft is chosen already
+      # To the end, no search either: the draft is chosen already.
       return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"kept draft (chosen at context {kept.context}) not compiled: the next "
-                      f"warm-up compiles it")
+                      f"warm-up compiles it", ar_tokens=None)
     if kept is not None:  # no search: decode with the draft that measured faster than AR here
       tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma)
       measured = ("not measured yet" if kept.measured_tpt is None
@@ -311,15 +355,14 @@ class KnapSpecPolicy:
     # will be affordable by then, in which case decode plainly to the end in one go.
     missing = max(r - ctx.n_out, 0)
     if missing and self.would_search(n + missing, ctx.remaining - missing, capacity):
-      self.ar_window = missing
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
-                      f"collecting {missing} generated tokens for the search")
+                      f"collecting {missing} generated tokens for the search", ar_tokens=missing)
     if missing or not self.would_search(n, ctx.remaining, capacity):
-      self.ar_window = max(ctx.remaining, 1)
       cost = self.search_cost(attn_bucket(n, capacity))
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"no search: it would cost {cost:.3f} s, over "
-                      f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left")
+                      f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left",
+                      ar_tokens=None)  # to the end
     if self.config.latency_weights:
       w_attn, w_mlp = knapsack.integer_weights(p.t_attn(attn_len), p.m, self.config.max_weight)
     else:
@@ -349,10 +392,10 @@ class KnapSpecPolicy:
       if unpaid.drafts:  # pays once compiled: keep it for the next generation's warm-up
         model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n)
         model.search_gains[search_len] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
-        self.ar_window = max(ctx.remaining, 1)
-        return dataclasses.replace(
-            decision, reason=f"kept for the next warm-up to compile ({unpaid.reason}; its "
-                             f"{compile_cost:.1f} s compile does not pay in {horizon} tokens)")
+        return dataclasses.replace(  # plain decoding to the end
+            decision, ar_tokens=None,
+            reason=f"kept for the next warm-up to compile ({unpaid.reason}; its "
+                   f"{compile_cost:.1f} s compile does not pay in {horizon} tokens)")
     # What this search predicts a draft saves here: the budget of the next searches here.
     model.search_gains[search_len] = max(0.0, 1.0 - decision.ar_tpt / decision.best_tpt
                                          if decision.best_tpt > 0 else 0.0)
@@ -363,8 +406,8 @@ class KnapSpecPolicy:
                                                   n)
     else:  # wait until another search fits its budget again
       share = self.search_share(n, capacity)[0]
-      self.ar_window = max(self.interval,
-                           math.ceil(spent / (share * t_ar)) if share > 0 else ctx.remaining)
+      decision = dataclasses.replace(decision, ar_tokens=max(
+          self.interval, math.ceil(spent / (share * t_ar)) if share > 0 else ctx.remaining))
     return decision
 
 
@@ -393,11 +436,11 @@ class FixedPolicy:
     self.skip = (config.skip or SkipMask.from_layers(cfg.n_layers, inner, inner)).check(
         cfg.n_layers)
     self.model, self.config, self.profile = model, config, profile
-    self.interval, self.threshold, self.ar_window = config.interval, config.threshold, 1
+    self.interval, self.threshold = config.interval, config.threshold
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """The skip set is known before decoding: compile its programs now, not in the timed run."""
-    state = api.abstract_state(self.model)
+    state = abstract_state(self.model)
     speculative.compile_segments(
         self.model.params, self.model.cfg, state, self.model.compiled, skip=self.skip,
         gamma=self.config.gamma, buckets=speculative.segment_buckets(
@@ -454,7 +497,7 @@ class DelPolicy:
 
   def __init__(self, model, profile, config: DelConfig):
     self.model, self.config, self.profile = model, config, profile
-    self.interval, self.threshold, self.ar_window = config.interval, config.threshold, config.interval
+    self.interval, self.threshold = config.interval, config.threshold
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     for attn_len in _search_buckets(self.model.cfg, n_prompt + self.config.n_ref,
@@ -467,13 +510,15 @@ class DelPolicy:
     attn_len = attn_bucket(n + self.config.gamma_max + 1, state.cache.capacity)
     ar = 1 / self.profile.t_step(None, attn_len)
     if n <= r:
-      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "too few tokens")
+      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "too few tokens",
+                      ar_tokens=self.config.interval)
     agree = knapsack.exit_agreement(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r,
                                     model.compiled)
     L = cfg.n_layers
     tpl, exit_layer, d, alpha = del_choice(agree, self.config.min_exit, self.config.gamma_max)
     if exit_layer is None:
-      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "declined: no exit beats AR in TPL")
+      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "declined: no exit beats AR in TPL",
+                      ar_tokens=self.config.interval)
     skip = SkipMask.early_exit(L, exit_layer)
     tpt = selection.draft_tpt(skip, alpha, self.profile, attn_len, d)
     return Decision(skip, d, alpha, tpt, ar, tpt, n, f"exit {exit_layer}, TPL {tpl * L:.2f}x")
@@ -507,7 +552,7 @@ class ClaspPolicy:
     if not 0 < config.n_skip < model.cfg.n_layers - 1:
       raise MethodError(f"n_skip must be in 1..{model.cfg.n_layers - 2}, got {config.n_skip}")
     self.model, self.config, self.profile = model, config, profile
-    self.interval, self.threshold, self.ar_window = config.interval, config.threshold, 1
+    self.interval, self.threshold = config.interval, config.threshold
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     for attn_len in _search_buckets(self.model.cfg, n_prompt + self.config.n_ref,
@@ -520,7 +565,7 @@ class ClaspPolicy:
     attn_len = attn_bucket(n + self.config.gamma + 1, state.cache.capacity)
     ar = 1 / self.profile.t_step(None, attn_len)
     if n <= r:
-      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "too few tokens")
+      return Decision(None, 0, 0.0, ar, ar, 0.0, n, "too few tokens", ar_tokens=1)
     # Whole layers as items of weight 1 each: budget j = number of skipped layers = M.
     result = knapsack.search(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r, 1, 1,
                              model.compiled, whole_layers=True)
@@ -605,12 +650,12 @@ def _make(name):
     config = _config(name, config_cls, config, options)
     _check_width(width, config)
     policy = policy_cls(model, profile_for(model), config)
-    api.ar_warmup(model, n_prompt, max_new_tokens)
+    ar_warmup(model, n_prompt, max_new_tokens)
     if hasattr(policy, "warmup"):
       policy.warmup(n_prompt, max_new_tokens)
 
   return decode, warmup
 
 
-for _name in _POLICIES:
-  api.register_method(_name, *_make(_name))
+# name -> (decode, warmup): every method, AR first (api builds its registry from this table).
+METHODS = {"ar": (ar_decode, ar_warmup), **{name: _make(name) for name in _POLICIES}}

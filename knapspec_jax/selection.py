@@ -50,7 +50,9 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-  """What to decode with until the next re-optimization. skip None means plain AR."""
+  """What to decode with until the next re-optimization. skip None means plain AR, for
+  ar_tokens tokens (None: to the end) before the policy decides again; a drafting decision
+  decodes the policy's interval of speculation rounds and ignores ar_tokens."""
 
   skip: SkipMask | None
   gamma: int
@@ -60,6 +62,7 @@ class Decision:
   best_tpt: float  # best draft's predicted tokens/s, chosen or not
   context: int
   reason: str
+  ar_tokens: int | None = None  # plain decoding: tokens before the next decision, None: all
 
   @property
   def drafts(self) -> bool:
@@ -67,6 +70,7 @@ class Decision:
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
+    del d["ar_tokens"]  # the window's record says how many tokens it decoded
     d["skip"] = None if self.skip is None else self.skip.to_list()
     d["n_attn_skipped"] = 0 if self.skip is None else len(self.skip.attn_skipped)
     d["n_mlp_skipped"] = 0 if self.skip is None else len(self.skip.mlp_skipped)

@@ -3,6 +3,7 @@ declines when it does not, and reuses compiled programs. The reference is plain 
 
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pytest
@@ -173,6 +174,17 @@ def test_selection_drafts_only_when_predicted_tpt_beats_ar():
   d = selection.select([good], profile, 256, 100, compile_cost_s=1e3, window_tokens=64,
                        is_compiled=lambda skip, gamma: False)
   assert not d.drafts
+
+
+def test_decision_json_keeps_its_fields():
+  """A declining decision says how many tokens to decode plainly (ar_tokens, None: to the end;
+  the controller reads it, not the policy); the window log's JSON keeps the fields that
+  metrics.summarize and experiments (round_cost.py, summarize.py) read, and adds none."""
+  d = selection.select([_candidate(30, 2, 0.5)], synthetic_profile(30, **PAYS), 256, 100)
+  assert not d.drafts and d.ar_tokens is None
+  assert set(d.to_json()) == {"skip", "gamma", "alpha", "predicted_tpt", "ar_tpt", "best_tpt",
+                              "context", "reason", "n_attn_skipped", "n_mlp_skipped"}
+  assert dataclasses.replace(d, ar_tokens=16).to_json() == d.to_json()
 
 
 def test_expected_tokens_matches_the_series():

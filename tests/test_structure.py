@@ -129,3 +129,68 @@ def test_the_layer_body_is_written_once():
               if isinstance(node, ast.Attribute) and node.attr in LAYER_PARTS
               and isinstance(node.value, ast.Name) and node.value.id in ("model", "model_lib")]
   assert not found, "layer parts used outside model.py:\n" + "\n".join(found)
+
+
+# The package's layers, top down: a walk from api.generate to the model's block goes one way
+# (issue 15). engine.py (a loaded model's runtime pieces) sits below methods, above decoding.
+LAYERS = ("api", "methods", "controller", "speculative", "decoding", "model")
+
+
+def package_imports(path: pathlib.Path, module_level: bool) -> set[str]:
+  """The modules of knapspec_jax that the module at `path` imports: at module level only (what
+  runs when it loads), or anywhere in it, function bodies' deferred imports included."""
+  tree = ast.parse(path.read_text(), filename=str(path))
+  nodes = tree.body if module_level else ast.walk(tree)
+  found = set()
+  for node in nodes:
+    if isinstance(node, ast.Import):
+      names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+    else:
+      continue
+    for name in names:
+      parts = name.split(".")
+      if parts[0] == "knapspec_jax" and len(parts) > 1 and (REPO / "knapspec_jax" /
+                                                             f"{parts[1]}.py").exists():
+        found.add(parts[1])
+  return found
+
+
+def import_graph(module_level: bool = True) -> dict[str, set[str]]:
+  """module -> the package's modules it imports, for every module but the package's __init__
+  (which re-exports the public names of the modules under it)."""
+  return {path.stem: package_imports(path, module_level) - {path.stem}
+          for path in sorted((REPO / "knapspec_jax").glob("*.py"))
+          if path.name != "__init__.py"}
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+  seen, todo = set(), list(graph[start])
+  while todo:
+    module = todo.pop()
+    if module not in seen:
+      seen.add(module)
+      todo += graph.get(module, ())
+  return seen
+
+
+def test_the_import_graph_is_layered_with_api_on_top():
+  """No module imports api (a deferred import in a function included), the modules' imports
+  form no cycle, and the layers go one way down: each imports the next, none one above it.
+  The acyclicity is checked on module-level imports: a deferred import, run after every module
+  has loaded, is how checkpoint reaches packaged_models, which imports checkpoint."""
+  everywhere = import_graph(module_level=False)
+  assert not [m for m, deps in everywhere.items() if "api" in deps], (
+      "modules below api that import it: "
+      + str(sorted(m for m, deps in everywhere.items() if "api" in deps)))
+  graph = import_graph()
+  cycles = sorted(m for m in graph if m in reachable(graph, m))
+  assert not cycles, f"modules on an import cycle: {cycles}"
+  for upper, lower in zip(LAYERS, LAYERS[1:]):
+    assert lower in graph[upper], f"{upper} does not import {lower}"
+  for i, lower in enumerate(LAYERS):
+    above = set(LAYERS[:i]) & reachable(graph, lower)
+    assert not above, f"{lower} reaches the layers above it: {sorted(above)}"
+  assert {"api", "methods", "controller"}.isdisjoint(reachable(graph, "engine"))
+  assert "engine" in graph["methods"] and "engine" in graph["api"]

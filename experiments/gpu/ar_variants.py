@@ -39,8 +39,7 @@ def main(argv):
         state = decoding.init_state(cache, jnp.zeros((m.cfg.vocab_size,), jnp.float32),
                                     _STEPS.value + 1, ())
         return params, state
-      fn = compiled.get("ar", decoding.ar_segment, make_args(), dict(cfg=m.cfg, attn_len=n),
-                        donate_argnums=(1,))
+      fn = compiled.get(decoding.ARSegmentStatics(m.cfg, n), make_args())
       t = latency.median_seconds(fn, make_args, 5) / _STEPS.value
       print(f"attn_len {n:5d} {name:9s} {t * 1e3:7.3f} ms/token  {1 / t:7.1f} tok/s "
             f"(compile {compiled.stats.compile_s:.1f} s)", flush=True)

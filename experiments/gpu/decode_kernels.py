@@ -140,8 +140,7 @@ def main(argv):
           cache_fns = CompileCache()
           tokens = jnp.ones((1, window), jnp.int32)
           args = (params, base, tokens, jnp.asarray(steps, jnp.int32))
-          fn = cache_fns.get(f"{variant}_T{window}", latency.verify_loop, args,
-                             dict(cfg=cfg, attn_len=attn_len), donate_argnums=(1,))
+          fn = cache_fns.get(latency.VerifyLoopStatics(cfg, attn_len), args)
           seconds = time_loop(fn, params, base, tokens, steps, repeats)
           kernels = metrics.loop_kernels(fn.as_text())
         except Exception as e:  # noqa: BLE001  (report it and go on with the next variant)

@@ -27,9 +27,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import decoding, latency, metrics  # noqa: E402
+from knapspec_jax import compile_cache, decoding, latency, metrics  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
+from knapspec_jax.config import ModelConfig  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
 _LENS = flags.DEFINE_list("attn_lens", ["256", "4096", "8192"], "Attention buckets.")
@@ -84,6 +85,21 @@ def _unrolled_segment(params, state, *, cfg, attn_len, per_iter=2):
   return jax.lax.while_loop(lambda s: ~s.done & (s.cache.length < limit), body, state)
 
 
+@compile_cache.program
+@dataclasses.dataclass(frozen=True)
+class UnrolledSegmentStatics:
+  """_unrolled_segment's static settings."""
+
+  cfg: ModelConfig
+  attn_len: int
+  per_iter: int = 2
+  donate_argnums = (1,)  # the decode state
+
+  def run(self, params, state):
+    return _unrolled_segment(params, state, cfg=self.cfg, attn_len=self.attn_len,
+                             per_iter=self.per_iter)
+
+
 def body_kernels(hlo_text: str) -> list[str]:
   """One line per kernel-launching instruction of the while body: its kind and source ops."""
   body = re.search(r"body=(%?[\w.\-]+)", hlo_text)
@@ -114,10 +130,10 @@ def main(argv):
       model_lib.linear = LINEARS.get(linear, _linear)
       cfg = dataclasses.replace(
           m.cfg, attention=base_variant if base_variant in ("cudnn", "pallas") else "xla")
-      seg = _unrolled_segment if variant.startswith("unroll") else decoding.ar_segment
-      static = dict(cfg=cfg, attn_len=n)
       if variant.startswith("unroll"):
-        static["per_iter"] = int(variant.removeprefix("unroll"))
+        statics = UnrolledSegmentStatics(cfg, n, int(variant.removeprefix("unroll")))
+      else:
+        statics = decoding.ARSegmentStatics(cfg, n)
 
       def make_args():
         cache = jax.tree.map(jnp.copy, base)
@@ -126,7 +142,7 @@ def main(argv):
         return m.params, state
       try:
         compiled = CompileCache()
-        fn = compiled.get(variant, seg, make_args(), static, donate_argnums=(1,))
+        fn = compiled.get(statics, make_args())
         t = latency.median_seconds(fn, make_args, _REPEATS.value) / _STEPS.value
         text = fn.as_text()
         kernels = metrics.loop_kernels(text)
