@@ -23,7 +23,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 
 from absl import app, flags
 
@@ -31,7 +30,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from shapes import SHAPES, spread  # noqa: E402
 from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
