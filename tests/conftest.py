@@ -267,12 +267,12 @@ def _tiny_hf_config(name: str):
 TINY_NAMES = ("llama", "llama3_rope", "qwen2", "qwen3")
 
 
-def run_gpu_script_smoke(script: str, output) -> subprocess.CompletedProcess:
-  """experiments/gpu/<script> --smoke on the CPU, its records written to `output`; fails the test
-  with the script's stderr when it does not exit 0."""
+def run_gpu_script_smoke(script: str, output, *flags: str) -> subprocess.CompletedProcess:
+  """experiments/gpu/<script> --smoke [flags] on the CPU, its records written to `output`; fails
+  the test with the script's stderr when it does not exit 0."""
   proc = subprocess.run(
       [sys.executable, str(REPO / "experiments" / "gpu" / script), "--smoke",
-       f"--output={output}"], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+       f"--output={output}", *flags], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc

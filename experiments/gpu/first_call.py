@@ -15,9 +15,6 @@ draft of length 1 (threshold 0): the confidence exit's cost. -> $OUT/first_call.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import pathlib
 import sys
 import time
@@ -29,12 +26,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from shapes import SHAPES, spread  # noqa: E402
+from shapes import random_model, spread, write_records  # noqa: E402
 from knapspec_jax import decoding, latency, speculative  # noqa: E402
-from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
-from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes (CPU check of the script).")
@@ -50,23 +45,12 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/first_ca
 def main(argv):
   del argv
   smoke = _SMOKE.value
-  name = "tiny" if smoke else _MODEL.value
   rounds = 4 if smoke else _ROUNDS.value
-  dtype = jnp.float32 if smoke else jnp.bfloat16
-  cfg = dataclasses.replace(SHAPES[name], attention="xla" if smoke else "pallas",
-                            matmul_rows=1 if smoke else 2)
-  context = min(_CONTEXT.value, cfg.max_seq_len // 2)
-  params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),
-                                                                   dtype))
-  capacity = KVCache.capacity_for(cfg)
-  base = latency.random_cache(cfg, dtype, context, jax.random.PRNGKey(1))
-  print(f"{latency.device_name()} | jax {jax.__version__} | {name} | context {context} | "
+  m = random_model(_MODEL.value, _CONTEXT.value, smoke)
+  cfg, params, context, capacity = m.cfg, m.params, m.context, m.capacity
+  print(f"{latency.device_name()} | jax {jax.__version__} | {m.name} | context {context} | "
         f"{rounds} rounds per call", flush=True)
   compiled = CompileCache()
-
-  def fresh_state(max_new):
-    cache = jax.tree.map(jnp.copy, base)
-    return decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32), max_new, ())
 
   def timed(fn, make_args):
     args = make_args()
@@ -77,7 +61,7 @@ def main(argv):
 
   programs = {}
   ar_len = attn_bucket(context + rounds + 1, capacity)
-  ar_args = lambda: (params, fresh_state(rounds))
+  ar_args = lambda: (params, m.fresh_state(rounds))
   programs["ar"] = (compiled.get(decoding.ARSegmentStatics(cfg, ar_len), ar_args()), ar_args,
                     rounds)
   sets = [(1, 1, 1)] if smoke else [(8, 4, 2), (16, 12, 4)]
@@ -87,14 +71,14 @@ def main(argv):
     for threshold in (0.0, 1.5):
       attn_len = attn_bucket(context + rounds * (gamma + 1) + gamma + 1, capacity)
       args = (lambda g=gamma, t=threshold: (
-          params, fresh_state(rounds * (g + 1) + 1), speculative.SpecCounters.zeros(),
+          params, m.fresh_state(rounds * (g + 1) + 1), speculative.SpecCounters.zeros(),
           jnp.asarray(rounds, jnp.int32), jnp.asarray(t, jnp.float32)))
       fn = compiled.get(speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len), args())
       programs[f"spec {n_attn}+{n_mlp} g{gamma} thr{threshold}"] = (fn, args, rounds)
   gamma1 = SkipMask.from_layers(cfg.n_layers, attn=spread(cfg.n_layers, sets[-1][0]),
                                 mlp=spread(cfg.n_layers, sets[-1][1]))
   attn_len = attn_bucket(context + rounds * 2 + 2, capacity)
-  args1 = lambda: (params, fresh_state(rounds * 2 + 1), speculative.SpecCounters.zeros(),
+  args1 = lambda: (params, m.fresh_state(rounds * 2 + 1), speculative.SpecCounters.zeros(),
                    jnp.asarray(rounds, jnp.int32), jnp.asarray(0.0, jnp.float32))
   programs[f"spec {sets[-1][0]}+{sets[-1][1]} g1 thr0.0"] = (
       compiled.get(speculative.SpecSegmentStatics(cfg, gamma1, 1, attn_len), args1()), args1,
@@ -129,10 +113,7 @@ def main(argv):
   records.append(dict(program="ar after all", calls_ms=again))
   print(f"{'ar after all others':28s} calls: " + "  ".join(f"{c:8.2f}" for c in again) + " ms",
         flush=True)
-  out = pathlib.Path(_OUTPUT.value or pathlib.Path(os.environ.get("OUT", ".")) /
-                     "first_call.json")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(records, indent=1))
+  out = write_records(records, _OUTPUT.value, "first_call.json")
   print(f"wrote {out}")
 
 

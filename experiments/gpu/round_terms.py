@@ -18,8 +18,6 @@ Records: $OUT/round_terms.json (or --output).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import pathlib
 import sys
@@ -31,12 +29,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from shapes import SHAPES, spread  # noqa: E402
+from shapes import random_model, spread, write_records  # noqa: E402
 from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
-from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
-from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes and loops (CPU check of the script).")
@@ -53,21 +49,13 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/round_te
 def main(argv):
   del argv
   smoke = _SMOKE.value
-  name = "tiny" if smoke else _MODEL.value
   rounds, repeats = (4, 2) if smoke else (_ROUNDS.value, _REPEATS.value)
-  dtype = jnp.float32 if smoke else jnp.bfloat16
-  base_cfg = SHAPES[name]
-  cfg = dataclasses.replace(base_cfg, attention="xla" if smoke else "pallas",
-                            matmul_rows=1 if smoke else 2)
-  context = min(_CONTEXT.value, cfg.max_seq_len // 2)
-  params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),
-                                                                   dtype))
-  capacity = KVCache.capacity_for(cfg)
-  base = latency.random_cache(cfg, dtype, context, jax.random.PRNGKey(1))
+  m = random_model(_MODEL.value, _CONTEXT.value, smoke)
+  cfg, params, context, capacity = m.cfg, m.params, m.context, m.capacity
   read_gbps = latency.read_bandwidth(64 << 20 if smoke else None)
   device = latency.device_name()
   flags_env = os.environ.get("XLA_FLAGS", "")
-  print(f"{device} | jax {jax.__version__} | {name} | context {context} | XLA_FLAGS="
+  print(f"{device} | jax {jax.__version__} | {m.name} | context {context} | XLA_FLAGS="
         f"'{flags_env}' | {rounds} rounds x {repeats} loops", flush=True)
   compiled = CompileCache()
   records = []
@@ -77,20 +65,14 @@ def main(argv):
                                 mlp=spread(cfg.n_layers, n_mlp))
     for gamma in map(int, _GAMMAS.value):
       attn_len = attn_bucket(context + rounds * (gamma + 1) + gamma + 1, capacity)
-
-      def fresh_state(max_new):
-        cache = jax.tree.map(jnp.copy, base)
-        return decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32), max_new,
-                                   ())
-
-      seg_args = lambda: (params, fresh_state(rounds * (gamma + 1) + 1),
+      seg_args = lambda: (params, m.fresh_state(rounds * (gamma + 1) + 1),
                           speculative.SpecCounters.zeros(), jnp.asarray(rounds, jnp.int32),
                           jnp.asarray(0.0, jnp.float32))
       seg = compiled.get(speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len), seg_args())
-      ar_args = lambda: (params, fresh_state(rounds))
+      ar_args = lambda: (params, m.fresh_state(rounds))
       draft = compiled.get(decoding.ARSegmentStatics(cfg, attn_len, skip=skip), ar_args())
       tokens = jnp.ones((1, gamma + 1), jnp.int32)
-      ver_args = lambda: (params, jax.tree.map(jnp.copy, base), tokens,
+      ver_args = lambda: (params, m.fresh_cache(), tokens,
                           jnp.asarray(rounds, jnp.int32))
       verify = compiled.get(latency.VerifyLoopStatics(cfg, attn_len), ver_args())
       t_seg = latency.median_seconds(seg, seg_args, repeats) / rounds
@@ -99,7 +81,7 @@ def main(argv):
       parts = gamma * t_draft + t_verify
       kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
                  for k, f in (("segment", seg), ("draft", draft), ("verify", verify))}
-      record = dict(model=name, device=device, xla_flags=flags_env, context=context,
+      record = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
                     attn_len=attn_len, n_attn_skipped=len(skip.attn_skipped),
                     n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma,
                     ms_per_round=t_seg * 1e3, ms_per_draft_step=t_draft * 1e3,
@@ -111,10 +93,7 @@ def main(argv):
             f"{gamma}: round {t_seg * 1e3:7.3f} ms = {gamma} x draft {t_draft * 1e3:6.3f} + "
             f"verify {t_verify * 1e3:6.3f} ({parts * 1e3:7.3f}) + excess "
             f"{(t_seg - parts) * 1e3:+7.3f} ms | kernels per body {kernels}", flush=True)
-  out = pathlib.Path(_OUTPUT.value or pathlib.Path(os.environ.get("OUT", ".")) /
-                     "round_terms.json")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(records, indent=1))
+  out = write_records(records, _OUTPUT.value, "round_terms.json")
   print(f"wrote {out} ({len(records)} records)")
 
 

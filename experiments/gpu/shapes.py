@@ -1,9 +1,20 @@
 """Model shapes the GPU scripts time with random weights (decode_kernels.py, round_terms.py,
-first_call.py), and skip sets spread over them."""
+first_call.py), skip sets spread over them, and what the decode-loop scripts share: a shape's
+model with a filled KV cache (random_model) and their JSON records (write_records)."""
 
+import dataclasses
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from knapspec_jax import decoding, latency
+from knapspec_jax import model as model_lib
 from knapspec_jax.config import ModelConfig
+from knapspec_jax.kv_cache import KVCache
 
 SHAPES = {
     "smollm2": ModelConfig(arch="llama", vocab_size=49152, d_model=576, d_ff=1536, n_layers=30,
@@ -25,3 +36,49 @@ def spread(n_layers: int, count: int) -> list[int]:
   pool = np.arange(1, n_layers - 1) if count <= n_layers - 2 else np.arange(n_layers)
   picks = np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int)
   return sorted({int(pool[i]) for i in picks})
+
+
+@dataclasses.dataclass
+class RandomModel:
+  """A shape with random fused weights and a KV cache of random entries up to `context`."""
+
+  name: str
+  cfg: ModelConfig
+  params: dict
+  base: KVCache  # the filled cache; each call gets a copy (programs donate their state)
+  context: int
+
+  @property
+  def capacity(self) -> int:
+    return KVCache.capacity_for(self.cfg)
+
+  def fresh_cache(self) -> KVCache:
+    return jax.tree.map(jnp.copy, self.base)
+
+  def fresh_state(self, max_new: int) -> decoding.DecodeState:
+    """A decode state at the filled cache's cursor, max_new tokens to go, no EOS."""
+    return decoding.init_state(self.fresh_cache(),
+                               jnp.zeros((self.cfg.vocab_size,), jnp.float32), max_new, ())
+
+
+def random_model(name: str, context: int, smoke: bool) -> RandomModel:
+  """SHAPES[name] in bfloat16 with the Pallas kernel and two-row projections (the H200's
+  defaults); with smoke, the tiny shape in float32 with XLA attention (the CPU check). The
+  context is capped at half the shape's."""
+  name = "tiny" if smoke else name
+  dtype = jnp.float32 if smoke else jnp.bfloat16
+  cfg = dataclasses.replace(SHAPES[name], attention="xla" if smoke else "pallas",
+                            matmul_rows=1 if smoke else 2)
+  context = min(context, cfg.max_seq_len // 2)
+  params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),
+                                                                   dtype))
+  base = latency.random_cache(cfg, dtype, context, jax.random.PRNGKey(1))
+  return RandomModel(name, cfg, params, base, context)
+
+
+def write_records(records: list, output: str | None, default_name: str) -> pathlib.Path:
+  """The records as JSON at `output`, default $OUT/default_name (the device tool's folder)."""
+  out = pathlib.Path(output or pathlib.Path(os.environ.get("OUT", ".")) / default_name)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(records, indent=1))
+  return out
