@@ -196,10 +196,16 @@ class ARSegmentStatics:
                       width=self.width, sampling=self.sampling)
 
   def prime_args(self, args):
-    """One token from a zero-filled state, no EOS (compile_cache primes each program so)."""
+    """One token from the zero-filled state (compile_cache primes each program so)."""
     params, state = args
-    return params, state.replace(max_new=jnp.ones((), jnp.int32),
-                                 eos=jnp.full(state.eos.shape, -1, jnp.int32))
+    return params, priming_state(state, 1)
+
+
+def priming_state(zeros: DecodeState, max_new: int) -> DecodeState:
+  """A zero-filled decode state made to run: max_new tokens to go and no EOS (a zero-filled EOS
+  slot would end it at token 0). The statics' prime_args run their program once on it."""
+  return zeros.replace(max_new=jnp.full((), max_new, jnp.int32),
+                       eos=jnp.full(zeros.eos.shape, -1, jnp.int32))
 
 
 def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos_ids) -> str:

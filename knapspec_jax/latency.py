@@ -14,9 +14,8 @@ linearly and continued past the longest with the slope of the last two: on the H
 through 256 / 2K / 6K positions predicted Qwen2.5-1.5B's AR step at 28K positions at 2.87 ms,
 the knots at 2.40 ms, and the step measured 2.12 ms (BENCHMARKS.md 10.8); measure() therefore
 times lengths up to the model's context. The fit, the raw samples and its error are stored as
-JSON, with
-the device's read bandwidth (read_bandwidth: a sum over a large array), the yardstick for how
-close a step runs to the memory-bound floor (metrics.bandwidth).
+JSON, with the device's read bandwidth (read_bandwidth: a sum over a large array), the yardstick
+for how close a step runs to the memory-bound floor (metrics.bandwidth).
 """
 
 from __future__ import annotations
@@ -89,9 +88,9 @@ class LatencyProfile:
     """Seconds of one attention sublayer for one token at attention length n (positions)."""
     if not self.attn_knots:
       return self.a0 + self.a1 * n
-    (n0, _), (n1, t1) = self.attn_knots[-2], self.attn_knots[-1]
+    (n0, t0), (n1, t1) = self.attn_knots[-2:]
     if n > n1:  # past the longest length timed: its last segment's slope
-      return t1 + (n - n1) * max(t1 - self.attn_knots[-2][1], 0.0) / (n1 - n0)
+      return t1 + (n - n1) * max(t1 - t0, 0.0) / (n1 - n0)
     knots = np.asarray(self.attn_knots)
     return float(np.interp(n, knots[:, 0], knots[:, 1]))
 
@@ -340,7 +339,7 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, searc
   c0, a0, a1, mm = nnls(design, t)[0]
   knots = ()
   per_length = attention_knots(step_samples)
-  if per_length is not None:  # a0, a1 stay the line's (what-if profiles scale them)
+  if per_length is not None:  # the knots replace the line (a0, a1 are kept for the record)
     c0, mm, knots = per_length
   partial = LatencyProfile(device, model_name, dtype, n_layers, c0, a0, a1, mm, 0.0, 0.0,
                            attn_knots=knots)

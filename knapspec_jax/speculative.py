@@ -26,7 +26,7 @@ from knapspec_jax import compile_cache
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.config import ModelConfig
-from knapspec_jax.decoding import DecodeState, attn_bucket, run_segments
+from knapspec_jax.decoding import DecodeState, attn_bucket, priming_state, run_segments
 from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.skip_mask import SkipMask
 
@@ -206,13 +206,11 @@ class SpecSegmentStatics:
                         sampling=self.sampling, width=self.width)
 
   def prime_args(self, args):
-    """One round of gamma drafts (threshold 0, no EOS) from a zero-filled state (compile_cache
-    primes each program so)."""
+    """One round of gamma drafts (threshold 0) from the zero-filled state (compile_cache primes
+    each program so)."""
     params, state, counters = args[:3]
-    state = state.replace(max_new=jnp.full((), self.gamma + 2, jnp.int32),
-                          eos=jnp.full(state.eos.shape, -1, jnp.int32))
-    return (params, state, counters,
-            jnp.ones((), jnp.int32), jnp.zeros((), jnp.float32))
+    return (params, priming_state(state, self.gamma + 2), counters, jnp.ones((), jnp.int32),
+            jnp.zeros((), jnp.float32))
 
 
 def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
