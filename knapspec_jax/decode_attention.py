@@ -16,12 +16,13 @@ head, sequence) runs an online softmax over its split in blocks of `block_k` key
 major, padded to a power of two of at least 16 (the smallest matrix-multiply tile; Triton's
 blocks are powers of two). Each key block is read once for all T queries, so a verify window
 reads the cache once, as a one-token step does. Row t of a window sees the keys before
-kv_len - (T - 1 - t); splits at or past kv_len return at once, and a row with no valid key in a
-split (a split past its own position, or a padded row) ends it with maximum -inf and weighs 0 in
-the merge. A small XLA reduction then merges the splits (flash-decoding). The grid and the merge
-follow the bucket, not the cache's capacity: a Qwen2.5-1.5B cache holds 32K positions (129
-splits), a step at 256 positions launches one split per KV head. With T = 1 the rows are the
-query heads of one KV head padded to 16, and every row sees the keys before kv_len.
+kv_len - (T - 1 - t) (a padded row, a zero query, sees what the last query sees); splits at or
+past kv_len return at once, and a row with no valid key in a split (one past its own position)
+ends it with maximum -inf and weighs exactly 0 in the merge. A small XLA reduction then merges
+the splits (flash-decoding). The grid and the merge follow the bucket, not the cache's
+capacity: a Qwen2.5-1.5B cache holds 32K positions (129 splits), a step at 256 positions
+launches one split per KV head. With T = 1 the rows are the query heads of one KV head padded
+to 16, and every row sees the keys before kv_len.
 
 A query's row runs the same operations in the same order whatever T is (the same blocks of
 block_k keys; blocks past its own position add exactly 0: p = 0, correction 1; splits past it
