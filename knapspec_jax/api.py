@@ -46,7 +46,7 @@ def default_matmul_rows(platform: str | None = None) -> int:
 
 
 def default_attention(dtype: str, platform: str | None = None) -> str:
-  """The one-query attention kernel load_model picks on `platform` ("cpu", "gpu", "tpu"; None:
+  """The decode attention kernel load_model picks on `platform` ("cpu", "gpu", "tpu"; None:
   jax.default_backend()): "pallas" on a GPU in bfloat16 (measured on the H100: deterministic and
   1.2x XLA's decode speed, BENCHMARKS.md section 1), else "xla" (on a TPU too: the Pallas kernel
   is written for the Triton backend, which has no TPU lowering)."""
@@ -84,11 +84,12 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   use_cache: reuse (and write) a copy of the converted weights in the user cache (checkpoint.py).
   max_context: cap the context (prompt + new tokens) below the model's own, to preallocate a
     smaller KV cache (Qwen2.5-1.5B's 32K context takes 1.9 GB in float32); None: the model's.
-  attention: one-query attention kernel (ModelConfig.attention); None: default_attention(dtype).
-    "xla" (any backend), "pallas" (a deterministic split-KV kernel over the whole cache; on a
-    GPU through Triton, on CPU in Pallas's interpreter, correct but slow; not on a TPU) or
-    "cudnn" (GPU bf16 only; not deterministic: two runs of one prompt diverge after tens of
-    tokens, BENCHMARKS.md section 1). check_attention says which run where.
+  attention: the attention kernel of decode steps (ModelConfig.attention); None:
+    default_attention(dtype). "xla" (any backend), "pallas" (a deterministic split-KV kernel
+    over the whole cache, for one-token steps and verify windows of up to 16 tokens; on a GPU
+    through Triton, on CPU in Pallas's interpreter, correct but slow; not on a TPU) or "cudnn"
+    (one-token steps; GPU bf16 only; not deterministic: two runs of one prompt diverge after
+    tens of tokens, BENCHMARKS.md section 1). check_attention says which run where.
   mesh: a tensor-parallel mesh (sharding.make_mesh(tp)): each weight goes straight into its
     shard (to_device) and the KV cache is split over it (sharding.py says what is split and
     what replicated); None: one device. "pallas" runs per device over its heads; "cudnn" is

@@ -46,13 +46,15 @@ class ModelConfig:
     max_seq_len: the model's context length; the KV cache holds this many positions.
     qkv_bias: q/k/v projections carry a bias (Qwen2).
     qk_norm: RMSNorm over each query/key head before RoPE (Qwen3).
-    attention: how a one-query (decode or draft) step computes attention: "xla" (einsum, mask,
-      softmax, einsum over the cache sliced to a length bucket: any backend and dtype),
-      "pallas" (decode_attention.py: a deterministic split-KV kernel over the whole cache; on
-      a GPU through Triton, the default there in bfloat16; elsewhere in Pallas's interpreter,
-      which is slow: tests only) or "cudnn" (one fused cuDNN kernel; GPU with bfloat16 only;
-      not deterministic). Multi-token forwards (prefill, verify) always use "xla". Not a
-      property of the checkpoint: a load_model option.
+    attention: how decode and verify forwards compute attention: "xla" (einsum, mask,
+      softmax, einsum over the cache sliced to a length bucket: any backend and dtype, every
+      forward), "pallas" (decode_attention.py: a deterministic split-KV kernel over the whole
+      cache for forwards of 1 to 16 tokens: one-token decode and draft steps and verify
+      windows; longer forwards (prefill chunks) use "xla"; on a GPU through Triton, the
+      default there in bfloat16; elsewhere in Pallas's interpreter, which is slow: tests only)
+      or "cudnn" (one fused cuDNN kernel for one-token steps, "xla" for the rest; GPU with
+      bfloat16 only; not deterministic). Not a property of the checkpoint: a load_model
+      option.
     matmul_rows: projections of fewer rows than this run padded with zero rows to this many
       (model.linear). On the H200, XLA lowers a one-row bfloat16 projection to a slower kernel
       than a two-row one: a Qwen2.5-1.5B-shaped one-token step took 2.24 ms, a two-token

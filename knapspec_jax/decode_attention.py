@@ -1,20 +1,36 @@
-"""Split-KV decode attention in Pallas: one query per sequence over the live part of the cache.
+"""Split-KV attention in Pallas for decode and verify: T <= 16 queries per sequence over the
+live part of the cache.
 
-A decode or draft step attends one new token to every cached position. XLA compiles that as
-about eight kernels per layer and needs the cache sliced to a length bucket; cuDNN's fused
-kernel takes the whole cache and a valid length, but its results vary from run to run
-(BENCHMARKS.md, section 1). This kernel takes the cache as it is ([B, S, KV, hd], no copy, no
-slice) and is deterministic by construction: no atomics, and every sum runs in a fixed order.
+A decode or draft step attends one new token to every cached position; a verify forward attends
+a window of T = gamma + 1 tokens (query t at position pos0 + t sees the keys at positions
+<= pos0 + t). XLA compiles that as about eight kernels per layer and needs the cache sliced to a
+length bucket; cuDNN's fused kernel takes the whole cache and a valid length, but its results
+vary from run to run (BENCHMARKS.md, section 1). This kernel takes the cache as it is ([B, S, KV,
+hd], no copy, no slice) and is deterministic by construction: no atomics, and every sum runs in
+a fixed order.
 
 The first `attn_len` positions of the cache (the step's attention bucket, a static length that
 covers the valid ones) are cut into splits of `split` positions. One program per (split, KV
 head, sequence) runs an online softmax over its split in blocks of `block_k` keys, for all the
-query heads that share the KV head at once (padded to 16 rows, the smallest matrix-multiply
-tile), and writes its partial output, maximum and normalizer; splits at or past the valid
-length return at once. A small XLA reduction then merges the splits (flash-decoding). The grid
-and the merge follow the bucket, not the cache's capacity: a Qwen2.5-1.5B cache holds 32K
-positions (129 splits), a step at 256 positions launches one split per KV head. On CPU the same
-kernel runs in Pallas's interpreter, which is how the tests check it against a NumPy reference.
+(query position, query head) pairs that share the KV head at once: T x groups rows, position
+major, padded to a power of two of at least 16 (the smallest matrix-multiply tile; Triton's
+blocks are powers of two). Each key block is read once for all T queries, so a verify window
+reads the cache once, as a one-token step does. Row t of a window sees the keys before
+kv_len - (T - 1 - t) (a padded row, a zero query, sees what the last query sees); splits at or
+past kv_len return at once, and a row with no valid key in a split (one past its own position)
+ends it with maximum -inf and weighs exactly 0 in the merge. A small XLA reduction then merges
+the splits (flash-decoding). The grid and the merge follow the bucket, not the cache's
+capacity: a Qwen2.5-1.5B cache holds 32K positions (129 splits), a step at 256 positions
+launches one split per KV head. With T = 1 the rows are the query heads of one KV head padded
+to 16, and every row sees the keys before kv_len.
+
+A query's row runs the same operations in the same order whatever T is (the same blocks of
+block_k keys; blocks past its own position add exactly 0: p = 0, correction 1; splits past it
+weigh exactly 0), so a verify window and the one-token steps at the same positions differ only
+where the backend's dot rounds a taller tile differently: on the CPU their bfloat16 outputs are
+the same bits (tests/test_decode_attention.py), float32 within an ulp; on a GPU
+experiments/gpu/verify_kernel.py reports it. On CPU the kernel runs in Pallas's interpreter,
+which is how the tests check it against a NumPy reference.
 """
 
 from __future__ import annotations
@@ -29,20 +45,43 @@ from jax.experimental.pallas import triton as plgpu
 from knapspec_jax import sharding
 
 SPLIT = 256  # cache positions per program; KVCache capacities are multiples of this
-BLOCK_K = 128  # keys per inner step of a program
-HEAD_ROWS = 16  # query heads of one KV head, padded to the smallest dot tile
+BLOCK_K = 128  # keys per inner step of a program, whatever T (see decode_attention)
+MIN_ROWS = 16  # rows of a program's query tile at least: the smallest dot tile
+MAX_QUERIES = 16  # query positions per sequence the kernel takes (verify windows of gamma + 1)
 
 
-def _split_kernel(kv_len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale, block_k):
-  """One split of one KV head: partial (output, max, normalizer) over its valid keys.
+def tile_rows(queries: int, groups: int) -> int:
+  """Rows of a program's query tile: queries x groups, padded to a power of two >= MIN_ROWS
+  (Qwen2.5-1.5B, 6 groups: 16 rows for one query, 128 for a window of 11)."""
+  return max(MIN_ROWS, 1 << (queries * groups - 1).bit_length())
 
-  kv_len_ref []: the sequence's valid cache length; q_ref [HEAD_ROWS, hd]; k_ref, v_ref
-  [split, hd]; o_ref [HEAD_ROWS, hd] float32; m_ref, l_ref [HEAD_ROWS] float32.
+
+def num_warps(rows: int) -> int:
+  """Warps of a program with a query tile of `rows`: 4 up to 64 rows (one query's 16 rows: the
+  launch measured in BENCHMARKS.md section 1), 8 beyond, so that a 128-row tile's [rows,
+  block_k] scores and [rows, hd] accumulator have twice the registers (chosen, not measured;
+  experiments/gpu/verify_kernel.py times the result)."""
+  return 4 if rows <= 64 else 8
+
+
+def _split_kernel(kv_len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale, block_k,
+                  queries, groups):
+  """One split of one KV head: partial (output, max, normalizer) of every row over its keys.
+
+  kv_len_ref []: the sequence's valid cache length (its last query sees the keys before it);
+  q_ref [rows, hd], row r = query r // groups, head r % groups; k_ref, v_ref [split, hd];
+  o_ref [rows, hd] float32; m_ref, l_ref [rows] float32.
   """
   split = k_ref.shape[0]
   start = pl.program_id(0) * split
-  valid = jnp.clip(kv_len_ref[()] - start, 0, split)
+  kv_len = kv_len_ref[()]
+  valid = jnp.clip(kv_len - start, 0, split)  # keys of the split that the last query sees
   rows, hd = q_ref.shape
+  if queries == 1:
+    limit = kv_len  # every row sees the same keys
+  else:  # row r's query (padded rows: as the last query) sees the keys before its limit
+    query = jnp.minimum(jnp.arange(rows) // groups, queries - 1)
+    limit = (kv_len - (queries - 1) + query)[:, None]
   o = jnp.zeros((rows, hd), jnp.float32)
   m = jnp.full((rows,), -jnp.inf, jnp.float32)
   l = jnp.zeros((rows,), jnp.float32)
@@ -52,13 +91,16 @@ def _split_kernel(kv_len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale
     keys = pl.ds(j * block_k, block_k)
     s = plgpu.dot(q_ref[...], k_ref[keys, :], trans_b=True, allow_tf32=False)  # [rows, block_k]
     s = s * scale
-    live = j * block_k + jnp.arange(block_k) < valid
-    s = jnp.where(live[None, :], s, -jnp.inf)
-    m_new = jnp.maximum(m, s.max(axis=-1))  # finite: every block holds a valid key
-    p = jnp.exp(s - m_new[:, None])
-    correction = jnp.exp(m - m_new)
-    # Rows past the valid length are stale cache entries: p is 0 there, but 0 * inf is NaN.
-    v = jnp.where(live[:, None], v_ref[keys, :], 0)
+    position = start + j * block_k + jnp.arange(block_k)
+    s = jnp.where(position[None, :] < limit, s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(axis=-1))
+    # A row with no valid key yet (its limit lies before this split) keeps m = -inf: shifting
+    # by 0 instead makes p and the correction exactly 0, not exp(-inf - -inf) = NaN.
+    shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+    p = jnp.exp(s - shift[:, None])
+    correction = jnp.exp(m - shift)
+    # Keys past kv_len are stale cache entries: p is 0 there, but 0 * inf is NaN.
+    v = jnp.where((position < kv_len)[:, None], v_ref[keys, :], 0)
     o = correction[:, None] * o + plgpu.dot(p.astype(v.dtype), v, allow_tf32=False)
     return o, m_new, correction * l + p.sum(axis=-1)
 
@@ -76,52 +118,63 @@ def n_splits(attn_len: int, split: int = SPLIT) -> int:
 @functools.partial(jax.jit, static_argnames=("attn_len", "split", "block_k", "interpret"))
 def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, split: int = SPLIT,
                      block_k: int = BLOCK_K, interpret: bool | None = None):
-  """Softmax attention of one query per sequence over cache positions [0, kv_len).
+  """Causal softmax attention of the last T positions of each sequence over its cache.
 
-  q [B, H, hd]; keys, values [B, S, KV, hd] (a KVCache layer; S a multiple of `split`);
-  kv_len int32 [B], 1 <= kv_len <= attn_len. attn_len (static): positions the kernel covers,
-  <= S (None: all S); it sets the grid, so a step's cost follows its bucket, not the cache's
-  capacity. Returns [B, H, hd] in q's dtype (scores, softmax and the merge in float32).
-  interpret: run in Pallas's interpreter (default: off a GPU).
+  q [B, T, H, hd], 1 <= T <= MAX_QUERIES: queries at positions kv_len - T .. kv_len - 1 (a
+  one-token step: T = 1); query t sees cache positions [0, kv_len - (T - 1 - t)), its own
+  included. keys, values [B, S, KV, hd] (a KVCache layer, the window's own keys written; S a
+  multiple of `split`); kv_len int32 [B], T <= kv_len <= attn_len. attn_len (static): positions
+  the kernel covers, <= S (None: all S); it sets the grid, so a step's cost follows its bucket,
+  not the cache's capacity. Returns [B, T, H, hd] in q's dtype (scores, softmax and the merge
+  in float32). block_k: keys per inner step; the same for every T, so that a verify window's
+  rows sum their blocks as the one-token steps at the same positions do (in bfloat16 on the
+  CPU the outputs are the same bits). interpret: run in Pallas's interpreter (default: off a
+  GPU).
   """
-  b, h, hd = q.shape
+  b, t, h, hd = q.shape
   _, s, kv, _ = keys.shape
   groups = h // kv
+  rows = tile_rows(t, groups)
   if s % split or split % block_k:
     raise ValueError(f"cache length {s} must be a multiple of split={split}, itself a "
                      f"multiple of block_k={block_k}")
   attn_len = s if attn_len is None else attn_len
   if not 1 <= attn_len <= s:
     raise ValueError(f"attn_len={attn_len} must lie in [1, {s}] (the cache length)")
-  if groups > HEAD_ROWS:
-    raise ValueError(f"{groups} query heads per KV head: at most {HEAD_ROWS} supported")
+  if not 1 <= t <= MAX_QUERIES:
+    raise ValueError(f"{t} query positions: the kernel takes 1 to {MAX_QUERIES}")
+  if groups > MIN_ROWS:
+    raise ValueError(f"{groups} query heads per KV head: at most {MIN_ROWS} supported")
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
   splits = n_splits(attn_len, split)
-  q_rows = jnp.zeros((b, kv, HEAD_ROWS, hd), q.dtype).at[:, :, :groups].set(
-      q.reshape(b, kv, groups, hd))
+  # [B, T, KV, groups, hd] -> [B, KV, T * groups, hd]: row r = (query r // groups, head r % groups)
+  q_rows = q.reshape(b, t, kv, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, hd)
+  q_rows = jnp.pad(q_rows, ((0, 0), (0, 0), (0, rows - t * groups), (0, 0)))
   cache_block = pl.BlockSpec((None, split, None, hd), lambda j, g, i: (i, j, g, 0))
-  row_block = pl.BlockSpec((None, None, None, HEAD_ROWS), lambda j, g, i: (i, g, j, 0))
+  row_block = pl.BlockSpec((None, None, None, rows), lambda j, g, i: (i, g, j, 0))
   o, m, l = pl.pallas_call(
-      functools.partial(_split_kernel, scale=hd ** -0.5, block_k=block_k),
+      functools.partial(_split_kernel, scale=hd ** -0.5, block_k=block_k, queries=t,
+                        groups=groups),
       grid=(splits, kv, b),
       in_specs=[pl.BlockSpec((None,), lambda j, g, i: (i,)),
-                pl.BlockSpec((None, None, HEAD_ROWS, hd), lambda j, g, i: (i, g, 0, 0)),
+                pl.BlockSpec((None, None, rows, hd), lambda j, g, i: (i, g, 0, 0)),
                 cache_block, cache_block],
-      out_specs=[pl.BlockSpec((None, None, None, HEAD_ROWS, hd), lambda j, g, i: (i, g, j, 0, 0)),
+      out_specs=[pl.BlockSpec((None, None, None, rows, hd), lambda j, g, i: (i, g, j, 0, 0)),
                  row_block, row_block],
-      out_shape=[jax.ShapeDtypeStruct((b, kv, splits, HEAD_ROWS, hd), jnp.float32),
-                 jax.ShapeDtypeStruct((b, kv, splits, HEAD_ROWS), jnp.float32),
-                 jax.ShapeDtypeStruct((b, kv, splits, HEAD_ROWS), jnp.float32)],
-      compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+      out_shape=[jax.ShapeDtypeStruct((b, kv, splits, rows, hd), jnp.float32),
+                 jax.ShapeDtypeStruct((b, kv, splits, rows), jnp.float32),
+                 jax.ShapeDtypeStruct((b, kv, splits, rows), jnp.float32)],
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps(rows), num_stages=2),
       interpret=interpret,
       name="split_kv_decode_attention",
   )(kv_len.astype(jnp.int32), q_rows, keys, values)
-  # Merge the splits; a split with no valid key has m = -inf and weighs exactly 0.
+  # Merge the splits; a split where a row has no valid key has m = -inf and weighs exactly 0.
   m_all = m.max(axis=2, keepdims=True)
-  weight = jnp.where(jnp.isfinite(m), jnp.exp(m - m_all), 0.0)
+  weight = jnp.where(m > -jnp.inf, jnp.exp(m - m_all), 0.0)
   out = (o * weight[..., None]).sum(axis=2) / (l * weight).sum(axis=2)[..., None]
-  return out[:, :, :groups].reshape(b, h, hd).astype(q.dtype)
+  out = out[:, :, :t * groups].reshape(b, kv, t, groups, hd).transpose(0, 2, 1, 3, 4)
+  return out.reshape(b, t, h, hd).astype(q.dtype)
 
 
 def sharded_decode_attention(q, keys, values, kv_len, *, attn_len: int):

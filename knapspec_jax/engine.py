@@ -86,7 +86,7 @@ class Model:
 
   @property
   def profile_name(self) -> str:
-    """The key of this model's latency profile: its name, plus the one-query attention kernel
+    """The key of this model's latency profile: its name, plus the decode attention kernel
     when that is not the default, and the tensor-parallel degree above 1 (a different kernel or
     split is a different cost structure)."""
     name = self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"

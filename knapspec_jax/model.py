@@ -91,15 +91,18 @@ def attention_qkv(lp: Params, cfg: ModelConfig, x, cos, sin):
 def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
   """Grouped-query attention. q [B,T,H,hd]; keys/values [B,S,KV,hd], S >= the mask's length
   (a cache; positions past the mask are ignored); mask [B or 1, T, S'] bool; kv_len: int32
-  [B], the valid cache length (the cuDNN one-query path's mask).
+  [B], the valid cache length (the Pallas and cuDNN paths' mask; needed by them).
 
-  Returns [B, T, H*hd]. Scores and softmax in float32.
+  The kernels take the causal window mask as kv_len: query t of T sees the positions before
+  kv_len - (T - 1 - t), which is `mask` for the windows `forward` attends (queries at positions
+  kv_len - T .. kv_len - 1). Returns [B, T, H*hd]. Scores and softmax in float32.
   """
   b, t, _, hd = q.shape
-  if cfg.attention == "pallas" and t == 1:
+  if cfg.attention == "pallas" and t <= decode_attention.MAX_QUERIES:
     # Split-KV kernel over the cache's first attn_len positions (the bucket) with its valid
-    # length: deterministic, no slice; its grid follows the bucket, not the capacity.
-    out = decode_attention.sharded_decode_attention(q[:, 0], keys, values, kv_len,
+    # length, for a one-token step and a verify window alike (the window's queries share each
+    # key block's read): deterministic, no slice; its grid follows the bucket, not the capacity.
+    out = decode_attention.sharded_decode_attention(q, keys, values, kv_len,
                                                     attn_len=mask.shape[-1])
     return out.reshape(b, t, cfg.n_heads * hd)
   if cfg.attention == "cudnn" and t == 1:

@@ -6,8 +6,8 @@ dimension, vocabulary) and one small frozen table, `ShardingRules`, maps them to
 api.to_device to place each tensor straight into its shard) and the KV cache's
 (`cache_sharding`, used where the cache is created). The programs themselves are not rewritten:
 they are jitted with sharded inputs and GSPMD partitions them (compile_cache keeps each
-argument's sharding). The one-query Pallas kernel, which GSPMD cannot split, runs under
-`jax.shard_map` over the heads (`map_over_heads`).
+argument's sharding). The Pallas attention kernel (decode and verify), which GSPMD cannot
+split, runs under `jax.shard_map` over the heads (`map_over_heads`).
 
 What is sharded over "tp": wq/wo (and bq) by query heads; wk/wv (bk/bv) and the KV cache by KV
 heads when tp divides n_kv_heads, else replicated (each device then holds every KV head; GQA
@@ -205,8 +205,8 @@ def context_mesh():
 
 
 def map_over_heads(kernel: Callable, q, keys, values, kv_len):
-  """kernel(q [B, H, hd], keys, values [B, S, KV, hd], kv_len [B]) -> [B, H, hd], run on each
-  device over its own heads (jax.shard_map) when traced under a "tp" mesh, else as it is.
+  """kernel(q [B, T, H, hd], keys, values [B, S, KV, hd], kv_len [B]) -> [B, T, H, hd], run on
+  each device over its own heads (jax.shard_map) when traced under a "tp" mesh, else as it is.
 
   Each device holds H/tp query heads and, when tp divides KV, the KV/tp heads they read (heads
   are split in contiguous blocks, so query head h still reads KV head h // (H / KV)). With KV
@@ -216,7 +216,7 @@ def map_over_heads(kernel: Callable, q, keys, values, kv_len):
   if mesh is None:
     return kernel(q, keys, values, kv_len)
   split = keys.shape[2] % mesh.shape[AXIS] == 0
-  heads = P(None, AXIS, None) if split else P()
+  heads = P(None, None, AXIS, None) if split else P()
   cache = P(None, None, AXIS, None) if split else P()
   return jax.shard_map(kernel, mesh=mesh, in_specs=(heads, cache, cache, P()), out_specs=heads,
                        check_vma=False)(q, keys, values, kv_len)

@@ -112,11 +112,15 @@ def generate(spec: dict) -> dict:
 
 
 def pallas(spec: dict) -> dict:
-  """AR with the Pallas one-query kernel (Pallas's interpreter on CPU) under each tp, and AR
-  with XLA's attention on one device."""
+  """AR and the fixed drafting method (its verify windows through the kernel too) with the
+  Pallas attention kernel (Pallas's interpreter on CPU) under each tp, and AR with XLA's
+  attention on one device."""
   ids = np.asarray(spec["prompt"])
-  out = {f"tp{tp}": run(load(spec["model"], tp, attention="pallas"), ids, spec["new"],
-                        "ar")["tokens"] for tp in spec["tps"]}
+  out = {}
+  for tp in spec["tps"]:
+    model = load(spec["model"], tp, attention="pallas")
+    for method in ("ar", "fixed"):
+      out[f"tp{tp}_{method}"] = run(model, ids, spec["new"], method)["tokens"]
   out["single_xla"] = run(load(spec["model"], None), ids, spec["new"], "ar")["tokens"]
   return out
 

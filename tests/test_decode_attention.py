@@ -1,8 +1,10 @@
-"""The Pallas split-KV decode attention (attention="pallas"): against a NumPy softmax attention,
-inside the model against transformers' greedy generate, and lowered for a CUDA GPU.
+"""The Pallas split-KV attention (attention="pallas") of one-token steps and verify windows
+(T <= 16 queries): against a float64 NumPy causal-window attention, inside the model against
+transformers' greedy generate (AR and speculative verify), and lowered for a CUDA GPU.
 
 On CPU the kernel runs in Pallas's interpreter (same kernel body, same split/merge); its speed
-and run-to-run determinism on the H100 are measured by experiments/gpu/check_determinism.py.
+and run-to-run determinism on the H100 are measured by experiments/gpu/check_determinism.py, a
+verify window's cost against a step's by experiments/gpu/verify_kernel.py.
 """
 
 from __future__ import annotations
@@ -14,66 +16,117 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import knapspec_jax as ks
 from knapspec_jax import api
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
-from knapspec_jax.decode_attention import SPLIT, decode_attention
+from knapspec_jax.decode_attention import SPLIT, decode_attention, tile_rows
 from knapspec_jax.kv_cache import KVCache
+from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.skip_mask import SkipMask
 
 
 def _numpy_attention(q, keys, values, kv_len):
-  """float64 softmax attention of q [B,H,hd] over keys/values [B,S,KV,hd][:, :kv_len]."""
-  b, h, hd = q.shape
+  """float64 causal-window softmax attention: q [B,T,H,hd] at positions kv_len - T .. kv_len - 1
+  over keys/values [B,S,KV,hd]; query t sees positions [0, kv_len - (T - 1 - t))."""
+  b, t, h, hd = q.shape
   groups = h // keys.shape[2]
-  out = np.zeros((b, h, hd))
+  out = np.zeros((b, t, h, hd))
   for i in range(b):
-    for head in range(h):
-      k = keys[i, :kv_len[i], head // groups].astype(np.float64)
-      v = values[i, :kv_len[i], head // groups].astype(np.float64)
-      s = k @ q[i, head].astype(np.float64) / np.sqrt(hd)
-      p = np.exp(s - s.max())
-      out[i, head] = (p / p.sum()) @ v
+    for query in range(t):
+      n = kv_len[i] - (t - 1 - query)
+      for head in range(h):
+        k = keys[i, :n, head // groups].astype(np.float64)
+        v = values[i, :n, head // groups].astype(np.float64)
+        s = k @ q[i, query, head].astype(np.float64) / np.sqrt(hd)
+        p = np.exp(s - s.max())
+        out[i, query, head] = (p / p.sum()) @ v
   return out
 
 
-@pytest.mark.parametrize("heads,kv_heads,hd,splits,kv_len", [
-    (9, 3, 64, 2, [1]),  # SmolLM2's grouping, a single valid key
-    (9, 3, 64, 2, [SPLIT]),  # exactly one full split
-    (9, 3, 64, 3, [SPLIT + 1]),  # one key into the second split
-    (8, 2, 64, 3, [3 * SPLIT, 130]),  # batch of two: the whole cache, and a partial block
-    (4, 4, 128, 1, [200]),  # no grouping, head_dim 128
-    (16, 1, 32, 2, [300]),  # 16 query heads on one KV head: the padded tile exactly full
+def _random_inputs(seed, batch, queries, heads, kv_heads, hd, cache_len):
+  rng = np.random.default_rng(seed)
+  q = rng.standard_normal((batch, queries, heads, hd)).astype(np.float32)
+  keys = rng.standard_normal((batch, cache_len, kv_heads, hd)).astype(np.float32)
+  values = rng.standard_normal((batch, cache_len, kv_heads, hd)).astype(np.float32)
+  return q, keys, values
+
+
+@pytest.mark.parametrize("queries,heads,kv_heads,hd,splits,kv_len", [
+    (1, 9, 3, 64, 2, [1]),  # SmolLM2's grouping, a single valid key
+    (1, 9, 3, 64, 2, [SPLIT]),  # exactly one full split
+    (1, 9, 3, 64, 3, [SPLIT + 1]),  # one key into the second split
+    (1, 8, 2, 64, 3, [3 * SPLIT, 130]),  # batch of two: the whole cache, and a partial block
+    (1, 4, 4, 128, 1, [200]),  # no grouping, head_dim 128
+    (1, 16, 1, 32, 2, [300]),  # 16 query heads on one KV head: the padded tile exactly full
+    # verify windows: query 0 of a window ending at SPLIT + 1 has no key in the second split
+    (2, 9, 3, 64, 2, [SPLIT + 1, 2]),  # ... and a window of two at the cache's start
+    (4, 8, 2, 64, 2, [130, 2 * SPLIT]),  # 126..129 straddle a block; the cache's last four
+    (4, 9, 3, 64, 2, [SPLIT + 2]),  # SmolLM2's grouping across the split boundary
+    (11, 12, 2, 64, 2, [SPLIT + 5]),  # Qwen2.5-1.5B's 6 groups: 66 rows in a 128-row tile
+    (11, 4, 4, 32, 2, [SPLIT + 130]),  # one group: positions 376..386 straddle a block
+    (11, 32, 8, 64, 1, [11]),  # Llama-8B's 4 groups, the window at the cache's start
+    (16, 4, 4, 32, 1, [16]),  # 16 queries of one head each: the 16-row tile exactly full
+    (16, 12, 2, 128, 3, [2 * SPLIT + 3, 40]),  # 96 rows, batch of two, across a split
 ])
-def test_kernel_matches_numpy_attention(heads, kv_heads, hd, splits, kv_len):
-  rng = np.random.default_rng(len(kv_len) * 1000 + kv_len[0])
-  s = splits * SPLIT
-  q = rng.standard_normal((len(kv_len), heads, hd)).astype(np.float32)
-  keys = rng.standard_normal((len(kv_len), s, kv_heads, hd)).astype(np.float32)
-  values = rng.standard_normal((len(kv_len), s, kv_heads, hd)).astype(np.float32)
-  keys[:, max(kv_len):] = 1e4  # cache rows past the valid length must not leak in
+def test_kernel_matches_numpy_attention(queries, heads, kv_heads, hd, splits, kv_len):
+  """Every query of the window sees exactly its causal prefix: stale cache rows (1e4, past the
+  longest valid length) never leak in, and a query with no key in a split is not a NaN."""
+  q, keys, values = _random_inputs(queries * 1000 + kv_len[0], len(kv_len), queries, heads,
+                                   kv_heads, hd, splits * SPLIT)
+  for i, n in enumerate(kv_len):
+    keys[i, n:] = values[i, n:] = 1e4
   out = decode_attention(jnp.asarray(q), jnp.asarray(keys), jnp.asarray(values),
                          jnp.asarray(kv_len, jnp.int32))
+  assert out.shape == q.shape
   err = float(np.abs(np.asarray(out) - _numpy_attention(q, keys, values, kv_len)).max())
-  print(f"\n[pallas attention] H={heads} KV={kv_heads} hd={hd} kv_len={kv_len}: max abs err "
-        f"{err:.2e}")
+  print(f"\n[pallas attention] T={queries} H={heads} KV={kv_heads} hd={hd} kv_len={kv_len} "
+        f"({tile_rows(queries, heads // kv_heads)} rows): max abs err {err:.2e}")
   assert err <= 1e-5
 
 
-@pytest.mark.parametrize("heads,kv_heads,hd,splits,attn_len,kv_len", [
-    (9, 3, 64, 4, SPLIT, [1]),  # the first bucket of a longer cache: one split
-    (9, 3, 64, 4, 2 * SPLIT, [SPLIT + 7]),  # two of four splits, the second partial
-    (8, 2, 64, 4, 300, [300, 40]),  # a bucket that is not a multiple of the split
-    (12, 2, 128, 8, 4 * SPLIT, [4 * SPLIT, 3 * SPLIT + 1]),  # Qwen2.5-1.5B's grouping
+@pytest.mark.parametrize("queries,groups,rows", [(1, 1, 16), (1, 3, 16), (1, 16, 16),
+                                                 (4, 3, 16), (11, 6, 128), (11, 4, 64),
+                                                 (8, 6, 64), (16, 16, 256)])
+def test_tile_rows_are_a_power_of_two_of_at_least_16(queries, groups, rows):
+  assert tile_rows(queries, groups) == rows
+
+
+def test_window_rows_equal_one_token_steps_in_bfloat16():
+  """A verify window's query t and a one-token step at the same position run the same blocks in
+  the same order (blocks past the query add exactly 0): on the CPU, the same bfloat16 bits
+  (Qwen2.5-1.5B's grouping, a window of 11 across the split boundary)."""
+  q, keys, values = (jnp.asarray(a, jnp.bfloat16) for a in
+                     _random_inputs(5, 1, 11, 12, 2, 64, 3 * SPLIT))
+  kv_len = SPLIT + 3
+  window = decode_attention(q, keys, values, jnp.asarray([kv_len], jnp.int32))
+  steps = [decode_attention(q[:, t:t + 1], keys, values,
+                            jnp.asarray([kv_len - (10 - t)], jnp.int32)) for t in range(11)]
+  np.testing.assert_array_equal(np.asarray(window.astype(jnp.float32)),
+                                np.asarray(jnp.concatenate(steps, axis=1).astype(jnp.float32)))
+
+
+def test_more_than_16_queries_is_a_clear_error():
+  q = jnp.zeros((1, 17, 4, 16))
+  cache = jnp.zeros((1, SPLIT, 2, 16))
+  with pytest.raises(ValueError, match="1 to 16"):
+    decode_attention(q, cache, cache, jnp.asarray([20], jnp.int32))
+
+
+@pytest.mark.parametrize("queries,heads,kv_heads,hd,splits,attn_len,kv_len", [
+    (1, 9, 3, 64, 4, SPLIT, [1]),  # the first bucket of a longer cache: one split
+    (1, 9, 3, 64, 4, 2 * SPLIT, [SPLIT + 7]),  # two of four splits, the second partial
+    (1, 8, 2, 64, 4, 300, [300, 40]),  # a bucket that is not a multiple of the split
+    (1, 12, 2, 128, 8, 4 * SPLIT, [4 * SPLIT, 3 * SPLIT + 1]),  # Qwen2.5-1.5B's grouping
+    (5, 12, 2, 128, 8, 2 * SPLIT, [2 * SPLIT, SPLIT + 2]),  # a verify window of 5 in the bucket
 ])
-def test_bucketed_kernel_matches_numpy_attention(heads, kv_heads, hd, splits, attn_len, kv_len):
+def test_bucketed_kernel_matches_numpy_attention(queries, heads, kv_heads, hd, splits, attn_len,
+                                                 kv_len):
   """The grid covers the first attn_len positions only: what lies past them (NaN here, a stale
   cache in practice) never reaches the output."""
-  rng = np.random.default_rng(attn_len + kv_len[0])
+  q, keys, values = _random_inputs(attn_len + kv_len[0], len(kv_len), queries, heads, kv_heads,
+                                   hd, splits * SPLIT)
   s = splits * SPLIT
-  q = rng.standard_normal((len(kv_len), heads, hd)).astype(np.float32)
-  keys = rng.standard_normal((len(kv_len), s, kv_heads, hd)).astype(np.float32)
-  values = rng.standard_normal((len(kv_len), s, kv_heads, hd)).astype(np.float32)
   keys[:, attn_len:] = np.nan
   values[:, attn_len:] = np.nan
   out = decode_attention(jnp.asarray(q), jnp.asarray(keys), jnp.asarray(values),
@@ -104,19 +157,21 @@ def _pallas_grids(fn, *args) -> list[tuple]:
 
 @pytest.mark.parametrize("attn_len,programs", [(256, 1), (512, 2), (1024, 4), (3000, 12),
                                                (129 * SPLIT, 129)])
-def test_grid_follows_the_bucket_not_the_cache(attn_len, programs):
+@pytest.mark.parametrize("queries", [1, 11])
+def test_grid_follows_the_bucket_not_the_cache(attn_len, programs, queries):
   """A Qwen2.5-1.5B-sized cache (32K positions + slack = 129 splits): the kernel launches
-  programs for the bucket's splits only."""
+  programs for the bucket's splits only, as many for a verify window as for one query."""
   cache = jax.ShapeDtypeStruct((1, 129 * SPLIT, 2, 128), jnp.float32)
   grids = _pallas_grids(lambda q, k, v, n: decode_attention(q, k, v, n, attn_len=attn_len),
-                        jax.ShapeDtypeStruct((1, 12, 128), jnp.float32), cache, cache,
+                        jax.ShapeDtypeStruct((1, queries, 12, 128), jnp.float32), cache, cache,
                         jax.ShapeDtypeStruct((1,), jnp.int32))
   assert grids == [(programs, 2, 1)]
 
 
-def test_model_step_passes_its_bucket_to_the_kernel(tiny_models):
-  """model.forward's one-token step at attention bucket 256 on a cache of 512 + slack positions
-  launches one split per KV head and layer, not one per 256 positions of the cache."""
+def test_model_forward_passes_its_bucket_to_the_kernel(tiny_models):
+  """model.forward at attention bucket 256 on a cache of 512 + slack positions: a one-token step
+  and verify windows of 5 and 16 tokens launch one split per KV head and layer, not one per 256
+  positions of the cache; a 17-token forward (a prefill chunk) runs XLA's attention."""
   model = tiny_models["llama"].jax
   cfg = dataclasses.replace(model.cfg, attention="pallas")
   cache = jax.eval_shape(lambda: KVCache.create(cfg))
@@ -126,22 +181,46 @@ def test_model_step_passes_its_bucket_to_the_kernel(tiny_models):
     return model_lib.forward(params, cfg, tokens, cache, skip=SkipMask.none(cfg.n_layers),
                              attn_len=attn_len).hidden
   for attn_len in (256, 512):
-    grids = _pallas_grids(lambda p, t, c: step(p, t, c, attn_len), model.params,
-                          jax.ShapeDtypeStruct((1, 1), jnp.int32), cache)
-    assert grids == [(attn_len // SPLIT, cfg.n_kv_heads, 1)] * cfg.n_layers
+    for t in (1, 5, 16):
+      grids = _pallas_grids(lambda p, x, c: step(p, x, c, attn_len), model.params,
+                            jax.ShapeDtypeStruct((1, t), jnp.int32), cache)
+      assert grids == [(attn_len // SPLIT, cfg.n_kv_heads, 1)] * cfg.n_layers
+  assert _pallas_grids(lambda p, x, c: step(p, x, c, 256), model.params,
+                       jax.ShapeDtypeStruct((1, 17), jnp.int32), cache) == []
+
+
+def test_model_forward_with_the_kernel_equals_xla(tiny_models):
+  """A verify window at a cursor across the split boundary, and a one-token step, through
+  model.forward with attention="pallas": XLA's masked attention's hidden states and the keys
+  and values written to the cache (float32; past layer 0 they carry the attention's rounding)."""
+  model = tiny_models["qwen2"].jax
+  cfgs = {a: dataclasses.replace(model.cfg, attention=a) for a in ("xla", "pallas")}
+  rng = np.random.default_rng(4)
+  base = KVCache.create(model.cfg)
+  base = KVCache(k=tuple(jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in base.k),
+                 v=tuple(jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in base.v),
+                 length=jnp.asarray(SPLIT - 4, jnp.int32))
+  for t in (1, 9):
+    tokens = jnp.asarray(rng.integers(0, model.cfg.vocab_size, (1, t)), jnp.int32)
+    out = {a: model_lib.forward(model.params, cfg, tokens, base, attn_len=2 * SPLIT,
+                                skip=SkipMask.none(cfg.n_layers)) for a, cfg in cfgs.items()}
+    np.testing.assert_allclose(np.asarray(out["pallas"].hidden), np.asarray(out["xla"].hidden),
+                               atol=2e-5, rtol=2e-5)
+    for a, b in zip(out["pallas"].cache.k + out["pallas"].cache.v,
+                    out["xla"].cache.k + out["xla"].cache.v):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=2e-5)
 
 
 def test_bucket_past_the_cache_is_a_clear_error():
-  q = jnp.zeros((1, 4, 16))
+  q = jnp.zeros((1, 1, 4, 16))
   cache = jnp.zeros((1, SPLIT, 2, 16))
   with pytest.raises(ValueError, match="attn_len"):
     decode_attention(q, cache, cache, jnp.asarray([5], jnp.int32), attn_len=SPLIT + 1)
 
 
-def test_kernel_bfloat16_inputs():
-  rng = np.random.default_rng(3)
-  q, keys, values = (rng.standard_normal(shape).astype(np.float32) for shape in
-                     ((1, 9, 64), (1, 2 * SPLIT, 3, 64), (1, 2 * SPLIT, 3, 64)))
+@pytest.mark.parametrize("queries", [1, 11])
+def test_kernel_bfloat16_inputs(queries):
+  q, keys, values = _random_inputs(3, 1, queries, 9, 3, 64, 2 * SPLIT)
   out = decode_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, keys, values)),
                          jnp.asarray([400], jnp.int32))
   assert out.dtype == jnp.bfloat16
@@ -151,23 +230,35 @@ def test_kernel_bfloat16_inputs():
 
 
 def test_bad_cache_length_is_a_clear_error():
-  q = jnp.zeros((1, 4, 16))
+  q = jnp.zeros((1, 1, 4, 16))
   with pytest.raises(ValueError, match="multiple of split"):
     decode_attention(q, jnp.zeros((1, 300, 2, 16)), jnp.zeros((1, 300, 2, 16)),
                      jnp.asarray([5], jnp.int32))
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3"])
-def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, name):
-  """AR and a drafting method with the kernel in every one-token step (decode, draft): the same
-  tokens as transformers, across the 256-position split and attention bucket boundary."""
+# Drafting pays in this cost structure (tests/test_speculative.py's PAYS): verifying a window
+# costs one step, so the fixed method drafts every round instead of measuring this CPU.
+_PAYS = dict(device="synthetic", model="test", dtype="float32", c0=1e-4, a0=1e-3, a1=0.0,
+             m=1e-3, v0=0.0, v1=0.0)
+
+
+@pytest.mark.parametrize("name,gamma", [("llama", 4), ("qwen3", 15)])
+def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, name, gamma):
+  """AR and the fixed drafting method with the kernel in every forward of at most 16 tokens
+  (decode, draft, and verify windows of gamma + 1 = 5 and 16): the same tokens as transformers,
+  across the 256-position split and attention bucket boundary."""
   tiny = tiny_models[name]
-  model = dataclasses.replace(tiny.jax, compiled=CompileCache(),
-                              cfg=dataclasses.replace(tiny.jax.cfg, attention="pallas"))
+  cfg = dataclasses.replace(tiny.jax.cfg, attention="pallas")
+  model = dataclasses.replace(tiny.jax, compiled=CompileCache(), cfg=cfg, ar_speeds={},
+                              kept_drafts={}, search_times={}, search_gains={},
+                              profile=LatencyProfile(n_layers=cfg.n_layers, **_PAYS))
   ids = np.random.default_rng(11).integers(0, model.cfg.vocab_size, size=230)
   ref = hf_greedy(tiny.hf, ids, 40)
   assert api.generate(model, ids, 40, ignore_eos=True).output_ids == ref
-  assert api.generate(model, ids, 40, method="fixed", ignore_eos=True).output_ids == ref
+  spec = api.generate(model, ids, 40, method="fixed", ignore_eos=True,
+                      config=ks.FixedConfig(gamma=gamma, threshold=0.01))
+  assert spec.output_ids == ref
+  assert spec.stats["speculation_steps"] > 0 and spec.stats["drafted_tokens"] > 0
 
 
 def test_pallas_decoding_of_smollm2_matches_transformers_generate(smol_jax, smol_hf,
@@ -187,16 +278,23 @@ def test_load_model_accepts_pallas_and_keys_its_own_profile(tiny_models):
   assert m.profile_name != m.name and "pallas" in m.profile_name
 
 
-def test_kernel_lowers_to_triton_for_a_cuda_gpu():
+@pytest.mark.parametrize("queries,heads,kv_heads,hd", [
+    (1, 9, 3, 64),  # SmolLM2's one-token step
+    (4, 9, 3, 64),  # SmolLM2's verify of gamma 3: 12 rows in a 16-row tile
+    (11, 12, 2, 128),  # Qwen2.5-1.5B's verify of gamma 10: a 128-row tile, 8 warps
+    (11, 32, 8, 128),  # Llama-3.1-8B's: 44 rows in a 64-row tile
+    (16, 16, 1, 64),  # the largest tile: 256 rows
+])
+def test_kernel_lowers_to_triton_for_a_cuda_gpu(queries, heads, kv_heads, hd):
   """The kernel body is lowered for CUDA here on a CPU-only machine: Pallas builds its Triton
   module at this step, so an op Triton cannot express fails this test, not a GPU session."""
   export = pytest.importorskip("jax.export")
   for attn_len, dtype in ((None, jnp.bfloat16), (None, jnp.float32), (3 * SPLIT, jnp.bfloat16)):
     fn = jax.jit(lambda q, k, v, n: decode_attention(q, k, v, n, attn_len=attn_len,
                                                      interpret=False))
-    cache = jax.ShapeDtypeStruct((1, 33 * SPLIT, 3, 64), dtype)
+    cache = jax.ShapeDtypeStruct((1, 33 * SPLIT, kv_heads, hd), dtype)
     exported = export.export(fn, platforms=("cuda",), disabled_checks=[
         export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
-            jax.ShapeDtypeStruct((1, 9, 64), dtype), cache, cache,
+            jax.ShapeDtypeStruct((1, queries, heads, hd), dtype), cache, cache,
             jax.ShapeDtypeStruct((1,), jnp.int32))
     assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 1

@@ -129,13 +129,15 @@ def test_every_method_under_tp_equals_one_device(split_models, hf_greedy, name):
 
 
 def test_pallas_kernel_runs_per_device_over_its_heads(split_models):
-  """The one-query Pallas kernel (interpreted on CPU) under shard_map: KV heads split (tp 2) and
-  replicated (tp 8, 2 KV heads) give AR's tokens with XLA's attention on one device."""
+  """The Pallas attention kernel (interpreted on CPU) under shard_map, in one-token steps and the
+  fixed method's verify windows: KV heads split (tp 2) and replicated (tp 8, 2 KV heads) give
+  AR's tokens with XLA's attention on one device."""
   path, hf = split_models["llama"]
   prompt = np.random.default_rng(8).integers(0, hf.config.vocab_size, size=12).tolist()
   got = _worker("pallas", dict(model=str(path), prompt=prompt, new=6, tps=[2, 8]))
   assert len(got["single_xla"]) == 6
-  assert got["tp2"] == got["single_xla"] and got["tp8"] == got["single_xla"]
+  for tp in (2, 8):
+    assert got[f"tp{tp}_ar"] == got["single_xla"] and got[f"tp{tp}_fixed"] == got["single_xla"]
 
 
 def test_meshes_that_cannot_split_the_model_are_refused(split_models, tmp_path, tiny_builder):

@@ -1,6 +1,7 @@
 """Model shapes the GPU scripts time with random weights (decode_kernels.py, round_terms.py,
-first_call.py), skip sets spread over them, and what the decode-loop scripts share: a shape's
-model with a filled KV cache (random_model) and their JSON records (write_records)."""
+first_call.py, verify_kernel.py), skip sets spread over them, and what the decode-loop scripts
+share: a shape's model with a filled KV cache (random_model) and their JSON records
+(write_records)."""
 
 import dataclasses
 import json
@@ -24,6 +25,12 @@ SHAPES = {
                                 n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
                                 rope_theta=1000000.0, norm_eps=1e-6, tie_embeddings=True,
                                 max_seq_len=32768, qkv_bias=True),
+    # Llama-3.1-8B's published config, RoPE scaling left out (it changes frequencies, not cost);
+    # a 32K-position cache (the model's 128K would hold 17 GB of keys and values for nothing):
+    # random_model's contexts up to 16K.
+    "llama3.1-8b": ModelConfig(arch="llama", vocab_size=128256, d_model=4096, d_ff=14336,
+                               n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
+                               rope_theta=500000.0, tie_embeddings=False, max_seq_len=32768),
     # --smoke: the same code paths at toy sizes (2 layers, 9 splits of cache)
     "tiny": ModelConfig(arch="qwen2", vocab_size=256, d_model=64, d_ff=128, n_layers=2,
                         n_heads=4, n_kv_heads=2, head_dim=32, max_seq_len=2048, qkv_bias=True),
