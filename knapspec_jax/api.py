@@ -23,7 +23,7 @@ import numpy as np
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding, sharding
 from knapspec_jax import methods as methods_lib
-from knapspec_jax.config import ATTENTION_IMPLS, UnsupportedModelError
+from knapspec_jax.config import ATTENTION_IMPLS, WINDOW_ATTENTION_IMPLS, UnsupportedModelError
 from knapspec_jax.engine import DTYPES, Model, warmup_prefill
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.methods import MethodError
@@ -70,7 +70,8 @@ def check_attention(attention: str, dtype: str, platform: str | None = None):
 
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
                fuse: bool | None = None, attention: str | None = None,
-               max_context: int | None = None, mesh=None) -> Model:
+               max_context: int | None = None, mesh=None,
+               window_attention: str = "xla") -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
@@ -84,12 +85,14 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   use_cache: reuse (and write) a copy of the converted weights in the user cache (checkpoint.py).
   max_context: cap the context (prompt + new tokens) below the model's own, to preallocate a
     smaller KV cache (Qwen2.5-1.5B's 32K context takes 1.9 GB in float32); None: the model's.
-  attention: the attention kernel of decode steps (ModelConfig.attention); None:
+  attention: the attention kernel of one-token steps (ModelConfig.attention); None:
     default_attention(dtype). "xla" (any backend), "pallas" (a deterministic split-KV kernel
-    over the whole cache, for one-token steps and verify windows of up to 16 tokens; on a GPU
-    through Triton, on CPU in Pallas's interpreter, correct but slow; not on a TPU) or "cudnn"
-    (one-token steps; GPU bf16 only; not deterministic: two runs of one prompt diverge after
-    tens of tokens, BENCHMARKS.md section 1). check_attention says which run where.
+    over the whole cache; on a GPU through Triton, on CPU in Pallas's interpreter, correct but
+    slow; not on a TPU) or "cudnn" (GPU bf16 only; not deterministic: two runs of one prompt
+    diverge after tens of tokens, BENCHMARKS.md section 1). check_attention says which run where.
+  window_attention: the attention of verify windows (2-16 tokens; ModelConfig.window_attention):
+    "xla", or "pallas" (with attention="pallas": the same kernel, each key block read once for
+    the whole window; not yet measured on a GPU, BENCHMARKS.md 10.10).
   mesh: a tensor-parallel mesh (sharding.make_mesh(tp)): each weight goes straight into its
     shard (to_device) and the KV cache is split over it (sharding.py says what is split and
     what replicated); None: one device. "pallas" runs per device over its heads; "cudnn" is
@@ -110,6 +113,11 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                                 f"{attention!r}")
   attention = attention or default_attention(dtype)
   check_attention(attention, dtype)
+  if window_attention not in WINDOW_ATTENTION_IMPLS or (window_attention == "pallas"
+                                                        and attention != "pallas"):
+    raise UnsupportedModelError(f"window_attention must be one of {WINDOW_ATTENTION_IMPLS}, "
+                                f"'pallas' only with attention='pallas'; got {window_attention!r} "
+                                f"with attention={attention!r}")
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(
@@ -134,7 +142,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   params = to_device(ckpt.params, DTYPES[dtype], shardings)
   context = min(ckpt.cfg.max_seq_len, max_context or ckpt.cfg.max_seq_len)
   cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context,
-                            matmul_rows=default_matmul_rows())
+                            matmul_rows=default_matmul_rows(), window_attention=window_attention)
   return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source, mesh)
 
 

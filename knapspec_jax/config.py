@@ -9,6 +9,7 @@ import numpy as np
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
+WINDOW_ATTENTION_IMPLS = ("xla", "pallas")
 
 
 def is_int(x) -> bool:
@@ -46,15 +47,17 @@ class ModelConfig:
     max_seq_len: the model's context length; the KV cache holds this many positions.
     qkv_bias: q/k/v projections carry a bias (Qwen2).
     qk_norm: RMSNorm over each query/key head before RoPE (Qwen3).
-    attention: how decode and verify forwards compute attention: "xla" (einsum, mask,
-      softmax, einsum over the cache sliced to a length bucket: any backend and dtype, every
-      forward), "pallas" (decode_attention.py: a deterministic split-KV kernel over the whole
-      cache for forwards of 1 to 16 tokens: one-token decode and draft steps and verify
-      windows; longer forwards (prefill chunks) use "xla"; on a GPU through Triton, the
-      default there in bfloat16; elsewhere in Pallas's interpreter, which is slow: tests only)
-      or "cudnn" (one fused cuDNN kernel for one-token steps, "xla" for the rest; GPU with
-      bfloat16 only; not deterministic). Not a property of the checkpoint: a load_model
-      option.
+    attention: how a one-token (decode or draft) step computes attention: "xla" (einsum, mask,
+      softmax, einsum over the cache sliced to a length bucket: any backend and dtype),
+      "pallas" (decode_attention.py: a deterministic split-KV kernel over the whole cache; on
+      a GPU through Triton, the default there in bfloat16; elsewhere in Pallas's interpreter,
+      which is slow: tests only) or "cudnn" (one fused cuDNN kernel; GPU with bfloat16 only;
+      not deterministic). Not a property of the checkpoint: a load_model option.
+    window_attention: how forwards of 2 to 16 tokens (verify windows) compute attention: "xla"
+      (as above), or with attention="pallas" "pallas" (the same kernel with one row per query
+      position and head, reading each key block once for the whole window). "xla" stays the
+      default until the H200 measures the kernel against it (experiments/gpu/verify_kernel.py;
+      BENCHMARKS.md 10.10). Longer forwards (prefill chunks) always use "xla".
     matmul_rows: projections of fewer rows than this run padded with zero rows to this many
       (model.linear). On the H200, XLA lowers a one-row bfloat16 projection to a slower kernel
       than a two-row one: a Qwen2.5-1.5B-shaped one-token step took 2.24 ms, a two-token
@@ -78,6 +81,7 @@ class ModelConfig:
   qk_norm: bool = False
   attention: str = "xla"
   matmul_rows: int = 1
+  window_attention: str = "xla"
 
   def __post_init__(self):
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
@@ -86,6 +90,12 @@ class ModelConfig:
     if self.attention not in ATTENTION_IMPLS:
       raise UnsupportedModelError(f"attention must be one of {ATTENTION_IMPLS}, got "
                                   f"{self.attention!r}")
+    if self.window_attention not in WINDOW_ATTENTION_IMPLS:
+      raise UnsupportedModelError(f"window_attention must be one of {WINDOW_ATTENTION_IMPLS}, "
+                                  f"got {self.window_attention!r}")
+    if self.window_attention == "pallas" and self.attention != "pallas":
+      raise UnsupportedModelError(f"window_attention='pallas' needs attention='pallas' (the same "
+                                  f"kernel serves one-token steps), got {self.attention!r}")
     if self.arch not in SUPPORTED_ARCHITECTURES:
       raise UnsupportedModelError(
           f"architecture {self.arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")

@@ -166,9 +166,9 @@ def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0):
   PREFIX_BLOCK prefix keys, seeded with the own keys: the prefix is never copied per branch
   (model.attend takes one key array per batch row), a block's scores stay in cache (one pass
   over all S scores was 3x slower at S = 6K), and blocks past p0 are not visited at all.
-  The configured kernels (cfg.attention: Pallas for up to 16 queries, cuDNN for one) attend
-  one sequence over its own cache; the branches share a prefix but not their own keys, so they have no such cache,
-  and this is the search's kernel whatever cfg.attention says.
+  The configured kernels (cfg.attention, cfg.window_attention) attend one sequence over its own
+  cache; the branches share a prefix but not their own keys, so they have no such cache, and
+  this is the search's kernel whatever the config says.
   """
   b, r = q.shape[:2]
   kv, hd = cfg.n_kv_heads, cfg.head_dim

@@ -98,7 +98,8 @@ def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
   kv_len - T .. kv_len - 1). Returns [B, T, H*hd]. Scores and softmax in float32.
   """
   b, t, _, hd = q.shape
-  if cfg.attention == "pallas" and t <= decode_attention.MAX_QUERIES:
+  if cfg.attention == "pallas" and (t == 1 or (cfg.window_attention == "pallas"
+                                               and t <= decode_attention.MAX_QUERIES)):
     # Split-KV kernel over the cache's first attn_len positions (the bucket) with its valid
     # length, for a one-token step and a verify window alike (the window's queries share each
     # key block's read): deterministic, no slice; its grid follows the bucket, not the capacity.

@@ -118,7 +118,7 @@ def pallas(spec: dict) -> dict:
   ids = np.asarray(spec["prompt"])
   out = {}
   for tp in spec["tps"]:
-    model = load(spec["model"], tp, attention="pallas")
+    model = load(spec["model"], tp, attention="pallas", window_attention="pallas")
     for method in ("ar", "fixed"):
       out[f"tp{tp}_{method}"] = run(model, ids, spec["new"], method)["tokens"]
   out["single_xla"] = run(load(spec["model"], None), ids, spec["new"], "ar")["tokens"]

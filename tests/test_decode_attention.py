@@ -173,7 +173,7 @@ def test_model_forward_passes_its_bucket_to_the_kernel(tiny_models):
   and verify windows of 5 and 16 tokens launch one split per KV head and layer, not one per 256
   positions of the cache; a 17-token forward (a prefill chunk) runs XLA's attention."""
   model = tiny_models["llama"].jax
-  cfg = dataclasses.replace(model.cfg, attention="pallas")
+  cfg = dataclasses.replace(model.cfg, attention="pallas", window_attention="pallas")
   cache = jax.eval_shape(lambda: KVCache.create(cfg))
   assert cache.k[0].shape[1] > 2 * SPLIT
 
@@ -194,7 +194,8 @@ def test_model_forward_with_the_kernel_equals_xla(tiny_models):
   model.forward with attention="pallas": XLA's masked attention's hidden states and the keys
   and values written to the cache (float32; past layer 0 they carry the attention's rounding)."""
   model = tiny_models["qwen2"].jax
-  cfgs = {a: dataclasses.replace(model.cfg, attention=a) for a in ("xla", "pallas")}
+  cfgs = {a: dataclasses.replace(model.cfg, attention=a, window_attention=a)
+          for a in ("xla", "pallas")}
   rng = np.random.default_rng(4)
   base = KVCache.create(model.cfg)
   base = KVCache(k=tuple(jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in base.k),
@@ -248,7 +249,7 @@ def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, n
   (decode, draft, and verify windows of gamma + 1 = 5 and 16): the same tokens as transformers,
   across the 256-position split and attention bucket boundary."""
   tiny = tiny_models[name]
-  cfg = dataclasses.replace(tiny.jax.cfg, attention="pallas")
+  cfg = dataclasses.replace(tiny.jax.cfg, attention="pallas", window_attention="pallas")
   model = dataclasses.replace(tiny.jax, compiled=CompileCache(), cfg=cfg, ar_speeds={},
                               kept_drafts={}, search_times={}, search_gains={},
                               profile=LatencyProfile(n_layers=cfg.n_layers, **_PAYS))
@@ -298,3 +299,28 @@ def test_kernel_lowers_to_triton_for_a_cuda_gpu(queries, heads, kv_heads, hd):
             jax.ShapeDtypeStruct((1, queries, heads, hd), dtype), cache, cache,
             jax.ShapeDtypeStruct((1,), jnp.int32))
     assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 1
+
+
+def test_window_attention_is_an_option_off_by_default(tiny_models):
+  """attention="pallas" alone runs one-token steps through the kernel and verify windows through
+  XLA (the default until the H200 measures both); window_attention="pallas" needs the kernel for
+  one-token steps too, and keys its own latency profile."""
+  model = tiny_models["llama"].jax
+  cfg = dataclasses.replace(model.cfg, attention="pallas")
+  assert cfg.window_attention == "xla"
+  cache = jax.eval_shape(lambda: KVCache.create(cfg))
+  window = lambda p, x, c: model_lib.forward(p, cfg, x, c, skip=SkipMask.none(cfg.n_layers),
+                                             attn_len=256).hidden
+  assert _pallas_grids(window, model.params, jax.ShapeDtypeStruct((1, 5), jnp.int32),
+                       cache) == []
+  assert len(_pallas_grids(window, model.params, jax.ShapeDtypeStruct((1, 1), jnp.int32),
+                           cache)) == cfg.n_layers
+  with pytest.raises(ks.UnsupportedModelError, match="window_attention='pallas' needs"):
+    dataclasses.replace(model.cfg, attention="xla", window_attention="pallas")
+  with pytest.raises(ks.UnsupportedModelError, match="window_attention must be one of"):
+    dataclasses.replace(cfg, window_attention="triton")
+  path = str(tiny_models["llama"].path)
+  with pytest.raises(ks.UnsupportedModelError, match="window_attention must be one of"):
+    api.load_model(path, use_cache=False, attention="xla", window_attention="pallas")
+  both = api.load_model(path, use_cache=False, attention="pallas", window_attention="pallas")
+  assert both.profile_name.endswith("+pallas_windows")

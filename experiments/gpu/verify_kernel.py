@@ -3,17 +3,18 @@
   python experiments/gpu/verify_kernel.py           # H200: Qwen2.5-1.5B and Llama-3.1-8B shapes
   python experiments/gpu/verify_kernel.py --smoke   # CPU: the tiny shape, checks the script runs
 
-decode_attention.py now attends verify windows of up to 16 queries too, reading each key block
-once for all of them, so that a verify forward should cost about one step (issue 14). For each
+decode_attention.py attends verify windows of up to 16 queries too (window_attention="pallas"),
+reading each key block once for all of them, so that a verify forward should cost about one step
+(issue 14); XLA stays the default for windows until this script's numbers say otherwise. For each
 shape (random bfloat16 weights, two-row projections: shapes.random_model, the H200's defaults)
 and attention bucket (1K and 16K; every forward at the cursor max(windows) positions short of
 the bucket, so the longest window ends at its last position), this times on device
 (latency.verify_loop: `steps` forwards of a T-token window and its greedy argmax in one loop;
 an untimed call first, then the median of `repeats` loops):
-  pallas T=1        the one-token step (the kernel's one-query case, as before)
-  pallas T=4,8,11   verify windows through the kernel (attention="pallas" now)
+  pallas T=1        the one-token step (attention="pallas", the kernel's one-query case)
+  pallas T=4,8,11   verify windows through the kernel (window_attention="pallas")
   xla T=4,8,11      the same windows with XLA's masked einsum attention over the bucket
-                    (attention="xla"; what attention="pallas" ran for T > 1 before)
+                    (window_attention="xla", the default)
 and prints ms per forward, each forward's ratio to the pallas step, and the kernels per loop
 body. Before its timings, each shape reports at the first bucket whether AR and verify "round
 alike" in the model's dtype (issue 14): the kernel alone (a window of max(windows) random
@@ -77,7 +78,7 @@ def bits_report(a, b) -> dict:
 def round_alike(m, context: int, attn_len: int, window: int) -> dict:
   """AR against verify at cursor `context` with the kernel (cfg.attention="pallas"): the kernel
   alone over layer 0's cache, and the model's logits at each of the window's positions."""
-  cfg = dataclasses.replace(m.cfg, attention="pallas")
+  cfg = dataclasses.replace(m.cfg, attention="pallas", window_attention="pallas")
   dtype = m.base.k[0].dtype
   q = jax.random.normal(jax.random.PRNGKey(2), (1, window, cfg.n_heads, cfg.head_dim), dtype)
   keys, values = m.base.k[0], m.base.v[0]
@@ -104,7 +105,7 @@ def round_alike(m, context: int, attn_len: int, window: int) -> dict:
 def time_forward(m, attention: str, attn_len: int, context: int, window: int, steps: int,
                  repeats: int) -> tuple[float, int]:
   """(ms per forward, kernels per loop body) of `steps` T-token forwards at cursor `context`."""
-  cfg = dataclasses.replace(m.cfg, attention=attention)
+  cfg = dataclasses.replace(m.cfg, attention="pallas", window_attention=attention)
   tokens = jnp.ones((1, window), jnp.int32)
   make_args = lambda: (m.params, jax.tree.map(jnp.copy, m.base.rollback(context)), tokens,
                        jnp.asarray(steps, jnp.int32))  # a fresh cache: the loop donates it
