@@ -23,7 +23,8 @@ import numpy as np
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding, sharding
 from knapspec_jax import methods as methods_lib
-from knapspec_jax.config import ATTENTION_IMPLS, WINDOW_ATTENTION_IMPLS, UnsupportedModelError
+from knapspec_jax.config import (ATTENTION_IMPLS, DRAFT_SKIP_MODES, WINDOW_ATTENTION_IMPLS,
+                                 UnsupportedModelError)
 from knapspec_jax.engine import DTYPES, Model, warmup_prefill
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.methods import MethodError
@@ -71,7 +72,7 @@ def check_attention(attention: str, dtype: str, platform: str | None = None):
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
                fuse: bool | None = None, attention: str | None = None,
                max_context: int | None = None, mesh=None,
-               window_attention: str = "xla") -> Model:
+               window_attention: str = "xla", draft_skip: str = "static") -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
@@ -97,6 +98,10 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     shard (to_device) and the KV cache is split over it (sharding.py says what is split and
     what replicated); None: one device. "pallas" runs per device over its heads; "cudnn" is
     refused under a mesh of several devices (untested).
+  draft_skip: "static" (a draft's skipped sublayers are left out of its compiled program: a new
+    skip set compiles) or "runtime" (one program gates every sublayer on the skip set it reads
+    from the decode state: a new skip set compiles nothing, each step pays for the conds);
+    ModelConfig.draft_skip. Outputs are the same either way.
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -125,6 +130,9 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
     raise UnsupportedModelError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(tp)) or "
                                 f"None, got {type(mesh).__name__}")
+  if draft_skip not in DRAFT_SKIP_MODES:
+    raise UnsupportedModelError(f"draft_skip must be one of {DRAFT_SKIP_MODES}, got "
+                                f"{draft_skip!r}")
   tp = sharding.tp_size(mesh)
   if fuse is not None and not isinstance(fuse, bool):
     raise UnsupportedModelError(f"fuse must be True, False or None, got {fuse!r}")
@@ -142,7 +150,8 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   params = to_device(ckpt.params, DTYPES[dtype], shardings)
   context = min(ckpt.cfg.max_seq_len, max_context or ckpt.cfg.max_seq_len)
   cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context,
-                            matmul_rows=default_matmul_rows(), window_attention=window_attention)
+                            matmul_rows=default_matmul_rows(), window_attention=window_attention,
+                            draft_skip=draft_skip)
   return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source, mesh)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
 WINDOW_ATTENTION_IMPLS = ("xla", "pallas")
+DRAFT_SKIP_MODES = ("static", "runtime")
 
 
 def is_int(x) -> bool:
@@ -62,6 +63,13 @@ class ModelConfig:
       (model.linear). On the H200, XLA lowers a one-row bfloat16 projection to a slower kernel
       than a two-row one: a Qwen2.5-1.5B-shaped one-token step took 2.24 ms, a two-token
       forward 1.64 ms (BENCHMARKS.md 10.5). 1: no padding. A load_model option, like attention.
+    draft_skip: how a draft leaves out its skipped sublayers. "static": they are absent from
+      the compiled program (one program per skip set; a new set costs a compile: 4-4.7 s for
+      Qwen2.5-1.5B on the H200). "runtime": every sublayer runs under a `lax.cond` on the skip
+      set, which the decode state carries as data (DecodeState.skip), so one program per draft
+      length and bucket serves every skip set and switching costs no compile; each cond costs
+      something per step instead (on the H100, SmolLM2 shape, an earlier version of this: 2.56
+      ms against 1.47 with nothing skipped; ../shared/MEASURED.md). A load_model option.
   """
 
   arch: str
@@ -82,8 +90,12 @@ class ModelConfig:
   attention: str = "xla"
   matmul_rows: int = 1
   window_attention: str = "xla"
+  draft_skip: str = "static"
 
   def __post_init__(self):
+    if self.draft_skip not in DRAFT_SKIP_MODES:
+      raise UnsupportedModelError(f"draft_skip must be one of {DRAFT_SKIP_MODES}, got "
+                                  f"{self.draft_skip!r}")
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
       raise UnsupportedModelError(f"matmul_rows must be an integer in 1..16, got "
                                   f"{self.matmul_rows!r}")

@@ -66,6 +66,9 @@ class DecodeState:
   eos: jax.Array  # int32 [MAX_EOS], -1 = unused slot
   done: jax.Array  # bool []
   key: jax.Array  # uint32 [2] PRNG key data (sampling only; greedy never reads it)
+  # bool [2L] the draft's skip set as data, for programs that gate sublayers at run time
+  # (ModelConfig.draft_skip == "runtime"; with_skip sets it); others never read it.
+  skip: jax.Array
 
 
 def prefill_chunk(params, tokens, cache, last_index, *, cfg, attn_len):
@@ -131,7 +134,17 @@ def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids,
   out = jnp.zeros((cache.capacity,), jnp.int32).at[0].set(first)
   max_new = jnp.asarray(max_new_tokens, jnp.int32)
   done = jnp.any(first == eos) | (max_new <= 1)
-  return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done, key)
+  skip = jnp.zeros((2 * len(cache.k),), bool)
+  return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done, key, skip)
+
+
+def with_skip(state: DecodeState, skip: SkipMask) -> DecodeState:
+  """The state carrying `skip` as its run-time skip set (DecodeState.skip), placed where the
+  old one was; a host-to-device copy of 2L flags, no compile."""
+  flags = np.asarray(skip.skip, bool)
+  if flags.shape != state.skip.shape:
+    raise ValueError(f"skip mask of {flags.size} items for a state of {state.skip.size}")
+  return state.replace(skip=jax.device_put(flags, state.skip.sharding))
 
 
 def next_token(logits, key, sampling: sampling_lib.Filter | None):
@@ -145,10 +158,11 @@ def next_token(logits, key, sampling: sampling_lib.Filter | None):
 
 def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
                skip: SkipMask | None = None, width: int = 1,
-               sampling: sampling_lib.Filter | None = None) -> DecodeState:
+               sampling: sampling_lib.Filter | None = None, gated: bool = False) -> DecodeState:
   """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end.
 
-  With a skip mask this is the draft model decoding on its own (the latency profile times it).
+  With a skip mask this is the draft model decoding on its own (the latency profile times it);
+  gated: the skip set is state.skip, read at run time (model.forward's gate).
   width > 1 runs each step as a forward over `width` positions, the token in row 0 and padding
   after it (discarded, cursor advanced by one): the kernel shapes of a speculative verify of
   width tokens, so that in bfloat16 AR rounds like the verify does (see BENCHMARKS.md).
@@ -163,7 +177,8 @@ def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
   def body(s: DecodeState):
     n = s.cache.length
     tokens = jnp.zeros((1, width), jnp.int32).at[0, 0].set(s.token)
-    out = model_lib.forward(params, cfg, tokens, s.cache, skip=skip, attn_len=attn_len)
+    out = model_lib.forward(params, cfg, tokens, s.cache, skip=skip, attn_len=attn_len,
+                            gate=s.skip if gated else None)
     nxt, key = next_token(model_lib.lm_head(params, cfg, out.hidden[0, 0]), s.key, sampling)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
@@ -185,6 +200,7 @@ class ARSegmentStatics:
   skip: SkipMask | None = None  # None: SkipMask.none, filled in
   width: int = 1
   sampling: sampling_lib.Filter | None = None
+  gated: bool = False  # the draft's skip set is state.skip (draft_program)
   donate_argnums = (1,)  # the decode state
 
   def __post_init__(self):
@@ -193,12 +209,21 @@ class ARSegmentStatics:
 
   def run(self, params, state):
     return ar_segment(params, state, cfg=self.cfg, attn_len=self.attn_len, skip=self.skip,
-                      width=self.width, sampling=self.sampling)
+                      width=self.width, sampling=self.sampling, gated=self.gated)
 
   def prime_args(self, args):
     """One token from the zero-filled state (compile_cache primes each program so)."""
     params, state = args
     return params, priming_state(state, 1)
+
+
+def draft_program(cfg: ModelConfig, attn_len: int, skip: SkipMask) -> ARSegmentStatics:
+  """The draft model decoding on its own, as the speculation rounds run it (the latency
+  profile times this): under ModelConfig.draft_skip == "runtime" a draft's program reads its skip
+  set from the state (run it on with_skip(state, skip)); the full model is AR's own program."""
+  if cfg.draft_skip == "runtime" and skip.n_skipped:
+    return ARSegmentStatics(cfg, attn_len, gated=True)
+  return ARSegmentStatics(cfg, attn_len, skip=skip)
 
 
 def priming_state(zeros: DecodeState, max_new: int) -> DecodeState:

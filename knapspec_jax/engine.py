@@ -87,13 +87,16 @@ class Model:
   @property
   def profile_name(self) -> str:
     """The key of this model's latency profile: its name, plus the one-token and window
-    attention kernels when they are not XLA's, padded projection rows, and the tensor-parallel
-    degree above 1 (a different kernel or split is a different cost structure)."""
+    attention kernels when they are not XLA's, padded projection rows, run-time skip gating,
+    and the tensor-parallel degree above 1 (a different kernel, gating or split is a different
+    cost structure)."""
     name = self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
     if self.cfg.matmul_rows > 1:
       name += f"+rows{self.cfg.matmul_rows}"
     if self.cfg.window_attention != "xla":
       name += f"+{self.cfg.window_attention}_windows"
+    if self.cfg.draft_skip != "static":
+      name += f"+{self.cfg.draft_skip}_skip"
     tp = sharding.tp_size(self.mesh)
     return name if tp == 1 else f"{name}+tp{tp}"
 

@@ -272,13 +272,15 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
         cache = jax.tree.map(jnp.copy, base)
         state = decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32),
                                     steps + 1, eos)
-        return params, state
+        return params, decoding.with_skip(state, skip)
       args = make_args()
       before = compiled.stats.compile_s
-      # The full-model mask asks for AR's own program (ARSegmentStatics fills in its empty
-      # skip set), so a later generation reuses this compile.
-      fn = compiled.get(decoding.ARSegmentStatics(cfg, attn_len, skip=skip), args)
-      compile_times.append(compiled.stats.compile_s - before)
+      # The draft's program as the rounds run it (one that reads the skip set from the state
+      # under draft_skip="runtime"); the full-model mask asks for AR's own program, so a later
+      # generation reuses this compile.
+      fn = compiled.get(decoding.draft_program(cfg, attn_len, skip), args)
+      if compiled.stats.compile_s > before:  # not a program compiled already (AR's, a gated one)
+        compile_times.append(compiled.stats.compile_s - before)
       seconds = median_seconds(fn, make_args, repeats) / steps
       n_attn, n_mlp = cfg.n_layers - len(skip.attn_skipped), cfg.n_layers - len(skip.mlp_skipped)
       step_samples.append((n_attn, n_mlp, attn_len, seconds))

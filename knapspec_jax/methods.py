@@ -21,7 +21,6 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 
 from knapspec_jax import controller, decoding, knapsack, latency, selection, speculative
 from knapspec_jax.config import is_int, is_real
@@ -265,11 +264,9 @@ class KnapSpecPolicy:
     """Whether the (greedy) segment program of (skip, gamma) at context n is compiled already
     in this model's compile cache (by an earlier generation or a warm-up)."""
     cfg, capacity = self.model.cfg, state.cache.capacity
-    args = (self.model.params, state, jax.eval_shape(speculative.SpecCounters.zeros),
-            jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
-    statics = speculative.SpecSegmentStatics(cfg, skip, gamma,
-                                             attn_bucket(n + gamma + 1, capacity))
-    return self.model.compiled.contains(statics, args)
+    statics = speculative.segment_program(cfg, skip, gamma, attn_bucket(n + gamma + 1, capacity))
+    return self.model.compiled.contains(statics, speculative.segment_args(self.model.params,
+                                                                          state))
 
   def search_static(self, attn_len: int) -> dict:
     chunk = self.config.search_chunk or knapsack.default_chunk(self.model.cfg.n_layers,

@@ -145,7 +145,37 @@ def attention_sublayer(lp: Params, cfg: ModelConfig, x, cos, sin, attend_kv: Cal
   over a shared prefix (knapsack._branch_attend).
   """
   q, k, v = attention_qkv(lp, cfg, x, cos, sin)
-  return x + linear(attend_kv(q, k, v), lp["wo"], cfg.matmul_rows)
+  return attention_output(lp, cfg, x, attend_kv(q, k, v))
+
+
+def attention_output(lp: Params, cfg: ModelConfig, x, attended):
+  """x plus the output projection of the attended values [B, T, H*hd]."""
+  return x + linear(attended, lp["wo"], cfg.matmul_rows)
+
+
+def gated_attention_sublayer(lp: Params, cfg: ModelConfig, x, cos, sin, skipped,
+                             write_kv: Callable, attend_written: Callable):
+  """attention_sublayer under a run-time flag (ModelConfig.draft_skip == "runtime"): with
+  `skipped` (a bool scalar) the identity, else the same body. Two conds with the KV cache
+  outside both, so no cond carries the cache in or out (passing it through one made a CPU step
+  take 3.4 s, ../shared/MEASURED.md): the projections, then write_kv(k, v) unconditionally (a
+  skipped layer writes zeros at the draft's positions, never read: a skipped layer attends to
+  nothing, and verification rewrites those positions in every layer before reading them), then
+  attend_written(q) over the cache and the output projection."""
+  def project(x):
+    return attention_qkv(lp, cfg, x, cos, sin)
+
+  q, k, v = jax.lax.cond(skipped, lambda x: jax.tree.map(jnp.zeros_like,
+                                                         jax.eval_shape(project, x)),
+                         project, x)
+  write_kv(k, v)
+  return jax.lax.cond(skipped, lambda x, q: x,
+                      lambda x, q: attention_output(lp, cfg, x, attend_written(q)), x, q)
+
+
+def gated_mlp_sublayer(lp: Params, cfg: ModelConfig, x, skipped):
+  """mlp_sublayer under a run-time flag: the identity when `skipped`."""
+  return jax.lax.cond(skipped, lambda x: x, lambda x: mlp_sublayer(lp, cfg, x), x)
 
 
 def mlp_sublayer(lp: Params, cfg: ModelConfig, x):
@@ -171,12 +201,15 @@ class ForwardOut(NamedTuple):
 
 
 def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: SkipMask,
-            attn_len: int, collect_residuals: bool = False) -> ForwardOut:
+            attn_len: int, collect_residuals: bool = False, gate=None) -> ForwardOut:
   """Runs tokens [B, T] at positions cache.length + [0, T) through the kept sublayers.
 
   Keys/values of executed attention sublayers are written to the cache; each query attends
   to cache positions [0, attn_len) that are <= its own position. attn_len is static (a length
   bucket); the caller guarantees cache.length + T <= attn_len <= cache.capacity.
+  gate: None, or a bool array [2L] in SkipMask's item order, the skip set as data: each
+  sublayer that the static `skip` keeps runs under a cond on its flag (gated_attention_sublayer,
+  gated_mlp_sublayer; ModelConfig.draft_skip == "runtime").
   """
   skip.check(cfg.n_layers)
   b, t = tokens.shape
@@ -189,20 +222,32 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
   residuals = [x] if collect_residuals else None
   ks, vs = list(cache.k), list(cache.v)
 
-  def attend_cache(i, q, k, v):  # layer i's new keys and values into the cache, then attention
+  def write_kv(i, k, v):  # layer i's new keys and values into the cache
     ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, pos0, 0, 0))
     vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, pos0, 0, 0))
+
+  def attend_written(i, q):
     return attend(cfg, q, ks[i], vs[i], mask, kv_len)
+
+  def attend_cache(i, q, k, v):
+    write_kv(i, k, v)
+    return attend_written(i, q)
 
   for i, lp in enumerate(params["layers"]):
     if not skip.skips_attn(i):
       with jax.named_scope(f"layer{i}/attention"):
-        x = attention_sublayer(lp, cfg, x, cos, sin, functools.partial(attend_cache, i))
+        if gate is None:
+          x = attention_sublayer(lp, cfg, x, cos, sin, functools.partial(attend_cache, i))
+        else:
+          x = gated_attention_sublayer(lp, cfg, x, cos, sin, gate[2 * i],
+                                       functools.partial(write_kv, i),
+                                       functools.partial(attend_written, i))
     if collect_residuals:
       residuals.append(x)
     if not skip.skips_mlp(i):
       with jax.named_scope(f"layer{i}/mlp"):
-        x = mlp_sublayer(lp, cfg, x)
+        x = mlp_sublayer(lp, cfg, x) if gate is None else gated_mlp_sublayer(lp, cfg, x,
+                                                                              gate[2 * i + 1])
     if collect_residuals:
       residuals.append(x)
   h = rms_norm(x, params["final_norm"], cfg.norm_eps)

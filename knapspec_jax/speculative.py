@@ -26,7 +26,8 @@ from knapspec_jax import compile_cache
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.config import ModelConfig
-from knapspec_jax.decoding import DecodeState, attn_bucket, priming_state, run_segments
+from knapspec_jax.decoding import (DecodeState, attn_bucket, priming_state, run_segments,
+                                   with_skip)
 from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.skip_mask import SkipMask
 
@@ -60,7 +61,8 @@ class _Draft(NamedTuple):
 
 
 def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: int,
-           attn_len: int, threshold, sampling: sampling_lib.Filter | None = None) -> _Draft:
+           attn_len: int, threshold, sampling: sampling_lib.Filter | None = None,
+           gated: bool = False) -> _Draft:
   """Drafts up to gamma tokens after the pending token: the draft's argmax, or with sampling a
   sample of its filtered distribution q (kept for verification).
 
@@ -73,7 +75,7 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
   depends only on the draft's own distributions and tokens, never on the target's.
 
   The draft writes the KV of its kept attention sublayers; verification overwrites every one of
-  those positions.
+  those positions. gated: the skip set is state.skip, read at run time (model.forward's gate).
   """
   n = state.cache.length
 
@@ -84,7 +86,7 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
   def body(c):
     k, drafts, q, token, _, cache, key = c
     out = model_lib.forward(params, cfg, token[None, None], cache.rollback(n + k), skip=skip,
-                            attn_len=attn_len)
+                            attn_len=attn_len, gate=state.skip if gated else None)
     logits = model_lib.lm_head(params, cfg, out.hidden[0, -1])
     if sampling is None:
       nxt = jnp.argmax(logits).astype(jnp.int32)
@@ -109,9 +111,10 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
 
 def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
            skip: SkipMask, gamma: int, attn_len: int, threshold,
-           sampling: sampling_lib.Filter | None = None, width: int | None = None):
+           sampling: sampling_lib.Filter | None = None, width: int | None = None,
+           gated: bool = False):
   n = state.cache.length
-  d = _draft(params, cfg, state, skip, gamma, attn_len, threshold, sampling)
+  d = _draft(params, cfg, state, skip, gamma, attn_len, threshold, sampling, gated)
   drafts, n_drafts, key = d.tokens, d.n, d.key
   window = jnp.concatenate([state.token[None], drafts])  # [gamma + 1]
   if width:  # padded to a fixed verify width (see spec_segment)
@@ -152,13 +155,16 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
 
 def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds, threshold, *,
                  cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
-                 sampling: sampling_lib.Filter | None = None, width: int | None = None):
+                 sampling: sampling_lib.Filter | None = None, width: int | None = None,
+                 gated: bool = False):
   """Runs up to max_rounds speculation rounds on device. attn_len bounds the context: a round
   needs positions up to n + gamma, so the segment stops once n + gamma + 1 > attn_len.
   sampling: None verifies greedily; a Filter runs speculative sampling (sampling.py).
   width: verify windows padded to this many positions (>= gamma + 1); with AR run at the same
   width (decoding.ar_segment) every full-model forward has one shape, so bf16 output equals
-  that AR's exactly. None: gamma + 1, the fastest."""
+  that AR's exactly. None: gamma + 1, the fastest.
+  gated: the draft's skip set is state.skip (ModelConfig.draft_skip == "runtime"), `skip` the
+  sublayers removed at compile time on top of it."""
   if not 1 <= gamma <= MAX_GAMMA:
     raise ValueError(f"gamma must be in 1..{MAX_GAMMA}, got {gamma}")
   span = width or gamma + 1
@@ -172,7 +178,8 @@ def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds,
 
   def body(c):
     s, cnt, r = c
-    s, cnt = _round(params, cfg, s, cnt, skip, gamma, attn_len, threshold, sampling, width)
+    s, cnt = _round(params, cfg, s, cnt, skip, gamma, attn_len, threshold, sampling, width,
+                    gated)
     return s, cnt, r + 1
 
   state, counters, _ = jax.lax.while_loop(cond, body, (state, counters, jnp.zeros((), jnp.int32)))
@@ -198,12 +205,13 @@ class SpecSegmentStatics:
   attn_len: int
   sampling: sampling_lib.Filter | None = None
   width: int | None = None
+  gated: bool = False
   donate_argnums = (1,)  # the decode state
 
   def run(self, params, state, counters, max_rounds, threshold):
     return spec_segment(params, state, counters, max_rounds, threshold, cfg=self.cfg,
                         skip=self.skip, gamma=self.gamma, attn_len=self.attn_len,
-                        sampling=self.sampling, width=self.width)
+                        sampling=self.sampling, width=self.width, gated=self.gated)
 
   def prime_args(self, args):
     """One round of gamma drafts (threshold 0) from the zero-filled state (compile_cache primes
@@ -213,16 +221,33 @@ class SpecSegmentStatics:
             jnp.zeros((), jnp.float32))
 
 
+def segment_program(cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
+                    sampling: sampling_lib.Filter | None = None,
+                    width: int | None = None) -> SpecSegmentStatics:
+  """The segment program that drafts with `skip`: its own (skip is static) or, under
+  ModelConfig.draft_skip == "runtime", the one program of (gamma, bucket) that reads any skip set
+  from the state (run it on decoding.with_skip(state, skip)): a new skip set compiles nothing."""
+  if cfg.draft_skip == "runtime":
+    return SpecSegmentStatics(cfg, SkipMask.none(cfg.n_layers), gamma, attn_len, sampling, width,
+                              gated=True)
+  return SpecSegmentStatics(cfg, skip, gamma, attn_len, sampling, width)
+
+
+def segment_args(params, state: DecodeState) -> tuple:
+  """A segment program's arguments (abstract where state is): params, state, counters, the
+  round budget, the threshold."""
+  return (params, state, jax.eval_shape(SpecCounters.zeros), jax.ShapeDtypeStruct((), jnp.int32),
+          jax.ShapeDtypeStruct((), jnp.float32))
+
+
 def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
                      gamma: int, buckets, sampling: sampling_lib.Filter | None = None) -> None:
   """Ahead-of-time compiles the segment program of (skip, gamma) for each attention bucket;
   state may be abstract (jax.ShapeDtypeStruct leaves). A method whose skip set is known before
   decoding (e.g. a fixed set) compiles here, at warm-up, rather than inside its timed decode."""
-  counters = jax.eval_shape(SpecCounters.zeros)
-  args = (params, state, counters, jax.ShapeDtypeStruct((), jnp.int32),
-          jax.ShapeDtypeStruct((), jnp.float32))
+  args = segment_args(params, state)
   for attn_len in buckets:
-    compiled.get(SpecSegmentStatics(cfg, skip, gamma, attn_len, sampling), args)
+    compiled.get(segment_program(cfg, skip, gamma, attn_len, sampling), args)
 
 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
@@ -238,6 +263,8 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
   before the context reaches it.
   """
   start_rounds = int(counters.rounds)
+  if cfg.draft_skip == "runtime":
+    state = with_skip(state, skip)
 
   def budget(rounds):  # the segment's arguments after (state, counters), None once spent
     left = max_rounds - (int(rounds) - start_rounds)
@@ -247,7 +274,7 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
 
   (state, counters), ready = run_segments(
       compiled, params, (state, counters),
-      lambda attn_len: SpecSegmentStatics(cfg, skip, gamma, attn_len, sampling, width),
+      lambda attn_len: segment_program(cfg, skip, gamma, attn_len, sampling, width),
       span=width or gamma + 1, max_seq_len=cfg.max_seq_len, read=lambda carry: carry[1].rounds,
       args=budget, background=background, prefetch=prefetch)
   return state, counters, ready

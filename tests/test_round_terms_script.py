@@ -1,6 +1,6 @@
-"""experiments/gpu/round_terms.py and first_call.py --smoke on the CPU: the GPU checks of where
-a speculation round's time goes run end to end before device time is spent on them, and their
-records add up."""
+"""experiments/gpu/round_terms.py, first_call.py and switch_cost.py --smoke on the CPU: the GPU
+checks of where a speculation round's time goes and of what a new skip set costs run end to end
+before device time is spent on them, and their records add up."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def test_first_call_smoke(tmp_path):
     for r in records:
       assert len(r["calls_ms"]) == 4 and min(r["calls_ms"]) > 0
     assert {r.get("prime") for r in records[:-1]} == {prime}
+
+
+def test_switch_cost_smoke(tmp_path):
+  """experiments/gpu/switch_cost.py --smoke: both modes time both sets; the run-time gated
+  program compiles once, so its second skip set is got without a compile."""
+  out = tmp_path / "switch_cost.json"
+  run_gpu_script_smoke("switch_cost.py", out)
+  records = json.loads(out.read_text())
+  assert [(r["mode"], r["n_attn_skipped"]) for r in records] == [
+      ("static", 0), ("static", 1), ("runtime", 0), ("runtime", 1)]
+  for r in records:
+    assert r["ms_per_round"] > 0 and r["ms_per_draft_step"] > 0 and r["switch_s"] >= 0
+    assert r["switch_s"] >= r["segment_get_s"]
+  static_new, runtime_first, runtime_new = records[1], records[2], records[3]
+  assert static_new["segment_get_s"] > 0.05  # a new static set compiles its program
+  assert runtime_first["segment_get_s"] > 0.05  # the gated program compiles once...
+  assert runtime_new["segment_get_s"] < 0.05  # ...and a new set is only its flags

@@ -109,6 +109,12 @@ def programs(cfg: ModelConfig) -> dict:
               jax.ShapeDtypeStruct((), jnp.float32))
       rec.get(speculative.SpecSegmentStatics(cfg, skip, GAMMA, ATTN_LEN, width=width), args)
       take(label)
+  runtime = dataclasses.replace(cfg, draft_skip="runtime")  # sublayers gated by lax.cond
+  speculative.compile_segments(params, runtime, state, rec, skip=skip, gamma=GAMMA,
+                               buckets=[ATTN_LEN])
+  take("SpecSegmentStatics/gated (draft_skip=runtime)")
+  rec.get(decoding.draft_program(runtime, ATTN_LEN, skip), (params, state))
+  take("ARSegmentStatics/gated (profiler, draft_skip=runtime)")
   chunk = knapsack.default_chunk(cfg.n_layers)
   knapsack.compile_search(params, cfg, rec, 16, attn_len=ATTN_LEN, chunk=chunk)
   take("SearchStatics (KnapSpec, profiler)")
