@@ -83,6 +83,10 @@ class LatencyProfile:
   # ((n, seconds), ...): one attention sublayer's cost fitted at each timed attention length
   # (attention_knots); () where fewer than two were timed: then the line a0 + a1 * n.
   attn_knots: tuple = ()
+  # Seconds a draft step costs beyond the fit: what run-time gating's conds add to every step of
+  # a draft (ModelConfig.draft_skip == "runtime"; measure() times the gated program with nothing
+  # skipped against AR's); 0 for static masks, whose drafts are programs without the conds.
+  draft_gate_s: float = 0.0
 
   def t_attn(self, n: int) -> float:
     """Seconds of one attention sublayer for one token at attention length n (positions)."""
@@ -103,7 +107,8 @@ class LatencyProfile:
     """One token through the draft (skip=None: the full model), at attention length n."""
     n_attn = self.n_layers - (len(skip.attn_skipped) if skip else 0)
     n_mlp = self.n_layers - (len(skip.mlp_skipped) if skip else 0)
-    return self._step(n_attn, n_mlp, n)
+    gate = self.draft_gate_s if skip is not None and skip.n_skipped else 0.0
+    return self._step(n_attn, n_mlp, n) + gate
 
   def _step(self, n_attn, n_mlp, n):
     return self.c0 + n_attn * self.t_attn(n) + n_mlp * self.m
@@ -261,30 +266,42 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
   capacity = KVCache.capacity_for(cfg)
   attn_lens = [a for a in attn_lens if a + max(steps, max(windows)) <= capacity]
   key = jax.random.PRNGKey(0)
-  step_samples, verify_samples, search_samples, compile_times = [], [], [], []
+  step_samples, verify_samples, search_samples, compile_times, gate_samples = [], [], [], [], []
   eos = ()
   for attn_len in attn_lens:
     start_len = attn_len - steps - 1  # the loop runs positions up to attn_len - 1
     base = random_cache(cfg, dtype, start_len, key,
                         sharding.cache_sharding(cfg, sharding.mesh_of(params)))
-    for skip in profile_masks(cfg.n_layers):
+
+    def time_steps(statics, skip) -> float:
+      """Seconds per step of the draft program `statics` decoding with `skip`."""
       def make_args():
         cache = jax.tree.map(jnp.copy, base)
         state = decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32),
                                     steps + 1, eos)
         return params, decoding.with_skip(state, skip)
-      args = make_args()
       before = compiled.stats.compile_s
-      # The draft's program as the rounds run it (one that reads the skip set from the state
-      # under draft_skip="runtime"); the full-model mask asks for AR's own program, so a later
-      # generation reuses this compile.
-      fn = compiled.get(decoding.draft_program(cfg, attn_len, skip), args)
+      fn = compiled.get(statics, make_args())
       if compiled.stats.compile_s > before:  # not a program compiled already (AR's, a gated one)
         compile_times.append(compiled.stats.compile_s - before)
-      seconds = median_seconds(fn, make_args, repeats) / steps
+      return median_seconds(fn, make_args, repeats) / steps
+
+    # The draft's program as the rounds run it (under draft_skip="runtime" one that reads the
+    # skip set from the state); the full-model mask asks for AR's own program, so a later
+    # generation reuses this compile.
+    times = {skip: time_steps(decoding.draft_program(cfg, attn_len, skip), skip)
+             for skip in profile_masks(cfg.n_layers)}
+    gate = 0.0
+    if cfg.draft_skip == "runtime":  # what the conds cost a draft step: the gated program with
+      none = SkipMask.none(cfg.n_layers)  # nothing skipped against AR's step (draft_gate_s)
+      gate = time_steps(decoding.ARSegmentStatics(cfg, attn_len, gated=True), none) - times[none]
+      gate_samples.append(gate)
+      log(f"  gated attn_len={attn_len:5d}: {gate * 1e3:+8.3f} ms per draft step over AR's")
+    for skip, seconds in times.items():
       n_attn, n_mlp = cfg.n_layers - len(skip.attn_skipped), cfg.n_layers - len(skip.mlp_skipped)
-      step_samples.append((n_attn, n_mlp, attn_len, seconds))
       log(f"  step  attn_len={attn_len:5d} attn={n_attn:2d} mlp={n_mlp:2d}: {seconds*1e3:8.3f} ms")
+      # The fit describes the sublayers, as for static masks; draft_gate_s adds the conds back.
+      step_samples.append((n_attn, n_mlp, attn_len, seconds - (gate if skip.n_skipped else 0.0)))
     for window in windows:
       tokens = jnp.ones((1, window), jnp.int32)
       n_iter = jnp.asarray(steps, jnp.int32)
@@ -309,7 +326,10 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
                 str(jnp.dtype(dtype)), cfg.n_layers, search_samples, segment_compile)
   gbps = read_bandwidth()
   log(f"  read bandwidth: {gbps:.1f} GB/s")
-  return dataclasses.replace(profile, read_gbps=gbps)
+  gate = float(np.median(gate_samples)) if gate_samples else 0.0
+  if gate_samples:
+    log(f"  run-time gating: {gate * 1e3:.3f} ms per draft step")
+  return dataclasses.replace(profile, read_gbps=gbps, draft_gate_s=gate)
 
 
 def attention_knots(step_samples) -> tuple[float, float, tuple] | None:

@@ -115,3 +115,27 @@ def test_draft_skip_option_is_checked_and_names_the_profile(tiny_models):
   assert model.cfg.draft_skip == "runtime"
   assert model.profile_name.endswith("+runtime_skip")
   assert tiny_models["llama"].jax.profile_name != model.profile_name
+
+
+def test_profile_of_a_gated_model_times_the_conds(tiny_models):
+  """latency.measure under draft_skip="runtime": the gated program with nothing skipped is timed
+  against AR's step, its excess stored as draft_gate_s and charged to every draft step (t_step
+  with a skip set), never to AR's (t_step(None)); the gated samples enter the fit without it."""
+  from knapspec_jax import latency
+  model = _runtime_copy(tiny_models["llama"].jax)
+  lines = []
+  profile = latency.measure(model.params, model.cfg, jnp.float32, model.profile_name,
+                            attn_lens=(256,), windows=(1, 4), steps=4, repeats=1,
+                            log=lines.append)
+  assert any("per draft step over AR's" in line for line in lines), lines
+  n = model.cfg.n_layers
+  draft = ks.SkipMask.from_layers(n, attn=[1])
+  fitted = dataclasses.replace(profile, draft_gate_s=0.0)
+  assert profile.t_step(None, 256) == fitted.t_step(None, 256)
+  assert profile.t_step(draft, 256) == pytest.approx(fitted.t_step(draft, 256)
+                                                     + profile.draft_gate_s)
+  assert profile.draft_gate_s != 0.0  # measured (either sign: on a CPU the conds are noise)
+  static = latency.measure(tiny_models["llama"].jax.params, tiny_models["llama"].jax.cfg,
+                           jnp.float32, "static", attn_lens=(256,), windows=(1, 4), steps=4,
+                           repeats=1, log=lambda line: None)
+  assert static.draft_gate_s == 0.0
