@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Device machine: runs experiments/gpu/<script> once with XLA's defaults and once with command
+# buffers (CUDA graphs) extended to while loops and conditionals, writing
+# $OUT/<name>/<flag set>.json; without those command buffers each nested loop and each lax.cond
+# goes back to the host. Used by run_round_terms.sh and run_switch_cost.sh.
+#   bash experiments/gpu/with_xla_flag_sets.sh SCRIPT NAME TIMEOUT_S [flags for the script...]
+set -uo pipefail
+script=$1 name=$2 limit=$3
+shift 3
+source experiments/gpu/env.sh
+export KNAPSPEC_CACHE=/tmp/knapspec_cache
+declare -A FLAGS=(
+  [default]=""
+  [command_buffer_loops]="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL"
+)
+for set in default command_buffer_loops; do
+  echo "=== XLA_FLAGS='${FLAGS[$set]}' ($set)"
+  XLA_FLAGS="${FLAGS[$set]}" timeout "$limit" python3 "experiments/gpu/$script" \
+    --output="$OUT/$name/$set.json" "$@" 2>&1 | grep -v -i warn
+done
