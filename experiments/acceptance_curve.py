@@ -43,28 +43,13 @@ _FROM = flags.DEFINE_string("from_jsonl", None, "Redo the fit, table and plot fr
 
 @functools.partial(jax.jit, static_argnames=("cfg", "attn_len"))
 def _top1(params, cache, tokens, skip_bits, *, cfg, attn_len):
-  """model.forward's computation with the skip set as a run-time array (bool [2L]), so that one
-  compile serves every skip set: a skipped sublayer's output is computed and discarded. Only
-  for measuring agreement; decoding uses static skip sets, which drop the work."""
-  t = tokens.shape[0]
-  pos0 = cache.length
-  positions = pos0 + jnp.arange(t, dtype=jnp.int32)
-  cos, sin = model_lib.rope_tables(cfg, positions)
-  mask = (jnp.arange(attn_len, dtype=jnp.int32)[None, :] <= positions[:, None])[None]
-  x = params["embed"][tokens][None]
-
-  def attend(i, q, k, v):  # layer i's keys written over the cache's copy, then attention
-    keys = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype), (0, pos0, 0, 0))
-    values = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype),
-                                          (0, pos0, 0, 0))
-    return model_lib.attend(cfg, q, keys[:, :attn_len], values[:, :attn_len], mask)
-
-  for i, lp in enumerate(params["layers"]):
-    attention = model_lib.attention_sublayer(lp, cfg, x, cos, sin, functools.partial(attend, i))
-    x = jnp.where(skip_bits[2 * i], x, attention)
-    x = jnp.where(skip_bits[2 * i + 1], x, model_lib.mlp_sublayer(lp, cfg, x))
-  h = model_lib.rms_norm(x, params["final_norm"], cfg.norm_eps)
-  return jnp.argmax(model_lib.lm_head(params, cfg, h[0]), axis=-1)
+  """The draft's top-1 tokens over a teacher-forced window: model.forward with the skip set as
+  data (its `gate`, the mechanism of ModelConfig.draft_skip="runtime"), so that one compile
+  serves every skip set; the draft attends to the cache's keys below the window and to its own
+  keys in it, as a draft does."""
+  out = model_lib.forward(params, cfg, tokens[None], cache, skip=SkipMask.none(cfg.n_layers),
+                          attn_len=attn_len, gate=skip_bits)
+  return jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0]), axis=-1)
 
 
 def held_out_agreement(model, cache, tokens, p: int, skip) -> float:
