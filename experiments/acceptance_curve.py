@@ -1,7 +1,10 @@
-"""How acceptance falls as a draft skips more sublayers, measured on the real SmolLM2 (CPU, f32).
+"""How acceptance falls as a draft skips more sublayers, measured on a real model (CPU, f32).
 
   python experiments/acceptance_curve.py --lengths=100,100,100,100,2000,4000 \
       --output_dir=results/cpu/analysis/acceptance
+  python experiments/acceptance_curve.py --model=qwen2.5-coder-1.5b --max_context=4096 \
+      --profile=profiles/<the H200 Qwen profile>.json --lengths=100,100,2000 \
+      --output_dir=results/cpu/analysis/acceptance_qwen
 
 For each prompt: decode 16 tokens plainly and run the knapsack search on them (latency weights
 and uniform weights: skip sets of every size); decode `held_out` more tokens plainly; then for
@@ -39,6 +42,13 @@ _HELD_OUT = flags.DEFINE_integer("held_out", 48, "Tokens the agreement is measur
 _N_REF = flags.DEFINE_integer("n_ref", 16, "Reference tokens for the search.")
 _OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, fit.json and a plot go here.")
 _FROM = flags.DEFINE_string("from_jsonl", None, "Redo the fit, table and plot from these results.")
+_MODEL = flags.DEFINE_string("model", None, "load_model's path or packaged name (default: the "
+                             "bundled SmolLM2-135M).")
+_MAX_CONTEXT = flags.DEFINE_integer("max_context", None, "load_model's max_context (a smaller KV "
+                                    "cache; Qwen2.5-1.5B's own is 32K).")
+_PROFILE = flags.DEFINE_string("profile", None, "A stored latency profile (JSON) whose attention "
+                               "and MLP costs weigh the knapsack's items (e.g. the H200's for the "
+                               "GPU's candidates); default: this device's profile of the model.")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "attn_len"))
@@ -62,7 +72,7 @@ def held_out_agreement(model, cache, tokens, p: int, skip) -> float:
   return float(np.mean(np.asarray(top1) == tokens[p + 1:]))
 
 
-def fit(rows) -> dict:
+def fit(rows, model_name: str) -> dict:
   """Least squares for -log(alpha) = b_attn f_attn + b_mlp f_mlp (no intercept: alpha(0) = 1)."""
   fa = np.asarray([r["f_attn"] for r in rows])
   fm = np.asarray([r["f_mlp"] for r in rows])
@@ -71,7 +81,7 @@ def fit(rows) -> dict:
   pred = np.exp(-(b_attn * fa + b_mlp * fm))
   return dict(b_attn=float(b_attn), b_mlp=float(b_mlp), n=len(rows),
               median_abs_err=float(np.median(np.abs(pred - alpha))),
-              model="SmolLM2-135M-Instruct (float32)", device=rows[0]["device"],
+              model=model_name, device=rows[0]["device"],
               date=rows[0]["date"], formula="alpha = exp(-(b_attn * f_attn + b_mlp * f_mlp))")
 
 
@@ -79,10 +89,11 @@ def main(argv):
   del argv
   if _FROM.value:
     rows = [json.loads(line) for line in open(_FROM.value)]
-    return write_outputs(rows, len(rows[0]["skip"]))
+    return write_outputs(rows, len(rows[0]["skip"]), rows[0].get("model", "SmolLM2-135M-Instruct"))
   started = time.perf_counter()
-  model = ks.load_model()
-  profile = methods.profile_for(model)
+  model = ks.load_model(_MODEL.value, max_context=_MAX_CONTEXT.value)
+  profile = (latency.LatencyProfile.load(_PROFILE.value) if _PROFILE.value
+             else methods.profile_for(model))
   L = model.cfg.n_layers
   rows, short = [], 0
   for length in map(int, _LENGTHS.value):
@@ -104,15 +115,16 @@ def main(argv):
                        n_mlp_skipped=len(c.skip.mlp_skipped),
                        f_attn=len(c.skip.attn_skipped) / L, f_mlp=len(c.skip.mlp_skipped) / L,
                        in_sample_alpha=c.alpha, held_out_alpha=alpha, skip=c.skip.to_list(),
-                       device=latency.device_name(), date=time.strftime("%F")))
+                       device=latency.device_name(), date=time.strftime("%F"),
+                       model=f"{model.name} ({model.dtype})", weights_profile=profile.device))
     print(f"{item_id}: {len(ids)} prompt tokens, {len(cands)} skip sets, full model's own "
           f"agreement {full:.2f} (must be 1.00); {time.perf_counter() - started:.0f} s",
           flush=True)
-  write_outputs(rows, 2 * L)
+  write_outputs(rows, 2 * L, f"{model.name} ({model.dtype})")
 
 
-def write_outputs(rows, n_sublayers: int):
-  result = fit(rows)
+def write_outputs(rows, n_sublayers: int, model_name: str):
+  result = fit(rows, model_name)
   print(json.dumps(result, indent=1))
   lines = [f"| sublayers skipped (of {n_sublayers}) | skip sets | mean held-out alpha | mean "
            "in-sample alpha (smoothed) |", "|---|---|---|---|"]
@@ -138,7 +150,7 @@ def write_outputs(rows, n_sublayers: int):
       [r["held_out_alpha"] for r in rows], out / "alpha_vs_skipped.png", groups=groups,
       xlabel=f"sublayers skipped (of {n_sublayers})",
       ylabel="acceptance alpha (top-1 agreement on held-out tokens)",
-      title=f"Acceptance falls as drafts skip more sublayers (SmolLM2-135M f32, measured on "
+      title=f"Acceptance falls as drafts skip more sublayers ({model_name}, measured on "
             f"{rows[0]['device']})",
       annotate=f"fit: alpha = exp(-({result['b_attn']:.2f} f_attn + {result['b_mlp']:.2f} "
                f"f_mlp))")
