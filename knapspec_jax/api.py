@@ -23,8 +23,7 @@ import numpy as np
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding, sharding
 from knapspec_jax import methods as methods_lib
-from knapspec_jax.config import (ATTENTION_IMPLS, DRAFT_SKIP_MODES, WINDOW_ATTENTION_IMPLS,
-                                 UnsupportedModelError)
+from knapspec_jax.config import ATTENTION_IMPLS, UnsupportedModelError, check_decode_options
 from knapspec_jax.engine import DTYPES, Model, warmup_prefill
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.methods import MethodError
@@ -118,11 +117,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                                 f"{attention!r}")
   attention = attention or default_attention(dtype)
   check_attention(attention, dtype)
-  if window_attention not in WINDOW_ATTENTION_IMPLS or (window_attention == "pallas"
-                                                        and attention != "pallas"):
-    raise UnsupportedModelError(f"window_attention must be one of {WINDOW_ATTENTION_IMPLS}, "
-                                f"'pallas' only with attention='pallas'; got {window_attention!r} "
-                                f"with attention={attention!r}")
+  check_decode_options(attention, window_attention, draft_skip)  # before any weight is loaded
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(
@@ -130,9 +125,6 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
     raise UnsupportedModelError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(tp)) or "
                                 f"None, got {type(mesh).__name__}")
-  if draft_skip not in DRAFT_SKIP_MODES:
-    raise UnsupportedModelError(f"draft_skip must be one of {DRAFT_SKIP_MODES}, got "
-                                f"{draft_skip!r}")
   tp = sharding.tp_size(mesh)
   if fuse is not None and not isinstance(fuse, bool):
     raise UnsupportedModelError(f"fuse must be True, False or None, got {fuse!r}")

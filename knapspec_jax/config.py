@@ -13,6 +13,23 @@ WINDOW_ATTENTION_IMPLS = ("xla", "pallas")
 DRAFT_SKIP_MODES = ("static", "runtime")
 
 
+def check_decode_options(attention: str, window_attention: str, draft_skip: str):
+  """Raises UnsupportedModelError unless these ModelConfig options (see its docstring) name
+  implementations that exist and fit together; ModelConfig checks them, and load_model before it
+  loads any weight."""
+  if attention not in ATTENTION_IMPLS:
+    raise UnsupportedModelError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+  if window_attention not in WINDOW_ATTENTION_IMPLS:
+    raise UnsupportedModelError(f"window_attention must be one of {WINDOW_ATTENTION_IMPLS}, got "
+                                f"{window_attention!r}")
+  if window_attention == "pallas" and attention != "pallas":
+    raise UnsupportedModelError(f"window_attention='pallas' needs attention='pallas' (the same "
+                                f"kernel serves one-token steps), got {attention!r}")
+  if draft_skip not in DRAFT_SKIP_MODES:
+    raise UnsupportedModelError(f"draft_skip must be one of {DRAFT_SKIP_MODES}, got "
+                                f"{draft_skip!r}")
+
+
 def is_int(x) -> bool:
   """An integer, Python's or numpy's; bools are not (the check of every integer option)."""
   return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
@@ -93,21 +110,10 @@ class ModelConfig:
   draft_skip: str = "static"
 
   def __post_init__(self):
-    if self.draft_skip not in DRAFT_SKIP_MODES:
-      raise UnsupportedModelError(f"draft_skip must be one of {DRAFT_SKIP_MODES}, got "
-                                  f"{self.draft_skip!r}")
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
       raise UnsupportedModelError(f"matmul_rows must be an integer in 1..16, got "
                                   f"{self.matmul_rows!r}")
-    if self.attention not in ATTENTION_IMPLS:
-      raise UnsupportedModelError(f"attention must be one of {ATTENTION_IMPLS}, got "
-                                  f"{self.attention!r}")
-    if self.window_attention not in WINDOW_ATTENTION_IMPLS:
-      raise UnsupportedModelError(f"window_attention must be one of {WINDOW_ATTENTION_IMPLS}, "
-                                  f"got {self.window_attention!r}")
-    if self.window_attention == "pallas" and self.attention != "pallas":
-      raise UnsupportedModelError(f"window_attention='pallas' needs attention='pallas' (the same "
-                                  f"kernel serves one-token steps), got {self.attention!r}")
+    check_decode_options(self.attention, self.window_attention, self.draft_skip)
     if self.arch not in SUPPORTED_ARCHITECTURES:
       raise UnsupportedModelError(
           f"architecture {self.arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")

@@ -320,7 +320,9 @@ def test_window_attention_is_an_option_off_by_default(tiny_models):
   with pytest.raises(ks.UnsupportedModelError, match="window_attention must be one of"):
     dataclasses.replace(cfg, window_attention="triton")
   path = str(tiny_models["llama"].path)
-  with pytest.raises(ks.UnsupportedModelError, match="window_attention must be one of"):
+  with pytest.raises(ks.UnsupportedModelError, match="window_attention='pallas' needs"):
     api.load_model(path, use_cache=False, attention="xla", window_attention="pallas")
+  with pytest.raises(ks.UnsupportedModelError, match="window_attention must be one of"):
+    api.load_model(path, use_cache=False, attention="pallas", window_attention="triton")
   both = api.load_model(path, use_cache=False, attention="pallas", window_attention="pallas")
   assert both.profile_name.endswith("+pallas_windows")
