@@ -16,7 +16,8 @@ from knapspec_jax import api, latency, metrics  # noqa: E402
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "float32 or bfloat16")
 _ATTENTION = flags.DEFINE_string("attention", None, "One-query attention kernel (load_model's "
                                  "default when unset).")
-_OUT = flags.DEFINE_string("output", None, "Where to save (default: profiles/ in the repo).")
+_OUT = flags.DEFINE_string("output", None, "A .json file or a directory to save into (default: "
+                            "profiles/ in the repo).")
 _LENS = flags.DEFINE_list("attn_lens", ["256", "1024", "2048", "4096", "8192"], "Buckets.")
 _STEPS = flags.DEFINE_integer("steps", 32, "Decode steps per timed loop.")
 

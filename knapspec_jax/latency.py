@@ -144,7 +144,12 @@ class LatencyProfile:
     return pathlib.Path(directory or PROFILE_DIR) / f"{safe(device)}__{safe(model)}__{dtype}.json"
 
   def save(self, path=None) -> pathlib.Path:
-    path = pathlib.Path(path or self.path_for(self.device, self.model, self.dtype))
+    """Writes the profile as JSON to `path`: a file, or a directory (an existing one, or a path
+    without a .json suffix) that gets the file path_for names; None: the repository's profiles/.
+    Returns the file written."""
+    path = pathlib.Path(path) if path else None
+    if path is None or path.is_dir() or path.suffix != ".json":
+      path = self.path_for(self.device, self.model, self.dtype, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = dataclasses.asdict(self) | {"fit_errors": self.errors()}
     path.write_text(json.dumps(payload, indent=1))

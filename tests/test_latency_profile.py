@@ -58,3 +58,17 @@ def test_one_length_keeps_the_line():
 def test_scaled_scales_the_knots():
   p = latency.fit(samples(ATTN), [], "dev", "m", "float32", LAYERS)
   assert p.scaled(attn=2.0).t_attn(4096) == pytest.approx(2 * p.t_attn(4096))
+
+
+def test_save_into_a_directory_names_the_file_itself(tmp_path):
+  """run_qwen_profile.sh passed a directory (measure_profile.py --output=DIR): on the H200 the
+  save then failed with IsADirectoryError after every measurement had run. A directory, existing
+  or not, gets the file path_for names; a .json path is written as given."""
+  p = latency.fit(samples(ATTN), [], "NVIDIA H200", "m+pallas", "bfloat16", LAYERS)
+  existing = tmp_path / "profiles"
+  existing.mkdir()
+  for directory in (existing, tmp_path / "new" / "profiles"):
+    written = p.save(directory)
+    assert written == LatencyProfile.path_for("NVIDIA H200", "m+pallas", "bfloat16", directory)
+    assert LatencyProfile.load(written) == p
+  assert p.save(tmp_path / "given.json") == tmp_path / "given.json"
