@@ -54,6 +54,16 @@ def default_attention(dtype: str, platform: str | None = None) -> str:
   return "pallas" if platform == "gpu" and dtype == "bfloat16" else "xla"
 
 
+def default_window_attention(attention: str) -> str:
+  """The attention of verify windows load_model picks: the one-token kernel's own when that is
+  "pallas" (the same kernel, each key block read once for the whole window), else "xla".
+  Measured on the H200 (BENCHMARKS.md 10.13, experiments/gpu/run_verify_kernel.sh): a window of
+  4-11 tokens through the kernel cost 1.00-1.17x a one-token step on the Qwen2.5-1.5B and
+  Llama-3.1-8B shapes at 1K and 16K positions, through XLA's attention 1.08-1.54x; faster in all
+  twelve cases."""
+  return "pallas" if attention == "pallas" else "xla"
+
+
 def check_attention(attention: str, dtype: str, platform: str | None = None):
   """Raises UnsupportedModelError when `attention` cannot run on `platform` (None:
   jax.default_backend()) in `dtype`: "cudnn" needs a GPU and bfloat16; "pallas" has no TPU
@@ -71,7 +81,7 @@ def check_attention(attention: str, dtype: str, platform: str | None = None):
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
                fuse: bool | None = None, attention: str | None = None,
                max_context: int | None = None, mesh=None,
-               window_attention: str = "xla", draft_skip: str = "static") -> Model:
+               window_attention: str | None = None, draft_skip: str = "static") -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
@@ -92,7 +102,8 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     diverge after tens of tokens, BENCHMARKS.md section 1). check_attention says which run where.
   window_attention: the attention of verify windows (2-16 tokens; ModelConfig.window_attention):
     "xla", or "pallas" (with attention="pallas": the same kernel, each key block read once for
-    the whole window; not yet measured on a GPU, BENCHMARKS.md 10.10).
+    the whole window); None: default_window_attention(attention), "pallas" where the one-token
+    step runs the kernel (a GPU in bfloat16 by default), as measured on the H200.
   mesh: a tensor-parallel mesh (sharding.make_mesh(tp)): each weight goes straight into its
     shard (to_device) and the KV cache is split over it (sharding.py says what is split and
     what replicated); None: one device. "pallas" runs per device over its heads; "cudnn" is
@@ -117,6 +128,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                                 f"{attention!r}")
   attention = attention or default_attention(dtype)
   check_attention(attention, dtype)
+  window_attention = window_attention or default_window_attention(attention)
   check_decode_options(attention, window_attention, draft_skip)  # before any weight is loaded
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):

@@ -73,9 +73,10 @@ class ModelConfig:
       not deterministic). Not a property of the checkpoint: a load_model option.
     window_attention: how forwards of 2 to 16 tokens (verify windows) compute attention: "xla"
       (as above), or with attention="pallas" "pallas" (the same kernel with one row per query
-      position and head, reading each key block once for the whole window). "xla" stays the
-      default until the H200 measures the kernel against it (experiments/gpu/verify_kernel.py;
-      BENCHMARKS.md 10.10). Longer forwards (prefill chunks) always use "xla".
+      position and head, reading each key block once for the whole window). "xla" here;
+      load_model gives windows the kernel wherever one-token steps use it
+      (api.default_window_attention: 1.00-1.17x a step on the H200, against 1.08-1.54x through
+      XLA; BENCHMARKS.md 10.13). Longer forwards (prefill chunks) always use "xla".
     matmul_rows: projections of fewer rows than this run padded with zero rows to this many
       (model.linear). On the H200, XLA lowers a one-row bfloat16 projection to a slower kernel
       than a two-row one: a Qwen2.5-1.5B-shaped one-token step took 2.24 ms, a two-token
@@ -86,7 +87,9 @@ class ModelConfig:
       set, which the decode state carries as data (DecodeState.skip), so one program per draft
       length and bucket serves every skip set and switching costs no compile; each cond costs
       something per step instead (on the H100, SmolLM2 shape, an earlier version of this: 2.56
-      ms against 1.47 with nothing skipped; ../shared/MEASURED.md). A load_model option.
+      ms against 1.47 with nothing skipped; ../shared/MEASURED.md; this version on the H200,
+      Qwen2.5-1.5B shape: 2.2-3.1 ms a draft step against 0.9-1.6 ms static, a switch 0.001 s
+      against a 4.9-11.1 s compile, BENCHMARKS.md 10.13). A load_model option.
   """
 
   arch: str

@@ -117,7 +117,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     if decision.drafts:
       start_rounds = int(counters.rounds)
       while True:
-        left = policy.interval - (int(counters.rounds) - start_rounds)
+        left = (decision.rounds or policy.interval) - (int(counters.rounds) - start_rounds)
         state, counters, ready = speculative.run_rounds(
             model.params, model.cfg, state, counters, compiled, skip=decision.skip,
             gamma=decision.gamma, threshold=policy.threshold, max_rounds=left,

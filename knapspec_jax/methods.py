@@ -36,6 +36,10 @@ class MethodError(ValueError):
   set...): raised here for options, by api.generate for an unknown method."""
 
 
+# The shortest drafting window KnapSpecPolicy.observe judges a kept draft by.
+JUDGE_ROUNDS = 4
+
+
 def _check_int(name: str, value, low: int, high: int | None = None):
   """An integer option (not a bool, not a float) in low..high, named as the config's field."""
   if not is_int(value):
@@ -175,6 +179,13 @@ class KnapSpecConfig:
     on Qwen2.5-Coder-1.5B on the H200 (BENCHMARKS.md 10.3): with a search every window, the
     searches took 14.5% of the decode time and cost what the drafts won (0.88-1.07x AR, while
     the drafting alone ran at 1.06-1.25x).
+  trial_rounds: a draft no window has measured yet (a kept draft's first use in this process,
+    a search's new choice) decodes this many speculation rounds first, instead of `interval`;
+    that window decides whether it is kept (faster than AR) or dropped. 0: the full interval.
+    Measured on the H200 (BENCHMARKS.md 10.13): on a 2K document the first timed generation
+    after warm-up decoded a 64-round window with a kept draft that measured slower than AR,
+    and ran at 367 tok/s against AR's 551 before the draft was dropped; the next two ran
+    plainly at 543 and 558. At least JUDGE_ROUNDS (observe judges no shorter window).
   """
 
   interval: int = 64
@@ -195,9 +206,14 @@ class KnapSpecConfig:
   charge_compile: bool = True
   compile_horizon: int = 0
   keep: bool = True
+  trial_rounds: int = 8
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
+    _check_int("trial_rounds", self.trial_rounds, 0)
+    if 0 < self.trial_rounds < JUDGE_ROUNDS:
+      raise MethodError(f"trial_rounds must be 0 or >= {JUDGE_ROUNDS} (a shorter window is not "
+                        f"judged), got {self.trial_rounds}")
     _check_int("n_ref", self.n_ref, 1)
     _check_real("tau", self.tau, 0.0, 1.0, low_open=True, high_open=True)
     _check_int("max_weight", self.max_weight, 1)
@@ -294,6 +310,14 @@ class KnapSpecPolicy:
           gamma=draft.gamma, buckets=speculative.segment_buckets(
               self.model.cfg, capacity, draft.gamma, n_prompt, end))
 
+  def trial_rounds(self, measured_tpt: float | None) -> int | None:
+    """The rounds of a drafting window whose draft no window has measured (KnapSpecConfig.
+    trial_rounds), None: the interval (a measured draft, trials off, or a trial no shorter)."""
+    trial = self.config.trial_rounds
+    if measured_tpt is not None or not trial or trial >= self.interval:
+      return None
+    return trial
+
   def kept(self, capacity: int, n: int) -> KeptDraft | None:
     """The draft kept at context n's bucket, else at the nearest bucket below that has one;
     None where none was kept or it was dropped."""
@@ -314,9 +338,9 @@ class KnapSpecPolicy:
     profile's prediction: on the H200 the profile predicted Qwen2.5-1.5B's AR at 28K positions
     at 348 tok/s where it ran at 473, and a draft at 391-406 tok/s was kept through three
     generations (BENCHMARKS.md 10.8). Windows that decoded plainly while a program compiled,
-    or ran under 4 rounds, say too little to judge."""
+    or ran under JUDGE_ROUNDS rounds, say too little to judge."""
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
-        or window["rounds"] < 4:
+        or window["rounds"] < JUDGE_ROUNDS:
       return
     bucket = attn_bucket(decision.context, capacity)
     measured = window["measured_tokens_per_s"]
@@ -342,12 +366,14 @@ class KnapSpecPolicy:
                       f"warm-up compiles it", ar_tokens=None)
     if kept is not None:  # no search: decode with the draft that measured faster than AR here
       tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma)
-      measured = ("not measured yet" if kept.measured_tpt is None
+      rounds = self.trial_rounds(kept.measured_tpt)
+      measured = (f"not measured yet: a trial of {rounds} rounds" if rounds
+                  else "not measured yet" if kept.measured_tpt is None
                   else f"last window {kept.measured_tpt:.0f} tok/s")
       self.used.add((kept.skip, kept.gamma))
       return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
                       f"kept (chosen at context {kept.context}; {measured}, AR predicted "
-                      f"{1 / t_ar:.0f})")
+                      f"{1 / t_ar:.0f})", rounds=rounds)
     # The search scores drafts on generated tokens: collect r of them first, unless no search
     # will be affordable by then, in which case decode plainly to the end in one go.
     missing = max(r - ctx.n_out, 0)
@@ -401,6 +427,10 @@ class KnapSpecPolicy:
       if self.config.keep:
         model.kept_drafts[search_len] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                   n)
+        rounds = self.trial_rounds(None)
+        if rounds:
+          decision = dataclasses.replace(decision, rounds=rounds,
+                                         reason=f"{decision.reason}; a trial of {rounds} rounds")
     else:  # wait until another search fits its budget again
       share = self.search_share(n, capacity)[0]
       decision = dataclasses.replace(decision, ar_tokens=max(

@@ -52,7 +52,7 @@ class Candidate:
 class Decision:
   """What to decode with until the next re-optimization. skip None means plain AR, for
   ar_tokens tokens (None: to the end) before the policy decides again; a drafting decision
-  decodes the policy's interval of speculation rounds and ignores ar_tokens."""
+  decodes `rounds` speculation rounds (None: the policy's interval) and ignores ar_tokens."""
 
   skip: SkipMask | None
   gamma: int
@@ -63,6 +63,7 @@ class Decision:
   context: int
   reason: str
   ar_tokens: int | None = None  # plain decoding: tokens before the next decision, None: all
+  rounds: int | None = None  # drafting: rounds before the next decision, None: the interval
 
   @property
   def drafts(self) -> bool:
@@ -70,7 +71,7 @@ class Decision:
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
-    del d["ar_tokens"]  # the window's record says how many tokens it decoded
+    del d["ar_tokens"], d["rounds"]  # the window's record says what it decoded
     d["skip"] = None if self.skip is None else self.skip.to_list()
     d["n_attn_skipped"] = 0 if self.skip is None else len(self.skip.attn_skipped)
     d["n_mlp_skipped"] = 0 if self.skip is None else len(self.skip.mlp_skipped)

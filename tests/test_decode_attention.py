@@ -301,10 +301,12 @@ def test_kernel_lowers_to_triton_for_a_cuda_gpu(queries, heads, kv_heads, hd):
     assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 1
 
 
-def test_window_attention_is_an_option_off_by_default(tiny_models):
-  """attention="pallas" alone runs one-token steps through the kernel and verify windows through
-  XLA (the default until the H200 measures both); window_attention="pallas" needs the kernel for
-  one-token steps too, and keys its own latency profile."""
+def test_window_attention_follows_the_one_token_kernel_in_load_model(tiny_models):
+  """A ModelConfig with attention="pallas" alone runs one-token steps through the kernel and
+  verify windows through XLA; load_model's default (None) gives windows the kernel wherever the
+  one-token step has it (measured faster on the H200, BENCHMARKS.md 10.13) and XLA otherwise;
+  window_attention="pallas" needs the kernel for one-token steps too, and keys its own latency
+  profile."""
   model = tiny_models["llama"].jax
   cfg = dataclasses.replace(model.cfg, attention="pallas")
   assert cfg.window_attention == "xla"
@@ -326,3 +328,10 @@ def test_window_attention_is_an_option_off_by_default(tiny_models):
     api.load_model(path, use_cache=False, attention="pallas", window_attention="triton")
   both = api.load_model(path, use_cache=False, attention="pallas", window_attention="pallas")
   assert both.profile_name.endswith("+pallas_windows")
+  default = api.load_model(path, use_cache=False, attention="pallas")
+  assert default.cfg.window_attention == "pallas" and default.profile_name == both.profile_name
+  assert api.load_model(path, use_cache=False, attention="xla").cfg.window_attention == "xla"
+  kept = api.load_model(path, use_cache=False, attention="pallas", window_attention="xla")
+  assert kept.cfg.window_attention == "xla" and "windows" not in kept.profile_name
+  assert [api.default_window_attention(a) for a in ("pallas", "xla", "cudnn")] == [
+      "pallas", "xla", "xla"]

@@ -307,6 +307,42 @@ def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   assert dropped and all(model.search_gains[b] == 0.0 for b in dropped), model.search_gains
 
 
+def test_an_unmeasured_draft_decodes_a_trial_window_first(tiny_models, with_profile):
+  """A draft no window has measured decodes trial_rounds rounds, not the interval; judged faster
+  than AR there (profile where drafting pays), later windows run the full interval with it. On
+  the H200 a kept draft's first use was a whole 64-round window slower than AR (BENCHMARKS.md
+  10.13). Output is AR's."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(interval=16, trial_rounds=4)))
+  got = api.generate(model, ids, 96, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == ar(model, ids, 96)
+  drafting = [w for w in got.stats["window_log"] if w["decision"]["skip"] is not None]
+  assert len(drafting) >= 2, got.stats["window_log"]
+  assert drafting[0]["rounds"] == 4, drafting[0]
+  assert drafting[0]["decision"]["reason"].endswith("a trial of 4 rounds")
+  assert "last window" in drafting[1]["decision"]["reason"], drafting[1]["decision"]["reason"]
+  assert max(w["rounds"] for w in drafting[1:]) > 4
+
+
+def test_a_trial_window_slower_than_ar_drops_its_draft(tiny_models, with_profile):
+  """Under a profile that predicts AR a million times faster than this CPU, the new draft's
+  trial of 4 rounds measures slower than AR: it is dropped after those 4 rounds, not 16, and the
+  rest decodes plainly. trial_rounds below the rounds observe judges is refused."""
+  model = with_profile(tiny_models["llama3_rope"].jax,
+                       **{k: v * 1e-6 for k, v in PAYS.items()})
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(interval=16, trial_rounds=4,
+                                                 search_budget=0.0, explore_budget=100.0)))
+  got = api.generate(model, ids, 64, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == ar(model, ids, 64)
+  drafting = [w for w in got.stats["window_log"] if w["decision"]["skip"] is not None]
+  assert [w["rounds"] for w in drafting] == [4], got.stats["window_log"]
+  assert [b for b, k in model.kept_drafts.items() if k is None]
+  with pytest.raises(ks.MethodError, match="trial_rounds must be 0 or >= 4"):
+    ks.KnapSpecConfig(trial_rounds=3)
+
+
 def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
   """Under a profile where drafting pays (the draft is kept when judged by the profile, test
   above), a measured AR speed beyond any draft's (Model.ar_speeds) drops every kept draft after

@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import json
 
+import pathlib
+import sys
+
+import jax
 import pytest
 
 from conftest import run_gpu_script_smoke
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "gpu"))
+import shapes  # noqa: E402
 
 
 def test_verify_kernel_smoke(tmp_path):
@@ -26,6 +33,17 @@ def test_verify_kernel_smoke(tmp_path):
     step = next(s for s in times if s["attn_len"] == r["attn_len"] and s["window"] == 1)
     assert r["ms_per_forward"] > 0 and r["kernels_per_body"] > 0
     assert r["over_step"] == pytest.approx(r["ms_per_forward"] / step["ms_per_forward"])
+  for step in (r for r in times if r["window"] == 1):  # the bytes a full step reads at its
+    m = shapes.random_model("tiny", 1024, smoke=True)  # context, from the shape (not the script)
+    layer_kv = 2 * step["context"] * m.cfg.n_kv_heads * m.cfg.head_dim * 4  # float32 K and V
+    weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(m.params))
+    if not m.cfg.tie_embeddings:
+      weights -= m.params["embed"].size * m.params["embed"].dtype.itemsize
+    assert step["step_gb"] == pytest.approx((weights + m.cfg.n_layers * layer_kv) / 1e9)
+    assert step["gb_per_s"] == pytest.approx(step["step_gb"] / step["ms_per_forward"] * 1e3)
+    assert step["read_gbps"] > 0
+    assert step["bandwidth_fraction"] == pytest.approx(step["gb_per_s"] / step["read_gbps"])
+  assert all("step_gb" not in r for r in times if r["window"] > 1)
   [check] = [r for r in records if r["kind"] == "round_alike"]
   assert (check["model"], check["window"], check["attn_len"]) == ("tiny", 11, 256)
   # float32 on the CPU: the window and the one-token forwards agree to rounding, if not in bits

@@ -16,7 +16,9 @@ an untimed call first, then the median of `repeats` loops):
   xla T=4,8,11      the same windows with XLA's masked einsum attention over the bucket
                     (window_attention="xla", the default)
 and prints ms per forward, each forward's ratio to the pallas step, and the kernels per loop
-body. Before its timings, each shape reports at the first bucket whether AR and verify "round
+body; for the step also the bytes it reads (metrics.step_bytes), GB/s and the fraction of this
+device's read bandwidth, measured once in this process (latency.read_bandwidth; issue 14's
+"AR >= 90% of measured read bandwidth" at 8B shape). Before its timings, each shape reports at the first bucket whether AR and verify "round
 alike" in the model's dtype (issue 14): the kernel alone (a window of max(windows) random
 queries over layer 0's cache against one-query calls at the same positions: identical bits?)
 and the model (AR's one-token forwards against one verify forward of the same tokens from the
@@ -140,6 +142,8 @@ def main(argv):
   print(f"{device} | jax {jax.__version__} | {steps} forwards x {repeats} loops | budget "
         f"{_BUDGET.value:.0f} s", flush=True)
   records = []
+  read_gbps = latency.read_bandwidth()
+  print(f"read bandwidth: {read_gbps:.1f} GB/s (sum over a large array)", flush=True)
 
   def save(record):
     records.append(record)
@@ -188,13 +192,17 @@ def main(argv):
           print(f"{attn_len:6d} {context:7d} {attention:9s} {window:2d} FAILED: "
                 f"{type(e).__name__}: {str(e)[:300]}", flush=True)
           continue
+        reads = {}
         if window == 1:
           step_ms = ms
+          reads = metrics.bandwidth(metrics.step_bytes(m.params, m.cfg, context, m.base.k[0].dtype),
+                                    ms / 1e3, read_gbps)
         over = None if step_ms is None else ms / step_ms
         save(dict(kind="time", **common, **where, ms_per_forward=ms, over_step=over,
-                  kernels_per_body=kernels, steps=steps, repeats=repeats))
+                  kernels_per_body=kernels, steps=steps, repeats=repeats, **reads))
         print(f"{attn_len:6d} {context:7d} {attention:9s} {window:2d} {ms:10.3f} "
-              f"{'' if over is None else f'{over:6.2f}':>6s} {kernels:7d}", flush=True)
+              f"{'' if over is None else f'{over:6.2f}':>6s} {kernels:7d}"
+              f"{'  ' + metrics.format_bandwidth(reads) if reads else ''}", flush=True)
     del m
     gc.collect()
   out = write_records(records, _OUTPUT.value, "verify_kernel.json")
