@@ -32,6 +32,7 @@ measured latency of a synthetic-weight model or a projection, and is labelled so
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -58,6 +59,9 @@ SHAPES = {
     "qwen3-8b": dict(arch="qwen3", vocab_size=151936, d_model=4096, d_ff=12288, n_layers=36,
                      n_heads=32, n_kv_heads=8, head_dim=128, rope_theta=1000000.0,
                      tie_embeddings=False, qk_norm=True, norm_eps=1e-6),
+    "qwen2.5-coder-1.5b": dict(arch="qwen2", vocab_size=151936, d_model=1536, d_ff=8960,
+                               n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
+                               rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True),
     "tiny": dict(arch="llama", vocab_size=512, d_model=64, d_ff=128, n_layers=4, n_heads=4,
                  n_kv_heads=2, head_dim=16),  # CPU smoke runs only
 }
@@ -76,17 +80,30 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed loops per sample (median)."
 _PROFILES = flags.DEFINE_string("profiles_dir", None, "Project from the profiles stored here "
                                 "(<shape>.json) instead of measuring.")
 _FIT = flags.DEFINE_string("acceptance_fit", "results/cpu/analysis/acceptance/fit.json",
-                           "SmolLM2's acceptance curve (experiments/acceptance_curve.py).")
+                           "An acceptance curve measured by experiments/acceptance_curve.py: "
+                           "SmolLM2's (default) or Qwen2.5-Coder-1.5B's "
+                           "(results/cpu/analysis/acceptance_qwen/fit.json).")
 _CONTEXTS = flags.DEFINE_list("contexts", ["1024", "2048", "4096", "8192", "16384"],
                               "Contexts the projection is made at.")
 _INTERVAL = flags.DEFINE_integer("interval", 64, "Speculation rounds per search (official 64).")
 _ADD = flags.DEFINE_list("add_profiles", [], "Measured profiles of real models to project too, "
                          "as shape=path.json (e.g. the committed H100 SmolLM2 profile).")
 _OUT = flags.DEFINE_string("output_dir", None, "profiles/, projection.jsonl, summary.md, plots.")
+_VERIFY_SCALE = flags.DEFINE_float("verify_scale", 1.0, "What-if: scale every profile's verify "
+                                   "excess over one step (LatencyProfile.scaled(verify=...)); "
+                                   "0 = a verify window costs one step. 1: as measured.")
 
 
 def shape_config(name: str, max_len: int) -> ModelConfig:
   return ModelConfig(max_seq_len=max_len, **SHAPES[name])
+
+
+def curve_of(fit: dict) -> str:
+  """The model an acceptance fit was measured on, short: "SmolLM2-135M-Instruct (float32)" ->
+  "SmolLM2-135M-Instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf (float32)" ->
+  "qwen2.5-coder-1.5b-instruct"."""
+  name = fit.get("model", "unnamed").split(" ")[0]
+  return name.split("-q4_k_m")[0].removesuffix(".gguf")
 
 
 def n_params(cfg: ModelConfig) -> float:
@@ -105,7 +122,12 @@ def measure_shape(name: str, out_dir: pathlib.Path | None) -> latency.LatencyPro
   from knapspec_jax import model as model_lib
   from knapspec_jax.compile_cache import CompileCache
   lens = sorted(int(a) for a in _ATTN_LENS.value)
-  cfg = shape_config(name, max(lens))
+  # The engine's defaults on this device, as load_model picks them (one-token kernel, the
+  # windows', two-row projections on a GPU); ModelConfig's own are XLA and one row.
+  attention = api.default_attention(_DTYPE.value)
+  cfg = dataclasses.replace(shape_config(name, max(lens)), attention=attention,
+                            window_attention=api.default_window_attention(attention),
+                            matmul_rows=api.default_matmul_rows())
   dtype = api.DTYPES[_DTYPE.value]
   start = time.perf_counter()
   params = model_lib.fuse_projections(
@@ -175,7 +197,7 @@ def calibrate(p: latency.LatencyProfile, n: int, fit: dict, target: float, inter
 def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
   contexts = [int(c) for c in _CONTEXTS.value]
   cfgs = {name: shape_config(name, max(contexts)) for name in profiles}
-  scenarios = {"SmolLM2's acceptance curve (k=1)": 1.0}
+  scenarios = {f"{curve_of(fit)}'s acceptance curve (k=1)": 1.0}
   if "llama3.2-1b" in profiles:
     n_cal = min(max(contexts), max(s[1] for s in profiles["llama3.2-1b"].step_samples)
                 if profiles["llama3.2-1b"].step_samples else max(contexts))
@@ -192,7 +214,7 @@ def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
                          device=p.device, **b))
   lines = ["Latency profiles (measured; 'random' = a random-weight model of the shape, 'real' = "
            "the real model) and projected KnapSpec speedups (PROJECTION: acceptance "
-           "transplanted from SmolLM2, not measured on these shapes).",
+           f"transplanted from {curve_of(fit)}, not measured on these shapes).",
            "", "| shape | weights | params (B) | context | AR ms/token (measured fit) | "
            "t_attn / t_mlp | verify 11 tok / 1 step | search ms |",
            "|---|---|---|---|---|---|---|---|"]
@@ -235,7 +257,7 @@ def project(profiles: dict, fit: dict, out_dir: pathlib.Path | None):
                else " on the real model" if real else "") + f" on {device}")
   plot_profiles(profiles, contexts, source, out_dir)
   for scenario, k in scenarios.items():
-    tag = "smollm2_curve" if k == 1.0 else "paper_calibrated"
+    tag = f"{curve_of(fit).split('-')[0].lower()}_curve" if k == 1.0 else "paper_calibrated"
     series = {}
     for k_shape, name in enumerate(profiles):
       sub = [r for r in rows if r["shape"] == name and r["scenario"] == scenario]
@@ -314,6 +336,11 @@ def main(argv):
   if not profiles:
     raise ValueError("no profiles to project from")
   profiles = dict(sorted(profiles.items(), key=lambda kv: n_params(shape_config(kv[0], 8192))))
+  if _VERIFY_SCALE.value != 1.0:  # a what-if on top of the measured profiles, labelled so
+    profiles = {name: dataclasses.replace(p.scaled(verify=_VERIFY_SCALE.value),
+                                          device=f"{p.device} (verify excess x"
+                                                 f"{_VERIFY_SCALE.value:g}: what-if)")
+                for name, p in profiles.items()}
   project(profiles, fit, out_dir)
   if out_dir:
     print(f"wrote {out_dir}")
