@@ -18,6 +18,9 @@ def get_config() -> config_dict.ConfigDict:
   # One-query attention kernel (knapspec_jax.load_model): "" = its default (pallas on a GPU in
   # bfloat16, else xla), or "xla", "pallas", "cudnn".
   c.attention = ""
+  # Attention of verify windows: "" = load_model's default (the one-token kernel's where that is
+  # "pallas", else xla), or "xla", "pallas" (BENCHMARKS.md 10.13).
+  c.window_attention = ""
   # Latency profile JSON; "" = the stored profile of this device (measured if there is none).
   c.profile = ""
   # Methods, comma-separated; AR always runs first and is every speedup's baseline.

@@ -132,7 +132,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
       m for m in requested if m != "ar"]
   options = method_options(config.method_options)
   model = ks.load_model(config.model or None, dtype=config.dtype,
-                        attention=config.attention or None)
+                        attention=config.attention or None,
+                        window_attention=config.get("window_attention") or None)
   if config.profile:
     model.profile = ks.LatencyProfile.load(config.profile)
   items = prompts(config, model.tokenizer)
@@ -182,6 +183,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
                                  for x, a in zip(timed[method], timed["ar"]))
       record = dict(item_id=item["id"], category=item["category"], prompt_tokens=len(ids),
                     device=device, dtype=model.dtype, attention=model.cfg.attention,
+                    window_attention=model.cfg.window_attention,
                     model=model.name, date=time.strftime("%F"),
                     config=config.name, repeats=item["repeats"],
                     tokens_per_s_all=[x.tokens_per_s for x in runs],
