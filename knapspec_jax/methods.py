@@ -310,7 +310,7 @@ class KnapSpecPolicy:
           gamma=draft.gamma, buckets=speculative.segment_buckets(
               self.model.cfg, capacity, draft.gamma, n_prompt, end))
 
-  def trial_rounds(self, measured_tpt: float | None) -> int | None:
+  def trial_window(self, measured_tpt: float | None) -> int | None:
     """The rounds of a drafting window whose draft no window has measured (KnapSpecConfig.
     trial_rounds), None: the interval (a measured draft, trials off, or a trial no shorter)."""
     trial = self.config.trial_rounds
@@ -366,7 +366,7 @@ class KnapSpecPolicy:
                       f"warm-up compiles it", ar_tokens=None)
     if kept is not None:  # no search: decode with the draft that measured faster than AR here
       tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma)
-      rounds = self.trial_rounds(kept.measured_tpt)
+      rounds = self.trial_window(kept.measured_tpt)
       measured = (f"not measured yet: a trial of {rounds} rounds" if rounds
                   else "not measured yet" if kept.measured_tpt is None
                   else f"last window {kept.measured_tpt:.0f} tok/s")
@@ -427,7 +427,7 @@ class KnapSpecPolicy:
       if self.config.keep:
         model.kept_drafts[search_len] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                   n)
-        rounds = self.trial_rounds(None)
+        rounds = self.trial_window(None)
         if rounds:
           decision = dataclasses.replace(decision, rounds=rounds,
                                          reason=f"{decision.reason}; a trial of {rounds} rounds")
