@@ -123,6 +123,26 @@ def main(argv):
   write_outputs(rows, 2 * L, f"{model.name} ({model.dtype})")
 
 
+def estimate_errors(rows) -> list[str]:
+  """How well the search's in-sample estimate predicts held-out agreement: its error (in-sample
+  minus held-out) over every set, and per prompt over the sets of 9-16 skipped sublayers (the
+  drafts the H200 runs chose)."""
+  err = np.asarray([r["in_sample_alpha"] - r["held_out_alpha"] for r in rows])
+  r_in = np.corrcoef([r["in_sample_alpha"] for r in rows], [r["held_out_alpha"] for r in rows])
+  lines = [f"in-sample estimate minus held-out alpha, {len(rows)} sets: mean {err.mean():+.3f}, "
+           f"mean |error| {np.abs(err).mean():.3f}, Pearson r {r_in[0, 1]:.3f}",
+           "", "| prompt | sets with 9-16 skipped | mean held-out | mean in-sample | mean error |",
+           "|---|---|---|---|---|"]
+  for item in dict.fromkeys(r["item_id"] for r in rows):
+    sub = [r for r in rows if r["item_id"] == item
+           and 9 <= r["n_attn_skipped"] + r["n_mlp_skipped"] <= 16]
+    if sub:
+      held = np.mean([r["held_out_alpha"] for r in sub])
+      est = np.mean([r["in_sample_alpha"] for r in sub])
+      lines.append(f"| {item} | {len(sub)} | {held:.2f} | {est:.2f} | {est - held:+.2f} |")
+  return lines
+
+
 def write_outputs(rows, n_sublayers: int, model_name: str):
   result = fit(rows, model_name)
   print(json.dumps(result, indent=1))
@@ -136,6 +156,7 @@ def write_outputs(rows, n_sublayers: int, model_name: str):
                    f"| {np.mean([r['in_sample_alpha'] for r in sub]):.2f} |")
   lines.append(f"\nfit: alpha = exp(-({result['b_attn']:.2f} f_attn + {result['b_mlp']:.2f} "
                f"f_mlp)), median |error| {result['median_abs_err']:.3f} over {len(rows)} sets")
+  lines += ["", *estimate_errors(rows)]
   print("\n".join(lines))
   if not _OUT.value:
     return
