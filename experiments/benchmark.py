@@ -133,7 +133,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
   options = method_options(config.method_options)
   model = ks.load_model(config.model or None, dtype=config.dtype,
                         attention=config.attention or None,
-                        window_attention=config.get("window_attention") or None)
+                        window_attention=config.window_attention or None)
   if config.profile:
     model.profile = ks.LatencyProfile.load(config.profile)
   items = prompts(config, model.tokenizer)

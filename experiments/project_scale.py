@@ -1,6 +1,7 @@
 """Analysis 5: where would KnapSpec pay? Latency profiles of larger model shapes (synthetic,
-random weights) combined with an acceptance curve measured on the real SmolLM2, projected to
-tokens per time and speedup against model size and context length.
+random weights) combined with an acceptance curve measured on a real model (SmolLM2's by
+default, Qwen2.5-Coder-1.5B's with --acceptance_fit), projected to tokens per time and speedup
+against model size and context length.
 
   # on the GPU (experiments/gpu/run_project_scale.sh): measure the shapes' profiles, project
   python experiments/project_scale.py --shapes=llama3.2-1b,llama3.1-8b,qwen3-8b \
@@ -23,7 +24,7 @@ Projected: for each shape and context n, the best draft over attention/MLP skip 
 I = the re-optimization interval in rounds (one search per I rounds), or AR (1.0x) when no draft
 beats it by KnapSpec's 3% margin, as KnapSpec declines. alpha comes from an acceptance curve,
 alpha = exp(-k (b_attn f_attn + b_mlp f_mlp)), f the fractions skipped, (b_attn, b_mlp) fitted on
-SmolLM2 (experiments/acceptance_curve.py), and k a scenario: k = 1, SmolLM2's own curve; k
+a real model (experiments/acceptance_curve.py), and k a scenario: k = 1, that model's curve; k
 calibrated so that the Llama-3.2-1B shape's projection at the largest context equals the
 paper's reported speedup for Llama3.2-1B (1.06-1.13x: 1.10x), i.e. the acceptance the paper's
 result implies on this engine's latencies. Every number this script prints is either a
@@ -42,28 +43,28 @@ from absl import app, flags
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "gpu"))
 import common  # noqa: E402  (puts the repository on sys.path)
+import shapes as device_shapes  # noqa: E402
 from knapspec_jax import latency, selection  # noqa: E402
 from knapspec_jax.config import ModelConfig  # noqa: E402
 
 # Shapes from the models' published configs (RoPE scaling left out: it changes frequencies,
-# not cost). max_seq_len is set per run from the attention lengths measured.
+# not cost). max_seq_len is set per run from the attention lengths measured. Those the GPU
+# scripts time too are theirs (experiments/gpu/shapes.py), under this script's names.
 SHAPES = {
-    "smollm2-135m": dict(arch="llama", vocab_size=49152, d_model=576, d_ff=1536, n_layers=30,
-                         n_heads=9, n_kv_heads=3, head_dim=64, rope_theta=100000.0),
-    "llama3.2-1b": dict(arch="llama", vocab_size=128256, d_model=2048, d_ff=8192, n_layers=16,
-                        n_heads=32, n_kv_heads=8, head_dim=64, rope_theta=500000.0),
-    "llama3.1-8b": dict(arch="llama", vocab_size=128256, d_model=4096, d_ff=14336, n_layers=32,
-                        n_heads=32, n_kv_heads=8, head_dim=128, rope_theta=500000.0,
-                        tie_embeddings=False),
-    "qwen3-8b": dict(arch="qwen3", vocab_size=151936, d_model=4096, d_ff=12288, n_layers=36,
-                     n_heads=32, n_kv_heads=8, head_dim=128, rope_theta=1000000.0,
-                     tie_embeddings=False, qk_norm=True, norm_eps=1e-6),
-    "qwen2.5-coder-1.5b": dict(arch="qwen2", vocab_size=151936, d_model=1536, d_ff=8960,
-                               n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
-                               rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True),
-    "tiny": dict(arch="llama", vocab_size=512, d_model=64, d_ff=128, n_layers=4, n_heads=4,
-                 n_kv_heads=2, head_dim=16),  # CPU smoke runs only
+    "smollm2-135m": device_shapes.SHAPES["smollm2"],
+    "llama3.2-1b": ModelConfig(arch="llama", vocab_size=128256, d_model=2048, d_ff=8192,
+                               n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+                               rope_theta=500000.0),
+    "llama3.1-8b": device_shapes.SHAPES["llama3.1-8b"],
+    "qwen3-8b": ModelConfig(arch="qwen3", vocab_size=151936, d_model=4096, d_ff=12288,
+                            n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
+                            rope_theta=1000000.0, tie_embeddings=False, qk_norm=True,
+                            norm_eps=1e-6),
+    "qwen2.5-coder-1.5b": device_shapes.SHAPES["qwen2.5-1.5b"],
+    "tiny": ModelConfig(arch="llama", vocab_size=512, d_model=64, d_ff=128, n_layers=4,
+                        n_heads=4, n_kv_heads=2, head_dim=16),  # CPU smoke runs only
 }
 PAPER_1B_SPEEDUP = 1.10  # KNAPSPEC.md: Llama3.2-1B 1.06-1.13x over AR
 GAMMA_MAX = 10
@@ -95,7 +96,7 @@ _VERIFY_SCALE = flags.DEFINE_float("verify_scale", 1.0, "What-if: scale every pr
 
 
 def shape_config(name: str, max_len: int) -> ModelConfig:
-  return ModelConfig(max_seq_len=max_len, **SHAPES[name])
+  return dataclasses.replace(SHAPES[name], max_seq_len=max_len)
 
 
 def curve_of(fit: dict) -> str:

@@ -5,7 +5,8 @@
 
 decode_attention.py attends verify windows of up to 16 queries too (window_attention="pallas"),
 reading each key block once for all of them, so that a verify forward should cost about one step
-(issue 14); XLA stays the default for windows until this script's numbers say otherwise. For each
+(issue 14); this script's H200 numbers made it the windows' default where one-token steps use
+the kernel (api.default_window_attention, BENCHMARKS.md 10.13). For each
 shape (random bfloat16 weights, two-row projections: shapes.random_model, the H200's defaults)
 and attention bucket (1K and 16K; every forward at the cursor max(windows) positions short of
 the bucket, so the longest window ends at its last position), this times on device
@@ -14,13 +15,14 @@ an untimed call first, then the median of `repeats` loops):
   pallas T=1        the one-token step (attention="pallas", the kernel's one-query case)
   pallas T=4,8,11   verify windows through the kernel (window_attention="pallas")
   xla T=4,8,11      the same windows with XLA's masked einsum attention over the bucket
-                    (window_attention="xla", the default)
+                    (window_attention="xla", the default before session 9)
 and prints ms per forward, each forward's ratio to the pallas step, and the kernels per loop
 body; for the step also the bytes it reads (metrics.step_bytes), GB/s and the fraction of this
 device's read bandwidth, measured once in this process (latency.read_bandwidth; issue 14's
-"AR >= 90% of measured read bandwidth" at 8B shape). Before its timings, each shape reports at the first bucket whether AR and verify "round
-alike" in the model's dtype (issue 14): the kernel alone (a window of max(windows) random
-queries over layer 0's cache against one-query calls at the same positions: identical bits?)
+"AR >= 90% of measured read bandwidth" at 8B shape). Before its timings, each shape reports at
+the first bucket whether AR and verify "round alike" in the model's dtype (issue 14): the
+kernel alone (a window of max(windows) random queries over layer 0's cache against one-query
+calls at the same positions: identical bits?)
 and the model (AR's one-token forwards against one verify forward of the same tokens from the
 same cache: identical logits at every position? the same argmax?). Runs within a budget
 (--budget_s); a program that fails is recorded with its error and the rest go on; the records
@@ -159,7 +161,8 @@ def main(argv):
     if spent(name):
       continue
     m = random_model(name, max(buckets), smoke)  # every cache position holds a random entry
-    dtype = str(m.base.k[0].dtype)
+    kv_dtype = m.base.k[0].dtype
+    dtype = str(kv_dtype)
     common = dict(model=m.name, device=device, dtype=dtype)
     # bucket -> cursor: the longest window's queries reach the bucket's last positions
     contexts = {attn_bucket(n, m.capacity): attn_bucket(n, m.capacity) - max(windows)
@@ -195,7 +198,7 @@ def main(argv):
         reads = {}
         if window == 1:
           step_ms = ms
-          reads = metrics.bandwidth(metrics.step_bytes(m.params, m.cfg, context, m.base.k[0].dtype),
+          reads = metrics.bandwidth(metrics.step_bytes(m.params, m.cfg, context, kv_dtype),
                                     ms / 1e3, read_gbps)
         over = None if step_ms is None else ms / step_ms
         save(dict(kind="time", **common, **where, ms_per_forward=ms, over_step=over,
