@@ -115,9 +115,11 @@ def n_splits(attn_len: int, split: int = SPLIT) -> int:
   return -(-attn_len // split)
 
 
-@functools.partial(jax.jit, static_argnames=("attn_len", "split", "block_k", "interpret"))
+@functools.partial(jax.jit, static_argnames=("attn_len", "split", "block_k", "warps",
+                                             "interpret"))
 def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, split: int = SPLIT,
-                     block_k: int = BLOCK_K, interpret: bool | None = None):
+                     block_k: int = BLOCK_K, warps: int | None = None,
+                     interpret: bool | None = None):
   """Causal softmax attention of the last T positions of each sequence over its cache.
 
   q [B, T, H, hd], 1 <= T <= MAX_QUERIES: queries at positions kv_len - T .. kv_len - 1 (a
@@ -126,18 +128,20 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, sp
   multiple of `split`); kv_len int32 [B], T <= kv_len <= attn_len. attn_len (static): positions
   the kernel covers, <= S (None: all S); it sets the grid, so a step's cost follows its bucket,
   not the cache's capacity. Returns [B, T, H, hd] in q's dtype (scores, softmax and the merge
-  in float32). block_k: keys per inner step; the same for every T, so that a verify window's
-  rows sum their blocks as the one-token steps at the same positions do (in bfloat16 on the
-  CPU the outputs are the same bits). interpret: run in Pallas's interpreter (default: off a
-  GPU).
+  in float32). split: cache positions per program, a multiple of block_k (the last split may
+  reach past the cache: it reads only keys before kv_len). block_k: keys per inner step; the
+  same for every T, so that a verify window's rows sum their blocks as the one-token steps at
+  the same positions do (in bfloat16 on the CPU the outputs are the same bits). warps: warps
+  per program (None: num_warps of the tile). interpret: run in Pallas's interpreter (default:
+  off a GPU).
   """
   b, t, h, hd = q.shape
   _, s, kv, _ = keys.shape
   groups = h // kv
   rows = tile_rows(t, groups)
-  if s % split or split % block_k:
-    raise ValueError(f"cache length {s} must be a multiple of split={split}, itself a "
-                     f"multiple of block_k={block_k}")
+  if s % block_k or split % block_k:
+    raise ValueError(f"cache length {s} and split={split} must be multiples of "
+                     f"block_k={block_k}")
   attn_len = s if attn_len is None else attn_len
   if not 1 <= attn_len <= s:
     raise ValueError(f"attn_len={attn_len} must lie in [1, {s}] (the cache length)")
@@ -165,7 +169,7 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, sp
       out_shape=[jax.ShapeDtypeStruct((b, kv, splits, rows, hd), jnp.float32),
                  jax.ShapeDtypeStruct((b, kv, splits, rows), jnp.float32),
                  jax.ShapeDtypeStruct((b, kv, splits, rows), jnp.float32)],
-      compiler_params=plgpu.CompilerParams(num_warps=num_warps(rows), num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=warps or num_warps(rows), num_stages=2),
       interpret=interpret,
       name="split_kv_decode_attention",
   )(kv_len.astype(jnp.int32), q_rows, keys, values)

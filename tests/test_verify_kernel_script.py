@@ -51,3 +51,25 @@ def test_verify_kernel_smoke(tmp_path):
   assert check["logits"]["max_abs_diff"] <= 1e-3 and check["argmax_equal"]
   assert 0 <= check["positions_identical"] <= 11
   assert "AR vs verify T=11" in proc.stdout and "/step" in proc.stdout
+
+
+def test_kernel_split_sweep_smoke(tmp_path):
+  """kernel_split_sweep.py --smoke: every (T, split) timed once, the partial bytes from the
+  shape's heads (not the script's arithmetic alone), and splits that do not divide the cache
+  agree with splits of 256."""
+  out = tmp_path / "kernel_split.json"
+  run_gpu_script_smoke("kernel_split_sweep.py", out, "--splits=256,1024", "--windows=1,11")
+  records = json.loads(out.read_text())
+  [check] = [r for r in records if r["kind"] == "check"]
+  assert check["finite"] and check["max_abs_diff"] <= 1e-5  # float32 on the CPU
+  times = [r for r in records if r["kind"] == "time"]
+  assert {(r["window"], r["split"], r["warps"]) for r in times} == {
+      (1, 256, 4), (1, 1024, 4), (11, 256, 4), (11, 1024, 4), (11, 256, 8), (11, 1024, 8)}
+  cfg = shapes.SHAPES["tiny"]
+  for r in times:
+    assert r["splits"] == 1024 // r["split"] and r["programs"] == r["splits"] * cfg.n_kv_heads
+    rows = 16 if r["window"] == 1 else 32  # 11 queries x 2 heads -> 32 rows
+    assert r["rows"] == rows
+    assert r["partial_mb"] == pytest.approx(
+        8 * cfg.n_kv_heads * r["splits"] * rows * (cfg.head_dim + 2) / 1e6)
+    assert r["us_per_call"] > 0
