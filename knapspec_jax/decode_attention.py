@@ -44,7 +44,13 @@ from jax.experimental.pallas import triton as plgpu
 
 from knapspec_jax import sharding
 
-SPLIT = 256  # cache positions per program; KVCache capacities are multiples of this
+SPLIT = 256  # cache positions per program at least; KVCache capacities are multiples of this
+MAX_SPLIT = 1024  # ... at most: the largest split timed (experiments/gpu/kernel_split_sweep.py)
+# Programs a split size must still launch to be taken: one-query tiles (16 rows) need more of
+# them to read at speed than taller verify tiles, whose fewer, larger partials pay for fewer
+# programs (H200, 132 SMs: BENCHMARKS.md 10.14).
+MIN_PROGRAMS_ONE_TILE = 192
+MIN_PROGRAMS_TALL_TILE = 96
 BLOCK_K = 128  # keys per inner step of a program, whatever T (see decode_attention)
 MIN_ROWS = 16  # rows of a program's query tile at least: the smallest dot tile
 MAX_QUERIES = 16  # query positions per sequence the kernel takes (verify windows of gamma + 1)
@@ -115,9 +121,24 @@ def n_splits(attn_len: int, split: int = SPLIT) -> int:
   return -(-attn_len // split)
 
 
+def choose_split(attn_len: int, heads_x_sequences: int, rows: int) -> int:
+  """Cache positions per program: SPLIT doubled up to MAX_SPLIT while the bucket's programs
+  (splits x KV heads x sequences) stay at or above the tile's minimum. Every program writes
+  float32 partials of its whole tile that the merge reads back, so a long bucket in small splits
+  moves more partial bytes than it saves in parallelism (on the H200, Llama-3.1-8B heads at 16K:
+  a 64-row verify tile 62 us per layer in splits of 256, 47 in splits of 1024; a one-query tile
+  37 us in 256, 33 in 512, 38 in 1024)."""
+  floor = MIN_PROGRAMS_ONE_TILE if rows <= MIN_ROWS else MIN_PROGRAMS_TALL_TILE
+  split = SPLIT
+  while split < MAX_SPLIT and n_splits(attn_len, 2 * split) * heads_x_sequences >= floor:
+    split *= 2
+  return split
+
+
 @functools.partial(jax.jit, static_argnames=("attn_len", "split", "block_k", "warps",
                                              "interpret"))
-def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, split: int = SPLIT,
+def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
+                     split: int | None = None,
                      block_k: int = BLOCK_K, warps: int | None = None,
                      interpret: bool | None = None):
   """Causal softmax attention of the last T positions of each sequence over its cache.
@@ -129,7 +150,7 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, sp
   the kernel covers, <= S (None: all S); it sets the grid, so a step's cost follows its bucket,
   not the cache's capacity. Returns [B, T, H, hd] in q's dtype (scores, softmax and the merge
   in float32). split: cache positions per program, a multiple of block_k (the last split may
-  reach past the cache: it reads only keys before kv_len). block_k: keys per inner step; the
+  reach past the cache: it reads only keys before kv_len; None: choose_split's). block_k: keys per inner step; the
   same for every T, so that a verify window's rows sum their blocks as the one-token steps at
   the same positions do (in bfloat16 on the CPU the outputs are the same bits). warps: warps
   per program (None: num_warps of the tile). interpret: run in Pallas's interpreter (default:
@@ -139,12 +160,13 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None, sp
   _, s, kv, _ = keys.shape
   groups = h // kv
   rows = tile_rows(t, groups)
-  if s % block_k or split % block_k:
-    raise ValueError(f"cache length {s} and split={split} must be multiples of "
-                     f"block_k={block_k}")
   attn_len = s if attn_len is None else attn_len
   if not 1 <= attn_len <= s:
     raise ValueError(f"attn_len={attn_len} must lie in [1, {s}] (the cache length)")
+  split = choose_split(attn_len, kv * b, rows) if split is None else split
+  if s % block_k or split % block_k:
+    raise ValueError(f"cache length {s} and split={split} must be multiples of "
+                     f"block_k={block_k}")
   if not 1 <= t <= MAX_QUERIES:
     raise ValueError(f"{t} query positions: the kernel takes 1 to {MAX_QUERIES}")
   if groups > MIN_ROWS:

@@ -155,12 +155,15 @@ def _pallas_grids(fn, *args) -> list[tuple]:
   return grids
 
 
-@pytest.mark.parametrize("attn_len,programs", [(256, 1), (512, 2), (1024, 4), (3000, 12),
-                                               (129 * SPLIT, 129)])
+@pytest.mark.parametrize("attn_len,programs", [(256, (1, 1)), (512, (2, 2)), (1024, (4, 4)),
+                                               (3000, (12, 12)), (129 * SPLIT, (129, 65))])
 @pytest.mark.parametrize("queries", [1, 11])
 def test_grid_follows_the_bucket_not_the_cache(attn_len, programs, queries):
-  """A Qwen2.5-1.5B-sized cache (32K positions + slack = 129 splits): the kernel launches
-  programs for the bucket's splits only, as many for a verify window as for one query."""
+  """A Qwen2.5-1.5B-sized cache (32K positions + slack = 129 splits of 256): the kernel launches
+  programs for the bucket's splits only. Over the whole cache a verify window's 128-row tile
+  takes splits of 512 (65 x 2 KV heads >= MIN_PROGRAMS_TALL_TILE programs; 1024 would leave 66),
+  a one-query tile keeps 256 (512 would leave 130 < MIN_PROGRAMS_ONE_TILE)."""
+  programs = programs[queries > 1]
   cache = jax.ShapeDtypeStruct((1, 129 * SPLIT, 2, 128), jnp.float32)
   grids = _pallas_grids(lambda q, k, v, n: decode_attention(q, k, v, n, attn_len=attn_len),
                         jax.ShapeDtypeStruct((1, queries, 12, 128), jnp.float32), cache, cache,
