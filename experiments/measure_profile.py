@@ -31,6 +31,7 @@ def main(argv):
   print("saved", p.save(_OUT.value), p.errors(), "segment compile", p.segment_compile_s)
   for n_attn, n_mlp, attn_len, seconds in p.step_samples:
     if n_attn == n_mlp == m.cfg.n_layers:  # the full model: what a step reads at this context
+      attn_len = int(attn_len)  # the samples are a float array
       bw = metrics.bandwidth(metrics.step_bytes(m.params, m.cfg, attn_len - 1,
                                                 api.DTYPES[_DTYPE.value]), seconds, p.read_gbps)
       print(f"full step at {attn_len:5d}: {seconds * 1e3:.3f} ms/token {1 / seconds:.1f} "
