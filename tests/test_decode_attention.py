@@ -338,3 +338,28 @@ def test_window_attention_follows_the_one_token_kernel_in_load_model(tiny_models
   assert kept.cfg.window_attention == "xla" and "windows" not in kept.profile_name
   assert [api.default_window_attention(a) for a in ("pallas", "xla", "cudnn")] == [
       "pallas", "xla", "xla"]
+
+
+def test_choose_split_picks_what_the_h200_measured():
+  """choose_split against the committed H200 sweep (experiments/gpu/kernel_split_sweep.py,
+  results/h200/kernel_split/): for every (heads, bucket, T) timed at the default warps, the split
+  the rule picks ran within 3% of the fastest split timed there; and the rule leaves SmolLM2
+  (3 KV heads, at most 8K positions) on splits of 256 everywhere."""
+  import json
+  import pathlib
+  from knapspec_jax.decode_attention import choose_split, num_warps
+  folder = pathlib.Path(__file__).resolve().parents[1] / "results" / "h200" / "kernel_split"
+  times = {}
+  for path in sorted(folder.glob("*.json")):
+    for r in json.loads(path.read_text()):
+      if r.get("kind") == "time" and r["warps"] == num_warps(r["rows"]):
+        key = (r["model"], r["attn_len"], r["window"], r["rows"], r["programs"] // r["splits"])
+        times.setdefault(key, {})[r["split"]] = r["us_per_call"]
+  assert len(times) >= 20
+  for (model, attn_len, window, rows, kv), by_split in times.items():
+    picked = choose_split(attn_len, kv, rows)
+    assert picked in by_split, (model, attn_len, window)
+    assert by_split[picked] <= 1.03 * min(by_split.values()), (model, attn_len, window, by_split)
+  for attn_len in (256, 1024, 4096, 8192):
+    for window in (1, 4, 11):
+      assert choose_split(attn_len, 3, tile_rows(window, 3)) == SPLIT
