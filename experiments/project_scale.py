@@ -58,10 +58,7 @@ SHAPES = {
                                n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
                                rope_theta=500000.0),
     "llama3.1-8b": device_shapes.SHAPES["llama3.1-8b"],
-    "qwen3-8b": ModelConfig(arch="qwen3", vocab_size=151936, d_model=4096, d_ff=12288,
-                            n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
-                            rope_theta=1000000.0, tie_embeddings=False, qk_norm=True,
-                            norm_eps=1e-6),
+    "qwen3-8b": device_shapes.SHAPES["qwen3-8b"],
     "qwen2.5-coder-1.5b": device_shapes.SHAPES["qwen2.5-1.5b"],
     "tiny": ModelConfig(arch="llama", vocab_size=512, d_model=64, d_ff=128, n_layers=4,
                         n_heads=4, n_kv_heads=2, head_dim=16),  # CPU smoke runs only

@@ -31,6 +31,12 @@ SHAPES = {
     "llama3.1-8b": ModelConfig(arch="llama", vocab_size=128256, d_model=4096, d_ff=14336,
                                n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
                                rope_theta=500000.0, tie_embeddings=False, max_seq_len=32768),
+    # Qwen3-8B's published config (q/k norm, untied head): issue 14's second 8B shape; the same
+    # 32K-position cache.
+    "qwen3-8b": ModelConfig(arch="qwen3", vocab_size=151936, d_model=4096, d_ff=12288,
+                            n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
+                            rope_theta=1000000.0, tie_embeddings=False, qk_norm=True,
+                            norm_eps=1e-6, max_seq_len=32768),
     # --smoke: the same code paths at toy sizes (2 layers, 9 splits of cache)
     "tiny": ModelConfig(arch="qwen2", vocab_size=256, d_model=64, d_ff=128, n_layers=2,
                         n_heads=4, n_kv_heads=2, head_dim=32, max_seq_len=2048, qkv_bias=True),

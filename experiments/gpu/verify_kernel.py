@@ -55,7 +55,8 @@ from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shape, buckets and loops (CPU check).")
-_MODELS = flags.DEFINE_list("models", ["qwen2.5-1.5b", "llama3.1-8b"], "Shapes (shapes.SHAPES).")
+_MODELS = flags.DEFINE_list("models", ["qwen2.5-1.5b", "llama3.1-8b"],
+                            "Shapes (shapes.SHAPES; also qwen3-8b, issue 14's second 8B shape).")
 _BUCKETS = flags.DEFINE_list("buckets", ["1024", "16384"], "Attention buckets (contexts).")
 _WINDOWS = flags.DEFINE_list("windows", ["4", "8", "11"], "Verify window sizes T (<= 16).")
 _STEPS = flags.DEFINE_integer("steps", 32, "Forwards per timed loop.")
