@@ -365,8 +365,11 @@ def smol(request):
   return make_setup(model.params, model.cfg, prompt, p0=len(prompt) - R, attn_len=64)
 
 
-@pytest.mark.parametrize("w_attn,w_mlp,whole_layers",
-                         [(wa, wm, False) for wa, wm in WEIGHT_PAIRS] + [(1, 1, True)])
+# The real model at equal and unequal weights and whole layers; every weight pair of WEIGHT_PAIRS
+# runs on the random model above (the DP does not depend on the model): (5, 1) and (1, 3) on
+# SmolLM2 as well cost 12 s of NumPy reference on this CPU and reached no other code.
+@pytest.mark.parametrize("w_attn,w_mlp,whole_layers", [(1, 1, False), (2, 1, False),
+                                                       (1, 1, True)])
 def test_smollm2_matches_numpy(smol, w_attn, w_mlp, whole_layers):
   got, _ = compare(smol, w_attn, w_mlp, whole_layers=whole_layers,
                    label="SmolLM2" + (" whole layers" if whole_layers else ""))

@@ -72,3 +72,33 @@ def test_save_into_a_directory_names_the_file_itself(tmp_path):
     assert written == LatencyProfile.path_for("NVIDIA H200", "m+pallas", "bfloat16", directory)
     assert LatencyProfile.load(written) == p
   assert p.save(tmp_path / "given.json") == tmp_path / "given.json"
+
+
+def test_a_missing_profile_is_measured_once_saved_and_then_read(tiny_models, tmp_path,
+                                                              monkeypatch):
+  """load_or_measure with no stored profile for (device, model, dtype) measures one and saves it
+  in the user cache's profiles (latency.user_dir, here a folder of this test's); the next call, and
+  a speculative method's lookup for a model with no profile (methods.profile_for), read it
+  without measuring. (conftest stores the CI CPU's SmolLM2 profile for other CPUs, so the rest of
+  the suite never takes this path.)"""
+  import jax.numpy as jnp
+  from knapspec_jax import methods
+  monkeypatch.setattr(latency, "user_dir", lambda: tmp_path / "profiles")
+  tiny = tiny_models["llama"].jax
+  name = "tiny-load-or-measure"
+  quick = dict(attn_lens=(256,), windows=(1, 2), steps=2, repeats=1)
+  logged = []
+  first = latency.load_or_measure(tiny.params, tiny.cfg, jnp.float32, name, log=logged.append,
+                                  **quick)
+  assert any(line.startswith(f"measuring the latency profile of {name}") for line in logged)
+  path = LatencyProfile.path_for(latency.device_name(), name, "float32", tmp_path / "profiles")
+  assert path.is_file() and LatencyProfile.load(path) == first
+  assert first.device == latency.device_name() and first.n_layers == tiny.cfg.n_layers
+  logged.clear()
+  again = latency.load_or_measure(tiny.params, tiny.cfg, jnp.float32, name, log=logged.append,
+                                  **quick)
+  assert again == first and logged == []
+  model = dataclasses.replace(tiny, source=str(tmp_path / name), profile=None)
+  assert model.profile_name == name
+  monkeypatch.setattr(latency, "measure", None)  # a measurement now would fail the test
+  assert methods.profile_for(model) == first and model.profile == first
