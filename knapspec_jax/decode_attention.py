@@ -10,8 +10,9 @@ hd], no copy, no slice) and is deterministic by construction: no atomics, and ev
 a fixed order.
 
 The first `attn_len` positions of the cache (the step's attention bucket, a static length that
-covers the valid ones) are cut into splits of `split` positions. One program per (split, KV
-head, sequence) runs an online softmax over its split in blocks of `block_k` keys, for all the
+covers the valid ones) are cut into splits of `split` positions (choose_split: 256 to 1024,
+longer where the bucket leaves enough programs, since every program writes float32 partials of
+its whole tile for the merge to read back). One program per (split, KV head, sequence) runs an online softmax over its split in blocks of `block_k` keys, for all the
 (query position, query head) pairs that share the KV head at once: T x groups rows, position
 major, padded to a power of two of at least 16 (the smallest matrix-multiply tile; Triton's
 blocks are powers of two). Each key block is read once for all T queries, so a verify window
@@ -24,12 +25,15 @@ capacity: a Qwen2.5-1.5B cache holds 32K positions (129 splits), a step at 256 p
 launches one split per KV head. With T = 1 the rows are the query heads of one KV head padded
 to 16, and every row sees the keys before kv_len.
 
-A query's row runs the same operations in the same order whatever T is (the same blocks of
+Where a window and a one-token step take the same split, a query's row runs the same
+operations in the same order whatever T is (the same blocks of
 block_k keys; blocks past its own position add exactly 0: p = 0, correction 1; splits past it
 weigh exactly 0), so a verify window and the one-token steps at the same positions differ only
 where the backend's dot rounds a taller tile differently: on the CPU their bfloat16 outputs are
 the same bits (tests/test_decode_attention.py), float32 within an ulp; on a GPU
-experiments/gpu/verify_kernel.py reports it. On CPU the kernel runs in Pallas's interpreter,
+experiments/gpu/verify_kernel.py reports it. Where their splits differ (long buckets on a GPU:
+Llama-3.1-8B at 16K takes 512 for a step, 1024 for a window of 11) the merge sums in another
+order and the bits may differ by a rounding. On CPU the kernel runs in Pallas's interpreter,
 which is how the tests check it against a NumPy reference.
 """
 
