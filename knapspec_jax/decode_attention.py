@@ -10,31 +10,30 @@ hd], no copy, no slice) and is deterministic by construction: no atomics, and ev
 a fixed order.
 
 The first `attn_len` positions of the cache (the step's attention bucket, a static length that
-covers the valid ones) are cut into splits of `split` positions (choose_split: 256 to 1024,
-longer where the bucket leaves enough programs, since every program writes float32 partials of
-its whole tile for the merge to read back). One program per (split, KV head, sequence) runs an online softmax over its split in blocks of `block_k` keys, for all the
-(query position, query head) pairs that share the KV head at once: T x groups rows, position
-major, padded to a power of two of at least 16 (the smallest matrix-multiply tile; Triton's
-blocks are powers of two). Each key block is read once for all T queries, so a verify window
-reads the cache once, as a one-token step does. Row t of a window sees the keys before
-kv_len - (T - 1 - t) (a padded row, a zero query, sees what the last query sees); splits at or
-past kv_len return at once, and a row with no valid key in a split (one past its own position)
-ends it with maximum -inf and weighs exactly 0 in the merge. A small XLA reduction then merges
-the splits (flash-decoding). The grid and the merge follow the bucket, not the cache's
-capacity: a Qwen2.5-1.5B cache holds 32K positions (129 splits), a step at 256 positions
-launches one split per KV head. With T = 1 the rows are the query heads of one KV head padded
-to 16, and every row sees the keys before kv_len.
+covers the valid ones) are cut into splits of `split` positions (choose_split: 256 to 1024, longer
+where the bucket leaves enough programs, since every program writes float32 partials of its whole
+tile for the merge to read back). One program per (split, KV head, sequence) runs an online softmax
+over its split in blocks of `block_k` keys, for all the (query position, query head) pairs that
+share the KV head at once: T x groups rows, position major, padded to a power of two of at least 16
+(the smallest matrix-multiply tile; Triton's blocks are powers of two). Each key block is read once
+for all T queries, so a verify window reads the cache once, as a one-token step does. Row t of a
+window sees the keys before kv_len - (T - 1 - t) (a padded row, a zero query, sees what the last
+query sees); splits at or past kv_len return at once, and a row with no valid key in a split (one
+past its own position) ends it with maximum -inf and weighs exactly 0 in the merge. A small XLA
+reduction then merges the splits (flash-decoding). The grid and the merge follow the bucket, not the
+cache's capacity: a Qwen2.5-1.5B cache holds 32K positions (129 splits), a step at 256 positions
+launches one split per KV head. With T = 1 the rows are the query heads of one KV head padded to 16,
+and every row sees the keys before kv_len.
 
-Where a window and a one-token step take the same split, a query's row runs the same
-operations in the same order whatever T is (the same blocks of
-block_k keys; blocks past its own position add exactly 0: p = 0, correction 1; splits past it
-weigh exactly 0), so a verify window and the one-token steps at the same positions differ only
-where the backend's dot rounds a taller tile differently: on the CPU their bfloat16 outputs are
-the same bits (tests/test_decode_attention.py), float32 within an ulp; on a GPU
-experiments/gpu/verify_kernel.py reports it. Where their splits differ (long buckets on a GPU:
-Llama-3.1-8B at 16K takes 512 for a step, 1024 for a window of 11) the merge sums in another
-order and the bits may differ by a rounding. On CPU the kernel runs in Pallas's interpreter,
-which is how the tests check it against a NumPy reference.
+Where a window and a one-token step take the same split, a query's row runs the same operations in
+the same order whatever T is (the same blocks of block_k keys; blocks past its own position add
+exactly 0: p = 0, correction 1; splits past it weigh exactly 0), so a verify window and the
+one-token steps at the same positions differ only where the backend's dot rounds a taller tile
+differently: on the CPU their bfloat16 outputs are the same bits (tests/test_decode_attention.py),
+float32 within an ulp; on a GPU experiments/gpu/verify_kernel.py reports it. Where their splits
+differ (long buckets on a GPU: Llama-3.1-8B at 16K takes 512 for a step, 1024 for a window of 11)
+the merge sums in another order and the bits may differ by a rounding. On CPU the kernel runs in
+Pallas's interpreter, which is how the tests check it against a NumPy reference.
 """
 
 from __future__ import annotations
@@ -147,18 +146,17 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
                      interpret: bool | None = None):
   """Causal softmax attention of the last T positions of each sequence over its cache.
 
-  q [B, T, H, hd], 1 <= T <= MAX_QUERIES: queries at positions kv_len - T .. kv_len - 1 (a
-  one-token step: T = 1); query t sees cache positions [0, kv_len - (T - 1 - t)), its own
-  included. keys, values [B, S, KV, hd] (a KVCache layer, the window's own keys written; S a
-  multiple of `split`); kv_len int32 [B], T <= kv_len <= attn_len. attn_len (static): positions
-  the kernel covers, <= S (None: all S); it sets the grid, so a step's cost follows its bucket,
-  not the cache's capacity. Returns [B, T, H, hd] in q's dtype (scores, softmax and the merge
-  in float32). split: cache positions per program, a multiple of block_k (the last split may
-  reach past the cache: it reads only keys before kv_len; None: choose_split's). block_k: keys per inner step; the
-  same for every T, so that a verify window's rows sum their blocks as the one-token steps at
-  the same positions do (in bfloat16 on the CPU the outputs are the same bits). warps: warps
-  per program (None: num_warps of the tile). interpret: run in Pallas's interpreter (default:
-  off a GPU).
+  q [B, T, H, hd], 1 <= T <= MAX_QUERIES: queries at positions kv_len - T .. kv_len - 1 (a one-token
+  step: T = 1); query t sees cache positions [0, kv_len - (T - 1 - t)), its own included. keys,
+  values [B, S, KV, hd] (a KVCache layer, the window's own keys written; S a multiple of block_k);
+  kv_len int32 [B], T <= kv_len <= attn_len. attn_len (static): positions the kernel covers, <= S
+  (None: all S); it sets the grid, so a step's cost follows its bucket, not the cache's capacity.
+  Returns [B, T, H, hd] in q's dtype (scores, softmax and the merge in float32). split: cache
+  positions per program, a multiple of block_k (the last split may reach past the cache: it reads
+  only keys before kv_len; None: choose_split's). block_k: keys per inner step; the same for every
+  T, so that a verify window's rows sum their blocks as the one-token steps at the same positions do
+  (in bfloat16 on the CPU the outputs are the same bits). warps: warps per program (None: num_warps
+  of the tile). interpret: run in Pallas's interpreter (default: off a GPU).
   """
   b, t, h, hd = q.shape
   _, s, kv, _ = keys.shape

@@ -235,7 +235,8 @@ def test_kernel_bfloat16_inputs(queries):
 
 def test_bad_cache_length_is_a_clear_error():
   q = jnp.zeros((1, 1, 4, 16))
-  with pytest.raises(ValueError, match="cache length 300 and split=256 must be multiples of block_k=128"):
+  with pytest.raises(ValueError,
+                     match="cache length 300 and split=256 must be multiples of block_k=128"):
     decode_attention(q, jnp.zeros((1, 300, 2, 16)), jnp.zeros((1, 300, 2, 16)),
                      jnp.asarray([5], jnp.int32))
 

@@ -118,8 +118,8 @@ def main(argv):
           args = lambda: (q, cache[0], cache[1], jnp.asarray([attn_len], jnp.int32))
           jax.block_until_ready(run(*args()))  # compile and a first call
           us = latency.median_seconds(run, args, repeats) / calls * 1e6
-          record = dict(kind="time", model=name, device=device, dtype=str(jnp.dtype(dtype)), attn_len=attn_len,
-                        window=t, rows=rows, split=split, splits=n, programs=n * kv,
+          record = dict(kind="time", model=name, device=device, dtype=str(jnp.dtype(dtype)),
+                        attn_len=attn_len, window=t, rows=rows, split=split, splits=n, programs=n * kv,
                         warps=warps or default_warps, us_per_call=us, cache_mb=cache_bytes / 1e6,
                         partial_mb=partial_bytes(1, kv, n, rows, hd) / 1e6,
                         cache_gbps=cache_bytes / us / 1e3, calls=calls, repeats=repeats)
