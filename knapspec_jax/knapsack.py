@@ -73,6 +73,8 @@ class KnapsackResult(NamedTuple):
   cosine: jax.Array  # float32 [J] mean over the R tokens of the cosine to the full model's output
   agreement: jax.Array  # float32 [J] fraction of the R tokens whose top-1 matches the full model's
   ref_top1: jax.Array  # int32 [R] the full model's top-1 token after each of the R tokens
+  agree: jax.Array  # bool [J, R] the candidate's top-1 matches the full model's, token by token
+  top1_prob: jax.Array  # float32 [J, R] the candidate's top-1 probability (the draft's confidence)
 
 
 class Candidate(NamedTuple):
@@ -82,6 +84,8 @@ class Candidate(NamedTuple):
   budget: int
   cosine: float
   agreement: float
+  agree: tuple[bool, ...] = ()  # per reference token (KnapsackResult.agree)
+  top1_prob: tuple[float, ...] = ()  # per reference token (KnapsackResult.top1_prob)
 
 
 def integer_weights(t_attn: float, t_mlp: float,
@@ -139,22 +143,24 @@ def _map_live(fn: Callable, x, live, chunk: int):
   """fn over the rows of x [J, ...] whose `live` flag is set, `chunk` rows per call.
 
   Live rows are packed to the front and a while loop runs only over the chunks that hold them,
-  so the cost follows the number of live rows, not J. Dead rows get zeros.
+  so the cost follows the number of live rows, not J. Dead rows get zeros. fn may return a
+  pytree of arrays, each with the chunk's rows first.
   """
   n_rows = x.shape[0]
   n_pad = -(-n_rows // chunk) * chunk
   order = jnp.argsort(~live, stable=True)  # [J] live rows first, in budget order
   packed = jnp.pad(x[order], [(0, n_pad - n_rows)] + [(0, 0)] * (x.ndim - 1))
   out_shape = jax.eval_shape(fn, jax.ShapeDtypeStruct((chunk,) + x.shape[1:], x.dtype))
-  out = jnp.zeros((n_pad,) + out_shape.shape[1:], out_shape.dtype)
+  out = jax.tree.map(lambda o: jnp.zeros((n_pad,) + o.shape[1:], o.dtype), out_shape)
 
   def run_chunk(c, out):
     rows = jax.lax.dynamic_slice_in_dim(packed, c * chunk, chunk)
-    return jax.lax.dynamic_update_slice_in_dim(out, fn(rows), c * chunk, axis=0)
+    return jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, c * chunk, axis=0),
+                        out, fn(rows))
 
   n_chunks = (jnp.sum(live, dtype=jnp.int32) + chunk - 1) // chunk
   out = jax.lax.fori_loop(0, n_chunks, run_chunk, out)
-  return jnp.zeros_like(out[:n_rows]).at[order].set(out[:n_rows])
+  return jax.tree.map(lambda o: jnp.zeros_like(o[:n_rows]).at[order].set(o[:n_rows]), out)
 
 
 def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0):
@@ -261,9 +267,18 @@ def _branches(params, cache: KVCache, tokens, p0, cfg: ModelConfig, attn_len: in
 
 def _top1(params, cfg: ModelConfig, x):
   """The greedy token after each residual state x [..., D]: int32 [...]."""
+  return _top1_prob(params, cfg, x)[0]
+
+
+def _top1_prob(params, cfg: ModelConfig, x):
+  """The greedy token after each residual state x [..., D] (int32 [...]) and its probability
+  (float32 [...]): the confidence the draft's exit compares with its threshold
+  (speculative._draft takes the max of the same softmax)."""
   logits = model_lib.lm_head(params, cfg, model_lib.rms_norm(x, params["final_norm"],
                                                              cfg.norm_eps))
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  top = jnp.max(logits, axis=-1)
+  prob = jnp.exp(top - jax.nn.logsumexp(logits, axis=-1))
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32), prob
 
 
 def knapsack_search(params: model_lib.Params, cache: KVCache, tokens, p0, w_attn, w_mlp, *,
@@ -342,13 +357,16 @@ def knapsack_search(params: model_lib.Params, cache: KVCache, tokens, p0, w_attn
   with jax.named_scope("score"):
     cosine = jnp.mean(_token_cosine(g, ref_final), axis=-1)  # [J]
     ref_top1 = _top1(params, cfg, ref_final)  # [R]
-    cand_top1 = _map_live(lambda x: _top1(params, cfg, x), g, alive, chunk)  # [J, R]
-    agreement = jnp.mean(cand_top1 == ref_top1, axis=-1, dtype=jnp.float32)
+    cand_top1, top1_prob = _map_live(lambda x: _top1_prob(params, cfg, x), g, alive,
+                                     chunk)  # [J, R] each
+    agree = (cand_top1 == ref_top1) & alive[:, None]
+    agreement = jnp.mean(agree, axis=-1, dtype=jnp.float32)
 
   zero_dead = lambda a: jnp.where(alive, a, 0)
   return KnapsackResult(skip_bits=skip_bits, alive=alive, budget=budget,
                         cosine=zero_dead(cosine), agreement=zero_dead(agreement),
-                        ref_top1=ref_top1)
+                        ref_top1=ref_top1, agree=agree,
+                        top1_prob=jnp.where(alive[:, None], top1_prob, 0.0))
 
 
 def exit_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0, *,
@@ -471,8 +489,10 @@ def exit_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, t
 
 def candidates(result: KnapsackResult) -> list[Candidate]:
   """The live rows of a result as host values, in increasing budget."""
-  bits, alive, budget, cosine, agreement = jax.device_get(
-      (result.skip_bits, result.alive, result.budget, result.cosine, result.agreement))
+  bits, alive, budget, cosine, agreement, agree, prob = jax.device_get(
+      (result.skip_bits, result.alive, result.budget, result.cosine, result.agreement,
+       result.agree, result.top1_prob))
   return [Candidate(SkipMask(tuple(bool(b) for b in bits[j])), int(budget[j]),
-                    float(cosine[j]), float(agreement[j]))
+                    float(cosine[j]), float(agreement[j]), tuple(bool(a) for a in agree[j]),
+                    tuple(float(q) for q in prob[j]))
           for j in np.flatnonzero(alive)]

@@ -186,6 +186,14 @@ class KnapSpecConfig:
     after warm-up decoded a 64-round window with a kept draft that measured slower than AR,
     and ran at 367 tok/s against AR's 551 before the draft was dropped; the next two ran
     plainly at 543 and 558. At least JUDGE_ROUNDS (observe judges no shorter window).
+  exit_model: score each candidate's round under the confidence exit (selection.ExitRates:
+    the search's per-token agreement and top-1 probabilities at `threshold`), as the draft runs
+    it. False: the paper's round of gamma drafts accepted at rate alpha, which ignores that the
+    exit stops a round at its first unconfident token. On the H200 (Qwen2.5-Coder-1.5B, 2K
+    document, 1024 tokens; BENCHMARKS.md 10.15) CLaSp's draft under the exit ran its rounds at
+    1.11x AR while KnapSpec, without this model, predicted at most a 0-2% saving and declined.
+    Off by default until KnapSpec with it is measured on the H200 on both models
+    (`--config.method_options=knapspec.exit_model=true`).
   """
 
   interval: int = 64
@@ -207,6 +215,7 @@ class KnapSpecConfig:
   compile_horizon: int = 0
   keep: bool = True
   trial_rounds: int = 8
+  exit_model: bool = False
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -221,7 +230,8 @@ class KnapSpecConfig:
     for name in ("search_budget", "gain_share", "explore_budget"):
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
-    for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep"):
+    for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
+                 "exit_model"):
       _check_bool(name, getattr(self, name))
     _check_bool("background_compile", self.background_compile, none_ok=True)
     if self.search_chunk is not None:
@@ -237,6 +247,7 @@ class KeptDraft:
   alpha: float  # the search's acceptance estimate
   context: int  # where it was chosen
   measured_tpt: float | None = None  # tokens/s of its last measured window, None: not yet
+  exit: selection.ExitRates | None = None  # the search's round under the confidence exit
 
 
 class KnapSpecPolicy:
@@ -349,8 +360,10 @@ class KnapSpecPolicy:
       self.model.kept_drafts[bucket] = None
       self.model.search_gains[bucket] = 0.0
     else:
+      kept = self.model.kept_drafts.get(bucket)
+      exit = kept.exit if kept is not None and kept.skip == decision.skip else None
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                 decision.context, measured)
+                                                 decision.context, measured, exit)
 
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile
@@ -365,7 +378,7 @@ class KnapSpecPolicy:
                       f"kept draft (chosen at context {kept.context}) not compiled: the next "
                       f"warm-up compiles it", ar_tokens=None)
     if kept is not None:  # no search: decode with the draft that measured faster than AR here
-      tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma)
+      tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma, kept.exit)
       rounds = self.trial_window(kept.measured_tpt)
       measured = (f"not measured yet: a trial of {rounds} rounds" if rounds
                   else "not measured yet" if kept.measured_tpt is None
@@ -399,8 +412,12 @@ class KnapSpecPolicy:
     found = knapsack.candidates(result)
     spent = time.perf_counter() - start - (model.compiled.stats.compile_s - compile_before)
     model.search_times[search_len] = spent
-    cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine)
+    exit_rates = lambda c: (selection.exit_rates(c.agree, c.top1_prob, self.threshold)
+                            if self.config.exit_model else None)
+    cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine,
+                       exit_rates(c))
              for c in found if c.skip.n_skipped]
+    exits = {c.skip: c.exit for c in cands}
     compile_cost = (p.segment_compile_s if self.config.charge_compile and not self.background
                     else 0.0)
     horizon = self.config.compile_horizon or min(ctx.remaining, 4 * self.interval)
@@ -413,7 +430,8 @@ class KnapSpecPolicy:
       unpaid = selection.select(cands, p, attn_len, n, self.config.gamma_max,
                                 self.config.margin)
       if unpaid.drafts:  # pays once compiled: keep it for the next generation's warm-up
-        model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n)
+        model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
+                                                  exit=exits[unpaid.skip])
         model.search_gains[search_len] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
         return dataclasses.replace(  # plain decoding to the end
             decision, ar_tokens=None,
@@ -426,7 +444,7 @@ class KnapSpecPolicy:
       self.used.add((decision.skip, decision.gamma))
       if self.config.keep:
         model.kept_drafts[search_len] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                  n)
+                                                  n, exit=exits[decision.skip])
         rounds = self.trial_window(None)
         if rounds:
           decision = dataclasses.replace(decision, rounds=rounds,

@@ -6,6 +6,24 @@ verify forward of g + 1 positions, so
 
   TPT(S, g) = E(a_S, g) / (g * t_step(S, n) + t_verify(g + 1, n)).
 
+With the draft's confidence exit (speculative._draft: a token whose top-1 probability is under
+the threshold is still proposed, then drafting stops) a round is shorter than g drafts, and the
+drafts it does make are the confident ones. Where the search measured, token by token, whether a
+candidate agrees with the full model and whether it is confident (`ExitRates`), the round is
+modelled with those three rates instead (`round_tokens`, `round_drafts`): a = P(agree),
+c = P(confident), q = P(agree and confident), each tokens drafted independently,
+
+  tokens per round = 1 + a (1 - q^g) / (1 - q)      (token k is accepted if 1..k agree, and it
+                                                     was drafted if 1..k-1 were confident)
+  drafts per round = (1 - c^g) / (1 - c)
+  TPT(S, g) = tokens per round / (drafts per round * t_step(S, n) + t_verify(g + 1, n)),
+
+which is the formula above when every token is confident (c = 1, q = a). Measured on the H200
+(Qwen2.5-Coder-1.5B, a 2K document, 1024 new tokens; BENCHMARKS.md 10.15): CLaSp's draft, 8
+whole layers skipped at gamma 4 under the exit, drafted 3.0 tokens per round and yielded 3.73,
+1.11x AR's tokens/s over its rounds, where KnapSpec, scoring its candidates without the exit,
+had predicted no draft saving more than 0-2% and decoded plainly.
+
 Plain AR decoding yields 1 / t_step(full, n). The choice is made against that: when no draft is
 predicted to beat AR (by a margin, and by enough to pay for compiling a new program), KnapSpec
 declines and decodes plainly. That decision is what keeps it from losing to AR on models and
@@ -41,11 +59,57 @@ def smoothed_alpha(agree: float, n_tokens: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExitRates:
+  """A draft's rates on the reference tokens under the confidence exit (module docstring), each
+  with smoothed_alpha's add-one smoothing: agree a = P(top-1 agrees with the full model),
+  confident c = P(top-1 probability >= threshold), confident_agree q = P(both)."""
+
+  agree: float
+  confident: float
+  confident_agree: float
+
+
+def exit_rates(agree: Sequence[bool], top1_prob: Sequence[float],
+               threshold: float) -> ExitRates:
+  """ExitRates from per-token agreement and top-1 probabilities (knapsack.Candidate). A
+  threshold of 0 or less never exits: c = 1 and q = a, the closed form's round."""
+  agree = np.asarray(agree, bool)
+  confident = np.asarray(top1_prob, np.float64) >= threshold
+  if agree.shape != confident.shape or agree.ndim != 1 or not agree.size:
+    raise ValueError(f"need one agreement bit and one probability per reference token, got "
+                     f"{agree.shape} and {confident.shape}")
+  n = agree.size
+  a = smoothed_alpha(agree.mean(), n)
+  if threshold <= 0:
+    return ExitRates(a, 1.0, a)
+  return ExitRates(a, smoothed_alpha(confident.mean(), n),
+                   smoothed_alpha((agree & confident).mean(), n))
+
+
+def _geometric(r, g):
+  """1 + r + ... + r^(g-1), elementwise over gamma g."""
+  r = float(r)
+  g = np.asarray(g, np.float64)
+  return g if r >= 1.0 else (1 - r ** g) / (1 - r)
+
+
+def round_tokens(rates: ExitRates, gamma):
+  """Tokens one round yields under the exit: 1 + a (1 + q + ... + q^(g-1))."""
+  return 1.0 + rates.agree * _geometric(rates.confident_agree, gamma)
+
+
+def round_drafts(rates: ExitRates, gamma):
+  """Draft forwards one round makes under the exit: 1 + c + ... + c^(g-1)."""
+  return _geometric(rates.confident, gamma)
+
+
+@dataclasses.dataclass(frozen=True)
 class Candidate:
   skip: SkipMask
   alpha: float  # acceptance estimate
   budget: int = -1  # knapsack budget the DP found it at (-1: not from the DP)
   cosine: float = float("nan")
+  exit: ExitRates | None = None  # the round under the confidence exit; None: no exit modelled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +150,18 @@ def tpt_table(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len
   rows = []
   for c in candidates:
     t_draft = profile.t_step(c.skip, attn_len)
-    rows.append(expected_tokens(c.alpha, gammas) / (gammas * t_draft + verify))
+    if c.exit is None:
+      rows.append(expected_tokens(c.alpha, gammas) / (gammas * t_draft + verify))
+    else:
+      rows.append(round_tokens(c.exit, gammas)
+                  / (round_drafts(c.exit, gammas) * t_draft + verify))
   return np.asarray(rows).reshape(len(candidates), gamma_max)
 
 
 def draft_tpt(skip: SkipMask, alpha: float, profile: LatencyProfile, attn_len: int,
-              gamma: int) -> float:
+              gamma: int, exit: ExitRates | None = None) -> float:
   """Predicted tokens/s of drafting with `skip` at draft length gamma."""
-  return float(tpt_table([Candidate(skip, alpha)], profile, attn_len, gamma)[0, -1])
+  return float(tpt_table([Candidate(skip, alpha, exit=exit)], profile, attn_len, gamma)[0, -1])
 
 
 def select(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len: int,

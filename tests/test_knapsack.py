@@ -121,6 +121,11 @@ class NumpyLlama:
     top2 = np.sort(logits, axis=-1)[..., -2:]
     return np.argmax(logits, axis=-1), top2[..., 1] - top2[..., 0]
 
+  def top1_prob(self, x):  # [..., D] -> the top-1 token's softmax probability
+    logits = self.matmul(self.rms(x, self.final_norm), self.head)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    return 1.0 / np.exp(logits).sum(axis=-1)
+
 
 def mean_cosine(x, ref):  # x [R, D], ref [R, D] -> mean over tokens
   unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
@@ -132,6 +137,7 @@ class NumpyDP:
   skip_sets: dict[int, tuple[bool, ...]]  # final budget -> skip bits
   cosine: dict[int, float]
   agreement: dict[int, float]
+  top1_prob: dict[int, np.ndarray]  # [R] per budget
   close_logits: dict[int, int]  # tokens whose top-1 margin is too small to compare across dtypes
   tie_budgets: list[int]  # budgets at which a tie-level decision was taken
   ref_top1: np.ndarray
@@ -211,7 +217,8 @@ def numpy_knapsack(m: NumpyLlama, prefix_kv, tokens, p0, w_attn, w_mlp, k_max,
     agreement[j] = float(np.mean(top1 == ref_top1))
     close[j] = int(np.sum(np.minimum(gap, ref_gap) < 1e-3))
   return NumpyDP(skip_sets, {j: mean_cosine(x, ref[-1]) for j, x in states.items()},
-                 agreement, close, tie_budgets, ref_top1)
+                 agreement, {j: m.top1_prob(x) for j, x in states.items()}, close, tie_budgets,
+                 ref_top1)
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -265,6 +272,8 @@ def compare(setup: Setup, w_attn, w_mlp, k_max=None, stacked=True, whole_layers=
       assert abs(got[j].cosine - want.cosine[j]) < 1e-4, (j, got[j].cosine, want.cosine[j])
       agree_diff = abs(got[j].agreement - want.agreement[j]) * len(setup.tokens)
       assert agree_diff <= want.close_logits[j] + 1e-9, (j, got[j], want.agreement[j])
+      assert sum(got[j].agree) == round(got[j].agreement * len(setup.tokens))
+      np.testing.assert_allclose(got[j].top1_prob, want.top1_prob[j], rtol=1e-3, atol=1e-5)
       got[j].skip.check(cfg.n_layers, protect_ends=True)
       if whole_layers:
         assert got[j].skip.attn_skipped == got[j].skip.mlp_skipped
@@ -333,9 +342,14 @@ def test_candidates_replay_through_the_model(random_setup):
     out = run(cand.skip)
     cosine = mean_cosine(np.asarray(out.residuals[-1, 0], np.float64),
                          np.asarray(full.residuals[-1, 0], np.float64))
-    top1 = np.argmax(np.asarray(model_lib.lm_head(s.params, s.cfg, out.hidden[0])), -1)
+    logits = np.asarray(model_lib.lm_head(s.params, s.cfg, out.hidden[0]), np.float64)
+    top1 = np.argmax(logits, -1)
     assert abs(cosine - cand.cosine) < 1e-5, (cand, cosine)
     assert np.mean(top1 == full_top1) == pytest.approx(cand.agreement)
+    # Per token, as the draft's confidence exit sees it (speculative._draft: max softmax).
+    np.testing.assert_array_equal(cand.agree, top1 == full_top1)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(cand.top1_prob, 1 / probs.sum(-1), rtol=1e-4)
 
 
 def test_exit_agreement_matches_numpy(random_setup):
