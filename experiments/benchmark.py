@@ -159,9 +159,9 @@ def run(config, overwrite: bool = False) -> list[dict]:
     # Every method's untimed runs first, then the timed ones: on the H100, AR timed in a
     # process where only AR's programs had run yet measured 1.2x its later speed on the same
     # prompt (BENCHMARKS.md), which would bias the first prompt's ratios.
-    for method in methods:
-      for _ in range(config.warmup_runs):
-        run_once(method)
+    # What each untimed run decided and measured is kept: a policy that learns across runs
+    # (KnapSpec's kept drafts and search gains) made the timed runs' choices there.
+    warm = {method: [run_once(method) for _ in range(config.warmup_runs)] for method in methods}
     # With background_compile on (off by default: controller.background_compile_default), a skip
     # set chosen in a run compiles in a background thread; no timed run shares the host with it.
     model.compiled.wait_background()
@@ -191,6 +191,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
                     speedup=r.tokens_per_s / ar.tokens_per_s, paired_speedup=paired,
                     e2e_speedup=r.e2e_tokens_per_s / ar.e2e_tokens_per_s,
                     identical_to_ar=r.output_ids == ar.output_ids,
+                    warmup_windows=[w.stats.get("window_log") for w in warm[method]],
                     **(r.to_json() | {"method": method}))
       record.pop("text")
       # The bytes a full step reads at the run's mean context, per measured time per token.
