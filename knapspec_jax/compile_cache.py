@@ -27,7 +27,7 @@ executables themselves are kept too, in the executable store `checkpoint.cache_d
 "executables"` (jax.experimental.serialize_executable; one file per program and shapes, written
 through a temporary file and os.replace, with its pytree structures): a later process loads a
 program without tracing it. An entry is named by the sha256 of everything that decides the
-executable (`_store_key`): the statics' class and repr, the arguments' structure, shapes and
+executable (`store_key`): the statics' class and repr, the arguments' structure, shapes and
 dtypes, JAX's and jaxlib's versions, the backend, platform version, device kind and count, the
 XLA flags, and a digest of the source, every .py file of the package and the file that defines
 the statics class, so an edited model or script never loads an executable built from the old
@@ -133,16 +133,16 @@ def _open_store() -> pathlib.Path | None:
 
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent
-_IMPORTED_AT = time.time()  # a source file changed after this is not the code this process runs
+IMPORTED_AT = time.time()  # a source file changed after this is not the code this process runs
 _digests: dict[tuple, str] = {}  # (path, mtime_ns, size) -> sha256 of the file
 
 
-def _file_digest(path: pathlib.Path) -> str | None:
+def file_digest(path: pathlib.Path) -> str | None:
   """sha256 of a file's bytes; None when it cannot be read or changed after this module was
   imported (the process then runs older code than the file holds)."""
   try:
     st = path.stat()
-    if st.st_mtime > _IMPORTED_AT:
+    if st.st_mtime > IMPORTED_AT:
       return None
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _digests:
@@ -162,7 +162,7 @@ def _source_digest(cls: type) -> str | None:
   if module_file is None:
     return None
   files = sorted(_PACKAGE.rglob("*.py")) + [pathlib.Path(module_file).resolve()]
-  digests = [_file_digest(f) for f in files]
+  digests = [file_digest(f) for f in files]
   if None in digests:
     return None
   return hashlib.sha256("\n".join(f"{f} {d}" for f, d in zip(files, digests)).encode()
@@ -184,7 +184,7 @@ def _environment() -> str:
 _STORE_FORMAT = "knapspec executable 1"
 
 
-def _store_key(prog, args) -> str | None:
+def store_key(prog, args) -> str | None:
   """The text that names `prog` compiled for `args` in the executable store (its sha256 names
   the file; the entry keeps the text and a load compares it): the statics' class and repr, the
   arguments' structure, shapes and dtypes (all a single-device compile sees of them), the
@@ -207,7 +207,7 @@ def _entry_path(store: pathlib.Path, key: str) -> pathlib.Path:
   return store / (hashlib.sha256(key.encode()).hexdigest() + ".jaxexe")
 
 
-def _load(path: pathlib.Path, key: str):
+def load_entry(path: pathlib.Path, key: str):
   """The executable stored at path under key, or None: no entry, or one that cannot be used
   (cut short, damaged, or another key's), which the caller compiles and overwrites. The file is
   a sha256 of its body, then the body: damaged bytes are caught before pickle or XLA read them
@@ -230,7 +230,7 @@ def _load(path: pathlib.Path, key: str):
     return None
 
 
-def _save(path: pathlib.Path, key: str, compiled) -> bool:
+def save_entry(path: pathlib.Path, key: str, compiled) -> bool:
   """Writes a compiled program under key, through a temporary file and os.replace (a reader sees
   the old entry or the new one, never half of one); False when it cannot be serialized (a
   program that closes over constants) or written."""
@@ -366,10 +366,10 @@ def _build(prog: Program, args, abstract, mesh, load: bool = True) -> tuple[Any,
   store keeps single-device programs only."""
   persistent_cache_dir()
   store = executable_store_dir() if mesh is None else None
-  key = _store_key(prog, args) if store is not None else None
+  key = store_key(prog, args) if store is not None else None
   path = _entry_path(store, key) if key is not None else None
   if path is not None and load:
-    compiled = _load(path, key)
+    compiled = load_entry(path, key)
     if compiled is not None:
       return compiled, True
   jitted = jit_program(prog)
@@ -380,7 +380,7 @@ def _build(prog: Program, args, abstract, mesh, load: bool = True) -> tuple[Any,
     with jax.set_mesh(mesh):
       compiled = jitted.lower(*abstract).compile()
   if path is not None:
-    _save(path, key, compiled)
+    save_entry(path, key, compiled)
   return compiled, False
 
 

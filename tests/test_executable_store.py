@@ -170,16 +170,16 @@ def _args(n: int):
 
 def test_key_names_statics_shapes_and_structure():
   prog = decoding.PrefillStatics(_CFG, 32)
-  key = compile_cache._store_key(prog, _args(8))
-  assert key is not None and key == compile_cache._store_key(decoding.PrefillStatics(_CFG, 32),
+  key = compile_cache.store_key(prog, _args(8))
+  assert key is not None and key == compile_cache.store_key(decoding.PrefillStatics(_CFG, 32),
                                                              _args(8))
-  others = [compile_cache._store_key(decoding.PrefillStatics(_CFG, 64), _args(8)),
-            compile_cache._store_key(
+  others = [compile_cache.store_key(decoding.PrefillStatics(_CFG, 64), _args(8)),
+            compile_cache.store_key(
                 decoding.PrefillStatics(dataclasses.replace(_CFG, attention="pallas"), 32),
                 _args(8)),
-            compile_cache._store_key(prog, _args(16)),
-            compile_cache._store_key(prog, ({"v": _args(8)[0]["w"]}, _args(8)[1])),
-            compile_cache._store_key(prog, (_args(8)[0], jax.ShapeDtypeStruct((8,), jnp.int16)))]
+            compile_cache.store_key(prog, _args(16)),
+            compile_cache.store_key(prog, ({"v": _args(8)[0]["w"]}, _args(8)[1])),
+            compile_cache.store_key(prog, (_args(8)[0], jax.ShapeDtypeStruct((8,), jnp.int16)))]
   assert None not in others and len({key, *others}) == len(others) + 1
 
 
@@ -205,23 +205,23 @@ def test_key_follows_the_source(tmp_path, monkeypatch):
   script.write_text(_SCRIPT_PROGRAM.format(factor=2))
   monkeypatch.syspath_prepend(str(tmp_path))
   import script_program
-  monkeypatch.setattr(compile_cache, "_IMPORTED_AT", time.time() + 1)
+  monkeypatch.setattr(compile_cache, "IMPORTED_AT", time.time() + 1)
   args = (jax.ShapeDtypeStruct((3,), jnp.float32),)
   try:
-    key = compile_cache._store_key(script_program.ScriptStatics(1), args)
+    key = compile_cache.store_key(script_program.ScriptStatics(1), args)
     assert key is not None
     script.write_text(_SCRIPT_PROGRAM.format(factor=3))
-    edited = compile_cache._store_key(script_program.ScriptStatics(1), args)
+    edited = compile_cache.store_key(script_program.ScriptStatics(1), args)
     assert edited is not None and edited != key
-    package_key = compile_cache._store_key(decoding.PrefillStatics(_CFG, 32), _args(8))
-    real_digest = compile_cache._file_digest
-    monkeypatch.setattr(compile_cache, "_file_digest", lambda f: (
+    package_key = compile_cache.store_key(decoding.PrefillStatics(_CFG, 32), _args(8))
+    real_digest = compile_cache.file_digest
+    monkeypatch.setattr(compile_cache, "file_digest", lambda f: (
         "edited" if f.name == "model.py" else real_digest(f)))
-    assert compile_cache._store_key(decoding.PrefillStatics(_CFG, 32), _args(8)) != package_key
-    monkeypatch.setattr(compile_cache, "_file_digest", real_digest)
-    monkeypatch.setattr(compile_cache, "_IMPORTED_AT", time.time() - 3600)
+    assert compile_cache.store_key(decoding.PrefillStatics(_CFG, 32), _args(8)) != package_key
+    monkeypatch.setattr(compile_cache, "file_digest", real_digest)
+    monkeypatch.setattr(compile_cache, "IMPORTED_AT", time.time() - 3600)
     os.utime(script)  # edited now, an hour after "import"
-    assert compile_cache._store_key(script_program.ScriptStatics(1), args) is None
+    assert compile_cache.store_key(script_program.ScriptStatics(1), args) is None
   finally:
     compile_cache.PROGRAMS.pop("ScriptStatics", None)
     sys.modules.pop("script_program", None)
@@ -233,9 +233,9 @@ def test_load_refuses_another_keys_entry(tmp_path):
   prog = decoding.PrefillStatics(_CFG, 32)
   compiled = jax.jit(lambda x: x + 1).lower(jax.ShapeDtypeStruct((3,), jnp.float32)).compile()
   path = tmp_path / "entry.jaxexe"
-  key = compile_cache._store_key(prog, _args(8))
-  assert compile_cache._save(path, key, compiled)
-  loaded = compile_cache._load(path, key)
+  key = compile_cache.store_key(prog, _args(8))
+  assert compile_cache.save_entry(path, key, compiled)
+  loaded = compile_cache.load_entry(path, key)
   assert loaded is not None and float(loaded(jnp.ones(3, jnp.float32))[0]) == 2.0
-  assert compile_cache._load(path, key + " ") is None
-  assert compile_cache._load(tmp_path / "absent.jaxexe", key) is None
+  assert compile_cache.load_entry(path, key + " ") is None
+  assert compile_cache.load_entry(tmp_path / "absent.jaxexe", key) is None
