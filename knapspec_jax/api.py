@@ -216,12 +216,14 @@ class GenerationResult:
   new_tokens: len(output_ids).
   prefill_s, decode_s: wall time of the prompt's forward and of generating the new tokens,
     search, draft and verify included, as is any compile after the warm-up
-    (stats["compile_in_decode_s"]).
+    (stats["compile_in_decode_s"]) or load (stats["load_in_decode_s"]).
   tokens_per_s: new_tokens / decode_s. e2e_tokens_per_s: new_tokens / (prefill_s + decode_s).
   compile_s: warm-up compiles before the timed run (0 when everything was compiled already).
+  load_s: warm-up loads of programs compiled by an earlier process (compile_cache's executable
+    store), beside compile_s: a second process running the same generation reports compile_s 0.
   stop_reason: "max_new_tokens", "eos" or "cache_full" (the model's context is used up).
   stats: the method's statistics (speculation rounds, acceptance, search time, decisions and
-    the per-window log); for AR only compile_in_decode_s.
+    the per-window log); for AR only compile_in_decode_s and load_in_decode_s.
   """
 
   method: str
@@ -234,6 +236,7 @@ class GenerationResult:
   tokens_per_s: float
   e2e_tokens_per_s: float
   compile_s: float
+  load_s: float
   stop_reason: str
   stats: dict = dataclasses.field(default_factory=dict)
 
@@ -317,12 +320,13 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
   decoding.validate_request(model.cfg, len(ids), max_new_tokens)
   eos_ids = () if ignore_eos else model.eos_ids
 
-  compile_before = model.compiled.stats.compile_s
+  program_stats = model.compiled.stats
+  compile_before, load_before = program_stats.compile_s, program_stats.load_s
   if warmup:  # the method's warm-up first: it checks the method's options before compiling
     warm_new = min(max_new_tokens, WARMUP_HORIZON) if eos_ids else max_new_tokens
     warmup_fn(model, len(ids), warm_new, sampling=f, **options)
     warmup_prefill(model, len(ids))
-  compile_s = model.compiled.stats.compile_s - compile_before
+  compile_s, load_s = program_stats.compile_s - compile_before, program_stats.load_s - load_before
 
   start = time.perf_counter()
   cache = KVCache.create(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
@@ -331,12 +335,13 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
   jax.block_until_ready(state)
   prefill_s = time.perf_counter() - start
 
-  compile_in_run_before = model.compiled.stats.compile_s
+  compile_before, load_before = program_stats.compile_s, program_stats.load_s
   start = time.perf_counter()
   state, stats = decode_fn(model, state, ids, sampling=f, **options)
   jax.block_until_ready(state)
   decode_s = time.perf_counter() - start
-  stats["compile_in_decode_s"] = model.compiled.stats.compile_s - compile_in_run_before
+  stats["compile_in_decode_s"] = program_stats.compile_s - compile_before
+  stats["load_in_decode_s"] = program_stats.load_s - load_before
 
   n_out, done, out = jax.device_get((state.n_out, state.done, state.out))
   output = [int(t) for t in out[:int(n_out)]]
@@ -345,7 +350,7 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
       method=method, prompt_ids=[int(t) for t in ids], output_ids=output, text=text,
       new_tokens=len(output), prefill_s=prefill_s, decode_s=decode_s,
       tokens_per_s=len(output) / decode_s if decode_s > 0 else float("inf"),
-      e2e_tokens_per_s=len(output) / (prefill_s + decode_s), compile_s=compile_s,
+      e2e_tokens_per_s=len(output) / (prefill_s + decode_s), compile_s=compile_s, load_s=load_s,
       stop_reason=decoding.stop_reason(bool(done), len(output), max_new_tokens,
                                        output[-1], eos_ids),
       stats=stats)

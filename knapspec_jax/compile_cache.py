@@ -22,9 +22,33 @@ programs are cached too). Measured on the CPU with a tiny model (tests/test_pers
 Qwen-1.5B-shaped generation's 13.1 s, then 1.55 s (BENCHMARKS.md 10.4). KNAPSPEC_XLA_CACHE=0
 turns it off; a cache directory the user gave JAX (jax_compilation_cache_dir) is left as it is.
 
-A compiled program is also run once before `get` returns it, when its statics say how
-(`prime_args`: the decode loops): on the H200 the first call of a decode program cost 20-56 ms
-more than every later one (experiments/gpu/first_call.py, BENCHMARKS.md 10.8), which a draft
+JAX's cache spares XLA's compile but not the tracing and lowering before it, so the compiled
+executables themselves are kept too, in the executable store `checkpoint.cache_dir() /
+"executables"` (jax.experimental.serialize_executable; one file per program and shapes, written
+through a temporary file and os.replace, with its pytree structures): a later process loads a
+program without tracing it. An entry is named by the sha256 of everything that decides the
+executable (`store_key`): the statics' class and repr, the arguments' structure, shapes and
+dtypes, JAX's and jaxlib's versions, the backend, platform version, device kind and count, the
+XLA flags, and a digest of the source, every .py file of the package and the file that defines
+the statics class, so an edited model or script never loads an executable built from the old
+code. An entry that cannot be used (damaged: each file carries a sha256 of its bytes; written
+for another key; refused by XLA; loaded but failing its priming call) is compiled again and
+overwritten, silently. Programs split over a mesh are not stored (compiled as before: the store
+is not tested with them); a one-device program of a process with several devices is. Measured
+on the 2-core CPU with a SmolLM2-shaped float32 AR generation (`python experiments/gpu/
+compile_twice.py --model=smollm2 --dtype=float32 --tokens=8`, results/cpu/compile_twice/): the
+second process's warm-up compiled nothing (compile_s 0, none of the project's programs traced)
+and loaded its 2 programs in 0.73 s (0.18 s of it the priming call below), where with JAX's
+cache alone (--store=0) it took 1.15 s (tracing 0.35 s, lowering 0.17 s, 20 disk reads 0.48 s);
+the first process, 3.72 s with the store, 3.84 s without (0.15 s to serialize and write).
+CompileStats counts loads apart from compiles (loaded, load_s) and api.generate reports load_s
+beside compile_s. KNAPSPEC_XLA_CACHE=0 turns the store off with JAX's cache, KNAPSPEC_EXEC_CACHE=0
+the store alone (tests/conftest.py does, for tests that count compiles). Loading unpickles the
+file: the store is as trusted as the rest of the cache directory.
+
+A compiled (or loaded) program is also run once before `get` returns it, when its statics say
+how (`prime_args`: the decode loops): on the H200 the first call of a decode program cost 20-56
+ms more than every later one (experiments/gpu/first_call.py, BENCHMARKS.md 10.8), which a draft
 compiled at warm-up paid inside its first timed window and which made a paying draft measure
 slower than AR. One iteration of each loop on zero-filled state removes it; a call with no
 iteration left about 5 ms of it.
@@ -34,19 +58,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
+import pathlib
+import pickle
+import sys
 import threading
 import time
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import jaxlib
+from jax.experimental import serialize_executable
 
 from knapspec_jax import checkpoint, sharding
 
 PERSISTENT_CACHE_ENV = "KNAPSPEC_XLA_CACHE"  # "0", "off", "false" or "no": no on-disk cache
+EXECUTABLE_STORE_ENV = "KNAPSPEC_EXEC_CACHE"  # the same values: no executable store alone
+_OFF = ("0", "off", "false", "no")
 _persistent_lock = threading.Lock()
 _persistent_dir: list = []  # the directory chosen, once per process ([None]: off)
+_store_dir: list = []  # the executable store's, likewise
 
 
 def persistent_cache_dir() -> str | None:
@@ -61,7 +94,7 @@ def persistent_cache_dir() -> str | None:
 def _enable_persistent_cache() -> str | None:
   if jax.config.jax_compilation_cache_dir:  # the user's own setting wins
     return jax.config.jax_compilation_cache_dir
-  if os.environ.get(PERSISTENT_CACHE_ENV, "1").lower() in ("0", "off", "false", "no"):
+  if os.environ.get(PERSISTENT_CACHE_ENV, "1").lower() in _OFF:
     return None
   path = checkpoint.cache_dir() / "xla"
   try:
@@ -74,6 +107,151 @@ def _enable_persistent_cache() -> str | None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   jax.config.update("jax_compilation_cache_dir", str(path))
   return str(path)
+
+
+def executable_store_dir() -> pathlib.Path | None:
+  """The executable store's directory, checkpoint.cache_dir() / "executables", or None when it
+  is off: KNAPSPEC_XLA_CACHE=0 turns it off with JAX's cache, KNAPSPEC_EXEC_CACHE=0 alone (the
+  test suite's setting, so that its tests that count compiles see compiles). Decided once per
+  process, as persistent_cache_dir is."""
+  with _persistent_lock:
+    if not _store_dir:
+      _store_dir.append(_open_store())
+    return _store_dir[0]
+
+
+def _open_store() -> pathlib.Path | None:
+  if any(os.environ.get(env, "1").lower() in _OFF
+         for env in (PERSISTENT_CACHE_ENV, EXECUTABLE_STORE_ENV)):
+    return None
+  path = checkpoint.cache_dir() / "executables"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return None
+  return path
+
+
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+IMPORTED_AT = time.time()  # a source file changed after this is not the code this process runs
+_digests: dict[tuple, str] = {}  # (path, mtime_ns, size) -> sha256 of the file
+
+
+def file_digest(path: pathlib.Path) -> str | None:
+  """sha256 of a file's bytes; None when it cannot be read or changed after this module was
+  imported (the process then runs older code than the file holds)."""
+  try:
+    st = path.stat()
+    if st.st_mtime > IMPORTED_AT:
+      return None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _digests:
+      _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digests[key]
+  except OSError:
+    return None
+
+
+def _source_digest(cls: type) -> str | None:
+  """A digest of the code that builds a program of class cls: every .py file of the package
+  (the model, kernels, loops the program calls) and the file that defines cls (a script's own
+  program), so that an edited file never loads an executable built from the old one. None (the
+  program is then not stored) when a file cannot be read or was edited since import, or cls
+  has no file (defined in a notebook cell)."""
+  module_file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+  if module_file is None:
+    return None
+  files = sorted(_PACKAGE.rglob("*.py")) + [pathlib.Path(module_file).resolve()]
+  digests = [file_digest(f) for f in files]
+  if None in digests:
+    return None
+  return hashlib.sha256("\n".join(f"{f} {d}" for f, d in zip(files, digests)).encode()
+                        ).hexdigest()
+
+
+def _environment() -> str:
+  """What else decides the executable: JAX's and jaxlib's versions, the backend, its device kind
+  and count, the XLA flags, and the JAX settings that change what a program traces to."""
+  device = jax.devices()[0]
+  settings = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_device",
+              "jax_numpy_rank_promotion", "jax_threefry_partitionable")
+  return repr((jax.__version__, jaxlib.__version__, device.client.platform,
+               device.client.platform_version, device.device_kind, jax.device_count(),
+               jax.process_count(), os.environ.get("XLA_FLAGS", ""),
+               tuple(str(getattr(jax.config, name, None)) for name in settings)))
+
+
+_STORE_FORMAT = "knapspec executable 1"
+
+
+def store_key(prog, args) -> str | None:
+  """The text that names `prog` compiled for `args` in the executable store (its sha256 names
+  the file; the entry keeps the text and a load compares it): the statics' class and repr, the
+  arguments' structure, shapes and dtypes (all a single-device compile sees of them), the
+  environment and the source digest. None when the program is not stored: a statics repr or
+  a pytree that names an object's address, a placed-over-devices leaf, unknown source."""
+  leaves, treedef = jax.tree.flatten(args)
+  if any(sharding.key_of(x) is not None for x in leaves):
+    return None
+  text, tree = repr(prog), str(treedef)
+  source = _source_digest(type(prog))
+  if " at 0x" in text + tree or source is None:
+    return None
+  cls = type(prog)
+  shapes = " ".join(f"{jnp.dtype(x.dtype).name}{list(x.shape)}" for x in leaves)
+  return "\n".join((_STORE_FORMAT, f"{cls.__module__}.{cls.__qualname__}", text, tree, shapes,
+                    _environment(), source))
+
+
+def _entry_path(store: pathlib.Path, key: str) -> pathlib.Path:
+  return store / (hashlib.sha256(key.encode()).hexdigest() + ".jaxexe")
+
+
+def load_entry(path: pathlib.Path, key: str):
+  """The executable stored at path under key, or None: no entry, or one that cannot be used
+  (cut short, damaged, or another key's), which the caller compiles and overwrites. The file is
+  a sha256 of its body, then the body: damaged bytes are caught before pickle or XLA read them
+  (a flipped bit in machine code would load and run)."""
+  try:
+    data = path.read_bytes()
+  except OSError:
+    return None
+  body = data[32:]
+  if hashlib.sha256(body).digest() != data[:32]:
+    return None
+  try:
+    entry = pickle.loads(body)
+    devices = [d for d in jax.devices() if d.id in entry["devices"]]
+    if entry["key"] != key or len(devices) != len(entry["devices"]):
+      return None
+    return serialize_executable.deserialize_and_load(entry["payload"], entry["in_tree"],
+                                                     entry["out_tree"], execution_devices=devices)
+  except Exception:  # noqa: BLE001 anything an unusable entry raises means: compile instead
+    return None
+
+
+def save_entry(path: pathlib.Path, key: str, compiled) -> bool:
+  """Writes a compiled program under key, through a temporary file and os.replace (a reader sees
+  the old entry or the new one, never half of one); False when it cannot be serialized (a
+  program that closes over constants) or written."""
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+  try:
+    payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+    # The devices it runs on: loaded for all of the backend's (the default), a one-device program
+    # of a process with 8 CPU devices expected 8 shards of each argument.
+    devices = sorted({d.id for s in jax.tree.leaves(compiled.input_shardings)
+                      for d in s.device_set})
+    body = pickle.dumps(dict(key=key, payload=payload, in_tree=in_tree, out_tree=out_tree,
+                             devices=devices))
+    tmp.write_bytes(hashlib.sha256(body).digest() + body)
+    os.replace(tmp, path)
+    return True
+  except Exception:  # noqa: BLE001 a program that cannot be stored still runs
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass
+    return False
 
 
 def _shape_key(args) -> tuple:
@@ -96,12 +274,28 @@ def _abstract(args):
 
 @dataclasses.dataclass
 class CompileStats:
-  compiles: int = 0  # programs built: compiled, or read from the persistent cache (cheap)
+  """What getting the programs cost. A program comes either from a compile (traced, lowered and
+  built by XLA, or read from JAX's persistent cache: cheap, but still traced and lowered) or
+  from the executable store (loaded, nothing traced); the seconds are the caller's wait, its
+  priming call included (a first-call cost that compiles and loads alike pay)."""
+
+  compiles: int = 0  # programs compiled (or read from JAX's persistent cache)
   compile_s: float = 0.0  # spent compiling in the caller's thread (it waited)
+  loaded: int = 0  # programs loaded from the executable store
+  load_s: float = 0.0  # spent loading them in the caller's thread
   hits: int = 0
-  primed: int = 0  # programs run once right after their compile (Program.prime_args)
+  primed: int = 0  # programs run once right after their compile or load (Program.prime_args)
+  prime_s: float = 0.0  # of the seconds here (either thread), the priming calls'
   background_compiles: int = 0
   background_compile_s: float = 0.0  # spent in the background thread (decoding went on)
+  background_loaded: int = 0
+  background_load_s: float = 0.0
+
+  @property
+  def waited_s(self) -> float:
+    """Seconds the caller waited for programs, compiled or loaded: what a timed window that
+    fetched a program subtracts."""
+    return self.compile_s + self.load_s
 
 
 class Program(Protocol):
@@ -166,6 +360,30 @@ def _prime(prog, compiled, args, abstract) -> bool:
   return True
 
 
+def _build(prog: Program, args, abstract, mesh, load: bool = True) -> tuple[Any, bool]:
+  """(the program compiled for args, whether it was loaded from the executable store; load=False:
+  compiled whatever is stored, and stored). A program split over a mesh is always compiled: the
+  store keeps single-device programs only."""
+  persistent_cache_dir()
+  store = executable_store_dir() if mesh is None else None
+  key = store_key(prog, args) if store is not None else None
+  path = _entry_path(store, key) if key is not None else None
+  if path is not None and load:
+    compiled = load_entry(path, key)
+    if compiled is not None:
+      return compiled, True
+  jitted = jit_program(prog)
+  if mesh is None:
+    compiled = jitted.lower(*abstract).compile()
+  else:  # GSPMD partitions the program from its inputs' shardings; kernels that cannot be
+    # partitioned find the mesh in the context (sharding.map_over_heads)
+    with jax.set_mesh(mesh):
+      compiled = jitted.lower(*abstract).compile()
+  if path is not None:
+    save_entry(path, key, compiled)
+  return compiled, False
+
+
 class CompileCache:
   """Maps (program statics, argument shapes and shardings) to a compiled executable."""
 
@@ -215,27 +433,35 @@ class CompileCache:
       with self._lock:
         self.stats.compile_s += time.perf_counter() - start
       return result
-    persistent_cache_dir()
     start = time.perf_counter()
-    jitted = jit_program(prog)
     abstract, mesh = _abstract(args)
-    if mesh is None:
-      compiled = jitted.lower(*abstract).compile()
-    else:  # GSPMD partitions the program from its inputs' shardings; kernels that cannot be
-      # partitioned find the mesh in the context (sharding.map_over_heads)
-      with jax.set_mesh(mesh):
-        compiled = jitted.lower(*abstract).compile()
-    primed = _prime(prog, compiled, args, abstract)
-    elapsed = time.perf_counter() - start
+    compiled, loaded = _build(prog, args, abstract, mesh)
+    primed_at = time.perf_counter()
+    try:
+      primed = _prime(prog, compiled, args, abstract)
+    except Exception:  # noqa: BLE001 a stored program that loaded but cannot run: compile it
+      if not loaded:
+        raise
+      compiled, loaded = _build(prog, args, abstract, mesh, load=False)
+      primed_at = time.perf_counter()
+      primed = _prime(prog, compiled, args, abstract)
+    end = time.perf_counter()
     with self._lock:
       self.stats.primed += primed
+      self.stats.prime_s += (end - primed_at) if primed else 0.0
       self._compiled.setdefault(key, compiled)
-      if in_background:
+      if loaded and in_background:
+        self.stats.background_loaded += 1
+        self.stats.background_load_s += end - start
+      elif loaded:
+        self.stats.loaded += 1
+        self.stats.load_s += end - start
+      elif in_background:
         self.stats.background_compiles += 1
-        self.stats.background_compile_s += elapsed
+        self.stats.background_compile_s += end - start
       else:
         self.stats.compiles += 1
-        self.stats.compile_s += elapsed
+        self.stats.compile_s += end - start
       return self._compiled[key]
 
   def wait_background(self) -> float:

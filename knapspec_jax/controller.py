@@ -100,10 +100,10 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
       break
     ctx = Context(_confirmed(prompt_ids, out, n_out, length), n_out,
                   min(max_new - n_out, model.cfg.max_seq_len - length))
-    compile_before = compiled.stats.compile_s
+    compile_before = compiled.stats.waited_s
     start = time.perf_counter()
     decision = policy.decide(model, state, ctx)
-    search = time.perf_counter() - start - (compiled.stats.compile_s - compile_before)
+    search = time.perf_counter() - start - (compiled.stats.waited_s - compile_before)
     search_s += search
 
     attn_len = attn_bucket(length + (decision.gamma + 1 if decision.drafts else 1),
@@ -111,7 +111,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     if decision.drafts and counters is _NO_ROUNDS:
       counters = speculative.SpecCounters.zeros()
     before = jax.device_get(counters) if decision.drafts else _NO_ROUNDS
-    compile_before = compiled.stats.compile_s
+    compile_before = compiled.stats.waited_s
     start = time.perf_counter()
     waited_tokens, finished = 0, False
     if decision.drafts:
@@ -136,7 +136,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
                               sampling=sampling, width=width or 1)
     jax.block_until_ready(state)
     measured = time.perf_counter() - start
-    compile_s = compiled.stats.compile_s - compile_before
+    compile_s = compiled.stats.waited_s - compile_before  # compiled, or loaded from the store
     if decision.drafts:
       after, n_after = jax.device_get((counters, state.n_out))
     else:

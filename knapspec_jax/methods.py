@@ -404,13 +404,13 @@ class KnapSpecPolicy:
     else:
       w_attn = w_mlp = 1
     self.explored = True
-    compile_before = model.compiled.stats.compile_s
+    compile_before = model.compiled.stats.waited_s
     start = time.perf_counter()
     search_len = attn_bucket(n, capacity)
     result = knapsack.search(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r, w_attn,
                              w_mlp, model.compiled, **self.search_static(search_len))
     found = knapsack.candidates(result)
-    spent = time.perf_counter() - start - (model.compiled.stats.compile_s - compile_before)
+    spent = time.perf_counter() - start - (model.compiled.stats.waited_s - compile_before)
     model.search_times[search_len] = spent
     exit_rates = lambda c: (selection.exit_rates(c.agree, c.top1_prob, self.threshold)
                             if self.config.exit_model else None)

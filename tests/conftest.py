@@ -7,8 +7,9 @@ this CPU's name (ci_cpu_profile_for_this_cpu), so no test measures one: the suit
 work on every CPU.
 
 The session runs with a cache directory of its own ($KNAPSPEC_CACHE: converted params, latency
-profiles, XLA's on-disk programs), inherited by the subprocesses and notebook kernels the tests
-start, and checks at its end that the user's cache (~/.cache/knapspec_jax) was left as it was.
+profiles, XLA's on-disk programs; the executable store off), inherited by the subprocesses and
+notebook kernels the tests start, and checks at its end that the user's cache
+(~/.cache/knapspec_jax) was left as it was.
 After each test module, the programs compiled for the shared models and JAX's own caches are
 dropped, so memory does not grow with the number of modules (release_compiled_programs).
 """
@@ -45,6 +46,12 @@ USER_CACHES = tuple(dict.fromkeys(
     + ([pathlib.Path(os.environ["KNAPSPEC_CACHE"])] if os.environ.get("KNAPSPEC_CACHE") else [])))
 SESSION_CACHE = pathlib.Path(tempfile.mkdtemp(prefix="knapspec_test_cache_"))
 os.environ["KNAPSPEC_CACHE"] = str(SESSION_CACHE)  # set before anything reads it
+# The executable store (compile_cache.executable_store_dir) off for the session and the processes
+# it starts: with it on, a test would load the programs an earlier test compiled, and the tests
+# that count compiles, or that expect a compile inside a decode, would see loads instead.
+# JAX's persistent cache stays on (a read of it still counts as a compile). The store's own
+# tests, and test_persistent_cache's, set KNAPSPEC_EXEC_CACHE for their processes themselves.
+os.environ["KNAPSPEC_EXEC_CACHE"] = "0"
 
 
 def tree_snapshot(root: pathlib.Path) -> dict[str, tuple[int, int]] | None:

@@ -38,7 +38,7 @@ print(json.dumps(dict(compile_s=r.compile_s, compiles=model.compiled.stats.compi
 
 def _run(cache: pathlib.Path, **env) -> dict:
   env = {**os.environ, "KNAPSPEC_CACHE": str(cache), "KNAPSPEC_XLA_CACHE": "1",
-         "JAX_PLATFORMS": "cpu", **env}
+         "KNAPSPEC_EXEC_CACHE": "0", "JAX_PLATFORMS": "cpu", **env}  # JAX's cache alone
   proc = subprocess.run([sys.executable, "-c", _GENERATE, str(REPO)], env=env, text=True,
                         capture_output=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,6 +64,7 @@ def test_second_process_reads_programs_from_disk(tmp_path):
   assert _entries(xla_dir) == written  # ... so the second process wrote nothing new
   assert second["compile_s"] < 0.5 * first["compile_s"]
   assert second["output"] == first["output"]
+  assert not (tmp_path / "executables").exists()  # KNAPSPEC_EXEC_CACHE=0: no executable store
 
 
 def test_opt_out_writes_nothing(tmp_path):
