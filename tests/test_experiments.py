@@ -28,7 +28,7 @@ def _run(args, timeout=300):
 def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
   out = tmp_path / "run"
   proc = _run(["--config=configs/tiny.py", f"--config.output_dir={out}",
-               "--config.max_new_tokens=6"])
+               "--config.max_new_tokens=6", "--config.warmup_runs=1"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "[prompt 1/1]" in proc.stdout and "tok/s" in proc.stdout  # progress lines
   assert "GB/s" in proc.stdout and "ms/tok" in proc.stdout
@@ -48,6 +48,8 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert r["paired_speedup"] == pytest.approx(statistics.median(  # run order, repeat by repeat
         x / a for x, a in zip(r["tokens_per_s_runs"], rows[0]["tokens_per_s_runs"])))
     assert "decisions" in r["stats"] or r["method"] == "ar"
+    assert len(r["warmup_windows"]) == 1  # the untimed run's window log (None for AR)
+    assert (r["warmup_windows"][0] is None) == (r["method"] == "ar")
     # bandwidth: a SmolLM2 step reads its 135M f32 weights (more than 0.5 GB) and the cache
     assert r["step_gb"] > 0.5 and r["read_gbps"] > 0
     assert r["gb_per_s"] == pytest.approx(r["step_gb"] * r["tokens_per_s"])
@@ -155,3 +157,27 @@ def test_acceptance_curve_reports_how_far_the_estimate_is_from_held_out(tmp_path
   table = [line for line in proc.stdout.splitlines() if line.startswith("| a |")
            or line.startswith("| b |")]
   assert table == ["| a | 1 | 0.80 | 0.90 | +0.10 |", "| b | 1 | 0.90 | 0.60 | -0.30 |"]
+
+
+def test_exit_round_check_decodes_losslessly_and_reports_both_round_models(tmp_path):
+  """experiments/exit_round_check.py on SmolLM2 (f32, the H200 profile as the costs): each draft
+  it decodes (the two models' best and one given set) reproduces plain decoding's tokens, and
+  each row carries both models' predictions next to the decode's own counts."""
+  profile = REPO / "profiles" / "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas__bfloat16.json"
+  bits = [0, 0] + [0, 1] * 28 + [0, 0]  # MLP of layers 1-28 skipped
+  env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "exit_round_check.py"),
+                         f"--profile={profile}", "--prompts=specbench:0", "--held_out=12",
+                         f"--extra_skip={json.dumps({'mlp': [bits, 2]})}",
+                         f"--output_dir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert [r["draft"] for r in rows] == ["closed form", "exit model", "mlp"]
+  for r in rows:
+    assert r["identical_to_ar"], r["draft"]
+    assert r["rounds"] > 0 and 1 <= r["measured_tokens"] <= r["gamma"] + 1
+    assert 1 <= r["measured_drafts"] <= r["gamma"]
+    assert 1 <= r["predicted_exit_drafts"] <= r["gamma"] == r["predicted_closed_drafts"]
+  assert rows[2]["n_mlp_skipped"] == 28 and rows[2]["n_attn_skipped"] == 0
+  assert "| specbench-81 | mlp | 0 + 28, 2 |" in (tmp_path / "summary.md").read_text()
