@@ -96,10 +96,8 @@ def _enable_persistent_cache() -> str | None:
     return jax.config.jax_compilation_cache_dir
   if os.environ.get(PERSISTENT_CACHE_ENV, "1").lower() in _OFF:
     return None
-  path = checkpoint.cache_dir() / "xla"
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-  except OSError:
+  path = _cache_subdir("xla")
+  if path is None:
     return None
   # JAX's defaults keep programs that compiled in under a second out of the cache: on a CPU
   # that is most of ours, and every new skip set is one.
@@ -124,7 +122,12 @@ def _open_store() -> pathlib.Path | None:
   if any(os.environ.get(env, "1").lower() in _OFF
          for env in (PERSISTENT_CACHE_ENV, EXECUTABLE_STORE_ENV)):
     return None
-  path = checkpoint.cache_dir() / "executables"
+  return _cache_subdir("executables")
+
+
+def _cache_subdir(name: str) -> pathlib.Path | None:
+  """checkpoint.cache_dir() / name, created; None where it cannot be (a read-only home)."""
+  path = checkpoint.cache_dir() / name
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError:
