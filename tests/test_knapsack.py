@@ -434,3 +434,27 @@ def test_compile_search_is_what_search_uses(random_setup, compile_events):
   jax.block_until_ready(knapsack.search(s.params, s.cfg, s.cache, s.tokens, s.p0, 2, 1,
                                         compiled, attn_len=s.attn_len))
   assert compile_events() == before and compiled.stats.hits == hits + 1
+
+
+def test_bfloat16_search_compares_cosines_in_float32(random_setup):
+  """With bfloat16 weights and states the DP still compares and reports cosines in float32 (a
+  bf16 cosine near 1 has a grain of 0.004, coarser than the differences the DP decides on), and
+  they agree with float64 cosines of model.forward's bf16 residuals replayed with each skip set
+  (up to the search's and the forward's own bf16 rounding of the states)."""
+  s = random_setup
+  params = model_lib.cast_params(s.params, jnp.bfloat16)
+  cache = KVCache.create(s.cfg, jnp.bfloat16)
+  cache = model_lib.forward(params, s.cfg, jnp.asarray(np.arange(s.p0 + R) % s.cfg.vocab_size)[None],
+                            cache, skip=SkipMask.none(s.cfg.n_layers), attn_len=s.attn_len).cache
+  tokens = np.arange(s.p0, s.p0 + R) % s.cfg.vocab_size
+  result = knapsack.search(knapsack.stack_layers(params), s.cfg, cache, tokens, s.p0, 2, 1,
+                           s.compiled, attn_len=s.attn_len)
+  assert result.cosine.dtype == jnp.float32 and result.top1_prob.dtype == jnp.float32
+  run = lambda skip: np.asarray(model_lib.forward(
+      params, s.cfg, jnp.asarray(tokens)[None], cache.rollback(s.p0), skip=skip,
+      attn_len=s.attn_len, collect_residuals=True).residuals[-1, 0], np.float64)
+  full = run(SkipMask.none(s.cfg.n_layers))
+  found = knapsack.candidates(result)
+  assert len(found) > 3
+  for cand in found:
+    assert abs(mean_cosine(run(cand.skip), full) - cand.cosine) < 5e-3, cand
