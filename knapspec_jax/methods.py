@@ -360,8 +360,10 @@ class KnapSpecPolicy:
       self.model.kept_drafts[bucket] = None
       self.model.search_gains[bucket] = 0.0
     else:
-      kept = self.model.kept_drafts.get(bucket)
-      exit = kept.exit if kept is not None and kept.skip == decision.skip else None
+      # Its rates under the exit come from where it was chosen (this bucket, or the one below
+      # that lent it), so that a kept draft is predicted here as it was there.
+      exit = next((k.exit for k in self.model.kept_drafts.values()
+                   if k is not None and k.skip == decision.skip and k.exit is not None), None)
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                  decision.context, measured, exit)
 

@@ -162,12 +162,14 @@ def smol_ar(smol_jax):
   return reference
 
 
+@pytest.mark.parametrize("exit_model", [False, True])
 def test_knapspec_drafts_when_drafting_pays_and_stays_lossless(smol_jax, smol_prompts, smol_ar,
-                                                               with_profile):
+                                                               with_profile, exit_model):
   """Under a profile where sublayers are all the cost and verification is as cheap as a step,
-  the TPT search finds drafts that beat AR on real text, uses them, and stays lossless."""
+  the TPT search finds drafts that beat AR on real text, uses them, and stays lossless; scoring
+  rounds under the confidence exit (exit_model) too, whose kept drafts carry their rates."""
   model = with_profile(smol_jax, **PAYS)
-  config = ks.KnapSpecConfig(interval=8, search_budget=10.0, margin=0.0)
+  config = ks.KnapSpecConfig(interval=8, search_budget=10.0, margin=0.0, exit_model=exit_model)
   story = api.encode_prompt(model, "Write a short story about a robot who learns to paint.")
   drafted = []
   for name, ids in {**smol_prompts, "story": story}.items():
@@ -177,8 +179,10 @@ def test_knapspec_drafts_when_drafting_pays_and_stays_lossless(smol_jax, smol_pr
     assert got.stats["speculation_steps"] == sum(
         w["rounds"] for w in got.stats["window_log"])
   assert drafted, "no window drafted under a profile where drafting pays"
-  assert all(d["predicted_tpt"] > d["ar_tpt"] for d in drafted)
+  assert all(d["predicted_tpt"] > d["ar_tpt"] for d in drafted), [(d["predicted_tpt"], d["ar_tpt"], d["gamma"], d["reason"]) for d in drafted if d["predicted_tpt"] <= d["ar_tpt"]]
   assert all(d["n_attn_skipped"] + d["n_mlp_skipped"] > 0 for d in drafted)
+  kept = [k for k in model.kept_drafts.values() if k is not None]
+  assert kept and all((k.exit is not None) == exit_model for k in kept)
 
 
 def _candidate(n_layers, n_skip, alpha):
