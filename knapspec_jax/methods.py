@@ -360,12 +360,8 @@ class KnapSpecPolicy:
       self.model.kept_drafts[bucket] = None
       self.model.search_gains[bucket] = 0.0
     else:
-      # Its rates under the exit come from where it was chosen (this bucket, or the one below
-      # that lent it), so that a kept draft is predicted here as it was there.
-      exit = next((k.exit for k in self.model.kept_drafts.values()
-                   if k is not None and k.skip == decision.skip and k.exit is not None), None)
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                 decision.context, measured, exit)
+                                                 decision.context, measured, decision.exit)
 
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile
@@ -388,7 +384,7 @@ class KnapSpecPolicy:
       self.used.add((kept.skip, kept.gamma))
       return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
                       f"kept (chosen at context {kept.context}; {measured}, AR predicted "
-                      f"{1 / t_ar:.0f})", rounds=rounds)
+                      f"{1 / t_ar:.0f})", rounds=rounds, exit=kept.exit)
     # The search scores drafts on generated tokens: collect r of them first, unless no search
     # will be affordable by then, in which case decode plainly to the end in one go.
     missing = max(r - ctx.n_out, 0)
@@ -419,7 +415,6 @@ class KnapSpecPolicy:
     cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine,
                        exit_rates(c))
              for c in found if c.skip.n_skipped]
-    exits = {c.skip: c.exit for c in cands}
     compile_cost = (p.segment_compile_s if self.config.charge_compile and not self.background
                     else 0.0)
     horizon = self.config.compile_horizon or min(ctx.remaining, 4 * self.interval)
@@ -433,7 +428,7 @@ class KnapSpecPolicy:
                                 self.config.margin)
       if unpaid.drafts:  # pays once compiled: keep it for the next generation's warm-up
         model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
-                                                  exit=exits[unpaid.skip])
+                                                  exit=unpaid.exit)
         model.search_gains[search_len] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
         return dataclasses.replace(  # plain decoding to the end
             decision, ar_tokens=None,
@@ -446,7 +441,7 @@ class KnapSpecPolicy:
       self.used.add((decision.skip, decision.gamma))
       if self.config.keep:
         model.kept_drafts[search_len] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                  n, exit=exits[decision.skip])
+                                                  n, exit=decision.exit)
         rounds = self.trial_window(None)
         if rounds:
           decision = dataclasses.replace(decision, rounds=rounds,

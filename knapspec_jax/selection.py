@@ -68,6 +68,12 @@ class ExitRates:
   confident: float
   confident_agree: float
 
+  @classmethod
+  def no_exit(cls, alpha: float) -> "ExitRates":
+    """A draft that never exits (every token confident, c = 1, q = a): its round is the
+    paper's, gamma drafts accepted at rate alpha."""
+    return cls(alpha, 1.0, alpha)
+
 
 def exit_rates(agree: Sequence[bool], top1_prob: Sequence[float],
                threshold: float) -> ExitRates:
@@ -81,7 +87,7 @@ def exit_rates(agree: Sequence[bool], top1_prob: Sequence[float],
   n = agree.size
   a = smoothed_alpha(agree.mean(), n)
   if threshold <= 0:
-    return ExitRates(a, 1.0, a)
+    return ExitRates.no_exit(a)
   return ExitRates(a, smoothed_alpha(confident.mean(), n),
                    smoothed_alpha((agree & confident).mean(), n))
 
@@ -128,6 +134,7 @@ class Decision:
   reason: str
   ar_tokens: int | None = None  # plain decoding: tokens before the next decision, None: all
   rounds: int | None = None  # drafting: rounds before the next decision, None: the interval
+  exit: ExitRates | None = None  # the draft's rates under the exit it was predicted with
 
   @property
   def drafts(self) -> bool:
@@ -135,7 +142,7 @@ class Decision:
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
-    del d["ar_tokens"], d["rounds"]  # the window's record says what it decoded
+    del d["ar_tokens"], d["rounds"], d["exit"]  # the window's record says what it decoded
     d["skip"] = None if self.skip is None else self.skip.to_list()
     d["n_attn_skipped"] = 0 if self.skip is None else len(self.skip.attn_skipped)
     d["n_mlp_skipped"] = 0 if self.skip is None else len(self.skip.mlp_skipped)
@@ -149,12 +156,9 @@ def tpt_table(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len
   verify = np.asarray([profile.t_verify(g + 1, attn_len) for g in gammas])
   rows = []
   for c in candidates:
-    t_draft = profile.t_step(c.skip, attn_len)
-    if c.exit is None:
-      rows.append(expected_tokens(c.alpha, gammas) / (gammas * t_draft + verify))
-    else:
-      rows.append(round_tokens(c.exit, gammas)
-                  / (round_drafts(c.exit, gammas) * t_draft + verify))
+    rates = ExitRates.no_exit(c.alpha) if c.exit is None else c.exit
+    rows.append(round_tokens(rates, gammas)
+                / (round_drafts(rates, gammas) * profile.t_step(c.skip, attn_len) + verify))
   return np.asarray(rows).reshape(len(candidates), gamma_max)
 
 
@@ -194,7 +198,7 @@ def select(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len: i
       if saved <= compile_cost_s:
         continue
     return Decision(c.skip, gamma, c.alpha, tpt, ar, best, context,
-                    f"predicted {tpt / ar:.2f}x AR")
+                    f"predicted {tpt / ar:.2f}x AR", exit=c.exit)
   c = candidates[best_i]
   why = (f"best draft ({len(c.skip.attn_skipped)} attn + {len(c.skip.mlp_skipped)} MLP skipped, "
          f"gamma {best_g + 1}, alpha {c.alpha:.2f}) predicts {best / ar:.2f}x AR")
