@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
-from knapspec_jax import api, datasets, selection
+from knapspec_jax import api, datasets, decoding, methods, selection
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 
@@ -367,6 +367,33 @@ def test_a_trial_window_slower_than_ar_drops_its_draft(tiny_models, with_profile
   assert [b for b, k in model.kept_drafts.items() if k is None]
   with pytest.raises(ks.MethodError, match="trial_rounds must be 0 or >= 4"):
     ks.KnapSpecConfig(trial_rounds=3)
+
+
+def test_a_trial_within_the_margin_below_ar_decodes_one_full_window(tiny_models, with_profile):
+  """A trial window is judged with a tolerance of `margin` against the measured AR speed: 2%
+  slower than AR (margin 3%) keeps the draft for one full window (its next window is no trial),
+  and that window, judged strictly, drops it at the same speed; a trial 4% slower drops it at
+  once. Windows of a real tiny model's draft, speeds stated."""
+  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  context = 40
+  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
+  policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig(margin=0.03))
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  trial = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept", rounds=8)
+  window = dict(ar_tokens_while_compiling=0, rounds=8, measured_tokens_per_s=98.0)
+  bucket = decoding.attn_bucket(context, capacity)
+
+  policy.observe(trial, window, capacity)
+  kept = model.kept_drafts[bucket]
+  assert kept is not None and kept.measured_tpt == 98.0
+  assert policy.trial_window(kept.measured_tpt) is None  # the next window is a full one
+  policy.observe(dataclasses.replace(trial, rounds=None), dict(window, rounds=64), capacity)
+  assert model.kept_drafts[bucket] is None and model.search_gains[bucket] == 0.0
+
+  model.kept_drafts.clear()
+  policy.observe(trial, dict(window, measured_tokens_per_s=96.0), capacity)
+  assert model.kept_drafts[bucket] is None
 
 
 def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
