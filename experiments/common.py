@@ -72,10 +72,9 @@ def advance(model, ids: np.ndarray, point: SearchPoint, n_tokens: int) -> Search
 
 def search(model, point: SearchPoint, profile, *, n_ref: int = 16, gamma_max: int = 10,
            latency_weights: bool = True, whole_layers: bool = False,
-           threshold: float | None = None, runs: bool = False):
+           threshold: float | None = None):
   """KnapSpec's stage 1 at this context: the DP's candidates with their acceptance estimates
-  (and, given the draft's confidence threshold, their selection.ExitRates; runs: with the
-  `_next` rates).
+  (and, given the draft's confidence threshold, their selection.ExitRates).
 
   Returns (candidates, (w_attn, w_mlp), attn_len), attn_len the bucket a draft of gamma_max
   would run at. Weights from the profile at that bucket, or (1, 1) (uniform, TPL).
@@ -89,15 +88,14 @@ def search(model, point: SearchPoint, profile, *, n_ref: int = 16, gamma_max: in
   result = knapsack.search(model.params, model.cfg, point.state.cache, point.tokens[p - n_ref:],
                            p - n_ref, *weights, model.compiled, whole_layers=whole_layers)
   exit_rates = lambda c: (None if threshold is None
-                          else selection.exit_rates(c.agree, c.top1_prob, threshold, runs))
+                          else selection.exit_rates(c.agree, c.top1_prob, threshold))
   cands = [selection.Candidate(c.skip, selection.smoothed_alpha(c.agreement, n_ref), c.budget,
                                c.cosine, exit_rates(c))
            for c in knapsack.candidates(result) if c.skip.n_skipped]
   return cands, weights, attn_len
 
 
-def exit_rates_of(model, point: SearchPoint, skip, n_ref: int, threshold: float,
-                  runs: bool = False):
+def exit_rates_of(model, point: SearchPoint, skip, n_ref: int, threshold: float):
   """selection.ExitRates of one skip set on the search's reference tokens (the last n_ref
   confirmed ones), teacher-forced as the search scores its candidates: the draft's top-1 and its
   probability against the full model's top-1 after each token."""
@@ -110,8 +108,7 @@ def exit_rates_of(model, point: SearchPoint, skip, n_ref: int, threshold: float,
                                                  attn_len=attn_len).hidden[0]), np.float64)
   full, draft = logits(SkipMask.none(model.cfg.n_layers)), logits(skip)
   probs = np.exp(draft - draft.max(-1, keepdims=True))
-  return selection.exit_rates(draft.argmax(-1) == full.argmax(-1), 1 / probs.sum(-1), threshold,
-                              runs)
+  return selection.exit_rates(draft.argmax(-1) == full.argmax(-1), 1 / probs.sum(-1), threshold)
 
 
 def best_draft(cands, profile, attn_len: int, gamma_max: int = 10):

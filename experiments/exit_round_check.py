@@ -5,11 +5,10 @@
       --output_dir=results/cpu/analysis/exit_round_qwen
 
 For each prompt: decode n_ref tokens plainly and run KnapSpec's search on them (latency weights
-from --profile), as KnapSpec does at that context. Score every candidate three times with the
-profile: the paper's round (gamma drafts accepted at rate alpha; selection.expected_tokens), the
-round under the confidence exit with tokens independent (selection.ExitRates from the search's
-per-token agreement and top-1 probabilities; round_tokens, round_drafts), and the same with the
-rates at the token after one that continued the round (`runs`: exit_rates(..., runs=True)). Then decode `held_out` tokens from that context with
+from --profile), as KnapSpec does at that context. Score every candidate twice with the profile:
+the paper's round (gamma drafts accepted at rate alpha; selection.expected_tokens) and the round
+under the confidence exit (selection.ExitRates from the search's per-token agreement and top-1
+probabilities; round_tokens, round_drafts). Then decode `held_out` tokens from that context with
 each model's best draft (and with --extra_skip, e.g. a set another method chose on the GPU) as a
 fixed draft at the threshold, and compare what its rounds did (tokens and draft forwards per
 round, from the decode's own counters) with what each model predicted, and the decode's tokens
@@ -74,27 +73,23 @@ def main(argv):
     item_id, ids = prompt(model, spec)
     r = _N_REF.value
     point = common.decode_plainly(model, ids, r, r + _HELD_OUT.value + 1)
-    with_runs, _, attn_len = common.search(model, point, profile, n_ref=r,
-                                           gamma_max=_GAMMA_MAX.value,
-                                           threshold=_THRESHOLD.value, runs=True)
-    exits = [dataclasses.replace(c, exit=c.exit.independent()) for c in with_runs]
-    closed = [dataclasses.replace(c, exit=None) for c in with_runs]
+    exits, _, attn_len = common.search(model, point, profile, n_ref=r,
+                                       gamma_max=_GAMMA_MAX.value, threshold=_THRESHOLD.value)
+    closed = [dataclasses.replace(c, exit=None) for c in exits]
     ar_tpt = 1.0 / profile.t_step(None, attn_len)
     context = point.tokens  # the prompt and the n_ref plain tokens
     ar = ks.generate(model, context, _HELD_OUT.value, ignore_eos=True)
     drafts = {}
-    for label, cands in (("closed form", closed), ("exit model", exits),
-                         ("runs model", with_runs)):
+    for label, cands in (("closed form", closed), ("exit model", exits)):
       cand, gamma, tpt = common.best_draft(cands, profile, attn_len, _GAMMA_MAX.value)
       drafts[label] = (cand.skip, gamma, tpt)
     for label, (bits, gamma) in extra.items():
       drafts[label] = (SkipMask.from_list(bits), int(gamma), None)
     for label, (skip, gamma, tpt) in drafts.items():
       # The exit model's view of this draft on the search's tokens, whichever model chose it.
-      runs = next((c.exit for c in with_runs if c.skip == skip), None)
-      if runs is None:  # not among the search's candidates: score it on the same tokens
-        runs = common.exit_rates_of(model, point, skip, r, _THRESHOLD.value, runs=True)
-      rates = runs.independent()
+      rates = next((c.exit for c in exits if c.skip == skip), None)
+      if rates is None:  # not among the search's candidates: score it on the same tokens
+        rates = common.exit_rates_of(model, point, skip, r, _THRESHOLD.value)
       alpha = rates.agree
       out = ks.generate(model, context, _HELD_OUT.value, method="fixed",
                         config=ks.FixedConfig(skip=skip, gamma=gamma,
@@ -108,19 +103,16 @@ def main(argv):
       row = dict(
           item_id=item_id, context=point.context, draft=label, gamma=gamma,
           n_attn_skipped=len(skip.attn_skipped), n_mlp_skipped=len(skip.mlp_skipped),
-          skip=skip.to_list(), alpha_in_sample=alpha, exit_rates=vars(runs),
+          skip=skip.to_list(), alpha_in_sample=alpha, exit_rates=vars(rates),
           predicted_closed_tokens=float(selection.expected_tokens(alpha, gamma)),
           predicted_closed_drafts=gamma,
           predicted_exit_tokens=float(selection.round_tokens(rates, gamma)),
           predicted_exit_drafts=float(selection.round_drafts(rates, gamma)),
-          predicted_runs_tokens=float(selection.round_tokens(runs, gamma)),
-          predicted_runs_drafts=float(selection.round_drafts(runs, gamma)),
           measured_tokens=measured_tokens, measured_drafts=measured_drafts,
           rounds=s["speculation_steps"], acceptance=s["acceptance_rate"],
           tpt_chosen_with=tpt, ar_tpt=ar_tpt,
           tpt_closed=selection.draft_tpt(skip, alpha, profile, attn_len, gamma),
           tpt_exit=selection.draft_tpt(skip, alpha, profile, attn_len, gamma, rates),
-          tpt_runs=selection.draft_tpt(skip, alpha, profile, attn_len, gamma, runs),
           tpt_from_measured_rounds=measured_tokens / (measured_drafts * t_draft + t_verify),
           identical_to_ar=out.output_ids == ar.output_ids,
           profile=profile.device, device=latency.device_name(), dtype=model.dtype,
@@ -128,27 +120,24 @@ def main(argv):
       rows.append(row)
       print(f"{item_id} ctx {point.context} {label:12s} {row['n_attn_skipped']:2d}+"
             f"{row['n_mlp_skipped']:2d} g{gamma}: tokens/round predicted closed "
-            f"{row['predicted_closed_tokens']:.2f} exit {row['predicted_exit_tokens']:.2f} runs "
-            f"{row['predicted_runs_tokens']:.2f} measured {measured_tokens:.2f}; drafts/round "
-            f"exit {row['predicted_exit_drafts']:.2f} runs {row['predicted_runs_drafts']:.2f} "
-            f"measured {measured_drafts:.2f}; x AR on {profile.device}: closed "
-            f"{row['tpt_closed'] / ar_tpt:.3f} exit {row['tpt_exit'] / ar_tpt:.3f} runs "
-            f"{row['tpt_runs'] / ar_tpt:.3f} from measured rounds "
+            f"{row['predicted_closed_tokens']:.2f} exit {row['predicted_exit_tokens']:.2f} "
+            f"measured {measured_tokens:.2f}; drafts/round exit "
+            f"{row['predicted_exit_drafts']:.2f} measured {measured_drafts:.2f}; x AR on "
+            f"{profile.device}: closed {row['tpt_closed'] / ar_tpt:.3f} exit "
+            f"{row['tpt_exit'] / ar_tpt:.3f} from measured rounds "
             f"{row['tpt_from_measured_rounds'] / ar_tpt:.3f}; same as AR "
             f"{row['identical_to_ar']} ({time.perf_counter() - started:.0f} s)", flush=True)
-  lines = ["| prompt | draft | attn + MLP skipped, gamma | tokens/round: closed / exit / runs / "
-           "measured | drafts/round: exit / runs / measured | x AR on the profile's device: "
-           "closed / exit / runs / from measured rounds | same as AR |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| prompt | draft | attn + MLP skipped, gamma | tokens/round: closed / exit / "
+           "measured | drafts/round: exit / measured | x AR on the profile's device: closed / "
+           "exit / from measured rounds | same as AR |", "|---|---|---|---|---|---|---|"]
   for w in rows:
-    x = lambda key: w[key] / w["ar_tpt"]
     lines.append(
         f"| {w['item_id']} | {w['draft']} | {w['n_attn_skipped']} + {w['n_mlp_skipped']}, "
         f"{w['gamma']} | {w['predicted_closed_tokens']:.2f} / {w['predicted_exit_tokens']:.2f} "
-        f"/ {w['predicted_runs_tokens']:.2f} / {w['measured_tokens']:.2f} | "
-        f"{w['predicted_exit_drafts']:.2f} / {w['predicted_runs_drafts']:.2f} / "
-        f"{w['measured_drafts']:.2f} | {x('tpt_closed'):.3f} / {x('tpt_exit'):.3f} / "
-        f"{x('tpt_runs'):.3f} / {x('tpt_from_measured_rounds'):.3f} | {w['identical_to_ar']} |")
+        f"/ {w['measured_tokens']:.2f} | {w['predicted_exit_drafts']:.2f} / "
+        f"{w['measured_drafts']:.2f} | {w['tpt_closed'] / w['ar_tpt']:.3f} / "
+        f"{w['tpt_exit'] / w['ar_tpt']:.3f} / {w['tpt_from_measured_rounds'] / w['ar_tpt']:.3f} "
+        f"| {w['identical_to_ar']} |")
   print("\n".join(lines))
   if _OUT.value:
     out = pathlib.Path(_OUT.value)

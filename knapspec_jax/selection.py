@@ -62,21 +62,11 @@ def smoothed_alpha(agree: float, n_tokens: int) -> float:
 class ExitRates:
   """A draft's rates on the reference tokens under the confidence exit (module docstring), each
   with smoothed_alpha's add-one smoothing: agree a = P(top-1 agrees with the full model),
-  confident c = P(top-1 probability >= threshold), confident_agree q = P(both).
-
-  The `_next` rates, where set (exit_rates(..., runs=True)), are the same events at the token
-  after one that continued the round: agree_next a' = P(agree | the previous token agreed and
-  was confident), confident_agree_next p = P(agree and confident | the same), confident_next
-  c' = P(confident | the previous token was confident); None: tokens independent (a' = a,
-  p = q, c' = c). Confidence comes in runs: CLaSp's drafts on the H200 made 2.4-3.8 drafts per
-  round where the independent rates gave 1.6-2.6 (BENCHMARKS.md 10.15)."""
+  confident c = P(top-1 probability >= threshold), confident_agree q = P(both)."""
 
   agree: float
   confident: float
   confident_agree: float
-  agree_next: float | None = None
-  confident_agree_next: float | None = None
-  confident_next: float | None = None
 
   @classmethod
   def no_exit(cls, alpha: float) -> "ExitRates":
@@ -84,30 +74,11 @@ class ExitRates:
     paper's, gamma drafts accepted at rate alpha."""
     return cls(alpha, 1.0, alpha)
 
-  def independent(self) -> "ExitRates":
-    """The same rates without the `_next` ones: tokens taken as independent."""
-    return dataclasses.replace(self, agree_next=None, confident_agree_next=None,
-                               confident_next=None)
 
-
-# Pseudo-counts pulling a `_next` rate toward its unconditional rate (few reference tokens
-# continue a round: 16 tokens give at most 15 pairs).
-RUN_PRIOR = 2.0
-
-
-def _conditional(given: np.ndarray, event: np.ndarray, prior: float) -> float:
-  """P(event at t + 1 | given at t) over consecutive pairs, shrunk toward `prior` by RUN_PRIOR
-  pseudo-counts."""
-  n = int(given[:-1].sum())
-  k = int((given[:-1] & event[1:]).sum())
-  return (k + RUN_PRIOR * prior) / (n + RUN_PRIOR)
-
-
-def exit_rates(agree: Sequence[bool], top1_prob: Sequence[float], threshold: float,
-               runs: bool = False) -> ExitRates:
-  """ExitRates from per-token agreement and top-1 probabilities (knapsack.Candidate), in the
-  order the tokens were generated. A threshold of 0 or less never exits: c = 1 and q = a, the
-  closed form's round. runs: also the `_next` rates, from consecutive tokens."""
+def exit_rates(agree: Sequence[bool], top1_prob: Sequence[float],
+               threshold: float) -> ExitRates:
+  """ExitRates from per-token agreement and top-1 probabilities (knapsack.Candidate). A
+  threshold of 0 or less never exits: c = 1 and q = a, the closed form's round."""
   agree = np.asarray(agree, bool)
   confident = np.asarray(top1_prob, np.float64) >= threshold
   if agree.shape != confident.shape or agree.ndim != 1 or not agree.size:
@@ -117,38 +88,25 @@ def exit_rates(agree: Sequence[bool], top1_prob: Sequence[float], threshold: flo
   a = smoothed_alpha(agree.mean(), n)
   if threshold <= 0:
     return ExitRates.no_exit(a)
-  ok = agree & confident
-  c, q = smoothed_alpha(confident.mean(), n), smoothed_alpha(ok.mean(), n)
-  if not runs:
-    return ExitRates(a, c, q)
-  return ExitRates(a, c, q, _conditional(ok, agree, a), _conditional(ok, ok, q),
-                   _conditional(confident, confident, c))
+  return ExitRates(a, smoothed_alpha(confident.mean(), n),
+                   smoothed_alpha((agree & confident).mean(), n))
 
 
 def _geometric(r, g):
-  """1 + r + ... + r^(g-1), elementwise over gamma g (0 for g = 0)."""
+  """1 + r + ... + r^(g-1), elementwise over gamma g."""
   r = float(r)
   g = np.asarray(g, np.float64)
   return g if r >= 1.0 else (1 - r ** g) / (1 - r)
 
 
-def _next(value, default):
-  return default if value is None else value
-
-
 def round_tokens(rates: ExitRates, gamma):
-  """Tokens one round yields under the exit: 1 + a + q a' (1 + p + ... + p^(g-2)), which is
-  1 + a (1 + q + ... + q^(g-1)) for independent tokens (a' = a, p = q)."""
-  a, q = rates.agree, rates.confident_agree
-  a_next, p = _next(rates.agree_next, a), _next(rates.confident_agree_next, q)
-  return 1.0 + a + q * a_next * _geometric(p, np.asarray(gamma) - 1)
+  """Tokens one round yields under the exit: 1 + a (1 + q + ... + q^(g-1))."""
+  return 1.0 + rates.agree * _geometric(rates.confident_agree, gamma)
 
 
 def round_drafts(rates: ExitRates, gamma):
-  """Draft forwards one round makes under the exit: 1 + c (1 + c' + ... + c'^(g-2)), which is
-  1 + c + ... + c^(g-1) for independent tokens."""
-  c = rates.confident
-  return 1.0 + c * _geometric(_next(rates.confident_next, c), np.asarray(gamma) - 1)
+  """Draft forwards one round makes under the exit: 1 + c + ... + c^(g-1)."""
+  return _geometric(rates.confident, gamma)
 
 
 @dataclasses.dataclass(frozen=True)
