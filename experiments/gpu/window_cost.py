@@ -14,7 +14,11 @@ tokens (decoding.run_ar), each under three conditions:
 and prints, per condition and length, the median measured time, the profile's time of what the
 window did (its draft forwards and verifies, or its steps) and the excess; then a least-squares
 line of the excess against the window's steps: its intercept is the fixed cost per window.
-Writes $OUT/window_cost.json (every window) when OUT is set.
+Writes every window to --output (default $OUT/window_cost.json when OUT is set). Whether the
+fixed cost is XLA's command buffers (CUDA graphs) being updated for each call's buffers: the
+same run with `XLA_FLAGS=--xla_gpu_enable_command_buffer=` (none), or through
+`experiments/gpu/with_xla_flag_sets.sh window_cost.py window_cost 300 --profile=...` (defaults,
+and command buffers taking in while loops and conditionals).
 """
 
 import json
@@ -50,6 +54,8 @@ _GAMMA = flags.DEFINE_integer("gamma", 2, "Draft length.")
 _ROUNDS = flags.DEFINE_list("rounds", ["2", "4", "8", "16", "64"], "Drafting window lengths.")
 _TOKENS = flags.DEFINE_list("ar_tokens", ["4", "8", "16", "64"], "Plain window lengths.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Fresh prefills, each running every window.")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON of every window (default: "
+                              "$OUT/window_cost.json when OUT is set).")
 _GAP_S = 0.02
 _CONDITIONS = ("back_to_back", "after_ar", "after_gap")
 
@@ -166,11 +172,16 @@ def main(argv):
       sel = [r for r in rows if (r["kind"], r["condition"]) == (kind, cond)]
       x = np.array([r["steps"] for r in sel], float)
       y = np.array([r["seconds"] - r["predicted_s"] for r in sel])
+      if len(set(x)) < 2:
+        print(f"  {kind:5s} {cond:12s}: one window length only, no line")
+        continue
       b, a = np.polyfit(x, y, 1)
       print(f"  {kind:5s} {cond:12s}: fixed {a * 1e3:6.2f} ms per window, "
             f"{b * 1e6:7.1f} us per step beyond the profile ({len(sel)} windows)")
-  if os.environ.get("OUT"):
-    path = pathlib.Path(os.environ["OUT"]) / "window_cost.json"
+  output = _OUTPUT.value or (os.environ.get("OUT") and f"{os.environ['OUT']}/window_cost.json")
+  if output:
+    path = pathlib.Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(model=m.name, dtype=m.dtype, skip=skip.to_list(),
                                     gamma=gamma, prompt_tokens=len(ids), rows=rows)) + "\n")
     print(f"wrote {path}")
