@@ -196,6 +196,15 @@ class KnapSpecConfig:
     1.11x AR while KnapSpec, without this model, predicted at most a 0-2% saving and declined.
     Off by default until KnapSpec with it is measured on the H200 on both models
     (`--config.method_options=knapspec.exit_model=true`).
+  try_below: with trials on (keep, trial_rounds > 0), a draft predicted at least (1 -
+    try_below) x AR's tokens/s is tried instead of declined: its trial window judges it by its
+    measured rounds (observe), and a full window then by its wall time. 0: a draft must beat AR
+    by `margin`. The prediction's acceptance comes from the 16 tokens before the search, which
+    on Qwen2.5-Coder-1.5B agree less than the tokens after it: CLaSp's sets were predicted at
+    0.93-1.07x AR where their rounds ran 1.03-1.17x (BENCHMARKS.md 10.15, 10.16), and on the
+    H200 at 8K and 16K KnapSpec's best drafts were predicted at 0.93x and 0.98x where CLaSp's
+    rounds ran 1.01-1.21x. A trial that loses costs its 8 rounds. Off by default until measured
+    on the H200 (`--config.method_options=knapspec.try_below=0.1`).
   """
 
   interval: int = 64
@@ -218,6 +227,7 @@ class KnapSpecConfig:
   keep: bool = True
   trial_rounds: int = 8
   exit_model: bool = False
+  try_below: float = 0.0
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -229,6 +239,7 @@ class KnapSpecConfig:
     _check_real("tau", self.tau, 0.0, 1.0, low_open=True, high_open=True)
     _check_int("max_weight", self.max_weight, 1)
     _check_real("margin", self.margin, -1.0, math.inf, low_open=True, high_open=True)
+    _check_real("try_below", self.try_below, 0.0, 1.0, low_open=False, high_open=True)
     for name in ("search_budget", "gain_share", "explore_budget"):
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
@@ -322,6 +333,14 @@ class KnapSpecPolicy:
           self.model.params, self.model.cfg, state, self.model.compiled, skip=draft.skip,
           gamma=draft.gamma, buckets=speculative.segment_buckets(
               self.model.cfg, capacity, draft.gamma, n_prompt, end))
+
+  def draft_margin(self) -> float:
+    """The fraction by which a draft's predicted tokens/s must beat AR's to be decoded: `margin`,
+    or -try_below where a trial window will judge it (KnapSpecConfig.try_below)."""
+    c = self.config
+    if c.try_below > 0 and c.keep and self.trial_window(None) is not None:
+      return -c.try_below
+    return c.margin
 
   def trial_window(self, measured_tpt: float | None) -> int | None:
     """The rounds of a drafting window whose draft no window has measured (KnapSpecConfig.
@@ -435,13 +454,13 @@ class KnapSpecPolicy:
                     else 0.0)
     horizon = self.config.compile_horizon or min(ctx.remaining, 4 * self.interval)
     decision = selection.select(
-        cands, p, attn_len, n, self.config.gamma_max, self.config.margin,
+        cands, p, attn_len, n, self.config.gamma_max, self.draft_margin(),
         compile_cost_s=compile_cost, window_tokens=horizon,
         is_compiled=lambda skip, gamma: ((skip, gamma) in self.used
                                          or self.segment_compiled(state, skip, gamma, n)))
     if not decision.drafts and compile_cost > 0 and self.config.keep:
       unpaid = selection.select(cands, p, attn_len, n, self.config.gamma_max,
-                                self.config.margin)
+                                self.draft_margin())
       if unpaid.drafts:  # pays once compiled: keep it for the next generation's warm-up
         model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
                                                   exit=unpaid.exit)

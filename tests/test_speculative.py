@@ -359,6 +359,35 @@ def test_an_unmeasured_draft_decodes_a_trial_window_first(tiny_models, with_prof
       assert after.startswith("predicted"), after  # dropped: a new search chose the next one
 
 
+def test_try_below_gives_a_draft_predicted_under_ar_a_trial(tiny_models, with_profile):
+  """Under PAYS this tiny model's best draft is predicted below AR (its acceptance is low), so
+  KnapSpec declines with the default margin; with try_below it decodes the draft in a trial
+  window of trial_rounds rounds instead, and the trial judges it. try_below outside [0, 1) is
+  refused. Output is AR's either way."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  common = dict(interval=16, n_ref=8, threshold=0.01, search_budget=100.0, trial_rounds=4)
+  want = ar(model, ids, 48)
+  declined = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                          config=ks.KnapSpecConfig(**common))
+  assert declined.output_ids == want
+  assert declined.stats["drafting_windows"] == 0
+  assert any(r.startswith("declined") for r in _reasons(declined)), _reasons(declined)
+  model.kept_drafts.clear()
+  model.search_gains.clear()
+  tried = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                       config=ks.KnapSpecConfig(**common, try_below=0.5))
+  assert tried.output_ids == want
+  drafting = [w for w in tried.stats["window_log"] if w["decision"]["skip"] is not None]
+  assert drafting and drafting[0]["rounds"] == 4, tried.stats["window_log"]
+  first = drafting[0]["decision"]
+  assert first["predicted_tpt"] < first["ar_tpt"], first  # predicted below AR, tried anyway
+  assert first["reason"].endswith("a trial of 4 rounds"), first["reason"]
+  for bad in (-0.1, 1.0, float("nan"), "0.1"):
+    with pytest.raises(ks.MethodError, match="try_below"):
+      ks.KnapSpecConfig(try_below=bad)
+
+
 def test_a_trial_window_slower_than_ar_drops_its_draft(tiny_models, with_profile):
   """Under a profile where every verified token costs a full step (NEVER_PAYS; KEEP_TEST's
   margin lets the search choose a draft anyway), the new draft's trial of 4 rounds is slower
