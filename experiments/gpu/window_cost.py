@@ -35,7 +35,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import api, datasets, decoding, methods, speculative  # noqa: E402
+from knapspec_jax import api, datasets, decoding, methods, metrics  # noqa: E402
+from knapspec_jax import selection, speculative  # noqa: E402
 from knapspec_jax.engine import abstract_state  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 
@@ -83,6 +84,11 @@ def main(argv):
     return jax.block_until_ready(decoding.init_state(cache, logits, 1 << 20, ()))
 
   counters = speculative.SpecCounters.zeros()
+  # What each kind of window decodes with, for metrics.predicted_window_s: the profile's time of
+  # the window as it ran, as controller.run records it (predicted_s) and a trial is judged by.
+  nan = float("nan")
+  draft_decision = selection.Decision(skip, gamma, nan, nan, nan, nan, len(ids), "window_cost")
+  plain_decision = selection.Decision(None, 0, nan, nan, nan, nan, len(ids), "window_cost")
 
   def drafting(state, counters, r):
     before = jax.device_get((counters, state.n_out, state.cache.length))
@@ -95,8 +101,8 @@ def main(argv):
     (c0, n0, length), (c1, n1) = before, jax.device_get((counters, state.n_out))
     n_rounds, forwards = int(c1.rounds - c0.rounds), int(c1.draft_forwards - c0.draft_forwards)
     attn_len = decoding.attn_bucket(int(length) + gamma + 1, state.cache.capacity)
-    predicted = (forwards * profile.t_step(skip, attn_len)
-                 + n_rounds * profile.t_verify(gamma + 1, attn_len))
+    predicted = metrics.predicted_window_s(profile, draft_decision, attn_len, int(n1 - n0),
+                                           n_rounds, forwards)
     return state, counters, dict(kind="draft", length=r, rounds=n_rounds, forwards=forwards,
                                  tokens=int(n1 - n0), steps=forwards + n_rounds,
                                  seconds=seconds, predicted_s=predicted)
@@ -108,8 +114,9 @@ def main(argv):
                                                   max_tokens=t))
     seconds = time.perf_counter() - start
     done = int(jax.device_get(state.n_out)) - n0
-    predicted = done * profile.t_step(None, decoding.attn_bucket(length + 1,
-                                                                 state.cache.capacity))
+    predicted = metrics.predicted_window_s(
+        profile, plain_decision, decoding.attn_bucket(length + 1, state.cache.capacity), done,
+        0, 0)
     return state, dict(kind="ar", length=t, tokens=done, steps=done, seconds=seconds,
                        predicted_s=predicted)
 
