@@ -38,6 +38,13 @@ def attn_bucket(n: int, capacity: int) -> int:
   return min(-(-n // 1024) * 1024, capacity)
 
 
+def bucket_start(bucket: int) -> int:
+  """The first context n that attn_bucket maps to `bucket` (a value it returned)."""
+  if bucket > 1024:
+    return -(-bucket // 1024) * 1024 - 1023
+  return max((b for b in (256, 512) if b < bucket), default=0) + 1
+
+
 def prefill_chunk_len(n: int, capacity: int) -> int:
   """Chunk size for prefilling an n-token prompt: a power of two from 32 up to 512, small
   enough that the padded prompt (whole chunks) still fits the cache."""

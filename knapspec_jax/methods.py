@@ -24,7 +24,7 @@ import jax
 
 from knapspec_jax import controller, decoding, knapsack, latency, selection, speculative
 from knapspec_jax.config import is_int, is_real
-from knapspec_jax.decoding import DecodeState, attn_bucket
+from knapspec_jax.decoding import DecodeState, attn_bucket, bucket_start
 from knapspec_jax.engine import Model, abstract_state
 from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.selection import Candidate, Decision
@@ -362,6 +362,21 @@ class KnapSpecPolicy:
     below = [b for b in kept_drafts if b < bucket]
     return kept_drafts[max(below)] if below else None
 
+  def plain_tokens(self, n: int, remaining: int, capacity: int) -> int | None:
+    """Tokens to decode plainly from context n before deciding again: up to the first later
+    context where a kept draft applies (`kept`; the warm-up compiled its programs), None (to the
+    end) where none lies within `remaining`. A decline used to run to the end: on the H200 (2K
+    document, 1024 tokens, BENCHMARKS.md 10.17) a generation whose draft at 2K was dropped
+    decoded plainly past the 3K bucket, where the warm-up had compiled a draft kept there."""
+    bucket = attn_bucket(n, capacity)
+    for start in sorted({bucket_start(attn_bucket(m, capacity)) for m in self.model.kept_drafts
+                         if attn_bucket(m, capacity) > bucket}):
+      if start - n >= remaining:
+        return None
+      if self.kept(capacity, start) is not None:
+        return start - n
+    return None
+
   def observe(self, decision: Decision, window: dict, capacity: int):
     """After each window (controller.run): a kept draft whose window measured slower than AR
     is dropped at its bucket, and the bucket's gain is set to what was measured, none, so that
@@ -392,8 +407,13 @@ class KnapSpecPolicy:
       ar_speed = self.model.ar_speed(decision.context, capacity)
       slower = measured < (decision.ar_tpt if ar_speed is None else ar_speed)
     if slower:
+      # A draft borrowed from a bucket below (`kept`) says nothing about what a search here
+      # would find: the bucket keeps no gain, so a first search may still explore it. On the
+      # H200 a gamma-10 draft chosen at 2K failed its trial at 28K and zeroed that bucket's
+      # gain, and no search ever ran there (BENCHMARKS.md 10.17).
+      if bucket in self.model.kept_drafts:
+        self.model.search_gains[bucket] = 0.0
       self.model.kept_drafts[bucket] = None
-      self.model.search_gains[bucket] = 0.0
     else:
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                  decision.context, measured, decision.exit)
@@ -409,7 +429,8 @@ class KnapSpecPolicy:
       # To the end, no search either: the draft is chosen already.
       return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"kept draft (chosen at context {kept.context}) not compiled: the next "
-                      f"warm-up compiles it", ar_tokens=None)
+                      f"warm-up compiles it", ar_tokens=self.plain_tokens(n, ctx.remaining,
+                                                                          capacity))
     if kept is not None:  # no search: decode with the draft that measured faster than AR here
       tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma, kept.exit)
       rounds = self.trial_window(kept.measured_tpt)
@@ -431,7 +452,7 @@ class KnapSpecPolicy:
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"no search: it would cost {cost:.3f} s, over "
                       f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left",
-                      ar_tokens=None)  # to the end
+                      ar_tokens=self.plain_tokens(n, ctx.remaining, capacity))
     if self.config.latency_weights:
       w_attn, w_mlp = knapsack.integer_weights(p.t_attn(attn_len), p.m, self.config.max_weight)
     else:
@@ -465,8 +486,8 @@ class KnapSpecPolicy:
         model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
                                                   exit=unpaid.exit)
         model.search_gains[search_len] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
-        return dataclasses.replace(  # plain decoding to the end
-            decision, ar_tokens=None,
+        return dataclasses.replace(  # plain decoding (to the end, or to a kept draft)
+            decision, ar_tokens=self.plain_tokens(n, ctx.remaining, capacity),
             reason=f"kept for the next warm-up to compile ({unpaid.reason}; its "
                    f"{compile_cost:.1f} s compile does not pay in {horizon} tokens)")
     # What this search predicts a draft saves here: the budget of the next searches here.

@@ -437,6 +437,77 @@ def test_a_trial_is_judged_by_its_rounds_and_the_next_window_by_its_time(tiny_mo
   assert model.kept_drafts[bucket] is None
 
 
+def test_bucket_start_is_the_first_context_of_each_bucket():
+  """decoding.bucket_start(b) is the smallest n that attn_bucket maps to b, checked against
+  every n under three capacities (one a multiple of 1024, one not, one under 512)."""
+  for capacity in (4096, 1500, 300):
+    first = {}
+    for n in range(1, capacity + 1):
+      first.setdefault(decoding.attn_bucket(n, capacity), n)
+    assert {b: decoding.bucket_start(b) for b in first} == first, capacity
+
+
+def test_a_borrowed_draft_that_fails_leaves_the_bucket_free_to_explore(tiny_models,
+                                                                        with_profile):
+  """A draft kept at a bucket below (used at this one through `kept`) whose window is slower
+  than AR is dropped here, but this bucket records no gain, so a first search may explore it;
+  a draft kept at its own bucket that fails sets the bucket's gain to 0."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig())
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  low, context = decoding.attn_bucket(100, capacity), 300
+  high = decoding.attn_bucket(context, capacity)
+  assert low < high
+  model.kept_drafts[low] = methods.KeptDraft(skip, 2, 0.9, 100)
+  assert policy.kept(capacity, context) == model.kept_drafts[low]  # borrowed from below
+  full = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept")
+  slow = dict(ar_tokens_while_compiling=0, rounds=64, tokens=100, predicted_s=1.0,
+              measured_tokens_per_s=50.0)
+  policy.observe(full, slow, capacity)
+  assert model.kept_drafts[high] is None and high not in model.search_gains
+  assert policy.search_share(context, capacity)[1].endswith("first search here")
+  model.kept_drafts[high] = methods.KeptDraft(skip, 2, 0.9, context)  # its own bucket's draft
+  policy.observe(full, slow, capacity)
+  assert model.kept_drafts[high] is None and model.search_gains[high] == 0.0
+
+
+def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_profile):
+  """Where KnapSpec declines (no search affordable at a bucket whose draft was dropped), it
+  decodes plainly up to the first context where a draft is kept (the warm-up compiled it), then
+  drafts with it, instead of decoding plainly to the end; with no kept draft ahead, the decline
+  runs to the end in one window. Output is AR's either way."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256 up to 256, then 512
+  low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
+  start = decoding.bucket_start(high)
+  assert low < high and start - len(ids) == 17
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0)))
+  want = ar(model, ids, 48)
+
+  def run():
+    model.kept_drafts[low], model.search_gains[low] = None, 0.0  # dropped here: no search
+    model.search_times.update({low: 1.0, high: 1.0})  # a search costs 1 s (the profile says 0)
+    got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+    assert got.output_ids == want
+    return got.stats["window_log"]
+
+  windows = run()
+  assert len(windows) == 1 and windows[0]["tokens"] == 47, windows  # the prefill made one
+  assert windows[0]["decision"]["reason"].startswith("no search")
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
+  model.kept_drafts[high] = methods.KeptDraft(skip, 2, 0.9, start)
+  policy = methods.KnapSpecPolicy(model, model.profile, config)
+  assert policy.plain_tokens(len(ids), 48, capacity) == 17
+  assert policy.plain_tokens(len(ids), 17, capacity) is None  # the draft lies beyond the end
+  windows = run()
+  assert windows[0]["decision"]["reason"].startswith("no search")
+  assert windows[0]["tokens"] == 17 and windows[0]["rounds"] == 0, windows[0]
+  assert windows[1]["context"] == start and windows[1]["rounds"] > 0, windows[1]
+  assert windows[1]["decision"]["reason"].startswith("kept (chosen at context")
+
+
 def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
   """Under a profile where drafting pays (the draft is kept when judged by the profile, test
   above), a measured AR speed beyond any draft's (Model.ar_speeds) drops every kept draft after
