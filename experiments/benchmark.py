@@ -192,6 +192,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
                     e2e_speedup=r.e2e_tokens_per_s / ar.e2e_tokens_per_s,
                     identical_to_ar=r.output_ids == ar.output_ids,
                     warmup_windows=[w.stats.get("window_log") for w in warm[method]],
+                    # the untimed runs' speeds: AR's feed Model.ar_speeds, which judge kept drafts
+                    warmup_tokens_per_s=[w.tokens_per_s for w in warm[method]],
                     # every timed run's windows (the record's stats are the median run's)
                     timed_windows=[x.stats.get("window_log") for x in timed[method]],
                     **(r.to_json() | {"method": method}))

@@ -50,6 +50,7 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert "decisions" in r["stats"] or r["method"] == "ar"
     assert len(r["warmup_windows"]) == 1  # the untimed run's window log (None for AR)
     assert (r["warmup_windows"][0] is None) == (r["method"] == "ar")
+    assert len(r["warmup_tokens_per_s"]) == 1 and r["warmup_tokens_per_s"][0] > 0
     assert len(r["timed_windows"]) == r["repeats"]
     assert all((w is None) == (r["method"] == "ar") for w in r["timed_windows"])
     # bandwidth: a SmolLM2 step reads its 135M f32 weights (more than 0.5 GB) and the cache

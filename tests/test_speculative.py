@@ -41,7 +41,7 @@ def with_profile():
 
   def give(model, measure_ar: bool = False, **costs):
     saved.append((model, model.profile, dict(model.search_times), dict(model.search_gains),
-                  dict(model.kept_drafts), dict(model.ar_speeds)))
+                  dict(model.kept_drafts), {b: list(v) for b, v in model.ar_speeds.items()}))
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
     model.search_times.clear()
     model.search_gains.clear()
@@ -61,7 +61,7 @@ def with_profile():
 def ar(model, ids, max_new, ignore_eos=True):
   """AR's tokens, the reference; the AR speed it measures is not left on the model (a kept
   draft is judged against Model.ar_speeds: each test here sets what it needs)."""
-  speeds = dict(model.ar_speeds)
+  speeds = {b: list(v) for b, v in model.ar_speeds.items()}
   out = api.generate(model, ids, max_new, method="ar", ignore_eos=ignore_eos).output_ids
   model.ar_speeds.clear()
   model.ar_speeds.update(speeds)
@@ -508,6 +508,23 @@ def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_pro
   assert windows[1]["decision"]["reason"].startswith("kept (chosen at context")
 
 
+def test_ar_speed_is_the_median_of_the_plain_runs_measured_at_the_bucket(tiny_models,
+                                                                          with_profile):
+  """Model.ar_speed is numpy's median of the AR speeds noted at the context's bucket (or the
+  nearest bucket below), not the fastest: one fast outlier does not raise the bar a kept draft's
+  window must pass. Runs under AR_SPEED_MIN_TOKENS tokens are not noted."""
+  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  speeds = [100.0, 600.0, 110.0, 104.0]
+  for speed in speeds:
+    model.note_ar_speed(40, capacity, 100, 100 / speed)
+  model.note_ar_speed(40, capacity, 8, 8 / 1e6)  # too short to count
+  assert model.ar_speed(40, capacity) == pytest.approx(float(np.median(speeds)))
+  assert model.ar_speed(300, capacity) == pytest.approx(float(np.median(speeds)))  # from below
+  model.ar_speeds.clear()
+  assert model.ar_speed(40, capacity) is None
+
+
 def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
   """Under a profile where drafting pays (the draft is kept when judged by the profile, test
   above), a measured AR speed beyond any draft's (Model.ar_speeds) drops every kept draft after
@@ -520,7 +537,7 @@ def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
   recorded = model.ar_speed(len(ids), capacity)
   assert recorded is not None and 0.5 < recorded / measured.tokens_per_s < 2.0
   for bucket in list(model.ar_speeds):
-    model.ar_speeds[bucket] = 1e12
+    model.ar_speeds[bucket] = [1e12]
   want = measured.output_ids
   first = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
                        config=ks.KnapSpecConfig(**KEEP_TEST))
