@@ -205,6 +205,14 @@ class KnapSpecConfig:
     H200 at 8K and 16K KnapSpec's best drafts were predicted at 0.93x and 0.98x where CLaSp's
     rounds ran 1.01-1.21x. A trial that loses costs its 8 rounds. Off by default until measured
     on the H200 (`--config.method_options=knapspec.try_below=0.1`).
+  judge_windows: full windows (after the trial) a kept draft decodes at a bucket before
+    `observe` may drop it; it is then judged by all of them together (their tokens over their
+    seconds) against AR's measured speed, and dropped when slower. A draft's acceptance varies
+    along the text: on the H200 (Qwen2.5-Coder-1.5B, 2K document, BENCHMARKS.md 10.17) the 2K
+    draft's first full window (contexts 2017-2167) ran 2.3-2.5 tokens per round and 546 tok/s
+    against AR's 575, and was dropped, while the same draft ran 2.95 tokens per round and 1.22x
+    AR in 64-round windows over contexts 2000-3700. 1: each window alone decides (until session
+    13). A losing draft costs at most judge_windows - 1 more windows per bucket.
   """
 
   interval: int = 64
@@ -228,6 +236,7 @@ class KnapSpecConfig:
   trial_rounds: int = 8
   exit_model: bool = False
   try_below: float = 0.0
+  judge_windows: int = 2
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -235,6 +244,7 @@ class KnapSpecConfig:
     if 0 < self.trial_rounds < JUDGE_ROUNDS:
       raise MethodError(f"trial_rounds must be 0 or >= {JUDGE_ROUNDS} (a shorter window is not "
                         f"judged), got {self.trial_rounds}")
+    _check_int("judge_windows", self.judge_windows, 1)
     _check_int("n_ref", self.n_ref, 1)
     _check_real("tau", self.tau, 0.0, 1.0, low_open=True, high_open=True)
     _check_int("max_weight", self.max_weight, 1)
@@ -261,6 +271,10 @@ class KeptDraft:
   context: int  # where it was chosen
   measured_tpt: float | None = None  # tokens/s of its last measured window, None: not yet
   exit: selection.ExitRates | None = None  # the search's round under the confidence exit
+  # Its full windows at this bucket so far (not the trial): what observe judges it by.
+  windows: int = 0
+  tokens: int = 0
+  seconds: float = 0.0
 
 
 class KnapSpecPolicy:
@@ -390,22 +404,30 @@ class KnapSpecPolicy:
     A trial window (KnapSpecConfig.trial_rounds) is judged by its rounds as they ran (tokens,
     draft forwards, verifies) timed by the profile, against the profile's AR: what it measures is
     the draft's acceptance under the confidence exit, the uncertain part of the prediction. Its
-    wall time says little: on the H200 (Qwen2.5-Coder-1.5B, BENCHMARKS.md 10.16) a short window
-    pays a fixed 3-14 ms beyond its rounds (KnapSpec's 8-round trials: 21 tokens in 44 ms where
-    the profile timed the rounds at 32 ms, 14 in 41 ms against 29; CLaSp's 9-round last windows
-    3-14 ms over, while its 64-round windows ran within 3% of the profile), so each trial measured
-    0.72-0.84x AR and dropped a draft whose rounds ran at 1.02-1.18x AR's predicted speed. The
-    next window, `interval` rounds, is judged by its wall time against measured AR."""
+    wall time says little: on the H200 (Qwen2.5-Coder-1.5B, BENCHMARKS.md 10.16-10.17) every
+    window, plain or drafting, pays a fixed 4-5 ms beyond its steps (KnapSpec's 8-round trials:
+    21 tokens in 44 ms where the profile timed the rounds at 32 ms, 14 in 41 ms against 29), so
+    each trial measured 0.72-0.84x AR and dropped a draft whose rounds ran at 1.02-1.18x AR's
+    predicted speed. The full windows after it, `interval` rounds each, are judged by their wall
+    time against measured AR: together, once there are judge_windows of them at this bucket
+    (KnapSpecConfig.judge_windows)."""
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < JUDGE_ROUNDS:
       return
     bucket = attn_bucket(decision.context, capacity)
     measured = window["measured_tokens_per_s"]
+    windows, tokens, seconds = 0, 0, 0.0  # the full windows' totals at this bucket
     if decision.rounds is not None:  # a trial: the rounds' acceptance, at the profile's costs
       slower = window["tokens"] < decision.ar_tpt * window["predicted_s"]
     else:
+      here = self.model.kept_drafts.get(bucket)
+      if here is not None and (here.skip, here.gamma) == (decision.skip, decision.gamma):
+        windows, tokens, seconds = here.windows, here.tokens, here.seconds
+      windows, tokens = windows + 1, tokens + window["tokens"]
+      seconds += window["tokens"] / max(measured, 1e-9)
       ar_speed = self.model.ar_speed(decision.context, capacity)
-      slower = measured < (decision.ar_tpt if ar_speed is None else ar_speed)
+      slower = (windows >= self.config.judge_windows
+                and tokens / seconds < (decision.ar_tpt if ar_speed is None else ar_speed))
     if slower:
       # A draft borrowed from a bucket below (`kept`) says nothing about what a search here
       # would find: the bucket keeps no gain, so a first search may still explore it. On the
@@ -416,7 +438,8 @@ class KnapSpecPolicy:
       self.model.kept_drafts[bucket] = None
     else:
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                 decision.context, measured, decision.exit)
+                                                 decision.context, measured, decision.exit,
+                                                 windows, tokens, seconds)
 
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile
@@ -436,7 +459,9 @@ class KnapSpecPolicy:
       rounds = self.trial_window(kept.measured_tpt)
       measured = (f"not measured yet: a trial of {rounds} rounds" if rounds
                   else "not measured yet" if kept.measured_tpt is None
-                  else f"last window {kept.measured_tpt:.0f} tok/s")
+                  else f"last window {kept.measured_tpt:.0f} tok/s" + (
+                      f", {kept.windows} full window(s) {kept.tokens / kept.seconds:.0f} tok/s"
+                      if kept.windows and kept.seconds > 0 else ""))
       self.used.add((kept.skip, kept.gamma))
       return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
                       f"kept (chosen at context {kept.context}; {measured}, AR predicted "

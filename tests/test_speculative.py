@@ -316,14 +316,17 @@ def test_kept_draft_is_used_again_without_a_search(tiny_models, with_profile):
 
 def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   """The same search under a profile that predicts AR a million times faster than this CPU
-  runs: every drafting window measures slower than predicted AR, so its draft is dropped after
-  the window (and the bucket forgets its predicted gain); no window decodes with a kept draft."""
+  runs: every drafting window measures slower than predicted AR. With judge_windows=1 its draft
+  is dropped after its first window (and the bucket forgets its predicted gain): no window
+  decodes with a kept draft. By default (2) it decodes one more window as a kept draft, and is
+  dropped after that one."""
   model = with_profile(tiny_models["llama3_rope"].jax,
                        **{k: v * 1e-6 for k, v in PAYS.items()})
   ids = np.arange(5, 45) % model.cfg.vocab_size
+  want = ar(model, ids, 48)
   got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
-                     config=ks.KnapSpecConfig(**KEEP_TEST))
-  assert got.output_ids == ar(model, ids, 48)
+                     config=ks.KnapSpecConfig(**KEEP_TEST, judge_windows=1))
+  assert got.output_ids == want
   judged = [w for w in got.stats["window_log"] if w["rounds"] >= 4]
   assert judged, got.stats["window_log"]
   assert all(w["measured_tokens_per_s"] < w["decision"]["ar_tpt"] for w in judged)
@@ -331,6 +334,19 @@ def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   assert not any(r.startswith("kept") for r in _reasons(got)), _reasons(got)
   dropped = [b for b, k in model.kept_drafts.items() if k is None]
   assert dropped and all(model.search_gains[b] == 0.0 for b in dropped), model.search_gains
+
+  model.kept_drafts.clear()
+  model.search_gains.clear()
+  model.search_times.clear()  # the profile's (synthetic) search cost again: the search runs
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                     config=ks.KnapSpecConfig(**KEEP_TEST))
+  assert got.output_ids == want
+  reasons = _reasons(got)
+  first = next(i for i, r in enumerate(reasons) if r.startswith("predicted"))
+  assert reasons[first + 1].startswith("kept"), reasons  # its second window
+  assert not reasons[first + 2].startswith("kept"), reasons  # then dropped
+  drafted = [w["decision"]["skip"] for w in got.stats["window_log"][first:first + 2]]
+  assert drafted[0] is not None and drafted[0] == drafted[1]
 
 
 def test_an_unmeasured_draft_decodes_a_trial_window_first(tiny_models, with_profile):
@@ -429,12 +445,54 @@ def test_a_trial_is_judged_by_its_rounds_and_the_next_window_by_its_time(tiny_mo
   assert kept is not None and kept.measured_tpt == 50.0
   assert policy.trial_window(kept.measured_tpt) is None  # the next window is a full one
   full = dict(window, rounds=64, tokens=160, predicted_s=1.2, measured_tokens_per_s=98.0)
-  policy.observe(dataclasses.replace(trial, rounds=None), full, capacity)
+  one = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig(judge_windows=1))
+  one.observe(dataclasses.replace(trial, rounds=None), full, capacity)
   assert model.kept_drafts[bucket] is None and model.search_gains[bucket] == 0.0
 
   model.kept_drafts.clear()
   policy.observe(trial, dict(window, predicted_s=0.25, measured_tokens_per_s=500.0), capacity)
   assert model.kept_drafts[bucket] is None
+
+
+def test_full_windows_are_judged_together_once_there_are_judge_windows(tiny_models,
+                                                                        with_profile):
+  """With judge_windows=2 (the default) a kept draft's first full window at a bucket, slower
+  than AR's measured 100 tok/s, does not drop it; the second is judged with the first, by their
+  tokens over their seconds: 90 then 130 tok/s over 100 tokens each (1.11 + 0.77 s, 106 tok/s)
+  keeps it, 90 then 95 drops it. A window of another draft at the bucket starts its own count."""
+  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  context = 40
+  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
+  policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig())
+  assert policy.config.judge_windows == 2
+  bucket = decoding.attn_bucket(context, capacity)
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  other = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
+  full = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept")
+  window = lambda speed: dict(ar_tokens_while_compiling=0, rounds=64, tokens=100,
+                              predicted_s=0.9, measured_tokens_per_s=speed)
+
+  for second, kept in ((130.0, True), (95.0, False)):
+    model.kept_drafts.clear()
+    model.search_gains.clear()
+    policy.observe(full, window(90.0), capacity)
+    first = model.kept_drafts[bucket]
+    assert first is not None and first.windows == 1 and first.tokens == 100
+    policy.observe(full, window(second), capacity)
+    assert (model.kept_drafts[bucket] is not None) == kept, second
+    if kept:
+      k = model.kept_drafts[bucket]
+      assert k.windows == 2 and k.tokens / k.seconds == pytest.approx(200 / (100 / 90 + 100 / 130))
+    else:
+      assert model.search_gains[bucket] == 0.0
+
+  model.kept_drafts.clear()
+  policy.observe(full, window(90.0), capacity)
+  policy.observe(dataclasses.replace(full, skip=other), window(80.0), capacity)
+  assert model.kept_drafts[bucket].skip == other and model.kept_drafts[bucket].windows == 1
+  with pytest.raises(ks.MethodError, match="judge_windows"):
+    ks.KnapSpecConfig(judge_windows=0)
 
 
 def test_bucket_start_is_the_first_context_of_each_bucket():
@@ -454,7 +512,7 @@ def test_a_borrowed_draft_that_fails_leaves_the_bucket_free_to_explore(tiny_mode
   a draft kept at its own bucket that fails sets the bucket's gain to 0."""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
   capacity = KVCache.capacity_for(model.cfg)
-  policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig())
+  policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig(judge_windows=1))
   skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
   low, context = decoding.attn_bucket(100, capacity), 300
   high = decoding.attn_bucket(context, capacity)
@@ -540,7 +598,7 @@ def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
     model.ar_speeds[bucket] = [1e12]
   want = measured.output_ids
   first = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
-                       config=ks.KnapSpecConfig(**KEEP_TEST))
+                       config=ks.KnapSpecConfig(**KEEP_TEST, judge_windows=1))
   assert first.output_ids == want
   judged = [w for w in first.stats["window_log"] if w["rounds"] >= 4]
   assert judged and any(r.startswith("predicted") for r in _reasons(first)), _reasons(first)
