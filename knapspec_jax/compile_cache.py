@@ -257,7 +257,7 @@ def save_entry(path: pathlib.Path, key: str, compiled) -> bool:
     return False
 
 
-def _shape_key(args) -> tuple:
+def shape_key(args) -> tuple:
   """Structure, shapes, dtypes and placements of the arguments (arrays and ShapeDtypeStructs
   alike). Hashed objects, not strings: the key is computed on every call in the decode loop
   (about 250 leaves with the parameters), where formatting each dtype cost 1.5 ms per call on
@@ -402,7 +402,7 @@ class CompileCache:
     compiling it (XLA compiles outside the GIL, so decoding goes on meanwhile). Takes what `get`
     takes."""
     prog = _registered(prog)
-    key = (prog, _shape_key(args))
+    key = (prog, shape_key(args))
     abstract, _ = _abstract(args)
     with self._lock:
       if key in self._compiled:
@@ -422,7 +422,7 @@ class CompileCache:
     """The program (a registered statics object) compiled for the shapes and shardings of
     `args` (arrays or ShapeDtypeStructs); the compiled callable takes `args` positionally."""
     prog = _registered(prog)
-    key = (prog, _shape_key(args))
+    key = (prog, shape_key(args))
     in_background = threading.current_thread().name.startswith("knapspec-compile")
     with self._lock:
       hit = self._compiled.get(key)
@@ -479,9 +479,10 @@ class CompileCache:
         return time.perf_counter() - start
       concurrent.futures.wait(pending)
 
-  def contains(self, prog: Program, args: tuple) -> bool:
-    """Whether `prog` is compiled for these arguments' shapes already (no compile, no wait)."""
-    return (prog, _shape_key(args)) in self._compiled
+  def contains(self, prog: Program, args: tuple | None = None, *, key: tuple | None = None) -> bool:
+    """Whether `prog` is compiled for these arguments' shapes already (no compile, no wait);
+    key: their shape_key, computed once by a caller that asks about many programs."""
+    return (prog, shape_key(args) if key is None else key) in self._compiled
 
   def programs(self) -> list:
     """The statics of every compiled program, once per compiled shape."""

@@ -22,7 +22,8 @@ import time
 
 import jax
 
-from knapspec_jax import controller, decoding, knapsack, latency, selection, speculative
+from knapspec_jax import (compile_cache, controller, decoding, knapsack, latency, selection,
+                          speculative)
 from knapspec_jax.config import is_int, is_real
 from knapspec_jax.decoding import DecodeState, attn_bucket, bucket_start
 from knapspec_jax.engine import Model, abstract_state
@@ -285,6 +286,7 @@ class KnapSpecPolicy:
     self.interval, self.threshold = config.interval, config.threshold
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
     self.explored = False  # this generation ran its one search at a bucket with no record
+    self.segment_key = None  # the segment programs' argument shapes (segment_compiled)
     self.background = (controller.background_compile_default()
                        if config.background_compile is None else config.background_compile)
 
@@ -316,11 +318,19 @@ class KnapSpecPolicy:
 
   def segment_compiled(self, state, skip: SkipMask, gamma: int, n: int) -> bool:
     """Whether the (greedy) segment program of (skip, gamma) at context n is compiled already
-    in this model's compile cache (by an earlier generation or a warm-up)."""
+    in this model's compile cache (by an earlier generation or a warm-up).
+
+    The arguments' shape key is computed once per generation (the weights' and the decode
+    state's shapes do not change): the selection asks this of every (candidate, gamma) that
+    beats AR, hundreds of times after a search, and computing it each time (0.3 ms on the
+    2-vCPU CPU for Qwen2.5-1.5B's 198 weight arrays) made a decision cost up to five times its
+    search on the H200 (BENCHMARKS.md 10.17)."""
+    if self.segment_key is None:
+      self.segment_key = compile_cache.shape_key(speculative.segment_args(self.model.params,
+                                                                          state))
     cfg, capacity = self.model.cfg, state.cache.capacity
     statics = speculative.segment_program(cfg, skip, gamma, attn_bucket(n + gamma + 1, capacity))
-    return self.model.compiled.contains(statics, speculative.segment_args(self.model.params,
-                                                                          state))
+    return self.model.compiled.contains(statics, key=self.segment_key)
 
   def search_static(self, attn_len: int) -> dict:
     chunk = self.config.search_chunk or knapsack.default_chunk(self.model.cfg.n_layers,

@@ -184,3 +184,15 @@ def test_exit_round_check_decodes_losslessly_and_reports_both_round_models(tmp_p
     assert 1 <= r["predicted_exit_drafts"] <= r["gamma"] == r["predicted_closed_drafts"]
   assert rows[2]["n_mlp_skipped"] == 28 and rows[2]["n_attn_skipped"] == 0
   assert "| specbench-81 | mlp | 0 + 28, 2 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_selection_cost_answers_alike_both_ways():
+  """experiments/selection_cost.py checks that the policy's once-per-generation shape key gives
+  the same answers as building the arguments for every question (an assert in the script),
+  then prints both timings."""
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "selection_cost.py"),
+                         "--skip_sets=3", "--repeats=1"], capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "198 weight arrays; 30 questions per repeat" in proc.stdout, proc.stdout
+  assert "per_check" in proc.stdout and "per_policy" in proc.stdout

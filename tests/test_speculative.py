@@ -663,12 +663,13 @@ def test_background_compile_decodes_plainly_meanwhile_and_stays_lossless(tiny_mo
   assert all(r.startswith("kept") for r in _reasons(again)), _reasons(again)
 
 
-def test_compiled_skip_set_is_not_charged_again(tiny_models, with_profile):
+def test_compiled_skip_set_is_not_charged_again(tiny_models, with_profile, monkeypatch):
   """A (skip set, gamma) whose segment program an earlier generation compiled counts as
   compiled for KnapSpec's compile charge (before, each generation charged it again); one
-  never compiled does not."""
+  never compiled does not. The policy computes the segment arguments' shape key once, however
+  many skip sets it asks about."""
   import jax
-  from knapspec_jax import decoding, methods
+  from knapspec_jax import compile_cache, decoding, methods
   from knapspec_jax.kv_cache import KVCache
   model = with_profile(tiny_models["llama"].jax, **PAYS)
   skip = ks.SkipMask.from_layers(model.cfg.n_layers, attn=[1])
@@ -681,9 +682,19 @@ def test_compiled_skip_set_is_not_charged_again(tiny_models, with_profile):
   state = jax.eval_shape(lambda c, x: decoding.init_state(c, x, 1, model.eos_ids), cache,
                          logits)
   policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig())
+  keys = []
+  shape_key = compile_cache.shape_key
+  monkeypatch.setattr(compile_cache, "shape_key", lambda args: keys.append(1) or shape_key(args))
   assert policy.segment_compiled(state, skip, 3, len(ids))
   assert not policy.segment_compiled(state, skip, 4, len(ids))
   assert not policy.segment_compiled(state, other, 3, len(ids))
+  assert len(keys) == 1  # the arguments' shape key, once per generation, not once per check
+  from knapspec_jax import speculative
+  args = speculative.segment_args(model.params, state)
+  prog = speculative.segment_program(model.cfg, skip, 3,
+                                     decoding.attn_bucket(len(ids) + 4, state.cache.capacity))
+  assert model.compiled.contains(prog, args)
+  assert model.compiled.contains(prog, key=shape_key(args))
 
 
 @pytest.mark.parametrize("method", ["del", "clasp", "fixed"])
