@@ -402,10 +402,10 @@ class KnapSpecPolicy:
     return None
 
   def observe(self, decision: Decision, window: dict, capacity: int):
-    """After each window (controller.run): a kept draft whose window measured slower than AR
+    """After each window (controller.run): a kept draft whose windows measured slower than AR
     is dropped at its bucket, and the bucket's gain is set to what was measured, none, so that
     no later generation explores there again within explore_budget (only within
-    search_budget). AR's speed is the one measured at that context (Model.ar_speed), else the
+    search_budget). AR's speed is the median measured at that context (Model.ar_speed), else the
     profile's prediction: on the H200 the profile predicted Qwen2.5-1.5B's AR at 28K positions
     at 348 tok/s where it ran at 473, and a draft at 391-406 tok/s was kept through three
     generations (BENCHMARKS.md 10.8). Windows that decoded plainly while a program compiled,
