@@ -10,7 +10,7 @@ decode state); on the H200 run G's decisions took 97-250 ms where their searches
 (BENCHMARKS.md 10.17). The key depends only on shapes, so the policy now computes it once per
 generation.
 
-Times `checks` questions (50 random skip sets x gamma 1..10) on one decode state, each way:
+Times the questions (--skip_sets random skip sets x gamma 1..10) on one decode state, each way:
   per_check   the arguments and their key built for every question (before)
   per_policy  a fresh KnapSpecPolicy answering all of them (its key computed once)
 Median of `repeats`, milliseconds. Only the structure matters here (198 weight arrays, as

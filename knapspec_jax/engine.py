@@ -45,12 +45,13 @@ class Model:
     draft was predicted to save (0 when no draft beat AR, or when the draft it chose measured
     slower than AR); KnapSpec budgets searches with it.
   kept_drafts: at each attention bucket, the draft KnapSpec chose there and keeps using, across
-    windows and generations, until a window of it measures slower than AR (methods.KeptDraft).
+    windows and generations, until its windows measure slower than AR (methods.KeptDraft).
   ar_speeds: at each attention bucket, every plain decoding speed measured there, tokens/s (the
     "ar" method's generations and every method's plain windows of AR_SPEED_MIN_TOKENS or more);
-    their median is what a kept draft's window must beat (Model.ar_speed). The latency profile's prediction stands in where none was
-    measured; it can be far off where the profile did not sample (Qwen2.5-1.5B at 28K positions
-    on the H200: 348 tok/s predicted, 473 measured; BENCHMARKS.md 10.8).
+    their median is what a kept draft's windows must beat (Model.ar_speed). The latency
+    profile's prediction stands in where none was measured; it can be far off where the profile
+    did not sample (Qwen2.5-1.5B at 28K positions on the H200: 348 tok/s predicted, 473
+    measured; BENCHMARKS.md 10.8).
   """
 
   cfg: ModelConfig

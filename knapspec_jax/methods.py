@@ -393,8 +393,7 @@ class KnapSpecPolicy:
     document, 1024 tokens, BENCHMARKS.md 10.17) a generation whose draft at 2K was dropped
     decoded plainly past the 3K bucket, where the warm-up had compiled a draft kept there."""
     bucket = attn_bucket(n, capacity)
-    for start in sorted({bucket_start(attn_bucket(m, capacity)) for m in self.model.kept_drafts
-                         if attn_bucket(m, capacity) > bucket}):
+    for start in sorted(bucket_start(b) for b in self.model.kept_drafts if b > bucket):
       if start - n >= remaining:
         return None
       if self.kept(capacity, start) is not None:
@@ -459,7 +458,7 @@ class KnapSpecPolicy:
     kept = self.kept(capacity, n)
     if kept is not None and not (self.background or (kept.skip, kept.gamma) in self.used
                                  or self.segment_compiled(state, kept.skip, kept.gamma, n)):
-      # To the end, no search either: the draft is chosen already.
+      # No search: the draft is chosen already. Plainly to the end, or to a kept draft ahead.
       return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"kept draft (chosen at context {kept.context}) not compiled: the next "
                       f"warm-up compiles it", ar_tokens=self.plain_tokens(n, ctx.remaining,
