@@ -10,7 +10,7 @@ import os, pathlib
 from knapspec_jax.packaged_models import MODELS, join_parts
 m = MODELS["qwen2.5-coder-1.5b"]
 chunks = sorted(pathlib.Path("/root/q").glob("chunk*"))  # ship_qwen.sh's 36 MiB chunks, in order
-need = -(-m.size // (40 << 20))
+need = -(-m.size // (36 << 20))
 assert len(chunks) == need, f"{len(chunks)} of {need} chunks on this machine"
 join_parts(chunks, pathlib.Path(os.environ["QWEN_GGUF"]), m.size, m.sha256, m.name)
 print("joined and checked (size, sha256):", os.environ["QWEN_GGUF"])
