@@ -1,0 +1,145 @@
+"""Where the same-process slowdown of plain decoding comes from (issue 14, item 7).
+
+  python experiments/gpu/same_process_slowdown.py [--model=PATH] [--others=knapspec,clasp]
+
+On the H200, AR decodes a prompt ~9% slower in a process where other methods have run than in
+one where only AR has (Qwen2.5-Coder-1.5B at 2K: 570-576 tok/s against 621-627; SmolLM2: 812-827
+against 951-961). The benchmark's first AR run on its first prompt, before any other method, ran
+at the fast speed, and every later AR run at the slow one. This times AR (median of --repeats
+generations, the same prompt, compiled before the first stage) in stages of one process:
+
+  fresh          nothing else has run
+  idle           after --idle_s of host sleep (the GPU idles as it does during a long compile)
+  others         after one generation of each of --others (their compiles and searches)
+  gc_collect     after gc.collect()
+  gc_freeze      after gc.freeze() and with the collector off (host garbage, if it matters)
+  new_model      a second load_model in this process (new params, new compiled programs), the
+                 first model and its programs dropped
+and then AR in a fresh child process (`--child`): the control for time and the GPU's state.
+Each stage prints tokens/s, the GPU's clocks, power and temperature (nvidia-smi), the process's
+resident memory, the collector's object count and the device memory in use.
+-> $OUT/same_process_slowdown.json
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+import jax  # noqa: E402
+import knapspec_jax as ks  # noqa: E402
+from knapspec_jax import datasets  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", None, "GGUF or checkpoint (default: $KNAPSPEC_MODEL, "
+                             "else the bundled SmolLM2).")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Params and KV dtype.")
+_N = flags.DEFINE_integer("n_tokens", 2000, "Prompt length (a long-document prompt).")
+_NEW = flags.DEFINE_integer("new_tokens", 512, "New tokens per generation.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "AR generations per stage (median).")
+_OTHERS = flags.DEFINE_list("others", ["knapspec", "clasp"], "Methods run before 'others'.")
+_IDLE_S = flags.DEFINE_float("idle_s", 20.0, "Host sleep of the 'idle' stage.")
+_CHILD = flags.DEFINE_bool("child", False, "Only the 'fresh' stage (the control process).")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON (default $OUT/same_process_slowdown.json "
+                              "when OUT is set).")
+
+
+def gpu_state() -> str:
+  """Clocks, power and temperature from nvidia-smi ('' where there is none)."""
+  try:
+    return subprocess.run(
+        ["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,pstate",
+         "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def device_bytes() -> int:
+  stats = jax.devices()[0].memory_stats() or {}
+  return int(stats.get("bytes_in_use", 0))
+
+
+def ar_stage(name: str, model, ids) -> dict:
+  """AR's tokens/s over --repeats generations (compiled already), with the process's state."""
+  speeds = []
+  for _ in range(_REPEATS.value):
+    r = ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)
+    speeds.append(r.tokens_per_s)
+  row = dict(stage=name, tokens_per_s=speeds, median=statistics.median(speeds), gpu=gpu_state(),
+             rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             gc_objects=len(gc.get_objects()), device_mb=device_bytes() / 2**20,
+             programs=len(model.compiled))
+  print(f"{name:11s} AR {row['median']:7.1f} tok/s (runs {', '.join(f'{s:.1f}' for s in speeds)})"
+        f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  gc objects {row['gc_objects']}"
+        f"  device {row['device_mb']:.0f} MB  programs {row['programs']}", flush=True)
+  return row
+
+
+def load(path):
+  model = ks.load_model(path, dtype=_DTYPE.value)
+  ids = datasets.encode(model.tokenizer, datasets.long_document_prompt(model.tokenizer,
+                                                                       _N.value))
+  ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)  # compiles AR's programs
+  return model, ids
+
+
+def main(argv):
+  del argv
+  path = _MODEL.value
+  model, ids = load(path)
+  print(f"{model.name} {model.dtype} on {jax.devices()[0].device_kind}; {len(ids)} prompt tokens,"
+        f" {_NEW.value} new, {_REPEATS.value} AR runs per stage", flush=True)
+  rows = [ar_stage("fresh", model, ids)]
+  if not _CHILD.value:
+    time.sleep(_IDLE_S.value)
+    rows.append(ar_stage("idle", model, ids))
+    for method in _OTHERS.value:
+      r = ks.generate(model, ids, _NEW.value, method, ignore_eos=True)
+      print(f"  ran {method}: {r.tokens_per_s:.1f} tok/s, compile {r.compile_s:.1f} s",
+            flush=True)
+    rows.append(ar_stage("others", model, ids))
+    gc.collect()
+    rows.append(ar_stage("gc_collect", model, ids))
+    gc.freeze()
+    gc.disable()
+    rows.append(ar_stage("gc_freeze", model, ids))
+    gc.enable()
+    gc.unfreeze()
+    del model
+    gc.collect()
+    model, ids = load(path)
+    rows.append(ar_stage("new_model", model, ids))
+    del model
+    gc.collect()
+    child = [sys.executable, __file__, "--child", f"--dtype={_DTYPE.value}",
+             f"--n_tokens={_N.value}", f"--new_tokens={_NEW.value}",
+             f"--repeats={_REPEATS.value}", "--output=/dev/null"]
+    if path:
+      child.append(f"--model={path}")
+    out = subprocess.run(child, capture_output=True, text=True)
+    print(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:])
+    for line in out.stdout.splitlines():
+      if line.startswith("{"):
+        rows.append(dict(json.loads(line), stage="child_fresh"))
+  if _CHILD.value:
+    print(json.dumps(rows[0]))
+  output = _OUTPUT.value or (os.environ.get("OUT") and
+                             f"{os.environ['OUT']}/same_process_slowdown.json")
+  if output and output != "/dev/null":
+    pathlib.Path(output).write_text(json.dumps(dict(prompt_tokens=len(ids),
+                                                    new_tokens=_NEW.value, rows=rows),
+                                               indent=1) + "\n")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+  app.run(main)
