@@ -10,15 +10,22 @@ generations, the same prompt, compiled before the first stage) in stages of one 
 
   fresh          nothing else has run
   idle           after --idle_s of host sleep (the GPU idles as it does during a long compile)
-  others         after one generation of each of --others (their compiles and searches)
+  alloc          after a large device array (--alloc_gb) was made and freed: the allocator's
+                 free list changes, and the next KV cache may sit elsewhere
+  after_METHOD   after one generation of METHOD, for each of --others in turn (its compiles,
+                 searches and decoding)
   gc_collect     after gc.collect()
   gc_freeze      after gc.freeze() and with the collector off (host garbage, if it matters)
   new_model      a second load_model in this process (new params, new compiled programs), the
                  first model and its programs dropped
 and then AR in a fresh child process (`--child`): the control for time and the GPU's state.
 Each stage prints tokens/s, the GPU's clocks, power and temperature (nvidia-smi), the process's
-resident memory, the collector's object count and the device memory in use.
+resident memory and threads, the collector's object count and the device memory in use.
 -> $OUT/same_process_slowdown.json
+
+Keep the model file's own name (a shipped SmolLM2 as SmolLM2-135M-Instruct.Q4_1.gguf): the
+latency profile is found by it, and under another name KnapSpec measures a new one (80 s on the
+H200, which ended the first attempt; results/h200/same_process_slowdown/smollm2_partial.log).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets  # noqa: E402
 
@@ -48,6 +56,7 @@ _NEW = flags.DEFINE_integer("new_tokens", 512, "New tokens per generation.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "AR generations per stage (median).")
 _OTHERS = flags.DEFINE_list("others", ["knapspec", "clasp"], "Methods run before 'others'.")
 _IDLE_S = flags.DEFINE_float("idle_s", 20.0, "Host sleep of the 'idle' stage.")
+_ALLOC_GB = flags.DEFINE_float("alloc_gb", 8.0, "Size of the 'alloc' stage's array.")
 _CHILD = flags.DEFINE_bool("child", False, "Only the 'fresh' stage (the control process).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON (default $OUT/same_process_slowdown.json "
                               "when OUT is set).")
@@ -63,6 +72,14 @@ def gpu_state() -> str:
     return ""
 
 
+def threads() -> int:
+  """The process's threads, Python's and the runtime's."""
+  try:
+    return len(os.listdir("/proc/self/task"))
+  except OSError:
+    return -1
+
+
 def device_bytes() -> int:
   stats = jax.devices()[0].memory_stats() or {}
   return int(stats.get("bytes_in_use", 0))
@@ -75,11 +92,12 @@ def ar_stage(name: str, model, ids) -> dict:
     r = ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)
     speeds.append(r.tokens_per_s)
   row = dict(stage=name, tokens_per_s=speeds, median=statistics.median(speeds), gpu=gpu_state(),
-             rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, threads=threads(),
              gc_objects=len(gc.get_objects()), device_mb=device_bytes() / 2**20,
              programs=len(model.compiled))
   print(f"{name:11s} AR {row['median']:7.1f} tok/s (runs {', '.join(f'{s:.1f}' for s in speeds)})"
-        f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  gc objects {row['gc_objects']}"
+        f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  threads {row['threads']}"
+        f"  gc objects {row['gc_objects']}"
         f"  device {row['device_mb']:.0f} MB  programs {row['programs']}", flush=True)
   return row
 
@@ -102,11 +120,14 @@ def main(argv):
   if not _CHILD.value:
     time.sleep(_IDLE_S.value)
     rows.append(ar_stage("idle", model, ids))
+    big = jax.block_until_ready(jnp.zeros((int(_ALLOC_GB.value * 2**30) // 4,), jnp.float32))
+    del big
+    rows.append(ar_stage("alloc", model, ids))
     for method in _OTHERS.value:
       r = ks.generate(model, ids, _NEW.value, method, ignore_eos=True)
       print(f"  ran {method}: {r.tokens_per_s:.1f} tok/s, compile {r.compile_s:.1f} s",
             flush=True)
-    rows.append(ar_stage("others", model, ids))
+      rows.append(ar_stage(f"after_{method}", model, ids))
     gc.collect()
     rows.append(ar_stage("gc_collect", model, ids))
     gc.freeze()
