@@ -195,8 +195,9 @@ class KnapSpecConfig:
     exit stops a round at its first unconfident token. On the H200 (Qwen2.5-Coder-1.5B, 2K
     document, 1024 tokens; BENCHMARKS.md 10.15) CLaSp's draft under the exit ran its rounds at
     1.11x AR while KnapSpec, without this model, predicted at most a 0-2% saving and declined.
-    Off by default until KnapSpec with it is measured on the H200 on both models
-    (`--config.method_options=knapspec.exit_model=true`).
+    On by default since session 14, with try_below (BENCHMARKS.md 10.18): KnapSpec then drafted
+    on every Qwen document at 1.08-1.12x AR (H200) and still declined on SmolLM2 (CPU; its best
+    draft predicted at 0.89x AR). Not yet measured with SmolLM2 on the H200.
   try_below: with trials on (keep, trial_rounds > 0), a draft predicted at least (1 -
     try_below) x AR's tokens/s is tried instead of declined: its trial window judges it by its
     measured rounds (observe), and a full window then by its wall time. 0: a draft must beat AR
@@ -204,8 +205,9 @@ class KnapSpecConfig:
     on Qwen2.5-Coder-1.5B agree less than the tokens after it: CLaSp's sets were predicted at
     0.93-1.07x AR where their rounds ran 1.03-1.17x (BENCHMARKS.md 10.15, 10.16), and on the
     H200 at 8K and 16K KnapSpec's best drafts were predicted at 0.93x and 0.98x where CLaSp's
-    rounds ran 1.01-1.21x. A trial that loses costs its 8 rounds. Off by default until measured
-    on the H200 (`--config.method_options=knapspec.try_below=0.1`).
+    rounds ran 1.01-1.21x. A trial that loses costs its 8 rounds. On by default since session
+    14 (see exit_model): at 28K the H200 run tried a draft predicted at 1.01x AR, under the 3%
+    margin, whose windows then ran 1.11-1.15x.
   judge_windows: full windows (after the trial) a kept draft decodes at a bucket before
     `observe` may drop it; it is then judged by all of them together (their tokens over their
     seconds) against AR's measured speed, and dropped when slower. A draft's acceptance varies
@@ -214,6 +216,13 @@ class KnapSpecConfig:
     against AR's 575, and was dropped, while the same draft ran 2.95 tokens per round and 1.22x
     AR in 64-round windows over contexts 2000-3700. 1: each window alone decides (until session
     13). A losing draft costs at most judge_windows - 1 more windows per bucket.
+  keep_margin: the judged windows must beat AR's measured tokens/s by this fraction, or the
+    draft is dropped. A draft at AR's speed is a loss: its windows end where the plain tail
+    begins, and every window pays a fixed 4-5 ms on the H200 (BENCHMARKS.md 10.17). On
+    Qwen2.5-Coder-1.5B's Spec-Bench prompts (H200, 256 tokens, BENCHMARKS.md 10.18) a draft
+    kept at 585 tok/s against AR's 583 decoded specbench-91 at 0.964x AR (its second window at
+    556-561, a 22-token plain tail at 540), while on the documents the kept drafts' judged
+    windows ran 1.06-1.11x AR. 0: parity keeps a draft (until session 14).
   """
 
   interval: int = 64
@@ -235,9 +244,10 @@ class KnapSpecConfig:
   compile_horizon: int = 0
   keep: bool = True
   trial_rounds: int = 8
-  exit_model: bool = False
-  try_below: float = 0.0
+  exit_model: bool = True
+  try_below: float = 0.1
   judge_windows: int = 2
+  keep_margin: float = 0.02
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -251,6 +261,7 @@ class KnapSpecConfig:
     _check_int("max_weight", self.max_weight, 1)
     _check_real("margin", self.margin, -1.0, math.inf, low_open=True, high_open=True)
     _check_real("try_below", self.try_below, 0.0, 1.0, low_open=False, high_open=True)
+    _check_real("keep_margin", self.keep_margin, 0.0, 1.0, low_open=False, high_open=True)
     for name in ("search_budget", "gain_share", "explore_budget"):
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
@@ -360,10 +371,11 @@ class KnapSpecPolicy:
 
   def draft_margin(self) -> float:
     """The fraction by which a draft's predicted tokens/s must beat AR's to be decoded: `margin`,
-    or -try_below where a trial window will judge it (KnapSpecConfig.try_below)."""
+    or -try_below where a trial window will judge it (KnapSpecConfig.try_below), whichever
+    admits more: try_below never makes a more permissive margin stricter."""
     c = self.config
     if c.try_below > 0 and c.keep and self.trial_window(None) is not None:
-      return -c.try_below
+      return min(c.margin, -c.try_below)
     return c.margin
 
   def trial_window(self, measured_tpt: float | None) -> int | None:
@@ -419,7 +431,7 @@ class KnapSpecPolicy:
     each trial measured 0.72-0.84x AR and dropped a draft whose rounds ran at 1.02-1.18x AR's
     predicted speed. The full windows after it, `interval` rounds each, are judged by their wall
     time against measured AR: together, once there are judge_windows of them at this bucket
-    (KnapSpecConfig.judge_windows)."""
+    (KnapSpecConfig.judge_windows), and they must beat it by keep_margin."""
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < JUDGE_ROUNDS:
       return
@@ -435,8 +447,9 @@ class KnapSpecPolicy:
       windows, tokens = windows + 1, tokens + window["tokens"]
       seconds += window["tokens"] / max(measured, 1e-9)
       ar_speed = self.model.ar_speed(decision.context, capacity)
+      ar_speed = decision.ar_tpt if ar_speed is None else ar_speed
       slower = (windows >= self.config.judge_windows
-                and tokens / seconds < (decision.ar_tpt if ar_speed is None else ar_speed))
+                and tokens / seconds < (1 + self.config.keep_margin) * ar_speed)
     if slower:
       # A draft borrowed from a bucket below (`kept`) says nothing about what a search here
       # would find: the bucket keeps no gain, so a first search may still explore it. On the

@@ -377,15 +377,15 @@ def test_an_unmeasured_draft_decodes_a_trial_window_first(tiny_models, with_prof
 
 def test_try_below_gives_a_draft_predicted_under_ar_a_trial(tiny_models, with_profile):
   """Under PAYS this tiny model's best draft is predicted below AR (its acceptance is low), so
-  KnapSpec declines with the default margin; with try_below it decodes the draft in a trial
-  window of trial_rounds rounds instead, and the trial judges it. try_below outside [0, 1) is
-  refused. Output is AR's either way."""
+  KnapSpec declines with try_below=0 (the margin alone); with try_below it decodes the draft in
+  a trial window of trial_rounds rounds instead, and the trial judges it. try_below outside
+  [0, 1) is refused. Output is AR's either way."""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
   ids = np.arange(5, 45) % model.cfg.vocab_size
   common = dict(interval=16, n_ref=8, threshold=0.01, search_budget=100.0, trial_rounds=4)
   want = ar(model, ids, 48)
   declined = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
-                          config=ks.KnapSpecConfig(**common))
+                          config=ks.KnapSpecConfig(**common, try_below=0.0))
   assert declined.output_ids == want
   assert declined.stats["drafting_windows"] == 0
   assert any(r.startswith("declined") for r in _reasons(declined)), _reasons(declined)
@@ -402,6 +402,19 @@ def test_try_below_gives_a_draft_predicted_under_ar_a_trial(tiny_models, with_pr
   for bad in (-0.1, 1.0, float("nan"), "0.1"):
     with pytest.raises(ks.MethodError, match="try_below"):
       ks.KnapSpecConfig(try_below=bad)
+
+
+def test_try_below_never_makes_a_margin_stricter(tiny_models, with_profile):
+  """The margin a draft's prediction must clear is -try_below where a trial will judge it, but a
+  user's more permissive margin stands (margin -0.99 with the default try_below 0.1 stays
+  -0.99); without trials (trial_rounds=0) try_below does not apply."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  margin = lambda **kw: methods.KnapSpecPolicy(model, model.profile,
+                                               ks.KnapSpecConfig(**kw)).draft_margin()
+  assert margin() == pytest.approx(-0.1)
+  assert margin(margin=-0.99) == pytest.approx(-0.99)
+  assert margin(try_below=0.0) == pytest.approx(0.03)
+  assert margin(trial_rounds=0) == pytest.approx(0.03)
 
 
 def test_a_trial_window_slower_than_ar_drops_its_draft(tiny_models, with_profile):
@@ -493,6 +506,36 @@ def test_full_windows_are_judged_together_once_there_are_judge_windows(tiny_mode
   assert model.kept_drafts[bucket].skip == other and model.kept_drafts[bucket].windows == 1
   with pytest.raises(ks.MethodError, match="judge_windows"):
     ks.KnapSpecConfig(judge_windows=0)
+
+
+def test_kept_windows_must_beat_ar_by_keep_margin(tiny_models, with_profile):
+  """Judged windows must beat AR's measured tokens/s by keep_margin (default 2%): two windows
+  at 101 tok/s against AR's 100 drop the draft (and set the bucket's gain to 0), at 103 they
+  keep it; with keep_margin=0, 101 keeps it. Out-of-range margins are refused."""
+  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  context = 40
+  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
+  bucket = decoding.attn_bucket(context, capacity)
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  full = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept")
+  window = lambda speed: dict(ar_tokens_while_compiling=0, rounds=64, tokens=100,
+                              predicted_s=0.9, measured_tokens_per_s=speed)
+  for keep_margin, speed, kept in ((0.02, 101.0, False), (0.02, 103.0, True),
+                                   (0.0, 101.0, True)):
+    policy = methods.KnapSpecPolicy(model, model.profile,
+                                    ks.KnapSpecConfig(keep_margin=keep_margin))
+    model.kept_drafts.clear()
+    model.search_gains.clear()
+    policy.observe(full, window(speed), capacity)
+    policy.observe(full, window(speed), capacity)
+    assert (model.kept_drafts[bucket] is not None) == kept, (keep_margin, speed)
+    if not kept:
+      assert model.search_gains[bucket] == 0.0
+  assert ks.KnapSpecConfig().keep_margin == 0.02
+  for bad in (-0.01, 1.0):
+    with pytest.raises(ks.MethodError, match="keep_margin"):
+      ks.KnapSpecConfig(keep_margin=bad)
 
 
 def test_bucket_start_is_the_first_context_of_each_bucket():
