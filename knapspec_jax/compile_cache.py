@@ -33,8 +33,11 @@ XLA flags, and a digest of the source, every .py file of the package and the fil
 the statics class, so an edited model or script never loads an executable built from the old
 code. An entry that cannot be used (damaged: each file carries a sha256 of its bytes; written
 for another key; refused by XLA; loaded but failing its priming call) is compiled again and
-overwritten, silently. Programs split over a mesh are not stored (compiled as before: the store
-is not tested with them); a one-device program of a process with several devices is. Measured
+overwritten, silently. An executable that JAX's cache returned is not stored (its entry, if any,
+is removed): serialized a second time it loaded in the next process but failed at its first
+run (SmolLM2's prefill on the CPU, tests/test_executable_store.py). Programs split over a mesh
+are not stored (compiled as before: the store is not tested with them); a one-device program of
+a process with several devices is. Measured
 on the 2-core CPU with a SmolLM2-shaped float32 AR generation (`python experiments/gpu/
 compile_twice.py --model=smollm2 --dtype=float32 --tokens=8`, results/cpu/compile_twice/): the
 second process's warm-up compiled nothing (compile_s 0, none of the project's programs traced)
@@ -184,7 +187,25 @@ def _environment() -> str:
                tuple(str(getattr(jax.config, name, None)) for name in settings)))
 
 
-_STORE_FORMAT = "knapspec executable 1"
+# 2: since session 14 no entry holds an executable that JAX's persistent cache returned (see
+# _jax_cache_hits); format 1's entries may, and are not loaded.
+_STORE_FORMAT = "knapspec executable 2"
+
+# Per thread, how many compiles JAX's persistent cache answered (its "cache_hits" event, recorded
+# in the compiling thread). An executable it returned is not stored again: serialized a second
+# time it loaded in the next process and failed at its first run there (SmolLM2's prefill on the
+# CPU, jax 0.10: "NOT_FOUND: Function bitcast_gather_fusion not found"). That happens where the
+# store misses and JAX's cache holds the program: the store's key follows the source, JAX's the
+# HLO, so an edit elsewhere in a program's module is enough.
+_jax_cache_hits = threading.local()
+
+
+def _count_jax_cache_hit(event: str, **_):
+  if event == "/jax/compilation_cache/cache_hits":
+    _jax_cache_hits.count = getattr(_jax_cache_hits, "count", 0) + 1
+
+
+jax.monitoring.register_event_listener(_count_jax_cache_hit)
 
 
 def store_key(prog, args) -> str | None:
@@ -376,14 +397,17 @@ def _build(prog: Program, args, abstract, mesh, load: bool = True) -> tuple[Any,
     if compiled is not None:
       return compiled, True
   jitted = jit_program(prog)
+  hits = getattr(_jax_cache_hits, "count", 0)
   if mesh is None:
     compiled = jitted.lower(*abstract).compile()
   else:  # GSPMD partitions the program from its inputs' shardings; kernels that cannot be
     # partitioned find the mesh in the context (sharding.map_over_heads)
     with jax.set_mesh(mesh):
       compiled = jitted.lower(*abstract).compile()
-  if path is not None:
-    save_entry(path, key, compiled)
+  if path is not None and getattr(_jax_cache_hits, "count", 0) == hits:
+    save_entry(path, key, compiled)  # compiled here, not JAX's cache's (see _jax_cache_hits)
+  elif path is not None:  # JAX's: not stored, and an unusable entry there is not read again
+    path.unlink(missing_ok=True)
   return compiled, False
 
 

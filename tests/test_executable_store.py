@@ -130,12 +130,50 @@ def test_damaged_entries_are_compiled_again(first_run):
       # would catch it but the entry's checksum.
       data[len(data) * 7 // 10] ^= 0xFF
     path.write_bytes(bytes(data))
+  # Without JAX's cache the compiles are this process's own, which the store keeps (one that JAX's
+  # cache answers is not stored: test_an_executable_from_jax_cache_is_not_stored_again).
+  shutil.rmtree(cache / "xla")
   third = _run(cache)
   assert third["loaded"] == 0 and third["compiles"] == first["compiles"]
   for method in ("ar", "fixed"):
     assert third["out"][method]["tokens"] == reference["out"][method]["tokens"]
   assert all(_whole(d) for d in _entries(cache).values())  # each damaged entry rewritten whole
   assert {p.name for p in store.iterdir()} == {p.name for p in damaged}  # no temporary left
+
+
+_SMOLLM2_AR = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import knapspec_jax as ks
+model = ks.load_model(dtype="float32")
+r = ks.generate(model, "Hello there", 12, method="ar", ignore_eos=True)
+print(json.dumps(dict(tokens=r.output_ids, loaded=model.compiled.stats.loaded)))
+"""
+
+
+def test_an_executable_from_jax_cache_is_not_stored_again(tmp_path):
+  """Where the store misses but JAX's persistent cache holds the program (the store's key follows
+  the source, JAX's the HLO: an edit elsewhere in a program's module), the compile returns JAX's
+  deserialized executable. Stored again, it loaded in the next process and failed at its first
+  run there (SmolLM2's prefill on this CPU, jax 0.10: "NOT_FOUND: Function bitcast_gather_fusion
+  not found"). It is not stored: every process decodes the first one's tokens."""
+  env = {**os.environ, "KNAPSPEC_CACHE": str(tmp_path), "KNAPSPEC_XLA_CACHE": "1",
+         "KNAPSPEC_EXEC_CACHE": "1", "JAX_PLATFORMS": "cpu"}
+
+  def run() -> dict:
+    proc = subprocess.run([sys.executable, "-c", _SMOLLM2_AR, str(REPO)], env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+  first = run()
+  written = _entries(tmp_path)
+  assert written
+  for name, data in written.items():  # the store misses (here: damaged), JAX's cache holds them
+    (tmp_path / "executables" / name).write_bytes(data[:len(data) // 2])
+  second, third = run(), run()
+  assert second["loaded"] == 0 and _entries(tmp_path) == {}  # nothing stored, damage removed
+  assert second["tokens"] == third["tokens"] == first["tokens"]
 
 
 def test_one_device_programs_of_a_process_with_eight(first_run, tmp_path):
