@@ -1,6 +1,9 @@
 """Where the same-process slowdown of plain decoding comes from (issue 14, item 7).
 
   python experiments/gpu/same_process_slowdown.py [--model=PATH] [--others=knapspec,clasp]
+  # H200, Qwen (after ship_qwen.sh; about 4 minutes):
+  source experiments/gpu/qwen_env.sh && python3 experiments/gpu/same_process_slowdown.py \
+      --model=$QWEN_GGUF --new_tokens=1024
 
 On the H200, AR decodes a prompt ~9% slower in a process where other methods have run than in
 one where only AR has (Qwen2.5-Coder-1.5B at 2K: 570-576 tok/s against 621-627; SmolLM2: 812-827
