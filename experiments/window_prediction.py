@@ -1,0 +1,55 @@
+"""Predicted against measured tokens/s over the drafting windows of benchmark runs (issue 13
+item 7, the paper's analysis 1 on real generations): for each method's full drafting windows
+(`timed_windows`, at least --min_rounds rounds), the decision's predicted TPT (latency profile and
+the search's acceptance estimate, before the window ran) and the profile's time of the window as
+it ran (its own acceptance), each against the window's measured tokens/s.
+
+  python experiments/window_prediction.py results/h200_qwen/RUN/results.jsonl [...]
+
+Prints, per method and pooled: windows, Pearson r of each prediction with the measured speed,
+and the median relative error of the profile's window time.
+"""
+
+import json
+import statistics
+import sys
+
+from absl import app, flags
+import numpy as np
+
+_MIN_ROUNDS = flags.DEFINE_integer("min_rounds", 16, "Shorter windows are left out.")
+
+
+def _r(x, y) -> float:
+  return float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 and np.std(x) > 0 else float("nan")
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("one or more results.jsonl")
+  rows = {}
+  for path in argv[1:]:
+    for line in open(path):
+      rec = json.loads(line)
+      for run in rec.get("timed_windows") or []:
+        for w in run or []:
+          d = w["decision"]
+          if not d["gamma"] or w["rounds"] < _MIN_ROUNDS.value or not d["predicted_tpt"]:
+            continue
+          rows.setdefault(rec["method"], []).append(
+              (d["predicted_tpt"], w["tokens"] / w["predicted_s"], w["measured_tokens_per_s"],
+               rec["item_id"]))
+  print("| method | windows | prompts | r (decision's TPT) | r (profile, window as it ran) | "
+        "profile's median error |")
+  print("|---|---|---|---|---|---|")
+  pooled = [row for method in sorted(rows) for row in rows[method]]
+  for name, sel in [(m, rows[m]) for m in sorted(rows)] + [("pooled", pooled)]:
+    tpt, ran, measured = (np.array([row[i] for row in sel]) for i in range(3))
+    items = {row[3] for row in sel}
+    error = statistics.median(abs(r / m - 1) for r, m in zip(ran, measured))
+    print(f"| {name} | {len(sel)} | {len(items)} | {_r(tpt, measured):.3f} | "
+          f"{_r(ran, measured):.3f} | {error:.1%} |")
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
