@@ -26,10 +26,12 @@ table.md (summarize.py's tables), config.json, plots/speedup.png, plots/speed_vs
 import json
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 
 from absl import app, flags
+import ml_collections
 from ml_collections import config_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -119,11 +121,38 @@ def output_dir(config, overwrite: bool = False) -> pathlib.Path:
   return out
 
 
+# A child process's run (ar_alone): the config as JSON in argv[2], the repository in argv[1].
+_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1] + "/experiments")
+import benchmark, ml_collections
+benchmark.run(ml_collections.ConfigDict(json.loads(sys.argv[2])))
+"""
+
+
+def ar_alone(config, out_dir: pathlib.Path) -> dict[str, list[float]]:
+  """AR on the config's prompts in a child process where no other method runs (config.ar_alone;
+  its own warm-up and timed runs, its output in out_dir/ar_alone): item id -> its timed runs'
+  tokens/s. On the H200 AR decoded Qwen2.5-Coder-1.5B's 2K document at 625 tok/s alone and at
+  573 after the other methods' warm-ups in the same process (BENCHMARKS.md 10.18)."""
+  child = ml_collections.ConfigDict(json.loads(config.to_json()))
+  child.update(dict(methods="ar", noise_floor=False, ar_alone=False, plots=False,
+                    output_dir=str(out_dir / "ar_alone")))
+  print("AR alone, in a child process:", flush=True)
+  proc = subprocess.run([sys.executable, "-c", _CHILD, str(REPO), child.to_json()])
+  if proc.returncode:
+    raise RuntimeError(f"the AR-alone child process failed (exit {proc.returncode})")
+  records = [json.loads(line) for line in open(out_dir / "ar_alone" / "results.jsonl")]
+  return {r["item_id"]: r["tokens_per_s_runs"] for r in records}
+
+
 def run(config, overwrite: bool = False) -> list[dict]:
   """Runs the benchmark a config describes; returns the records, also written to its output
   folder (output_dir)."""
   started = time.perf_counter()
   out_dir = output_dir(config, overwrite)
+  # First, before this process loads a model: the child has the device to itself.
+  alone = ar_alone(config, out_dir) if config.get("ar_alone") else {}
   requested = _split(config.methods)
   unknown = [m for m in requested if m not in ks.available_methods()]
   if unknown:
@@ -197,6 +226,9 @@ def run(config, overwrite: bool = False) -> list[dict]:
                     # every timed run's windows (the record's stats are the median run's)
                     timed_windows=[x.stats.get("window_log") for x in timed[method]],
                     **(r.to_json() | {"method": method}))
+      if item["id"] in alone:  # the median run over AR's median in a process of its own
+        record["ar_alone_tokens_per_s"] = statistics.median(alone[item["id"]])
+        record["speedup_vs_ar_alone"] = r.tokens_per_s / record["ar_alone_tokens_per_s"]
       record.pop("text")
       # The bytes a full step reads at the run's mean context, per measured time per token.
       record.update(metrics.bandwidth(
@@ -211,7 +243,9 @@ def run(config, overwrite: bool = False) -> list[dict]:
       print(f"[prompt {i + 1}/{len(items)}] {item['id']:<18} {len(ids):5d} tok  {method:<9}"
             f"{r.tokens_per_s:7.1f} tok/s {1e3 / r.tokens_per_s:6.2f} ms/tok "
             f"{metrics.format_bandwidth(record)}  {record['speedup']:5.2f}x AR  "
-            f"acc {s.get('acceptance_rate') or 0:.2f}  search {s.get('search_s', 0):.2f}s  "
+            + (f"{record['speedup_vs_ar_alone']:5.2f}x AR alone  "
+               if "speedup_vs_ar_alone" in record else "")
+            + f"acc {s.get('acceptance_rate') or 0:.2f}  search {s.get('search_s', 0):.2f}s  "
             f"{'same as AR' if record['identical_to_ar'] else 'DIFFERENT'}  | so far "
             f"{totals[method][0] / totals[method][1]:.1f} tok/s, "
             f"{time.perf_counter() - started:.0f} s elapsed", flush=True)

@@ -17,7 +17,8 @@ def load(paths):
 
 def speed_table(rows) -> str:
   """Per prompt and method: median decode tokens/s (its ratio to AR's median); with paired
-  ratios recorded, also the median over repeats of run / the same repeat's AR run."""
+  ratios recorded, also the median over repeats of run / the same repeat's AR run; with AR
+  timed alone (config.ar_alone), the ratio to that AR's median."""
   methods = list(dict.fromkeys(r["method"] for r in rows))
   out = ["| prompt | prompt tokens | " + " | ".join(methods) + " |",
          "|---|---|" + "---|" * len(methods)]
@@ -28,8 +29,10 @@ def speed_table(rows) -> str:
       r = next((x for x in rows if x["item_id"] == item and x["method"] == m), None)
       paired = "" if r is None or r.get("paired_speedup") is None or m == "ar" else (
           f", paired {r['paired_speedup']:.3f}x")
-      cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x{paired})"
-                   + ("" if r["identical_to_ar"] else " ≠AR"))
+      alone = "" if r is None or r.get("speedup_vs_ar_alone") is None else (
+          f", {r['speedup_vs_ar_alone']:.3f}x AR alone")
+      cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x{paired}"
+                   f"{alone})" + ("" if r["identical_to_ar"] else " ≠AR"))
     out.append(f"| {item} | {n} | " + " | ".join(cells) + " |")
   return "\n".join(out)
 

@@ -69,6 +69,30 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
+def test_ar_alone_runs_in_a_child_process_first(tmp_path):
+  """config.ar_alone: AR on the same prompts in a child process where no other method runs,
+  written to <output_dir>/ar_alone/ (AR only, the same tokens as the main process's AR); every
+  record of the main run gives its median speed over that AR's median, and the table says it."""
+  out = tmp_path / "run"
+  proc = _run(["--config=configs/tiny.py", f"--config.output_dir={out}",
+               "--config.methods=ar,fixed", "--config.max_new_tokens=6",
+               "--config.ar_alone=True", "--config.plots=False"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.index("AR alone, in a child process") < proc.stdout.index("[prompt 1/1]")
+  alone = [json.loads(line) for line in (out / "ar_alone" / "results.jsonl").read_text()
+           .splitlines()]
+  rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  assert [r["method"] for r in alone] == ["ar"] and [r["method"] for r in rows] == ["ar", "fixed"]
+  assert alone[0]["output_ids"] == rows[0]["output_ids"]
+  for r in rows:
+    assert r["ar_alone_tokens_per_s"] == pytest.approx(
+        statistics.median(alone[0]["tokens_per_s_runs"]))
+    assert r["speedup_vs_ar_alone"] == pytest.approx(
+        r["tokens_per_s"] / r["ar_alone_tokens_per_s"])
+  assert "x AR alone" in (out / "table.md").read_text()
+  assert json.loads((out / "ar_alone" / "config.json").read_text())["ar_alone"] is False
+
+
 def test_unknown_method_is_named(tmp_path):
   proc = _run(["--config=configs/tiny.py", "--config.methods=ar,knapsack",
                f"--config.output_dir={tmp_path}"], timeout=120)
