@@ -1,8 +1,8 @@
 """Predicted against measured tokens/s over the drafting windows of benchmark runs (issue 13
 item 7, the paper's analysis 1 on real generations): for each method's full drafting windows
-(`timed_windows`, at least --min_rounds rounds), the decision's predicted TPT (latency profile and
-the search's acceptance estimate, before the window ran) and the profile's time of the window as
-it ran (its own acceptance), each against the window's measured tokens/s.
+(`timed_windows`, at least --min_rounds rounds, trials left out), the decision's predicted TPT
+(latency profile and the search's acceptance estimate, before the window ran) and the profile's
+time of the window as it ran (its own acceptance), each against the window's measured tokens/s.
 
   python experiments/window_prediction.py results/h200_qwen/RUN/results.jsonl [...]
 
@@ -34,7 +34,8 @@ def main(argv):
       for run in rec.get("timed_windows") or []:
         for w in run or []:
           d = w["decision"]
-          if not d["gamma"] or w["rounds"] < _MIN_ROUNDS.value or not d["predicted_tpt"]:
+          if (not d["gamma"] or "trial" in d["reason"] or w["rounds"] < _MIN_ROUNDS.value
+              or not d["predicted_tpt"]):
             continue
           rows.setdefault(rec["method"], []).append(
               (d["predicted_tpt"], w["tokens"] / w["predicted_s"], w["measured_tokens_per_s"],

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from conftest import DATA_DIR, REPO
@@ -91,6 +92,47 @@ def test_ar_alone_runs_in_a_child_process_first(tmp_path):
         r["tokens_per_s"] / r["ar_alone_tokens_per_s"])
   assert "x AR alone" in (out / "table.md").read_text()
   assert json.loads((out / "ar_alone" / "config.json").read_text())["ar_alone"] is False
+
+
+def test_window_analyses_read_the_recorded_windows(tmp_path):
+  """experiments/judged_windows.py and window_prediction.py on a stated record: two 64-round
+  windows of one draft at 110 and 90 tok/s (100 tokens each: 99.0 tok/s together) against AR
+  runs at 100 tok/s are dropped at a 2% margin; at 104 and 106 (105.0) kept. The Pearson r and
+  the profile's error equal numpy's over the same windows; trials, plain and short windows are
+  left out."""
+  def window(context, tpt, measured, predicted_s=1.0, rounds=64, gamma=2, reason="kept"):
+    return dict(decision=dict(skip=[1, 0, 0, 0], gamma=gamma, predicted_tpt=tpt, reason=reason,
+                              n_attn_skipped=1, n_mlp_skipped=0, context=context),
+                context=context, tokens=100, rounds=rounds, predicted_s=predicted_s,
+                measured_tokens_per_s=measured)
+  def record(item, windows):
+    return dict(item_id=item, method="knapspec", warmup_windows=[], timed_windows=[windows])
+  ar = lambda item: dict(item_id=item, method="ar", warmup_tokens_per_s=[100.0],
+                         tokens_per_s_runs=[100.0, 100.0], timed_windows=[None])
+  windows = {"lose": [window(40, 120.0, 110.0), window(140, 115.0, 90.0, predicted_s=0.9)],
+             "win": [window(40, 130.0, 104.0, predicted_s=0.95), window(140, 125.0, 106.0)]}
+  extra = [window(240, 99.0, 50.0, reason="kept (not measured yet: a trial of 8 rounds)"),
+           window(240, 99.0, 50.0, gamma=0), window(240, 99.0, 50.0, rounds=8)]
+  path = tmp_path / "results.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for item in windows
+                          for r in (ar(item), record(item, windows[item] + extra))))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  judged = subprocess.run([sys.executable, str(REPO / "experiments" / "judged_windows.py"),
+                           str(path)], capture_output=True, text=True, env=env, timeout=120)
+  assert judged.returncode == 0, judged.stderr[-2000:]
+  assert "| lose | 256 | 1 + 0, 2 | 110, 90 | 99 | 100 | 0.990 | drop |" in judged.stdout
+  assert "| win | 256 | 1 + 0, 2 | 104, 106 | 105 | 100 | 1.050 | keep |" in judged.stdout
+  predicted = subprocess.run([sys.executable, str(REPO / "experiments" / "window_prediction.py"),
+                              str(path)], capture_output=True, text=True, env=env, timeout=120)
+  assert predicted.returncode == 0, predicted.stderr[-2000:]
+  kept = windows["lose"] + windows["win"]
+  measured = [w["measured_tokens_per_s"] for w in kept]
+  r_tpt = np.corrcoef([w["decision"]["predicted_tpt"] for w in kept], measured)[0, 1]
+  ran = [w["tokens"] / w["predicted_s"] for w in kept]
+  r_ran = np.corrcoef(ran, measured)[0, 1]
+  error = statistics.median(abs(x / m - 1) for x, m in zip(ran, measured))
+  assert (f"| knapspec | 4 | 2 | {r_tpt:.3f} | {r_ran:.3f} | {error:.1%} |"
+          in predicted.stdout), predicted.stdout
 
 
 def test_unknown_method_is_named(tmp_path):
