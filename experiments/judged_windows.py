@@ -12,22 +12,24 @@ on record at that moment (Model.ar_speeds: earlier prompts' and plain windows' r
 """
 
 import json
+import pathlib
 import statistics
 import sys
 
 from absl import app, flags
 
-_JUDGE = flags.DEFINE_integer("judge_windows", 2, "Full windows judged together.")
-_MARGIN = flags.DEFINE_float("keep_margin", 0.02, "Fraction the windows must beat AR by.")
-_MIN_ROUNDS = flags.DEFINE_integer("min_rounds", 16, "Shorter windows are not judged "
-                                   "(methods.JUDGE_ROUNDS).")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from knapspec_jax import decoding, methods  # noqa: E402
+from summarize import full_drafting_windows  # noqa: E402
 
-
-def _bucket(n: int) -> int:  # decoding.attn_bucket without a capacity cap
-  for b in (256, 512, 1024):
-    if n <= b:
-      return b
-  return -(-n // 1024) * 1024
+_JUDGE = flags.DEFINE_integer("judge_windows", methods.KnapSpecConfig().judge_windows,
+                              "Full windows judged together.")
+_MARGIN = flags.DEFINE_float("keep_margin", methods.KnapSpecConfig().keep_margin,
+                             "Fraction the windows must beat AR by.")
+_MIN_ROUNDS = flags.DEFINE_integer(
+    "min_rounds", 16, "Shorter windows are left out (the short ones at a generation's end; the "
+    f"policy itself judges from {methods.JUDGE_ROUNDS} rounds, methods.JUDGE_ROUNDS).")
+_NO_CAP = sys.maxsize  # the records do not say the cache's capacity; no bucket reaches it here
 
 
 def main(argv):
@@ -47,12 +49,11 @@ def main(argv):
       continue
     ar_median = statistics.median(ar)
     groups = {}  # the policy counts a draft's windows at a bucket across generations
-    for run in rec.get("warmup_windows", []) + rec.get("timed_windows", []):
-      for w in run:
-        d = w["decision"]
-        if not d["gamma"] or "trial" in d["reason"] or w["rounds"] < _MIN_ROUNDS.value:
-          continue
-        groups.setdefault((_bucket(w["context"]), tuple(d["skip"]), d["gamma"]), []).append(w)
+    for w in full_drafting_windows(rec.get("warmup_windows", []) + rec.get("timed_windows", []),
+                                   _MIN_ROUNDS.value):
+      d = w["decision"]
+      key = (decoding.attn_bucket(w["context"], _NO_CAP), tuple(d["skip"]), d["gamma"])
+      groups.setdefault(key, []).append(w)
     for key, windows in groups.items():
       if len(windows) < _JUDGE.value:
         continue

@@ -15,6 +15,17 @@ def load(paths):
   return rows
 
 
+def full_drafting_windows(runs, min_rounds: int):
+  """The drafting windows of a record's window logs (`warmup_windows`, `timed_windows`; a run
+  may be None) that a judgement or a prediction check reads: a draft ran, not in a trial (its
+  reason says so: the recorded decision keeps no round budget), for at least min_rounds rounds."""
+  for run in runs:
+    for w in run or []:
+      d = w["decision"]
+      if d["gamma"] and "trial" not in d["reason"] and w["rounds"] >= min_rounds:
+        yield w
+
+
 def speed_table(rows) -> str:
   """Per prompt and method: median decode tokens/s (its ratio to AR's median); with paired
   ratios recorded, also the median over repeats of run / the same repeat's AR run; with AR

@@ -17,6 +17,8 @@ import sys
 from absl import app, flags
 import numpy as np
 
+from summarize import full_drafting_windows
+
 _MIN_ROUNDS = flags.DEFINE_integer("min_rounds", 16, "Shorter windows are left out.")
 
 
@@ -31,12 +33,9 @@ def main(argv):
   for path in argv[1:]:
     for line in open(path):
       rec = json.loads(line)
-      for run in rec.get("timed_windows") or []:
-        for w in run or []:
-          d = w["decision"]
-          if (not d["gamma"] or "trial" in d["reason"] or w["rounds"] < _MIN_ROUNDS.value
-              or not d["predicted_tpt"]):
-            continue
+      for w in full_drafting_windows(rec.get("timed_windows") or [], _MIN_ROUNDS.value):
+        d = w["decision"]
+        if d["predicted_tpt"]:
           rows.setdefault(rec["method"], []).append(
               (d["predicted_tpt"], w["tokens"] / w["predicted_s"], w["measured_tokens_per_s"],
                rec["item_id"]))

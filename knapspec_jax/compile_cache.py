@@ -200,9 +200,13 @@ _STORE_FORMAT = "knapspec executable 2"
 _jax_cache_hits = threading.local()
 
 
+def _jax_cache_hit_count() -> int:
+  return getattr(_jax_cache_hits, "count", 0)
+
+
 def _count_jax_cache_hit(event: str, **_):
   if event == "/jax/compilation_cache/cache_hits":
-    _jax_cache_hits.count = getattr(_jax_cache_hits, "count", 0) + 1
+    _jax_cache_hits.count = _jax_cache_hit_count() + 1
 
 
 jax.monitoring.register_event_listener(_count_jax_cache_hit)
@@ -397,14 +401,14 @@ def _build(prog: Program, args, abstract, mesh, load: bool = True) -> tuple[Any,
     if compiled is not None:
       return compiled, True
   jitted = jit_program(prog)
-  hits = getattr(_jax_cache_hits, "count", 0)
+  hits = _jax_cache_hit_count()
   if mesh is None:
     compiled = jitted.lower(*abstract).compile()
   else:  # GSPMD partitions the program from its inputs' shardings; kernels that cannot be
     # partitioned find the mesh in the context (sharding.map_over_heads)
     with jax.set_mesh(mesh):
       compiled = jitted.lower(*abstract).compile()
-  if path is not None and getattr(_jax_cache_hits, "count", 0) == hits:
+  if path is not None and _jax_cache_hit_count() == hits:
     save_entry(path, key, compiled)  # compiled here, not JAX's cache's (see _jax_cache_hits)
   elif path is not None:  # JAX's: not stored, and an unusable entry there is not read again
     path.unlink(missing_ok=True)

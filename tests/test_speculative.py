@@ -467,24 +467,31 @@ def test_a_trial_is_judged_by_its_rounds_and_the_next_window_by_its_time(tiny_mo
   assert model.kept_drafts[bucket] is None
 
 
+def _judged_draft(tiny_models, with_profile):
+  """A model with AR measured at 100 tok/s at context 40, and a kept draft's full decision
+  there: (model, capacity, that bucket, the decision, window(speed): a 64-round window of 100
+  tokens measured at `speed` tok/s)."""
+  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  context = 40
+  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  full = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept")
+  window = lambda speed: dict(ar_tokens_while_compiling=0, rounds=64, tokens=100,
+                              predicted_s=0.9, measured_tokens_per_s=speed)
+  return model, capacity, decoding.attn_bucket(context, capacity), full, window
+
+
 def test_full_windows_are_judged_together_once_there_are_judge_windows(tiny_models,
                                                                         with_profile):
   """With judge_windows=2 (the default) a kept draft's first full window at a bucket, slower
   than AR's measured 100 tok/s, does not drop it; the second is judged with the first, by their
   tokens over their seconds: 90 then 130 tok/s over 100 tokens each (1.11 + 0.77 s, 106 tok/s)
   keeps it, 90 then 95 drops it. A window of another draft at the bucket starts its own count."""
-  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
-  capacity = KVCache.capacity_for(model.cfg)
-  context = 40
-  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
+  model, capacity, bucket, full, window = _judged_draft(tiny_models, with_profile)
   policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig())
   assert policy.config.judge_windows == 2
-  bucket = decoding.attn_bucket(context, capacity)
-  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
   other = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
-  full = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept")
-  window = lambda speed: dict(ar_tokens_while_compiling=0, rounds=64, tokens=100,
-                              predicted_s=0.9, measured_tokens_per_s=speed)
 
   for second, kept in ((130.0, True), (95.0, False)):
     model.kept_drafts.clear()
@@ -512,15 +519,7 @@ def test_kept_windows_must_beat_ar_by_keep_margin(tiny_models, with_profile):
   """Judged windows must beat AR's measured tokens/s by keep_margin (default 2%): two windows
   at 101 tok/s against AR's 100 drop the draft (and set the bucket's gain to 0), at 103 they
   keep it; with keep_margin=0, 101 keeps it. Out-of-range margins are refused."""
-  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
-  capacity = KVCache.capacity_for(model.cfg)
-  context = 40
-  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
-  bucket = decoding.attn_bucket(context, capacity)
-  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
-  full = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept")
-  window = lambda speed: dict(ar_tokens_while_compiling=0, rounds=64, tokens=100,
-                              predicted_s=0.9, measured_tokens_per_s=speed)
+  model, capacity, bucket, full, window = _judged_draft(tiny_models, with_profile)
   for keep_margin, speed, kept in ((0.02, 101.0, False), (0.02, 103.0, True),
                                    (0.0, 101.0, True)):
     policy = methods.KnapSpecPolicy(model, model.profile,
