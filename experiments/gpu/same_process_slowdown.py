@@ -48,8 +48,12 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import datasets  # noqa: E402
+from knapspec_jax import (compile_cache, datasets, decoding, knapsack, latency,  # noqa: E402
+                          speculative)
+from knapspec_jax.kv_cache import KVCache  # noqa: E402
+from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "GGUF or checkpoint (default: $KNAPSPEC_MODEL, "
                              "else the bundled SmolLM2).")
@@ -61,6 +65,9 @@ _OTHERS = flags.DEFINE_list("others", ["knapspec", "clasp"], "Methods run before
 _IDLE_S = flags.DEFINE_float("idle_s", 20.0, "Host sleep of the 'idle' stage.")
 _ALLOC_GB = flags.DEFINE_float("alloc_gb", 8.0, "Size of the 'alloc' stage's array.")
 _CHILD = flags.DEFINE_bool("child", False, "Only the 'fresh' stage (the control process).")
+_BISECT = flags.DEFINE_bool(
+    "bisect", False, "Before the methods, the steps of a speculative method one at a time "
+    "(bisect_stages): which one slows AR.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON (default $OUT/same_process_slowdown.json "
                               "when OUT is set).")
 
@@ -105,6 +112,79 @@ def ar_stage(name: str, model, ids) -> dict:
   return row
 
 
+def bisect_stages(model, ids) -> list[dict]:
+  """AR after each step a speculative method takes, in turn, each step's own program (a draft
+  skipping 8 attention and 8 MLP sublayers, as KnapSpec's kept draft on Qwen does):
+
+  compile_only   a draft program compiled (jit, lower, compile), not run
+  run_main       that program run once on this thread
+  store          the executable store's copy of it written (serialized), as CompileCache does
+  thread_run     a second draft program compiled and run on a background thread
+                 (CompileCache.get_async, the path KnapSpec's kept drafts take)
+  spec_segment   a speculation segment (draft + verify rounds) compiled and run once here
+  search         KnapSpec's knapsack search (knapsack.search, latency weights 1) compiled and
+                 run once on the prompt's cache, scoring drafts on its last 16 tokens
+  plain_window   a generation decoded as a method's plain windows: AR's own programs, paused
+                 after 16 tokens (decoding.run_ar's max_tokens, as controller.py does), resumed
+  ar_after_spec  AR's own program run on the state a speculation segment left: prompt, 8 rounds
+                 of the segment above, then AR to the end (a method's plain window after drafts)
+  (Session 15 on the H200: none of the first five slowed AR, a KnapSpec generation did, and a
+  new model in the same process was fast again; results/h200/same_process_slowdown/.)
+  """
+  cfg = model.cfg
+  n = len(ids) + 64
+  bucket = decoding.attn_bucket(n + 16, KVCache.capacity_for(cfg))
+  layers = lambda k, off: sorted({int(x) for x in np.linspace(1 + off, cfg.n_layers - 2, k)})
+  mask = lambda off: SkipMask.from_layers(cfg.n_layers, attn=layers(8, off), mlp=layers(8, off))
+  dtype = jnp.bfloat16 if model.dtype == "bfloat16" else jnp.float32
+  state = lambda max_new: decoding.init_state(
+      latency.random_cache(cfg, dtype, n, jax.random.PRNGKey(1)),
+      jnp.zeros((cfg.vocab_size,), jnp.float32), max_new, ())
+  rows = []
+  draft = decoding.ARSegmentStatics(cfg, bucket, skip=mask(0))
+  exe = compile_cache.jit_program(draft).lower(model.params, state(8)).compile()
+  rows.append(ar_stage("compile_only", model, ids))
+  jax.block_until_ready(exe(model.params, state(8)))
+  rows.append(ar_stage("run_main", model, ids))
+  store = compile_cache.executable_store_dir()
+  if store is not None:
+    args = (model.params, state(8))
+    key = compile_cache.store_key(draft, args)
+    compile_cache.save_entry(store / "bisect_probe", key, exe)
+    rows.append(ar_stage("store", model, ids))
+  other = decoding.ARSegmentStatics(cfg, bucket, skip=mask(1))
+  args = (model.params, state(8))
+  while model.compiled.get_async(other, args) is None:
+    time.sleep(0.05)
+  rows.append(ar_stage("thread_run", model, ids))
+  seg = speculative.SpecSegmentStatics(cfg, mask(0), 2, bucket)
+  seg_args = (model.params, state(40), speculative.SpecCounters.zeros(),
+              jnp.asarray(8, jnp.int32), jnp.asarray(0.0, jnp.float32))
+  jax.block_until_ready(model.compiled.get(seg, seg_args)(*seg_args))
+  rows.append(ar_stage("spec_segment", model, ids))
+
+  def prompt_state():
+    cache = KVCache.create(cfg, dtype, sharding=model.cache_sharding)
+    logits, cache = decoding.prefill(model.params, cfg, ids, cache, model.compiled)
+    return decoding.init_state(cache, logits, _NEW.value, ())
+
+  r = 16
+  jax.block_until_ready(knapsack.search(model.params, cfg, prompt_state().cache, ids[-r:],
+                                        len(ids) - r, 1, 1, model.compiled))
+  rows.append(ar_stage("search", model, ids))
+  s = decoding.run_ar(model.params, cfg, prompt_state(), model.compiled, max_tokens=16)
+  jax.block_until_ready(decoding.run_ar(model.params, cfg, s, model.compiled))
+  rows.append(ar_stage("plain_window", model, ids))
+  at = decoding.attn_bucket(len(ids) + 32, KVCache.capacity_for(cfg))
+  seg_at = speculative.SpecSegmentStatics(cfg, mask(0), 2, at)
+  args = (model.params, prompt_state(), speculative.SpecCounters.zeros(),
+          jnp.asarray(8, jnp.int32), jnp.asarray(0.0, jnp.float32))
+  s, _ = model.compiled.get(seg_at, args)(*args)
+  jax.block_until_ready(decoding.run_ar(model.params, cfg, s, model.compiled))
+  rows.append(ar_stage("ar_after_spec", model, ids))
+  return rows
+
+
 def load(path):
   model = ks.load_model(path, dtype=_DTYPE.value)
   ids = datasets.encode(model.tokenizer, datasets.long_document_prompt(model.tokenizer,
@@ -126,6 +206,8 @@ def main(argv):
     big = jax.block_until_ready(jnp.zeros((int(_ALLOC_GB.value * 2**30) // 4,), jnp.float32))
     del big
     rows.append(ar_stage("alloc", model, ids))
+    if _BISECT.value:
+      rows += bisect_stages(model, ids)
     for method in _OTHERS.value:
       r = ks.generate(model, ids, _NEW.value, method, ignore_eos=True)
       print(f"  ran {method}: {r.tokens_per_s:.1f} tok/s, compile {r.compile_s:.1f} s",

