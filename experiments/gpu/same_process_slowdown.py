@@ -4,6 +4,10 @@
   # H200, Qwen (after ship_qwen.sh; about 4 minutes):
   source experiments/gpu/qwen_env.sh && python3 experiments/gpu/same_process_slowdown.py \
       --model=$QWEN_GGUF --new_tokens=1024
+  # the finer bisect (--bisect: a method's steps one at a time, then which part of the model
+  # carries the slowdown; about 4 minutes after the GGUF is joined):
+  ... same_process_slowdown.py --model=$QWEN_GGUF --new_tokens=1024 --repeats=3 --idle_s=1 \
+      --bisect --others=fixed,knapspec
 
 On the H200, AR decodes a prompt ~9% slower in a process where other methods have run than in
 one where only AR has (Qwen2.5-Coder-1.5B at 2K: 570-576 tok/s against 621-627; SmolLM2: 812-827
@@ -17,6 +21,9 @@ generations, the same prompt, compiled before the first stage) in stages of one 
                  free list changes, and the next KV cache may sit elsewhere
   after_METHOD   after one generation of METHOD, for each of --others in turn (its compiles,
                  searches and decoding)
+  new_params     (--bisect) the same model with its weights copied to new device buffers
+  new_programs   (--bisect) then with a new CompileCache: AR's programs loaded anew (from the
+                 executable store) in place of the ones that ran before
   gc_collect     after gc.collect()
   gc_freeze      after gc.freeze() and with the collector off (host garbage, if it matters)
   new_model      a second load_model in this process (new params, new compiled programs), the
@@ -213,6 +220,13 @@ def main(argv):
       print(f"  ran {method}: {r.tokens_per_s:.1f} tok/s, compile {r.compile_s:.1f} s",
             flush=True)
       rows.append(ar_stage(f"after_{method}", model, ids))
+    if _BISECT.value and _OTHERS.value:  # which of the model's parts carries the slowdown
+      model.params = jax.block_until_ready(jax.tree.map(jnp.copy, model.params))
+      rows.append(ar_stage("new_params", model, ids))
+      model.compiled = compile_cache.CompileCache()
+      model.ar_speeds.clear()
+      ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)  # AR's programs, from the store
+      rows.append(ar_stage("new_programs", model, ids))
     gc.collect()
     rows.append(ar_stage("gc_collect", model, ids))
     gc.freeze()
