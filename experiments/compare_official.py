@@ -12,9 +12,9 @@ JSONL files (records with item_id, method, tokens_per_s). Prints the Markdown ta
 BENCHMARKS.md section 1 and the smallest ratios.
 """
 
-import json
-
 from absl import app, flags
+
+import summarize
 
 _OFFICIAL = flags.DEFINE_string("official", None, "run_official.py JSONL.", required=True)
 _OURS = flags.DEFINE_list("ours", None, "benchmark.py JSONL files.", required=True)
@@ -24,7 +24,7 @@ PAIRS = (("autoregressive", "ar"), ("knapspec", "knapspec"))
 
 
 def _records(path):
-  return [json.loads(line) for line in open(path) if line.strip()]
+  return summarize.read_records(path)
 
 
 def main(argv):

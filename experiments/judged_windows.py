@@ -11,7 +11,6 @@ An approximation of the policy's judgement, not a replay: the policy compares wi
 on record at that moment (Model.ar_speeds: earlier prompts' and plain windows' runs too).
 """
 
-import json
 import pathlib
 import statistics
 import sys
@@ -20,7 +19,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from knapspec_jax import decoding, methods  # noqa: E402
-from summarize import full_drafting_windows  # noqa: E402
+from summarize import full_drafting_windows, read_records  # noqa: E402
 
 _JUDGE = flags.DEFINE_integer("judge_windows", methods.KnapSpecConfig().judge_windows,
                               "Full windows judged together.")
@@ -35,7 +34,7 @@ _NO_CAP = sys.maxsize  # the records do not say the cache's capacity; no bucket 
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("one results.jsonl")
-  records = [json.loads(line) for line in open(argv[1])]
+  records = read_records(argv[1])
   print("| prompt | bucket | draft (attention + MLP, gamma) | windows (tok/s) | together | AR "
         "median | ratio | keep at margin |")
   print("|---|---|---|---|---|---|---|---|")

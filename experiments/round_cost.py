@@ -19,7 +19,6 @@ counts (its predicted_s: measured acceptance) with the measured.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from knapspec_jax import selection  # noqa: E402
 from knapspec_jax.latency import LatencyProfile  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+import summarize  # noqa: E402
 
 _RESULTS = flags.DEFINE_list("results", None, "Benchmark results.jsonl files.", required=True)
 _PROFILE = flags.DEFINE_string("profile", None, "The latency profile JSON the run decided with.",
@@ -59,7 +59,7 @@ def main(argv):
   profile = LatencyProfile.load(_PROFILE.value)
   records, ar_ms = [], {}
   for path in _RESULTS.value:  # item ids are per file: a prompt's AR is its own file's
-    these = [json.loads(line) | {"file": path} for line in open(path)]
+    these = [r | {"file": path} for r in summarize.read_records(path)]
     ar_ms |= {(path, r["item_id"]): 1e3 / r["tokens_per_s"] for r in these if r["method"] == "ar"}
     records += these
   predicted_tpt, window_tpt, measured_tpt, estimates = [], [], [], []

@@ -3,15 +3,31 @@
   python experiments/summarize.py results/h100/run4/long/results.jsonl [--decisions]
 """
 
+import gzip
 import json
+import pathlib
 import statistics
 import sys
+
+
+def read_records(path) -> list[dict]:
+  """One results file's records, one JSON object per line. results/ keeps large raw records
+  gzipped (FILE.jsonl.gz, so that the tracked tree stays small enough to travel to the GPU
+  machine beside a model chunk in one 64 MiB call): a path to either name reads either file."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    other = (path.with_name(path.name[:-3]) if path.suffix == ".gz"
+             else path.with_name(path.name + ".gz"))
+    if other.exists():
+      path = other
+  with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def load(paths):
   rows = []
   for p in paths:
-    rows += [json.loads(line) for line in open(p) if line.strip()]
+    rows += read_records(p)
   return rows
 
 

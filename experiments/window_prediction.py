@@ -10,14 +10,13 @@ Prints, per method and pooled: windows, Pearson r of each prediction with the me
 and the median relative error of the profile's window time.
 """
 
-import json
 import statistics
 import sys
 
 from absl import app, flags
 import numpy as np
 
-from summarize import full_drafting_windows
+from summarize import full_drafting_windows, read_records
 
 _MIN_ROUNDS = flags.DEFINE_integer("min_rounds", 16, "Shorter windows are left out.")
 
@@ -31,8 +30,7 @@ def main(argv):
     raise app.UsageError("one or more results.jsonl")
   rows = {}
   for path in argv[1:]:
-    for line in open(path):
-      rec = json.loads(line)
+    for rec in read_records(path):
       for w in full_drafting_windows(rec.get("timed_windows") or [], _MIN_ROUNDS.value):
         d = w["decision"]
         if d["predicted_tpt"]:

@@ -5,6 +5,7 @@ transformers' own greedy generation and for complete outputs (JSONL, table, read
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import statistics
@@ -99,7 +100,7 @@ def test_window_analyses_read_the_recorded_windows(tmp_path):
   windows of one draft at 110 and 90 tok/s (100 tokens each: 99.0 tok/s together) against AR
   runs at 100 tok/s are dropped at a 2% margin; at 104 and 106 (105.0) kept. The Pearson r and
   the profile's error equal numpy's over the same windows; trials, plain and short windows are
-  left out."""
+  left out. The record is gzipped, as results/ keeps large ones."""
   def window(context, tpt, measured, predicted_s=1.0, rounds=64, gamma=2, reason="kept"):
     return dict(decision=dict(skip=[1, 0, 0, 0], gamma=gamma, predicted_tpt=tpt, reason=reason,
                               n_attn_skipped=1, n_mlp_skipped=0, context=context),
@@ -113,9 +114,11 @@ def test_window_analyses_read_the_recorded_windows(tmp_path):
              "win": [window(40, 130.0, 104.0, predicted_s=0.95), window(140, 125.0, 106.0)]}
   extra = [window(240, 99.0, 50.0, reason="kept (not measured yet: a trial of 8 rounds)"),
            window(240, 99.0, 50.0, gamma=0), window(240, 99.0, 50.0, rounds=8)]
+  # Gzipped, as results/ keeps large records; each script is named the other file name.
   path = tmp_path / "results.jsonl"
-  path.write_text("".join(json.dumps(r) + "\n" for item in windows
-                          for r in (ar(item), record(item, windows[item] + extra))))
+  with gzip.open(tmp_path / "results.jsonl.gz", "wt") as f:
+    f.write("".join(json.dumps(r) + "\n" for item in windows
+                    for r in (ar(item), record(item, windows[item] + extra))))
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   judged = subprocess.run([sys.executable, str(REPO / "experiments" / "judged_windows.py"),
                            str(path)], capture_output=True, text=True, env=env, timeout=120)
@@ -123,7 +126,7 @@ def test_window_analyses_read_the_recorded_windows(tmp_path):
   assert "| lose | 256 | 1 + 0, 2 | 110, 90 | 99 | 100 | 0.990 | drop |" in judged.stdout
   assert "| win | 256 | 1 + 0, 2 | 104, 106 | 105 | 100 | 1.050 | keep |" in judged.stdout
   predicted = subprocess.run([sys.executable, str(REPO / "experiments" / "window_prediction.py"),
-                              str(path)], capture_output=True, text=True, env=env, timeout=120)
+                              f"{path}.gz"], capture_output=True, text=True, env=env, timeout=120)
   assert predicted.returncode == 0, predicted.stderr[-2000:]
   kept = windows["lose"] + windows["win"]
   measured = [w["measured_tokens_per_s"] for w in kept]

