@@ -4,4 +4,6 @@
 # item 5), with XLA's defaults and with command buffers (CUDA graphs) taking in conditionals and
 # while loops (without them each lax.cond waits for its predicate on the host). About 4 minutes.
 # -> $OUT/switch_cost/<flag set>.json
+# FLAG_SETS="default command_buffer_conds" bash experiments/gpu/run_switch_cost.sh: conditionals
+# alone in the graphs (with_xla_flag_sets.sh)
 bash experiments/gpu/with_xla_flag_sets.sh switch_cost.py switch_cost 170 "$@"

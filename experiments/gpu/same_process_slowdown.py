@@ -21,6 +21,8 @@ generations, the same prompt, compiled before the first stage) in stages of one 
                  free list changes, and the next KV cache may sit elsewhere
   after_METHOD   after one generation of METHOD, for each of --others in turn (its compiles,
                  searches and decoding)
+  graphs_evicted (--bisect) a new program compiled (not run): XLA then drops every CUDA graph
+                 it holds (EvictCommandBuffers), and AR records its graphs anew
   new_params     (--bisect) the same model with its weights copied to new device buffers
   new_programs   (--bisect) then with a new CompileCache: AR's programs loaded anew (from the
                  executable store) in place of the ones that ran before
@@ -48,6 +50,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -59,6 +62,7 @@ import numpy as np  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import (compile_cache, datasets, decoding, knapsack, latency,  # noqa: E402
                           speculative)
+from knapspec_jax.engine import abstract_state  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
@@ -75,6 +79,11 @@ _CHILD = flags.DEFINE_bool("child", False, "Only the 'fresh' stage (the control 
 _BISECT = flags.DEFINE_bool(
     "bisect", False, "Before the methods, the steps of a speculative method one at a time "
     "(bisect_stages): which one slows AR.")
+_LOG_PATTERNS = flags.DEFINE_list(
+    "xla_log_patterns", [], "Count the lines of the process's stderr holding each of these "
+    "strings during each stage's AR runs (stderr then goes to a file; run with XLA's logging on, "
+    "e.g. TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3): how often XLA "
+    "re-records, evicts or re-traces its CUDA graphs per AR run.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON (default $OUT/same_process_slowdown.json "
                               "when OUT is set).")
 
@@ -102,8 +111,28 @@ def device_bytes() -> int:
   return int(stats.get("bytes_in_use", 0))
 
 
+class StderrLog:
+  """The process's stderr (fd 2: XLA's C++ logging too) sent to a file, read a stage at a time
+  (--xla_log_patterns); the stage lines still reach the terminal through stdout."""
+
+  def __init__(self, patterns):
+    self.patterns = list(patterns)
+    self.file = open(tempfile.mkstemp(prefix="xla_log_")[1], "rb")
+    os.dup2(os.open(self.file.name, os.O_WRONLY | os.O_APPEND), 2)
+
+  def counts(self) -> dict[str, int]:
+    """Lines holding each pattern since the last call."""
+    lines = self.file.read().decode(errors="replace").splitlines()
+    return {p: sum(p in line for line in lines) for p in self.patterns}
+
+
+_LOG: list = []  # the StderrLog, when --xla_log_patterns is given
+
+
 def ar_stage(name: str, model, ids) -> dict:
   """AR's tokens/s over --repeats generations (compiled already), with the process's state."""
+  if _LOG:
+    _LOG[0].counts()  # what the work before this stage logged is not this stage's
   speeds = []
   for _ in range(_REPEATS.value):
     r = ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)
@@ -112,10 +141,13 @@ def ar_stage(name: str, model, ids) -> dict:
              rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, threads=threads(),
              gc_objects=len(gc.get_objects()), device_mb=device_bytes() / 2**20,
              programs=len(model.compiled))
+  if _LOG:
+    row["xla_log_lines"] = _LOG[0].counts()
   print(f"{name:11s} AR {row['median']:7.1f} tok/s (runs {', '.join(f'{s:.1f}' for s in speeds)})"
         f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  threads {row['threads']}"
         f"  gc objects {row['gc_objects']}"
-        f"  device {row['device_mb']:.0f} MB  programs {row['programs']}", flush=True)
+        f"  device {row['device_mb']:.0f} MB  programs {row['programs']}"
+        + (f"  XLA log lines {row['xla_log_lines']}" if _LOG else ""), flush=True)
   return row
 
 
@@ -203,6 +235,8 @@ def load(path):
 def main(argv):
   del argv
   path = _MODEL.value
+  if _LOG_PATTERNS.value:
+    _LOG.append(StderrLog(_LOG_PATTERNS.value))
   model, ids = load(path)
   print(f"{model.name} {model.dtype} on {jax.devices()[0].device_kind}; {len(ids)} prompt tokens,"
         f" {_NEW.value} new, {_REPEATS.value} AR runs per stage", flush=True)
@@ -221,6 +255,14 @@ def main(argv):
             flush=True)
       rows.append(ar_stage(f"after_{method}", model, ids))
     if _BISECT.value and _OTHERS.value:  # which of the model's parts carries the slowdown
+      # A new executable with CUDA graphs makes XLA drop every live one (EvictCommandBuffers in
+      # CommandBufferThunk's constructor): AR's graphs are recorded anew on its next call.
+      cfg = model.cfg
+      skip = SkipMask.from_layers(cfg.n_layers, attn=[2, 9])
+      state = abstract_state(model)
+      compile_cache.jit_program(decoding.ARSegmentStatics(cfg, 512, skip=skip)).lower(
+          model.params, state).compile()
+      rows.append(ar_stage("graphs_evicted", model, ids))
       model.params = jax.block_until_ready(jax.tree.map(jnp.copy, model.params))
       rows.append(ar_stage("new_params", model, ids))
       model.compiled = compile_cache.CompileCache()

@@ -9,11 +9,16 @@ script=$1 name=$2 limit=$3
 shift 3
 source experiments/gpu/env.sh
 export KNAPSPEC_CACHE=/tmp/knapspec_cache
+# command_buffer_conds: XLA's default command types plus conditionals only ("+" adds to the
+# defaults): each lax.cond a CUDA conditional node inside the loop body's graph, the loop itself
+# still driven from the host. Session 9 measured only the explicit list with WHILE, where static
+# masks slowed too (10.13). FLAG_SETS picks the sets, in order.
 declare -A FLAGS=(
   [default]=""
   [command_buffer_loops]="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL"
+  [command_buffer_conds]="--xla_gpu_enable_command_buffer=+CONDITIONAL"
 )
-for set in default command_buffer_loops; do
+for set in ${FLAG_SETS:-default command_buffer_loops}; do
   echo "=== XLA_FLAGS='${FLAGS[$set]}' ($set)"
   XLA_FLAGS="${FLAGS[$set]}" timeout "$limit" python3 "experiments/gpu/$script" \
     --output="$OUT/$name/$set.json" "$@" 2>&1 | grep -v -i warn
