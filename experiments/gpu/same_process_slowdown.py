@@ -4,6 +4,9 @@
   # H200, Qwen (after ship_qwen.sh; about 4 minutes):
   source experiments/gpu/qwen_env.sh && python3 experiments/gpu/same_process_slowdown.py \
       --model=$QWEN_GGUF --new_tokens=1024
+  # without the GGUF (random weights of its shape, the committed profile; nothing to ship):
+  ... same_process_slowdown.py --random_shape=qwen2.5-1.5b --new_tokens=1024 --bisect \
+      --profile=profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_rows2_pallas_windows__bfloat16.json
   # the finer bisect (--bisect: a method's steps one at a time, then which part of the model
   # carries the slowdown; about 4 minutes after the GGUF is joined):
   ... same_process_slowdown.py --model=$QWEN_GGUF --new_tokens=1024 --repeats=3 --idle_s=1 \
@@ -42,6 +45,7 @@ H200, which ended the first attempt; results/h200/same_process_slowdown/smollm2_
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -60,6 +64,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
+from knapspec_jax import api  # noqa: E402
+from knapspec_jax import model as model_lib  # noqa: E402
+from knapspec_jax.engine import DTYPES, Model  # noqa: E402
+from shapes import SHAPES, spread  # noqa: E402
 from knapspec_jax import (compile_cache, datasets, decoding, knapsack, latency,  # noqa: E402
                           speculative)
 from knapspec_jax.engine import abstract_state  # noqa: E402
@@ -69,6 +77,12 @@ from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 _MODEL = flags.DEFINE_string("model", None, "GGUF or checkpoint (default: $KNAPSPEC_MODEL, "
                              "else the bundled SmolLM2).")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Params and KV dtype.")
+_RANDOM = flags.DEFINE_string(
+    "random_shape", None, "Instead of --model, random weights of this shape (shapes.SHAPES, e.g. "
+    "qwen2.5-1.5b) with the device's default kernels and random prompt ids: nothing to ship.")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "The latency profile the methods decide with (with --random_shape: a "
+    "profile of the same shape, e.g. the committed H200 Qwen one; else the model's own).")
 _N = flags.DEFINE_integer("n_tokens", 2000, "Prompt length (a long-document prompt).")
 _NEW = flags.DEFINE_integer("new_tokens", 512, "New tokens per generation.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "AR generations per stage (median).")
@@ -173,14 +187,14 @@ def bisect_stages(model, ids) -> list[dict]:
   cfg = model.cfg
   n = len(ids) + 64
   bucket = decoding.attn_bucket(n + 16, KVCache.capacity_for(cfg))
-  layers = lambda k, off: sorted({int(x) for x in np.linspace(1 + off, cfg.n_layers - 2, k)})
-  mask = lambda off: SkipMask.from_layers(cfg.n_layers, attn=layers(8, off), mlp=layers(8, off))
+  mask = lambda k: SkipMask.from_layers(cfg.n_layers, attn=spread(cfg.n_layers, k),
+                                       mlp=spread(cfg.n_layers, k))
   dtype = jnp.bfloat16 if model.dtype == "bfloat16" else jnp.float32
   state = lambda max_new: decoding.init_state(
       latency.random_cache(cfg, dtype, n, jax.random.PRNGKey(1)),
       jnp.zeros((cfg.vocab_size,), jnp.float32), max_new, ())
   rows = []
-  draft = decoding.ARSegmentStatics(cfg, bucket, skip=mask(0))
+  draft = decoding.ARSegmentStatics(cfg, bucket, skip=mask(8))
   exe = compile_cache.jit_program(draft).lower(model.params, state(8)).compile()
   rows.append(ar_stage("compile_only", model, ids))
   jax.block_until_ready(exe(model.params, state(8)))
@@ -191,12 +205,12 @@ def bisect_stages(model, ids) -> list[dict]:
     key = compile_cache.store_key(draft, args)
     compile_cache.save_entry(store / "bisect_probe", key, exe)
     rows.append(ar_stage("store", model, ids))
-  other = decoding.ARSegmentStatics(cfg, bucket, skip=mask(1))
+  other = decoding.ARSegmentStatics(cfg, bucket, skip=mask(6))
   args = (model.params, state(8))
   while model.compiled.get_async(other, args) is None:
     time.sleep(0.05)
   rows.append(ar_stage("thread_run", model, ids))
-  seg = speculative.SpecSegmentStatics(cfg, mask(0), 2, bucket)
+  seg = speculative.SpecSegmentStatics(cfg, mask(8), 2, bucket)
   seg_args = (model.params, state(40), speculative.SpecCounters.zeros(),
               jnp.asarray(8, jnp.int32), jnp.asarray(0.0, jnp.float32))
   jax.block_until_ready(model.compiled.get(seg, seg_args)(*seg_args))
@@ -215,7 +229,7 @@ def bisect_stages(model, ids) -> list[dict]:
   jax.block_until_ready(decoding.run_ar(model.params, cfg, s, model.compiled))
   rows.append(ar_stage("plain_window", model, ids))
   at = decoding.attn_bucket(len(ids) + 32, KVCache.capacity_for(cfg))
-  seg_at = speculative.SpecSegmentStatics(cfg, mask(0), 2, at)
+  seg_at = speculative.SpecSegmentStatics(cfg, mask(8), 2, at)
   args = (model.params, prompt_state(), speculative.SpecCounters.zeros(),
           jnp.asarray(8, jnp.int32), jnp.asarray(0.0, jnp.float32))
   s, _ = model.compiled.get(seg_at, args)(*args)
@@ -224,10 +238,27 @@ def bisect_stages(model, ids) -> list[dict]:
   return rows
 
 
+def random_model(name: str) -> Model:
+  """SHAPES[name] with random weights, as load_model would set it up on this device."""
+  attention = api.default_attention(_DTYPE.value)
+  cfg = dataclasses.replace(SHAPES[name], attention=attention,
+                            matmul_rows=api.default_matmul_rows(),
+                            window_attention=api.default_window_attention(attention))
+  params = model_lib.fuse_projections(model_lib.init_random_params(
+      cfg, jax.random.PRNGKey(0), DTYPES[_DTYPE.value]))
+  return Model(cfg, params, None, (), _DTYPE.value, f"random-{name}")
+
+
 def load(path):
-  model = ks.load_model(path, dtype=_DTYPE.value)
-  ids = datasets.encode(model.tokenizer, datasets.long_document_prompt(model.tokenizer,
-                                                                       _N.value))
+  if _RANDOM.value:
+    model = random_model(_RANDOM.value)
+    ids = np.random.default_rng(0).integers(100, model.cfg.vocab_size, _N.value).astype(np.int32)
+  else:
+    model = ks.load_model(path, dtype=_DTYPE.value)
+    ids = datasets.encode(model.tokenizer, datasets.long_document_prompt(model.tokenizer,
+                                                                         _N.value))
+  if _PROFILE.value:
+    model.profile = latency.LatencyProfile.load(_PROFILE.value)
   ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)  # compiles AR's programs
   return model, ids
 
@@ -287,6 +318,8 @@ def main(argv):
              f"--repeats={_REPEATS.value}", "--output=/dev/null"]
     if path:
       child.append(f"--model={path}")
+    if _RANDOM.value:
+      child.append(f"--random_shape={_RANDOM.value}")
     out = subprocess.run(child, capture_output=True, text=True)
     print(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-2000:])
     for line in out.stdout.splitlines():
