@@ -4,7 +4,8 @@
   # H200, Qwen (after ship_qwen.sh; about 4 minutes):
   source experiments/gpu/qwen_env.sh && python3 experiments/gpu/same_process_slowdown.py \
       --model=$QWEN_GGUF --new_tokens=1024
-  # without the GGUF (random weights of its shape, the committed profile; nothing to ship):
+  # without the GGUF (random weights of its shape, the committed profile; nothing to ship but
+  # ship_qwen.sh setup's wheels; source experiments/gpu/env.sh, not qwen_env.sh, which joins):
   ... same_process_slowdown.py --random_shape=qwen2.5-1.5b --new_tokens=1024 --bisect \
       --profile=profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_rows2_pallas_windows__bfloat16.json
   # the finer bisect (--bisect: a method's steps one at a time, then which part of the model
