@@ -65,15 +65,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import api  # noqa: E402
-from knapspec_jax import model as model_lib  # noqa: E402
-from knapspec_jax.engine import DTYPES, Model  # noqa: E402
-from shapes import SHAPES, spread  # noqa: E402
-from knapspec_jax import (compile_cache, datasets, decoding, knapsack, latency,  # noqa: E402
+from knapspec_jax import (api, compile_cache, datasets, decoding, knapsack, latency,  # noqa: E402
                           speculative)
-from knapspec_jax.engine import abstract_state  # noqa: E402
+from knapspec_jax import model as model_lib  # noqa: E402
+from knapspec_jax.engine import DTYPES, Model, abstract_state  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+from shapes import SHAPES, spread  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "GGUF or checkpoint (default: $KNAPSPEC_MODEL, "
                              "else the bundled SmolLM2).")
