@@ -23,16 +23,12 @@ _TARGET = flags.DEFINE_float("target", 20.0, "The ratio the issue asks for.")
 PAIRS = (("autoregressive", "ar"), ("knapspec", "knapspec"))
 
 
-def _records(path):
-  return summarize.read_records(path)
-
-
 def main(argv):
   del argv
-  official = {(r["id"], r["method"]): r for r in _records(_OFFICIAL.value)}
+  official = {(r["id"], r["method"]): r for r in summarize.read_records(_OFFICIAL.value)}
   ours = {}
   for path in _OURS.value:
-    for r in _records(path):
+    for r in summarize.read_records(path):
       ours.setdefault((r["item_id"], r["method"]), r)  # the first file naming a pair wins
   ids = list(dict.fromkeys(i for i, _ in official))
   print("| prompt | prompt tokens | official AR | ours AR | ratio | official KnapSpec "
