@@ -14,5 +14,5 @@ profile=profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_row
 timeout "${BISECT_TIMEOUT:-540}" python3 experiments/gpu/same_process_slowdown.py \
   --random_shape=qwen2.5-1.5b --profile=$profile --new_tokens=1024 --repeats=3 --idle_s=1 \
   --bisect --others=fixed,knapspec --output=$OUT/slowdown_bisect.json \
-  --xla_log_patterns="Update command buffer,Evict,warm up iteration,trace cache" "$@" 2>&1 \
+  --xla_log_patterns="Execute command buffer,Update command buffer,Evict,warm up iteration" "$@" 2>&1 \
   | grep -v -i warn | tee $OUT/slowdown_bisect.log | cut -c1-400 | tail -40

@@ -51,6 +51,7 @@ import gc
 import json
 import os
 import pathlib
+import re
 import resource
 import statistics
 import subprocess
@@ -134,9 +135,13 @@ class StderrLog:
     os.dup2(os.open(self.file.name, os.O_WRONLY | os.O_APPEND), 2)
 
   def counts(self) -> dict[str, int]:
-    """Lines holding each pattern since the last call."""
+    """Lines holding each pattern since the last call, and the microseconds XLA's
+    CommandBufferThunk says its graph updates took ("Updated command buffer in N μs", VLOG 3)."""
     lines = self.file.read().decode(errors="replace").splitlines()
-    return {p: sum(p in line for line in lines) for p in self.patterns}
+    out = {p: sum(p in line for line in lines) for p in self.patterns}
+    out["graph_update_us"] = sum(int(m.group(1)) for line in lines
+                                 if (m := re.search(r"Updated command buffer in (\d+)", line)))
+    return out
 
 
 _LOG: list = []  # the StderrLog, when --xla_log_patterns is given
