@@ -138,6 +138,50 @@ def test_window_analyses_read_the_recorded_windows(tmp_path):
           in predicted.stdout), predicted.stdout
 
 
+def test_draft_headroom_against_the_closed_form(tmp_path):
+  """experiments/draft_headroom.py on a stated record, against the paper's closed form computed
+  here from the committed H200 Qwen profile's step and verify times: tokens per round
+  1 + a + ... + a^gamma over gamma draft steps and one verify, times AR's step; the acceptance
+  for the target is the smallest on the grid whose best gamma reaches it. A draft the
+  confidence exit ended early is reported, not predicted."""
+  from knapspec_jax.latency import LatencyProfile
+  from knapspec_jax.skip_mask import SkipMask
+  profile_path = REPO / ("profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+                         "_pallas_rows2_pallas_windows__bfloat16.json")
+  profile = LatencyProfile.load(profile_path)
+  skip = SkipMask.from_layers(28, attn=range(4, 20, 2), mlp=range(5, 21, 2))
+  def window(context, accepted, forwards, gamma=2):
+    return dict(decision=dict(skip=[int(x) for x in skip.skip], gamma=gamma, alpha=0.8),
+                context=context, rounds=64, drafted=100, accepted=accepted,
+                draft_forwards=forwards)
+  records = [dict(item_id="steady", method="knapspec", paired_speedup=1.1,
+                  timed_windows=[[window(15976, 92, 120), window(16100, 92, 120)]]),
+             dict(item_id="cut", method="knapspec", paired_speedup=1.0,
+                  timed_windows=[[window(15976, 70, 64)]]),
+             dict(item_id="steady", method="ar", timed_windows=[None])]
+  path = tmp_path / "results.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  out = subprocess.run([sys.executable, str(REPO / "experiments" / "draft_headroom.py"),
+                        f"--profile={profile_path}", "--target=1.1", str(path)],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  attn_len = 16384  # contexts 15976 and 16100 plus a round of 3 positions
+  def closed_form(a, gamma):
+    tokens = sum(a ** i for i in range(gamma + 1))
+    seconds = gamma * profile.t_step(skip, attn_len) + profile.t_verify(gamma + 1, attn_len)
+    return tokens / seconds * profile.t_step(None, attn_len)
+  best = lambda a: max((closed_form(a, g), g) for g in range(1, 11))
+  top, top_gamma = best(0.92)
+  grid = np.round(np.arange(0.5, 1.0001, 0.005), 3)
+  needed = next(a for a in grid if best(a)[0] >= 1.1)
+  row = (f"| steady | 8 + 8, 2 | {attn_len} | 0.80 | 0.920 | 1.88 | 1.100 | "
+         f"{closed_form(0.92, 2):.3f} | {top_gamma}, {top:.3f} | {needed:.3f} |")
+  assert row in out.stdout, out.stdout
+  assert "| cut | 8 + 8, 2 | 16384 | 0.80 | 0.700 | 1.00 | 1.000 | the exit ended drafts early" \
+      in out.stdout, out.stdout
+
+
 def test_unknown_method_is_named(tmp_path):
   proc = _run(["--config=configs/tiny.py", "--config.methods=ar,knapsack",
                f"--config.output_dir={tmp_path}"], timeout=120)
