@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 from absl import app, flags
 
@@ -268,10 +269,21 @@ def load(path):
 
 
 def main(argv):
-  del argv
-  path = _MODEL.value
+  if _RANDOM.value and _RANDOM.value not in SHAPES:
+    raise app.UsageError(f"--random_shape={_RANDOM.value}: not one of {sorted(SHAPES)}")
   if _LOG_PATTERNS.value:
     _LOG.append(StderrLog(_LOG_PATTERNS.value))
+    try:
+      return stages(argv)
+    except BaseException:  # stderr is a file now: the error must still reach the caller
+      traceback.print_exc(file=sys.stdout)
+      raise
+  return stages(argv)
+
+
+def stages(argv):
+  del argv
+  path = _MODEL.value
   model, ids = load(path)
   print(f"{model.name} {model.dtype} on {jax.devices()[0].device_kind}; {len(ids)} prompt tokens,"
         f" {_NEW.value} new, {_REPEATS.value} AR runs per stage", flush=True)
