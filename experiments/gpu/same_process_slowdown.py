@@ -132,8 +132,10 @@ class StderrLog:
 
   def __init__(self, patterns):
     self.patterns = list(patterns)
-    self.file = open(tempfile.mkstemp(prefix="xla_log_")[1], "rb")
-    os.dup2(os.open(self.file.name, os.O_WRONLY | os.O_APPEND), 2)
+    fd, name = tempfile.mkstemp(prefix="xla_log_")
+    os.dup2(fd, 2)
+    os.close(fd)
+    self.file = open(name, "rb")
 
   def counts(self) -> dict[str, int]:
     """Lines holding each pattern since the last call, and the microseconds XLA's
