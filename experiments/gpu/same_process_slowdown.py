@@ -315,7 +315,6 @@ def stages(argv):
       model.params = jax.block_until_ready(jax.tree.map(jnp.copy, model.params))
       rows.append(ar_stage("new_params", model, ids))
       model.compiled = compile_cache.CompileCache()
-      model.ar_speeds.clear()
       ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)  # AR's programs, from the store
       rows.append(ar_stage("new_programs", model, ids))
     gc.collect()
