@@ -512,6 +512,15 @@ class CompileCache:
     key: their shape_key, computed once by a caller that asks about many programs."""
     return (prog, shape_key(args) if key is None else key) in self._compiled
 
+  def discard(self, kind: type) -> int:
+    """Drops every compiled program whose statics are of class `kind` (its executables go with
+    their last reference); the next `get` loads or compiles it again. Returns how many."""
+    with self._lock:
+      keys = [k for k in self._compiled if type(k[0]) is kind]
+      for k in keys:
+        del self._compiled[k]
+      return len(keys)
+
   def programs(self) -> list:
     """The statics of every compiled program, once per compiled shape."""
     with self._lock:

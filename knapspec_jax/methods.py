@@ -225,6 +225,14 @@ class KnapSpecConfig:
     556-561, a 22-token plain tail at 540), while on the documents the kept drafts' judged
     windows ran 1.06-1.13x AR at every bucket but one (1.01x; experiments/judged_windows.py).
     0: parity keeps a draft (until session 14).
+  search_new_buckets: (keep) a draft kept at a bucket below is borrowed at a new bucket only
+    after one search there (within explore_budget) found nothing predicted faster than it by
+    `margin`; a draft that is, is kept for the bucket (compiled by the next warm-up), and this
+    generation decodes plainly up to a kept draft ahead. False: a kept draft serves every bucket
+    above it unsearched. On the H200 (Qwen2.5-Coder-1.5B, BENCHMARKS.md 10.19) the draft chosen
+    at 2K served 8K-28K at 1.11-1.15x AR, and at 16K its skip set tops out at 1.10x at the
+    acceptance its windows measured (experiments/draft_headroom.py): attention costs more there,
+    and a search at 16K weighs it so.
   """
 
   interval: int = 64
@@ -250,6 +258,7 @@ class KnapSpecConfig:
   try_below: float = 0.1
   judge_windows: int = 2
   keep_margin: float = 0.02
+  search_new_buckets: bool = False
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -268,7 +277,7 @@ class KnapSpecConfig:
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
-                 "exit_model"):
+                 "exit_model", "search_new_buckets"):
       _check_bool(name, getattr(self, name))
     _check_bool("background_compile", self.background_compile, none_ok=True)
     if self.search_chunk is not None:
@@ -459,11 +468,79 @@ class KnapSpecPolicy:
       # gain, and no search ever ran there (BENCHMARKS.md 10.17).
       if bucket in self.model.kept_drafts:
         self.model.search_gains[bucket] = 0.0
+      own = self.model.kept_drafts.get(bucket)
+      below = self.kept(capacity, bucket_start(bucket) - 1) if bucket_start(bucket) > 1 else None
+      if (self.config.search_new_buckets and own is not None and below is not None
+          and (below.skip, below.gamma) != (own.skip, own.gamma)):
+        # The bucket's own draft (search_new_buckets) lost: the draft below serves it again,
+        # judged here by its own windows; the gain of 0 keeps a search from running here again.
+        del self.model.kept_drafts[bucket]
+        return
       self.model.kept_drafts[bucket] = None
     else:
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                  decision.context, measured, decision.exit,
                                                  windows, tokens, seconds)
+
+  def against_borrowed(self, borrowed: KeptDraft, cands, state, ctx: controller.Context,
+                       n: int, attn_len: int) -> Decision:
+    """search_new_buckets: after the one search at a bucket with no draft of its own, either
+    the search's best draft, predicted faster than the borrowed one by `margin`, is kept for
+    this bucket (decoded now if compiled, else from the next warm-up on: plainly until then, up
+    to a kept draft ahead), or the borrowed draft decodes here as before (`decide`'s kept
+    path)."""
+    p, capacity, c = self.profile, state.cache.capacity, self.config
+    bucket = attn_bucket(n, capacity)
+    ar_tpt = 1 / p.t_step(None, attn_len)
+    borrowed_tpt = selection.draft_tpt(borrowed.skip, borrowed.alpha, p, attn_len,
+                                       borrowed.gamma, borrowed.exit)
+    best = selection.select(cands, p, attn_len, n, c.gamma_max, self.draft_margin())
+    self.model.search_gains[bucket] = max(0.0, 1.0 - ar_tpt / max(best.best_tpt, borrowed_tpt))
+    versus = (f"the draft borrowed from context {borrowed.context} ({len(borrowed.skip.attn_skipped)}"
+              f" attn + {len(borrowed.skip.mlp_skipped)} MLP, gamma {borrowed.gamma}) predicts "
+              f"{borrowed_tpt / ar_tpt:.2f}x AR")
+    if not (best.drafts and best.predicted_tpt > (1 + c.margin) * borrowed_tpt
+            and (best.skip, best.gamma) != (borrowed.skip, borrowed.gamma)):
+      decision = self.decide_kept(borrowed, state, ctx, n, attn_len)
+      return dataclasses.replace(decision, reason=f"searched here: {best.reason}; {versus}; "
+                                 f"{decision.reason}")
+    self.model.kept_drafts[bucket] = KeptDraft(best.skip, best.gamma, best.alpha, n,
+                                               exit=best.exit)
+    if (best.skip, best.gamma) in self.used or self.segment_compiled(state, best.skip, best.gamma,
+                                                                      n):
+      self.used.add((best.skip, best.gamma))
+      rounds = self.trial_window(None)
+      return dataclasses.replace(best, rounds=rounds, reason=f"{best.reason}, over {versus}" + (
+          f"; a trial of {rounds} rounds" if rounds else ""))
+    return dataclasses.replace(
+        best, skip=None, gamma=0, predicted_tpt=ar_tpt, exit=None,
+        ar_tokens=self.plain_tokens(n, ctx.remaining, capacity),
+        reason=f"kept for the next warm-up to compile ({best.reason}, over {versus})")
+
+  def decide_kept(self, kept: KeptDraft, state, ctx: controller.Context, n: int,
+                  attn_len: int) -> Decision:
+    """Decoding with a kept draft (`decide`, no search): a trial window while no window has
+    measured it; plainly (to the end, or to a kept draft ahead) while its program is not
+    compiled, which the next warm-up does."""
+    t_ar = self.profile.t_step(None, attn_len)
+    if not (self.background or (kept.skip, kept.gamma) in self.used
+            or self.segment_compiled(state, kept.skip, kept.gamma, n)):
+      return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
+                      f"kept draft (chosen at context {kept.context}) not compiled: the next "
+                      f"warm-up compiles it", ar_tokens=self.plain_tokens(
+                          n, ctx.remaining, state.cache.capacity))
+    tpt = selection.draft_tpt(kept.skip, kept.alpha, self.profile, attn_len, kept.gamma,
+                              kept.exit)
+    rounds = self.trial_window(kept.measured_tpt)
+    measured = (f"not measured yet: a trial of {rounds} rounds" if rounds
+                else "not measured yet" if kept.measured_tpt is None
+                else f"last window {kept.measured_tpt:.0f} tok/s" + (
+                    f", {kept.windows} full window(s) {kept.tokens / kept.seconds:.0f} tok/s"
+                    if kept.windows and kept.seconds > 0 else ""))
+    self.used.add((kept.skip, kept.gamma))
+    return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
+                    f"kept (chosen at context {kept.context}; {measured}, AR predicted "
+                    f"{1 / t_ar:.0f})", rounds=rounds, exit=kept.exit)
 
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile
@@ -471,25 +548,15 @@ class KnapSpecPolicy:
     attn_len = attn_bucket(n + self.config.gamma_max + 1, capacity)
     t_ar = p.t_step(None, attn_len)
     kept = self.kept(capacity, n)
-    if kept is not None and not (self.background or (kept.skip, kept.gamma) in self.used
-                                 or self.segment_compiled(state, kept.skip, kept.gamma, n)):
-      # No search: the draft is chosen already. Plainly to the end, or to a kept draft ahead.
-      return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
-                      f"kept draft (chosen at context {kept.context}) not compiled: the next "
-                      f"warm-up compiles it", ar_tokens=self.plain_tokens(n, ctx.remaining,
-                                                                          capacity))
-    if kept is not None:  # no search: decode with the draft that measured faster than AR here
-      tpt = selection.draft_tpt(kept.skip, kept.alpha, p, attn_len, kept.gamma, kept.exit)
-      rounds = self.trial_window(kept.measured_tpt)
-      measured = (f"not measured yet: a trial of {rounds} rounds" if rounds
-                  else "not measured yet" if kept.measured_tpt is None
-                  else f"last window {kept.measured_tpt:.0f} tok/s" + (
-                      f", {kept.windows} full window(s) {kept.tokens / kept.seconds:.0f} tok/s"
-                      if kept.windows and kept.seconds > 0 else ""))
-      self.used.add((kept.skip, kept.gamma))
-      return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
-                      f"kept (chosen at context {kept.context}; {measured}, AR predicted "
-                      f"{1 / t_ar:.0f})", rounds=rounds, exit=kept.exit)
+    bucket = attn_bucket(n, capacity)
+    borrowed = None  # search_new_buckets: the draft below, searched against once here
+    if (kept is not None and self.config.search_new_buckets and bucket not in self.model.kept_drafts
+        and bucket not in self.model.search_gains
+        and self.would_search(n + max(r - ctx.n_out, 0), ctx.remaining - max(r - ctx.n_out, 0),
+                              capacity)):
+      borrowed, kept = kept, None
+    if kept is not None:  # no search: the draft is chosen already
+      return self.decide_kept(kept, state, ctx, n, attn_len)
     # The search scores drafts on generated tokens: collect r of them first, unless no search
     # will be affordable by then, in which case decode plainly to the end in one go.
     missing = max(r - ctx.n_out, 0)
@@ -520,6 +587,8 @@ class KnapSpecPolicy:
     cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine,
                        exit_rates(c))
              for c in found if c.skip.n_skipped]
+    if borrowed is not None:
+      return self.against_borrowed(borrowed, cands, state, ctx, n, attn_len)
     compile_cost = (p.segment_compile_s if self.config.charge_compile and not self.background
                     else 0.0)
     horizon = self.config.compile_horizon or min(ctx.remaining, 4 * self.interval)

@@ -784,3 +784,47 @@ def test_fixed_skip_mask_of_wrong_length(tiny_models, with_profile):
 def test_unknown_method(tiny_models):
   with pytest.raises(ValueError, match="unknown method"):
     api.generate(tiny_models["llama"].jax, [1, 2, 3], 4, method="medusa")
+
+
+@pytest.mark.parametrize("margin", [-0.99, 5.0])
+def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_profile, margin):
+  """search_new_buckets: where a generation enters a bucket with no draft of its own, a draft
+  kept below is borrowed only after one search there. A search whose best draft beats the
+  borrowed one's prediction by `margin` keeps it for the bucket (the next generation's warm-up
+  compiles it and drafts with it there); one that does not leaves the borrowed draft decoding.
+  Without the option no search runs there. Output is AR's in every case."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256, then 512 from 257
+  low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
+  want = ar(model, ids, 48)
+  borrowed = methods.KeptDraft(ks.SkipMask.from_layers(model.cfg.n_layers, [1], []), 2, 0.05,
+                               len(ids))
+  options = KEEP_TEST | dict(margin=margin, try_below=0.1)
+
+  def run(**extra):
+    got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
+                       config=ks.KnapSpecConfig(**(options | extra)))
+    assert got.output_ids == want
+    return [d["reason"] for d in got.stats["decisions"] if d["context"] > bucket_end], got
+
+  bucket_end = decoding.bucket_start(high) - 1
+  for flag in (False, True):
+    model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
+    model.kept_drafts[low] = borrowed
+    reasons, _ = run(search_new_buckets=flag)
+    assert (high in model.search_times) == flag, (flag, reasons)
+    if not flag:
+      assert reasons and all(r.startswith("kept (chosen at context") for r in reasons), reasons
+  if margin > 0:  # nothing beats the borrowed draft by 6x: it decodes here, searched once
+    assert reasons[0].startswith("searched here"), reasons
+    assert high not in model.kept_drafts or model.kept_drafts[high].skip == borrowed.skip
+    return
+  assert reasons[0].startswith("kept for the next warm-up to compile"), reasons
+  own = model.kept_drafts[high]
+  assert own is not None and own.context > bucket_end
+  assert (own.skip, own.gamma) != (borrowed.skip, borrowed.gamma)
+  model.search_times.clear()
+  reasons, _ = run(search_new_buckets=True)  # its warm-up compiled the bucket's own draft
+  assert high not in model.search_times, reasons
+  assert any(r.startswith(f"kept (chosen at context {own.context}") for r in reasons), reasons

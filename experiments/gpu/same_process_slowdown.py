@@ -94,6 +94,10 @@ _CHILD = flags.DEFINE_bool("child", False, "Only the 'fresh' stage (the control 
 _BISECT = flags.DEFINE_bool(
     "bisect", False, "Before the methods, the steps of a speculative method one at a time "
     "(bisect_stages): which one slows AR.")
+_SEARCH_BISECT = flags.DEFINE_bool(
+    "search_bisect", False, "Only the stages that split the knapsack search's effect "
+    "(search_stages): its prefill, its run, its executable dropped and loaded again, and one "
+    "compiled without CUDA graphs. No other methods run.")
 _LOG_PATTERNS = flags.DEFINE_list(
     "xla_log_patterns", [], "Count the lines of the process's stderr holding each of these "
     "strings during each stage's AR runs (stderr then goes to a file; run with XLA's logging on, "
@@ -245,6 +249,71 @@ def bisect_stages(model, ids) -> list[dict]:
   return rows
 
 
+def search_stages(model, ids) -> list[dict]:
+  """AR after each part of KnapSpec's search (session 16: on the H200 the `search` stage of
+  bisect_stages is where AR slows, 629 -> 574 tok/s, and a new CompileCache makes it fast
+  again):
+
+  prefill          the prompt's state made as the search's caller makes it (prefill, no search)
+  search           the search compiled and run once (from model.compiled)
+  search_dropped   its executable dropped from the compile cache (CompileCache.discard), gc
+  search_reloaded  the search run again: loaded anew (executable store) or compiled
+  search_dropped2  dropped again
+  search_no_graphs the search compiled with XLA's command buffers (CUDA graphs) off for this one
+                   program (compiler_options) and run: whether its graphs carry the slowdown
+  search_no_graphs_dropped  that executable dropped too
+  The search's own time is printed for each way it was compiled."""
+  cfg = model.cfg
+  dtype = jnp.bfloat16 if model.dtype == "bfloat16" else jnp.float32
+  r = 16
+
+  def prompt_cache():
+    cache = KVCache.create(cfg, dtype, sharding=model.cache_sharding)
+    _, cache = decoding.prefill(model.params, cfg, ids, cache, model.compiled)
+    return cache
+
+  def timed_search(fn, args, label):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(5):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - start)
+    print(f"  search ({label}): {1e3 * statistics.median(times):.2f} ms (median of 5)",
+          flush=True)
+
+  rows = []
+  cache = jax.block_until_ready(prompt_cache())
+  rows.append(ar_stage("prefill", model, ids))
+  args = (model.params, cache, jnp.asarray(ids[-r:], jnp.int32),
+          jnp.asarray(len(ids) - r, jnp.int32), jnp.asarray(1, jnp.int32),
+          jnp.asarray(1, jnp.int32))
+  attn_len = decoding.attn_bucket(len(ids), cache.capacity)
+  statics = knapsack.SearchStatics.of(cfg, attn_len)
+  timed_search(model.compiled.get(statics, args), args, "default")
+  rows.append(ar_stage("search", model, ids))
+  print(f"  dropped {model.compiled.discard(knapsack.SearchStatics)} search program(s)")
+  gc.collect()
+  rows.append(ar_stage("search_dropped", model, ids))
+  timed_search(model.compiled.get(statics, args), args, "reloaded")
+  rows.append(ar_stage("search_reloaded", model, ids))
+  model.compiled.discard(knapsack.SearchStatics)
+  gc.collect()
+  rows.append(ar_stage("search_dropped2", model, ids))
+  try:
+    exe = compile_cache.jit_program(statics).lower(*args).compile(
+        compiler_options={"xla_gpu_enable_command_buffer": ""})
+  except Exception as e:  # noqa: BLE001 an option this jaxlib refuses: say so, go on
+    print(f"  no search without graphs: {type(e).__name__}: {str(e)[:300]}", flush=True)
+    return rows
+  timed_search(exe, args, "no CUDA graphs")
+  rows.append(ar_stage("search_no_graphs", model, ids))
+  del exe
+  gc.collect()
+  rows.append(ar_stage("search_no_graphs_dropped", model, ids))
+  return rows
+
+
 def random_model(name: str) -> Model:
   """SHAPES[name] with random weights, as load_model would set it up on this device."""
   attention = api.default_attention(_DTYPE.value)
@@ -290,7 +359,9 @@ def stages(argv):
   print(f"{model.name} {model.dtype} on {jax.devices()[0].device_kind}; {len(ids)} prompt tokens,"
         f" {_NEW.value} new, {_REPEATS.value} AR runs per stage", flush=True)
   rows = [ar_stage("fresh", model, ids)]
-  if not _CHILD.value:
+  if _SEARCH_BISECT.value and not _CHILD.value:
+    rows += search_stages(model, ids)
+  elif not _CHILD.value:
     time.sleep(_IDLE_S.value)
     rows.append(ar_stage("idle", model, ids))
     big = jax.block_until_ready(jnp.zeros((int(_ALLOC_GB.value * 2**30) // 4,), jnp.float32))
