@@ -512,11 +512,14 @@ class CompileCache:
     key: their shape_key, computed once by a caller that asks about many programs."""
     return (prog, shape_key(args) if key is None else key) in self._compiled
 
-  def discard(self, kind: type) -> int:
-    """Drops every compiled program whose statics are of class `kind` (its executables go with
-    their last reference); the next `get` loads or compiles it again. Returns how many."""
+  def discard(self, what) -> int:
+    """Drops the compiled programs of `what`: a statics object (every argument shape it was
+    compiled for) or a statics class (all of its programs). Their executables go with their
+    last reference; the next `get` loads or compiles them again. Returns how many."""
+    match = ((lambda prog: type(prog) is what) if isinstance(what, type)
+             else (lambda prog: prog == what))
     with self._lock:
-      keys = [k for k in self._compiled if type(k[0]) is kind]
+      keys = [k for k in self._compiled if match(k[0])]
       for k in keys:
         del self._compiled[k]
       return len(keys)

@@ -98,6 +98,9 @@ _SEARCH_BISECT = flags.DEFINE_bool(
     "search_bisect", False, "Only the stages that split the knapsack search's effect "
     "(search_stages): its prefill, its run, its executable dropped and loaded again, and one "
     "compiled without CUDA graphs. No other methods run.")
+_METHOD_OPTIONS = flags.DEFINE_list(
+    "method_options", [], "Options of the --others methods, METHOD.FIELD=VALUE (JSON values), "
+    "e.g. knapspec.release_search=true.")
 _LOG_PATTERNS = flags.DEFINE_list(
     "xla_log_patterns", [], "Count the lines of the process's stderr holding each of these "
     "strings during each stage's AR runs (stderr then goes to a file; run with XLA's logging on, "
@@ -249,13 +252,33 @@ def bisect_stages(model, ids) -> list[dict]:
   return rows
 
 
+def program_facts(exe) -> str:
+  """A compiled program's memory (XLA's memory analysis) and its kernels' custom calls."""
+  facts = []
+  try:
+    m = exe.memory_analysis()
+    facts.append(f"temp {m.temp_size_in_bytes / 2**20:.0f} MiB, generated code "
+                 f"{m.generated_code_size_in_bytes / 2**20:.1f} MiB, arguments "
+                 f"{m.argument_size_in_bytes / 2**20:.0f} MiB, output "
+                 f"{m.output_size_in_bytes / 2**20:.0f} MiB")
+  except Exception as e:  # noqa: BLE001 a backend without it
+    facts.append(f"no memory analysis ({type(e).__name__})")
+  try:
+    targets = re.findall(r'custom_call_target="([^"]+)"', exe.as_text())
+    facts.append("custom calls " + str({t: targets.count(t) for t in sorted(set(targets))}))
+  except Exception as e:  # noqa: BLE001
+    facts.append(f"no HLO text ({type(e).__name__})")
+  return "; ".join(facts)
+
+
 def search_stages(model, ids) -> list[dict]:
   """AR after each part of KnapSpec's search (session 16: on the H200 the `search` stage of
   bisect_stages is where AR slows, 629 -> 574 tok/s, and a new CompileCache makes it fast
   again):
 
   prefill          the prompt's state made as the search's caller makes it (prefill, no search)
-  search           the search compiled and run once (from model.compiled)
+  search_compiled  the search compiled (or loaded from the executable store), not run
+  search           then run
   search_dropped   its executable dropped from the compile cache (CompileCache.discard), gc
   search_reloaded  the search run again: loaded anew (executable store) or compiled
   search_dropped2  dropped again
@@ -290,7 +313,11 @@ def search_stages(model, ids) -> list[dict]:
           jnp.asarray(1, jnp.int32))
   attn_len = decoding.attn_bucket(len(ids), cache.capacity)
   statics = knapsack.SearchStatics.of(cfg, attn_len)
-  timed_search(model.compiled.get(statics, args), args, "default")
+  exe = model.compiled.get(statics, args)
+  rows.append(ar_stage("search_compiled", model, ids))
+  print(f"  the search's program: {program_facts(exe)}", flush=True)
+  timed_search(exe, args, "default")
+  del exe
   rows.append(ar_stage("search", model, ids))
   print(f"  dropped {model.compiled.discard(knapsack.SearchStatics)} search program(s)")
   gc.collect()
@@ -369,8 +396,14 @@ def stages(argv):
     rows.append(ar_stage("alloc", model, ids))
     if _BISECT.value:
       rows += bisect_stages(model, ids)
+    options: dict = {}
+    for item in _METHOD_OPTIONS.value:
+      key, _, value = item.partition("=")
+      method, _, field = key.partition(".")
+      options.setdefault(method, {})[field] = json.loads(value)
     for method in _OTHERS.value:
-      r = ks.generate(model, ids, _NEW.value, method, ignore_eos=True)
+      r = ks.generate(model, ids, _NEW.value, method, ignore_eos=True,
+                      **options.get(method, {}))
       print(f"  ran {method}: {r.tokens_per_s:.1f} tok/s, compile {r.compile_s:.1f} s",
             flush=True)
       rows.append(ar_stage(f"after_{method}", model, ids))
