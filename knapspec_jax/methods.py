@@ -225,11 +225,6 @@ class KnapSpecConfig:
     556-561, a 22-token plain tail at 540), while on the documents the kept drafts' judged
     windows ran 1.06-1.13x AR at every bucket but one (1.01x; experiments/judged_windows.py).
     0: parity keeps a draft (until session 14).
-  release_search: drop the search's compiled program once a search has run (CompileCache.discard;
-    the next search at that bucket loads it from the executable store, or compiles it). On the
-    H200 a search program that has run slows every other program of the process while it lives:
-    AR on random Qwen2.5-1.5B weights ran 627 tok/s, 569 after one search, 629 once the search's
-    executable was dropped, 568 after it was loaded and run again (BENCHMARKS.md 10.20).
   search_new_buckets: (keep) a draft kept at a bucket below is borrowed at a new bucket only
     after one search there (within explore_budget) found nothing predicted faster than it by
     `margin`; a draft that is, is kept for the bucket (compiled by the next warm-up), and this
@@ -264,7 +259,6 @@ class KnapSpecConfig:
   judge_windows: int = 2
   keep_margin: float = 0.02
   search_new_buckets: bool = False
-  release_search: bool = False
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -283,7 +277,7 @@ class KnapSpecConfig:
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
-                 "exit_model", "search_new_buckets", "release_search"):
+                 "exit_model", "search_new_buckets"):
       _check_bool(name, getattr(self, name))
     _check_bool("background_compile", self.background_compile, none_ok=True)
     if self.search_chunk is not None:
@@ -587,8 +581,6 @@ class KnapSpecPolicy:
                              w_mlp, model.compiled, **self.search_static(search_len))
     found = knapsack.candidates(result)
     spent = time.perf_counter() - start - (model.compiled.stats.waited_s - compile_before)
-    if self.config.release_search:
-      model.compiled.discard(knapsack.SearchStatics.of(cfg, **self.search_static(search_len)))
     model.search_times[search_len] = spent
     exit_rates = lambda c: (selection.exit_rates(c.agree, c.top1_prob, self.threshold)
                             if self.config.exit_model else None)

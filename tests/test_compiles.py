@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import knapspec_jax as ks
-from knapspec_jax import api, decoding, latency, speculative
+from knapspec_jax import api, decoding, knapsack, latency, speculative
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.skip_mask import SkipMask
@@ -147,3 +147,26 @@ def test_decode_programs_run_once_at_compile_on_zeros_leaving_the_callers_state(
   out, counters = spec(*args)
   assert int(counters.rounds) > 0
   assert np.asarray(out.out[:int(out.n_out)]).tolist() == expected
+
+
+def test_discard_drops_one_program_or_a_kind_and_get_builds_it_again(tiny_models):
+  """CompileCache.discard: a statics object drops that program (every shape it was compiled
+  for), a statics class every program of that class; other programs stay, and `get` builds a
+  dropped program again (a new executable) that computes what the first one did."""
+  model = tiny_models["llama3_rope"].jax
+  compiled = CompileCache()
+  cache = KVCache.create(model.cfg)
+  ids = np.arange(5, 25, dtype=np.int32)
+  progs = [knapsack.SearchStatics.of(model.cfg, 256, max_weight=4),
+           knapsack.SearchStatics.of(model.cfg, 512, max_weight=4),
+           knapsack.ExitAgreementStatics(model.cfg, 256)]
+  args = (model.params, cache, ids[-4:], np.int32(16), np.int32(1), np.int32(1))
+  first = [compiled.get(p, args if i < 2 else args[:4]) for i, p in enumerate(progs)]
+  want = jax.device_get(first[0](*args).skip_bits)
+  assert compiled.discard(progs[0]) == 1
+  assert set(compiled.programs()) == set(progs[1:])
+  again = compiled.get(progs[0], args)
+  assert again is not first[0]
+  np.testing.assert_array_equal(jax.device_get(again(*args).skip_bits), want)
+  assert compiled.discard(knapsack.SearchStatics) == 2
+  assert compiled.programs() == [progs[2]]

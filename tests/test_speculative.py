@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
-from knapspec_jax import api, datasets, decoding, knapsack, methods, selection
+from knapspec_jax import api, datasets, decoding, methods, selection
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 
@@ -829,22 +829,3 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
   assert high not in model.search_times, reasons
   assert any(r.startswith(f"kept (chosen at context {own.context}") for r in reasons), reasons
 
-
-def test_release_search_drops_the_search_program_it_ran(tiny_models, with_profile):
-  """release_search: once a search has run, its program (that bucket's SearchStatics) is gone
-  from the model's compile cache, while without the option it stays; programs of other kinds
-  (AR's, the drafts') stay either way, and the output is AR's."""
-  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
-  ids = np.arange(5, 45) % model.cfg.vocab_size
-  want = ar(model, ids, 24)
-  for release in (False, True):
-    model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
-    model.compiled.discard(knapsack.SearchStatics)
-    got = api.generate(model, ids, 24, method="knapspec", ignore_eos=True,
-                       config=ks.KnapSpecConfig(**(KEEP_TEST | dict(release_search=release))))
-    assert got.output_ids == want
-    assert model.search_times, "no search ran"
-    searched = set(model.search_times)
-    left = {p.attn_len for p in model.compiled.programs() if isinstance(p, knapsack.SearchStatics)}
-    assert (not searched & left) == release, (release, searched, left)
-    assert any(not isinstance(p, knapsack.SearchStatics) for p in model.compiled.programs())

@@ -101,6 +101,11 @@ _SEARCH_BISECT = flags.DEFINE_bool(
 _METHOD_OPTIONS = flags.DEFINE_list(
     "method_options", [], "Options of the --others methods, METHOD.FIELD=VALUE (JSON values), "
     "e.g. knapspec.release_search=true.")
+_TRACE_TOKENS = flags.DEFINE_integer(
+    "trace_tokens", 0, "After each stage's timed runs, one more AR generation of this many "
+    "tokens under jax.profiler.trace, summarized (device_trace_summary): the device's busy time "
+    "against the wall span, and the kernels that took it. Whether a slow stage's kernels run "
+    "slower, or the device waits between them. 0: no trace.")
 _LOG_PATTERNS = flags.DEFINE_list(
     "xla_log_patterns", [], "Count the lines of the process's stderr holding each of these "
     "strings during each stage's AR runs (stderr then goes to a file; run with XLA's logging on, "
@@ -157,6 +162,56 @@ class StderrLog:
 _LOG: list = []  # the StderrLog, when --xla_log_patterns is given
 
 
+def device_trace_summary(path: str, top: int = 6) -> dict:
+  """From a jax.profiler trace (its .xplane.pb): on each device plane, the events of every line
+  (kernels and copies on each stream) as counts, summed durations, the busy time (their union)
+  and the span from the first start to the last end, and the `top` event names by summed time.
+  {} where the trace has no device plane (a CPU run)."""
+  data = jax.profiler.ProfileData.from_file(path)
+  out = {}
+  for plane in data.planes:
+    if not plane.name.startswith("/device:"):
+      continue
+    spans, per_name = [], {}
+    for line in plane.lines:
+      for event in line.events:
+        if event.duration_ns <= 0:
+          continue
+        spans.append((event.start_ns, event.start_ns + event.duration_ns))
+        per_name[event.name] = per_name.get(event.name, 0.0) + event.duration_ns
+    if not spans:
+      continue
+    spans.sort()
+    busy, (start, end) = 0.0, spans[0]
+    for s, e in spans[1:]:
+      if s > end:
+        busy, start, end = busy + end - start, s, e
+      else:
+        end = max(end, e)
+    busy += end - start
+    span = max(e for _, e in spans) - spans[0][0]
+    names = sorted(per_name.items(), key=lambda kv: -kv[1])[:top]
+    out[plane.name] = dict(events=len(spans), summed_ms=sum(per_name.values()) / 1e6,
+                           busy_ms=busy / 1e6, span_ms=span / 1e6,
+                           busy_fraction=busy / span if span else 0.0,
+                           top={n[:80]: round(t / 1e6, 3) for n, t in names})
+  return out
+
+
+def traced_ar(model, ids, tokens: int) -> dict:
+  """One AR generation of `tokens` under the profiler, summarized per token."""
+  with tempfile.TemporaryDirectory(prefix="ar_trace_") as folder:
+    with jax.profiler.trace(folder):
+      r = ks.generate(model, ids, tokens, "ar", ignore_eos=True)
+    files = sorted(pathlib.Path(folder).rglob("*.xplane.pb"))
+    summary = device_trace_summary(str(files[-1])) if files else {}
+  for plane in summary.values():
+    plane["busy_us_per_token"] = round(1e3 * plane["busy_ms"] / tokens, 2)
+    plane["span_us_per_token"] = round(1e3 * plane["span_ms"] / tokens, 2)
+    plane["events_per_token"] = round(plane["events"] / tokens, 1)
+  return dict(tokens_per_s=r.tokens_per_s, devices=summary)
+
+
 def ar_stage(name: str, model, ids) -> dict:
   """AR's tokens/s over --repeats generations (compiled already), with the process's state."""
   if _LOG:
@@ -171,6 +226,12 @@ def ar_stage(name: str, model, ids) -> dict:
              programs=len(model.compiled))
   if _LOG:
     row["xla_log_lines"] = _LOG[0].counts()
+  if _TRACE_TOKENS.value:
+    row["trace"] = traced_ar(model, ids, _TRACE_TOKENS.value)
+    for plane, t in row["trace"]["devices"].items():
+      print(f"  {name} trace {plane}: busy {t['busy_us_per_token']} us/token of "
+            f"{t['span_us_per_token']} ({t['busy_fraction']:.1%}), {t['events_per_token']} "
+            f"events/token; top {t['top']}", flush=True)
   print(f"{name:11s} AR {row['median']:7.1f} tok/s (runs {', '.join(f'{s:.1f}' for s in speeds)})"
         f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  threads {row['threads']}"
         f"  gc objects {row['gc_objects']}"
@@ -282,6 +343,10 @@ def search_stages(model, ids) -> list[dict]:
   search_dropped   its executable dropped from the compile cache (CompileCache.discard), gc
   search_reloaded  the search run again: loaded anew (executable store) or compiled
   search_dropped2  dropped again
+  search_loaded    the search loaded from the executable store and not run (as a warm-up's
+                   compile_search leaves every bucket's search), then dropped (session 16: a
+                   KnapSpec generation that dropped the one search it ran still left AR at 570
+                   tok/s, with another bucket's search loaded at warm-up and never run alive)
   search_no_graphs the search compiled with XLA's command buffers (CUDA graphs) off for this one
                    program (compiler_options) and run: whether its graphs carry the slowdown
   search_no_graphs_dropped  that executable dropped too
@@ -327,6 +392,12 @@ def search_stages(model, ids) -> list[dict]:
   model.compiled.discard(knapsack.SearchStatics)
   gc.collect()
   rows.append(ar_stage("search_dropped2", model, ids))
+  if compile_cache.executable_store_dir() is not None:  # loaded (deserialized), never run
+    model.compiled.get(statics, args)
+    rows.append(ar_stage("search_loaded", model, ids))
+    model.compiled.discard(knapsack.SearchStatics)
+    gc.collect()
+    rows.append(ar_stage("search_loaded_dropped", model, ids))
   try:
     exe = compile_cache.jit_program(statics).lower(*args).compile(
         compiler_options={"xla_gpu_enable_command_buffer": ""})
