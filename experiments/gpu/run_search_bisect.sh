@@ -4,7 +4,9 @@
 # of the process (BENCHMARKS.md 10.20). same_process_slowdown.py --search_bisect on random
 # weights of the Qwen2.5-1.5B shape: the search compiled, run, dropped, loaded from the
 # executable store and run, loaded and not run, compiled without CUDA graphs; then one KnapSpec
-# generation and AR after it. Each stage also traces one 256-token AR generation (jax.profiler): the device busy time per token against the wall span, and its top kernels. About 4 minutes. -> $OUT/search_bisect.json, $OUT/after_knapspec.json
+# generation and AR after it. Each search stage also traces one 256-token AR generation
+# (jax.profiler): the device's busy time per token against the wall span, and its top kernels.
+# About 4 minutes. -> $OUT/search_bisect.json, $OUT/after_knapspec.json
 set -uo pipefail
 : "${OUT:?set OUT to the folder whose contents come back}"
 source experiments/gpu/env.sh
