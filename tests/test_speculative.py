@@ -829,3 +829,33 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
   assert high not in model.search_times, reasons
   assert any(r.startswith(f"kept (chosen at context {own.context}") for r in reasons), reasons
 
+
+
+@pytest.mark.parametrize("search_new_buckets", [False, True])
+def test_a_buckets_own_draft_that_fails_hands_the_bucket_back_to_the_draft_below(
+    tiny_models, with_profile, search_new_buckets):
+  """With search_new_buckets, a bucket's own draft whose windows measure slower than AR is
+  dropped and the draft kept below serves the bucket again (no search there: its gain is 0);
+  without it the bucket decodes plainly (its entry None), as before."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  config = ks.KnapSpecConfig(judge_windows=1, search_new_buckets=search_new_buckets)
+  policy = methods.KnapSpecPolicy(model, model.profile, config)
+  below_skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  own_skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
+  low, context = decoding.attn_bucket(100, capacity), 300
+  high = decoding.attn_bucket(context, capacity)
+  model.kept_drafts.clear(), model.search_gains.clear()
+  model.kept_drafts[low] = methods.KeptDraft(below_skip, 2, 0.9, 100)
+  model.kept_drafts[high] = methods.KeptDraft(own_skip, 3, 0.9, context)
+  decision = selection.Decision(own_skip, 3, 0.9, 110.0, 100.0, 110.0, context, "kept")
+  slow = dict(ar_tokens_while_compiling=0, rounds=64, tokens=100, predicted_s=1.0,
+              measured_tokens_per_s=50.0)
+  policy.observe(decision, slow, capacity)
+  assert model.search_gains[high] == 0.0
+  if search_new_buckets:
+    assert high not in model.kept_drafts
+    assert policy.kept(capacity, context) == model.kept_drafts[low]
+  else:
+    assert model.kept_drafts[high] is None and policy.kept(capacity, context) is None
+  model.kept_drafts.clear(), model.search_gains.clear()
