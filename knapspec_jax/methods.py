@@ -228,11 +228,14 @@ class KnapSpecConfig:
   search_new_buckets: (keep) a draft kept at a bucket below is borrowed at a new bucket only
     after one search there (within explore_budget) found nothing predicted faster than it by
     `margin`; a draft that is, is kept for the bucket (compiled by the next warm-up), and this
-    generation decodes plainly up to a kept draft ahead. False: a kept draft serves every bucket
-    above it unsearched. On the H200 (Qwen2.5-Coder-1.5B, BENCHMARKS.md 10.19) the draft chosen
-    at 2K served 8K-28K at 1.11-1.15x AR, and at 16K its skip set tops out at 1.10x at the
-    acceptance its windows measured (experiments/draft_headroom.py): attention costs more there,
-    and a search at 16K weighs it so.
+    generation decodes plainly up to a kept draft ahead; a bucket's own draft that loses hands
+    the bucket back to the draft below. False: a kept draft serves every bucket above it
+    unsearched. On the H200 (Qwen2.5-Coder-1.5B, 1024 new tokens) without it the draft chosen at
+    2K (8 + 8 sublayers, gamma 2) served the 2K-28K documents at 1.128 / 1.108 / 1.108 / 1.146x AR
+    (BENCHMARKS.md 10.19); with it the 3K bucket's search found 9 + 10 at gamma 9, which served
+    them at 1.167 / 1.083 / 1.090 / 1.287x (10.20), while the searches at 8K-28K put their own
+    best under the borrowed draft. Off by default until Spec-Bench is measured with it; on
+    SmolLM2 it never acts (no draft is kept).
   """
 
   interval: int = 64
@@ -496,8 +499,9 @@ class KnapSpecPolicy:
                                        borrowed.gamma, borrowed.exit)
     best = selection.select(cands, p, attn_len, n, c.gamma_max, self.draft_margin())
     self.model.search_gains[bucket] = max(0.0, 1.0 - ar_tpt / max(best.best_tpt, borrowed_tpt))
-    versus = (f"the draft borrowed from context {borrowed.context} ({len(borrowed.skip.attn_skipped)}"
-              f" attn + {len(borrowed.skip.mlp_skipped)} MLP, gamma {borrowed.gamma}) predicts "
+    skip = borrowed.skip
+    versus = (f"the draft borrowed from context {borrowed.context} ({len(skip.attn_skipped)} "
+              f"attn + {len(skip.mlp_skipped)} MLP, gamma {borrowed.gamma}) predicts "
               f"{borrowed_tpt / ar_tpt:.2f}x AR")
     if not (best.drafts and best.predicted_tpt > (1 + c.margin) * borrowed_tpt
             and (best.skip, best.gamma) != (borrowed.skip, borrowed.gamma)):
@@ -550,16 +554,15 @@ class KnapSpecPolicy:
     kept = self.kept(capacity, n)
     bucket = attn_bucket(n, capacity)
     borrowed = None  # search_new_buckets: the draft below, searched against once here
-    if (kept is not None and self.config.search_new_buckets and bucket not in self.model.kept_drafts
-        and bucket not in self.model.search_gains
-        and self.would_search(n + max(r - ctx.n_out, 0), ctx.remaining - max(r - ctx.n_out, 0),
-                              capacity)):
+    missing = max(r - ctx.n_out, 0)
+    if (kept is not None and self.config.search_new_buckets
+        and bucket not in self.model.kept_drafts and bucket not in self.model.search_gains
+        and self.would_search(n + missing, ctx.remaining - missing, capacity)):
       borrowed, kept = kept, None
     if kept is not None:  # no search: the draft is chosen already
       return self.decide_kept(kept, state, ctx, n, attn_len)
     # The search scores drafts on generated tokens: collect r of them first, unless no search
     # will be affordable by then, in which case decode plainly to the end in one go.
-    missing = max(r - ctx.n_out, 0)
     if missing and self.would_search(n + missing, ctx.remaining - missing, capacity):
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"collecting {missing} generated tokens for the search", ar_tokens=missing)
