@@ -357,6 +357,11 @@ class KnapSpecPolicy:
     statics = speculative.segment_program(cfg, skip, gamma, attn_bucket(n + gamma + 1, capacity))
     return self.model.compiled.contains(statics, key=self.segment_key)
 
+  def compiled_draft(self, state, skip: SkipMask, gamma: int, n: int) -> bool:
+    """Whether (skip, gamma) can draft at context n without a compile: used already by this
+    policy, or its segment program in the compile cache (segment_compiled)."""
+    return (skip, gamma) in self.used or self.segment_compiled(state, skip, gamma, n)
+
   def search_static(self, attn_len: int) -> dict:
     chunk = self.config.search_chunk or knapsack.default_chunk(self.model.cfg.n_layers,
                                                                self.config.max_weight)
@@ -472,9 +477,10 @@ class KnapSpecPolicy:
       if bucket in self.model.kept_drafts:
         self.model.search_gains[bucket] = 0.0
       own = self.model.kept_drafts.get(bucket)
-      below = self.kept(capacity, bucket_start(bucket) - 1) if bucket_start(bucket) > 1 else None
-      if (self.config.search_new_buckets and own is not None and below is not None
-          and (below.skip, below.gamma) != (own.skip, own.gamma)):
+      below = (self.kept(capacity, bucket_start(bucket) - 1)
+               if self.config.search_new_buckets and own is not None and bucket_start(bucket) > 1
+               else None)
+      if below is not None and (below.skip, below.gamma) != (own.skip, own.gamma):
         # The bucket's own draft (search_new_buckets) lost: the draft below serves it again,
         # judged here by its own windows; the gain of 0 keeps a search from running here again.
         del self.model.kept_drafts[bucket]
@@ -510,8 +516,7 @@ class KnapSpecPolicy:
                                  f"{decision.reason}")
     self.model.kept_drafts[bucket] = KeptDraft(best.skip, best.gamma, best.alpha, n,
                                                exit=best.exit)
-    if (best.skip, best.gamma) in self.used or self.segment_compiled(state, best.skip, best.gamma,
-                                                                      n):
+    if self.compiled_draft(state, best.skip, best.gamma, n):
       self.used.add((best.skip, best.gamma))
       rounds = self.trial_window(None)
       return dataclasses.replace(best, rounds=rounds, reason=f"{best.reason}, over {versus}" + (
@@ -527,8 +532,7 @@ class KnapSpecPolicy:
     measured it; plainly (to the end, or to a kept draft ahead) while its program is not
     compiled, which the next warm-up does."""
     t_ar = self.profile.t_step(None, attn_len)
-    if not (self.background or (kept.skip, kept.gamma) in self.used
-            or self.segment_compiled(state, kept.skip, kept.gamma, n)):
+    if not (self.background or self.compiled_draft(state, kept.skip, kept.gamma, n)):
       return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"kept draft (chosen at context {kept.context}) not compiled: the next "
                       f"warm-up compiles it", ar_tokens=self.plain_tokens(
@@ -567,7 +571,7 @@ class KnapSpecPolicy:
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"collecting {missing} generated tokens for the search", ar_tokens=missing)
     if missing or not self.would_search(n, ctx.remaining, capacity):
-      cost = self.search_cost(attn_bucket(n, capacity))
+      cost = self.search_cost(bucket)
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"no search: it would cost {cost:.3f} s, over "
                       f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left",
@@ -579,12 +583,11 @@ class KnapSpecPolicy:
     self.explored = True
     compile_before = model.compiled.stats.waited_s
     start = time.perf_counter()
-    search_len = attn_bucket(n, capacity)
     result = knapsack.search(model.params, cfg, state.cache, ctx.tokens[n - r:], n - r, w_attn,
-                             w_mlp, model.compiled, **self.search_static(search_len))
+                             w_mlp, model.compiled, **self.search_static(bucket))
     found = knapsack.candidates(result)
     spent = time.perf_counter() - start - (model.compiled.stats.waited_s - compile_before)
-    model.search_times[search_len] = spent
+    model.search_times[bucket] = spent
     exit_rates = lambda c: (selection.exit_rates(c.agree, c.top1_prob, self.threshold)
                             if self.config.exit_model else None)
     cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine,
@@ -598,27 +601,26 @@ class KnapSpecPolicy:
     decision = selection.select(
         cands, p, attn_len, n, self.config.gamma_max, self.draft_margin(),
         compile_cost_s=compile_cost, window_tokens=horizon,
-        is_compiled=lambda skip, gamma: ((skip, gamma) in self.used
-                                         or self.segment_compiled(state, skip, gamma, n)))
+        is_compiled=lambda skip, gamma: self.compiled_draft(state, skip, gamma, n))
     if not decision.drafts and compile_cost > 0 and self.config.keep:
       unpaid = selection.select(cands, p, attn_len, n, self.config.gamma_max,
                                 self.draft_margin())
       if unpaid.drafts:  # pays once compiled: keep it for the next generation's warm-up
-        model.kept_drafts[search_len] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
-                                                  exit=unpaid.exit)
-        model.search_gains[search_len] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
+        model.kept_drafts[bucket] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
+                                              exit=unpaid.exit)
+        model.search_gains[bucket] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
         return dataclasses.replace(  # plain decoding (to the end, or to a kept draft)
             decision, ar_tokens=self.plain_tokens(n, ctx.remaining, capacity),
             reason=f"kept for the next warm-up to compile ({unpaid.reason}; its "
                    f"{compile_cost:.1f} s compile does not pay in {horizon} tokens)")
     # What this search predicts a draft saves here: the budget of the next searches here.
-    model.search_gains[search_len] = max(0.0, 1.0 - decision.ar_tpt / decision.best_tpt
-                                         if decision.best_tpt > 0 else 0.0)
+    model.search_gains[bucket] = max(0.0, 1.0 - decision.ar_tpt / decision.best_tpt
+                                     if decision.best_tpt > 0 else 0.0)
     if decision.drafts:
       self.used.add((decision.skip, decision.gamma))
       if self.config.keep:
-        model.kept_drafts[search_len] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                  n, exit=decision.exit)
+        model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
+                                              n, exit=decision.exit)
         rounds = self.trial_window(None)
         if rounds:
           decision = dataclasses.replace(decision, rounds=rounds,
