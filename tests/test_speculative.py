@@ -806,13 +806,13 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
     got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True,
                        config=ks.KnapSpecConfig(**(options | extra)))
     assert got.output_ids == want
-    return [d["reason"] for d in got.stats["decisions"] if d["context"] > bucket_end], got
+    return [d["reason"] for d in got.stats["decisions"] if d["context"] > bucket_end]
 
   bucket_end = decoding.bucket_start(high) - 1
   for flag in (False, True):
     model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
     model.kept_drafts[low] = borrowed
-    reasons, _ = run(search_new_buckets=flag)
+    reasons = run(search_new_buckets=flag)
     assert (high in model.search_times) == flag, (flag, reasons)
     if not flag:
       assert reasons and all(r.startswith("kept (chosen at context") for r in reasons), reasons
@@ -825,10 +825,9 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
   assert own is not None and own.context > bucket_end
   assert (own.skip, own.gamma) != (borrowed.skip, borrowed.gamma)
   model.search_times.clear()
-  reasons, _ = run(search_new_buckets=True)  # its warm-up compiled the bucket's own draft
+  reasons = run(search_new_buckets=True)  # its warm-up compiled the bucket's own draft
   assert high not in model.search_times, reasons
   assert any(r.startswith(f"kept (chosen at context {own.context}") for r in reasons), reasons
-
 
 
 @pytest.mark.parametrize("search_new_buckets", [False, True])

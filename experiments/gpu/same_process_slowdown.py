@@ -240,6 +240,13 @@ def ar_stage(name: str, model, ids) -> dict:
   return row
 
 
+def prompt_state(model, ids):
+  """The decode state after the prompt's prefill, as a method's caller makes it."""
+  cache = KVCache.create(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
+  logits, cache = decoding.prefill(model.params, model.cfg, ids, cache, model.compiled)
+  return decoding.init_state(cache, logits, _NEW.value, ())
+
+
 def bisect_stages(model, ids) -> list[dict]:
   """AR after each step a speculative method takes, in turn, each step's own program (a draft
   skipping 8 attention and 8 MLP sublayers, as KnapSpec's kept draft on Qwen does):
@@ -291,21 +298,18 @@ def bisect_stages(model, ids) -> list[dict]:
   jax.block_until_ready(model.compiled.get(seg, seg_args)(*seg_args))
   rows.append(ar_stage("spec_segment", model, ids))
 
-  def prompt_state():
-    cache = KVCache.create(cfg, dtype, sharding=model.cache_sharding)
-    logits, cache = decoding.prefill(model.params, cfg, ids, cache, model.compiled)
-    return decoding.init_state(cache, logits, _NEW.value, ())
-
   r = 16
-  jax.block_until_ready(knapsack.search(model.params, cfg, prompt_state().cache, ids[-r:],
-                                        len(ids) - r, 1, 1, model.compiled))
+  cache = prompt_state(model, ids).cache
+  jax.block_until_ready(knapsack.search(model.params, cfg, cache, ids[-r:], len(ids) - r, 1, 1,
+                                        model.compiled))
   rows.append(ar_stage("search", model, ids))
-  s = decoding.run_ar(model.params, cfg, prompt_state(), model.compiled, max_tokens=16)
+  s = decoding.run_ar(model.params, cfg, prompt_state(model, ids), model.compiled,
+                      max_tokens=16)
   jax.block_until_ready(decoding.run_ar(model.params, cfg, s, model.compiled))
   rows.append(ar_stage("plain_window", model, ids))
   at = decoding.attn_bucket(len(ids) + 32, KVCache.capacity_for(cfg))
   seg_at = speculative.SpecSegmentStatics(cfg, mask(8), 2, at)
-  args = (model.params, prompt_state(), speculative.SpecCounters.zeros(),
+  args = (model.params, prompt_state(model, ids), speculative.SpecCounters.zeros(),
           jnp.asarray(8, jnp.int32), jnp.asarray(0.0, jnp.float32))
   s, _ = model.compiled.get(seg_at, args)(*args)
   jax.block_until_ready(decoding.run_ar(model.params, cfg, s, model.compiled))
@@ -358,13 +362,7 @@ def search_stages(model, ids) -> list[dict]:
   search_no_graphs_dropped  that executable dropped too
   The search's own time is printed for each way it was compiled."""
   cfg = model.cfg
-  dtype = jnp.bfloat16 if model.dtype == "bfloat16" else jnp.float32
   r = 16
-
-  def prompt_cache():
-    cache = KVCache.create(cfg, dtype, sharding=model.cache_sharding)
-    _, cache = decoding.prefill(model.params, cfg, ids, cache, model.compiled)
-    return cache
 
   def timed_search(fn, args, label):
     jax.block_until_ready(fn(*args))
@@ -377,7 +375,7 @@ def search_stages(model, ids) -> list[dict]:
           flush=True)
 
   rows = []
-  cache = jax.block_until_ready(prompt_cache())
+  cache = jax.block_until_ready(prompt_state(model, ids).cache)
   rows.append(ar_stage("prefill", model, ids))
   args = (model.params, cache, jnp.asarray(ids[-r:], jnp.int32),
           jnp.asarray(len(ids) - r, jnp.int32), jnp.asarray(1, jnp.int32),
