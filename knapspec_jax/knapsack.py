@@ -32,7 +32,9 @@ Layout of the compiled program:
 Weights and p0 are arrays, so re-running the search as the context grows never recompiles;
 only R, the attention bucket and the table size are static.
 
-Also here, on the same machinery: `exit_agreement`, DEL's per-exit-layer top-1 agreement.
+Also here, on the same machinery: `exit_agreement`, DEL's per-exit-layer top-1 agreement, and
+`mask_agreement`, one given skip set's per-token agreement and confidence (a candidate's
+statistics for a skip set the DP did not produce).
 Costs on the 2-core CPU (SmolLM2-135M f32, experiments/time_knapsack.py): R = 8 at a 6K
 prefix, 0.9 s with weights (1, 1) and 2 s with (5, 1); the prefix attention of the live states
 is about half of it, the stacking copies (weights unless pre-stacked, cached prefix) ~0.35 s.
@@ -394,6 +396,34 @@ def exit_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0,
   return jnp.mean(top1 == top1[-1], axis=-1, dtype=jnp.float32)
 
 
+def mask_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0, skip_bits, *,
+                           cfg: ModelConfig, attn_len: int):
+  """A given skip set scored on the R tokens as the search scores its candidates (device): per
+  token, whether the draft's top-1 matches the full model's, and the draft's top-1 probability.
+
+  skip_bits: bool [2L] in SkipMask's item order, an array, so one program per bucket scores
+  every skip set (KnapSpecConfig.search_new_buckets scores a draft kept at a lower bucket on the
+  tokens of the search at a new one). Returns (agree bool [R], top1_prob float32 [R]).
+  """
+  shared = _branches(params, cache, tokens, p0, cfg, attn_len)
+  bits = jnp.asarray(skip_bits, bool).reshape(cfg.n_layers, 2)
+
+  def layer(x, xs):  # x [2, R, D]: the full model, then the draft
+    lp, pk, pv, (skip_attn, skip_mlp) = xs
+    attend = lambda q, k, v: _branch_attend(cfg, q, k, v, pk, pv, p0)
+    for skipped, sublayer in ((skip_attn, lambda x: model_lib.attention_sublayer(
+        lp, cfg, x, shared.cos, shared.sin, attend)), (skip_mlp, lambda x: model_lib.mlp_sublayer(
+            lp, cfg, x))):
+      y = sublayer(x)
+      x = y.at[1].set(jnp.where(skipped, x[1], y[1]))
+    return x, None
+
+  x, _ = jax.lax.scan(layer, jnp.broadcast_to(shared.x0, (2,) + shared.x0.shape),
+                      (shared.layers, shared.prefix_k, shared.prefix_v, (bits[:, 0], bits[:, 1])))
+  top1, prob = _top1_prob(params, cfg, x)  # [2, R] each
+  return top1[1] == top1[0], prob[1]
+
+
 # ---------------------------------------------------------------------------------- host side
 
 @compile_cache.program
@@ -441,21 +471,41 @@ class ExitAgreementStatics:
                                   attn_len=self.attn_len)
 
 
+@compile_cache.program
+@dataclasses.dataclass(frozen=True)
+class MaskAgreementStatics:
+  """mask_agreement_program's static settings: one program per bucket for every skip set."""
+
+  cfg: ModelConfig
+  attn_len: int
+  donate_argnums = ()
+
+  def run(self, params, cache, tokens, p0, skip_bits):
+    return mask_agreement_program(params, cache, tokens, p0, skip_bits, cfg=self.cfg,
+                                  attn_len=self.attn_len)
+
+
 def _search_args(params, cache, tokens, p0, w_attn, w_mlp):
   scalar = lambda a: jnp.asarray(a, jnp.int32)
   return (params, cache, jnp.asarray(tokens, jnp.int32), scalar(p0), scalar(w_attn),
           scalar(w_mlp))
 
 
+def _abstract_inputs(params: model_lib.Params, cfg: ModelConfig, r: int) -> tuple:
+  """(params, cache, tokens, p0) as the programs here take them, for R = r tokens: what a
+  warm-up compiles against."""
+  cache = KVCache.abstract(cfg, params["embed"].dtype,
+                           sharding=sharding.cache_sharding(cfg, sharding.mesh_of(params)))
+  return (params, cache, jax.ShapeDtypeStruct((r,), jnp.int32),
+          jax.ShapeDtypeStruct((), jnp.int32))
+
+
 def compile_search(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache, r: int,
                    *, attn_len: int, **static):
   """AOT-compiles the search for R = r tokens at this attention bucket (warm-up)."""
-  cache = KVCache.abstract(cfg, params["embed"].dtype,
-                           sharding=sharding.cache_sharding(cfg, sharding.mesh_of(params)))
-  token_ids = jax.ShapeDtypeStruct((r,), jnp.int32)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   return compiled.get(SearchStatics.of(cfg, attn_len, **static),
-                      (params, cache, token_ids, scalar, scalar, scalar))
+                      _abstract_inputs(params, cfg, r) + (scalar, scalar))
 
 
 def search(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p0: int,
@@ -475,11 +525,7 @@ def search(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p
 def compile_exit_agreement(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache,
                            r: int, *, attn_len: int):
   """AOT-compiles `exit_agreement_program` for R = r tokens at this bucket (warm-up)."""
-  cache = KVCache.abstract(cfg, params["embed"].dtype,
-                           sharding=sharding.cache_sharding(cfg, sharding.mesh_of(params)))
-  args = (params, cache, jax.ShapeDtypeStruct((r,), jnp.int32),
-          jax.ShapeDtypeStruct((), jnp.int32))
-  return compiled.get(ExitAgreementStatics(cfg, attn_len), args)
+  return compiled.get(ExitAgreementStatics(cfg, attn_len), _abstract_inputs(params, cfg, r))
 
 
 def exit_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p0: int,
@@ -490,6 +536,27 @@ def exit_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, t
     attn_len = decoding.attn_bucket(int(p0) + args[2].shape[0], cache.capacity)
   fn = compiled.get(ExitAgreementStatics(cfg, attn_len), args)
   return np.asarray(jax.device_get(fn(*args)))
+
+
+def compile_mask_agreement(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache,
+                           r: int, *, attn_len: int):
+  """AOT-compiles `mask_agreement_program` for R = r tokens at this bucket (warm-up)."""
+  bits = jax.ShapeDtypeStruct((2 * cfg.n_layers,), jnp.bool_)
+  return compiled.get(MaskAgreementStatics(cfg, attn_len),
+                      _abstract_inputs(params, cfg, r) + (bits,))
+
+
+def mask_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p0: int,
+                   skip: SkipMask, compiled: CompileCache, *,
+                   attn_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Host wrapper of `mask_agreement_program`: (agree bool [R], top1_prob float [R]) of `skip`
+  on the R tokens at p0, the statistics a search's Candidate carries for its own skip sets."""
+  skip.check(cfg.n_layers)
+  args = _search_args(params, cache, tokens, p0, 0, 0)[:4] + (jnp.asarray(skip.skip, bool),)
+  if attn_len is None:
+    attn_len = decoding.attn_bucket(int(p0) + args[2].shape[0], cache.capacity)
+  agree, prob = jax.device_get(compiled.get(MaskAgreementStatics(cfg, attn_len), args)(*args))
+  return np.asarray(agree, bool), np.asarray(prob, np.float64)
 
 
 def candidates(result: KnapsackResult) -> list[Candidate]:

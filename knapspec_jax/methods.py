@@ -21,6 +21,7 @@ import math
 import time
 
 import jax
+import numpy as np
 
 from knapspec_jax import (compile_cache, controller, decoding, knapsack, latency, selection,
                           speculative)
@@ -227,7 +228,8 @@ class KnapSpecConfig:
     0: parity keeps a draft (until session 14).
   search_new_buckets: (keep) a draft kept at a bucket below is borrowed at a new bucket only
     after one search there (within explore_budget) found nothing predicted faster than it by
-    `margin`; a draft that is, is kept for the bucket (compiled by the next warm-up), and this
+    `margin`, the borrowed skip set scored on the search's own tokens (against_borrowed); a
+    draft that is, is kept for the bucket (compiled by the next warm-up), and this
     generation decodes plainly up to a kept draft ahead; a bucket's own draft that loses hands
     the bucket back to the draft below. False: a kept draft serves every bucket above it
     unsearched. On the H200 (Qwen2.5-Coder-1.5B, 1024 new tokens) without it the draft chosen at
@@ -378,6 +380,9 @@ class KnapSpecPolicy:
       if self.would_search(n, n_prompt + max_new_tokens - n, capacity):
         knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
                                 self.config.n_ref, **self.search_static(attn_bucket(n, capacity)))
+        if self.config.search_new_buckets and self.config.keep:  # against_borrowed's scoring
+          knapsack.compile_mask_agreement(self.model.params, self.model.cfg, self.model.compiled,
+                                          self.config.n_ref, attn_len=attn_bucket(n, capacity))
     drafts = {self.kept(capacity, n) for n in range(n_prompt, max(end, n_prompt + 1))} - {None}
     if not drafts:
       return
@@ -491,15 +496,39 @@ class KnapSpecPolicy:
                                                  decision.context, measured, decision.exit,
                                                  windows, tokens, seconds)
 
+  def candidate(self, skip: SkipMask, agree, top1_prob, **fields) -> Candidate:
+    """A skip set as the selection sees it, from its per-token agreement with the full model
+    and top-1 probabilities on the search's n_ref tokens (knapsack.Candidate,
+    knapsack.mask_agreement): the smoothed acceptance, and its round under the confidence exit
+    where exit_model is on."""
+    exit = (selection.exit_rates(agree, top1_prob, self.threshold) if self.config.exit_model
+            else None)
+    return Candidate(skip, selection.smoothed_alpha(float(np.mean(agree)), len(agree)),
+                     exit=exit, **fields)
+
   def against_borrowed(self, borrowed: KeptDraft, cands, state, ctx: controller.Context,
                        n: int, attn_len: int) -> Decision:
     """search_new_buckets: after the one search at a bucket with no draft of its own, either
     the search's best draft, predicted faster than the borrowed one by `margin`, is kept for
     this bucket (decoded now if compiled, else from the next warm-up on: plainly until then, up
     to a kept draft ahead), or the borrowed draft decodes here as before (`decide`'s kept
-    path)."""
+    path).
+
+    Both predictions come from the same tokens: the borrowed skip set is scored on the n_ref
+    tokens the search scored its candidates on (knapsack.mask_agreement), not by the acceptance
+    its own search measured at the bucket below. On the H200 (Qwen2.5-Coder-1.5B, 1024 new
+    tokens; BENCHMARKS.md 10.20) the draft chosen at 3K carried alpha 0.94 from its search there
+    and was predicted at 1.21-1.23x AR at 8K-28K, where its rounds accepted 0.81-0.97 and ran
+    1.08-1.29x, while each bucket's own search, scored on that bucket's tokens, predicted its
+    best at 0.95-1.01x: the comparison set one bucket's tokens against another's."""
     p, capacity, c = self.profile, state.cache.capacity, self.config
     bucket = attn_bucket(n, capacity)
+    chosen_alpha = borrowed.alpha
+    agree, top1_prob = knapsack.mask_agreement(
+        self.model.params, self.model.cfg, state.cache, ctx.tokens[n - c.n_ref:], n - c.n_ref,
+        borrowed.skip, self.model.compiled, attn_len=bucket)
+    here = self.candidate(borrowed.skip, agree, top1_prob)
+    borrowed = dataclasses.replace(borrowed, alpha=here.alpha, exit=here.exit)
     ar_tpt = 1 / p.t_step(None, attn_len)
     borrowed_tpt = selection.draft_tpt(borrowed.skip, borrowed.alpha, p, attn_len,
                                        borrowed.gamma, borrowed.exit)
@@ -508,7 +537,8 @@ class KnapSpecPolicy:
     skip = borrowed.skip
     versus = (f"the draft borrowed from context {borrowed.context} ({len(skip.attn_skipped)} "
               f"attn + {len(skip.mlp_skipped)} MLP, gamma {borrowed.gamma}) predicts "
-              f"{borrowed_tpt / ar_tpt:.2f}x AR")
+              f"{borrowed_tpt / ar_tpt:.2f}x AR on the same tokens (alpha {borrowed.alpha:.2f}; "
+              f"{chosen_alpha:.2f} where it was chosen)")
     if not (best.drafts and best.predicted_tpt > (1 + c.margin) * borrowed_tpt
             and (best.skip, best.gamma) != (borrowed.skip, borrowed.gamma)):
       decision = self.decide_kept(borrowed, state, ctx, n, attn_len)
@@ -588,10 +618,7 @@ class KnapSpecPolicy:
     found = knapsack.candidates(result)
     spent = time.perf_counter() - start - (model.compiled.stats.waited_s - compile_before)
     model.search_times[bucket] = spent
-    exit_rates = lambda c: (selection.exit_rates(c.agree, c.top1_prob, self.threshold)
-                            if self.config.exit_model else None)
-    cands = [Candidate(c.skip, selection.smoothed_alpha(c.agreement, r), c.budget, c.cosine,
-                       exit_rates(c))
+    cands = [self.candidate(c.skip, c.agree, c.top1_prob, budget=c.budget, cosine=c.cosine)
              for c in found if c.skip.n_skipped]
     if borrowed is not None:
       return self.against_borrowed(borrowed, cands, state, ctx, n, attn_len)

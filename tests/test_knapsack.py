@@ -25,7 +25,7 @@ from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.kv_cache import KVCache
-from knapspec_jax.skip_mask import SkipMask
+from knapspec_jax.skip_mask import SkipMask, SkipMaskError
 
 TIE_TOL = 1e-6
 TAU = 0.5
@@ -364,6 +364,40 @@ def test_exit_agreement_matches_numpy(random_setup):
   want = [np.mean(t == tops[-1]) for t in tops]
   np.testing.assert_allclose(got, want)
   assert got[-1] == 1.0 and got.shape == (s.cfg.n_layers,)
+
+
+def test_mask_agreement_matches_numpy(random_setup):
+  """A given skip set's per-token agreement and confidence (any bits, the protected ends too)
+  are those of the NumPy forward that skips its sublayers, on the search's R tokens."""
+  s = random_setup
+  m, positions, n_layers = s.np_model, s.p0 + np.arange(R), s.cfg.n_layers
+
+  def numpy_forward(skip):
+    x = m.embed[s.tokens][None]
+    for layer in range(n_layers):
+      if not skip.skips_attn(layer):
+        x = m.attention(layer, x, positions, *s.np_prefix[layer])[0]
+      if not skip.skips_mlp(layer):
+        x = m.mlp(layer, x)
+    return x[0]
+
+  full_top1 = m.top1(numpy_forward(SkipMask.none(n_layers)))[0]
+  skips = (SkipMask.none(n_layers), SkipMask.from_layers(n_layers, [1], [2]),
+           SkipMask.from_layers(n_layers, [0, 2], [1, n_layers - 1]),
+           SkipMask.early_exit(n_layers, 1))
+  agreed = []
+  for skip in skips:
+    agree, prob = knapsack.mask_agreement(s.stacked, s.cfg, s.cache, s.tokens, s.p0, skip,
+                                          s.compiled, attn_len=s.attn_len)
+    x = numpy_forward(skip)
+    assert agree.shape == prob.shape == (R,)
+    np.testing.assert_array_equal(agree, m.top1(x)[0] == full_top1, err_msg=str(skip))
+    np.testing.assert_allclose(prob, m.top1_prob(x), rtol=1e-3, atol=1e-5, err_msg=str(skip))
+    agreed.append(int(agree.sum()))
+  assert agreed[0] == R and min(agreed) < R, agreed  # the full model agrees; a draft does not
+  with pytest.raises(SkipMaskError, match="skip mask has"):
+    knapsack.mask_agreement(s.stacked, s.cfg, s.cache, s.tokens, s.p0,
+                            SkipMask.none(n_layers + 1), s.compiled, attn_len=s.attn_len)
 
 
 @pytest.fixture(scope="module")
