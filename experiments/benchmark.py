@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import api, datasets, latency, metrics  # noqa: E402
 from knapspec_jax.config import ATTENTION_IMPLS  # noqa: E402
+import common  # noqa: E402
 import summarize  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -73,22 +74,6 @@ _LEGACY = dict(
 
 def _split(value: str) -> list[str]:
   return [v.strip() for v in str(value).split(",") if v.strip()]
-
-
-def method_options(spec: str) -> dict:
-  """"knapspec.interval=32,fixed.gamma=3" -> {"knapspec": {"interval": 32}, "fixed": {...}}."""
-  options: dict = {}
-  for item in _split(spec):
-    key, sep, value = item.partition("=")
-    method, dot, field = key.partition(".")
-    if not sep or not dot:
-      raise ValueError(f"method option {item!r} is not method.field=value")
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError:
-      pass
-    options.setdefault(method, {})[field] = value
-  return options
 
 
 def prompts(config, tokenizer) -> list[dict]:
@@ -159,7 +144,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
     raise ValueError(f"unknown methods {unknown}; available: {ks.available_methods()}")
   methods = ["ar"] + (["ar-rerun"] if config.noise_floor else []) + [
       m for m in requested if m != "ar"]
-  options = method_options(config.method_options)
+  options = common.method_options(config.method_options)
   model = ks.load_model(config.model or None, dtype=config.dtype,
                         attention=config.attention or None,
                         window_attention=config.window_attention or None)

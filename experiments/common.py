@@ -18,12 +18,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
-import jax.numpy as jnp  # noqa: E402
-
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets, decoding, knapsack, selection  # noqa: E402
-from knapspec_jax import model as model_lib  # noqa: E402
-from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 from knapspec_jax.controller import confirmed_tokens  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 
@@ -97,18 +93,32 @@ def search(model, point: SearchPoint, profile, *, n_ref: int = 16, gamma_max: in
 
 def exit_rates_of(model, point: SearchPoint, skip, n_ref: int, threshold: float):
   """selection.ExitRates of one skip set on the search's reference tokens (the last n_ref
-  confirmed ones), teacher-forced as the search scores its candidates: the draft's top-1 and its
-  probability against the full model's top-1 after each token."""
+  confirmed ones), teacher-forced as the search scores its candidates (knapsack.mask_agreement):
+  the draft's top-1 and its probability against the full model's top-1 after each token."""
   p = point.context
-  tokens = jnp.asarray(point.tokens[p - n_ref:], jnp.int32)[None]
-  cache = point.state.cache.rollback(p - n_ref)
-  attn_len = decoding.attn_bucket(p, cache.capacity)
-  logits = lambda s: np.asarray(model_lib.lm_head(
-      model.params, model.cfg, model_lib.forward(model.params, model.cfg, tokens, cache, skip=s,
-                                                 attn_len=attn_len).hidden[0]), np.float64)
-  full, draft = logits(SkipMask.none(model.cfg.n_layers)), logits(skip)
-  probs = np.exp(draft - draft.max(-1, keepdims=True))
-  return selection.exit_rates(draft.argmax(-1) == full.argmax(-1), 1 / probs.sum(-1), threshold)
+  agree, top1_prob = knapsack.mask_agreement(
+      model.params, model.cfg, point.state.cache, point.tokens[p - n_ref:], p - n_ref, skip,
+      model.compiled, attn_len=decoding.attn_bucket(p, point.state.cache.capacity))
+  return selection.exit_rates(agree, top1_prob, threshold)
+
+
+def method_options(items) -> dict:
+  """"knapspec.interval=32,fixed.gamma=3" (or those items as a list) -> {"knapspec":
+  {"interval": 32}, "fixed": {"gamma": 3}}: values as JSON where they parse, else strings."""
+  if isinstance(items, str):
+    items = items.split(",")
+  options: dict = {}
+  for item in (i.strip() for i in items or () if i.strip()):
+    key, sep, value = item.partition("=")
+    method, dot, field = key.partition(".")
+    if not sep or not dot:
+      raise ValueError(f"method option {item!r} is not method.field=value")
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError:
+      pass
+    options.setdefault(method, {})[field] = value
+  return options
 
 
 def best_draft(cands, profile, attn_len: int, gamma_max: int = 10):

@@ -42,7 +42,8 @@ _PROFILE = flags.DEFINE_string("profile", None, "Latency profile (JSON) the draf
 _PROMPTS = flags.DEFINE_list("prompts", ["specbench:3", "long:2000"],
                              "specbench:<index in the subset> or long:<document tokens>.")
 _N_REF = flags.DEFINE_integer("n_ref", 16, "Reference tokens of the search (KnapSpec's n_ref).")
-_HELD_OUT = flags.DEFINE_integer("held_out", 64, "Tokens each draft decodes after the search.")
+_HELD_OUT = flags.DEFINE_integer("held_out", 64, "Tokens each draft decodes after the search; "
+                                 "0: only the predictions on the search's tokens, no decodes.")
 _GAMMA_MAX = flags.DEFINE_integer("gamma_max", 10, "Largest draft length scored.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.7, "The draft's confidence exit.")
 _EXTRA = flags.DEFINE_string("extra_skip", None, "JSON: {\"label\": [[skip bits], gamma], ...}, "
@@ -58,6 +59,15 @@ def prompt(model, spec: str) -> tuple[str, np.ndarray]:
   if kind == "long":
     return common.prompt_ids(model, int(value))
   raise ValueError(f"--prompts entry {spec!r}: expected specbench:<i> or long:<tokens>")
+
+
+def _num(value, digits: int = 2) -> str:
+  """A measured figure, or "-" where nothing was decoded (--held_out=0)."""
+  return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(row: dict, key: str):
+  return None if row[key] is None else row[key] / row["ar_tpt"]
 
 
 def main(argv):
@@ -78,7 +88,8 @@ def main(argv):
     closed = [dataclasses.replace(c, exit=None) for c in exits]
     ar_tpt = 1.0 / profile.t_step(None, attn_len)
     context = point.tokens  # the prompt and the n_ref plain tokens
-    ar = ks.generate(model, context, _HELD_OUT.value, ignore_eos=True)
+    held_out = _HELD_OUT.value
+    ar = ks.generate(model, context, held_out, ignore_eos=True) if held_out else None
     drafts = {}
     for label, cands in (("closed form", closed), ("exit model", exits)):
       cand, gamma, tpt = common.best_draft(cands, profile, attn_len, _GAMMA_MAX.value)
@@ -91,15 +102,21 @@ def main(argv):
       if rates is None:  # not among the search's candidates: score it on the same tokens
         rates = common.exit_rates_of(model, point, skip, r, _THRESHOLD.value)
       alpha = rates.agree
-      out = ks.generate(model, context, _HELD_OUT.value, method="fixed",
-                        config=ks.FixedConfig(skip=skip, gamma=gamma,
-                                              threshold=_THRESHOLD.value), ignore_eos=True)
-      s = out.stats
-      steps = max(s["speculation_steps"], 1)
-      measured_tokens = s["accepted_tokens"] / steps + 1
-      measured_drafts = s["drafted_tokens"] / steps
       t_draft = profile.t_step(skip, attn_len)
       t_verify = profile.t_verify(gamma + 1, attn_len)
+      measured = dict(measured_tokens=None, measured_drafts=None, rounds=None, acceptance=None,
+                      tpt_from_measured_rounds=None, identical_to_ar=None)
+      if held_out:
+        out = ks.generate(model, context, held_out, method="fixed",
+                          config=ks.FixedConfig(skip=skip, gamma=gamma,
+                                                threshold=_THRESHOLD.value), ignore_eos=True)
+        s = out.stats
+        steps = max(s["speculation_steps"], 1)
+        tokens, drafts_per_round = s["accepted_tokens"] / steps + 1, s["drafted_tokens"] / steps
+        measured = dict(measured_tokens=tokens, measured_drafts=drafts_per_round,
+                        rounds=s["speculation_steps"], acceptance=s["acceptance_rate"],
+                        tpt_from_measured_rounds=tokens / (drafts_per_round * t_draft + t_verify),
+                        identical_to_ar=out.output_ids == ar.output_ids)
       row = dict(
           item_id=item_id, context=point.context, draft=label, gamma=gamma,
           n_attn_skipped=len(skip.attn_skipped), n_mlp_skipped=len(skip.mlp_skipped),
@@ -108,24 +125,20 @@ def main(argv):
           predicted_closed_drafts=gamma,
           predicted_exit_tokens=float(selection.round_tokens(rates, gamma)),
           predicted_exit_drafts=float(selection.round_drafts(rates, gamma)),
-          measured_tokens=measured_tokens, measured_drafts=measured_drafts,
-          rounds=s["speculation_steps"], acceptance=s["acceptance_rate"],
-          tpt_chosen_with=tpt, ar_tpt=ar_tpt,
+          **measured, tpt_chosen_with=tpt, ar_tpt=ar_tpt,
           tpt_closed=selection.draft_tpt(skip, alpha, profile, attn_len, gamma),
           tpt_exit=selection.draft_tpt(skip, alpha, profile, attn_len, gamma, rates),
-          tpt_from_measured_rounds=measured_tokens / (measured_drafts * t_draft + t_verify),
-          identical_to_ar=out.output_ids == ar.output_ids,
           profile=profile.device, device=latency.device_name(), dtype=model.dtype,
           model=model.name, date=time.strftime("%F"))
       rows.append(row)
       print(f"{item_id} ctx {point.context} {label:12s} {row['n_attn_skipped']:2d}+"
             f"{row['n_mlp_skipped']:2d} g{gamma}: tokens/round predicted closed "
             f"{row['predicted_closed_tokens']:.2f} exit {row['predicted_exit_tokens']:.2f} "
-            f"measured {measured_tokens:.2f}; drafts/round exit "
-            f"{row['predicted_exit_drafts']:.2f} measured {measured_drafts:.2f}; x AR on "
-            f"{profile.device}: closed {row['tpt_closed'] / ar_tpt:.3f} exit "
+            f"measured {_num(row['measured_tokens'])}; drafts/round exit "
+            f"{row['predicted_exit_drafts']:.2f} measured {_num(row['measured_drafts'])}; x AR "
+            f"on {profile.device}: closed {row['tpt_closed'] / ar_tpt:.3f} exit "
             f"{row['tpt_exit'] / ar_tpt:.3f} from measured rounds "
-            f"{row['tpt_from_measured_rounds'] / ar_tpt:.3f}; same as AR "
+            f"{_num(_ratio(row, 'tpt_from_measured_rounds'), 3)}; same as AR "
             f"{row['identical_to_ar']} ({time.perf_counter() - started:.0f} s)", flush=True)
   lines = ["| prompt | draft | attn + MLP skipped, gamma | tokens/round: closed / exit / "
            "measured | drafts/round: exit / measured | x AR on the profile's device: closed / "
@@ -134,10 +147,10 @@ def main(argv):
     lines.append(
         f"| {w['item_id']} | {w['draft']} | {w['n_attn_skipped']} + {w['n_mlp_skipped']}, "
         f"{w['gamma']} | {w['predicted_closed_tokens']:.2f} / {w['predicted_exit_tokens']:.2f} "
-        f"/ {w['measured_tokens']:.2f} | {w['predicted_exit_drafts']:.2f} / "
-        f"{w['measured_drafts']:.2f} | {w['tpt_closed'] / w['ar_tpt']:.3f} / "
-        f"{w['tpt_exit'] / w['ar_tpt']:.3f} / {w['tpt_from_measured_rounds'] / w['ar_tpt']:.3f} "
-        f"| {w['identical_to_ar']} |")
+        f"/ {_num(w['measured_tokens'])} | {w['predicted_exit_drafts']:.2f} / "
+        f"{_num(w['measured_drafts'])} | {w['tpt_closed'] / w['ar_tpt']:.3f} / "
+        f"{w['tpt_exit'] / w['ar_tpt']:.3f} / {_num(_ratio(w, 'tpt_from_measured_rounds'), 3)} "
+        f"| {'-' if w['identical_to_ar'] is None else w['identical_to_ar']} |")
   print("\n".join(lines))
   if _OUT.value:
     out = pathlib.Path(_OUT.value)

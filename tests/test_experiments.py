@@ -189,6 +189,23 @@ def test_unknown_method_is_named(tmp_path):
   assert "unknown methods ['knapsack']" in proc.stderr
 
 
+def test_method_options_parse_as_the_configs_write_them():
+  """experiments/common.method_options, which benchmark.py (a config string) and
+  same_process_slowdown.py (an absl list) share: JSON values where they parse, else strings."""
+  sys.path.insert(0, str(REPO / "experiments"))
+  import common
+  want = {"knapspec": {"interval": 32, "search_new_buckets": True, "threshold": 0.5},
+          "clasp": {"note": "abc"}}
+  spec = ("knapspec.interval=32, knapspec.search_new_buckets=true,knapspec.threshold=0.5,"
+          "clasp.note=abc")
+  assert common.method_options(spec) == want
+  assert common.method_options(spec.split(",")) == want
+  assert common.method_options("") == common.method_options([]) == {}
+  for bad in ("knapspec.interval", "interval=3"):
+    with pytest.raises(ValueError, match="is not method.field=value"):
+      common.method_options(bad)
+
+
 def _project_scale():
   import importlib.util
   spec = importlib.util.spec_from_file_location(

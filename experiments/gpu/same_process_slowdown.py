@@ -63,6 +63,7 @@ import traceback
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # experiments/: common
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -73,6 +74,7 @@ from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.engine import DTYPES, Model, abstract_state  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+import common  # noqa: E402
 from shapes import SHAPES, spread  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "GGUF or checkpoint (default: $KNAPSPEC_MODEL, "
@@ -477,11 +479,7 @@ def stages(argv):
     rows.append(ar_stage("alloc", model, ids))
     if _BISECT.value:
       rows += bisect_stages(model, ids)
-    options: dict = {}
-    for item in _METHOD_OPTIONS.value:
-      key, _, value = item.partition("=")
-      method, _, field = key.partition(".")
-      options.setdefault(method, {})[field] = json.loads(value)
+    options = common.method_options(_METHOD_OPTIONS.value)
     for method in _OTHERS.value:
       r = ks.generate(model, ids, _NEW.value, method, ignore_eos=True,
                       **options.get(method, {}))
