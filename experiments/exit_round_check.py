@@ -4,8 +4,8 @@
       --profile=profiles/<the H200 Qwen profile>.json --prompts=specbench:3,specbench:0,long:2000 \
       --output_dir=results/cpu/analysis/exit_round_qwen
 
-For each prompt: decode n_ref tokens plainly and run KnapSpec's search on them (latency weights
-from --profile), as KnapSpec does at that context. Score every candidate twice with the profile:
+For each prompt: decode n_ref tokens plainly (after --plain_before more) and run KnapSpec's
+search on them (latency weights from --profile), as KnapSpec does at that context. Score every candidate twice with the profile:
 the paper's round (gamma drafts accepted at rate alpha; selection.expected_tokens) and the round
 under the confidence exit (selection.ExitRates from the search's per-token agreement and top-1
 probabilities; round_tokens, round_drafts). Then decode `held_out` tokens from that context with
@@ -44,6 +44,9 @@ _PROMPTS = flags.DEFINE_list("prompts", ["specbench:3", "long:2000"],
 _N_REF = flags.DEFINE_integer("n_ref", 16, "Reference tokens of the search (KnapSpec's n_ref).")
 _HELD_OUT = flags.DEFINE_integer("held_out", 64, "Tokens each draft decodes after the search; "
                                  "0: only the predictions on the search's tokens, no decodes.")
+_PLAIN_BEFORE = flags.DEFINE_integer(
+    "plain_before", 0, "Tokens decoded plainly before the n_ref reference tokens: the search "
+    "then scores drafts on tokens this far into the generation, not on its first ones.")
 _GAMMA_MAX = flags.DEFINE_integer("gamma_max", 10, "Largest draft length scored.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.7, "The draft's confidence exit.")
 _EXTRA = flags.DEFINE_string("extra_skip", None, "JSON: {\"label\": [[skip bits], gamma], ...}, "
@@ -82,7 +85,8 @@ def main(argv):
   for spec in _PROMPTS.value:
     item_id, ids = prompt(model, spec)
     r = _N_REF.value
-    point = common.decode_plainly(model, ids, r, r + _HELD_OUT.value + 1)
+    point = common.decode_plainly(model, ids, _PLAIN_BEFORE.value + r,
+                                  _PLAIN_BEFORE.value + r + _HELD_OUT.value + 1)
     exits, _, attn_len = common.search(model, point, profile, n_ref=r,
                                        gamma_max=_GAMMA_MAX.value, threshold=_THRESHOLD.value)
     closed = [dataclasses.replace(c, exit=None) for c in exits]
@@ -90,7 +94,7 @@ def main(argv):
     context = point.tokens  # the prompt and the n_ref plain tokens
     held_out = _HELD_OUT.value
     ar = ks.generate(model, context, held_out, ignore_eos=True) if held_out else None
-    drafts = {}
+    drafts, decoded = {}, {}
     for label, cands in (("closed form", closed), ("exit model", exits)):
       cand, gamma, tpt = common.best_draft(cands, profile, attn_len, _GAMMA_MAX.value)
       drafts[label] = (cand.skip, gamma, tpt)
@@ -106,7 +110,9 @@ def main(argv):
       t_verify = profile.t_verify(gamma + 1, attn_len)
       measured = dict(measured_tokens=None, measured_drafts=None, rounds=None, acceptance=None,
                       tpt_from_measured_rounds=None, identical_to_ar=None)
-      if held_out:
+      if held_out and (skip, gamma) in decoded:  # the same draft under another label
+        measured = decoded[skip, gamma]
+      elif held_out:
         out = ks.generate(model, context, held_out, method="fixed",
                           config=ks.FixedConfig(skip=skip, gamma=gamma,
                                                 threshold=_THRESHOLD.value), ignore_eos=True)
@@ -117,6 +123,7 @@ def main(argv):
                         rounds=s["speculation_steps"], acceptance=s["acceptance_rate"],
                         tpt_from_measured_rounds=tokens / (drafts_per_round * t_draft + t_verify),
                         identical_to_ar=out.output_ids == ar.output_ids)
+        decoded[skip, gamma] = measured
       row = dict(
           item_id=item_id, context=point.context, draft=label, gamma=gamma,
           n_attn_skipped=len(skip.attn_skipped), n_mlp_skipped=len(skip.mlp_skipped),
