@@ -520,7 +520,11 @@ class KnapSpecPolicy:
     tokens; BENCHMARKS.md 10.20) the draft chosen at 3K carried alpha 0.94 from its search there
     and was predicted at 1.21-1.23x AR at 8K-28K, where its rounds accepted 0.81-0.97 and ran
     1.08-1.29x, while each bucket's own search, scored on that bucket's tokens, predicted its
-    best at 0.95-1.01x: the comparison set one bucket's tokens against another's."""
+    best at 0.95-1.01x: the comparison set one bucket's tokens against another's. Scored on the
+    same 16 tokens the comparison is between equals, but not better informed: a CPU replay of
+    the 8K document (BENCHMARKS.md 10.21) put the borrowed draft at 0.68x, the search's best at
+    0.98x and run L's 2K draft at 0.81x, where their next 128 tokens ran 1.02x, 1.04x and 1.10x
+    on the H200's costs. The first tokens after a long prompt understate every draft."""
     p, capacity, c = self.profile, state.cache.capacity, self.config
     bucket = attn_bucket(n, capacity)
     chosen_alpha = borrowed.alpha
