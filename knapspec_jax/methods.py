@@ -238,6 +238,13 @@ class KnapSpecConfig:
     them at 1.167 / 1.083 / 1.090 / 1.287x (10.20), while the searches at 8K-28K put their own
     best under the borrowed draft. Off by default until Spec-Bench is measured with it; on
     SmolLM2 it never acts (no draft is kept).
+  search_after: generated tokens a generation decodes plainly before its first search beyond
+    the n_ref it scores on, so that its reference tokens lie this far into the generation. 0:
+    the search runs on the first n_ref generated tokens. On Qwen2.5-Coder-1.5B (CPU replay of
+    the 8K document with the H200's costs, BENCHMARKS.md 10.21) the search on the first 16
+    tokens put its best draft at 0.98x AR and three drafts 0.06-0.34 under what their next 128
+    tokens ran; the same search 112 tokens later found one predicted at 1.18x. Off by default
+    until a device run measures it.
   """
 
   interval: int = 64
@@ -264,6 +271,7 @@ class KnapSpecConfig:
   judge_windows: int = 2
   keep_margin: float = 0.02
   search_new_buckets: bool = False
+  search_after: int = 0
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -281,6 +289,7 @@ class KnapSpecConfig:
     for name in ("search_budget", "gain_share", "explore_budget"):
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
+    _check_int("search_after", self.search_after, 0)
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
                  "exit_model", "search_new_buckets"):
       _check_bool(name, getattr(self, name))
@@ -376,7 +385,7 @@ class KnapSpecPolicy:
     segment programs of the drafts kept for the buckets this run visits (keep)."""
     capacity = KVCache.capacity_for(self.model.cfg)
     end = min(n_prompt + max_new_tokens, self.model.cfg.max_seq_len)
-    for n in range(n_prompt + self.config.n_ref, end):
+    for n in range(n_prompt + self.config.n_ref + self.config.search_after, end):
       if self.would_search(n, n_prompt + max_new_tokens - n, capacity):
         knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
                                 self.config.n_ref, **self.search_static(attn_bucket(n, capacity)))
@@ -592,7 +601,7 @@ class KnapSpecPolicy:
     kept = self.kept(capacity, n)
     bucket = attn_bucket(n, capacity)
     borrowed = None  # search_new_buckets: the draft below, searched against once here
-    missing = max(r - ctx.n_out, 0)
+    missing = max(r + self.config.search_after - ctx.n_out, 0)
     if (kept is not None and self.config.search_new_buckets
         and bucket not in self.model.kept_drafts and bucket not in self.model.search_gains
         and self.would_search(n + missing, ctx.remaining - missing, capacity)):

@@ -314,6 +314,27 @@ def test_kept_draft_is_used_again_without_a_search(tiny_models, with_profile):
   assert not model.kept_drafts
 
 
+@pytest.mark.parametrize("search_after", [0, 20])
+def test_search_after_puts_the_first_search_deeper_into_the_generation(tiny_models,
+                                                                       with_profile,
+                                                                       search_after):
+  """search_after: the generation decodes n_ref + search_after tokens plainly, then searches on
+  the last n_ref of them. Output is AR's."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  want = ar(model, ids, 48)
+  config = ks.KnapSpecConfig(**KEEP_TEST, search_after=search_after)
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == want
+  decisions = got.stats["decisions"]
+  wait = config.n_ref + search_after  # the prefill's token is the first of them
+  assert decisions[0]["reason"] == f"collecting {wait - 1} generated tokens for the search"
+  assert decisions[1]["context"] == decisions[0]["context"] + wait - 1
+  assert decisions[1]["reason"].startswith("predicted"), decisions[1]
+  assert model.search_times
+  model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
+
+
 def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   """The same search under a profile that predicts AR a million times faster than this CPU
   runs: every drafting window measures slower than predicted AR. With judge_windows=1 its draft
@@ -767,6 +788,7 @@ def test_seen_skip_set_compiles_nothing(tiny_models, with_profile, compile_count
     (lambda L: ks.FixedConfig(threshold=1.5), ks.MethodError),
     (lambda L: ks.KnapSpecConfig(interval=0), ks.MethodError),
     (lambda L: ks.KnapSpecConfig(tau=1.0), ks.MethodError),
+    (lambda L: ks.KnapSpecConfig(search_after=-1), ks.MethodError),
     (lambda L: ks.DelConfig(gamma_max=0), ks.MethodError),
 ])
 def test_bad_method_options(tiny_models, make, error):
