@@ -123,6 +123,8 @@ def programs(cfg: ModelConfig) -> dict:
   take("SearchStatics/whole_layers (CLaSp)")
   knapsack.compile_exit_agreement(params, cfg, rec, 16, attn_len=ATTN_LEN)
   take("ExitAgreementStatics (DEL)")
+  knapsack.compile_mask_agreement(params, cfg, rec, 16, attn_len=ATTN_LEN)
+  take("MaskAgreementStatics (KnapSpec, search_new_buckets)")
   rec.get(latency.VerifyLoopStatics(cfg, ATTN_LEN),
           (params, cache, jax.ShapeDtypeStruct((1, GAMMA + 1), jnp.int32),
            jax.ShapeDtypeStruct((), jnp.int32)))
