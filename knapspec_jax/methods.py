@@ -243,8 +243,8 @@ class KnapSpecConfig:
     the search runs on the first n_ref generated tokens. On Qwen2.5-Coder-1.5B (CPU replay of
     the 8K document with the H200's costs, BENCHMARKS.md 10.21) the search on the first 16
     tokens put its best draft at 0.98x AR and three drafts 0.06-0.34 under what their next 128
-    tokens ran; the same search 112 tokens later found one predicted at 1.18x. Off by default
-    until a device run measures it.
+    tokens ran; the same search 112 tokens later found one predicted at 1.18x, whose next 128
+    tokens ran 0.97x. Off by default until a device run measures it.
   """
 
   interval: int = 64
@@ -533,7 +533,8 @@ class KnapSpecPolicy:
     same 16 tokens the comparison is between equals, but not better informed: a CPU replay of
     the 8K document (BENCHMARKS.md 10.21) put the borrowed draft at 0.68x, the search's best at
     0.98x and run L's 2K draft at 0.81x, where their next 128 tokens ran 1.02x, 1.04x and 1.10x
-    on the H200's costs. The first tokens after a long prompt understate every draft."""
+    on the H200's costs; 112 tokens later, the same search put its best at 1.18x, and its
+    next 128 tokens ran 0.97x. Sixteen tokens are a small sample either way."""
     p, capacity, c = self.profile, state.cache.capacity, self.config
     bucket = attn_bucket(n, capacity)
     chosen_alpha = borrowed.alpha
