@@ -852,11 +852,12 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
   assert any(r.startswith(f"kept (chosen at context {own.context}") for r in reasons), reasons
 
 
-def test_search_new_buckets_scores_the_borrowed_draft_on_the_searchs_tokens(tiny_models,
-                                                                            with_profile):
-  """The borrowed draft is compared with the search's candidates at the acceptance its skip set
-  reaches on the same n_ref tokens, not at the one its own search measured below: a stale
-  estimate of 0.999 or of 0.001 leads to the same prediction and the same choice."""
+def test_search_new_buckets_reports_the_borrowed_draft_on_the_searchs_tokens(tiny_models,
+                                                                             with_profile):
+  """The borrowed draft is compared at the acceptance it carries from where it was chosen (a
+  CPU replay found the search's 16 tokens a worse guide, BENCHMARKS.md 10.21), and its skip
+  set's acceptance on the search's own tokens is reported beside it: the same figure whatever
+  it carries, the smoothed agreement (k + 1) / (r + 2) of k of r tokens."""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
   capacity = KVCache.capacity_for(model.cfg)
   ids = np.arange(5, 245) % model.cfg.vocab_size
@@ -866,22 +867,19 @@ def test_search_new_buckets_scores_the_borrowed_draft_on_the_searchs_tokens(tiny
   config = ks.KnapSpecConfig(**(KEEP_TEST | dict(margin=5.0, try_below=0.1,
                                                  search_new_buckets=True)))
   want, seen = ar(model, ids, 48), []
-  for stale in (0.999, 0.001):
+  for carried in (0.999, 0.001):
     model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
-    model.kept_drafts[low] = methods.KeptDraft(skip, 2, stale, len(ids))
+    model.kept_drafts[low] = methods.KeptDraft(skip, 2, carried, len(ids))
     got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
     assert got.output_ids == want
     first = next(d for d in got.stats["decisions"] if d["context"] > bucket_end)
     assert first["reason"].startswith("searched here"), first
     assert (first["n_attn_skipped"], first["n_mlp_skipped"]) == (1, 0)
-    assert high in model.search_times
-    r = config.n_ref  # the smoothed agreement on r tokens: (k + 1) / (r + 2), k of r agreeing
-    k = first["alpha"] * (r + 2) - 1
-    assert abs(k - round(k)) < 1e-9 and 0 <= round(k) <= r and first["alpha"] != stale
-    assert f"{stale:.2f} where it was chosen" in first["reason"]
-    searched = first["reason"].split("; kept (")[0]  # what follows is this run's timing
-    seen.append((first["alpha"], first["predicted_tpt"],
-                 searched.replace(f"{stale:.2f} where", "where")))
+    assert high in model.search_times and first["alpha"] == carried
+    here = float(first["reason"].split("on these tokens ")[1].split(",")[0])
+    k = here * (config.n_ref + 2) - 1
+    assert abs(k - round(k)) < 0.01 * (config.n_ref + 2) and 0 <= round(k) <= config.n_ref
+    seen.append(first["reason"].split("on these tokens ")[1].split(")")[0])
   assert seen[0] == seen[1], seen
 
 
