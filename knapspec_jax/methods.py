@@ -228,8 +228,9 @@ class KnapSpecConfig:
     0: parity keeps a draft (until session 14).
   search_new_buckets: (keep) a draft kept at a bucket below is borrowed at a new bucket only
     after one search there (within explore_budget) found nothing predicted faster than it by
-    `margin` (against_borrowed); a draft that is, is kept for the bucket (compiled by the next warm-up), and this
-    generation decodes plainly up to a kept draft ahead; a bucket's own draft that loses hands
+    `margin` (against_borrowed); a draft that is, is kept for the bucket (compiled by the next
+    warm-up), and this generation decodes plainly up to a kept draft ahead; a bucket's own
+    draft that loses hands
     the bucket back to the draft below. False: a kept draft serves every bucket above it
     unsearched. On the H200 (Qwen2.5-Coder-1.5B, 1024 new tokens) without it the draft chosen at
     2K (8 + 8 sublayers, gamma 2) served the 2K-28K documents at 1.128 / 1.108 / 1.108 / 1.146x AR
