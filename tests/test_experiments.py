@@ -326,3 +326,28 @@ def test_selection_cost_answers_alike_both_ways():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "198 weight arrays; 30 questions per repeat" in proc.stdout, proc.stdout
   assert "per_check" in proc.stdout and "per_policy" in proc.stdout
+
+
+def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
+  """experiments/gpu/switch_cost.py --smoke: the host-dispatched draft (mode "dispatch", one
+  jitted call per kept layer or sublayer) decodes the static draft's greedy tokens and writes
+  its keys and values for each set (the script asserts it under --smoke, with one more set that
+  calls attention and MLP alone), compiles its five programs once for every set, and times a
+  step beside the static and run-time modes."""
+  out = tmp_path / "switch_cost.json"
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu" / "switch_cost.py"),
+                         "--smoke", f"--output={out}"], cwd=REPO, capture_output=True,
+                        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = json.loads(out.read_text())
+  assert [r["mode"] for r in records] == ["static"] * 2 + ["runtime"] * 2 + ["dispatch"] * 2
+  dispatch = records[4:]
+  assert [(r["n_attn_skipped"], r["calls_per_step"]) for r in dispatch] == [(0, 4), (1, 3)]
+  for r in dispatch:
+    assert r["tokens_equal_static"] is True and r["dispatch_tokens"] == r["static_tokens"]
+    assert len(set(r["dispatch_tokens"])) > 1  # a check that a stuck token would not pass
+    assert np.isfinite(r["ms_per_draft_step"]) and r["ms_per_draft_step"] > 0
+    assert 0 < r["host_ms_per_step"] and 0 <= r["switch_s"] < 0.05
+    assert r["executables"] == 5  # the second set compiled nothing
+  assert dispatch[0]["compile_once_s"] > 0 and dispatch[1]["compile_once_s"] == 0
+  assert proc.stdout.count("dispatch tokens == static tokens: True") == 3, proc.stdout

@@ -43,7 +43,8 @@ def test_switch_cost_smoke(tmp_path):
   """experiments/gpu/switch_cost.py --smoke: both modes time both sets; the run-time gated
   program compiles once, so its second skip set is got without a compile."""
   out = tmp_path / "switch_cost.json"
-  run_gpu_script_smoke("switch_cost.py", out)
+  run_gpu_script_smoke("switch_cost.py", out, "--modes=static,runtime")  # dispatch: see
+  # tests/test_experiments.py::test_switch_cost_dispatch_runs_the_static_drafts_tokens
   records = json.loads(out.read_text())
   assert [(r["mode"], r["n_attn_skipped"]) for r in records] == [
       ("static", 0), ("static", 1), ("runtime", 0), ("runtime", 1)]

@@ -1,19 +1,35 @@
-"""What a new skip set costs, static masks against run-time gating (issue 13 item 5).
+"""What a new skip set costs: static masks, run-time gating and host dispatch (issue 13 item 5).
 
   python experiments/gpu/switch_cost.py            # H200: Qwen2.5-1.5B shape, random bf16 weights
   python experiments/gpu/switch_cost.py --smoke    # CPU: tiny shapes, checks the script runs
 
 ModelConfig.draft_skip picks how a draft leaves out sublayers: "static" compiles one program per
-skip set (4-4.7 s on the H200 for Qwen2.5-1.5B), "runtime" compiles one program that reads the
-skip set from the decode state and runs each sublayer under a lax.cond. For each skip set (attn:mlp
-counts of skipped inner sublayers) and both modes this times, at one context, on device:
-  draft     the draft decoding alone (decoding.ar_segment) -> ms per step;
-  segment   spec_segment, threshold 0 (every round drafts gamma tokens) -> ms per round;
+skip set (4.9-12.7 s on the H200 for Qwen2.5-1.5B), "runtime" compiles one program that reads the
+skip set from the decode state and runs each sublayer under a lax.cond (free to switch, but each
+GPU cond waits for its predicate on the host: 1.3-1.5 ms more per draft step). A third way, this
+script's "dispatch" (no ModelConfig option: a measurement first), drives a draft step from the
+host as small programs compiled once for every layer (a layer's weights all have one shape):
+embed, attention sublayer (its layer's keys and values donated, written in place), MLP
+sublayer, whole layer, head (final norm, LM head, argmax); a step calls embed, then for each
+layer in order the whole layer, its attention or its MLP, whichever the skip set keeps, then the
+head, the token fed back as a device array (no host sync inside a loop). Any skip set runs with
+no compile: a switch costs the Python that lists the calls. For each skip set (attn:mlp counts of
+skipped inner sublayers) and each mode of --modes this times, at one context, on device:
+  draft     the draft decoding alone -> ms per step: decoding.ar_segment (static, runtime) or the
+            host loop of dispatched calls (dispatch), `rounds` steps a loop;
+  segment   spec_segment, threshold 0 (every round drafts gamma tokens) -> ms per round (static
+            and runtime only: dispatch has no segment);
   switch    seconds from asking for the set to running it at steady speed: getting its
             segment program (static: a compile; runtime: a compile for the first set only, then
             nothing) plus its first call (decoding.with_skip for runtime) minus a later call;
-with the kernels per loop body (metrics.loop_kernels). Run it once per XLA flag set
-(run_switch_cost.sh): a GPU conditional waits for its predicate on the host unless command
+            dispatch: listing the calls plus its first loop of draft steps minus a steady one,
+            the one compile of its programs at the first set apart (compile_once_s);
+with the kernels per loop body (metrics.loop_kernels), and for dispatch the calls per step and
+the host's time per step and per call (the Python loop's time until its last call returns: near
+the step's time when the host, not the device, sets the pace). Dispatch checks its first greedy
+tokens against the static draft's (ar_segment with the set compiled in, from the same state):
+"dispatch tokens == static tokens", asserted under --smoke (float32). Run it once per XLA flag
+set (run_switch_cost.sh): a GPU conditional waits for its predicate on the host unless command
 buffers (CUDA graphs) take the conditionals in. Records: $OUT/switch_cost.json (or --output).
 """
 
@@ -22,8 +38,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import statistics
 import sys
 import time
+from typing import Callable, NamedTuple
 
 from absl import app, flags
 
@@ -31,12 +49,17 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from shapes import random_model, spread, write_records  # noqa: E402
 from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
+from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
+
+MODES = ("static", "runtime", "dispatch")
+N_CHECK = 4  # greedy tokens of each set that dispatch checks against the static draft
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes and loops (CPU check of the script).")
 _MODEL = flags.DEFINE_string("model", "qwen2.5-1.5b", "Model shape (shapes.SHAPES).")
@@ -45,6 +68,8 @@ _GAMMA = flags.DEFINE_integer("gamma", 3, "Draft length of the segment.")
 _SETS = flags.DEFINE_list("sets", ["0:0", "8:4", "16:12"], "Skip sets as attn:mlp counts of "
                           "skipped inner sublayers (spread evenly); 0:0 times the gating's cost "
                           "with nothing skipped.")
+_MODES = flags.DEFINE_list("modes", list(MODES), f"Draft modes to time, in this order, of "
+                           f"{', '.join(MODES)}.")
 _ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/switch_cost.json).")
@@ -57,9 +82,202 @@ def timed_get(compiled: CompileCache, statics, args):
   return fn, time.perf_counter() - start
 
 
+class DispatchPrograms(NamedTuple):
+  """The dispatch mode's programs at one attention bucket, each compiled once for every layer.
+  top: the params without their layers; lp: one layer's; k, v: that layer's cache arrays
+  (donated: written in place); pos: int32 [], the cursor, where the step's token goes."""
+
+  embed: Callable  # (top, token, pos) -> (x [1, 1, D], cos, sin, pos + 1)
+  attention: Callable  # (lp, x, cos, sin, k, v, pos) -> (x, k, v)
+  mlp: Callable  # (lp, x) -> x
+  layer: Callable  # attention, then mlp: (lp, x, cos, sin, k, v, pos) -> (x, k, v)
+  head: Callable  # (top, x) -> the greedy token, int32 [] on device
+
+  def executables(self) -> int:
+    """Executables compiled so far, all programs together (5 once each has run)."""
+    return sum(getattr(fn, "_cache_size", lambda: -99)() for fn in self)  # jit's count
+
+
+def dispatch_programs(cfg, attn_len: int) -> DispatchPrograms:
+  """DispatchPrograms from model.py's layer body (attention_sublayer, mlp_sublayer, block) with
+  cfg's kernels and matmul padding, attending over the cache's first attn_len positions."""
+  def embed(top, token, pos):
+    cos, sin = model_lib.rope_tables(cfg, pos[None])
+    return top["embed"][token.reshape(1, 1)], cos, sin, pos + 1
+
+  def with_cache(sublayer):
+    def run(lp, x, cos, sin, k_cache, v_cache, pos):
+      # model.forward's attend_cache for one token at pos, over one layer's arrays (model.py
+      # has no public helper for it, and gets none for a measurement)
+      mask = (jnp.arange(attn_len, dtype=jnp.int32) <= pos)[None, None]
+      kv_len = jnp.full((1,), pos + 1, jnp.int32)
+      written = {}
+
+      def attend_kv(q, k, v):
+        for name, cache, new in (("k", k_cache, k), ("v", v_cache, v)):
+          written[name] = jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype),
+                                                       (0, pos, 0, 0))
+        return model_lib.attend(cfg, q, written["k"], written["v"], mask, kv_len)
+
+      x = sublayer(lp, cfg, x, cos, sin, attend_kv)
+      return x, written["k"], written["v"]
+    return jax.jit(run, donate_argnums=(4, 5))
+
+  def head(top, x):
+    h = model_lib.rms_norm(x, top["final_norm"], cfg.norm_eps)
+    return decoding.next_token(model_lib.lm_head(top, cfg, h[0, 0]), None, None)[0]
+
+  return DispatchPrograms(jax.jit(embed), with_cache(model_lib.attention_sublayer),
+                          jax.jit(lambda lp, x: model_lib.mlp_sublayer(lp, cfg, x)),
+                          with_cache(model_lib.block), jax.jit(head))
+
+
+def dispatch_plan(progs: DispatchPrograms, skip: SkipMask) -> list[tuple[Callable, int, bool]]:
+  """A draft step's calls between embed and head, layer by layer: (program, layer, whether it
+  takes the layer's cache); a layer with nothing kept has none."""
+  plan = []
+  for i in range(skip.n_layers):
+    attn, mlp = not skip.skips_attn(i), not skip.skips_mlp(i)
+    if attn or mlp:
+      plan.append((progs.layer if attn and mlp else progs.attention if attn else progs.mlp, i,
+                   attn))
+  return plan
+
+
+def dispatch_steps(progs: DispatchPrograms, plan, top, layers, token, pos, ks: list, vs: list,
+                   steps: int, marks: list | None = None) -> list:
+  """`steps` greedy draft steps from `token` at cursor `pos` (device arrays), call by call, the
+  host never waiting for the device; ks, vs (the layers' cache arrays) are replaced in place by
+  the donating calls' outputs; marks: gets time.perf_counter() as each step's last call returns.
+  Returns the steps' tokens, on device."""
+  tokens = []
+  for _ in range(steps):
+    x, cos, sin, next_pos = progs.embed(top, token, pos)
+    for fn, i, cached in plan:
+      if cached:
+        x, ks[i], vs[i] = fn(layers[i], x, cos, sin, ks[i], vs[i], pos)
+      else:
+        x = fn(layers[i], x)
+    token, pos = progs.head(top, x), next_pos
+    tokens.append(token)
+    if marks is not None:
+      marks.append(time.perf_counter())
+  return tokens
+
+
+def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: int,
+                  static_compiled: CompileCache, smoke: bool, base: dict) -> list[dict]:
+  """The dispatch mode's records, one per skip set (see the module docstring)."""
+  progs = dispatch_programs(m.cfg, attn_len)
+  top = {k: v for k, v in m.params.items() if k != "layers"}
+  layers = m.params["layers"]
+  cache = m.fresh_cache()  # the timed loops' cache: each loop rewrites the same positions
+  ks, vs = list(cache.k), list(cache.v)
+  token0, pos0 = jnp.zeros((), jnp.int32), cache.length
+  # Every program once (the one compile of dispatch), on a copy of layer 0's cache arrays.
+  k0, v0 = jnp.copy(ks[0]), jnp.copy(vs[0])
+  jax.block_until_ready((k0, v0))
+  start = time.perf_counter()
+  x, cos, sin, _ = progs.embed(top, token0, pos0)
+  x, k0, v0 = progs.attention(layers[0], x, cos, sin, k0, v0, pos0)
+  x, k0, v0 = progs.layer(layers[0], x, cos, sin, k0, v0, pos0)
+  jax.block_until_ready(progs.head(top, progs.mlp(layers[0], x)))
+  compile_once_s = time.perf_counter() - start
+  del k0, v0
+
+  # The check's weights: under --smoke the tiny model's layers scaled 4x, since with its own
+  # small random layers it repeats the token it is fed whatever the skip set.
+  check_params = (dict(m.params, layers=jax.tree.map(lambda a: 4 * a, layers)) if smoke
+                  else m.params)
+  check_top = {k: v for k, v in check_params.items() if k != "layers"}
+
+  def written(ks: list, vs: list):
+    """The keys and values of the check's steps, every layer's, in float32 on the host."""
+    return np.stack([jax.device_get(a[0, m.context:m.context + N_CHECK]).astype(np.float32)
+                     for a in ks + vs])
+
+  def check(skip: SkipMask, plan) -> tuple[bool, list, list, float]:
+    """(tokens equal, dispatched tokens, static tokens, the largest difference between the keys
+    and values they wrote): N_CHECK greedy steps each, from the same state."""
+    statics = decoding.ARSegmentStatics(dataclasses.replace(m.cfg, draft_skip="static"),
+                                        attn_len, skip=skip)
+    state = m.fresh_state(N_CHECK + 1)
+    draft = static_compiled.get(statics, (check_params, state))
+    out = draft(check_params, state)
+    static = jax.device_get(out.out[1:N_CHECK + 1]).tolist()
+    static_kv = written(list(out.cache.k), list(out.cache.v))
+    state = m.fresh_state(N_CHECK + 1)
+    ks, vs = list(state.cache.k), list(state.cache.v)
+    dispatched = [int(t) for t in jax.device_get(dispatch_steps(
+        progs, plan, check_top, check_params["layers"], state.token, state.cache.length, ks, vs,
+        N_CHECK))]
+    return (dispatched == static, dispatched, static,
+            float(np.max(np.abs(written(ks, vs) - static_kv))))
+
+  def loop(plan) -> tuple[float, float, float]:
+    """Seconds of `rounds` dispatched steps, until the host's last call returned, and until
+    the first step's last call returned (the device idle at the start: no queue of launches
+    holds the host back, as a full one may later in a device-bound loop)."""
+    marks = []
+    start = time.perf_counter()
+    tokens = dispatch_steps(progs, plan, top, layers, token0, pos0, ks, vs, rounds, marks)
+    jax.block_until_ready(tokens[-1])
+    return time.perf_counter() - start, marks[-1] - start, marks[0] - start
+
+  records = []
+  for skip in skips:
+    start = time.perf_counter()
+    plan = dispatch_plan(progs, skip)
+    plan_s = time.perf_counter() - start
+    first = loop(plan)[0]
+    times, hosts, host_firsts = zip(*(loop(plan) for _ in range(repeats)))
+    steady, host = statistics.median(times), statistics.median(hosts)
+    calls = len(plan) + 2  # embed and head
+    equal, dispatched, static, kv_diff = check(skip, plan)
+    record = dict(base, mode="dispatch", n_attn_skipped=len(skip.attn_skipped),
+                  n_mlp_skipped=len(skip.mlp_skipped), ms_per_draft_step=steady / rounds * 1e3,
+                  calls_per_step=calls, host_ms_per_step=host / rounds * 1e3,
+                  host_us_per_call=host / (rounds * calls) * 1e6,
+                  first_step_host_us_per_call=statistics.median(host_firsts) / calls * 1e6,
+                  plan_s=plan_s, first_loop_s=first, steady_loop_s=steady,
+                  switch_s=plan_s + max(first - steady, 0.0),
+                  compile_once_s=compile_once_s if not records else 0.0,
+                  executables=progs.executables(), tokens_equal_static=equal,
+                  dispatch_tokens=dispatched, static_tokens=static, kv_max_diff=kv_diff)
+    records.append(record)
+    label = (f"dispatch skip {record['n_attn_skipped']:2d} attn + {record['n_mlp_skipped']:2d} "
+             f"mlp:")
+    print(f"{label} draft {record['ms_per_draft_step']:7.3f} ms/step, {calls} calls/step, host "
+          f"{record['host_ms_per_step']:7.3f} ms/step ({record['host_us_per_call']:5.1f} "
+          f"us/call, first step {record['first_step_host_us_per_call']:5.1f}), switch "
+          f"{record['switch_s']:7.3f} s (plan {plan_s * 1e3:5.2f} ms, first loop "
+          f"{first * 1e3:7.1f} ms, steady {steady * 1e3:7.1f} ms), compile once "
+          f"{record['compile_once_s']:6.2f} s | {record['executables']} executables", flush=True)
+    print(f"{label} dispatch tokens == static tokens: {equal} ({dispatched} vs {static}; "
+          f"keys and values written differ by at most {kv_diff:.2g})", flush=True)
+  if smoke:
+    # The tiny model's sets run whole layers only: one more set runs every other call, attention
+    # alone in odd layers, the MLP alone in even ones, checked but not timed.
+    n = m.cfg.n_layers
+    mixed = SkipMask.from_layers(n, attn=range(0, n, 2), mlp=range(1, n, 2))
+    equal, dispatched, static, kv_diff = check(mixed, dispatch_plan(progs, mixed))
+    print(f"dispatch attention-only and MLP-only calls: dispatch tokens == static tokens: "
+          f"{equal} ({dispatched} vs {static}; keys and values written differ by at most "
+          f"{kv_diff:.2g})", flush=True)
+    assert equal and kv_diff < 1e-4, "dispatched draft differs from the static one (mixed calls)"
+    for r in records:
+      assert r["tokens_equal_static"] and r["kv_max_diff"] < 1e-4, (
+          f"dispatched draft differs from the static one: {r}")
+      assert r["executables"] == 5, f"a skip set compiled a program: {r}"
+  return records
+
+
 def main(argv):
   del argv
   smoke = _SMOKE.value
+  modes = _MODES.value
+  if unknown := sorted(set(modes) - set(MODES)):
+    raise app.UsageError(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
   rounds, repeats = (4, 2) if smoke else (_ROUNDS.value, _REPEATS.value)
   gamma = _GAMMA.value
   m = random_model(_MODEL.value, _CONTEXT.value, smoke)
@@ -70,14 +288,25 @@ def main(argv):
   print(f"{device} | jax {jax.__version__} | {m.name} | context {context} | gamma {gamma} | "
         f"XLA_FLAGS='{flags_env}' | {rounds} rounds x {repeats} loops", flush=True)
   attn_len = attn_bucket(context + rounds * (gamma + 1) + gamma + 1, capacity)
+  skips = []
+  for spec in (["0:0", "1:1"] if smoke else _SETS.value):
+    n_attn, n_mlp = (int(x) for x in spec.split(":"))
+    n = m.cfg.n_layers
+    skips.append(SkipMask.from_layers(n, attn=spread(n, n_attn) if n_attn else (),
+                                      mlp=spread(n, n_mlp) if n_mlp else ()))
+  # The static programs, shared with dispatch's check of its tokens (a static draft compiled
+  # once serves both).
+  static_compiled = CompileCache()
   records = []
-  for mode in ("static", "runtime"):
+  for mode in modes:
+    if mode == "dispatch":
+      base = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
+                  attn_len=attn_len, gamma=gamma, read_gbps=read_gbps)
+      records += time_dispatch(m, skips, attn_len, rounds, repeats, static_compiled, smoke, base)
+      continue
     cfg = dataclasses.replace(m.cfg, draft_skip=mode)
-    compiled = CompileCache()
-    for spec in (["0:0", "1:1"] if smoke else _SETS.value):
-      n_attn, n_mlp = (int(x) for x in spec.split(":"))
-      skip = SkipMask.from_layers(cfg.n_layers, attn=spread(cfg.n_layers, n_attn) if n_attn
-                                  else (), mlp=spread(cfg.n_layers, n_mlp) if n_mlp else ())
+    compiled = static_compiled if mode == "static" else CompileCache()
+    for skip in skips:
       gated = mode == "runtime"
       place = (lambda s: decoding.with_skip(s, skip)) if gated else (lambda s: s)
       seg_args = lambda: (m.params, place(m.fresh_state(rounds * (gamma + 1) + 1)),
@@ -90,7 +319,8 @@ def main(argv):
       draft_statics = (decoding.ARSegmentStatics(cfg, attn_len, gated=True) if gated
                        else decoding.ARSegmentStatics(cfg, attn_len, skip=skip))
       seg, seg_compile = timed_get(compiled, seg_statics, seg_args())
-      ar_args = lambda: (m.params, place(m.fresh_state(rounds)))
+      # `rounds` steps: the state's first token counts as one of max_new (ar_segment)
+      ar_args = lambda: (m.params, place(m.fresh_state(rounds + 1)))
       draft, _ = timed_get(compiled, draft_statics, ar_args())
       # The first call with this skip set (for the gated program: a set it has not run yet,
       # since the compile primed it with nothing skipped), then the steady calls.
