@@ -345,6 +345,7 @@ def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
   assert [(r["n_attn_skipped"], r["calls_per_step"]) for r in dispatch] == [(0, 4), (1, 3)]
   for r in dispatch:
     assert r["tokens_equal_static"] is True and r["dispatch_tokens"] == r["static_tokens"]
+    assert r["rounds_equal_static"] is True and r["ms_per_round"] > 0
     assert len(set(r["dispatch_tokens"])) > 1  # a check that a stuck token would not pass
     assert np.isfinite(r["ms_per_draft_step"]) and r["ms_per_draft_step"] > 0
     assert 0 < r["host_ms_per_step"] and 0 <= r["switch_s"] < 0.05

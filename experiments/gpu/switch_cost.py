@@ -56,6 +56,7 @@ from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
+from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
 MODES = ("static", "runtime", "dispatch")
@@ -144,6 +145,24 @@ def dispatch_plan(progs: DispatchPrograms, skip: SkipMask) -> list[tuple[Callabl
   return plan
 
 
+def verify_program(cfg, attn_len: int):
+  """A dispatched round's verify, compiled once per (gamma, bucket) whatever the draft's skip
+  set: the full model (model.forward, nothing skipped) over [token, d_1..d_gamma] at the cursor,
+  greedy acceptance on device (speculative._round's rule). (params, token, drafts: gamma int32
+  [] arrays, ks, vs: every layer's cache arrays, donated, pos) -> (the next pending token, the
+  cursor after the accepted tokens, the accepted drafts, ks, vs): nothing goes to the host, so
+  the next round's draft calls queue behind it."""
+  def verify(params, token, drafts, ks, vs, pos):
+    drafts = jnp.stack(drafts)
+    window = jnp.concatenate([token[None], drafts])[None]
+    out = model_lib.forward(params, cfg, window, KVCache(tuple(ks), tuple(vs), pos),
+                            skip=SkipMask.none(cfg.n_layers), attn_len=attn_len)
+    target = jnp.argmax(model_lib.lm_head(params, cfg, out.hidden[0]), axis=-1).astype(jnp.int32)
+    accepted = jnp.sum(jnp.cumprod((drafts == target[:-1]).astype(jnp.int32)))
+    return target[accepted], pos + accepted + 1, accepted, list(out.cache.k), list(out.cache.v)
+  return jax.jit(verify, donate_argnums=(3, 4))
+
+
 def dispatch_steps(progs: DispatchPrograms, plan, top, layers, token, pos, ks: list, vs: list,
                    steps: int, marks: list | None = None) -> list:
   """`steps` greedy draft steps from `token` at cursor `pos` (device arrays), call by call, the
@@ -184,6 +203,14 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
   jax.block_until_ready(progs.head(top, progs.mlp(layers[0], x)))
   compile_once_s = time.perf_counter() - start
   del k0, v0
+  gamma = base["gamma"]
+  verify = verify_program(m.cfg, attn_len)
+  check_cache = m.fresh_cache()  # the verify's one compile, on a cache of its own
+  start = time.perf_counter()
+  jax.block_until_ready(verify(m.params, token0, [token0] * gamma, list(check_cache.k),
+                               list(check_cache.v), pos0))
+  verify_compile_s = time.perf_counter() - start
+  del check_cache
 
   # The check's weights: under --smoke the tiny model's layers scaled 4x, since with its own
   # small random layers it repeats the token it is fed whatever the skip set.
@@ -214,6 +241,42 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
     return (dispatched == static, dispatched, static,
             float(np.max(np.abs(written(ks, vs) - static_kv))))
 
+  def dispatch_rounds(plan, params, top, ks: list, vs: list, token, pos, n_rounds: int):
+    """n_rounds rounds of gamma dispatched draft steps and the compiled verify (threshold 0:
+    every round drafts gamma tokens), nothing read back; ks, vs replaced in place. Returns the
+    pending token and the cursor after the last round, and the accepted drafts, on device."""
+    accepted = []
+    for _ in range(n_rounds):
+      drafts = dispatch_steps(progs, plan, top, params["layers"], token, pos, ks, vs, gamma)
+      token, pos, n_acc, ks[:], vs[:] = verify(params, token, drafts, ks, vs, pos)
+      accepted.append(n_acc)
+    return token, pos, accepted
+
+  def check_rounds(skip: SkipMask, plan) -> tuple[bool, tuple, tuple]:
+    """(equal, dispatched, static): the pending token and cursor after N_CHECK rounds of
+    dispatch_rounds and of the static segment program (spec_segment, threshold 0), from the
+    same state."""
+    statics = speculative.SpecSegmentStatics(dataclasses.replace(m.cfg, draft_skip="static"),
+                                             skip, gamma, attn_len)
+    args = lambda: (check_params, m.fresh_state(N_CHECK * (gamma + 1) + 1),
+                    speculative.SpecCounters.zeros(), jnp.asarray(N_CHECK, jnp.int32),
+                    jnp.asarray(0.0, jnp.float32))
+    state, _ = static_compiled.get(statics, args())(*args())
+    static = (int(state.token), int(state.cache.length))
+    state = m.fresh_state(1)
+    token, pos, _ = dispatch_rounds(plan, check_params, check_top, list(state.cache.k),
+                                    list(state.cache.v), state.token, state.cache.length,
+                                    N_CHECK)
+    dispatched = (int(token), int(pos))
+    return dispatched == static, dispatched, static
+
+  def round_loop(plan) -> tuple[float, float]:
+    """Seconds of `rounds` dispatched rounds, and the accepted drafts per round."""
+    start = time.perf_counter()
+    token, _, accepted = dispatch_rounds(plan, m.params, top, ks, vs, token0, pos0, rounds)
+    jax.block_until_ready(token)
+    return time.perf_counter() - start, float(np.mean(jax.device_get(accepted)))
+
   def loop(plan) -> tuple[float, float, float]:
     """Seconds of `rounds` dispatched steps, until the host's last call returned, and until
     the first step's last call returned (the device idle at the start: no queue of launches
@@ -234,6 +297,9 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
     steady, host = statistics.median(times), statistics.median(hosts)
     calls = len(plan) + 2  # embed and head
     equal, dispatched, static, kv_diff = check(skip, plan)
+    round_loop(plan)  # warm-up
+    round_times, accepts = zip(*(round_loop(plan) for _ in range(repeats)))
+    rounds_equal, rounds_dispatched, rounds_static = check_rounds(skip, plan)
     record = dict(base, mode="dispatch", n_attn_skipped=len(skip.attn_skipped),
                   n_mlp_skipped=len(skip.mlp_skipped), ms_per_draft_step=steady / rounds * 1e3,
                   calls_per_step=calls, host_ms_per_step=host / rounds * 1e3,
@@ -243,7 +309,12 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
                   switch_s=plan_s + max(first - steady, 0.0),
                   compile_once_s=compile_once_s if not records else 0.0,
                   executables=progs.executables(), tokens_equal_static=equal,
-                  dispatch_tokens=dispatched, static_tokens=static, kv_max_diff=kv_diff)
+                  dispatch_tokens=dispatched, static_tokens=static, kv_max_diff=kv_diff,
+                  ms_per_round=statistics.median(round_times) / rounds * 1e3,
+                  accepted_per_round=statistics.median(accepts),
+                  verify_compile_s=verify_compile_s if not records else 0.0,
+                  rounds_equal_static=rounds_equal,
+                  rounds_token_cursor=dict(dispatch=rounds_dispatched, static=rounds_static))
     records.append(record)
     label = (f"dispatch skip {record['n_attn_skipped']:2d} attn + {record['n_mlp_skipped']:2d} "
              f"mlp:")
@@ -255,6 +326,11 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
           f"{record['compile_once_s']:6.2f} s | {record['executables']} executables", flush=True)
     print(f"{label} dispatch tokens == static tokens: {equal} ({dispatched} vs {static}; "
           f"keys and values written differ by at most {kv_diff:.2g})", flush=True)
+    print(f"{label} round (gamma {gamma} dispatched + compiled verify) "
+          f"{record['ms_per_round']:7.3f} ms, {record['accepted_per_round']:.2f} accepted, "
+          f"verify compile {record['verify_compile_s']:5.2f} s; after {N_CHECK} rounds "
+          f"(token, cursor) == static segment's: {rounds_equal} ({rounds_dispatched} vs "
+          f"{rounds_static})", flush=True)
   if smoke:
     # The tiny model's sets run whole layers only: one more set runs every other call, attention
     # alone in odd layers, the MLP alone in even ones, checked but not timed.
@@ -269,6 +345,7 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
       assert r["tokens_equal_static"] and r["kv_max_diff"] < 1e-4, (
           f"dispatched draft differs from the static one: {r}")
       assert r["executables"] == 5, f"a skip set compiled a program: {r}"
+      assert r["rounds_equal_static"], f"dispatched rounds differ from the static segment: {r}"
   return records
 
 
