@@ -352,3 +352,36 @@ def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
     assert r["executables"] == 5  # the second set compiled nothing
   assert dispatch[0]["compile_once_s"] > 0 and dispatch[1]["compile_once_s"] == 0
   assert proc.stdout.count("dispatch tokens == static tokens: True") == 3, proc.stdout
+
+
+def test_trace_overlap_helpers_match_a_numpy_timeline():
+  """same_process_slowdown.py's `merged` and `overlap_with` (device_trace_summary's busy time
+  and overlapping events, BENCHMARKS.md 10.22) against a boolean timeline in NumPy, on random
+  integer intervals; run in a child (the script defines absl flags at import)."""
+  code = """
+import importlib.util, pathlib, sys
+import numpy as np
+sys.path.insert(0, str(pathlib.Path(sys.argv[1]).parent))
+spec = importlib.util.spec_from_file_location("sps", sys.argv[1])
+sps = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sps)
+rng = np.random.default_rng(0)
+for trial in range(50):
+  starts = rng.integers(0, 200, size=rng.integers(1, 30))
+  spans = [(int(s), int(s + rng.integers(1, 25))) for s in starts]
+  timeline = np.zeros(260, bool)
+  for s, e in spans:
+    timeline[s:e] = True
+  union = sps.merged(spans)
+  assert sum(e - s for s, e in union) == timeline.sum(), (spans, union)
+  assert all(a[1] < b[0] for a, b in zip(union, union[1:]))  # disjoint and sorted
+  for _ in range(10):
+    s = int(rng.integers(0, 240)); e = s + int(rng.integers(1, 20))
+    assert sps.overlap_with(union, s, e) == timeline[s:e].sum()
+print("ok")
+"""
+  proc = subprocess.run([sys.executable, "-c", code,
+                         str(REPO / "experiments" / "gpu" / "same_process_slowdown.py")],
+                        cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -46,6 +46,7 @@ H200, which ended the first attempt; results/h200/same_process_slowdown/smollm2_
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
 import json
@@ -164,39 +165,80 @@ class StderrLog:
 _LOG: list = []  # the StderrLog, when --xla_log_patterns is given
 
 
+def merged(spans: list) -> list:
+  """Sorted, disjoint (start, end) intervals covering the given ones."""
+  out = []
+  for s, e in sorted(spans):
+    if out and s <= out[-1][1]:
+      out[-1][1] = max(out[-1][1], e)
+    else:
+      out.append([s, e])
+  return out
+
+
+def overlap_with(intervals: list, s: float, e: float) -> float:
+  """Time of [s, e) covered by `merged` intervals."""
+  i = max(bisect.bisect_right(intervals, [s, float("inf")]) - 1, 0)
+  covered = 0.0
+  while i < len(intervals) and intervals[i][0] < e:
+    covered += max(0.0, min(e, intervals[i][1]) - max(s, intervals[i][0]))
+    i += 1
+  return covered
+
+
 def device_trace_summary(path: str, top: int = 6) -> dict:
   """From a jax.profiler trace (its .xplane.pb): on each device plane, the events of every line
   (kernels and copies on each stream) as counts, summed durations, the busy time (their union)
   and the span from the first start to the last end, and the `top` event names by summed time.
+  Which events overlap others: `lines`, each line's (stream's) events, summed and busy time and
+  top names, and `overlapping`, the `top` event names by the time they overlap events of other
+  lines or of their own (summed minus busy of 10.22's table, BENCHMARKS.md: 110 us of each
+  token's events overlapped in a fresh process, 10 us once the search had run).
   {} where the trace has no device plane (a CPU run)."""
   data = jax.profiler.ProfileData.from_file(path)
   out = {}
   for plane in data.planes:
     if not plane.name.startswith("/device:"):
       continue
-    spans, per_name = [], {}
+    spans, per_name, lines = [], {}, {}
     for line in plane.lines:
-      for event in line.events:
-        if event.duration_ns <= 0:
-          continue
-        spans.append((event.start_ns, event.start_ns + event.duration_ns))
-        per_name[event.name] = per_name.get(event.name, 0.0) + event.duration_ns
+      events = [(event.start_ns, event.start_ns + event.duration_ns, event.name)
+                for event in line.events if event.duration_ns > 0]
+      if events:
+        lines[line.name] = events
+      for s, e, name in events:
+        spans.append((s, e))
+        per_name[name] = per_name.get(name, 0.0) + e - s
     if not spans:
       continue
-    spans.sort()
-    busy, (start, end) = 0.0, spans[0]
-    for s, e in spans[1:]:
-      if s > end:
-        busy, start, end = busy + end - start, s, e
-      else:
-        end = max(end, e)
-    busy += end - start
-    span = max(e for _, e in spans) - spans[0][0]
+    busy = sum(e - s for s, e in merged(spans))
+    span = max(e for _, e in spans) - min(s for s, _ in spans)
     names = sorted(per_name.items(), key=lambda kv: -kv[1])[:top]
+    line_rows, overlapping = {}, {}
+    for name, events in lines.items():
+      others = merged([(s, e) for other, evs in lines.items() if other != name
+                       for s, e, _ in evs])
+      mine = sorted(events)
+      reach = float("-inf")  # the latest end among this line's earlier events
+      for s, e, event in mine:
+        covered = overlap_with(others, s, e) + max(0.0, min(e, reach) - s)
+        if covered > 0:
+          overlapping[event] = overlapping.get(event, 0.0) + covered
+        reach = max(reach, e)
+      by_name = {}
+      for s, e, event in events:
+        by_name[event] = by_name.get(event, 0.0) + e - s
+      line_rows[name[:60]] = dict(
+          events=len(events), summed_ms=round(sum(by_name.values()) / 1e6, 3),
+          busy_ms=round(sum(e - s for s, e in merged([(s, e) for s, e, _ in events])) / 1e6, 3),
+          top={n[:60]: round(t / 1e6, 3)
+               for n, t in sorted(by_name.items(), key=lambda kv: -kv[1])[:3]})
     out[plane.name] = dict(events=len(spans), summed_ms=sum(per_name.values()) / 1e6,
                            busy_ms=busy / 1e6, span_ms=span / 1e6,
                            busy_fraction=busy / span if span else 0.0,
-                           top={n[:80]: round(t / 1e6, 3) for n, t in names})
+                           top={n[:80]: round(t / 1e6, 3) for n, t in names}, lines=line_rows,
+                           overlapping={n[:80]: round(t / 1e6, 3) for n, t in sorted(
+                               overlapping.items(), key=lambda kv: -kv[1])[:top]})
   return out
 
 
@@ -233,7 +275,9 @@ def ar_stage(name: str, model, ids) -> dict:
     for plane, t in row["trace"]["devices"].items():
       print(f"  {name} trace {plane}: busy {t['busy_us_per_token']} us/token of "
             f"{t['span_us_per_token']} ({t['busy_fraction']:.1%}), {t['events_per_token']} "
-            f"events/token; top {t['top']}", flush=True)
+            f"events/token; top {t['top']}; overlapping (ms over the trace) "
+            f"{t['overlapping']}; streams { {k: v['events'] for k, v in t['lines'].items()} }",
+            flush=True)
   print(f"{name:11s} AR {row['median']:7.1f} tok/s (runs {', '.join(f'{s:.1f}' for s in speeds)})"
         f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  threads {row['threads']}"
         f"  gc objects {row['gc_objects']}"
