@@ -236,8 +236,9 @@ class KnapSpecConfig:
     2K (8 + 8 sublayers, gamma 2) served the 2K-28K documents at 1.128 / 1.108 / 1.108 / 1.146x AR
     (BENCHMARKS.md 10.19); with it the 3K bucket's search found 9 + 10 at gamma 9, which served
     them at 1.167 / 1.083 / 1.090 / 1.287x (10.20), while the searches at 8K-28K put their own
-    best under the borrowed draft. Off by default until Spec-Bench is measured with it; on
-    SmolLM2 it never acts (no draft is kept).
+    best under the borrowed draft. On by default since session 18: on the Spec-Bench subset
+    (13 prompts, 256 new tokens, H200, BENCHMARKS.md 10.22) it ran 0.995-1.196x AR paired,
+    1.001x median, as without it. On SmolLM2 it never acts (no draft is kept).
   search_after: generated tokens a generation decodes plainly before its first search beyond
     the n_ref it scores on, so that its reference tokens lie this far into the generation. 0:
     the search runs on the first n_ref generated tokens. On Qwen2.5-Coder-1.5B (CPU replay of
@@ -270,7 +271,7 @@ class KnapSpecConfig:
   try_below: float = 0.1
   judge_windows: int = 2
   keep_margin: float = 0.02
-  search_new_buckets: bool = False
+  search_new_buckets: bool = True
   search_after: int = 0
 
   def __post_init__(self):
