@@ -82,14 +82,18 @@ class ModelConfig:
       than a two-row one: a Qwen2.5-1.5B-shaped one-token step took 2.24 ms, a two-token
       forward 1.64 ms (BENCHMARKS.md 10.5). 1: no padding. A load_model option, like attention.
     draft_skip: how a draft leaves out its skipped sublayers. "static": they are absent from
-      the compiled program (one program per skip set; a new set costs a compile: 4-4.7 s for
-      Qwen2.5-1.5B on the H200). "runtime": every sublayer runs under a `lax.cond` on the skip
+      the compiled program (one program per skip set; a new set costs a compile, seconds on the
+      H200, below). "runtime": every sublayer runs under a `lax.cond` on the skip
       set, which the decode state carries as data (DecodeState.skip), so one program per draft
       length and bucket serves every skip set and switching costs no compile; each cond costs
       something per step instead (on the H100, SmolLM2 shape, an earlier version of this: 2.56
       ms against 1.47 with nothing skipped; ../shared/MEASURED.md; this version on the H200,
       Qwen2.5-1.5B shape: 2.2-3.1 ms a draft step against 0.9-1.6 ms static, a switch 0.001 s
-      against a 4.9-11.1 s compile, BENCHMARKS.md 10.13). A load_model option.
+      against a 4.9-11.1 s compile, BENCHMARKS.md 10.13; 7.8-14.2 s in session 18, 10.22). A
+      third way was measured and is not an option: a draft step driven from the host, one
+      compiled call per kept sublayer or layer (experiments/gpu/switch_cost.py --modes=dispatch).
+      Switching is free there too, but the host sets the pace: 79-114 us per call, 2.2-3.4 ms
+      a draft step (10.22). A load_model option.
   """
 
   arch: str
