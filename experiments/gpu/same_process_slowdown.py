@@ -136,6 +136,16 @@ def threads() -> int:
     return -1
 
 
+def live_executables(top: int = 4) -> dict:
+  """The executables the XLA client holds (the project's programs, JAX's own and any a dropped
+  program left behind: whether CompileCache.discard freed the search, with the profiler on or
+  off, BENCHMARKS.md 10.22): their count and the `top` largest by generated code, by module."""
+  executables = jax.devices()[0].client.live_executables()
+  sizes = sorted(((e.size_of_generated_code_in_bytes(), e.hlo_modules()[0].name)
+                  for e in executables), reverse=True)[:top]
+  return dict(count=len(executables), largest={name[:60]: size for size, name in sizes})
+
+
 def device_bytes() -> int:
   stats = jax.devices()[0].memory_stats() or {}
   return int(stats.get("bytes_in_use", 0))
@@ -267,11 +277,12 @@ def ar_stage(name: str, model, ids) -> dict:
   row = dict(stage=name, tokens_per_s=speeds, median=statistics.median(speeds), gpu=gpu_state(),
              rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, threads=threads(),
              gc_objects=len(gc.get_objects()), device_mb=device_bytes() / 2**20,
-             programs=len(model.compiled))
+             programs=len(model.compiled), live_executables=live_executables())
   if _LOG:
     row["xla_log_lines"] = _LOG[0].counts()
   if _TRACE_TOKENS.value:
     row["trace"] = traced_ar(model, ids, _TRACE_TOKENS.value)
+    row["live_executables_after_trace"] = live_executables()
     for plane, t in row["trace"]["devices"].items():
       print(f"  {name} trace {plane}: busy {t['busy_us_per_token']} us/token of "
             f"{t['span_us_per_token']} ({t['busy_fraction']:.1%}), {t['events_per_token']} "
@@ -282,6 +293,9 @@ def ar_stage(name: str, model, ids) -> dict:
         f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  threads {row['threads']}"
         f"  gc objects {row['gc_objects']}"
         f"  device {row['device_mb']:.0f} MB  programs {row['programs']}"
+        f"  live executables {row['live_executables']['count']}"
+        + (f" ({row['live_executables_after_trace']['count']} after the trace)"
+           if "live_executables_after_trace" in row else "")
         + (f"  XLA log lines {row['xla_log_lines']}" if _LOG else ""), flush=True)
   return row
 
