@@ -340,9 +340,14 @@ def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
                         text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = json.loads(out.read_text())
-  assert [r["mode"] for r in records] == ["static"] * 2 + ["runtime"] * 2 + ["dispatch"] * 2
-  dispatch = records[4:]
+  assert [r["mode"] for r in records] == (["static"] * 2 + ["runtime"] * 2 + ["dispatch"] * 2
+                                          + ["dispatch_layers"] * 2)
+  dispatch, per_layer = records[4:6], records[6:]
+  for r in dispatch + per_layer:
+    assert r["tokens_equal_static"] is True and r["rounds_equal_static"] is True
   assert [(r["n_attn_skipped"], r["calls_per_step"]) for r in dispatch] == [(0, 4), (1, 3)]
+  # embed, head, and attention, MLP and layer programs for each of the tiny shape's 2 layers
+  assert all(r["executables"] == 2 + 3 * 2 for r in per_layer)
   for r in dispatch:
     assert r["tokens_equal_static"] is True and r["dispatch_tokens"] == r["static_tokens"]
     assert r["rounds_equal_static"] is True and r["ms_per_round"] > 0
@@ -351,7 +356,7 @@ def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
     assert 0 < r["host_ms_per_step"] and 0 <= r["switch_s"] < 0.05
     assert r["executables"] == 5  # the second set compiled nothing
   assert dispatch[0]["compile_once_s"] > 0 and dispatch[1]["compile_once_s"] == 0
-  assert proc.stdout.count("dispatch tokens == static tokens: True") == 3, proc.stdout
+  assert proc.stdout.count("dispatch tokens == static tokens: True") == 6, proc.stdout
 
 
 def test_trace_overlap_helpers_match_a_numpy_timeline():

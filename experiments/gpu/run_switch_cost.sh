@@ -7,6 +7,6 @@
 # FLAG_SETS="default command_buffer_conds" bash experiments/gpu/run_switch_cost.sh: conditionals
 # alone in the graphs (with_xla_flag_sets.sh)
 # FLAG_SETS="default no_command_buffers" bash experiments/gpu/run_switch_cost.sh \
-#   --modes=dispatch: whether the dispatched draft's 79-114 us per call (BENCHMARKS.md
-#   10.22) is CUDA graphs being updated
+#   --modes=dispatch,dispatch_layers: whether the dispatched draft's 79-114 us per call
+#   (BENCHMARKS.md 10.22) is CUDA graphs being updated for another layer's buffers
 bash experiments/gpu/with_xla_flag_sets.sh switch_cost.py switch_cost 170 "$@"

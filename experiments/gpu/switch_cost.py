@@ -13,7 +13,11 @@ embed, attention sublayer (its layer's keys and values donated, written in place
 sublayer, whole layer, head (final norm, LM head, argmax); a step calls embed, then for each
 layer in order the whole layer, its attention or its MLP, whichever the skip set keeps, then the
 head, the token fed back as a device array (no host sync inside a loop). Any skip set runs with
-no compile: a switch costs the Python that lists the calls. For each skip set (attn:mlp counts of
+no compile: a switch costs the Python that lists the calls. On the H200 each call cost 79-114 us
+of host time (BENCHMARKS.md 10.22), perhaps XLA updating the program's CUDA graph for another
+layer's buffers at every call: "dispatch_layers" compiles the sublayer programs once per layer
+instead (each always sees its own layer's buffers), and the no_command_buffers flag set of
+run_switch_cost.sh runs without CUDA graphs. For each skip set (attn:mlp counts of
 skipped inner sublayers) and each mode of --modes this times, at one context, on device:
   draft     the draft decoding alone -> ms per step: decoding.ar_segment (static, runtime) or the
             host loop of dispatched calls (dispatch), `rounds` steps a loop;
@@ -59,7 +63,8 @@ from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
-MODES = ("static", "runtime", "dispatch")
+MODES = ("static", "runtime", "dispatch", "dispatch_layers")
+DISPATCH_MODES = ("dispatch", "dispatch_layers")
 N_CHECK = 4  # greedy tokens of each set that dispatch checks against the static draft
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes and loops (CPU check of the script).")
@@ -84,24 +89,35 @@ def timed_get(compiled: CompileCache, statics, args):
 
 
 class DispatchPrograms(NamedTuple):
-  """The dispatch mode's programs at one attention bucket, each compiled once for every layer.
-  top: the params without their layers; lp: one layer's; k, v: that layer's cache arrays
-  (donated: written in place); pos: int32 [], the cursor, where the step's token goes."""
+  """The dispatch modes' programs at one attention bucket. "dispatch": each compiled once for
+  every layer (attention, mlp and layer hold one program); "dispatch_layers": the sublayer
+  programs once per layer (a program per layer index, each always called with its own layer's
+  weight and cache buffers, so XLA never has to update its CUDA graph for another layer's
+  buffers). top: the params without their layers; lp: one layer's; k, v: that layer's cache
+  arrays (donated: written in place); pos: int32 [], the cursor, where the step's token goes."""
 
   embed: Callable  # (top, token, pos) -> (x [1, 1, D], cos, sin, pos + 1)
-  attention: Callable  # (lp, x, cos, sin, k, v, pos) -> (x, k, v)
-  mlp: Callable  # (lp, x) -> x
-  layer: Callable  # attention, then mlp: (lp, x, cos, sin, k, v, pos) -> (x, k, v)
+  attention: tuple  # of (lp, x, cos, sin, k, v, pos) -> (x, k, v)
+  mlp: tuple  # of (lp, x) -> x
+  layer: tuple  # attention, then mlp: of (lp, x, cos, sin, k, v, pos) -> (x, k, v)
   head: Callable  # (top, x) -> the greedy token, int32 [] on device
 
+  def of(self, kind: str, i: int) -> Callable:
+    """Layer i's program of `kind` (attention, mlp or layer)."""
+    programs = getattr(self, kind)
+    return programs[i if len(programs) > 1 else 0]
+
   def executables(self) -> int:
-    """Executables compiled so far, all programs together (5 once each has run)."""
-    return sum(getattr(fn, "_cache_size", lambda: -99)() for fn in self)  # jit's count
+    """Executables compiled so far, all programs together (5, or 2 + 3 per layer with
+    dispatch_layers, once each has run)."""
+    fns = (self.embed, self.head, *self.attention, *self.mlp, *self.layer)
+    return sum(getattr(fn, "_cache_size", lambda: -99)() for fn in fns)  # jit's count
 
 
-def dispatch_programs(cfg, attn_len: int) -> DispatchPrograms:
+def dispatch_programs(cfg, attn_len: int, per_layer: int = 0) -> DispatchPrograms:
   """DispatchPrograms from model.py's layer body (attention_sublayer, mlp_sublayer, block) with
-  cfg's kernels and matmul padding, attending over the cache's first attn_len positions."""
+  cfg's kernels and matmul padding, attending over the cache's first attn_len positions;
+  per_layer: that many copies of each sublayer program (dispatch_layers), 0: one shared."""
   def embed(top, token, pos):
     cos, sin = model_lib.rope_tables(cfg, pos[None])
     return top["embed"][token.reshape(1, 1)], cos, sin, pos + 1
@@ -128,9 +144,11 @@ def dispatch_programs(cfg, attn_len: int) -> DispatchPrograms:
     h = model_lib.rms_norm(x, top["final_norm"], cfg.norm_eps)
     return decoding.next_token(model_lib.lm_head(top, cfg, h[0, 0]), None, None)[0]
 
-  return DispatchPrograms(jax.jit(embed), with_cache(model_lib.attention_sublayer),
-                          jax.jit(lambda lp, x: model_lib.mlp_sublayer(lp, cfg, x)),
-                          with_cache(model_lib.block), jax.jit(head))
+  copies = range(max(per_layer, 1))  # each jax.jit of a new function: an executable of its own
+  return DispatchPrograms(
+      jax.jit(embed), tuple(with_cache(model_lib.attention_sublayer) for _ in copies),
+      tuple(jax.jit(lambda lp, x: model_lib.mlp_sublayer(lp, cfg, x)) for _ in copies),
+      tuple(with_cache(model_lib.block) for _ in copies), jax.jit(head))
 
 
 def dispatch_plan(progs: DispatchPrograms, skip: SkipMask) -> list[tuple[Callable, int, bool]]:
@@ -140,7 +158,7 @@ def dispatch_plan(progs: DispatchPrograms, skip: SkipMask) -> list[tuple[Callabl
   for i in range(skip.n_layers):
     attn, mlp = not skip.skips_attn(i), not skip.skips_mlp(i)
     if attn or mlp:
-      plan.append((progs.layer if attn and mlp else progs.attention if attn else progs.mlp, i,
+      plan.append((progs.of("layer" if attn and mlp else "attention" if attn else "mlp", i), i,
                    attn))
   return plan
 
@@ -185,9 +203,11 @@ def dispatch_steps(progs: DispatchPrograms, plan, top, layers, token, pos, ks: l
 
 
 def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: int,
-                  static_compiled: CompileCache, smoke: bool, base: dict) -> list[dict]:
-  """The dispatch mode's records, one per skip set (see the module docstring)."""
-  progs = dispatch_programs(m.cfg, attn_len)
+                  static_compiled: CompileCache, smoke: bool, base: dict,
+                  mode: str = "dispatch") -> list[dict]:
+  """A dispatch mode's records, one per skip set (see the module docstring)."""
+  per_layer = m.cfg.n_layers if mode == "dispatch_layers" else 0
+  progs = dispatch_programs(m.cfg, attn_len, per_layer)
   top = {k: v for k, v in m.params.items() if k != "layers"}
   layers = m.params["layers"]
   cache = m.fresh_cache()  # the timed loops' cache: each loop rewrites the same positions
@@ -198,9 +218,11 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
   jax.block_until_ready((k0, v0))
   start = time.perf_counter()
   x, cos, sin, _ = progs.embed(top, token0, pos0)
-  x, k0, v0 = progs.attention(layers[0], x, cos, sin, k0, v0, pos0)
-  x, k0, v0 = progs.layer(layers[0], x, cos, sin, k0, v0, pos0)
-  jax.block_until_ready(progs.head(top, progs.mlp(layers[0], x)))
+  for i in range(max(per_layer, 1)):  # layer 0's cache copy serves every program's compile
+    x, k0, v0 = progs.of("attention", i)(layers[i], x, cos, sin, k0, v0, pos0)
+    x, k0, v0 = progs.of("layer", i)(layers[i], x, cos, sin, k0, v0, pos0)
+    x = progs.of("mlp", i)(layers[i], x)
+  jax.block_until_ready(progs.head(top, x))
   compile_once_s = time.perf_counter() - start
   del k0, v0
   gamma = base["gamma"]
@@ -300,7 +322,7 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
     round_loop(plan)  # warm-up
     round_times, accepts = zip(*(round_loop(plan) for _ in range(repeats)))
     rounds_equal, rounds_dispatched, rounds_static = check_rounds(skip, plan)
-    record = dict(base, mode="dispatch", n_attn_skipped=len(skip.attn_skipped),
+    record = dict(base, mode=mode, n_attn_skipped=len(skip.attn_skipped),
                   n_mlp_skipped=len(skip.mlp_skipped), ms_per_draft_step=steady / rounds * 1e3,
                   calls_per_step=calls, host_ms_per_step=host / rounds * 1e3,
                   host_us_per_call=host / (rounds * calls) * 1e6,
@@ -316,7 +338,7 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
                   rounds_equal_static=rounds_equal,
                   rounds_token_cursor=dict(dispatch=rounds_dispatched, static=rounds_static))
     records.append(record)
-    label = (f"dispatch skip {record['n_attn_skipped']:2d} attn + {record['n_mlp_skipped']:2d} "
+    label = (f"{mode} skip {record['n_attn_skipped']:2d} attn + {record['n_mlp_skipped']:2d} "
              f"mlp:")
     print(f"{label} draft {record['ms_per_draft_step']:7.3f} ms/step, {calls} calls/step, host "
           f"{record['host_ms_per_step']:7.3f} ms/step ({record['host_us_per_call']:5.1f} "
@@ -337,14 +359,14 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
     n = m.cfg.n_layers
     mixed = SkipMask.from_layers(n, attn=range(0, n, 2), mlp=range(1, n, 2))
     equal, dispatched, static, kv_diff = check(mixed, dispatch_plan(progs, mixed))
-    print(f"dispatch attention-only and MLP-only calls: dispatch tokens == static tokens: "
+    print(f"{mode} attention-only and MLP-only calls: dispatch tokens == static tokens: "
           f"{equal} ({dispatched} vs {static}; keys and values written differ by at most "
           f"{kv_diff:.2g})", flush=True)
     assert equal and kv_diff < 1e-4, "dispatched draft differs from the static one (mixed calls)"
     for r in records:
       assert r["tokens_equal_static"] and r["kv_max_diff"] < 1e-4, (
           f"dispatched draft differs from the static one: {r}")
-      assert r["executables"] == 5, f"a skip set compiled a program: {r}"
+      assert r["executables"] == 2 + 3 * max(per_layer, 1), f"a skip set compiled: {r}"
       assert r["rounds_equal_static"], f"dispatched rounds differ from the static segment: {r}"
   return records
 
@@ -376,10 +398,11 @@ def main(argv):
   static_compiled = CompileCache()
   records = []
   for mode in modes:
-    if mode == "dispatch":
+    if mode in DISPATCH_MODES:
       base = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
                   attn_len=attn_len, gamma=gamma, read_gbps=read_gbps)
-      records += time_dispatch(m, skips, attn_len, rounds, repeats, static_compiled, smoke, base)
+      records += time_dispatch(m, skips, attn_len, rounds, repeats, static_compiled, smoke, base,
+                               mode)
       continue
     cfg = dataclasses.replace(m.cfg, draft_skip=mode)
     compiled = static_compiled if mode == "static" else CompileCache()
