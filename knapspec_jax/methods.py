@@ -306,7 +306,7 @@ class KeptDraft:
   skip: SkipMask
   gamma: int
   alpha: float  # the search's acceptance estimate
-  context: int  # where it was chosen
+  context: int  # where it was chosen (a search's context; kept as its windows are judged)
   measured_tpt: float | None = None  # tokens/s of its last measured window, None: not yet
   exit: selection.ExitRates | None = None  # the search's round under the confidence exit
   # Its full windows at this bucket so far (not the trial): what observe judges it by.
@@ -502,8 +502,16 @@ class KnapSpecPolicy:
         return
       self.model.kept_drafts[bucket] = None
     else:
+      # Where the draft was chosen: the bucket's own entry or the draft it borrowed (`kept`)
+      # when it is this draft, else here. The judged window's context used to replace it, so a
+      # draft chosen at 3K read "chosen at context 8830" at 8K (BENCHMARKS.md 10.21).
+      source = next((k for k in (self.model.kept_drafts.get(bucket),
+                                 self.kept(capacity, decision.context))
+                     if k is not None and (k.skip, k.gamma) == (decision.skip, decision.gamma)),
+                    None)
+      chosen_at = decision.context if source is None else source.context
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                 decision.context, measured, decision.exit,
+                                                 chosen_at, measured, decision.exit,
                                                  windows, tokens, seconds)
 
   def candidate(self, skip: SkipMask, agree, top1_prob, **fields) -> Candidate:

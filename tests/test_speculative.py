@@ -838,6 +838,10 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
     assert (high in model.search_times) == flag, (flag, reasons)
     if not flag:
       assert reasons and all(r.startswith("kept (chosen at context") for r in reasons), reasons
+      # judged at the bucket above, the borrowed draft still names where it was chosen
+      assert model.kept_drafts[high].context == borrowed.context, model.kept_drafts[high]
+      assert all(r.startswith(f"kept (chosen at context {borrowed.context};")
+                 for r in reasons[1:]), reasons
   if margin > 0:  # nothing beats the borrowed draft by 6x: it decodes here, searched once
     assert reasons[0].startswith("searched here"), reasons
     assert high not in model.kept_drafts or model.kept_drafts[high].skip == borrowed.skip
