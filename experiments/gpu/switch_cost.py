@@ -4,7 +4,7 @@
   python experiments/gpu/switch_cost.py --smoke    # CPU: tiny shapes, checks the script runs
 
 ModelConfig.draft_skip picks how a draft leaves out sublayers: "static" compiles one program per
-skip set (4.9-12.7 s on the H200 for Qwen2.5-1.5B), "runtime" compiles one program that reads the
+skip set (4.9-14.2 s on the H200 for Qwen2.5-1.5B), "runtime" compiles one program that reads the
 skip set from the decode state and runs each sublayer under a lax.cond (free to switch, but each
 GPU cond waits for its predicate on the host: 1.3-1.5 ms more per draft step). A third way, this
 script's "dispatch" (no ModelConfig option: a measurement first), drives a draft step from the
@@ -20,9 +20,11 @@ instead (each always sees its own layer's buffers), and the no_command_buffers f
 run_switch_cost.sh runs without CUDA graphs. For each skip set (attn:mlp counts of
 skipped inner sublayers) and each mode of --modes this times, at one context, on device:
   draft     the draft decoding alone -> ms per step: decoding.ar_segment (static, runtime) or the
-            host loop of dispatched calls (dispatch), `rounds` steps a loop;
-  segment   spec_segment, threshold 0 (every round drafts gamma tokens) -> ms per round (static
-            and runtime only: dispatch has no segment);
+            host loop of dispatched calls (dispatch modes), `rounds` steps a loop;
+  segment   spec_segment, threshold 0 (every round drafts gamma tokens) -> ms per round; for
+            dispatch, gamma dispatched steps and a verify program compiled once per bucket,
+            acceptance on device, nothing read back (checked against spec_segment's token and
+            cursor after 4 rounds);
   switch    seconds from asking for the set to running it at steady speed: getting its
             segment program (static: a compile; runtime: a compile for the first set only, then
             nothing) plus its first call (decoding.with_skip for runtime) minus a later call;
