@@ -5,15 +5,16 @@
       --output_dir=results/cpu/analysis/exit_round_qwen
 
 For each prompt: decode n_ref tokens plainly (after --plain_before more) and run KnapSpec's
-search on them (latency weights from --profile), as KnapSpec does at that context. Score every candidate twice with the profile:
-the paper's round (gamma drafts accepted at rate alpha; selection.expected_tokens) and the round
-under the confidence exit (selection.ExitRates from the search's per-token agreement and top-1
-probabilities; round_tokens, round_drafts). Then decode `held_out` tokens from that context with
-each model's best draft (and with --extra_skip, e.g. a set another method chose on the GPU) as a
-fixed draft at the threshold, and compare what its rounds did (tokens and draft forwards per
-round, from the decode's own counters) with what each model predicted, and the decode's tokens
-with plain decoding's. Tokens and drafts per round do not depend on the machine; the tokens/s
-columns put them on the profile's device (its step and verify costs), next to AR's there.
+search on them (latency weights from --profile), as KnapSpec does at that context. Score every
+candidate twice with the profile: the paper's round (gamma drafts accepted at rate alpha;
+selection.expected_tokens) and the round under the confidence exit (selection.ExitRates from the
+search's per-token agreement and top-1 probabilities; round_tokens, round_drafts). Then decode
+`held_out` tokens from that context with each model's best draft (and with --extra_skip, e.g. a
+set another method chose on the GPU) as a fixed draft at the threshold, and compare what its
+rounds did (tokens and draft forwards per round, from the decode's own counters) with what each
+model predicted, and the decode's tokens with plain decoding's. Tokens and drafts per round do
+not depend on the machine; the tokens/s columns put them on the profile's device (its step and
+verify costs), next to AR's there.
 """
 
 from __future__ import annotations

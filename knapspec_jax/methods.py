@@ -230,15 +230,15 @@ class KnapSpecConfig:
     after one search there (within explore_budget) found nothing predicted faster than it by
     `margin` (against_borrowed); a draft that is, is kept for the bucket (compiled by the next
     warm-up), and this generation decodes plainly up to a kept draft ahead; a bucket's own
-    draft that loses hands
-    the bucket back to the draft below. False: a kept draft serves every bucket above it
-    unsearched. On the H200 (Qwen2.5-Coder-1.5B, 1024 new tokens) without it the draft chosen at
-    2K (8 + 8 sublayers, gamma 2) served the 2K-28K documents at 1.128 / 1.108 / 1.108 / 1.146x AR
-    (BENCHMARKS.md 10.19); with it the 3K bucket's search found 9 + 10 at gamma 9, which served
-    them at 1.167 / 1.083 / 1.090 / 1.287x (10.20), while the searches at 8K-28K put their own
-    best under the borrowed draft. On by default since session 18: on the Spec-Bench subset
-    (13 prompts, 256 new tokens, H200, BENCHMARKS.md 10.22) it ran 0.995-1.196x AR paired,
-    1.001x median, as without it. On SmolLM2 it never acts (no draft is kept).
+    draft that loses hands the bucket back to the draft below. False: a kept draft serves every
+    bucket above it unsearched. On the H200 (Qwen2.5-Coder-1.5B, 1024 new tokens) without it
+    the draft chosen at 2K (8 + 8 sublayers, gamma 2) served the 2K-28K documents at 1.128 /
+    1.108 / 1.108 / 1.146x AR (BENCHMARKS.md 10.19); with it the 3K bucket's search found 9 +
+    10 at gamma 9, which served them at 1.167 / 1.083 / 1.090 / 1.287x (10.20), while the
+    searches at 8K-28K put their own best under the borrowed draft. On by default since
+    session 18: on the Spec-Bench subset (13 prompts, 256 new tokens, H200, BENCHMARKS.md
+    10.22) it ran 0.995-1.196x AR paired, 1.001x median, as without it. On SmolLM2 it never
+    acts (no draft is kept).
   search_after: generated tokens a generation decodes plainly before its first search beyond
     the n_ref it scores on, so that its reference tokens lie this far into the generation. 0:
     the search runs on the first n_ref generated tokens. On Qwen2.5-Coder-1.5B (CPU replay of
@@ -502,14 +502,13 @@ class KnapSpecPolicy:
         return
       self.model.kept_drafts[bucket] = None
     else:
-      # Where the draft was chosen: the bucket's own entry or the draft it borrowed (`kept`)
-      # when it is this draft, else here. The judged window's context used to replace it, so a
-      # draft chosen at 3K read "chosen at context 8830" at 8K (BENCHMARKS.md 10.21).
-      source = next((k for k in (self.model.kept_drafts.get(bucket),
-                                 self.kept(capacity, decision.context))
-                     if k is not None and (k.skip, k.gamma) == (decision.skip, decision.gamma)),
-                    None)
-      chosen_at = decision.context if source is None else source.context
+      # Where the draft was chosen: the kept entry it decoded as (`kept`: the bucket's own, else
+      # the one borrowed from below) when it is this draft, else here. The judged window's
+      # context used to replace it, so a draft chosen at 3K read "chosen at context 8830" at 8K
+      # (BENCHMARKS.md 10.21).
+      source = self.kept(capacity, decision.context)
+      same = source is not None and (source.skip, source.gamma) == (decision.skip, decision.gamma)
+      chosen_at = source.context if same else decision.context
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                  chosen_at, measured, decision.exit,
                                                  windows, tokens, seconds)

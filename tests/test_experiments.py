@@ -349,8 +349,7 @@ def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
   # embed, head, and attention, MLP and layer programs for each of the tiny shape's 2 layers
   assert all(r["executables"] == 2 + 3 * 2 for r in per_layer)
   for r in dispatch:
-    assert r["tokens_equal_static"] is True and r["dispatch_tokens"] == r["static_tokens"]
-    assert r["rounds_equal_static"] is True and r["ms_per_round"] > 0
+    assert r["dispatch_tokens"] == r["static_tokens"] and r["ms_per_round"] > 0
     assert len(set(r["dispatch_tokens"])) > 1  # a check that a stuck token would not pass
     assert np.isfinite(r["ms_per_draft_step"]) and r["ms_per_draft_step"] > 0
     assert 0 < r["host_ms_per_step"] and 0 <= r["switch_s"] < 0.05

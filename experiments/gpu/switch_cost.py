@@ -399,10 +399,10 @@ def main(argv):
   # once serves both).
   static_compiled = CompileCache()
   records = []
+  base = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
+              attn_len=attn_len, gamma=gamma, read_gbps=read_gbps)  # every record's run fields
   for mode in modes:
     if mode in DISPATCH_MODES:
-      base = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
-                  attn_len=attn_len, gamma=gamma, read_gbps=read_gbps)
       records += time_dispatch(m, skips, attn_len, rounds, repeats, static_compiled, smoke, base,
                                mode)
       continue
@@ -438,12 +438,11 @@ def main(argv):
       switch_s = seg_compile + max(first - t_seg, 0.0)
       kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
                  for k, f in (("segment", seg), ("draft", draft))}
-      record = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
-                    attn_len=attn_len, mode=mode, n_attn_skipped=len(skip.attn_skipped),
-                    n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma,
-                    ms_per_round=t_seg / rounds * 1e3, ms_per_draft_step=t_draft * 1e3,
-                    segment_get_s=seg_compile, first_call_s=first, steady_call_s=t_seg,
-                    switch_s=switch_s, kernels_per_body=kernels, read_gbps=read_gbps)
+      record = dict(base, mode=mode, n_attn_skipped=len(skip.attn_skipped),
+                    n_mlp_skipped=len(skip.mlp_skipped), ms_per_round=t_seg / rounds * 1e3,
+                    ms_per_draft_step=t_draft * 1e3, segment_get_s=seg_compile,
+                    first_call_s=first, steady_call_s=t_seg, switch_s=switch_s,
+                    kernels_per_body=kernels)
       records.append(record)
       print(f"{mode:7s} skip {record['n_attn_skipped']:2d} attn + {record['n_mlp_skipped']:2d} "
             f"mlp: draft {t_draft * 1e3:7.3f} ms/step, round {t_seg / rounds * 1e3:7.3f} ms, "
