@@ -383,16 +383,26 @@ class KnapSpecPolicy:
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """AOT-compiles the search for every bucket where this run could afford a search, and the
-    segment programs of the drafts kept for the buckets this run visits (keep)."""
+    segment programs of the drafts kept for the buckets this run visits (keep). With
+    search_new_buckets, also against_borrowed's scoring program at each such bucket where a
+    draft could be borrowed: one is kept below it already, or this run searches below it first
+    (a bucket with nothing below it never borrows, so a run that searches in one bucket only,
+    on a model that keeps nothing, compiles no more than without the option)."""
     capacity = KVCache.capacity_for(self.model.cfg)
     end = min(n_prompt + max_new_tokens, self.model.cfg.max_seq_len)
+    first_searched = None  # the lowest bucket this run could search at
     for n in range(n_prompt + self.config.n_ref + self.config.search_after, end):
-      if self.would_search(n, n_prompt + max_new_tokens - n, capacity):
-        knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
-                                self.config.n_ref, **self.search_static(attn_bucket(n, capacity)))
-        if self.config.search_new_buckets and self.config.keep:  # against_borrowed's scoring
-          knapsack.compile_mask_agreement(self.model.params, self.model.cfg, self.model.compiled,
-                                          self.config.n_ref, attn_len=attn_bucket(n, capacity))
+      if not self.would_search(n, n_prompt + max_new_tokens - n, capacity):
+        continue
+      bucket = attn_bucket(n, capacity)
+      knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
+                              self.config.n_ref, **self.search_static(bucket))
+      first_searched = bucket if first_searched is None else first_searched
+      borrows = ((self.kept(capacity, n) is not None and bucket not in self.model.kept_drafts)
+                 or (self.config.keep and first_searched < bucket))
+      if self.config.search_new_buckets and borrows:
+        knapsack.compile_mask_agreement(self.model.params, self.model.cfg, self.model.compiled,
+                                        self.config.n_ref, attn_len=bucket)
     drafts = {self.kept(capacity, n) for n in range(n_prompt, max(end, n_prompt + 1))} - {None}
     if not drafts:
       return

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
-from knapspec_jax import api, datasets, decoding, methods, selection
+from knapspec_jax import api, datasets, decoding, knapsack, methods, selection
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 
@@ -885,6 +885,38 @@ def test_search_new_buckets_reports_the_borrowed_draft_on_the_searchs_tokens(tin
     assert abs(k - round(k)) < 0.01 * (config.n_ref + 2) and 0 <= round(k) <= config.n_ref
     seen.append(first["reason"].split("on these tokens ")[1].split(")")[0])
   assert seen[0] == seen[1], seen
+
+
+def test_search_new_buckets_warmup_compiles_the_scoring_only_where_a_draft_can_be_borrowed(
+    tiny_models, with_profile):
+  """search_new_buckets' warm-up compiles against_borrowed's scoring program
+  (knapsack.MaskAgreementStatics) at a bucket where a draft could be borrowed: one kept below
+  it, or a search below it in the same run. A run that searches in one bucket with nothing kept
+  compiles none; where one is compiled, the generation that borrows compiles nothing more."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256, then 512 from 257
+  low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(margin=5.0, try_below=0.1)))
+  assert config.search_new_buckets  # the default
+
+  def scored(new_tokens):  # the buckets whose scoring program this warm-up compiled
+    model.compiled.discard(knapsack.MaskAgreementStatics)
+    methods.KnapSpecPolicy(model, model.profile, config).warmup(len(ids), new_tokens)
+    return sorted(prog.attn_len for prog in model.compiled.programs()
+                  if isinstance(prog, knapsack.MaskAgreementStatics))
+
+  model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
+  assert scored(12) == []  # searches in bucket 256 only, nothing kept: nothing to borrow
+  assert scored(48) == [high]  # a draft the 256 bucket's search keeps can be borrowed at 512
+  model.kept_drafts[low] = methods.KeptDraft(ks.SkipMask.from_layers(model.cfg.n_layers, [1], []),
+                                             2, 0.9, len(ids))
+  assert scored(48) == [high]  # the 256 bucket has its own draft; 512 may borrow it
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == ar(model, ids, 48)
+  assert any(d["reason"].startswith("searched here") for d in got.stats["decisions"])
+  assert got.stats["compile_in_decode_s"] == 0.0
+  model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
 
 
 @pytest.mark.parametrize("search_new_buckets", [False, True])
