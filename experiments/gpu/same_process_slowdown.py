@@ -8,6 +8,10 @@
   # ship_qwen.sh setup's wheels; source experiments/gpu/env.sh, not qwen_env.sh, which joins):
   ... same_process_slowdown.py --random_shape=qwen2.5-1.5b --new_tokens=1024 --bisect \
       --profile=profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_rows2_pallas_windows__bfloat16.json
+  # which program's first run slows the process, each in a fresh child (--trigger=all: none,
+  # a Triton matmul, a cuBLAS matmul, the search, the search with its matmuls in Triton;
+  # run_slowdown_triggers.sh, about 3 minutes):
+  ... same_process_slowdown.py --random_shape=qwen2.5-1.5b --new_tokens=1024 --trigger=all
   # the finer bisect (--bisect: a method's steps one at a time, then which part of the model
   # carries the slowdown; about 4 minutes after the GGUF is joined):
   ... same_process_slowdown.py --model=$QWEN_GGUF --new_tokens=1024 --repeats=3 --idle_s=1 \
@@ -101,6 +105,11 @@ _SEARCH_BISECT = flags.DEFINE_bool(
     "search_bisect", False, "Only the stages that split the knapsack search's effect "
     "(search_stages): its prefill, its run, its executable dropped and loaded again, and one "
     "compiled without CUDA graphs. No other methods run.")
+_TRIGGER = flags.DEFINE_string(
+    "trigger", None, "Only AR fresh, then one program of TRIGGERS run, then AR again "
+    "(trigger_stages); 'all': each trigger in a child process of its own, each fresh. Which "
+    "program's first run slows AR (the search is known to; its three cuBLASLt matmuls are the "
+    "only cuBLAS calls of the search bisect's programs, BENCHMARKS.md 10.23).")
 _METHOD_OPTIONS = flags.DEFINE_list(
     "method_options", [], "Options of the --others methods, METHOD.FIELD=VALUE (JSON values), "
     "e.g. knapspec.search_new_buckets=true.")
@@ -482,6 +491,72 @@ def search_stages(model, ids) -> list[dict]:
   return rows
 
 
+# trigger_stages' programs: "none" (AR twice: the drift), a matmul through XLA's Triton emitter
+# and the same through cuBLAS(Lt), the knapsack search as the engine compiles it, and the search
+# with every matmul kept in Triton (no cuBLAS custom call): if cuBLAS's first use is what slows
+# the process, the last is the cure.
+TRIGGERS = ("none", "triton_dot", "cublas_dot", "search", "search_triton_gemms")
+CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
+TRITON_GEMMS = {"xla_gpu_triton_gemm_any": True, "xla_gpu_cublas_fallback": False,
+                "xla_gpu_enable_cublaslt": False}
+
+
+def trigger_stages(model, ids, trigger: str) -> list[dict]:
+  """AR after one run of `trigger`'s program (TRIGGERS), its custom calls printed; the fresh
+  stage before it is the caller's."""
+  if trigger == "none":
+    return [ar_stage("after_none", model, ids)]
+  if trigger.endswith("_dot"):
+    dtype = DTYPES[model.dtype]
+    args = (jnp.ones((512, model.cfg.d_model), dtype), jnp.ones((model.cfg.d_model, 2048), dtype))
+    program, options = jax.jit(jnp.matmul), CUBLAS_GEMMS if trigger == "cublas_dot" else {}
+  else:
+    r, cache = 16, prompt_state(model, ids).cache
+    args = (model.params, cache, jnp.asarray(ids[-r:], jnp.int32),
+            jnp.asarray(len(ids) - r, jnp.int32), jnp.asarray(1, jnp.int32),
+            jnp.asarray(1, jnp.int32))
+    statics = knapsack.SearchStatics.of(model.cfg, decoding.attn_bucket(len(ids), cache.capacity))
+    program = compile_cache.jit_program(statics)
+    options = TRITON_GEMMS if trigger == "search_triton_gemms" else {}
+  try:
+    exe = program.lower(*args).compile(compiler_options=options)
+  except Exception as e:  # noqa: BLE001 an option this jaxlib refuses: say so
+    print(f"  {trigger}: not compiled with {options}: {type(e).__name__}: {str(e)[:300]}",
+          flush=True)
+    return []
+  print(f"  {trigger}'s program: {program_facts(exe)}", flush=True)
+  jax.block_until_ready(exe(*args))
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    jax.block_until_ready(exe(*args))
+    times.append(time.perf_counter() - start)
+  print(f"  {trigger}: {1e3 * statistics.median(times):.2f} ms (median of 5)", flush=True)
+  return [ar_stage(f"after_{trigger}", model, ids)]
+
+
+def trigger_children() -> list[dict]:
+  """--trigger=all: each of TRIGGERS in a fresh child process (this script, --trigger=NAME),
+  their rows with the trigger named."""
+  rows = []
+  for trigger in TRIGGERS:
+    with tempfile.TemporaryDirectory(prefix="trigger_") as folder:
+      output = pathlib.Path(folder) / "rows.json"
+      argv = [sys.executable, __file__, f"--trigger={trigger}", f"--dtype={_DTYPE.value}",
+              f"--n_tokens={_N.value}", f"--new_tokens={_NEW.value}",
+              f"--repeats={_REPEATS.value}", f"--output={output}"]
+      argv += [f"--{name}={flag.value}" for name, flag in
+               (("model", _MODEL), ("random_shape", _RANDOM), ("profile", _PROFILE))
+               if flag.value]
+      out = subprocess.run(argv, capture_output=True, text=True)
+      print("\n".join(f"[{trigger}] {line}" for line in out.stdout.splitlines()), flush=True)
+      if not output.exists():
+        print(f"[{trigger}] failed (exit {out.returncode}): {out.stderr[-2000:]}", flush=True)
+        continue
+      rows += [dict(row, trigger=trigger) for row in json.loads(output.read_text())["rows"]]
+  return rows
+
+
 def random_model(name: str) -> Model:
   """SHAPES[name] with random weights, as load_model would set it up on this device."""
   attention = api.default_attention(_DTYPE.value)
@@ -510,6 +585,8 @@ def load(path):
 def main(argv):
   if _RANDOM.value and _RANDOM.value not in SHAPES:
     raise app.UsageError(f"--random_shape={_RANDOM.value}: not one of {sorted(SHAPES)}")
+  if _TRIGGER.value and _TRIGGER.value not in (*TRIGGERS, "all"):
+    raise app.UsageError(f"--trigger={_TRIGGER.value}: not 'all' or one of {TRIGGERS}")
   if _LOG_PATTERNS.value:
     _LOG.append(StderrLog(_LOG_PATTERNS.value))
     try:
@@ -523,11 +600,17 @@ def main(argv):
 def stages(argv):
   del argv
   path = _MODEL.value
+  if _TRIGGER.value == "all":
+    rows = trigger_children()
+    write_rows(rows, _N.value)
+    return
   model, ids = load(path)
   print(f"{model.name} {model.dtype} on {jax.devices()[0].device_kind}; {len(ids)} prompt tokens,"
         f" {_NEW.value} new, {_REPEATS.value} AR runs per stage", flush=True)
   rows = [ar_stage("fresh", model, ids)]
-  if _SEARCH_BISECT.value and not _CHILD.value:
+  if _TRIGGER.value:
+    rows += trigger_stages(model, ids, _TRIGGER.value)
+  elif _SEARCH_BISECT.value and not _CHILD.value:
     rows += search_stages(model, ids)
   elif not _CHILD.value:
     time.sleep(_IDLE_S.value)
@@ -585,10 +668,15 @@ def stages(argv):
         rows.append(dict(json.loads(line), stage="child_fresh"))
   if _CHILD.value:
     print(json.dumps(rows[0]))
+  write_rows(rows, len(ids))
+
+
+def write_rows(rows: list[dict], prompt_tokens: int):
+  """The stages' rows to --output (default $OUT/same_process_slowdown.json), unless /dev/null."""
   output = _OUTPUT.value or (os.environ.get("OUT") and
                              f"{os.environ['OUT']}/same_process_slowdown.json")
   if output and output != "/dev/null":
-    pathlib.Path(output).write_text(json.dumps(dict(prompt_tokens=len(ids),
+    pathlib.Path(output).write_text(json.dumps(dict(prompt_tokens=prompt_tokens,
                                                     new_tokens=_NEW.value, rows=rows),
                                                indent=1) + "\n")
     print(f"wrote {output}")
