@@ -411,6 +411,27 @@ def program_facts(exe) -> str:
   return "; ".join(facts)
 
 
+def timed_runs(fn, args, label: str):
+  """fn(*args) once, then five times timed: prints the median."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  print(f"  {label}: {1e3 * statistics.median(times):.2f} ms (median of 5)", flush=True)
+
+
+def search_program(model, ids, cache) -> tuple:
+  """(statics, args) of KnapSpec's search on the prompt's cache, scoring drafts on its last 16
+  tokens (latency weights 1), as the engine compiles it."""
+  r = 16
+  args = (model.params, cache, jnp.asarray(ids[-r:], jnp.int32),
+          jnp.asarray(len(ids) - r, jnp.int32), jnp.asarray(1, jnp.int32),
+          jnp.asarray(1, jnp.int32))
+  return knapsack.SearchStatics.of(model.cfg, decoding.attn_bucket(len(ids), cache.capacity)), args
+
+
 def search_stages(model, ids) -> list[dict]:
   """AR after each part of KnapSpec's search (session 16: on the H200 the `search` stage of
   bisect_stages is where AR slows, 629 -> 574 tok/s, and a new CompileCache makes it fast
@@ -430,27 +451,11 @@ def search_stages(model, ids) -> list[dict]:
                    program (compiler_options) and run: whether its graphs carry the slowdown
   search_no_graphs_dropped  that executable dropped too
   The search's own time is printed for each way it was compiled."""
-  cfg = model.cfg
-  r = 16
-
-  def timed_search(fn, args, label):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(5):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times.append(time.perf_counter() - start)
-    print(f"  search ({label}): {1e3 * statistics.median(times):.2f} ms (median of 5)",
-          flush=True)
-
+  timed_search = lambda fn, args, label: timed_runs(fn, args, f"search ({label})")
   rows = []
   cache = jax.block_until_ready(prompt_state(model, ids).cache)
   rows.append(ar_stage("prefill", model, ids))
-  args = (model.params, cache, jnp.asarray(ids[-r:], jnp.int32),
-          jnp.asarray(len(ids) - r, jnp.int32), jnp.asarray(1, jnp.int32),
-          jnp.asarray(1, jnp.int32))
-  attn_len = decoding.attn_bucket(len(ids), cache.capacity)
-  statics = knapsack.SearchStatics.of(cfg, attn_len)
+  statics, args = search_program(model, ids, cache)
   loaded, hits = model.compiled.stats.loaded, len(_JAX_CACHE_HITS)
   exe = model.compiled.get(statics, args)
   # Where the executable store or JAX's persistent cache has it already (a machine that ran this
@@ -511,11 +516,7 @@ def trigger_stages(model, ids, trigger: str) -> list[dict]:
     args = (jnp.ones((512, model.cfg.d_model), dtype), jnp.ones((model.cfg.d_model, 2048), dtype))
     program, options = jax.jit(jnp.matmul), CUBLAS_GEMMS if trigger == "cublas_dot" else {}
   else:
-    r, cache = 16, prompt_state(model, ids).cache
-    args = (model.params, cache, jnp.asarray(ids[-r:], jnp.int32),
-            jnp.asarray(len(ids) - r, jnp.int32), jnp.asarray(1, jnp.int32),
-            jnp.asarray(1, jnp.int32))
-    statics = knapsack.SearchStatics.of(model.cfg, decoding.attn_bucket(len(ids), cache.capacity))
+    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
     program = compile_cache.jit_program(statics)
     options = TRITON_GEMMS if trigger == "search_triton_gemms" else {}
   try:
@@ -525,13 +526,7 @@ def trigger_stages(model, ids, trigger: str) -> list[dict]:
           flush=True)
     return []
   print(f"  {trigger}'s program: {program_facts(exe)}", flush=True)
-  jax.block_until_ready(exe(*args))
-  times = []
-  for _ in range(5):
-    start = time.perf_counter()
-    jax.block_until_ready(exe(*args))
-    times.append(time.perf_counter() - start)
-  print(f"  {trigger}: {1e3 * statistics.median(times):.2f} ms (median of 5)", flush=True)
+  timed_runs(exe, args, trigger)
   return [ar_stage(f"after_{trigger}", model, ids)]
 
 
