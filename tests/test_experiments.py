@@ -393,8 +393,9 @@ print("ok")
 
 def test_slowdown_triggers_run_each_program_in_a_fresh_child(tmp_path):
   """same_process_slowdown.py --trigger=all (the trigger bisect, BENCHMARKS.md 10.23): every
-  trigger runs in a child process of its own, each child times AR fresh and after its one
-  program; the search's compiler options (every matmul in Triton) compile here too."""
+  trigger runs in a child process of its own, each child times AR fresh, after its one program,
+  with AR's programs loaded anew, and after the program's second run; the search's compiler
+  options (every matmul in Triton) compile here too."""
   out = tmp_path / "triggers.json"
   proc = subprocess.run(
       [sys.executable, str(REPO / "experiments" / "gpu" / "same_process_slowdown.py"),
@@ -405,8 +406,10 @@ def test_slowdown_triggers_run_each_program_in_a_fresh_child(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
   triggers = ("none", "triton_dot", "cublas_dot", "search", "search_triton_gemms")
-  assert [(r["trigger"], r["stage"]) for r in rows] == [
-      (t, s) for t in triggers for s in ("fresh", f"after_{t}")]
+  stages = lambda t: (("fresh", "after_none") if t == "none" else
+                      ("fresh", f"after_{t}", "ar_reloaded", f"after_{t}_again"))
+  assert [(r["trigger"], r["stage"]) for r in rows] == [(t, s) for t in triggers
+                                                        for s in stages(t)]
   assert all(r["median"] > 0 and r["live_executables"]["count"] > 0 for r in rows)
   for t in triggers[1:]:  # each program compiled, its custom calls listed, and run
     assert f"[{t}]   {t}'s program:" in proc.stdout and f"[{t}]   {t}: " in proc.stdout, t

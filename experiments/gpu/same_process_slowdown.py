@@ -507,8 +507,9 @@ TRITON_GEMMS = {"xla_gpu_triton_gemm_any": True, "xla_gpu_cublas_fallback": Fals
 
 
 def trigger_stages(model, ids, trigger: str) -> list[dict]:
-  """AR after one run of `trigger`'s program (TRIGGERS), its custom calls printed; the fresh
-  stage before it is the caller's."""
+  """AR after one run of `trigger`'s program (TRIGGERS), its custom calls printed; then AR's
+  programs loaded anew (a new CompileCache), and AR after the trigger's second run. The fresh
+  stage before them is the caller's."""
   if trigger == "none":
     return [ar_stage("after_none", model, ids)]
   if trigger.endswith("_dot"):
@@ -527,7 +528,16 @@ def trigger_stages(model, ids, trigger: str) -> list[dict]:
     return []
   print(f"  {trigger}'s program: {program_facts(exe)}", flush=True)
   timed_runs(exe, args, trigger)
-  return [ar_stage(f"after_{trigger}", model, ids)]
+  rows = [ar_stage(f"after_{trigger}", model, ids)]
+  # AR's programs as new executables (a new CompileCache loads them from the executable store):
+  # a second load_model ran at full speed after a KnapSpec generation (BENCHMARKS.md 10.23).
+  # Then the trigger once more: whether the new executables slow down again.
+  model.compiled = compile_cache.CompileCache()
+  ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)
+  rows.append(ar_stage("ar_reloaded", model, ids))
+  timed_runs(exe, args, f"{trigger} again")
+  rows.append(ar_stage(f"after_{trigger}_again", model, ids))
+  return rows
 
 
 def trigger_children() -> list[dict]:
