@@ -359,9 +359,10 @@ def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
 
 
 def test_trace_overlap_helpers_match_a_numpy_timeline():
-  """same_process_slowdown.py's `merged` and `overlap_with` (device_trace_summary's busy time
-  and overlapping events, BENCHMARKS.md 10.22) against a boolean timeline in NumPy, on random
-  integer intervals; run in a child (the script defines absl flags at import)."""
+  """same_process_slowdown.py's `merged`, `overlap_with` and `successive` (device_trace_summary's
+  busy time, overlapping events and how each event starts against the one before it,
+  BENCHMARKS.md 10.22-10.23) against a boolean timeline in NumPy, on random integer intervals;
+  run in a child (the script defines absl flags at import)."""
   code = """
 import importlib.util, pathlib, sys
 import numpy as np
@@ -382,6 +383,21 @@ for trial in range(50):
   for _ in range(10):
     s = int(rng.integers(0, 240)); e = s + int(rng.integers(1, 20))
     assert sps.overlap_with(union, s, e) == timeline[s:e].sum()
+  # successive: each event against the one before it in start order, on the timeline (ns)
+  order = sorted(spans)
+  pairs = list(zip(order, order[1:]))
+  t = np.arange(260)
+  both = [((t >= p[0][0]) & (t < p[0][1])) & ((t >= p[1][0]) & (t < p[1][1])) for p in pairs]
+  overlaps = [int(b.sum()) for b in both if b.any()]
+  gaps = [p[1][0] - p[0][1] for p, b in zip(pairs, both) if not b.any()]
+  side = sum(int(b.sum()) >= 0.5 * min(p[0][1] - p[0][0], p[1][1] - p[1][0])
+             for p, b in zip(pairs, both) if b.any())
+  got = sps.successive(spans)
+  assert (got["overlaps"], got["gaps"], got["side_by_side"]) == (len(overlaps), len(gaps), side)
+  if overlaps:
+    assert abs(got["overlap_us_median"] - np.median(overlaps) / 1e3) < 1e-3
+  if gaps:
+    assert abs(got["gap_us_p90"] - np.percentile(gaps, 90) / 1e3) < 1e-3
 print("ok")
 """
   proc = subprocess.run([sys.executable, "-c", code,

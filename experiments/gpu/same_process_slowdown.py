@@ -205,6 +205,27 @@ def overlap_with(intervals: list, s: float, e: float) -> float:
   return covered
 
 
+def successive(events: list) -> dict:
+  """How each event of one line (stream) starts against the one before it in start order:
+  `overlaps`, the pairs where it starts before that one ends, with their median and 90th
+  percentile overlap in us and how many cover at least half the shorter event (`side_by_side`:
+  whole kernels running together, as a CUDA graph's unordered nodes can, rather than one
+  starting while the one before it drains, as programmatic dependent launch allows); `gaps`,
+  the other pairs, with their median and 90th percentile idle time in us."""
+  mine = sorted((s, e) for s, e, *_ in events)
+  overlaps, gaps, side = [], [], 0
+  for (s0, e0), (s1, e1) in zip(mine, mine[1:]):
+    if s1 < e0:
+      overlaps.append(min(e0, e1) - s1)
+      side += overlaps[-1] >= 0.5 * min(e0 - s0, e1 - s1)
+    else:
+      gaps.append(s1 - e0)
+  pct = lambda xs, q: round(float(np.percentile(xs, q)) / 1e3, 3) if xs else 0.0
+  return dict(overlaps=len(overlaps), overlap_us_median=pct(overlaps, 50),
+              overlap_us_p90=pct(overlaps, 90), side_by_side=side, gaps=len(gaps),
+              gap_us_median=pct(gaps, 50), gap_us_p90=pct(gaps, 90))
+
+
 def device_trace_summary(path: str, top: int = 6) -> dict:
   """From a jax.profiler trace (its .xplane.pb): on each device plane, the events of every line
   (kernels and copies on each stream) as counts, summed durations, the busy time (their union)
@@ -212,7 +233,8 @@ def device_trace_summary(path: str, top: int = 6) -> dict:
   Which events overlap others: `lines`, each line's (stream's) events, summed and busy time and
   top names, and `overlapping`, the `top` event names by the time they overlap events of other
   lines or of their own (summed minus busy of 10.22's table, BENCHMARKS.md: 110 us of each
-  token's events overlapped in a fresh process, 10 us once the search had run).
+  token's events overlapped in a fresh process, 10 us once the search had run), and per line
+  how each event starts against the one before it (`successive`).
   {} where the trace has no device plane (a CPU run)."""
   data = jax.profiler.ProfileData.from_file(path)
   out = {}
@@ -251,7 +273,8 @@ def device_trace_summary(path: str, top: int = 6) -> dict:
           events=len(events), summed_ms=round(sum(by_name.values()) / 1e6, 3),
           busy_ms=round(sum(e - s for s, e in merged([(s, e) for s, e, _ in events])) / 1e6, 3),
           top={n[:60]: round(t / 1e6, 3)
-               for n, t in sorted(by_name.items(), key=lambda kv: -kv[1])[:3]})
+               for n, t in sorted(by_name.items(), key=lambda kv: -kv[1])[:3]},
+          successive=successive(events))
     out[plane.name] = dict(events=len(spans), summed_ms=sum(per_name.values()) / 1e6,
                            busy_ms=busy / 1e6, span_ms=span / 1e6,
                            busy_fraction=busy / span if span else 0.0,
@@ -293,11 +316,12 @@ def ar_stage(name: str, model, ids) -> dict:
     row["trace"] = traced_ar(model, ids, _TRACE_TOKENS.value)
     row["live_executables_after_trace"] = live_executables()
     for plane, t in row["trace"]["devices"].items():
+      busiest = max(t["lines"].values(), key=lambda line: line["events"])
       print(f"  {name} trace {plane}: busy {t['busy_us_per_token']} us/token of "
             f"{t['span_us_per_token']} ({t['busy_fraction']:.1%}), {t['events_per_token']} "
-            f"events/token; top {t['top']}; overlapping (ms over the trace) "
-            f"{t['overlapping']}; streams { {k: v['events'] for k, v in t['lines'].items()} }",
-            flush=True)
+            f"events/token; successive events on the busiest stream {busiest['successive']}; "
+            f"top {t['top']}; overlapping (ms over the trace) {t['overlapping']}; streams "
+            f"{ {k: v['events'] for k, v in t['lines'].items()} }", flush=True)
   print(f"{name:11s} AR {row['median']:7.1f} tok/s (runs {', '.join(f'{s:.1f}' for s in speeds)})"
         f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  threads {row['threads']}"
         f"  gc objects {row['gc_objects']}"
