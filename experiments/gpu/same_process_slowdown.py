@@ -10,7 +10,8 @@
       --profile=profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_rows2_pallas_windows__bfloat16.json
   # which program's first run slows the process, each in a fresh child (--trigger=all: none,
   # a Triton matmul, a cuBLAS matmul, the search, the search with its matmuls in Triton;
-  # run_slowdown_triggers.sh, about 3 minutes):
+  # then AR's programs loaded anew and the program run again; run_slowdown_triggers.sh, about
+  # 5 minutes):
   ... same_process_slowdown.py --random_shape=qwen2.5-1.5b --new_tokens=1024 --trigger=all
   # the finer bisect (--bisect: a method's steps one at a time, then which part of the model
   # carries the slowdown; about 4 minutes after the GGUF is joined):
@@ -106,8 +107,9 @@ _SEARCH_BISECT = flags.DEFINE_bool(
     "(search_stages): its prefill, its run, its executable dropped and loaded again, and one "
     "compiled without CUDA graphs. No other methods run.")
 _TRIGGER = flags.DEFINE_string(
-    "trigger", None, "Only AR fresh, then one program of TRIGGERS run, then AR again "
-    "(trigger_stages); 'all': each trigger in a child process of its own, each fresh. Which "
+    "trigger", None, "Only AR fresh, then one program of TRIGGERS run, then AR again, AR with "
+    "its programs loaded anew, and AR after the program's second run (trigger_stages); 'all': "
+    "each trigger in a child process of its own, each fresh. Which "
     "program's first run slows AR (the search is known to; its three cuBLASLt matmuls are the "
     "only cuBLAS calls of the search bisect's programs, BENCHMARKS.md 10.23).")
 _METHOD_OPTIONS = flags.DEFINE_list(
@@ -475,7 +477,6 @@ def search_stages(model, ids) -> list[dict]:
                    program (compiler_options) and run: whether its graphs carry the slowdown
   search_no_graphs_dropped  that executable dropped too
   The search's own time is printed for each way it was compiled."""
-  timed_search = lambda fn, args, label: timed_runs(fn, args, f"search ({label})")
   rows = []
   cache = jax.block_until_ready(prompt_state(model, ids).cache)
   rows.append(ar_stage("prefill", model, ids))
@@ -489,13 +490,13 @@ def search_stages(model, ids) -> list[dict]:
   first = "search_compiled" if fresh else "search_loaded_first"
   rows.append(ar_stage(first, model, ids))
   print(f"  the search's program: {program_facts(exe)}", flush=True)
-  timed_search(exe, args, "default")
+  timed_runs(exe, args, "search (default)")
   del exe
   rows.append(ar_stage("search", model, ids))
   print(f"  dropped {model.compiled.discard(knapsack.SearchStatics)} search program(s)")
   gc.collect()
   rows.append(ar_stage("search_dropped", model, ids))
-  timed_search(model.compiled.get(statics, args), args, "reloaded")
+  timed_runs(model.compiled.get(statics, args), args, "search (reloaded)")
   rows.append(ar_stage("search_reloaded", model, ids))
   model.compiled.discard(knapsack.SearchStatics)
   gc.collect()
@@ -512,7 +513,7 @@ def search_stages(model, ids) -> list[dict]:
   except Exception as e:  # noqa: BLE001 an option this jaxlib refuses: say so, go on
     print(f"  no search without graphs: {type(e).__name__}: {str(e)[:300]}", flush=True)
     return rows
-  timed_search(exe, args, "no CUDA graphs")
+  timed_runs(exe, args, "search (no CUDA graphs)")
   rows.append(ar_stage("search_no_graphs", model, ids))
   del exe
   gc.collect()
