@@ -408,20 +408,21 @@ print("ok")
 
 
 def test_slowdown_triggers_run_each_program_in_a_fresh_child(tmp_path):
-  """same_process_slowdown.py --trigger=all (the trigger bisect, BENCHMARKS.md 10.23): every
-  trigger runs in a child process of its own, each child times AR fresh, after its one program,
-  with AR's programs loaded anew, and after the program's second run; the search's compiler
-  options (every matmul in Triton) compile here too."""
+  """same_process_slowdown.py --trigger=A,B,.. (the trigger bisect, BENCHMARKS.md 10.23-10.24):
+  every trigger runs in a child process of its own, each child times AR fresh, after its one
+  program, with AR's programs loaded anew, and after the program's second run; the search's
+  compiler options (no CUDA graphs) compile here too, and a misspelt trigger stops the run
+  before any child starts."""
+  script = str(REPO / "experiments" / "gpu" / "same_process_slowdown.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = tmp_path / "triggers.json"
+  triggers = ("none", "cublas_dot", "search_no_graphs", "device_loop", "large_temp", "argsort")
   proc = subprocess.run(
-      [sys.executable, str(REPO / "experiments" / "gpu" / "same_process_slowdown.py"),
-       "--random_shape=tiny", "--dtype=float32", "--n_tokens=40", "--new_tokens=8",
-       "--repeats=1", "--trigger=all", f"--output={out}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      [sys.executable, script, "--random_shape=tiny", "--dtype=float32", "--n_tokens=40",
+       "--new_tokens=8", "--repeats=1", f"--trigger={','.join(triggers)}", f"--output={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
-  triggers = ("none", "triton_dot", "cublas_dot", "search", "search_triton_gemms")
   stages = lambda t: (("fresh", "after_none") if t == "none" else
                       ("fresh", f"after_{t}", "ar_reloaded", f"after_{t}_again"))
   assert [(r["trigger"], r["stage"]) for r in rows] == [(t, s) for t in triggers
@@ -429,3 +430,7 @@ def test_slowdown_triggers_run_each_program_in_a_fresh_child(tmp_path):
   assert all(r["median"] > 0 and r["live_executables"]["count"] > 0 for r in rows)
   for t in triggers[1:]:  # each program compiled, its custom calls listed, and run
     assert f"[{t}]   {t}'s program:" in proc.stdout and f"[{t}]   {t}: " in proc.stdout, t
+  bad = subprocess.run([sys.executable, script, "--random_shape=tiny", "--trigger=none,serach"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+  assert bad.returncode != 0 and "['serach'] not 'all' or among" in bad.stderr + bad.stdout
+  assert "fresh" not in bad.stdout

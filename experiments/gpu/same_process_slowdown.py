@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -108,8 +109,8 @@ _SEARCH_BISECT = flags.DEFINE_bool(
     "compiled without CUDA graphs. No other methods run.")
 _TRIGGER = flags.DEFINE_string(
     "trigger", None, "Only AR fresh, then one program of TRIGGERS run, then AR again, AR with "
-    "its programs loaded anew, and AR after the program's second run (trigger_stages); 'all': "
-    "each trigger in a child process of its own, each fresh. Which "
+    "its programs loaded anew, and AR after the program's second run (trigger_stages); 'all' "
+    "or a comma list: each trigger in a child process of its own, each fresh. Which "
     "program's first run slows AR (the search is known to; its three cuBLASLt matmuls are the "
     "only cuBLAS calls of the search bisect's programs, BENCHMARKS.md 10.23).")
 _METHOD_OPTIONS = flags.DEFINE_list(
@@ -522,13 +523,52 @@ def search_stages(model, ids) -> list[dict]:
 
 
 # trigger_stages' programs: "none" (AR twice: the drift), a matmul through XLA's Triton emitter
-# and the same through cuBLAS(Lt), the knapsack search as the engine compiles it, and the search
-# with every matmul kept in Triton (no cuBLAS custom call): if cuBLAS's first use is what slows
-# the process, the last is the cure.
-TRIGGERS = ("none", "triton_dot", "cublas_dot", "search", "search_triton_gemms")
+# and the same through cuBLAS(Lt), the knapsack search as the engine compiles it, the search
+# with every matmul asked of Triton, and without CUDA graphs (command buffers off for that one
+# program); then programs with one feature of the search each: a loop whose trip count the
+# device computes (the search's _map_live: XLA runs it from the host, one predicate copied back
+# per iteration), a temporary buffer as large as the weights (the search stacks them: 2.7 GB of
+# temp), and an argsort.
+TRIGGERS = ("none", "triton_dot", "cublas_dot", "search", "search_triton_gemms",
+            "search_no_graphs", "device_loop", "large_temp", "argsort")
 CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
 TRITON_GEMMS = {"xla_gpu_triton_gemm_any": True, "xla_gpu_cublas_fallback": False,
                 "xla_gpu_enable_cublaslt": False}
+NO_GRAPHS = {"xla_gpu_enable_command_buffer": ""}
+
+
+def device_loop(x, n):
+  """x @ x.T, n times (n an int32 array: XLA cannot know the trip count)."""
+  return jax.lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ x.T @ x), x)
+
+
+def large_temp(x, copies: int):
+  """A temporary of `copies` x's, kept whole by an optimization barrier, then summed."""
+  return jnp.sum(jax.lax.optimization_barrier(jnp.tile(x, (copies, 1))), dtype=jnp.float32)
+
+
+def trigger_program(model, ids, trigger: str) -> tuple:
+  """(jitted program, args, compiler options) of one of TRIGGERS but "none"."""
+  dtype = DTYPES[model.dtype]
+  d = model.cfg.d_model
+  if trigger.endswith("_dot"):
+    args = (jnp.ones((512, d), dtype), jnp.ones((d, 2048), dtype))
+    return jax.jit(jnp.matmul), args, CUBLAS_GEMMS if trigger == "cublas_dot" else {}
+  if trigger.startswith("search"):
+    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
+    options = {"search_triton_gemms": TRITON_GEMMS, "search_no_graphs": NO_GRAPHS}
+    return compile_cache.jit_program(statics), args, options.get(trigger, {})
+  if trigger == "device_loop":
+    return jax.jit(device_loop), (jnp.ones((16, d), dtype), jnp.asarray(4, jnp.int32)), {}
+  if trigger == "large_temp":
+    weight_bytes = sum(a.nbytes for a in jax.tree.leaves(model.params))
+    x = jnp.ones((1024, d), dtype)
+    copies = max(1, weight_bytes // x.nbytes)
+    return jax.jit(functools.partial(large_temp, copies=copies)), (x,), {}
+  if trigger == "argsort":
+    flags_ = jnp.asarray(np.arange(64) % 3 == 0)
+    return jax.jit(lambda f: jnp.argsort(~f, stable=True)), (flags_,), {}
+  raise ValueError(f"unknown trigger {trigger!r}: not one of {TRIGGERS}")
 
 
 def trigger_stages(model, ids, trigger: str) -> list[dict]:
@@ -537,14 +577,7 @@ def trigger_stages(model, ids, trigger: str) -> list[dict]:
   stage before them is the caller's."""
   if trigger == "none":
     return [ar_stage("after_none", model, ids)]
-  if trigger.endswith("_dot"):
-    dtype = DTYPES[model.dtype]
-    args = (jnp.ones((512, model.cfg.d_model), dtype), jnp.ones((model.cfg.d_model, 2048), dtype))
-    program, options = jax.jit(jnp.matmul), CUBLAS_GEMMS if trigger == "cublas_dot" else {}
-  else:
-    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
-    program = compile_cache.jit_program(statics)
-    options = TRITON_GEMMS if trigger == "search_triton_gemms" else {}
+  program, args, options = trigger_program(model, ids, trigger)
   try:
     exe = program.lower(*args).compile(compiler_options=options)
   except Exception as e:  # noqa: BLE001 an option this jaxlib refuses: say so
@@ -565,11 +598,20 @@ def trigger_stages(model, ids, trigger: str) -> list[dict]:
   return rows
 
 
-def trigger_children() -> list[dict]:
-  """--trigger=all: each of TRIGGERS in a fresh child process (this script, --trigger=NAME),
-  their rows with the trigger named."""
+def chosen_triggers() -> tuple[str, ...]:
+  """--trigger's names: 'all' is TRIGGERS; a comma list its names, checked."""
+  names = TRIGGERS if _TRIGGER.value == "all" else tuple(_TRIGGER.value.split(","))
+  unknown = [n for n in names if n not in TRIGGERS]
+  if unknown:
+    raise app.UsageError(f"--trigger={_TRIGGER.value}: {unknown} not 'all' or among {TRIGGERS}")
+  return names
+
+
+def trigger_children(triggers) -> list[dict]:
+  """--trigger=all or a comma list: each trigger in a fresh child process (this script,
+  --trigger=NAME), their rows with the trigger named."""
   rows = []
-  for trigger in TRIGGERS:
+  for trigger in triggers:
     with tempfile.TemporaryDirectory(prefix="trigger_") as folder:
       output = pathlib.Path(folder) / "rows.json"
       argv = [sys.executable, __file__, f"--trigger={trigger}", f"--dtype={_DTYPE.value}",
@@ -615,8 +657,8 @@ def load(path):
 def main(argv):
   if _RANDOM.value and _RANDOM.value not in SHAPES:
     raise app.UsageError(f"--random_shape={_RANDOM.value}: not one of {sorted(SHAPES)}")
-  if _TRIGGER.value and _TRIGGER.value not in (*TRIGGERS, "all"):
-    raise app.UsageError(f"--trigger={_TRIGGER.value}: not 'all' or one of {TRIGGERS}")
+  if _TRIGGER.value:
+    chosen_triggers()  # a misspelt name stops here, before any child starts
   if _LOG_PATTERNS.value:
     _LOG.append(StderrLog(_LOG_PATTERNS.value))
     try:
@@ -630,8 +672,8 @@ def main(argv):
 def stages(argv):
   del argv
   path = _MODEL.value
-  if _TRIGGER.value == "all":
-    rows = trigger_children()
+  if _TRIGGER.value and (_TRIGGER.value == "all" or "," in _TRIGGER.value):
+    rows = trigger_children(chosen_triggers())
     write_rows(rows, _N.value)
     return
   model, ids = load(path)
