@@ -6,7 +6,7 @@
 # again, then AR with its programs loaded anew, then AR after the program's second run. The
 # programs: nothing (the drift), a matmul through Triton, the same matmul through cuBLAS, the
 # knapsack search as the engine compiles it (three cuBLASLt matmuls), the search with every
-# matmul asked of Triton, the search without CUDA graphs, and programs with one feature of the
+# matmul asked of Triton, the search without CUDA graphs and with its loops in them, and programs with one feature of the
 # search each (a loop with a device trip count, a weights-sized temp, an argsort). About 40 s per
 # trigger. TRIGGERS=a,b,.. picks some (default all). -> $OUT/slowdown_triggers.json
 set -uo pipefail

@@ -524,17 +524,19 @@ def search_stages(model, ids) -> list[dict]:
 
 # trigger_stages' programs: "none" (AR twice: the drift), a matmul through XLA's Triton emitter
 # and the same through cuBLAS(Lt), the knapsack search as the engine compiles it, the search
-# with every matmul asked of Triton, and without CUDA graphs (command buffers off for that one
-# program); then programs with one feature of the search each: a loop whose trip count the
+# with every matmul asked of Triton, without CUDA graphs (command buffers off for that one
+# program), and with its loops inside the graphs (CUDA conditional nodes, no host round trip per
+# iteration); then programs with one feature of the search each: a loop whose trip count the
 # device computes (the search's _map_live: XLA runs it from the host, one predicate copied back
 # per iteration), a temporary buffer as large as the weights (the search stacks them: 2.7 GB of
 # temp), and an argsort.
 TRIGGERS = ("none", "triton_dot", "cublas_dot", "search", "search_triton_gemms",
-            "search_no_graphs", "device_loop", "large_temp", "argsort")
+            "search_no_graphs", "search_graph_loops", "device_loop", "large_temp", "argsort")
 CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
 TRITON_GEMMS = {"xla_gpu_triton_gemm_any": True, "xla_gpu_cublas_fallback": False,
                 "xla_gpu_enable_cublaslt": False}
 NO_GRAPHS = {"xla_gpu_enable_command_buffer": ""}
+GRAPH_LOOPS = {"xla_gpu_enable_command_buffer": "+CONDITIONAL"}
 
 
 def device_loop(x, n):
@@ -556,7 +558,8 @@ def trigger_program(model, ids, trigger: str) -> tuple:
     return jax.jit(jnp.matmul), args, CUBLAS_GEMMS if trigger == "cublas_dot" else {}
   if trigger.startswith("search"):
     statics, args = search_program(model, ids, prompt_state(model, ids).cache)
-    options = {"search_triton_gemms": TRITON_GEMMS, "search_no_graphs": NO_GRAPHS}
+    options = {"search_triton_gemms": TRITON_GEMMS, "search_no_graphs": NO_GRAPHS,
+               "search_graph_loops": GRAPH_LOOPS}
     return compile_cache.jit_program(statics), args, options.get(trigger, {})
   if trigger == "device_loop":
     return jax.jit(device_loop), (jnp.ones((16, d), dtype), jnp.asarray(4, jnp.int32)), {}
