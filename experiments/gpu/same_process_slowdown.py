@@ -536,7 +536,8 @@ CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
 TRITON_GEMMS = {"xla_gpu_triton_gemm_any": True, "xla_gpu_cublas_fallback": False,
                 "xla_gpu_enable_cublaslt": False}
 NO_GRAPHS = {"xla_gpu_enable_command_buffer": ""}
-GRAPH_LOOPS = {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"}
+GRAPH_LOOPS = {"xla_gpu_enable_command_buffer":
+               "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"}
 
 
 def device_loop(x, n):
