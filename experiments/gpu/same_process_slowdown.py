@@ -126,6 +126,10 @@ _LOG_PATTERNS = flags.DEFINE_list(
     "strings during each stage's AR runs (stderr then goes to a file; run with XLA's logging on, "
     "e.g. TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3): how often XLA "
     "re-records, evicts or re-traces its CUDA graphs per AR run.")
+_STACK = flags.DEFINE_integer(
+    "stack_bytes", 0, "Before anything runs, set the CUDA context's per-thread stack limit to "
+    "this many bytes (cuCtxSetLimit): whether a local-memory pool sized up front keeps the "
+    "search from slowing AR. 0: leave it.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON (default $OUT/same_process_slowdown.json "
                               "when OUT is set).")
 
@@ -138,6 +142,56 @@ def gpu_state() -> str:
          "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return ""
+
+
+# cuCtxGetLimit's limits (cuda.h CUlimit): the per-thread stack, whose pool the driver grows,
+# for the whole context, when a kernel needing more local memory (spills, local arrays) launches.
+CU_LIMITS = {"stack": 0x00, "malloc_heap": 0x02}
+
+
+def cuda_context(call):
+  """call(libcuda, ctx) with the primary context of device 0 (the one XLA runs in) current on
+  this thread; None where there is no CUDA driver."""
+  import ctypes  # pylint: disable=import-outside-toplevel
+  try:
+    cuda = ctypes.CDLL("libcuda.so.1")
+  except OSError:
+    return None
+  ctx, dev = ctypes.c_void_p(), ctypes.c_int()
+  if cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(dev), 0) or \
+      cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) or cuda.cuCtxPushCurrent(ctx):
+    return None
+  try:
+    return call(cuda, ctx)
+  finally:
+    cuda.cuCtxPopCurrent(ctypes.byref(ctypes.c_void_p()))
+    cuda.cuDevicePrimaryCtxRelease(dev)
+
+
+def cuda_limits() -> dict:
+  """The CUDA context's limits in bytes (CU_LIMITS), {} without a CUDA driver."""
+  import ctypes  # pylint: disable=import-outside-toplevel
+
+  def read(cuda, ctx):
+    del ctx
+    out = {}
+    for name, limit in CU_LIMITS.items():
+      value = ctypes.c_size_t()
+      if not cuda.cuCtxGetLimit(ctypes.byref(value), limit):
+        out[name] = value.value
+    return out
+  return cuda_context(read) or {}
+
+
+def set_stack_limit(per_thread: int) -> dict:
+  """cuCtxSetLimit(stack, per_thread bytes) before any program runs: the local-memory pool sized
+  up front, so that no later kernel grows it. Returns the limits after."""
+  import ctypes  # pylint: disable=import-outside-toplevel
+  rc = cuda_context(lambda cuda, ctx: cuda.cuCtxSetLimit(CU_LIMITS["stack"],
+                                                          ctypes.c_size_t(per_thread)))
+  limits = cuda_limits()
+  print(f"cuCtxSetLimit(stack, {per_thread}) -> {rc}; limits now {limits}", flush=True)
+  return limits
 
 
 def threads() -> int:
@@ -312,7 +366,8 @@ def ar_stage(name: str, model, ids) -> dict:
   row = dict(stage=name, tokens_per_s=speeds, median=statistics.median(speeds), gpu=gpu_state(),
              rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, threads=threads(),
              gc_objects=len(gc.get_objects()), device_mb=device_bytes() / 2**20,
-             programs=len(model.compiled), live_executables=live_executables())
+             programs=len(model.compiled), live_executables=live_executables(),
+             cuda_limits=cuda_limits())
   if _LOG:
     row["xla_log_lines"] = _LOG[0].counts()
   if _TRACE_TOKENS.value:
@@ -329,7 +384,7 @@ def ar_stage(name: str, model, ids) -> dict:
         f"  gpu [{row['gpu']}]  max rss {row['rss_mb']:.0f} MB  threads {row['threads']}"
         f"  gc objects {row['gc_objects']}"
         f"  device {row['device_mb']:.0f} MB  programs {row['programs']}"
-        f"  live executables {row['live_executables']['count']}"
+        f"  live executables {row['live_executables']['count']}  cuda limits {row['cuda_limits']}"
         + (f" ({row['live_executables_after_trace']['count']} after the trace)"
            if "live_executables_after_trace" in row else "")
         + (f"  XLA log lines {row['xla_log_lines']}" if _LOG else ""), flush=True)
@@ -620,7 +675,8 @@ def trigger_children(triggers) -> list[dict]:
       output = pathlib.Path(folder) / "rows.json"
       argv = [sys.executable, __file__, f"--trigger={trigger}", f"--dtype={_DTYPE.value}",
               f"--n_tokens={_N.value}", f"--new_tokens={_NEW.value}",
-              f"--repeats={_REPEATS.value}", f"--output={output}"]
+              f"--repeats={_REPEATS.value}", f"--stack_bytes={_STACK.value}",
+              f"--output={output}"]
       argv += [f"--{name}={flag.value}" for name, flag in
                (("model", _MODEL), ("random_shape", _RANDOM), ("profile", _PROFILE))
                if flag.value]
@@ -680,6 +736,9 @@ def stages(argv):
     rows = trigger_children(chosen_triggers())
     write_rows(rows, _N.value)
     return
+  if _STACK.value:
+    jax.devices()  # XLA's client (and the primary context) first
+    set_stack_limit(_STACK.value)
   model, ids = load(path)
   print(f"{model.name} {model.dtype} on {jax.devices()[0].device_kind}; {len(ids)} prompt tokens,"
         f" {_NEW.value} new, {_REPEATS.value} AR runs per stage", flush=True)
