@@ -150,7 +150,7 @@ CU_LIMITS = {"stack": 0x00, "malloc_heap": 0x02}
 
 
 def cuda_context(call):
-  """call(libcuda, ctx) with the primary context of device 0 (the one XLA runs in) current on
+  """call(libcuda) with the primary context of device 0 (the one XLA runs in) current on
   this thread; None where there is no CUDA driver."""
   import ctypes  # pylint: disable=import-outside-toplevel
   try:
@@ -162,7 +162,7 @@ def cuda_context(call):
       cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) or cuda.cuCtxPushCurrent(ctx):
     return None
   try:
-    return call(cuda, ctx)
+    return call(cuda)
   finally:
     cuda.cuCtxPopCurrent(ctypes.byref(ctypes.c_void_p()))
     cuda.cuDevicePrimaryCtxRelease(dev)
@@ -172,8 +172,7 @@ def cuda_limits() -> dict:
   """The CUDA context's limits in bytes (CU_LIMITS), {} without a CUDA driver."""
   import ctypes  # pylint: disable=import-outside-toplevel
 
-  def read(cuda, ctx):
-    del ctx
+  def read(cuda):
     out = {}
     for name, limit in CU_LIMITS.items():
       value = ctypes.c_size_t()
@@ -187,8 +186,8 @@ def set_stack_limit(per_thread: int) -> dict:
   """cuCtxSetLimit(stack, per_thread bytes) before any program runs: the local-memory pool sized
   up front, so that no later kernel grows it. Returns the limits after."""
   import ctypes  # pylint: disable=import-outside-toplevel
-  rc = cuda_context(lambda cuda, ctx: cuda.cuCtxSetLimit(CU_LIMITS["stack"],
-                                                          ctypes.c_size_t(per_thread)))
+  rc = cuda_context(lambda cuda: cuda.cuCtxSetLimit(CU_LIMITS["stack"],
+                                                    ctypes.c_size_t(per_thread)))
   limits = cuda_limits()
   print(f"cuCtxSetLimit(stack, {per_thread}) -> {rc}; limits now {limits}", flush=True)
   return limits
@@ -596,7 +595,8 @@ GRAPH_LOOPS = {"xla_gpu_enable_command_buffer":
 
 
 def device_loop(x, n):
-  """x @ x.T, n times (n an int32 array: XLA cannot know the trip count)."""
+  """y <- tanh(y @ x.T @ x), n times from y = x (n an int32 array: XLA cannot know the trip
+  count)."""
   return jax.lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ x.T @ x), x)
 
 
