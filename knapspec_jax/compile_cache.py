@@ -336,6 +336,8 @@ class Program(Protocol):
   def run(self, *args):
     ...
 
+  # Optional: compiler_options, a class attribute of (XLA option, value) pairs this program is
+  # compiled with (`compiler_options` below passes on those for the backend at hand).
   # Optional: prime_args(args) -> args, given args whose donated (and abstract) arguments are
   # zero-filled, returns the arguments of one cheap call that runs every loop of the program at
   # least once; `get` makes that call right after compiling (see the module docstring).
@@ -372,6 +374,15 @@ def jit_program(prog: Program):
   return jax.jit(run, donate_argnums=prog.donate_argnums)
 
 
+def compiler_options(prog: Program) -> dict:
+  """The XLA options prog's statics ask for (their class's compiler_options pairs), without
+  those of another backend: xla_gpu_* options go to GPU compiles only."""
+  options = dict(getattr(prog, "compiler_options", ()))
+  if jax.default_backend() != "gpu":
+    options = {k: v for k, v in options.items() if not k.startswith("xla_gpu_")}
+  return options
+
+
 def _prime(prog, compiled, args, abstract) -> bool:
   """Calls a just-compiled program once, if its statics define prime_args, with zeros in place
   of its donated arguments (the caller's buffers are left alone) and of any abstract leaf (a
@@ -401,13 +412,14 @@ def _build(prog: Program, args, abstract, mesh, load: bool = True) -> tuple[Any,
     if compiled is not None:
       return compiled, True
   jitted = jit_program(prog)
+  options = compiler_options(prog) or None
   hits = _jax_cache_hit_count()
   if mesh is None:
-    compiled = jitted.lower(*abstract).compile()
+    compiled = jitted.lower(*abstract).compile(compiler_options=options)
   else:  # GSPMD partitions the program from its inputs' shardings; kernels that cannot be
     # partitioned find the mesh in the context (sharding.map_over_heads)
     with jax.set_mesh(mesh):
-      compiled = jitted.lower(*abstract).compile()
+      compiled = jitted.lower(*abstract).compile(compiler_options=options)
   if path is not None and _jax_cache_hit_count() == hits:
     save_entry(path, key, compiled)  # compiled here, not JAX's cache's (see _jax_cache_hits)
   elif path is not None:  # JAX's: not stored, and an unusable entry there is not read again
@@ -528,6 +540,11 @@ class CompileCache:
     """The statics of every compiled program, once per compiled shape."""
     with self._lock:
       return [prog for prog, _ in self._compiled]
+
+  def executables(self) -> list[tuple[Any, Any]]:
+    """(statics, compiled executable) of every compiled program, once per compiled shape."""
+    with self._lock:
+      return [(prog, exe) for (prog, _), exe in self._compiled.items()]
 
   def __len__(self) -> int:
     return len(self._compiled)

@@ -426,6 +426,14 @@ def mask_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0,
 
 # ---------------------------------------------------------------------------------- host side
 
+# The programs below are compiled with XLA's latency-hiding scheduler off. With it on, one run
+# of any of them (they share _branches' loop over the stacked layers) left every decode program
+# already loaded in the process about 9% slower for good on an H200 (AR 630 -> 570 tok/s on the
+# Qwen2.5-1.5B shape; programs loaded after the run ran at full speed until the next run). With
+# it off, AR stayed at 628-630 (BENCHMARKS.md 10.25).
+SCORING_OPTIONS = (("xla_gpu_enable_latency_hiding_scheduler", False),)
+
+
 @compile_cache.program
 @dataclasses.dataclass(frozen=True)
 class SearchStatics:
@@ -441,6 +449,7 @@ class SearchStatics:
   whole_layers: bool = False
   chunk: int = DEFAULT_CHUNK
   donate_argnums = ()
+  compiler_options = SCORING_OPTIONS
 
   @classmethod
   def of(cls, cfg: ModelConfig, attn_len: int, *, k_max: int | None = None,
@@ -465,6 +474,7 @@ class ExitAgreementStatics:
   cfg: ModelConfig
   attn_len: int
   donate_argnums = ()
+  compiler_options = SCORING_OPTIONS
 
   def run(self, params, cache, tokens, p0):
     return exit_agreement_program(params, cache, tokens, p0, cfg=self.cfg,
@@ -479,6 +489,7 @@ class MaskAgreementStatics:
   cfg: ModelConfig
   attn_len: int
   donate_argnums = ()
+  compiler_options = SCORING_OPTIONS
 
   def run(self, params, cache, tokens, p0, skip_bits):
     return mask_agreement_program(params, cache, tokens, p0, skip_bits, cfg=self.cfg,

@@ -130,6 +130,9 @@ _STACK = flags.DEFINE_integer(
     "stack_bytes", 0, "Before anything runs, set the CUDA context's per-thread stack limit to "
     "this many bytes (cuCtxSetLimit): whether a local-memory pool sized up front keeps the "
     "search from slowing AR. 0: leave it.")
+_HLO_DIR = flags.DEFINE_string(
+    "hlo_dir", None, "With --trigger: write the trigger's program and AR's decode programs as XLA "
+    "optimized them (their kernels' fusion kinds and Triton configs) to this folder.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON (default $OUT/same_process_slowdown.json "
                               "when OUT is set).")
 
@@ -151,33 +154,40 @@ CU_LIMITS = {"stack": 0x00, "malloc_heap": 0x02}
 
 def cuda_context(call):
   """call(libcuda) with the primary context of device 0 (the one XLA runs in) current on
-  this thread; None where there is no CUDA driver."""
+  this thread; None where there is no CUDA driver or a call fails (the failing call printed).
+  The driver's versioned entry points (cuCtxPushCurrent_v2, ...) are the ones cuda.h binds."""
   import ctypes  # pylint: disable=import-outside-toplevel
   try:
     cuda = ctypes.CDLL("libcuda.so.1")
   except OSError:
     return None
+  entry = lambda name: getattr(cuda, f"{name}_v2", None) or getattr(cuda, name)
   ctx, dev = ctypes.c_void_p(), ctypes.c_int()
-  if cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(dev), 0) or \
-      cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) or cuda.cuCtxPushCurrent(ctx):
-    return None
+  for name, args in (("cuInit", (0,)), ("cuDeviceGet", (ctypes.byref(dev), 0)),
+                     ("cuDevicePrimaryCtxRetain", (ctypes.byref(ctx), dev)),
+                     ("cuCtxPushCurrent", (ctx,))):
+    rc = entry(name)(*args)
+    if rc:
+      print(f"  libcuda: {name} -> CUresult {rc}", flush=True)
+      return None
   try:
     return call(cuda)
   finally:
-    cuda.cuCtxPopCurrent(ctypes.byref(ctypes.c_void_p()))
-    cuda.cuDevicePrimaryCtxRelease(dev)
+    entry("cuCtxPopCurrent")(ctypes.byref(ctypes.c_void_p()))
+    entry("cuDevicePrimaryCtxRelease")(dev)
 
 
 def cuda_limits() -> dict:
-  """The CUDA context's limits in bytes (CU_LIMITS), {} without a CUDA driver."""
+  """The CUDA context's limits in bytes (CU_LIMITS; a failed read as its CUresult), {} without
+  a CUDA driver."""
   import ctypes  # pylint: disable=import-outside-toplevel
 
   def read(cuda):
     out = {}
     for name, limit in CU_LIMITS.items():
       value = ctypes.c_size_t()
-      if not cuda.cuCtxGetLimit(ctypes.byref(value), limit):
-        out[name] = value.value
+      rc = cuda.cuCtxGetLimit(ctypes.byref(value), limit)
+      out[name] = value.value if rc == 0 else f"CUresult {rc}"
     return out
   return cuda_context(read) or {}
 
@@ -188,6 +198,7 @@ def set_stack_limit(per_thread: int) -> dict:
   import ctypes  # pylint: disable=import-outside-toplevel
   rc = cuda_context(lambda cuda: cuda.cuCtxSetLimit(CU_LIMITS["stack"],
                                                     ctypes.c_size_t(per_thread)))
+  # 0 is CUDA_SUCCESS; None: no driver, or the context could not be made current (printed)
   limits = cuda_limits()
   print(f"cuCtxSetLimit(stack, {per_thread}) -> {rc}; limits now {limits}", flush=True)
   return limits
@@ -485,8 +496,11 @@ def program_facts(exe) -> str:
   except Exception as e:  # noqa: BLE001 a backend without it
     facts.append(f"no memory analysis ({type(e).__name__})")
   try:
-    targets = re.findall(r'custom_call_target="([^"]+)"', exe.as_text())
+    text = exe.as_text()
+    targets = re.findall(r'custom_call_target="([^"]+)"', text)
     facts.append("custom calls " + str({t: targets.count(t) for t in sorted(set(targets))}))
+    starts = re.findall(r" ([a-z-]+)-start\(", text)
+    facts.append("async ops " + str({t: starts.count(t) for t in sorted(set(starts))}))
   except Exception as e:  # noqa: BLE001
     facts.append(f"no HLO text ({type(e).__name__})")
   return "; ".join(facts)
@@ -577,16 +591,40 @@ def search_stages(model, ids) -> list[dict]:
 
 
 # trigger_stages' programs: "none" (AR twice: the drift), a matmul through XLA's Triton emitter
-# and the same through cuBLAS(Lt), the knapsack search as the engine compiles it, the search
-# with every matmul asked of Triton, without CUDA graphs (command buffers off for that one
+# and the same through cuBLAS(Lt), the knapsack search as the engine compiles it (with XLA's
+# latency-hiding scheduler off since BENCHMARKS.md 10.25: knapsack.SCORING_OPTIONS), the search
+# with that scheduler on as before ("search_lhs"), the search with every matmul asked of Triton, without CUDA graphs (command buffers off for that one
 # program), and with its loops inside the graphs (CUDA conditional nodes, no host round trip per
 # iteration); then programs with one feature of the search each: a loop whose trip count the
 # device computes (the search's _map_live: XLA runs it from the host, one predicate copied back
 # per iteration), a temporary buffer as large as the weights (the search stacks them: 2.7 GB of
-# temp), and an argsort.
+# temp), and an argsort. Last, cuBLASLt alone, which the search calls three times and the other
+# programs never: a matmul with cuBLASLt asked for, and the search's own logits matmul (its
+# rows of every budget state against the 151,936-token head) compiled as XLA chooses. Then the
+# search's relatives: the search with a DP table of three budgets (few branches), DEL's and the
+# mask scorer's programs (the same prefix attention and layer scan, one or two branches), and
+# the layer stacking alone; and DEL's program run with p0 = 0, so that its loop over prefix
+# blocks runs no iteration (the same executable, other data).
 TRIGGERS = ("none", "triton_dot", "cublas_dot", "search", "search_triton_gemms",
-            "search_no_graphs", "search_graph_loops", "device_loop", "large_temp", "argsort")
+            "search_no_graphs", "search_graph_loops", "search_lhs", "device_loop", "large_temp",
+            "argsort", "cublaslt_dot", "head_dot", "search_small", "exit_agreement",
+            "mask_agreement", "stack_layers", "exit_agreement_p0", "scan_slices") + tuple(
+                f"exit_agreement_{name}" for name in (
+                    "lhs", "no_lhs", "one_compute_stream", "async_limit_1",
+                    "no_dynamic_slice_fusion"))
+# The search's relatives slice their stacked layer weights in a loop over layers, and XLA runs
+# those dynamic slices as async ops (fusion-start / fusion-done), which AR's programs have none
+# of. "scan_slices" is that pattern alone (a scan over stacked matrices); exit_agreement_<name>
+# is DEL's program compiled with one of these options, each a candidate for keeping the slices
+# on the main stream (the trigger's "async ops" say whether it did). Only the latency-hiding
+# scheduler off kept AR at full speed (10.25), and the engine now compiles the search's family so.
+LHS = {"xla_gpu_enable_latency_hiding_scheduler": True}
+ASYNC_OPTIONS = {"lhs": LHS, "no_lhs": {"xla_gpu_enable_latency_hiding_scheduler": False},
+                 "one_compute_stream": {"xla_gpu_executable_num_compute_streams": 1},
+                 "async_limit_1": {"xla_gpu_experimental_parallel_async_compute_limit": 1},
+                 "no_dynamic_slice_fusion": {"xla_gpu_enable_dynamic_slice_fusion": False}}
 CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
+CUBLASLT_GEMMS = {"xla_gpu_enable_triton_gemm": False, "xla_gpu_enable_cublaslt": True}
 TRITON_GEMMS = {"xla_gpu_triton_gemm_any": True, "xla_gpu_cublas_fallback": False,
                 "xla_gpu_enable_cublaslt": False}
 NO_GRAPHS = {"xla_gpu_enable_command_buffer": ""}
@@ -600,6 +638,13 @@ def device_loop(x, n):
   return jax.lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ x.T @ x), x)
 
 
+def scan_slices(x, up, down):
+  """x through every layer's (up, down) pair, [L, D, F] and [L, F, D], by a scan: XLA slices
+  layer l's matrices out of the stacks in the loop body, as the search does its weights."""
+  layer = lambda y, w: (jnp.tanh(y @ w[0]) @ w[1], None)
+  return jax.lax.scan(layer, x, (up, down))[0]
+
+
 def large_temp(x, copies: int):
   """A temporary of `copies` x's, kept whole by an optimization barrier, then summed."""
   return jnp.sum(jax.lax.optimization_barrier(jnp.tile(x, (copies, 1))), dtype=jnp.float32)
@@ -609,14 +654,42 @@ def trigger_program(model, ids, trigger: str) -> tuple:
   """(jitted program, args, compiler options) of one of TRIGGERS but "none"."""
   dtype = DTYPES[model.dtype]
   d = model.cfg.d_model
+  if trigger == "head_dot":
+    rows = knapsack.default_chunk(model.cfg.n_layers) * 16
+    head = lambda params, h: model_lib.lm_head(params, model.cfg, h)
+    return jax.jit(head), (model.params, jnp.ones((rows, d), dtype)), {}
   if trigger.endswith("_dot"):
     args = (jnp.ones((512, d), dtype), jnp.ones((d, 2048), dtype))
-    return jax.jit(jnp.matmul), args, CUBLAS_GEMMS if trigger == "cublas_dot" else {}
+    options = {"cublas_dot": CUBLAS_GEMMS, "cublaslt_dot": CUBLASLT_GEMMS}
+    return jax.jit(jnp.matmul), args, options.get(trigger, {})
   if trigger.startswith("search"):
     statics, args = search_program(model, ids, prompt_state(model, ids).cache)
     options = {"search_triton_gemms": TRITON_GEMMS, "search_no_graphs": NO_GRAPHS,
-               "search_graph_loops": GRAPH_LOOPS}
-    return compile_cache.jit_program(statics), args, options.get(trigger, {})
+               "search_graph_loops": GRAPH_LOOPS, "search_lhs": LHS}
+    return (compile_cache.jit_program(statics), args,
+            {**compile_cache.compiler_options(statics), **options.get(trigger, {})})
+  if trigger == "search_small":
+    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
+    small = dataclasses.replace(statics, k_max=2, chunk=3)
+    return compile_cache.jit_program(small), args, compile_cache.compiler_options(small)
+  if "_agreement" in trigger:
+    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
+    args = args[:3] + ((jnp.asarray(0, jnp.int32),) if trigger.endswith("_p0") else args[3:4])
+    if trigger.startswith("exit_agreement"):
+      program = knapsack.ExitAgreementStatics(model.cfg, statics.attn_len)
+      options = ASYNC_OPTIONS.get(trigger.removeprefix("exit_agreement_"), {})
+      return (compile_cache.jit_program(program), args,
+              {**compile_cache.compiler_options(program), **options})
+    skip = jnp.zeros((2 * model.cfg.n_layers,), bool).at[4:20:2].set(True)
+    program = knapsack.MaskAgreementStatics(model.cfg, statics.attn_len)
+    return (compile_cache.jit_program(program), args + (skip,),
+            compile_cache.compiler_options(program))
+  if trigger == "scan_slices":
+    n, f = model.cfg.n_layers, model.cfg.d_ff
+    return (jax.jit(scan_slices), (jnp.ones((16, d), dtype), jnp.ones((n, d, f), dtype) / d,
+                                   jnp.ones((n, f, d), dtype) / f), {})
+  if trigger == "stack_layers":
+    return jax.jit(knapsack.stack_layers), (model.params,), {}
   if trigger == "device_loop":
     return jax.jit(device_loop), (jnp.ones((16, d), dtype), jnp.asarray(4, jnp.int32)), {}
   if trigger == "large_temp":
@@ -644,17 +717,31 @@ def trigger_stages(model, ids, trigger: str) -> list[dict]:
           flush=True)
     return []
   print(f"  {trigger}'s program: {program_facts(exe)}", flush=True)
+  if _HLO_DIR.value:
+    write_hlo(model, exe, trigger)
   timed_runs(exe, args, trigger)
   rows = [ar_stage(f"after_{trigger}", model, ids)]
   # AR's programs as new executables (a new CompileCache loads them from the executable store):
   # a second load_model ran at full speed after a KnapSpec generation (BENCHMARKS.md 10.23).
   # Then the trigger once more: whether the new executables slow down again.
   model.compiled = compile_cache.CompileCache()
-  ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)
+  r = ks.generate(model, ids, _NEW.value, "ar", ignore_eos=True)
+  print(f"  AR's programs loaded anew: {r.compile_s:.3f} s", flush=True)
   rows.append(ar_stage("ar_reloaded", model, ids))
   timed_runs(exe, args, f"{trigger} again")
   rows.append(ar_stage(f"after_{trigger}_again", model, ids))
   return rows
+
+
+def write_hlo(model, exe, trigger: str):
+  """The trigger's optimized HLO and that of every program in AR's compile cache, as text files
+  in --hlo_dir."""
+  folder = pathlib.Path(_HLO_DIR.value)
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / f"{trigger}.hlo.txt").write_text(exe.as_text())
+  for i, (statics, program) in enumerate(model.compiled.executables()):
+    (folder / f"ar_{i}_{type(statics).__name__}.hlo.txt").write_text(program.as_text())
+  print(f"  wrote {folder}", flush=True)
 
 
 def chosen_triggers() -> tuple[str, ...]:
@@ -678,7 +765,8 @@ def trigger_children(triggers) -> list[dict]:
               f"--repeats={_REPEATS.value}", f"--stack_bytes={_STACK.value}",
               f"--output={output}"]
       argv += [f"--{name}={flag.value}" for name, flag in
-               (("model", _MODEL), ("random_shape", _RANDOM), ("profile", _PROFILE))
+               (("model", _MODEL), ("random_shape", _RANDOM), ("profile", _PROFILE),
+                ("hlo_dir", _HLO_DIR))
                if flag.value]
       out = subprocess.run(argv, capture_output=True, text=True)
       print("\n".join(f"[{trigger}] {line}" for line in out.stdout.splitlines()), flush=True)
