@@ -228,7 +228,7 @@ def store_key(prog, args) -> str | None:
   cls = type(prog)
   shapes = " ".join(f"{jnp.dtype(x.dtype).name}{list(x.shape)}" for x in leaves)
   return "\n".join((_STORE_FORMAT, f"{cls.__module__}.{cls.__qualname__}", text, tree, shapes,
-                    _environment(), source))
+                    _environment(), f"options {sorted(compiler_options(prog).items())}", source))
 
 
 def _entry_path(store: pathlib.Path, key: str) -> pathlib.Path:

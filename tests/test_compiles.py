@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import knapspec_jax as ks
-from knapspec_jax import api, decoding, knapsack, latency, speculative
+from knapspec_jax import api, compile_cache, decoding, knapsack, latency, speculative
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.skip_mask import SkipMask
@@ -170,3 +170,32 @@ def test_discard_drops_one_program_or_a_kind_and_get_builds_it_again(tiny_models
   np.testing.assert_array_equal(jax.device_get(again(*args).skip_bits), want)
   assert compiled.discard(knapsack.SearchStatics) == 2
   assert compiled.programs() == [progs[2]]
+
+
+def test_programs_compile_with_the_xla_options_their_statics_ask_for(tiny_models, monkeypatch):
+  """A program class's compiler_options reach XLA's compile, and name the executable-store
+  entry; options for GPUs (xla_gpu_*) are left out elsewhere. The search's programs ask for
+  XLA's latency-hiding scheduler off on GPUs (BENCHMARKS.md 10.25) and compile here as before."""
+  model = tiny_models["llama3_rope"].jax
+  cache = KVCache.create(model.cfg)
+  ids = np.arange(5, 25, dtype=np.int32)
+  args = (model.params, cache, ids[-4:], np.int32(16))
+  prog = knapsack.ExitAgreementStatics(model.cfg, 256)
+  for statics in (prog, knapsack.SearchStatics.of(model.cfg, 256),
+                  knapsack.MaskAgreementStatics(model.cfg, 256)):
+    assert dict(type(statics).compiler_options) == {
+        "xla_gpu_enable_latency_hiding_scheduler": False}
+    assert compile_cache.compiler_options(statics) == {}  # a CPU run
+  want = jax.device_get(CompileCache().get(prog, args)(*args))
+  plain_key = compile_cache.store_key(prog, args)
+
+  monkeypatch.setattr(knapsack.ExitAgreementStatics, "compiler_options",
+                      (("xla_no_such_option", True), ("xla_gpu_enable_cublaslt", True)))
+  assert compile_cache.compiler_options(prog) == {"xla_no_such_option": True}
+  assert compile_cache.store_key(prog, args) != plain_key  # no stored entry of other options
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    CompileCache().get(prog, args)
+
+  monkeypatch.setattr(knapsack.ExitAgreementStatics, "compiler_options",
+                      (("xla_backend_optimization_level", 1),))
+  np.testing.assert_allclose(jax.device_get(CompileCache().get(prog, args)(*args)), want)
