@@ -31,8 +31,9 @@ def get_config() -> config_dict.ConfigDict:
   c.noise_floor = False  # run AR twice; the rerun ("ar-rerun") shows the run-to-run spread
   # Also time AR alone: the same prompts first, in a child process where no other method runs
   # (its results in <output_dir>/ar_alone/). On the H200 AR ran ~9% slower once other methods'
-  # warm-ups had run in its process (BENCHMARKS.md 10.18); each record then also gives its speed
-  # over AR alone (speedup_vs_ar_alone), beside the paired ratio to AR in the same process.
+  # warm-ups had run in its process (BENCHMARKS.md 10.18) until session 21's fix (10.25); each
+  # record then also gives its speed over AR alone (speedup_vs_ar_alone), beside the paired ratio
+  # to AR in the same process.
   c.ar_alone = False
   # Prompts: the first `specbench_per_category` Spec-Bench questions of each category (or of
   # `categories` only), then long-context summarization documents of `long_lengths` tokens.

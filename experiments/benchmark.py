@@ -119,7 +119,9 @@ def ar_alone(config, out_dir: pathlib.Path) -> dict[str, list[float]]:
   """AR on the config's prompts in a child process where no other method runs (config.ar_alone;
   its own warm-up and timed runs, its output in out_dir/ar_alone): item id -> its timed runs'
   tokens/s. On the H200 AR decoded Qwen2.5-Coder-1.5B's 2K document at 625 tok/s alone and at
-  573 after the other methods' warm-ups in the same process (BENCHMARKS.md 10.18)."""
+  573 after the other methods' warm-ups in the same process (BENCHMARKS.md 10.18), until the
+  search's programs were compiled without XLA's latency-hiding scheduler (10.25): the check that
+  the same process costs AR nothing."""
   child = ml_collections.ConfigDict(json.loads(config.to_json()))
   child.update(dict(methods="ar", noise_floor=False, ar_alone=False, plots=False,
                     output_dir=str(out_dir / "ar_alone")))
