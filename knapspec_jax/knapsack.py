@@ -430,7 +430,8 @@ def mask_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0,
 # of any of them (they share _branches' loop over the stacked layers) left every decode program
 # already loaded in the process about 9% slower for good on an H200 (AR 630 -> 570 tok/s on the
 # Qwen2.5-1.5B shape; programs loaded after the run ran at full speed until the next run). With
-# it off, AR stayed at 628-630 (BENCHMARKS.md 10.25).
+# it off, AR stays within 1% of its speed before the run, and the search runs as fast
+# (BENCHMARKS.md 10.25).
 SCORING_OPTIONS = (("xla_gpu_enable_latency_hiding_scheduler", False),)
 
 
