@@ -593,12 +593,13 @@ def search_stages(model, ids) -> list[dict]:
 # trigger_stages' programs: "none" (AR twice: the drift), a matmul through XLA's Triton emitter
 # and the same through cuBLAS(Lt), the knapsack search as the engine compiles it (with XLA's
 # latency-hiding scheduler off since BENCHMARKS.md 10.25: knapsack.SCORING_OPTIONS), the search
-# with that scheduler on as before ("search_lhs"), the search with every matmul asked of Triton, without CUDA graphs (command buffers off for that one
-# program), and with its loops inside the graphs (CUDA conditional nodes, no host round trip per
-# iteration); then programs with one feature of the search each: a loop whose trip count the
-# device computes (the search's _map_live: XLA runs it from the host, one predicate copied back
-# per iteration), a temporary buffer as large as the weights (the search stacks them: 2.7 GB of
-# temp), and an argsort. Last, cuBLASLt alone, which the search calls three times and the other
+# with that scheduler on as before ("search_lhs"), the search with every matmul asked of
+# Triton, without CUDA graphs (command buffers off for that one program), and with its loops
+# inside the graphs (CUDA conditional nodes, no host round trip per iteration); then programs
+# with one feature of the search each: a loop whose trip count the device computes (the
+# search's _map_live: XLA runs it from the host, one predicate copied back per iteration), a
+# temporary buffer as large as the weights (the search stacks them: 2.7 GB of temp), and an
+# argsort. Last, cuBLASLt alone, which the search calls three times and the other
 # programs never: a matmul with cuBLASLt asked for, and the search's own logits matmul (its
 # rows of every budget state against the 151,936-token head) compiled as XLA chooses. Then the
 # search's relatives: the search with a DP table of three budgets (few branches), DEL's and the
@@ -662,28 +663,8 @@ def trigger_program(model, ids, trigger: str) -> tuple:
     args = (jnp.ones((512, d), dtype), jnp.ones((d, 2048), dtype))
     options = {"cublas_dot": CUBLAS_GEMMS, "cublaslt_dot": CUBLASLT_GEMMS}
     return jax.jit(jnp.matmul), args, options.get(trigger, {})
-  if trigger.startswith("search"):
-    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
-    options = {"search_triton_gemms": TRITON_GEMMS, "search_no_graphs": NO_GRAPHS,
-               "search_graph_loops": GRAPH_LOOPS, "search_lhs": LHS}
-    return (compile_cache.jit_program(statics), args,
-            {**compile_cache.compiler_options(statics), **options.get(trigger, {})})
-  if trigger == "search_small":
-    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
-    small = dataclasses.replace(statics, k_max=2, chunk=3)
-    return compile_cache.jit_program(small), args, compile_cache.compiler_options(small)
-  if "_agreement" in trigger:
-    statics, args = search_program(model, ids, prompt_state(model, ids).cache)
-    args = args[:3] + ((jnp.asarray(0, jnp.int32),) if trigger.endswith("_p0") else args[3:4])
-    if trigger.startswith("exit_agreement"):
-      program = knapsack.ExitAgreementStatics(model.cfg, statics.attn_len)
-      options = ASYNC_OPTIONS.get(trigger.removeprefix("exit_agreement_"), {})
-      return (compile_cache.jit_program(program), args,
-              {**compile_cache.compiler_options(program), **options})
-    skip = jnp.zeros((2 * model.cfg.n_layers,), bool).at[4:20:2].set(True)
-    program = knapsack.MaskAgreementStatics(model.cfg, statics.attn_len)
-    return (compile_cache.jit_program(program), args + (skip,),
-            compile_cache.compiler_options(program))
+  if trigger.startswith("search") or "_agreement" in trigger:
+    return scoring_trigger(model, ids, trigger)
   if trigger == "scan_slices":
     n, f = model.cfg.n_layers, model.cfg.d_ff
     return (jax.jit(scan_slices), (jnp.ones((16, d), dtype), jnp.ones((n, d, f), dtype) / d,
@@ -701,6 +682,29 @@ def trigger_program(model, ids, trigger: str) -> tuple:
     flags_ = jnp.asarray(np.arange(64) % 3 == 0)
     return jax.jit(lambda f: jnp.argsort(~f, stable=True)), (flags_,), {}
   raise ValueError(f"unknown trigger {trigger!r}: not one of {TRIGGERS}")
+
+
+def scoring_trigger(model, ids, trigger: str) -> tuple:
+  """trigger_program for the search's family: the program compiled with the options the engine
+  gives it (compile_cache.compiler_options), the trigger's own options on top."""
+  statics, args = search_program(model, ids, prompt_state(model, ids).cache)
+  extra = {}
+  if trigger == "search_small":
+    program = dataclasses.replace(statics, k_max=2, chunk=3)
+  elif trigger.startswith("search"):
+    program = statics
+    extra = {"search_triton_gemms": TRITON_GEMMS, "search_no_graphs": NO_GRAPHS,
+             "search_graph_loops": GRAPH_LOOPS, "search_lhs": LHS}.get(trigger, {})
+  else:  # DEL's or the mask scorer's program, on the search's first four arguments
+    args = args[:3] + ((jnp.asarray(0, jnp.int32),) if trigger.endswith("_p0") else args[3:4])
+    if trigger.startswith("exit_agreement"):
+      program = knapsack.ExitAgreementStatics(model.cfg, statics.attn_len)
+      extra = ASYNC_OPTIONS.get(trigger.removeprefix("exit_agreement_"), {})
+    else:
+      program = knapsack.MaskAgreementStatics(model.cfg, statics.attn_len)
+      args += (jnp.zeros((2 * model.cfg.n_layers,), bool).at[4:20:2].set(True),)
+  return (compile_cache.jit_program(program), args,
+          {**compile_cache.compiler_options(program), **extra})
 
 
 def trigger_stages(model, ids, trigger: str) -> list[dict]:
