@@ -226,6 +226,18 @@ class KnapSpecConfig:
     556-561, a 22-token plain tail at 540), while on the documents the kept drafts' judged
     windows ran 1.06-1.13x AR at every bucket but one (1.01x; experiments/judged_windows.py).
     0: parity keeps a draft (until session 14).
+  confirm_margin: a draft that passed its trial is judged once more when its first full window
+    ends: that window's rounds and the trial's together, timed by the profile as the trial is,
+    must run at least (1 - confirm_margin) x the profile's AR, or the draft is dropped then,
+    not after judge_windows windows. Eight rounds are a small sample: on SmolLM2 (H200,
+    Spec-Bench, 128 new tokens, BENCHMARKS.md 10.26) two trials accepted 20 of 20 and 10 of 14
+    drafted tokens and the full windows after them 57 of 72 and 38 of 75; both drafts ran
+    0.93-0.95x AR, and while judge_windows waited for their second window they decoded 2 of 3
+    timed generations (0.929-0.936x AR paired). Replayed over every trial followed by a full
+    window in the H200 records (experiments/trial_confirmation_replay.py), 0.03 drops those
+    two (0.94x and 0.92x AR at the profile's costs) and none of the 22 Qwen pairs: those
+    nearest the line ran 0.975-0.999x, and the one among them whose later windows beat AR by
+    10-18% (28K, 0.995x) is kept. 1: off (until session 22).
   search_new_buckets: (keep) a draft kept at a bucket below is borrowed at a new bucket only
     after one search there (within explore_budget) found nothing predicted faster than it by
     `margin` (against_borrowed); a draft that is, is kept for the bucket (compiled by the next
@@ -271,6 +283,7 @@ class KnapSpecConfig:
   try_below: float = 0.1
   judge_windows: int = 2
   keep_margin: float = 0.02
+  confirm_margin: float = 0.03
   search_new_buckets: bool = True
   search_after: int = 0
 
@@ -287,6 +300,8 @@ class KnapSpecConfig:
     _check_real("margin", self.margin, -1.0, math.inf, low_open=True, high_open=True)
     _check_real("try_below", self.try_below, 0.0, 1.0, low_open=False, high_open=True)
     _check_real("keep_margin", self.keep_margin, 0.0, 1.0, low_open=False, high_open=True)
+    _check_real("confirm_margin", self.confirm_margin, 0.0, 1.0, low_open=False,
+                high_open=False)
     for name in ("search_budget", "gain_share", "explore_budget"):
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
@@ -313,6 +328,17 @@ class KeptDraft:
   windows: int = 0
   tokens: int = 0
   seconds: float = 0.0
+  # Its trial window's tokens and the profile's seconds for its rounds, until its first full
+  # window is judged with them (KnapSpecConfig.confirm_margin); 0: no trial to confirm.
+  trial_tokens: int = 0
+  trial_s: float = 0.0
+
+
+def confirms_trial(tokens: int, profile_s: float, ar_tpt: float, confirm_margin: float) -> bool:
+  """KnapSpecConfig.confirm_margin's test: a trial's rounds and its first full window's
+  together, `tokens` in the profile_s seconds the profile times those rounds at, run at least
+  (1 - confirm_margin) x AR's predicted tokens/s (ar_tpt)."""
+  return tokens >= (1 - confirm_margin) * ar_tpt * profile_s
 
 
 class KnapSpecPolicy:
@@ -475,25 +501,33 @@ class KnapSpecPolicy:
     each trial measured 0.72-0.84x AR and dropped a draft whose rounds ran at 1.02-1.18x AR's
     predicted speed. The full windows after it, `interval` rounds each, are judged by their wall
     time against measured AR: together, once there are judge_windows of them at this bucket
-    (KnapSpecConfig.judge_windows), and they must beat it by keep_margin."""
+    (KnapSpecConfig.judge_windows), and they must beat it by keep_margin. The first of them is
+    also judged with the trial's rounds, at the profile's costs (KnapSpecConfig.confirm_margin)."""
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < JUDGE_ROUNDS:
       return
     bucket = attn_bucket(decision.context, capacity)
     measured = window["measured_tokens_per_s"]
     windows, tokens, seconds = 0, 0, 0.0  # the full windows' totals at this bucket
+    trial_tokens, trial_s = 0, 0.0  # a trial that passes: kept to confirm (confirm_margin)
     if decision.rounds is not None:  # a trial: the rounds' acceptance, at the profile's costs
       slower = window["tokens"] < decision.ar_tpt * window["predicted_s"]
+      trial_tokens, trial_s = window["tokens"], window["predicted_s"]
     else:
       here = self.model.kept_drafts.get(bucket)
+      unconfirmed = False
       if here is not None and (here.skip, here.gamma) == (decision.skip, decision.gamma):
         windows, tokens, seconds = here.windows, here.tokens, here.seconds
+        if here.trial_s > 0:  # its first full window: with the trial's rounds, as the trial
+          unconfirmed = not confirms_trial(here.trial_tokens + window["tokens"],
+                                           here.trial_s + window["predicted_s"],
+                                           decision.ar_tpt, self.config.confirm_margin)
       windows, tokens = windows + 1, tokens + window["tokens"]
       seconds += window["tokens"] / max(measured, 1e-9)
       ar_speed = self.model.ar_speed(decision.context, capacity)
       ar_speed = decision.ar_tpt if ar_speed is None else ar_speed
-      slower = (windows >= self.config.judge_windows
-                and tokens / seconds < (1 + self.config.keep_margin) * ar_speed)
+      slower = unconfirmed or (windows >= self.config.judge_windows
+                               and tokens / seconds < (1 + self.config.keep_margin) * ar_speed)
     if slower:
       # A draft borrowed from a bucket below (`kept`) says nothing about what a search here
       # would find: the bucket keeps no gain, so a first search may still explore it. On the
@@ -521,7 +555,7 @@ class KnapSpecPolicy:
       chosen_at = source.context if same else decision.context
       self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
                                                  chosen_at, measured, decision.exit,
-                                                 windows, tokens, seconds)
+                                                 windows, tokens, seconds, trial_tokens, trial_s)
 
   def candidate(self, skip: SkipMask, agree, top1_prob, **fields) -> Candidate:
     """A skip set as the selection sees it, from its per-token agreement with the full model

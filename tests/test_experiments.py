@@ -95,6 +95,35 @@ def test_ar_alone_runs_in_a_child_process_first(tmp_path):
   assert json.loads((out / "ar_alone" / "config.json").read_text())["ar_alone"] is False
 
 
+def test_trial_confirmation_replay_reads_trial_and_first_full_window(tmp_path):
+  """experiments/trial_confirmation_replay.py on a stated record: a trial of 8 rounds (20
+  tokens, 0.2 s at the profile's costs) and the full window after it (100 tokens) against AR's
+  predicted 100 tok/s: at 1.3 s the two make 120 tokens in 1.5 s, 0.800 of AR, dropped at the
+  default 3% margin; at 1.0 s, 1.000, kept. A window of another draft after a trial, and a
+  trial with no window after it, are no pair."""
+  def window(tokens, predicted_s, rounds, reason, skip=(1, 0, 0, 0)):
+    return dict(decision=dict(skip=list(skip), gamma=2, ar_tpt=100.0, reason=reason),
+                context=40, tokens=tokens, rounds=rounds, predicted_s=predicted_s,
+                measured_tokens_per_s=110.0)
+  trial = lambda: window(20, 0.2, 8, "kept (not measured yet: a trial of 8 rounds)")
+  full = lambda s, skip=(1, 0, 0, 0): window(100, s, 64, "kept (last window)", skip)
+  records = [dict(item_id="lose", method="knapspec", warmup_windows=[],
+                  timed_windows=[[trial(), full(1.3), full(1.3)], [trial()]]),
+             dict(item_id="win", method="knapspec", warmup_windows=[[trial(), full(1.0)]],
+                  timed_windows=[[trial(), full(1.0, skip=(0, 1, 0, 0))]]),
+             dict(item_id="lose", method="ar", tokens_per_s_runs=[100.0, 102.0, 98.0])]
+  path = tmp_path / "results.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  got = subprocess.run([sys.executable, str(REPO / "experiments" / "trial_confirmation_replay.py"),
+                        str(path)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert got.returncode == 0, got.stderr[-2000:]
+  rows = [line for line in got.stdout.splitlines() if "| lose |" in line or "| win |" in line]
+  assert len(rows) == 2, got.stdout
+  assert "| lose | 40 | 20, 100 | 100, 77 | 0.800 | drop | 110, 110 | 100 |" in rows[0], rows
+  assert "| win | 40 | 20, 100 | 100, 100 | 1.000 | keep | 110 | – |" in rows[1], rows
+
+
 def test_window_analyses_read_the_recorded_windows(tmp_path):
   """experiments/judged_windows.py and window_prediction.py on a stated record: two 64-round
   windows of one draft at 110 and 90 tok/s (100 tokens each: 99.0 tok/s together) against AR

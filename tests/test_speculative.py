@@ -380,14 +380,15 @@ def test_an_unmeasured_draft_decodes_a_trial_window_first(tiny_models, with_prof
   rounds, at the profile's costs, are slower than AR's predicted speed drops its draft (the next
   drafting window is a new search's choice); one at least as fast keeps it, and the next window
   runs the full interval with it. On the H200 a kept draft's first use was a whole 64-round
-  window slower than AR (BENCHMARKS.md 10.13). Output is AR's."""
+  window slower than AR (BENCHMARKS.md 10.13). Output is AR's. (A trial that starts near the end
+  runs the rounds left: with confirm_margin dropping drafts sooner, one here runs 1 round.)"""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
   ids = np.arange(5, 45) % model.cfg.vocab_size
   config = ks.KnapSpecConfig(**(KEEP_TEST | dict(interval=16, trial_rounds=4)))
   got = api.generate(model, ids, 96, method="knapspec", ignore_eos=True, config=config)
   assert got.output_ids == ar(model, ids, 96)
   drafting = [w for w in got.stats["window_log"] if w["decision"]["skip"] is not None]
-  trials = [i for i, w in enumerate(drafting)
+  trials = [i for i, w in enumerate(drafting[:-1])  # the last may end with the generation
             if w["decision"]["reason"].endswith("a trial of 4 rounds")]
   assert trials and all(drafting[i]["rounds"] == 4 for i in trials), got.stats["window_log"]
   kept = [i for i in trials  # this prompt's tiny drafts: 4-7 tokens in 4 rounds
@@ -491,6 +492,47 @@ def test_a_trial_is_judged_by_its_rounds_and_the_next_window_by_its_time(tiny_mo
   model.kept_drafts.clear()
   policy.observe(trial, dict(window, predicted_s=0.25, measured_tokens_per_s=500.0), capacity)
   assert model.kept_drafts[bucket] is None
+
+
+def test_a_trial_is_confirmed_by_its_first_full_window_at_the_profiles_costs(tiny_models,
+                                                                             with_profile):
+  """confirm_margin: a draft whose trial passed (20 tokens in rounds the profile times at 0.15
+  s: 133 tok/s against AR's predicted 100) is judged again when its first full window ends, by
+  the trial's and that window's rounds together at the profile's costs. A window of 100 tokens
+  timed at 1.25 s (120 / 1.4 s: 86 tok/s, under 0.97 x 100) drops it at once, though it
+  measured 120 tok/s by the clock and judge_windows (2) would have waited; with confirm_margin=1
+  it stays. At 1.03 s (120 / 1.18 s: 102 tok/s) it stays, and a second full window is judged
+  by judge_windows alone (no second confirmation). Margins outside [0, 1] are refused."""
+  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  context = 40
+  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  trial = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept", rounds=8)
+  full = dataclasses.replace(trial, rounds=None)
+  trial_window = dict(ar_tokens_while_compiling=0, rounds=8, tokens=20, predicted_s=0.15,
+                      measured_tokens_per_s=50.0)
+  window = lambda profile_s: dict(trial_window, rounds=64, tokens=100, predicted_s=profile_s,
+                                  measured_tokens_per_s=120.0)
+  bucket = decoding.attn_bucket(context, capacity)
+  for confirm_margin, profile_s, kept in ((0.03, 1.25, False), (1.0, 1.25, True),
+                                          (0.03, 1.03, True)):
+    policy = methods.KnapSpecPolicy(model, model.profile,
+                                    ks.KnapSpecConfig(confirm_margin=confirm_margin))
+    model.kept_drafts.clear()
+    model.search_gains.clear()
+    policy.observe(trial, trial_window, capacity)
+    assert model.kept_drafts[bucket].trial_tokens == 20
+    policy.observe(full, window(profile_s), capacity)
+    assert (model.kept_drafts[bucket] is not None) == kept, (confirm_margin, profile_s)
+    if not kept:
+      assert model.search_gains[bucket] == 0.0
+  assert model.kept_drafts[bucket].trial_s == 0.0 and model.kept_drafts[bucket].windows == 1
+  policy.observe(full, window(5.0), capacity)  # 20 tok/s at the profile's costs: not re-judged
+  assert model.kept_drafts[bucket] is not None and model.kept_drafts[bucket].windows == 2
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ks.MethodError, match="confirm_margin"):
+      ks.KnapSpecConfig(confirm_margin=bad)
 
 
 def _judged_draft(tiny_models, with_profile):
