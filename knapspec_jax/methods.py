@@ -198,7 +198,8 @@ class KnapSpecConfig:
     1.11x AR while KnapSpec, without this model, predicted at most a 0-2% saving and declined.
     On by default since session 14, with try_below (BENCHMARKS.md 10.18): KnapSpec then drafted
     on every Qwen document at 1.08-1.12x AR (H200) and still declined on SmolLM2 (CPU; its best
-    draft predicted at 0.89x AR). Not yet measured with SmolLM2 on the H200.
+    draft predicted at 0.89x AR). On SmolLM2 on the H200 (BENCHMARKS.md 10.26) it drafted on 2
+    of 7 Spec-Bench prompts, predicted at 1.01x and 1.04x, and lost (see confirm_margin).
   try_below: with trials on (keep, trial_rounds > 0), a draft predicted at least (1 -
     try_below) x AR's tokens/s is tried instead of declined: its trial window judges it by its
     measured rounds (observe), and a full window then by its wall time. 0: a draft must beat AR
