@@ -4,6 +4,10 @@ match; a missing, truncated or corrupted part is a CheckpointError and leaves no
 from __future__ import annotations
 
 import hashlib
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +99,42 @@ def test_known_models_and_cli(capsys):
   smol = packaged_models.MODELS["smollm2-135m"]
   assert packaged_models.resolve("smollm2-135m") == smol.path()  # one part: the file in place
   assert hashlib.sha256(smol.path().read_bytes()).hexdigest() == smol.sha256
+
+
+def test_gpu_join_chunks_checks_count_size_and_hash(tmp_path):
+  """experiments/gpu/join_chunks.py, which joins the 32 MiB chunks the ship scripts send to the
+  device machine: SmolLM2's GGUF split in 3 joins to the installed file's sha256 and the chunks
+  are removed; 2 of 3 chunks, or one byte changed, exit 1 naming the problem and write no file."""
+  smol = packaged_models.MODELS["smollm2-135m"]
+  data = smol.path().read_bytes()
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "gpu" / "join_chunks.py"
+
+  def join(chunks: list[bytes]):
+    folder = tmp_path / f"chunks{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    for i, chunk in enumerate(chunks):
+      (folder / f"chunk{i}").write_bytes(chunk)
+    target = folder / "model.gguf"
+    got = subprocess.run([sys.executable, str(script), "smollm2-135m", str(folder), str(target)],
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, SHIP_CHUNK_MIB="32"))
+    return got, folder, target
+
+  step = 32 << 20
+  chunks = [data[i:i + step] for i in range(0, len(data), step)]
+  assert len(chunks) == 3
+  got, folder, target = join(chunks)
+  assert got.returncode == 0, got.stderr
+  assert hashlib.sha256(target.read_bytes()).hexdigest() == smol.sha256
+  assert not list(folder.glob("chunk*"))
+  got, folder, target = join(chunks[:2])
+  assert got.returncode == 1 and "2 of smollm2-135m's 3 chunks" in got.stderr, got.stderr
+  assert not target.exists()
+  bad = bytearray(chunks[1])
+  bad[1000] ^= 1
+  got, folder, target = join([chunks[0], bytes(bad), chunks[2]])
+  assert got.returncode == 1 and "sha256" in got.stderr and "ship" in got.stderr, got.stderr
+  assert not target.exists() and len(list(folder.glob("chunk*"))) == 3
+  got = subprocess.run([sys.executable, str(script), "no-such-model", "x", "y"],
+                       capture_output=True, text=True, timeout=120)
+  assert got.returncode == 2 and "usage" in got.stderr

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: the cuDNN decode
+# Device machine, after ship_smollm2.sh, with carry [".data"]: the cuDNN decode
 # attention: AR at three prompt lengths (BENCHMARKS.md section 1), its kernels per step, and
 # its outputs against float32.
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: the H100 tables of
+# Device machine, after ship_smollm2.sh, with carry [".data"]: the H100 tables of
 # BENCHMARKS.md from configs/h100.py, in parts that fit one call each:
 #   bash experiments/gpu/run_benchmark.sh specbench   # every method, Spec-Bench subset
 #   bash experiments/gpu/run_benchmark.sh long        # every method, 2K / 4K / 7K documents

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data", ".official"]:
+# Device machine, after ship_smollm2.sh, with carry [".data", ".official"]:
 # the cuDNN step's kernels and its outputs against float32, then the official implementation.
 set -uo pipefail
 source experiments/gpu/env.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: decode-step layouts
+# Device machine, after ship_smollm2.sh, with carry [".data"]: decode-step layouts
 # and XLA command-buffer settings (BENCHMARKS.md section 1).
 set -uo pipefail
 source experiments/gpu/env.sh

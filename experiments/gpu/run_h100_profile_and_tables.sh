@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]. Parts, one call each
+# Device machine, after ship_smollm2.sh, with carry [".data"]. Parts, one call each
 # (the device keeps /root while warm; the profile measured by "profile" is reused by the others):
 #   profile    the H100 latency profile of the current code (cuDNN decode attention), then AR at
 #              53 / 4004 / 7511 prompt tokens (BENCHMARKS.md section 1)

