@@ -67,5 +67,6 @@ def main(argv):
               f"{after['tokens'] / after['predicted_s']:.0f} | {tokens / seconds / ar_tpt:.3f} | "
               f"{'keep' if kept else 'drop'} | {speeds} | {ar_median} |")
 
+
 if __name__ == "__main__":
   sys.exit(app.run(main))

@@ -503,18 +503,10 @@ def test_a_trial_is_confirmed_by_its_first_full_window_at_the_profiles_costs(tin
   measured 120 tok/s by the clock and judge_windows (2) would have waited; with confirm_margin=1
   it stays. At 1.03 s (120 / 1.18 s: 102 tok/s) it stays, and a second full window is judged
   by judge_windows alone (no second confirmation). Margins outside [0, 1] are refused."""
-  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
-  capacity = KVCache.capacity_for(model.cfg)
-  context = 40
-  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here
-  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
-  trial = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, context, "kept", rounds=8)
-  full = dataclasses.replace(trial, rounds=None)
-  trial_window = dict(ar_tokens_while_compiling=0, rounds=8, tokens=20, predicted_s=0.15,
-                      measured_tokens_per_s=50.0)
-  window = lambda profile_s: dict(trial_window, rounds=64, tokens=100, predicted_s=profile_s,
-                                  measured_tokens_per_s=120.0)
-  bucket = decoding.attn_bucket(context, capacity)
+  model, capacity, bucket, full, judged = _judged_draft(tiny_models, with_profile)
+  trial = dataclasses.replace(full, rounds=8)
+  trial_window = dict(judged(50.0), rounds=8, tokens=20, predicted_s=0.15)
+  window = lambda profile_s: dict(judged(120.0), predicted_s=profile_s)
   for confirm_margin, profile_s, kept in ((0.03, 1.25, False), (1.0, 1.25, True),
                                           (0.03, 1.03, True)):
     policy = methods.KnapSpecPolicy(model, model.profile,
