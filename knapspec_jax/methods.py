@@ -238,7 +238,7 @@ class KnapSpecConfig:
     window in the H200 records (experiments/trial_confirmation_replay.py), 0.03 drops those
     two (0.94x and 0.92x AR at the profile's costs) and none of the 22 Qwen pairs: those
     nearest the line ran 0.975-0.999x, and the one among them whose later windows beat AR by
-    10-18% (28K, 0.995x) is kept. 1: off (until session 22).
+    8-18% (28K, 0.995x) is kept. 1: off (until session 22).
   search_new_buckets: (keep) a draft kept at a bucket below is borrowed at a new bucket only
     after one search there (within explore_budget) found nothing predicted faster than it by
     `margin` (against_borrowed); a draft that is, is kept for the bucket (compiled by the next
