@@ -4,8 +4,7 @@
 export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export KNAPSPEC_DATA=$PWD/.data KNAPSPEC_CACHE=/root/cache
 export QWEN_GGUF=/root/q/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
-export QWEN_CHUNK_MIB=32  # ship_qwen.sh's chunk size (split -b 32M)
 if [ ! -f "$QWEN_GGUF" ]; then
-  SHIP_CHUNK_MIB=$QWEN_CHUNK_MIB python3 experiments/gpu/join_chunks.py qwen2.5-coder-1.5b \
-    /root/q "$QWEN_GGUF" || return 1 2>/dev/null || exit 1
+  python3 experiments/gpu/join_chunks.py qwen2.5-coder-1.5b /root/q "$QWEN_GGUF" \
+    || return 1 2>/dev/null || exit 1
 fi

