@@ -4,6 +4,8 @@
 #   bash experiments/gpu/run_h200.sh profile_specbench_a  # latency profile, then every method on
 #                                                         # the first 6 Spec-Bench categories
 #   bash experiments/gpu/run_h200.sh specbench_b          # every method, the other 7 categories
+#   bash experiments/gpu/run_h200.sh specbench_a          # every method, the first 6 categories,
+#                                                         # with the committed profile
 #   bash experiments/gpu/run_h200.sh long_hf              # every method on the 2K / 4K / 7K
 #                                                         # documents, then HF generate (eager
 #                                                         # and compiled) on all 16 prompts
@@ -28,6 +30,8 @@ case ${1:?part} in
     timeout 200 python3 experiments/measure_profile.py --dtype=bfloat16 --attention=pallas \
       --attn_lens=256,2048,6144 2>&1 | grep -v -i warn | tail -4
     cp profiles/*H200*.json $OUT/
+    bench specbench_a ${BENCH_TIMEOUT:-360} --config.long_lengths= --config.categories=$A ;;
+  specbench_a)
     bench specbench_a ${BENCH_TIMEOUT:-360} --config.long_lengths= --config.categories=$A ;;
   specbench_b)
     bench specbench_b ${BENCH_TIMEOUT:-540} --config.long_lengths= --config.categories=$B ;;
