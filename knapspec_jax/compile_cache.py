@@ -65,6 +65,7 @@ import hashlib
 import os
 import pathlib
 import pickle
+import subprocess
 import sys
 import threading
 import time
@@ -427,6 +428,149 @@ def _build(prog: Program, args, abstract, mesh, load: bool = True) -> tuple[Any,
   return compiled, False
 
 
+BACKGROUND_MODES = ("thread", "process")
+
+
+def background_mode(value) -> str | None:
+  """Where a program compiles while decoding goes on: None (in the caller's thread, which
+  waits), "thread" (a background thread of this process) or "process" (a compile worker
+  process, CompileWorker). False and None mean None, True means "thread"."""
+  if value is None or value is False:
+    return None
+  if value is True:
+    return "thread"
+  if value not in BACKGROUND_MODES:
+    raise ValueError(f"background compile must be False, True or one of {BACKGROUND_MODES}, "
+                     f"got {value!r}")
+  return value
+
+
+_WORKER_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
+                    "jax_threefry_partitionable", "jax_num_cpu_devices")
+
+
+def compile_into_store(prog: Program, abstract) -> str:
+  """In the compile worker: compiles `prog` for these ShapeDtypeStructs and writes it to the
+  executable store, nothing run. Returns the entry's path, which the decoding process checks
+  against its own (the same code, settings and device give the same key)."""
+  store = executable_store_dir()
+  key = store_key(prog, abstract)
+  if store is None or key is None:
+    raise RuntimeError(f"{type(prog).__name__} cannot be stored (the executable store is off, "
+                       "or the program's key is not reproducible), so a worker cannot compile it")
+  path = _entry_path(store, key)
+  if load_entry(path, key) is None:
+    compiled = jit_program(prog).lower(*abstract).compile(
+        compiler_options=compiler_options(prog) or None)
+    if not save_entry(path, key, compiled):
+      raise RuntimeError(f"could not write {type(prog).__name__} to the store at {path}")
+  return str(path)
+
+
+def _send(stream, obj):
+  data = pickle.dumps(obj)
+  stream.write(len(data).to_bytes(8, "little") + data)
+  stream.flush()
+
+
+def _receive(stream):
+  """The next message, or None at the end of the stream."""
+  size = stream.read(8)
+  if len(size) < 8:
+    return None
+  return pickle.loads(stream.read(int.from_bytes(size, "little")))
+
+
+def serve_worker():
+  """The compile worker's main loop (CompileWorker starts it in a new interpreter): the JAX
+  settings of the decoding process first (they are part of the store key), then jobs (id, and
+  the statics and ShapeDtypeStructs pickled), each answered with (id, ok, the entry's path or the error's
+  text), until its input ends. JAX's own persistent cache is off here, so that every program is
+  compiled and stored (one that JAX's cache returned is not: see _jax_cache_hits). Messages go
+  over the original stdout; anything printed goes to stderr."""
+  answers = os.fdopen(os.dup(1), "wb")
+  os.dup2(2, 1)
+  jobs = sys.stdin.buffer
+  for name, value in _receive(jobs).items():
+    jax.config.update(name, value)
+  jax.config.update("jax_enable_compilation_cache", False)
+  while (job := _receive(jobs)) is not None:
+    job_id, payload = job
+    try:  # a statics class this interpreter cannot import fails its job, not the worker
+      answer = (job_id, True, compile_into_store(*pickle.loads(payload)))
+    except Exception as error:  # noqa: BLE001 the decoding process says why and compiles it
+      answer = (job_id, False, f"{type(error).__name__}: {error}")
+    try:
+      _send(answers, answer)
+    except BrokenPipeError:  # the decoding process ended
+      return
+
+
+class CompileWorker:
+  """A separate Python process that compiles programs into the executable store, from their
+  statics and argument shapes alone, for a decoding process that then loads them: a switch to a
+  new skip set costs a load and a priming call, not a compile, and the compile's host work
+  (tracing, lowering, XLA) runs outside this process and its GIL. Started on the first submit
+  (a new interpreter with this process's sys.path and settings, no GPU memory taken ahead) and
+  kept for the process's life. Its compiles share the host's cores and, where XLA autotunes,
+  the device. A statics class defined in a script run as __main__ cannot be sent to it (its
+  job fails; CompileCache then compiles the program in a thread)."""
+
+  def __init__(self):
+    self._proc: subprocess.Popen | None = None
+    self._lock = threading.Lock()
+    self._jobs: dict[int, concurrent.futures.Future] = {}
+    self._next = 0
+
+  def submit(self, prog: Program, abstract) -> concurrent.futures.Future:
+    """A future of the stored entry's path (an exception if the worker could not store it)."""
+    future = concurrent.futures.Future()
+    with self._lock:
+      if self._proc is None or self._proc.poll() is not None:
+        self._start()
+      job_id, self._next = self._next, self._next + 1
+      self._jobs[job_id] = future
+      try:
+        _send(self._proc.stdin, (job_id, pickle.dumps((prog, abstract))))
+      except (OSError, pickle.PicklingError, AttributeError, TypeError) as error:
+        del self._jobs[job_id]
+        future.set_exception(RuntimeError(f"could not send {type(prog).__name__} to the compile "
+                                          f"worker: {error}"))
+    return future
+
+  def _start(self):
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    self._proc = subprocess.Popen(
+        [sys.executable, "-c", "from knapspec_jax.compile_cache import serve_worker; "
+         "serve_worker()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    _send(self._proc.stdin, {name: getattr(jax.config, name) for name in _WORKER_SETTINGS})
+    threading.Thread(target=self._read, args=(self._proc,), daemon=True,
+                     name="knapspec-compile-worker").start()
+
+  def _read(self, proc: subprocess.Popen):
+    while (answer := _receive(proc.stdout)) is not None:
+      job_id, ok, value = answer
+      with self._lock:
+        future = self._jobs.pop(job_id, None)
+      if future is not None and ok:
+        future.set_result(value)
+      elif future is not None:
+        future.set_exception(RuntimeError(value))
+    with self._lock:  # the worker ended: its unanswered jobs fail
+      jobs, self._jobs = self._jobs, {}
+    for future in jobs.values():
+      future.set_exception(RuntimeError(f"the compile worker exited (code {proc.wait()})"))
+
+  def shutdown(self):
+    """Ends the worker after its current job; unanswered jobs fail."""
+    with self._lock:
+      proc, self._proc = self._proc, None
+    if proc is not None:
+      proc.stdin.close()
+      proc.wait()
+
+
 class CompileCache:
   """Maps (program statics, argument shapes and shardings) to a compiled executable."""
 
@@ -435,15 +579,29 @@ class CompileCache:
     self._pending: dict[Any, concurrent.futures.Future] = {}
     self._lock = threading.Lock()
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self._worker: CompileWorker | None = None
+    self._worker_jobs: dict[Any, concurrent.futures.Future] = {}  # key -> its entry's path
+    self._worker_failed: set = set()  # keys a worker could not compile: compiled in a thread
     self.stats = CompileStats()
 
-  def get_async(self, prog: Program, args):
-    """The compiled program if it is ready, else None after making sure a background thread is
-    compiling it (XLA compiles outside the GIL, so decoding goes on meanwhile). Takes what `get`
-    takes."""
+  def get_async(self, prog: Program, args, mode: str = "thread"):
+    """The compiled program if it is ready, else None after making sure it is being compiled
+    in the background (decoding goes on meanwhile). Takes what `get` takes.
+
+    mode "thread": compiled in a background thread of this process (XLA compiles outside the
+    GIL; tracing does not). "process": compiled by the compile worker into the executable store
+    (CompileWorker), then loaded here by the first call that finds it there, in the caller's
+    thread: that call's wait (a load and the priming call, counted as load_s) is what a switch
+    to the program costs. A program the store cannot hold (split over a mesh, the store off)
+    compiles in a thread."""
     prog = _registered(prog)
     key = (prog, shape_key(args))
-    abstract, _ = _abstract(args)
+    abstract, mesh = _abstract(args)
+    if background_mode(mode) == "process" and key not in self._worker_failed:
+      store = executable_store_dir() if mesh is None else None
+      entry = store_key(prog, args) if store is not None else None
+      if entry is not None:
+        return self._get_from_worker(prog, args, abstract, key, _entry_path(store, entry))
     with self._lock:
       if key in self._compiled:
         self.stats.hits += 1
@@ -457,6 +615,35 @@ class CompileCache:
         self._pending[key] = self._executor.submit(self.get, prog, abstract)
         self._pending[key].add_done_callback(lambda _: self._pending.pop(key, None))
     return None
+
+  def _get_from_worker(self, prog, args, abstract, key, path: pathlib.Path):
+    with self._lock:
+      if key in self._compiled:
+        self.stats.hits += 1
+        return self._compiled[key]
+      job = self._worker_jobs.get(key)
+      if job is None and path.is_file():  # stored (by the worker, or by an earlier process)
+        ready = True
+      elif job is not None and job.done():
+        del self._worker_jobs[key]
+        error = job.exception()
+        ready = error is None and job.result() == str(path)
+        if not ready:  # say why once, then compile it in a thread
+          self._worker_failed.add(key)
+          why = error or f"it stored {job.result()}, this process's key names {path}"
+          print(f"knapspec_jax: the compile worker did not store {type(prog).__name__} for this "
+                f"process ({why}); compiling it in a background thread", file=sys.stderr)
+      else:
+        busy = any(type(k[0]) is type(prog) and not f.done()
+                   for k, f in self._worker_jobs.items())
+        if job is None and not busy:
+          if self._worker is None:
+            self._worker = CompileWorker()
+          self._worker_jobs[key] = self._worker.submit(prog, abstract)
+        return None
+    if not ready:
+      return self.get_async(prog, args, "thread")
+    return self.get(prog, args)  # a load from the store: the switch's cost, in load_s
 
   def get(self, prog: Program, args):
     """The program (a registered statics object) compiled for the shapes and shardings of
@@ -514,7 +701,8 @@ class CompileCache:
     start = time.perf_counter()
     while True:
       with self._lock:
-        pending = [f for f in self._pending.values() if not f.done()]
+        pending = [f for f in (*self._pending.values(), *self._worker_jobs.values())
+                   if not f.done()]
       if not pending:
         return time.perf_counter() - start
       concurrent.futures.wait(pending)

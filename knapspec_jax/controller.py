@@ -70,13 +70,14 @@ def background_compile_default() -> bool:
 
 
 def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
-        profile: LatencyProfile, warmup_tokens: int = 0, background: bool | None = None,
+        profile: LatencyProfile, warmup_tokens: int = 0, background: bool | str | None = None,
         wait_chunk: int | None = None, sampling=None, width: int | None = None):
   """Decodes to the end with `policy`; returns (state, stats dict).
 
-  background: compile a newly chosen skip set in a background thread and decode plainly,
-  `wait_chunk` tokens at a time (default: the policy's interval), until it is ready (default:
-  background_compile_default()).
+  background: compile a newly chosen skip set in the background (True or "thread": a thread;
+  "process": the compile worker, loaded from the executable store when ready) and decode
+  plainly, `wait_chunk` tokens at a time (default: the policy's interval), until it is ready
+  (default: background_compile_default()).
   sampling: a sampling.Filter to sample (speculative sampling in drafting windows), None: greedy.
   width: every full-model forward (verify windows, plain steps) this many positions wide
   (bf16 output then equals AR's at the same width; speculative.spec_segment). None: natural.

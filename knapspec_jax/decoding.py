@@ -250,7 +250,7 @@ def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos
 
 def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Callable, *,
                  span: int, max_seq_len: int, read: Callable = lambda carry: None,
-                 args: Callable = lambda value: (), background: bool = False,
+                 args: Callable = lambda value: (), background: bool | str = False,
                  prefetch: int = 256) -> tuple[tuple, bool]:
   """The host loop of every decoding method: read the cursor, dispatch the segment program of
   the attention bucket it is in (the program decodes on device until its bucket, or its own
@@ -263,11 +263,14 @@ def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Calla
   read(carry): a device value read with the cursor (speculation: the round counter), and
     args(value): the program's arguments after params and carry, or None to stop (a spent
     budget of rounds).
-  background: a program not compiled yet compiles in a background thread and the loop returns
-    early with ready=False (the caller decodes plainly meanwhile); the next bucket's program is
-    requested `prefetch` positions before the context reaches it.
+  background: a program not compiled yet compiles in the background (True or "thread": a
+    thread of this process; "process": the compile worker, then loaded from the executable
+    store; compile_cache.CompileCache.get_async) and the loop returns early with ready=False
+    (the caller decodes plainly meanwhile); the next bucket's program is requested `prefetch`
+    positions before the context reaches it.
   Returns (carry, ready).
   """
+  mode = compile_cache.background_mode(background)
   while True:
     state = carry[0]
     # One device read per segment: the program decides everything else on device.
@@ -279,14 +282,14 @@ def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Calla
       return carry, True
     attn_len = attn_bucket(int(length) + span, state.cache.capacity)
     call = (params,) + tuple(carry) + tuple(extra)
-    if background:
-      fn = compiled.get_async(statics_at(attn_len), call)
+    if mode:
+      fn = compiled.get_async(statics_at(attn_len), call, mode)
       if fn is None:
         return carry, False
       upcoming = attn_bucket(min(int(length) + span + prefetch, max_seq_len),
                              state.cache.capacity)
       if upcoming != attn_len:
-        compiled.get_async(statics_at(upcoming), call)
+        compiled.get_async(statics_at(upcoming), call, mode)
     else:
       fn = compiled.get(statics_at(attn_len), call)
     out = fn(*call)

@@ -152,9 +152,11 @@ class KnapSpecConfig:
   latency_weights: item weights from the latency profile (False: uniform weights, i.e. DEL's
     Tokens-per-Layer view, an ablation).
   protect_ends: never skip the first and last layer (official).
-  background_compile: compile a new skip set's program in a background thread while decoding
-    plainly (default off: see controller.background_compile_default). When compiling blocks,
-    the selection charges its cost against the predicted gain.
+  background_compile: compile a new skip set's program in the background while decoding
+    plainly: True or "thread" in a thread of this process, "process" in the compile worker
+    (compile_cache.CompileWorker), loaded from the executable store when ready (default: see
+    controller.background_compile_default). When compiling blocks, the selection charges its
+    cost against the predicted gain.
   charge_compile: (only where a new skip set compiles in the caller's thread: on a CPU, or with
     background_compile=False) False ignores compile cost in the selection (an experiment's
     setting, to measure what the predicted drafts deliver; the compiles then count in decode
@@ -274,7 +276,7 @@ class KnapSpecConfig:
   decoupled: bool = True
   latency_weights: bool = True
   protect_ends: bool = True
-  background_compile: bool | None = None
+  background_compile: bool | str | None = None
   search_chunk: int | None = None
   charge_compile: bool = True
   compile_horizon: int = 0
@@ -310,7 +312,9 @@ class KnapSpecConfig:
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
                  "exit_model", "search_new_buckets"):
       _check_bool(name, getattr(self, name))
-    _check_bool("background_compile", self.background_compile, none_ok=True)
+    if self.background_compile not in (None, False, True, *compile_cache.BACKGROUND_MODES):
+      raise MethodError(f"background_compile must be None, False, True (a thread) or one of "
+                        f"{compile_cache.BACKGROUND_MODES}, got {self.background_compile!r}")
     if self.search_chunk is not None:
       _check_int("search_chunk", self.search_chunk, 1)
 
@@ -612,7 +616,7 @@ class KnapSpecPolicy:
                                  f"{decision.reason}")
     self.model.kept_drafts[bucket] = KeptDraft(best.skip, best.gamma, best.alpha, n,
                                                exit=best.exit)
-    if self.compiled_draft(state, best.skip, best.gamma, n):
+    if self.background or self.compiled_draft(state, best.skip, best.gamma, n):
       self.used.add((best.skip, best.gamma))
       rounds = self.trial_window(None)
       return dataclasses.replace(best, rounds=rounds, reason=f"{best.reason}, over {versus}" + (

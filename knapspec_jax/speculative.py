@@ -252,13 +252,14 @@ def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, 
 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
                *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int,
-               background: bool = False, prefetch: int = 256,
+               background: bool | str = False, prefetch: int = 256,
                sampling: sampling_lib.Filter | None = None, width: int | None = None):
   """Up to max_rounds rounds (fewer at done / cache end), crossing buckets: decoding.run_segments
   with the segment program of (skip, gamma) and a budget of rounds read from the counters.
 
-  Returns (state, counters, ready). With background=True a program that is not compiled yet is
-  compiled in a background thread and the call returns early with ready=False, so the caller
+  Returns (state, counters, ready). With background (True or "thread": a background thread;
+  "process": the compile worker, then a load from the executable store) a program that is not
+  compiled yet is compiled there and the call returns early with ready=False, so the caller
   can decode plainly meanwhile; the next bucket's program is requested `prefetch` positions
   before the context reaches it.
   """

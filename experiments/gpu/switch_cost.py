@@ -65,7 +65,7 @@ from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 
-MODES = ("static", "runtime", "dispatch", "dispatch_layers")
+MODES = ("static", "runtime", "dispatch", "dispatch_layers", "worker")
 DISPATCH_MODES = ("dispatch", "dispatch_layers")
 N_CHECK = 4  # greedy tokens of each set that dispatch checks against the static draft
 
@@ -373,6 +373,80 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
   return records
 
 
+def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: int,
+                smoke: bool, base: dict) -> list[dict]:
+  """The worker mode's records, one per skip set: static-mask segment programs compiled by the
+  compile worker (compile_cache.CompileWorker, a separate process) into the executable store
+  while this process decodes AR, then loaded here (CompileCache.get_async, mode "process").
+  switch_s is this process's wait for the set once the worker has stored it (the load and the
+  priming call) plus what its first call costs over a later one; worker_s, from the request to
+  the program ready here; ar_ms_per_step_while_compiling against ar_ms_per_step, what the
+  worker's compile costs the decoding beside it. The loaded program's pending token and cursor
+  after `rounds` rounds are checked against the same set compiled in this process, for the
+  first set (every set under --smoke)."""
+  cfg, gamma = m.cfg, base["gamma"]
+  compiled = CompileCache()  # this process's programs: AR, and the sets once loaded
+  ar_statics = decoding.ARSegmentStatics(cfg, attn_len)
+  ar_args = lambda: (m.params, m.fresh_state(rounds + 1))
+  ar = compiled.get(ar_statics, ar_args())
+  t_ar = latency.median_seconds(ar, ar_args, repeats) / rounds
+  seg_args = lambda: (m.params, m.fresh_state(rounds * (gamma + 1) + 1),
+                      speculative.SpecCounters.zeros(), jnp.asarray(rounds, jnp.int32),
+                      jnp.asarray(0.0, jnp.float32))
+  records = []
+  for i, skip in enumerate(skips):
+    statics = speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len)
+    loads_before, load_s_before = compiled.stats.loaded, compiled.stats.load_s
+    ar_loops, ar_s = 0, 0.0
+    start = time.perf_counter()
+    while True:
+      ask = time.perf_counter()
+      seg = compiled.get_async(statics, seg_args(), "process")
+      if seg is not None:
+        ready_wait = time.perf_counter() - ask  # the load and the priming call
+        break
+      args = ar_args()  # decoding goes on beside the worker's compile
+      jax.block_until_ready(args)
+      loop_start = time.perf_counter()
+      jax.block_until_ready(ar(*args))
+      ar_s += time.perf_counter() - loop_start
+      ar_loops += 1
+    worker_s = time.perf_counter() - start
+    if compiled.stats.loaded != loads_before + 1:
+      raise RuntimeError(f"skip set {i}: the program was not loaded from the store ({compiled.stats})")
+    first_args = seg_args()
+    jax.block_until_ready(first_args)
+    first_start = time.perf_counter()
+    jax.block_until_ready(seg(*first_args))
+    first = time.perf_counter() - first_start
+    t_seg = latency.median_seconds(seg, seg_args, repeats)
+    equal = None
+    if smoke or i == 0:
+      own = CompileCache().get(statics, seg_args())  # compiled here: the reference
+      got, want = seg(*seg_args())[0], own(*seg_args())[0]
+      equal = (int(got.token), int(got.cache.length)) == (int(want.token), int(want.cache.length))
+      if not equal:
+        raise RuntimeError(f"skip set {i}: the loaded program's token and cursor differ from the "
+                           f"one compiled here")
+    record = dict(base, mode="worker", n_attn_skipped=len(skip.attn_skipped),
+                  n_mlp_skipped=len(skip.mlp_skipped), ms_per_round=t_seg / rounds * 1e3,
+                  worker_s=worker_s, load_s=compiled.stats.load_s - load_s_before,
+                  ready_wait_s=ready_wait, first_call_s=first, steady_call_s=t_seg,
+                  switch_s=ready_wait + max(first - t_seg, 0.0),
+                  ar_ms_per_step=t_ar * 1e3,
+                  ar_ms_per_step_while_compiling=(ar_s / (ar_loops * rounds) * 1e3
+                                                  if ar_loops else None),
+                  ar_loops_while_compiling=ar_loops, equal_to_own_compile=equal)
+    records.append(record)
+    beside = (f"{record['ar_ms_per_step_while_compiling']:.3f}" if ar_loops else "-")
+    print(f"worker  skip {record['n_attn_skipped']:2d} attn + {record['n_mlp_skipped']:2d} mlp: "
+          f"round {record['ms_per_round']:7.3f} ms, switch {record['switch_s']:6.3f} s (load "
+          f"{ready_wait:6.3f} s, first call {first * 1e3:7.1f} ms, steady {t_seg * 1e3:7.1f} ms), "
+          f"worker {worker_s:6.2f} s; AR {t_ar * 1e3:.3f} ms/step, beside the worker {beside} "
+          f"({ar_loops} loops); equal to this process's compile: {equal}", flush=True)
+  return records
+
+
 def main(argv):
   del argv
   smoke = _SMOKE.value
@@ -402,6 +476,9 @@ def main(argv):
   base = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
               attn_len=attn_len, gamma=gamma, read_gbps=read_gbps)  # every record's run fields
   for mode in modes:
+    if mode == "worker":
+      records += time_worker(m, skips, attn_len, rounds, repeats, smoke, base)
+      continue
     if mode in DISPATCH_MODES:
       records += time_dispatch(m, skips, attn_len, rounds, repeats, static_compiled, smoke, base,
                                mode)
