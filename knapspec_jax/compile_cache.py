@@ -590,10 +590,10 @@ class CompileCache:
 
     mode "thread": compiled in a background thread of this process (XLA compiles outside the
     GIL; tracing does not). "process": compiled by the compile worker into the executable store
-    (CompileWorker), then loaded here by the first call that finds it there, in the caller's
-    thread: that call's wait (a load and the priming call, counted as load_s) is what a switch
-    to the program costs. A program the store cannot hold (split over a mesh, the store off)
-    compiles in a thread."""
+    (CompileWorker), then loaded from there in the background thread (background_load_s), so
+    that a switch to it costs the decoding thread nothing but what the load takes from it
+    beside (measured on the H200: experiments/gpu/switch_cost.py --modes=worker). A program the
+    store cannot hold (split over a mesh, the store off) compiles in a thread."""
     prog = _registered(prog)
     key = (prog, shape_key(args))
     abstract, mesh = _abstract(args)
@@ -612,7 +612,11 @@ class CompileCache:
       if key not in self._pending and not busy:
         if self._executor is None:
           self._executor = concurrent.futures.ThreadPoolExecutor(1, "knapspec-compile")
-        self._pending[key] = self._executor.submit(self.get, prog, abstract)
+        # The donated arguments as shapes (the caller's next call consumes their buffers), the
+        # rest as given: a load or compile primes with the caller's weights, not zeros.
+        given = tuple(abstract[i] if i in prog.donate_argnums else args[i]
+                      for i in range(len(args)))
+        self._pending[key] = self._executor.submit(self.get, prog, given)
         self._pending[key].add_done_callback(lambda _: self._pending.pop(key, None))
     return None
 
@@ -623,12 +627,11 @@ class CompileCache:
         return self._compiled[key]
       job = self._worker_jobs.get(key)
       if job is None and path.is_file():  # stored (by the worker, or by an earlier process)
-        ready = True
+        pass
       elif job is not None and job.done():
         del self._worker_jobs[key]
         error = job.exception()
-        ready = error is None and job.result() == str(path)
-        if not ready:  # say why once, then compile it in a thread
+        if error is not None or job.result() != str(path):  # say why once; a thread compiles it
           self._worker_failed.add(key)
           why = error or f"it stored {job.result()}, this process's key names {path}"
           print(f"knapspec_jax: the compile worker did not store {type(prog).__name__} for this "
@@ -641,9 +644,9 @@ class CompileCache:
             self._worker = CompileWorker()
           self._worker_jobs[key] = self._worker.submit(prog, abstract)
         return None
-    if not ready:
-      return self.get_async(prog, args, "thread")
-    return self.get(prog, args)  # a load from the store: the switch's cost, in load_s
+    # Stored: loaded (and primed) in the background thread as well, which the next poll finds
+    # done; a compile that the worker could not do is the thread's too.
+    return self.get_async(prog, args, "thread")
 
   def get(self, prog: Program, args):
     """The program (a registered statics object) compiled for the shapes and shardings of

@@ -59,7 +59,8 @@ def fresh_state():  # a new one per call: the program donates it
 call = lambda: (params, fresh_state(), speculative.SpecCounters.zeros(), jnp.int32(4),
                 jnp.float32(0.0))
 got, want = fn(*call()), reference(*call())
-out["one"] = dict(polls=polls, compiles=cache.stats.compiles, loaded=cache.stats.loaded,
+out["one"] = dict(polls=polls, compiles=cache.stats.compiles + cache.stats.background_compiles,
+                  loaded=cache.stats.background_loaded,
                   equal=bool(all(np.array_equal(a, b) for a, b in
                                  zip(jax.tree.leaves(got), jax.tree.leaves(want)))))
 
@@ -81,7 +82,7 @@ out["main_class"] = dict(value=np.asarray(fn(jnp.ones(3))).tolist(),
 
 # 3. KnapSpec: a first generation asks the worker for its draft; once the worker has stored it,
 # a second generation that searches again (the kept drafts forgotten) switches to the draft by
-# loading it, in its first drafting window, with nothing compiled.
+# loading it in the background (a few plain tokens meanwhile), with nothing compiled.
 model.profile = LatencyProfile(device="synthetic", model="tiny", dtype="float32", n_layers=4,
                                c0=1e-4, a0=1e-3, a1=0.0, m=1e-3, v0=0.0, v1=0.0)  # drafts pay
 ar = api.generate(model, np.arange(1, 20), 200, method="ar", ignore_eos=True).output_ids
@@ -91,7 +92,9 @@ first = api.generate(model, np.arange(1, 20), 200, method="knapspec", ignore_eos
 model.compiled.wait_background()
 model.kept_drafts.clear()
 model.search_gains.clear()
-compiles, loaded, n_traced = model.compiled.stats.compiles, model.compiled.stats.loaded, len(traced)
+stats = model.compiled.stats
+compiles, loaded, n_traced = (stats.compiles + stats.background_compiles,
+                              stats.loaded + stats.background_loaded, len(traced))
 second = api.generate(model, np.arange(1, 20), 200, method="knapspec", ignore_eos=True,
                       config=config)
 windows = second.stats["window_log"]
@@ -100,10 +103,10 @@ out["knapspec"] = dict(
     first_equal=first.output_ids == ar, second_equal=second.output_ids == ar,
     first_decided=[w["decision"]["gamma"] for w in first.stats["window_log"]],
     drafting=len(drafting),
-    first_drafting_waited=drafting[0]["ar_tokens_while_compiling"] if drafting else None,
     first_drafting_rounds=drafting[0]["rounds"] if drafting else None,
-    new_compiles=model.compiled.stats.compiles - compiles,
-    new_loads=model.compiled.stats.loaded - loaded,
+
+    new_compiles=stats.compiles + stats.background_compiles - compiles,
+    new_loads=stats.loaded + stats.background_loaded - loaded,
     spec_traced=[n for n in traced[n_traced:] if n == "SpecSegmentStatics"])
 print(json.dumps(out))
 """
@@ -130,6 +133,7 @@ def test_worker_compiles_into_the_store_and_the_decoding_process_switches_by_loa
   assert spec["first_equal"] and spec["second_equal"], "KnapSpec's output differs from AR's"
   assert any(spec["first_decided"]), "the first generation chose no draft"
   assert spec["drafting"] > 0, "the second generation never drafted"
-  assert spec["first_drafting_waited"] == 0 and spec["first_drafting_rounds"] > 0, spec
+  # the window that chose the draft drafted in it once loaded (plain chunks of 4 tokens meanwhile)
+  assert spec["first_drafting_rounds"] > 0, spec
   assert spec["new_compiles"] == 0 and spec["spec_traced"] == [], spec
   assert spec["new_loads"] >= 1, spec

@@ -377,11 +377,11 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
                 smoke: bool, base: dict) -> list[dict]:
   """The worker mode's records, one per skip set: static-mask segment programs compiled by the
   compile worker (compile_cache.CompileWorker, a separate process) into the executable store
-  while this process decodes AR, then loaded here (CompileCache.get_async, mode "process").
-  switch_s is this process's wait for the set once the worker has stored it (the load and the
-  priming call) plus what its first call costs over a later one; worker_s, from the request to
-  the program ready here; ar_ms_per_step_while_compiling against ar_ms_per_step, what the
-  worker's compile costs the decoding beside it. The loaded program's pending token and cursor
+  while this process decodes AR, then loaded here in a background thread (CompileCache.get_async,
+  mode "process"). switch_s is the decoding thread's wait at the call that returns the program
+  plus what its first call costs over a later one; worker_s, from the request to the program
+  ready here; AR's ms per step alone, beside the worker's compile and beside the load: what
+  the switch costs the decoding meanwhile. The loaded program's pending token and cursor
   after `rounds` rounds are checked against the same set compiled in this process, for the
   first set (every set under --smoke)."""
   cfg, gamma = m.cfg, base["gamma"]
@@ -396,24 +396,35 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
   records = []
   for i, skip in enumerate(skips):
     statics = speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len)
-    loads_before, load_s_before = compiled.stats.loaded, compiled.stats.load_s
-    ar_loops, ar_s = 0, 0.0
+    stats = compiled.stats
+    loads_before, load_s_before = stats.background_loaded, stats.background_load_s
+    compiles_before = stats.compiles + stats.background_compiles
+    loops = []  # (start, end) of each AR loop beside the worker's compile and the load
     start = time.perf_counter()
     while True:
+      request = seg_args()
       ask = time.perf_counter()
-      seg = compiled.get_async(statics, seg_args(), "process")
+      seg = compiled.get_async(statics, request, "process")
       if seg is not None:
-        ready_wait = time.perf_counter() - ask  # the load and the priming call
+        ready_wait = time.perf_counter() - ask  # what the decoding thread waits at the switch
         break
-      args = ar_args()  # decoding goes on beside the worker's compile
+      args = ar_args()  # decoding goes on beside the worker's compile, then the load
       jax.block_until_ready(args)
       loop_start = time.perf_counter()
       jax.block_until_ready(ar(*args))
-      ar_s += time.perf_counter() - loop_start
-      ar_loops += 1
-    worker_s = time.perf_counter() - start
-    if compiled.stats.loaded != loads_before + 1:
-      raise RuntimeError(f"skip set {i}: the program was not loaded from the store ({compiled.stats})")
+      loops.append((loop_start, time.perf_counter()))
+    ready_at = time.perf_counter()
+    worker_s = ready_at - start
+    if (stats.background_loaded != loads_before + 1
+        or stats.compiles + stats.background_compiles != compiles_before):
+      raise RuntimeError(f"skip set {i}: the program was not loaded from the store ({stats})")
+    load_s = stats.background_load_s - load_s_before  # in the background thread
+    ms_step = lambda sel: (sum(e - b for b, e in sel) / (len(sel) * rounds) * 1e3
+                           if sel else None)
+    # AR loops that ended while the background thread loaded (its last load_s before ready);
+    # the rest ran beside the worker's compile
+    loading = [(b, e) for b, e in loops if e > ready_at - load_s]
+    compiling = [(b, e) for b, e in loops if e <= ready_at - load_s]
     first_args = seg_args()
     jax.block_until_ready(first_args)
     first_start = time.perf_counter()
@@ -430,20 +441,24 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
                            f"one compiled here")
     record = dict(base, mode="worker", n_attn_skipped=len(skip.attn_skipped),
                   n_mlp_skipped=len(skip.mlp_skipped), ms_per_round=t_seg / rounds * 1e3,
-                  worker_s=worker_s, load_s=compiled.stats.load_s - load_s_before,
-                  ready_wait_s=ready_wait, first_call_s=first, steady_call_s=t_seg,
+                  worker_s=worker_s, background_load_s=load_s, ready_wait_s=ready_wait,
+                  first_call_s=first, steady_call_s=t_seg,
                   switch_s=ready_wait + max(first - t_seg, 0.0),
                   ar_ms_per_step=t_ar * 1e3,
-                  ar_ms_per_step_while_compiling=(ar_s / (ar_loops * rounds) * 1e3
-                                                  if ar_loops else None),
-                  ar_loops_while_compiling=ar_loops, equal_to_own_compile=equal)
+                  ar_ms_per_step_while_compiling=ms_step(compiling),
+                  ar_loops_while_compiling=len(compiling),
+                  ar_ms_per_step_while_loading=ms_step(loading),
+                  ar_loops_while_loading=len(loading), equal_to_own_compile=equal)
     records.append(record)
-    beside = (f"{record['ar_ms_per_step_while_compiling']:.3f}" if ar_loops else "-")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     print(f"worker  skip {record['n_attn_skipped']:2d} attn + {record['n_mlp_skipped']:2d} mlp: "
-          f"round {record['ms_per_round']:7.3f} ms, switch {record['switch_s']:6.3f} s (load "
+          f"round {record['ms_per_round']:7.3f} ms, switch {record['switch_s']:6.3f} s (wait "
           f"{ready_wait:6.3f} s, first call {first * 1e3:7.1f} ms, steady {t_seg * 1e3:7.1f} ms), "
-          f"worker {worker_s:6.2f} s; AR {t_ar * 1e3:.3f} ms/step, beside the worker {beside} "
-          f"({ar_loops} loops); equal to this process's compile: {equal}", flush=True)
+          f"worker {worker_s:6.2f} s, then a load of {load_s:5.2f} s in the background; AR "
+          f"{t_ar * 1e3:.3f} ms/step alone, {fmt(record['ar_ms_per_step_while_compiling'])} beside "
+          f"the worker ({len(compiling)} loops), {fmt(record['ar_ms_per_step_while_loading'])} "
+          f"beside the load ({len(loading)} loops); equal to this process's compile: {equal}",
+          flush=True)
   return records
 
 
