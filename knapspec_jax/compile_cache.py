@@ -490,10 +490,13 @@ def serve_worker():
   over the original stdout; anything printed goes to stderr."""
   answers = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)
+  os.nice(10)  # the decoding process's host loop first, where both want a core
   jobs = sys.stdin.buffer
   for name, value in _receive(jobs).items():
     jax.config.update(name, value)
   jax.config.update("jax_enable_compilation_cache", False)
+  jax.devices()  # the backend up (on a GPU, its context) before the first job
+  _send(answers, (None, True, "ready"))
   while (job := _receive(jobs)) is not None:
     job_id, payload = job
     try:  # a statics class this interpreter cannot import fails its job, not the worker
@@ -521,6 +524,18 @@ class CompileWorker:
     self._lock = threading.Lock()
     self._jobs: dict[int, concurrent.futures.Future] = {}
     self._next = 0
+    self._ready = concurrent.futures.Future()  # set when the running worker said it is ready
+
+  def start(self, wait: bool = False):
+    """Starts the worker now, if it is not running (its interpreter, JAX and the backend take
+    seconds to start: KnapSpec's warm-up starts it, so that no decode waits for that); wait:
+    returns once it is ready for jobs."""
+    with self._lock:
+      if self._proc is None or self._proc.poll() is not None:
+        self._start()
+      ready = self._ready
+    if wait:
+      ready.result()
 
   def submit(self, prog: Program, abstract) -> concurrent.futures.Future:
     """A future of the stored entry's path (an exception if the worker could not store it)."""
@@ -541,16 +556,20 @@ class CompileWorker:
   def _start(self):
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    self._ready = concurrent.futures.Future()
     self._proc = subprocess.Popen(
         [sys.executable, "-c", "from knapspec_jax.compile_cache import serve_worker; "
          "serve_worker()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     _send(self._proc.stdin, {name: getattr(jax.config, name) for name in _WORKER_SETTINGS})
-    threading.Thread(target=self._read, args=(self._proc,), daemon=True,
+    threading.Thread(target=self._read, args=(self._proc, self._ready), daemon=True,
                      name="knapspec-compile-worker").start()
 
-  def _read(self, proc: subprocess.Popen):
+  def _read(self, proc: subprocess.Popen, ready: concurrent.futures.Future):
     while (answer := _receive(proc.stdout)) is not None:
       job_id, ok, value = answer
+      if job_id is None:  # the worker's start-up is done
+        ready.set_result(True)
+        continue
       with self._lock:
         future = self._jobs.pop(job_id, None)
       if future is not None and ok:
@@ -559,8 +578,10 @@ class CompileWorker:
         future.set_exception(RuntimeError(value))
     with self._lock:  # the worker ended: its unanswered jobs fail
       jobs, self._jobs = self._jobs, {}
-    for future in jobs.values():
-      future.set_exception(RuntimeError(f"the compile worker exited (code {proc.wait()})"))
+    error = RuntimeError(f"the compile worker exited (code {proc.wait()})")
+    for future in [*jobs.values(), ready]:
+      if not future.done():
+        future.set_exception(error)
 
   def shutdown(self):
     """Ends the worker after its current job; unanswered jobs fail."""
@@ -619,6 +640,14 @@ class CompileCache:
         self._pending[key] = self._executor.submit(self.get, prog, given)
         self._pending[key].add_done_callback(lambda _: self._pending.pop(key, None))
     return None
+
+  def start_worker(self, wait: bool = False):
+    """Starts the compile worker ahead of its first job (get_async's "process" mode); wait:
+    until it is ready for jobs (CompileWorker.start)."""
+    with self._lock:
+      if self._worker is None:
+        self._worker = CompileWorker()
+    self._worker.start(wait)
 
   def _get_from_worker(self, prog, args, abstract, key, path: pathlib.Path):
     with self._lock:

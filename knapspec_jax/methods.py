@@ -418,7 +418,10 @@ class KnapSpecPolicy:
     search_new_buckets, also against_borrowed's scoring program at each such bucket where a
     draft could be borrowed: one is kept below it already, or this run searches below it first
     (a bucket with nothing below it never borrows, so a run that searches in one bucket only,
-    on a model that keeps nothing, compiles no more than without the option)."""
+    on a model that keeps nothing, compiles no more than without the option). With
+    background_compile="process", starts the compile worker."""
+    if compile_cache.background_mode(self.background) == "process":
+      self.model.compiled.start_worker()  # its start-up (seconds) outside the timed decode
     capacity = KVCache.capacity_for(self.model.cfg)
     end = min(n_prompt + max_new_tokens, self.model.cfg.max_seq_len)
     first_searched = None  # the lowest bucket this run could search at
