@@ -49,6 +49,17 @@ beside compile_s. KNAPSPEC_XLA_CACHE=0 turns the store off with JAX's cache, KNA
 the store alone (tests/conftest.py does, for tests that count compiles). Loading unpickles the
 file: the store is as trusted as the rest of the cache directory.
 
+A program can also be compiled by another process, the compile worker (`CompileWorker`, started
+by `get_async(..., "process")` or `start_worker`): a Python interpreter of its own that receives
+a program's statics and argument shapes, compiles it with JAX's own cache off and writes it to
+the store, while the decoding process decodes on; that process then loads it in its background
+thread. Neither tracing nor XLA runs in the decoding process, so its host loop keeps the GIL and
+the cores it needs: on the H200 AR ran 0.2-2.2% slower beside the worker's compiles and 3-6%
+slower during the 0.9-1.7 s loads, and a new skip set cost the decoding thread 4-15 ms
+(BENCHMARKS.md 10.27). The worker's key is computed in its own process from the same source,
+settings and device; a job whose key differs, or that the worker cannot import (a statics class
+of a script run as __main__), is compiled in a background thread instead, with a message.
+
 A compiled (or loaded) program is also run once before `get` returns it, when its statics say
 how (`prime_args`: the decode loops): on the H200 the first call of a decode program cost 20-56
 ms more than every later one (experiments/gpu/first_call.py, BENCHMARKS.md 10.8), which a draft

@@ -65,7 +65,11 @@ def background_compile_default() -> bool:
   compile 286 tok/s against a predicted 605; BENCHMARKS.md 10.6), probably because the compile's
   host work competes with the host loop that drives XLA's while loops on the GPU (not measured
   further). A new skip set therefore compiles in the caller's thread, at warm-up where possible
-  (KnapSpec compiles its kept drafts there), and the selection charges a compile inside a run."""
+  (KnapSpec compiles its kept drafts there), and the selection charges a compile inside a run.
+  background="process" (compile_cache.CompileWorker: another process compiles, this one loads in
+  a background thread) kept AR within 0.2-2.2% of its speed on the H200 while the worker
+  compiled and 3-6% during the load (BENCHMARKS.md 10.27); it is opt-in until measured in
+  KnapSpec runs on a real model."""
   return False
 
 
