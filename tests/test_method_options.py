@@ -19,6 +19,11 @@ def test_wrong_config_type_and_mixed_options(tiny_models):
     api.generate(model, ids, 4, method="fixed", config=ks.FixedConfig(), gamma=3)
   with pytest.raises(ks.MethodError, match="skip must be a SkipMask"):
     ks.FixedConfig(skip=[1, 2, 3])
+  with pytest.raises(ks.MethodError, match=r"background_compile must be .*'thread', 'process'.*"
+                                           r"got 'procss'"):
+    ks.KnapSpecConfig(background_compile="procss")
+  for mode in (None, False, True, "thread", "process"):
+    assert ks.KnapSpecConfig(background_compile=mode).background_compile == mode
 
 
 def test_del_rule_uses_the_raw_exit_agreement():
