@@ -357,6 +357,30 @@ def test_selection_cost_answers_alike_both_ways():
   assert "per_check" in proc.stdout and "per_policy" in proc.stdout
 
 
+def test_switch_cost_worker_mode_loads_what_the_worker_compiled(tmp_path):
+  """switch_cost.py --smoke --modes=worker: each set's program comes from the compile worker
+  through the executable store, loaded in the background (nothing compiled in the process but
+  AR's program), and computes the same pending token and cursor as the program compiled in the
+  process (checked for every set under --smoke); without the store the mode is refused."""
+  out = tmp_path / "switch_cost.json"
+  script = str(REPO / "experiments" / "gpu" / "switch_cost.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", KNAPSPEC_CACHE=str(tmp_path / "cache"),
+             KNAPSPEC_EXEC_CACHE="1", KNAPSPEC_XLA_CACHE="1")
+  proc = subprocess.run([sys.executable, script, "--smoke", "--modes=worker", f"--output={out}"],
+                        cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = json.loads(out.read_text())
+  assert [r["mode"] for r in records] == ["worker"] * 2
+  for r in records:
+    assert r["equal_to_own_compile"] is True and r["background_load_s"] > 0, r
+    assert r["worker_s"] >= r["background_load_s"] and r["ms_per_round"] > 0
+  assert records[0]["worker_start_s"] > 0 and records[1]["worker_start_s"] == 0.0
+  refused = subprocess.run([sys.executable, script, "--smoke", "--modes=worker"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(env, KNAPSPEC_EXEC_CACHE="0"))
+  assert refused.returncode != 0 and "needs the executable store" in refused.stderr
+
+
 def test_switch_cost_dispatch_runs_the_static_drafts_tokens(tmp_path):
   """experiments/gpu/switch_cost.py --smoke: the host-dispatched draft (mode "dispatch", one
   jitted call per kept layer or sublayer) decodes the static draft's greedy tokens and writes

@@ -1,4 +1,5 @@
-"""What a new skip set costs: static masks, run-time gating and host dispatch (issue 13 item 5).
+"""What a new skip set costs: static masks, run-time gating, host dispatch and the compile worker
+(issue 13 item 5).
 
   python experiments/gpu/switch_cost.py            # H200: Qwen2.5-1.5B shape, random bf16 weights
   python experiments/gpu/switch_cost.py --smoke    # CPU: tiny shapes, checks the script runs
@@ -37,6 +38,12 @@ tokens against the static draft's (ar_segment with the set compiled in, from the
 "dispatch tokens == static tokens", asserted under --smoke (float32). Run it once per XLA flag
 set (run_switch_cost.sh): a GPU conditional waits for its predicate on the host unless command
 buffers (CUDA graphs) take the conditionals in. Records: $OUT/switch_cost.json (or --output).
+"worker" (time_worker, run_switch_worker.sh) asks the compile worker (compile_cache.CompileWorker)
+for each set's static-mask segment program while this process decodes AR, and times the switch
+once it is loaded (see time_worker). The static and runtime modes get their programs from
+CompileCache, which loads a program the executable store holds instead of compiling it: their
+"switch" is a compile only with a fresh cache directory ($KNAPSPEC_CACHE) or the store off
+(KNAPSPEC_EXEC_CACHE=0), and after worker mode in one run it is a load.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shapes import random_model, spread, write_records  # noqa: E402
-from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
+from knapspec_jax import compile_cache, decoding, latency, metrics, speculative  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
@@ -76,8 +83,9 @@ _GAMMA = flags.DEFINE_integer("gamma", 3, "Draft length of the segment.")
 _SETS = flags.DEFINE_list("sets", ["0:0", "8:4", "16:12"], "Skip sets as attn:mlp counts of "
                           "skipped inner sublayers (spread evenly); 0:0 times the gating's cost "
                           "with nothing skipped.")
-_MODES = flags.DEFINE_list("modes", list(MODES), f"Draft modes to time, in this order, of "
-                           f"{', '.join(MODES)}.")
+_MODES = flags.DEFINE_list("modes", [m for m in MODES if m != "worker"],
+                          f"Draft modes to time, in this order, of {', '.join(MODES)} (worker "
+                          f"needs the executable store: run_switch_worker.sh).")
 _ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/switch_cost.json).")
@@ -373,6 +381,16 @@ def time_dispatch(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats:
   return records
 
 
+def first_and_steady(fn, make_args, repeats: int) -> tuple[float, float]:
+  """Seconds of fn's first call on fresh arguments, and the median of `repeats` later calls."""
+  args = make_args()
+  jax.block_until_ready(args)
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  return first, latency.median_seconds(fn, make_args, repeats)
+
+
 def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: int,
                 smoke: bool, base: dict) -> list[dict]:
   """The worker mode's records, one per skip set: static-mask segment programs compiled by the
@@ -428,12 +446,7 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
     # the rest ran beside the worker's compile
     loading = [(b, e) for b, e in loops if e > ready_at - load_s]
     compiling = [(b, e) for b, e in loops if e <= ready_at - load_s]
-    first_args = seg_args()
-    jax.block_until_ready(first_args)
-    first_start = time.perf_counter()
-    jax.block_until_ready(seg(*first_args))
-    first = time.perf_counter() - first_start
-    t_seg = latency.median_seconds(seg, seg_args, repeats)
+    first, t_seg = first_and_steady(seg, seg_args, repeats)
     equal = None
     if smoke or i == 0:
       own = CompileCache().get(statics, seg_args())  # compiled here: the reference
@@ -472,6 +485,10 @@ def main(argv):
   modes = _MODES.value
   if unknown := sorted(set(modes) - set(MODES)):
     raise app.UsageError(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
+  if "worker" in modes and compile_cache.executable_store_dir() is None:
+    raise app.UsageError(f"--modes=worker needs the executable store, which is off here "
+                         f"({compile_cache.EXECUTABLE_STORE_ENV} or "
+                         f"{compile_cache.PERSISTENT_CACHE_ENV} is 0)")
   rounds, repeats = (4, 2) if smoke else (_ROUNDS.value, _REPEATS.value)
   gamma = _GAMMA.value
   m = random_model(_MODEL.value, _CONTEXT.value, smoke)
@@ -522,12 +539,7 @@ def main(argv):
       draft, _ = timed_get(compiled, draft_statics, ar_args())
       # The first call with this skip set (for the gated program: a set it has not run yet,
       # since the compile primed it with nothing skipped), then the steady calls.
-      first_args = seg_args()
-      jax.block_until_ready(first_args)
-      start = time.perf_counter()
-      jax.block_until_ready(seg(*first_args))
-      first = time.perf_counter() - start
-      t_seg = latency.median_seconds(seg, seg_args, repeats)
+      first, t_seg = first_and_steady(seg, seg_args, repeats)
       t_draft = latency.median_seconds(draft, ar_args, repeats) / rounds
       # From asking for the set to running it at steady speed: its program's get (a compile, or
       # nothing once the gated program exists) and what its first call costs over a later one.
