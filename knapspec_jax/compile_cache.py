@@ -495,10 +495,10 @@ def _receive(stream):
 def serve_worker():
   """The compile worker's main loop (CompileWorker starts it in a new interpreter): the JAX
   settings of the decoding process first (they are part of the store key), then jobs (id, and
-  the statics and ShapeDtypeStructs pickled), each answered with (id, ok, the entry's path or the error's
-  text), until its input ends. JAX's own persistent cache is off here, so that every program is
-  compiled and stored (one that JAX's cache returned is not: see _jax_cache_hits). Messages go
-  over the original stdout; anything printed goes to stderr."""
+  the statics and ShapeDtypeStructs pickled), each answered with (id, ok, the entry's path or
+  the error's text), until its input ends. JAX's own persistent cache is off here, so that
+  every program is compiled and stored (one that JAX's cache returned is not: see
+  _jax_cache_hits). Messages go over the original stdout; anything printed goes to stderr."""
   answers = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)
   os.nice(10)  # the decoding process's host loop first, where both want a core
@@ -593,14 +593,6 @@ class CompileWorker:
     for future in [*jobs.values(), ready]:
       if not future.done():
         future.set_exception(error)
-
-  def shutdown(self):
-    """Ends the worker after its current job; unanswered jobs fail."""
-    with self._lock:
-      proc, self._proc = self._proc, None
-    if proc is not None:
-      proc.stdin.close()
-      proc.wait()
 
 
 class CompileCache:
