@@ -104,7 +104,6 @@ out["knapspec"] = dict(
     first_decided=[w["decision"]["gamma"] for w in first.stats["window_log"]],
     drafting=len(drafting),
     first_drafting_rounds=drafting[0]["rounds"] if drafting else None,
-
     new_compiles=stats.compiles + stats.background_compiles - compiles,
     new_loads=stats.loaded + stats.background_loaded - loaded,
     spec_traced=[n for n in traced[n_traced:] if n == "SpecSegmentStatics"])
