@@ -375,6 +375,18 @@ def test_switch_cost_worker_mode_loads_what_the_worker_compiled(tmp_path):
     assert r["equal_to_own_compile"] is True and r["background_load_s"] > 0, r
     assert r["worker_s"] >= r["background_load_s"] and r["ms_per_round"] > 0
   assert records[0]["worker_start_s"] > 0 and records[1]["worker_start_s"] == 0.0
+  parts_out = tmp_path / "parts.json"  # store_load_parts.py on the entries the run wrote
+  parts = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu" /
+                                              "store_load_parts.py"),
+                          f"--store={tmp_path / 'cache' / 'executables'}", "--repeats=1",
+                          f"--output={parts_out}"], cwd=REPO, capture_output=True, text=True,
+                         env=env, timeout=300)
+  assert parts.returncode == 0, parts.stderr[-3000:]
+  loads = json.loads(parts_out.read_text())
+  assert {r["program"].rsplit(".", 1)[-1] for r in loads} >= {"SpecSegmentStatics",
+                                                             "ARSegmentStatics"}
+  for r in loads:
+    assert r["total_s"] >= r["deserialize_and_load_s"] > 0 and r["megabytes"] > 0
   refused = subprocess.run([sys.executable, script, "--smoke", "--modes=worker"], cwd=REPO,
                            capture_output=True, text=True, timeout=300,
                            env=dict(env, KNAPSPEC_EXEC_CACHE="0"))

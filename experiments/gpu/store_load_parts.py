@@ -1,0 +1,82 @@
+"""Where a load from the executable store goes: each entry's read, its sha256 check, the unpickle,
+and XLA's deserialization and load onto the device (serialize_executable.deserialize_and_load),
+timed apart (issue 13 item 5: on the H200 a switched-to program loaded in 0.9-1.7 s,
+BENCHMARKS.md 10.27). The priming call that CompileCache makes after a load is not here: it
+needs the program's arguments (what it adds is load_s minus these parts).
+
+  python experiments/gpu/store_load_parts.py --store=/tmp/knapspec_cache/executables
+
+Run it in the process kind the entries were written for (same JAX, device and flags: after
+run_switch_worker.sh, in the same call). Prints one line per entry and writes --output (JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import pickle
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+import jax  # noqa: E402
+from jax.experimental import serialize_executable  # noqa: E402
+
+_STORE = flags.DEFINE_string("store", None, "The executable store's directory.", required=True)
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Loads of each entry (the first and the median of "
+                                "the rest are both reported when > 1).")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON path for the records.")
+
+
+def load_parts(path: pathlib.Path) -> dict:
+  """Seconds of each part of one load of the entry at path, and its size."""
+  start = time.perf_counter()
+  data = path.read_bytes()
+  read = time.perf_counter()
+  if hashlib.sha256(data[32:]).digest() != data[:32]:
+    raise ValueError(f"{path}: damaged entry (its sha256 does not match)")
+  checked = time.perf_counter()
+  entry = pickle.loads(data[32:])
+  unpickled = time.perf_counter()
+  devices = [d for d in jax.devices() if d.id in entry["devices"]]
+  compiled = serialize_executable.deserialize_and_load(
+      entry["payload"], entry["in_tree"], entry["out_tree"], execution_devices=devices)
+  loaded = time.perf_counter()
+  program = entry["key"].splitlines()[1] if "\n" in entry["key"] else "?"
+  del compiled
+  return dict(entry=path.name, program=program, megabytes=len(data) / 1e6,
+              payload_megabytes=len(entry["payload"]) / 1e6, read_s=read - start,
+              sha256_s=checked - read, unpickle_s=unpickled - checked,
+              deserialize_and_load_s=loaded - unpickled, total_s=loaded - start)
+
+
+def main(argv):
+  del argv
+  store = pathlib.Path(_STORE.value)
+  entries = sorted(store.glob("*.jaxexe"))
+  if not entries:
+    raise app.UsageError(f"no entries (*.jaxexe) in {store}")
+  records = []
+  for path in entries:
+    runs = [load_parts(path) for _ in range(max(_REPEATS.value, 1))]
+    record = dict(runs[0], later_total_s=(sorted(r["total_s"] for r in runs[1:])[
+        (len(runs) - 2) // 2] if len(runs) > 1 else None))
+    records.append(record)
+    print(f"{record['program'][-40:]:40s} {record['megabytes']:7.1f} MB: read "
+          f"{record['read_s'] * 1e3:7.1f} ms, sha256 {record['sha256_s'] * 1e3:6.1f} ms, unpickle "
+          f"{record['unpickle_s'] * 1e3:6.1f} ms, deserialize and load "
+          f"{record['deserialize_and_load_s'] * 1e3:7.1f} ms; total {record['total_s']:.3f} s"
+          + (f" (a later load {record['later_total_s']:.3f} s)" if len(runs) > 1 else ""),
+          flush=True)
+  if _OUTPUT.value:
+    out = pathlib.Path(_OUTPUT.value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1))
+    print(f"wrote {out} ({len(records)} records)")
+
+
+if __name__ == "__main__":
+  app.run(main)
