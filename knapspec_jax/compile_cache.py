@@ -542,8 +542,7 @@ class CompileWorker:
     seconds to start: KnapSpec's warm-up starts it, so that no decode waits for that); wait:
     returns once it is ready for jobs."""
     with self._lock:
-      if self._proc is None or self._proc.poll() is not None:
-        self._start()
+      self._running()
       ready = self._ready
     if wait:
       ready.result()
@@ -552,8 +551,7 @@ class CompileWorker:
     """A future of the stored entry's path (an exception if the worker could not store it)."""
     future = concurrent.futures.Future()
     with self._lock:
-      if self._proc is None or self._proc.poll() is not None:
-        self._start()
+      self._running()
       job_id, self._next = self._next, self._next + 1
       self._jobs[job_id] = future
       try:
@@ -563,6 +561,11 @@ class CompileWorker:
         future.set_exception(RuntimeError(f"could not send {type(prog).__name__} to the compile "
                                           f"worker: {error}"))
     return future
+
+  def _running(self):
+    """Starts the worker unless it is running (the caller holds the lock)."""
+    if self._proc is None or self._proc.poll() is not None:
+      self._start()
 
   def _start(self):
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
@@ -620,6 +623,10 @@ class CompileCache:
     store cannot hold (split over a mesh, the store off) compiles in a thread."""
     prog = _registered(prog)
     key = (prog, shape_key(args))
+    with self._lock:  # a compiled program first: the decode loop asks on every segment
+      if key in self._compiled:
+        self.stats.hits += 1
+        return self._compiled[key]
     abstract, mesh = _abstract(args)
     if background_mode(mode) == "process" and key not in self._worker_failed:
       store = executable_store_dir() if mesh is None else None
@@ -627,7 +634,7 @@ class CompileCache:
       if entry is not None:
         return self._get_from_worker(prog, args, abstract, key, _entry_path(store, entry))
     with self._lock:
-      if key in self._compiled:
+      if key in self._compiled:  # compiled since the look above (a background thread)
         self.stats.hits += 1
         return self._compiled[key]
       # One compile in flight per kind of program: a policy that changes its mind faster than
@@ -648,15 +655,17 @@ class CompileCache:
     """Starts the compile worker ahead of its first job (get_async's "process" mode); wait:
     until it is ready for jobs (CompileWorker.start)."""
     with self._lock:
-      if self._worker is None:
-        self._worker = CompileWorker()
-    self._worker.start(wait)
+      worker = self._worker_held()
+    worker.start(wait)
+
+  def _worker_held(self) -> CompileWorker:
+    """The compile worker, created on first use (the caller holds the lock)."""
+    if self._worker is None:
+      self._worker = CompileWorker()
+    return self._worker
 
   def _get_from_worker(self, prog, args, abstract, key, path: pathlib.Path):
     with self._lock:
-      if key in self._compiled:
-        self.stats.hits += 1
-        return self._compiled[key]
       job = self._worker_jobs.get(key)
       if job is None and path.is_file():  # stored (by the worker, or by an earlier process)
         pass
@@ -672,9 +681,7 @@ class CompileCache:
         busy = any(type(k[0]) is type(prog) and not f.done()
                    for k, f in self._worker_jobs.items())
         if job is None and not busy:
-          if self._worker is None:
-            self._worker = CompileWorker()
-          self._worker_jobs[key] = self._worker.submit(prog, abstract)
+          self._worker_jobs[key] = self._worker_held().submit(prog, abstract)
         return None
     # Stored: loaded (and primed) in the background thread as well, which the next poll finds
     # done; a compile that the worker could not do is the thread's too.

@@ -312,9 +312,12 @@ class KnapSpecConfig:
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
                  "exit_model", "search_new_buckets"):
       _check_bool(name, getattr(self, name))
-    if self.background_compile not in (None, False, True, *compile_cache.BACKGROUND_MODES):
+    try:  # the values decoding accepts (1 and 0 are not True and False there)
+      compile_cache.background_mode(self.background_compile)
+    except ValueError:
       raise MethodError(f"background_compile must be None, False, True (a thread) or one of "
-                        f"{compile_cache.BACKGROUND_MODES}, got {self.background_compile!r}")
+                        f"{compile_cache.BACKGROUND_MODES}, got {self.background_compile!r}"
+                        ) from None
     if self.search_chunk is not None:
       _check_int("search_chunk", self.search_chunk, 1)
 

@@ -421,9 +421,9 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
     loads_before, load_s_before = stats.background_loaded, stats.background_load_s
     compiles_before = stats.compiles + stats.background_compiles
     loops = []  # (start, end) of each AR loop beside the worker's compile and the load
+    request = seg_args()  # what the decode loop would pass: its shapes name the program
     start = time.perf_counter()
     while True:
-      request = seg_args()
       ask = time.perf_counter()
       seg = compiled.get_async(statics, request, "process")
       if seg is not None:
