@@ -2,7 +2,9 @@
 item 7, the paper's analysis 1 on real generations): for each method's full drafting windows
 (`timed_windows`, at least --min_rounds rounds, trials left out), the decision's predicted TPT
 (latency profile and the search's acceptance estimate, before the window ran) and the profile's
-time of the window as it ran (its own acceptance), each against the window's measured tokens/s.
+time of the window as it ran (its own acceptance, and the profile's cost of the call that ran it
+where the profile measured one: metrics.predicted_wall_s), each against the window's measured
+tokens/s.
 
   python experiments/window_prediction.py results/h200_qwen/RUN/results.jsonl [...]
 
@@ -17,6 +19,7 @@ from absl import app, flags
 import numpy as np
 
 from summarize import full_drafting_windows, read_records
+from knapspec_jax import metrics
 
 _MIN_ROUNDS = flags.DEFINE_integer("min_rounds", 16, "Shorter windows are left out.")
 
@@ -35,7 +38,7 @@ def main(argv):
         d = w["decision"]
         if d["predicted_tpt"]:
           rows.setdefault(rec["method"], []).append(
-              (d["predicted_tpt"], w["tokens"] / w["predicted_s"], w["measured_tokens_per_s"],
+              (d["predicted_tpt"], w["tokens"] / metrics.predicted_wall_s(w), w["measured_tokens_per_s"],
                rec["item_id"]))
   print("| method | windows | prompts | r (decision's TPT) | r (profile, window as it ran) | "
         "profile's median error |")

@@ -16,6 +16,12 @@ the knots at 2.40 ms, and the step measured 2.12 ms (BENCHMARKS.md 10.8); measur
 times lengths up to the model's context. The fit, the raw samples and its error are stored as
 JSON, with the device's read bandwidth (read_bandwidth: a sum over a large array), the yardstick
 for how close a step runs to the memory-bound floor (metrics.bandwidth).
+
+Each step and verify cost is the slope of a program's call time over two loop lengths (`steps`
+and LOOP_RATIO x `steps` steps per call), not one call's time over its steps: every call of a
+compiled decode loop costs a fixed 1.6-2.1 ms beyond its steps on the H200, which a 16-32 step
+loop spread over its steps as 0.05-0.13 ms each (experiments/gpu/profile_gap.py, BENCHMARKS.md
+10.28). The intercept is kept as `call_s`, what one call (a decode window) costs beyond its steps.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ PROFILE_DIR = pathlib.Path(__file__).resolve().parents[1] / "profiles"
 # two attention lengths and three verify windows: 16 compiled programs instead of 27.
 # Its fit is coarser; the stored profiles come from full measurements.
 QUICK_MEASURE = dict(attn_lens=(256, 2048), windows=(1, 4, 11), steps=8, repeats=3)
+# measure() times each program at `steps` and LOOP_RATIO x `steps` steps per call; the slope is
+# the cost per step, the intercept the cost per call (see the module docstring).
+LOOP_RATIO = 4
 
 
 def device_name() -> str:
@@ -87,6 +96,10 @@ class LatencyProfile:
   # a draft (ModelConfig.draft_skip == "runtime"; measure() times the gated program with nothing
   # skipped against AR's); 0 for static masks, whose drafts are programs without the conds.
   draft_gate_s: float = 0.0
+  # Seconds one call of a compiled decode loop costs beyond its steps (the median intercept of
+  # measure()'s two loop lengths): what each decode window pays once. 0: not measured (profiles
+  # stored before session 24 timed one loop length, this cost spread over its steps).
+  call_s: float = 0.0
 
   def t_attn(self, n: int) -> float:
     """Seconds of one attention sublayer for one token at attention length n (positions)."""
@@ -253,6 +266,18 @@ def median_seconds(fn, make_args, repeats: int) -> float:
   return float(np.median(times))
 
 
+def loop_cost(fn, make_args_for, short: int, long: int, repeats: int) -> tuple[float, float]:
+  """(seconds per step, seconds per call) of fn, whose call on make_args_for(n) runs an n-step
+  loop: the line through its median call times at n = short and n = long. A slope the noise
+  made non-positive (a busy CPU) falls back to the long loop's time over its steps."""
+  t_short = median_seconds(fn, lambda: make_args_for(short), repeats)
+  t_long = median_seconds(fn, lambda: make_args_for(long), repeats)
+  per_step = (t_long - t_short) / (long - short)
+  if per_step <= 0:
+    return t_long / long, 0.0
+  return per_step, t_short - short * per_step
+
+
 def profile_masks(n_layers: int) -> list[SkipMask]:
   """Masks that separate attention and MLP costs: full, inner attention off, inner MLP off, both
   halves off."""
@@ -269,27 +294,35 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
   """Times the project's compiled decode loop and verify forwards and fits the profile."""
   compiled = CompileCache() if compiled is None else compiled
   capacity = KVCache.capacity_for(cfg)
-  attn_lens = [a for a in attn_lens if a + max(steps, max(windows)) <= capacity]
+  long = LOOP_RATIO * steps
+  timed = [a for a in attn_lens if a + max(steps, max(windows)) <= capacity]
+  attn_lens = [a for a in timed if a >= long + 2]
+  if not attn_lens:
+    raise ValueError(f"no attention length in {timed} holds a {long}-step loop ({LOOP_RATIO} x "
+                     f"steps={steps}): choose fewer steps or longer lengths")
   key = jax.random.PRNGKey(0)
   step_samples, verify_samples, search_samples, compile_times, gate_samples = [], [], [], [], []
+  call_samples = []  # intercepts of the step programs' call times (LatencyProfile.call_s)
   eos = ()
   for attn_len in attn_lens:
-    start_len = attn_len - steps - 1  # the loop runs positions up to attn_len - 1
-    base = random_cache(cfg, dtype, start_len, key,
+    # the cache filled up to the bucket; each loop starts where it ends at attn_len - 1
+    base = random_cache(cfg, dtype, attn_len - 1, key,
                         sharding.cache_sharding(cfg, sharding.mesh_of(params)))
 
     def time_steps(statics, skip) -> float:
       """Seconds per step of the draft program `statics` decoding with `skip`."""
-      def make_args():
-        cache = jax.tree.map(jnp.copy, base)
+      def make_args(n=steps):
+        cache = jax.tree.map(jnp.copy, base.rollback(attn_len - n - 1))
         state = decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32),
-                                    steps + 1, eos)
+                                    n + 1, eos)
         return params, decoding.with_skip(state, skip)
       before = compiled.stats.compile_s
       fn = compiled.get(statics, make_args())
       if compiled.stats.compile_s > before:  # not a program compiled already (AR's, a gated one)
         compile_times.append(compiled.stats.compile_s - before)
-      return median_seconds(fn, make_args, repeats) / steps
+      per_step, per_call = loop_cost(fn, make_args, steps, long, repeats)
+      call_samples.append(per_call)
+      return per_step
 
     # The draft's program as the rounds run it (under draft_skip="runtime" one that reads the
     # skip set from the state); the full-model mask asks for AR's own program, so a later
@@ -307,12 +340,13 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
       log(f"  step  attn_len={attn_len:5d} attn={n_attn:2d} mlp={n_mlp:2d}: {seconds*1e3:8.3f} ms")
       # The fit describes the sublayers, as for static masks; draft_gate_s adds the conds back.
       step_samples.append((n_attn, n_mlp, attn_len, seconds - (gate if skip.n_skipped else 0.0)))
+    at = base.rollback(attn_len - max(steps, max(windows)) - 1)
     for window in windows:
       tokens = jnp.ones((1, window), jnp.int32)
-      n_iter = jnp.asarray(steps, jnp.int32)
-      make_args = lambda: (params, jax.tree.map(jnp.copy, base), tokens, n_iter)
+      make_args = lambda n=steps: (params, jax.tree.map(jnp.copy, at), tokens,
+                                   jnp.asarray(n, jnp.int32))
       fn = compiled.get(VerifyLoopStatics(cfg, attn_len), make_args())
-      seconds = median_seconds(fn, make_args, repeats) / steps
+      seconds = loop_cost(fn, make_args, steps, long, repeats)[0]
       verify_samples.append((window, attn_len, seconds))
       log(f"  verify attn_len={attn_len:5d} T={window:2d}: {seconds*1e3:8.3f} ms")
     from knapspec_jax import knapsack
@@ -334,7 +368,9 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
   gate = float(np.median(gate_samples)) if gate_samples else 0.0
   if gate_samples:
     log(f"  run-time gating: {gate * 1e3:.3f} ms per draft step")
-  return dataclasses.replace(profile, read_gbps=gbps, draft_gate_s=gate)
+  call = float(np.median(call_samples))
+  log(f"  per call of a decode loop: {call * 1e3:.3f} ms beyond its steps")
+  return dataclasses.replace(profile, read_gbps=gbps, draft_gate_s=gate, call_s=call)
 
 
 def attention_knots(step_samples) -> tuple[float, float, tuple] | None:

@@ -27,11 +27,17 @@ def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: in
           + rounds * profile.t_verify(decision.gamma + 1, attn_len))
 
 
+def predicted_wall_s(window: dict) -> float:
+  """The profile's wall seconds for a window record: its rounds (predicted_s) and the cost of the
+  call that ran them (LatencyProfile.call_s; records written before session 24 have none)."""
+  return window.get("predicted_wall_s", window["predicted_s"])
+
+
 def summarize(windows: list[dict], counters, search_s: float) -> dict:
   c = jax.device_get(counters)
   rounds, drafted, accepted = int(c.rounds), int(c.drafted), int(c.accepted)
   spec = [w for w in windows if w["decision"]["skip"] is not None]
-  rel = [abs(w["predicted_s"] - w["measured_s"]) / w["measured_s"]
+  rel = [abs(predicted_wall_s(w) - w["measured_s"]) / w["measured_s"]
          for w in windows if w["measured_s"] > 0 and w["tokens"] > 0]
   return dict(
       speculation_steps=rounds, drafted_tokens=drafted, accepted_tokens=accepted,

@@ -102,3 +102,30 @@ def test_a_missing_profile_is_measured_once_saved_and_then_read(tiny_models, tmp
   assert model.profile_name == name
   monkeypatch.setattr(latency, "measure", None)  # a measurement now would fail the test
   assert methods.profile_for(model) == first and model.profile == first
+
+
+def test_loop_cost_separates_the_cost_per_call_from_the_cost_per_step():
+  """A program whose call sleeps 60 ms plus 6 ms per step: loop_cost's two loop lengths give the
+  step's cost, where one call's time over its steps (the profile before session 24) adds the
+  call's cost to each step. Sleeps only overshoot; the bounds leave room for a busy machine."""
+  import time
+  fn = lambda n: time.sleep(0.060 + 0.006 * n)
+  per_step, per_call = latency.loop_cost(fn, lambda n: (n,), 2, 8, repeats=3)
+  assert 0.005 < per_step < 0.0075 and 0.050 < per_call < 0.075
+  assert latency.median_seconds(fn, lambda: (2,), 1) / 2 > 0.03  # what one length measured
+
+
+def test_a_measured_profile_keeps_its_call_cost_and_an_old_one_loads_without(tiny_models,
+                                                                          tmp_path):
+  import jax.numpy as jnp
+  tiny = tiny_models["llama"].jax
+  p = latency.measure(tiny.params, tiny.cfg, jnp.float32, "tiny", attn_lens=(256,),
+                      windows=(1, 2), steps=2, repeats=1, log=lambda *a: None)
+  assert p.call_s >= 0 and LatencyProfile.load(p.save(tmp_path / "p.json")) == p
+  raw = json.loads((tmp_path / "p.json").read_text())
+  del raw["call_s"]
+  (tmp_path / "old.json").write_text(json.dumps(raw))
+  assert LatencyProfile.load(tmp_path / "old.json").call_s == 0.0
+  with pytest.raises(ValueError, match=f"holds a {64 * latency.LOOP_RATIO}-step loop"):
+    latency.measure(tiny.params, tiny.cfg, jnp.float32, "tiny", attn_lens=(256,), windows=(1,),
+                    steps=64, repeats=1, log=lambda *a: None)
