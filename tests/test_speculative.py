@@ -986,3 +986,22 @@ def test_a_buckets_own_draft_that_fails_hands_the_bucket_back_to_the_draft_below
   else:
     assert model.kept_drafts[high] is None and policy.kept(capacity, context) is None
   model.kept_drafts.clear(), model.search_gains.clear()
+
+
+def test_window_records_add_the_profiles_call_cost_to_their_predicted_time(tiny_models,
+                                                                          with_profile):
+  """Each window's predicted_wall_s is its rounds at the profile's costs plus the profile's cost
+  of one call (LatencyProfile.call_s, BENCHMARKS.md 10.28); the run's profile error is computed
+  from it, while the policy keeps judging on the rounds alone (predicted_s)."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  model.profile = dataclasses.replace(model.profile, call_s=0.25)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(interval=16, trial_rounds=4)))
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  windows = got.stats["window_log"]
+  assert any(w["decision"]["skip"] is not None for w in windows), windows
+  for w in windows:
+    assert w["predicted_wall_s"] == pytest.approx(w["predicted_s"] + 0.25)
+  errors = [abs(w["predicted_s"] + 0.25 - w["measured_s"]) / w["measured_s"] for w in windows
+            if w["measured_s"] > 0 and w["tokens"] > 0]
+  assert got.stats["profile_median_rel_err"] == pytest.approx(float(np.median(errors)))
