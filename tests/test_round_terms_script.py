@@ -1,6 +1,7 @@
-"""experiments/gpu/round_terms.py, first_call.py and switch_cost.py --smoke on the CPU: the GPU
-checks of where a speculation round's time goes and of what a new skip set costs run end to end
-before device time is spent on them, and their records add up."""
+"""experiments/gpu/round_terms.py, first_call.py, switch_cost.py and profile_gap.py --smoke on the
+CPU: the GPU checks of where a speculation round's time goes, of what a new skip set costs and of
+what the profiler's loops measure run end to end before device time is spent on them, and their
+records add up."""
 
 from __future__ import annotations
 
@@ -55,3 +56,20 @@ def test_switch_cost_smoke(tmp_path):
   assert static_new["segment_get_s"] > 0.05  # a new static set compiles its program
   assert runtime_first["segment_get_s"] > 0.05  # the gated program compiles once...
   assert runtime_new["segment_get_s"] < 0.05  # ...and a new set is only its flags
+
+
+def test_profile_gap_smoke(tmp_path):
+  """experiments/gpu/profile_gap.py --smoke: every loop length is timed four ways, before and
+  after a search, and a line through the profiler's call times is fitted per bucket."""
+  out = tmp_path / "profile_gap.json"
+  run_gpu_script_smoke("profile_gap.py", out)
+  records = json.loads(out.read_text())
+  timed = [r for r in records if r["phase"] != "fit"]
+  assert [(r["phase"], r["steps"]) for r in timed] == [
+      ("fresh process", 4), ("fresh process", 16), ("after search", 4), ("after search", 16)]
+  for r in timed:
+    assert min(r[k] for k in ("profiler_ms", "back_to_back_ms", "after_idle_ms",
+                              "run_ar_ms")) > 0
+  (fit,) = [r for r in records if r["phase"] == "fit"]
+  fresh = {r["steps"]: r["profiler_ms"] * r["steps"] for r in timed[:2]}
+  assert fit["per_step_ms"] == pytest.approx((fresh[16] - fresh[4]) / 12)
