@@ -19,7 +19,8 @@ _ATTENTION = flags.DEFINE_string("attention", None, "One-query attention kernel 
 _OUT = flags.DEFINE_string("output", None, "A .json file or a directory to save into (default: "
                             "profiles/ in the repo).")
 _LENS = flags.DEFINE_list("attn_lens", ["256", "1024", "2048", "4096", "8192"], "Buckets.")
-_STEPS = flags.DEFINE_integer("steps", 32, "Decode steps per timed loop.")
+_STEPS = flags.DEFINE_integer("steps", 32, "Decode steps of the shorter timed loop (the longer "
+                              "runs latency.LOOP_RATIO times as many; each cost is the slope).")
 
 
 def main(argv):

@@ -291,7 +291,8 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
             attn_lens=(256, 2048, 6144, 16384, 28672),
             windows=(1, 4, 8, 11), steps: int = 16, repeats: int = 3, n_ref: int = 16,
             compiled: CompileCache | None = None, log=print) -> LatencyProfile:
-  """Times the project's compiled decode loop and verify forwards and fits the profile."""
+  """Times the project's compiled decode loop and verify forwards and fits the profile: each
+  program at `steps` and LOOP_RATIO x `steps` steps per call (loop_cost), median of `repeats`."""
   compiled = CompileCache() if compiled is None else compiled
   capacity = KVCache.capacity_for(cfg)
   long = LOOP_RATIO * steps
