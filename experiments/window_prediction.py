@@ -7,6 +7,10 @@ where the profile measured one: metrics.predicted_wall_s), each against the wind
 tokens/s.
 
   python experiments/window_prediction.py results/h200_qwen/RUN/results.jsonl [...]
+  python experiments/window_prediction.py --profile=profiles/NVIDIA_H200__qwen...json RUN/...
+
+--profile times each window as it ran with another profile (its rounds at that profile's costs,
+plus its call_s) instead of the one the run used: an old run read with a newer profile.
 
 Prints, per method and pooled: windows, Pearson r of each prediction with the measured speed,
 and the median relative error of the profile's window time.
@@ -20,8 +24,27 @@ import numpy as np
 
 from summarize import full_drafting_windows, read_records
 from knapspec_jax import metrics
+from knapspec_jax.decoding import attn_bucket
+from knapspec_jax.latency import LatencyProfile
+from knapspec_jax.selection import Decision
+from knapspec_jax.skip_mask import SkipMask
 
 _MIN_ROUNDS = flags.DEFINE_integer("min_rounds", 16, "Shorter windows are left out.")
+_PROFILE = flags.DEFINE_string("profile", None, "A latency profile (.json) to time the windows "
+                               "with instead of the run's own.")
+_CAPACITY = flags.DEFINE_integer("capacity", 32768, "The model's KV cache positions (with "
+                                 "--profile: the attention bucket of each window).")
+
+
+def _profile_wall_s(profile: LatencyProfile, w: dict) -> float:
+  """The window's seconds at `profile`'s costs, as the controller predicts them (its rounds at
+  the bucket it started in) plus one call."""
+  d = w["decision"]
+  decision = Decision(SkipMask(tuple(d["skip"])), d["gamma"], d["alpha"], d["predicted_tpt"],
+                      d["ar_tpt"], d["best_tpt"], d["context"], d["reason"])
+  attn_len = attn_bucket(w["context"] + d["gamma"] + 1, _CAPACITY.value)
+  return metrics.predicted_window_s(profile, decision, attn_len, w["tokens"], w["rounds"],
+                                    w["draft_forwards"]) + profile.call_s
 
 
 def _r(x, y) -> float:
@@ -32,13 +55,15 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("one or more results.jsonl")
   rows = {}
+  profile = LatencyProfile.load(_PROFILE.value) if _PROFILE.value else None
+  wall_s = (lambda w: _profile_wall_s(profile, w)) if profile else metrics.predicted_wall_s
   for path in argv[1:]:
     for rec in read_records(path):
       for w in full_drafting_windows(rec.get("timed_windows") or [], _MIN_ROUNDS.value):
         d = w["decision"]
         if d["predicted_tpt"]:
           rows.setdefault(rec["method"], []).append(
-              (d["predicted_tpt"], w["tokens"] / metrics.predicted_wall_s(w), w["measured_tokens_per_s"],
+              (d["predicted_tpt"], w["tokens"] / wall_s(w), w["measured_tokens_per_s"],
                rec["item_id"]))
   print("| method | windows | prompts | r (decision's TPT) | r (profile, window as it ran) | "
         "profile's median error |")

@@ -167,6 +167,42 @@ def test_window_analyses_read_the_recorded_windows(tmp_path):
           in predicted.stdout), predicted.stdout
 
 
+def test_window_prediction_times_old_windows_with_another_profile(tmp_path):
+  """window_prediction.py --profile: each window's seconds at that profile's costs, worked out
+  here by hand for a 2-layer model (a step: fixed + attention + MLP sublayers; a verify of gamma
+  + 1 tokens: a full step + gamma x the per-token excess; one call per window), against its
+  measured speed."""
+  from knapspec_jax.latency import LatencyProfile
+  c0, t_attn, t_mlp, v0, call = 1e-3, 2e-3, 3e-3, 5e-4, 0.01
+  profile = LatencyProfile("dev", "m", "float32", 2, c0, t_attn, 0.0, t_mlp, v0, 0.0,
+                           call_s=call)
+  profile_path = profile.save(tmp_path / "profile.json")
+  def window(context, forwards, rounds, measured, gamma=2):
+    return dict(decision=dict(skip=[1, 0, 0, 0], gamma=gamma, alpha=0.8, predicted_tpt=100.0,
+                              ar_tpt=90.0, best_tpt=100.0, context=context, reason="kept"),
+                context=context, tokens=100, rounds=rounds, draft_forwards=forwards,
+                predicted_s=1.0, measured_tokens_per_s=measured)
+  windows = [window(40, 80, 32, 104.0), window(1500, 60, 20, 98.0, gamma=3),
+             window(3000, 90, 40, 120.0)]
+  path = tmp_path / "results.jsonl"
+  path.write_text(json.dumps(dict(item_id="doc", method="knapspec", warmup_windows=[],
+                                  timed_windows=[windows])) + "\n")
+  full = c0 + 2 * t_attn + 2 * t_mlp
+  draft = c0 + 1 * t_attn + 2 * t_mlp  # layer 0's attention skipped
+  seconds = [w["draft_forwards"] * draft + w["rounds"] * (full + w["decision"]["gamma"] * v0)
+             + call for w in windows]
+  ran = [w["tokens"] / s for w, s in zip(windows, seconds)]
+  measured = [w["measured_tokens_per_s"] for w in windows]
+  error = statistics.median(abs(x / m - 1) for x, m in zip(ran, measured))
+  r_ran = np.corrcoef(ran, measured)[0, 1]
+  out = subprocess.run([sys.executable, str(REPO / "experiments" / "window_prediction.py"),
+                        f"--profile={profile_path}", "--min_rounds=16", str(path)],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"| knapspec | 3 | 1 | nan | {r_ran:.3f} | {error:.1%} |" in out.stdout, out.stdout
+
+
 def test_draft_headroom_against_the_closed_form(tmp_path):
   """experiments/draft_headroom.py on a stated record, against the paper's closed form computed
   here from the committed H200 Qwen profile's step and verify times: tokens per round
