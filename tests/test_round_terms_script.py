@@ -1,7 +1,7 @@
-"""experiments/gpu/round_terms.py, first_call.py, switch_cost.py and profile_gap.py --smoke on the
-CPU: the GPU checks of where a speculation round's time goes, of what a new skip set costs and of
-what the profiler's loops measure run end to end before device time is spent on them, and their
-records add up."""
+"""experiments/gpu/round_terms.py, first_call.py, switch_cost.py, profile_gap.py and step_width.py
+--smoke on the CPU: the GPU checks of where a speculation round's time goes, of what a new skip
+set costs, of what the profiler's loops measure and of AR's step as a multi-row forward run end
+to end before device time is spent on them, and their records add up."""
 
 from __future__ import annotations
 
@@ -73,3 +73,14 @@ def test_profile_gap_smoke(tmp_path):
   (fit,) = [r for r in records if r["phase"] == "fit"]
   fresh = {r["steps"]: r["profiler_ms"] * r["steps"] for r in timed[:2]}
   assert fit["per_step_ms"] == pytest.approx((fresh[16] - fresh[4]) / 12)
+
+
+def test_step_width_smoke(tmp_path):
+  """experiments/gpu/step_width.py --smoke: AR's segment program at widths 1, 2 and 4, each timed
+  by its slope; in float32 every width decodes width 1's tokens (a W-row step keeps row 0)."""
+  out = tmp_path / "step_width.json"
+  run_gpu_script_smoke("step_width.py", out)
+  records = json.loads(out.read_text())
+  assert [r["width"] for r in records] == [1, 2, 4]
+  for r in records:
+    assert r["ms_per_step"] > 0 and r["equal_tokens"] == r["tokens"] == 16
