@@ -70,7 +70,12 @@ class RandomModel:
 
   def fresh_state(self, max_new: int) -> decoding.DecodeState:
     """A decode state at the filled cache's cursor, max_new tokens to go, no EOS."""
-    return decoding.init_state(self.fresh_cache(),
+    return self.state_at(self.context, max_new)
+
+  def state_at(self, cursor: int, max_new: int) -> decoding.DecodeState:
+    """A decode state with the cursor moved back to `cursor` (<= context), max_new tokens to go,
+    no EOS."""
+    return decoding.init_state(self.fresh_cache().rollback(cursor),
                                jnp.zeros((self.cfg.vocab_size,), jnp.float32), max_new, ())
 
 

@@ -26,7 +26,6 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shapes import random_model, write_records  # noqa: E402
@@ -62,10 +61,7 @@ def main(argv):
     for width in widths:
       def make_args(n, width=width):
         # the loop ends at the bucket's last position a width-W step may write
-        start = attn_len - width + 1 - n
-        cache = m.fresh_cache().rollback(start)
-        state = decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32), n + 1, ())
-        return params, state
+        return params, m.state_at(attn_len - width + 1 - n, n + 1)
       fn = compiled.get(decoding.ARSegmentStatics(cfg, attn_len, width=width), make_args(steps))
       out = fn(*make_args(long))  # a first call, untimed; its tokens for the comparison
       tokens = np.asarray(jax.device_get(out.out[:long]))
