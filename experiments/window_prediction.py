@@ -44,7 +44,8 @@ def _profile_wall_s(profile: LatencyProfile, w: dict) -> float:
                       d["ar_tpt"], d["best_tpt"], d["context"], d["reason"])
   attn_len = attn_bucket(w["context"] + d["gamma"] + 1, _CAPACITY.value)
   return metrics.predicted_window_s(profile, decision, attn_len, w["tokens"], w["rounds"],
-                                    w["draft_forwards"]) + profile.call_s
+                                    w["draft_forwards"], w["ar_tokens_while_compiling"]
+                                    ) + profile.call_s
 
 
 def _r(x, y) -> float:

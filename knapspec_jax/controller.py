@@ -149,9 +149,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     tokens = int(n_after) - n_out
     rounds = int(after.rounds - before.rounds)
     forwards = int(after.draft_forwards - before.draft_forwards)
-    predicted = (predicted_window_s(profile, decision, attn_len, tokens - waited_tokens, rounds,
-                                    forwards)
-                 + waited_tokens * profile.t_step(None, attn_len))
+    predicted = predicted_window_s(profile, decision, attn_len, tokens, rounds, forwards,
+                                   waited_tokens)
     windows.append(dict(
         decision=decision.to_json(), context=length, tokens=tokens, rounds=rounds,
         drafted=int(after.drafted - before.drafted), ar_tokens_while_compiling=waited_tokens,

@@ -17,14 +17,18 @@ from knapspec_jax.selection import Decision
 
 
 def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: int,
-                       tokens: int, rounds: int, draft_forwards: int) -> float:
+                       tokens: int, rounds: int, draft_forwards: int,
+                       waited_tokens: int = 0) -> float:
   """The profile's seconds for a window as it ran: its draft forwards (each one's token goes to
   the verifier, the low-confidence last one of a round included, so this is the drafted count)
-  and one verify of gamma + 1 positions per round; a plain window, one full step per token."""
+  and one verify of gamma + 1 positions per round, and one full step for each of the
+  waited_tokens (of `tokens`) decoded plainly while the draft's program compiled; a plain
+  window, one full step per token."""
   if not decision.drafts:
     return tokens * profile.t_step(None, attn_len)
   return (draft_forwards * profile.t_step(decision.skip, attn_len)
-          + rounds * profile.t_verify(decision.gamma + 1, attn_len))
+          + rounds * profile.t_verify(decision.gamma + 1, attn_len)
+          + waited_tokens * profile.t_step(None, attn_len))
 
 
 def predicted_wall_s(window: dict) -> float:

@@ -181,7 +181,7 @@ def test_window_prediction_times_old_windows_with_another_profile(tmp_path):
     return dict(decision=dict(skip=[1, 0, 0, 0], gamma=gamma, alpha=0.8, predicted_tpt=100.0,
                               ar_tpt=90.0, best_tpt=100.0, context=context, reason="kept"),
                 context=context, tokens=100, rounds=rounds, draft_forwards=forwards,
-                predicted_s=1.0, measured_tokens_per_s=measured)
+                ar_tokens_while_compiling=0, predicted_s=1.0, measured_tokens_per_s=measured)
   windows = [window(40, 80, 32, 104.0), window(1500, 60, 20, 98.0, gamma=3),
              window(3000, 90, 40, 120.0)]
   path = tmp_path / "results.jsonl"
