@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from knapspec_jax import decoding, latency
+from knapspec_jax import api, decoding, latency
 from knapspec_jax import model as model_lib
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.kv_cache import KVCache
@@ -80,12 +80,17 @@ class RandomModel:
 
 
 def random_model(name: str, context: int, smoke: bool) -> RandomModel:
-  """SHAPES[name] in bfloat16 with the Pallas kernel and two-row projections (the H200's
-  defaults); with smoke, the tiny shape in float32 with XLA attention (the CPU check). The
-  context is capped at half the shape's."""
+  """SHAPES[name] in bfloat16 with the Pallas kernel for one-token steps and for verify windows
+  and two-row projections (load_model's defaults on the H200); with smoke, the tiny shape in
+  float32 with XLA attention (the CPU check). The context is capped at half the shape's.
+
+  Until session 25 the windows took ModelConfig's default, XLA attention: step_width.py's first
+  H200 run and every window these scripts timed before it ran through XLA, not the kernel."""
   name = "tiny" if smoke else name
   dtype = jnp.float32 if smoke else jnp.bfloat16
-  cfg = dataclasses.replace(SHAPES[name], attention="xla" if smoke else "pallas",
+  attention = "xla" if smoke else "pallas"
+  cfg = dataclasses.replace(SHAPES[name], attention=attention,
+                            window_attention=api.default_window_attention(attention),
                             matmul_rows=1 if smoke else 2)
   context = min(context, cfg.max_seq_len // 2)
   params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),

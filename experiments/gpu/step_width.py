@@ -12,7 +12,13 @@ window kernel. AR at width W (decoding.ar_segment's `width`: the token in row 0,
 the cursor advanced by one) runs the step as a W-row forward. This times AR's segment program at
 widths 1, 2 and 4 per attention bucket, each cost the slope over two loop lengths
 (latency.loop_cost), and checks that every width decodes the same tokens as width 1 on these
-random weights (bfloat16 may round differently; the count of equal tokens is printed).
+random weights (bfloat16 may round differently; the count of equal tokens is printed). Beside
+them, the profiler's verify program (latency.VerifyLoopStatics) at windows 1, 2 and 4, timed the
+same way: the profile's step and verify samples, on random weights.
+
+Session 25's first H200 run had windows through XLA attention (shapes.random_model did not ask
+for the window kernel then): widths 2 and 4 cost 7-28% more than width 1 there
+(results/h200/step_width/qwen_session25_xla_windows.json).
 -> $OUT/step_width.json
 """
 
@@ -26,6 +32,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shapes import random_model, write_records  # noqa: E402
@@ -36,6 +43,8 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes (CPU check of the script
 _MODEL = flags.DEFINE_string("model", "qwen2.5-1.5b", "Model shape (shapes.SHAPES).")
 _LENS = flags.DEFINE_list("attn_lens", ["256", "2048", "8192", "16384"], "Attention buckets.")
 _WIDTHS = flags.DEFINE_list("widths", ["1", "2", "4"], "Rows per AR step.")
+_VERIFY = flags.DEFINE_list("verify", ["1", "2", "4"], "Verify windows timed beside them with "
+                            "the profiler's program (latency.VerifyLoopStatics); none: \"\".")
 _STEPS = flags.DEFINE_integer("steps", 64, "Steps of the shorter timed loop (the longer runs "
                               "latency.LOOP_RATIO times as many).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Calls per loop length (median).")
@@ -49,6 +58,7 @@ def main(argv):
   steps, repeats = (4, 2) if smoke else (_STEPS.value, _REPEATS.value)
   long = latency.LOOP_RATIO * steps
   widths = [int(w) for w in _WIDTHS.value]
+  verify_windows = [int(w) for w in _VERIFY.value]
   m = random_model(_MODEL.value, max(lens), smoke)
   cfg, params = m.cfg, m.params
   lens = [min(a, m.context) for a in lens]
@@ -74,6 +84,18 @@ def main(argv):
       print(f"bucket {attn_len:5d} width {width}: {row['ms_per_step']:.4f} ms per step "
             f"(+{row['ms_per_call']:.2f} ms per call); tokens equal to width "
             f"{widths[0]}'s: {row['equal_tokens']}/{long}", flush=True)
+    for window in verify_windows:  # the profiler's verify program (latency.measure's loops)
+      at = m.state_at(attn_len - max(long, window) - 1, 1).cache
+      tokens = jnp.ones((1, window), jnp.int32)
+      def make_args(n, at=at, tokens=tokens):
+        return params, jax.tree.map(jnp.copy, at), tokens, jnp.asarray(n, jnp.int32)
+      fn = compiled.get(latency.VerifyLoopStatics(cfg, attn_len), make_args(steps))
+      per_step, per_call = latency.loop_cost(fn, make_args, steps, long, repeats)
+      row = dict(attn_len=attn_len, verify_window=window, ms_per_step=per_step * 1e3,
+                 ms_per_call=per_call * 1e3)
+      records.append(row)
+      print(f"bucket {attn_len:5d} verify T={window:2d}: {row['ms_per_step']:.4f} ms per "
+            f"forward (+{row['ms_per_call']:.2f} ms per call)", flush=True)
   print("written", write_records(records, _OUTPUT.value, "step_width.json"))
 
 
