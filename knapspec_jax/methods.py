@@ -260,7 +260,11 @@ class KnapSpecConfig:
     the 8K document with the H200's costs, BENCHMARKS.md 10.21) the search on the first 16
     tokens put its best draft at 0.98x AR and three drafts 0.06-0.34 under what their next 128
     tokens ran; the same search 112 tokens later found one predicted at 1.18x, whose next 128
-    tokens ran 0.97x. Off by default until a device run measures it.
+    tokens ran 0.97x. Measured on the H200 in session 25 (BENCHMARKS.md 10.29, 1024 new
+    tokens): at 112 the 2K search chose 10 + 12 sublayers at gamma 3 (predicted 1.18x AR) and
+    KnapSpec ran the 2K / 16K / 28K documents at 1.062 / 1.039 / 1.240x AR paired, against
+    1.124 / 1.092 / 1.134x with 0 in the same session: each generation decodes 127 tokens
+    plainly before its search, and the draft it chose served 16K worse. Off by default.
   """
 
   interval: int = 64
