@@ -81,6 +81,29 @@ def test_step_width_smoke(tmp_path):
   out = tmp_path / "step_width.json"
   run_gpu_script_smoke("step_width.py", out)
   records = json.loads(out.read_text())
-  assert [r["width"] for r in records] == [1, 2, 4]
-  for r in records:
+  widths = [r for r in records if "width" in r]
+  assert [r["width"] for r in widths] == [1, 2, 4]
+  for r in widths:
     assert r["ms_per_step"] > 0 and r["equal_tokens"] == r["tokens"] == 16
+  # beside them, the profiler's verify program at windows 1, 2 and 4, timed the same way
+  verifies = [r for r in records if "verify_window" in r]
+  assert [r["verify_window"] for r in verifies] == [1, 2, 4] == [
+      r["verify_window"] for r in records[3:]]
+  assert all(r["ms_per_step"] > 0 and r["attn_len"] == 256 for r in verifies)
+
+
+def test_step_width_on_real_weights(tmp_path):
+  """step_width.py --gguf: the same timings on a real checkpoint (SmolLM2-135M, float32 on the
+  CPU), a random KV cache beside its weights. Its tokens are counted, not required equal: real
+  weights over random keys and values decode from near-ties (here the two widths part at the
+  second token); test_ar_width_keeps_float32_output checks the widths on a real prompt."""
+  out = tmp_path / "step_width.json"
+  proc = run_gpu_script_smoke("step_width.py", out, "--gguf=smollm2-135m", "--widths=1,2",
+                              "--verify=2")
+  assert "SmolLM2-135M-Instruct.Q4_1.gguf" in proc.stdout
+  records = json.loads(out.read_text())
+  assert [(r.get("width"), r.get("verify_window")) for r in records] == [
+      (1, None), (2, None), (None, 2)]
+  assert all(r["ms_per_step"] > 0 for r in records)
+  assert records[0]["equal_tokens"] == records[0]["tokens"] == 16
+  assert 0 <= records[1]["equal_tokens"] <= records[1]["tokens"] == 16

@@ -99,6 +99,17 @@ def random_model(name: str, context: int, smoke: bool) -> RandomModel:
   return RandomModel(name, cfg, params, base, context)
 
 
+def loaded_model(path: str, context: int, dtype: str = "bfloat16") -> RandomModel:
+  """A real checkpoint (api.load_model: a packaged name, a GGUF or an HF directory, with
+  load_model's kernel and projection defaults for this backend) with a KV cache of random
+  entries up to `context` (capped at half its capacity): the decode-loop scripts' timings on real
+  weights, which a random-weight shape cannot stand in for where the data moves the clocks."""
+  model = api.load_model(path, dtype=dtype)
+  context = min(context, KVCache.capacity_for(model.cfg) // 2)
+  base = latency.random_cache(model.cfg, api.DTYPES[model.dtype], context, jax.random.PRNGKey(1))
+  return RandomModel(model.name, model.cfg, model.params, base, context)
+
+
 def write_records(records: list, output: str | None, default_name: str) -> pathlib.Path:
   """The records as JSON at `output`, default $OUT/default_name (the device tool's folder)."""
   out = pathlib.Path(output or pathlib.Path(os.environ.get("OUT", ".")) / default_name)

@@ -3,6 +3,8 @@ verify at every context").
 
   python experiments/gpu/step_width.py            # H200: Qwen2.5-1.5B shape, random bf16 weights
   python experiments/gpu/step_width.py --smoke    # CPU: tiny shapes, checks the script runs
+  python experiments/gpu/step_width.py --gguf=$QWEN_GGUF --attn_lens=256,2048,16384
+                                                  # H200: the real weights (after ship_qwen.sh)
 
 Session 24's H200 profile of Qwen2.5-Coder-1.5B (BENCHMARKS.md 10.28) times the one-token step
 at 1.583 / 1.610 ms at 256 / 2048 positions, over a 4-token verify (1.555 / 1.598) and a 2-token
@@ -35,12 +37,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import shapes  # noqa: E402
 from shapes import random_model, write_records  # noqa: E402
 from knapspec_jax import decoding, latency  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes (CPU check of the script).")
 _MODEL = flags.DEFINE_string("model", "qwen2.5-1.5b", "Model shape (shapes.SHAPES).")
+_GGUF = flags.DEFINE_string("gguf", None, "A real checkpoint instead of --model's random "
+                            "weights (shapes.loaded_model; bfloat16, or float32 with --smoke).")
 _LENS = flags.DEFINE_list("attn_lens", ["256", "2048", "8192", "16384"], "Attention buckets.")
 _WIDTHS = flags.DEFINE_list("widths", ["1", "2", "4"], "Rows per AR step.")
 _VERIFY = flags.DEFINE_list("verify", ["1", "2", "4"], "Verify windows timed beside them with "
@@ -59,7 +64,10 @@ def main(argv):
   long = latency.LOOP_RATIO * steps
   widths = [int(w) for w in _WIDTHS.value]
   verify_windows = [int(w) for w in _VERIFY.value]
-  m = random_model(_MODEL.value, max(lens), smoke)
+  if _GGUF.value:
+    m = shapes.loaded_model(_GGUF.value, max(lens), "float32" if smoke else "bfloat16")
+  else:
+    m = random_model(_MODEL.value, max(lens), smoke)
   cfg, params = m.cfg, m.params
   lens = [min(a, m.context) for a in lens]
   print(f"{latency.device_name()} | jax {jax.__version__} | {m.name} | buckets {lens} | widths "
