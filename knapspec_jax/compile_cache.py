@@ -460,10 +460,30 @@ _WORKER_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy
                     "jax_threefry_partitionable", "jax_num_cpu_devices")
 
 
-def compile_into_store(prog: Program, abstract) -> str:
+AUTOTUNE_CACHE = "xla_gpu_per_fusion_autotune_cache_dir"  # XLA's option and JAX's subfolder
+
+
+def shared_xla_caches() -> dict:
+  """XLA options that point a compile at the XLA caches kept beside this process's persistent
+  cache (those jax_persistent_cache_enable_xla_caches names; {} when that cache is off): the
+  per-fusion autotuning results. JAX sets them itself only where its cache is on, and the compile
+  worker turns its cache off (serve_worker), so without them the worker autotunes every GEMM and
+  fusion of a program again, running candidate kernels on the GPU the decoding process is using;
+  with them it reads the results the decoding process measured (the same choices) and autotunes
+  only what is new. Not yet measured on the H200 (BENCHMARKS.md 10.29: the decoding beside the
+  worker's compile ran 7% slower, 0.10 s a switch)."""
+  cache = persistent_cache_dir()
+  enabled = jax.config.jax_persistent_cache_enable_xla_caches or ""
+  if cache is None or not (enabled == "all" or AUTOTUNE_CACHE in enabled):
+    return {}
+  return {AUTOTUNE_CACHE: str(pathlib.Path(cache) / AUTOTUNE_CACHE)}
+
+
+def compile_into_store(prog: Program, abstract, xla_options: dict | None = None) -> str:
   """In the compile worker: compiles `prog` for these ShapeDtypeStructs and writes it to the
   executable store, nothing run. Returns the entry's path, which the decoding process checks
-  against its own (the same code, settings and device give the same key)."""
+  against its own (the same code, settings and device give the same key). xla_options: more XLA
+  options for this compile that leave the program's key as it is (shared_xla_caches)."""
   store = executable_store_dir()
   key = store_key(prog, abstract)
   if store is None or key is None:
@@ -472,7 +492,7 @@ def compile_into_store(prog: Program, abstract) -> str:
   path = _entry_path(store, key)
   if load_entry(path, key) is None:
     compiled = jit_program(prog).lower(*abstract).compile(
-        compiler_options=compiler_options(prog) or None)
+        compiler_options={**compiler_options(prog), **(xla_options or {})} or None)
     if not save_entry(path, key, compiled):
       raise RuntimeError(f"could not write {type(prog).__name__} to the store at {path}")
   return str(path)
@@ -494,16 +514,18 @@ def _receive(stream):
 
 def serve_worker():
   """The compile worker's main loop (CompileWorker starts it in a new interpreter): the JAX
-  settings of the decoding process first (they are part of the store key), then jobs (id, and
-  the statics and ShapeDtypeStructs pickled), each answered with (id, ok, the entry's path or
-  the error's text), until its input ends. JAX's own persistent cache is off here, so that
-  every program is compiled and stored (one that JAX's cache returned is not: see
-  _jax_cache_hits). Messages go over the original stdout; anything printed goes to stderr."""
+  settings of the decoding process first (they are part of the store key) with the XLA options
+  of its caches (shared_xla_caches), then jobs (id, and the statics and ShapeDtypeStructs
+  pickled), each answered with (id, ok, the entry's path or the error's text), until its input
+  ends. JAX's own persistent cache is off here, so that every program is compiled and stored
+  (one that JAX's cache returned is not: see _jax_cache_hits). Messages go over the original
+  stdout; anything printed goes to stderr."""
   answers = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)
   os.nice(10)  # the decoding process's host loop first, where both want a core
   jobs = sys.stdin.buffer
-  for name, value in _receive(jobs).items():
+  settings, xla_options = _receive(jobs)
+  for name, value in settings.items():
     jax.config.update(name, value)
   jax.config.update("jax_enable_compilation_cache", False)
   jax.devices()  # the backend up (on a GPU, its context) before the first job
@@ -511,7 +533,7 @@ def serve_worker():
   while (job := _receive(jobs)) is not None:
     job_id, payload = job
     try:  # a statics class this interpreter cannot import fails its job, not the worker
-      answer = (job_id, True, compile_into_store(*pickle.loads(payload)))
+      answer = (job_id, True, compile_into_store(*pickle.loads(payload), xla_options))
     except Exception as error:  # noqa: BLE001 the decoding process says why and compiles it
       answer = (job_id, False, f"{type(error).__name__}: {error}")
     try:
@@ -574,7 +596,8 @@ class CompileWorker:
     self._proc = subprocess.Popen(
         [sys.executable, "-c", "from knapspec_jax.compile_cache import serve_worker; "
          "serve_worker()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    _send(self._proc.stdin, {name: getattr(jax.config, name) for name in _WORKER_SETTINGS})
+    _send(self._proc.stdin, ({name: getattr(jax.config, name) for name in _WORKER_SETTINGS},
+                             shared_xla_caches()))
     threading.Thread(target=self._read, args=(self._proc, self._ready), daemon=True,
                      name="knapspec-compile-worker").start()
 

@@ -136,3 +136,32 @@ def test_worker_compiles_into_the_store_and_the_decoding_process_switches_by_loa
   assert spec["first_drafting_rounds"] > 0, spec
   assert spec["new_compiles"] == 0 and spec["spec_traced"] == [], spec
   assert spec["new_loads"] >= 1, spec
+
+
+def test_the_worker_reads_the_autotuning_results_jax_keeps_beside_the_cache(tmp_path):
+  """The worker compiles with JAX's cache off, where JAX points no compile at its XLA caches;
+  compile_cache.shared_xla_caches gives the worker the per-fusion autotuning folder that JAX
+  itself sets for a compile of the decoding process (its own compile options, the reference),
+  and nothing when the persistent cache is off."""
+  script = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from knapspec_jax import compile_cache
+ours = compile_cache.shared_xla_caches()
+from jax._src import compiler
+jax_own = compiler.get_compile_options(num_replicas=1, num_partitions=1)
+print(json.dumps([ours, jax_own.executable_build_options.debug_options
+                  .xla_gpu_per_fusion_autotune_cache_dir]))
+"""
+  for setting in ("1", "0"):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", KNAPSPEC_CACHE=str(tmp_path / setting),
+               KNAPSPEC_XLA_CACHE=setting)
+    proc = subprocess.run([sys.executable, "-c", script, str(REPO)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, jax_own = json.loads(proc.stdout.strip().splitlines()[-1])
+    if setting == "1":
+      assert jax_own.startswith(str(tmp_path / setting))
+      assert ours == {"xla_gpu_per_fusion_autotune_cache_dir": jax_own}
+    else:
+      assert ours == {} and jax_own == ""
