@@ -549,7 +549,8 @@ class CompileWorker:
   (tracing, lowering, XLA) runs outside this process and its GIL. Started on the first submit
   (a new interpreter with this process's sys.path and settings, no GPU memory taken ahead) and
   kept for the process's life. Its compiles share the host's cores and, where XLA autotunes,
-  the device. A statics class defined in a script run as __main__ cannot be sent to it (its
+  the device (it reads the autotuning results of the decoding process first: shared_xla_caches).
+  A statics class defined in a script run as __main__ cannot be sent to it (its
   job fails; CompileCache then compiles the program in a thread)."""
 
   def __init__(self):
