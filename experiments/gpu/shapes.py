@@ -102,10 +102,11 @@ def random_model(name: str, context: int, smoke: bool) -> RandomModel:
 def loaded_model(path: str, context: int, dtype: str = "bfloat16") -> RandomModel:
   """A real checkpoint (api.load_model: a packaged name, a GGUF or an HF directory, with
   load_model's kernel and projection defaults for this backend) with a KV cache of random
-  entries up to `context` (capped at half its capacity): the decode-loop scripts' timings on real
-  weights, which a random-weight shape cannot stand in for where the data moves the clocks."""
+  entries up to `context` (at most its capacity: the cache is allocated whole either way): the
+  decode-loop scripts' timings on real weights, which a random-weight shape cannot stand in for
+  where the data moves the clocks."""
   model = api.load_model(path, dtype=dtype)
-  context = min(context, KVCache.capacity_for(model.cfg) // 2)
+  context = min(context, KVCache.capacity_for(model.cfg))
   base = latency.random_cache(model.cfg, api.DTYPES[model.dtype], context, jax.random.PRNGKey(1))
   return RandomModel(model.name, model.cfg, model.params, base, context)
 
