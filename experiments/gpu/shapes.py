@@ -53,7 +53,8 @@ def spread(n_layers: int, count: int) -> list[int]:
 
 @dataclasses.dataclass
 class RandomModel:
-  """A shape with random fused weights and a KV cache of random entries up to `context`."""
+  """A model's weights (a shape's random fused ones, random_model, or a checkpoint's,
+  loaded_model) and a KV cache of random entries up to `context`."""
 
   name: str
   cfg: ModelConfig

@@ -37,8 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import shapes  # noqa: E402
-from shapes import random_model, write_records  # noqa: E402
+from shapes import loaded_model, random_model, write_records  # noqa: E402
 from knapspec_jax import decoding, latency  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 
@@ -65,7 +64,7 @@ def main(argv):
   widths = [int(w) for w in _WIDTHS.value]
   verify_windows = [int(w) for w in _VERIFY.value]
   if _GGUF.value:
-    m = shapes.loaded_model(_GGUF.value, max(lens), "float32" if smoke else "bfloat16")
+    m = loaded_model(_GGUF.value, max(lens), "float32" if smoke else "bfloat16")
   else:
     m = random_model(_MODEL.value, max(lens), smoke)
   cfg, params = m.cfg, m.params
@@ -93,7 +92,7 @@ def main(argv):
             f"(+{row['ms_per_call']:.2f} ms per call); tokens equal to width "
             f"{widths[0]}'s: {row['equal_tokens']}/{long}", flush=True)
     for window in verify_windows:  # the profiler's verify program (latency.measure's loops)
-      at = m.state_at(attn_len - max(long, window) - 1, 1).cache
+      at = m.base.rollback(attn_len - max(long, window) - 1)  # each call copies it
       tokens = jnp.ones((1, window), jnp.int32)
       def make_args(n, at=at, tokens=tokens):
         return params, jax.tree.map(jnp.copy, at), tokens, jnp.asarray(n, jnp.int32)
