@@ -6,10 +6,13 @@ to end before device time is spent on them, and their records add up."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_gpu_script_smoke
+from conftest import REPO, run_gpu_script_smoke
 
 
 def test_round_terms_smoke(tmp_path):
@@ -107,3 +110,36 @@ def test_step_width_on_real_weights(tmp_path):
   assert all(r["ms_per_step"] > 0 for r in records)
   assert records[0]["equal_tokens"] == records[0]["tokens"] == 16
   assert 0 <= records[1]["equal_tokens"] <= records[1]["tokens"] == 16
+
+
+def test_step_bandwidth_reads_step_width_records(tmp_path):
+  """experiments/gpu/step_bandwidth.py: from step_width.py's records, each one-row step's bytes
+  (the weights once, plus the keys and values of its bucket: two buckets differ by exactly the
+  cache bytes between them), its GB/s against the read bandwidths given, and each verify's time
+  over the step's at the same bucket. (Its rows, in a child process: the script defines absl
+  flags on import.)"""
+  records = [dict(attn_len=256, width=1, ms_per_step=2.0), dict(attn_len=256, width=2,
+                                                               ms_per_step=1.0),
+             dict(attn_len=256, verify_window=4, ms_per_step=3.0),
+             dict(attn_len=512, width=1, ms_per_step=4.0)]
+  script = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("step_bandwidth", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+cfg = module.SHAPES["tiny"]
+rows = module.rows(json.loads(sys.argv[2]), cfg, [100.0, 200.0])
+print(json.dumps([rows, 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2]))
+"""
+  proc = subprocess.run([sys.executable, "-c", script,
+                         str(REPO / "experiments" / "gpu" / "step_bandwidth.py"),
+                         json.dumps(records)], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (short, long), kv_per_position = json.loads(proc.stdout.strip().splitlines()[-1])
+  # bfloat16 keys and values of every layer, per cached position
+  assert (long["step_gb"] - short["step_gb"]) * 1e9 == pytest.approx(256 * kv_per_position)
+  assert short["gb_per_s"] == pytest.approx(short["step_gb"] / 2e-3)
+  assert short["fractions"] == pytest.approx([short["gb_per_s"] / 100, short["gb_per_s"] / 200])
+  assert short["verify_over_step"] == {"4": 1.5} and long["verify_over_step"] == {}
+  assert short["width_over_step"] == {"2": 0.5} and long["width_over_step"] == {}
