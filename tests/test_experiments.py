@@ -203,6 +203,41 @@ def test_window_prediction_times_old_windows_with_another_profile(tmp_path):
   assert f"| knapspec | 3 | 1 | nan | {r_ran:.3f} | {error:.1%} |" in out.stdout, out.stdout
 
 
+def test_window_log_lists_every_window_of_the_method_asked(tmp_path):
+  """experiments/window_log.py on stated records: one line per window of the method's warm-up
+  and timed runs (prompt filter honoured, other methods left out), with the window's own counts,
+  its measured speed and its tokens over the profile's wall seconds for it."""
+  def window(context, tokens, measured, wall):
+    return dict(decision=dict(skip=None, gamma=0, n_attn_skipped=0, n_mlp_skipped=0,
+                              reason="why " + str(context)),
+                context=context, tokens=tokens, rounds=0, drafted=0, accepted=0,
+                ar_tokens_while_compiling=7, measured_tokens_per_s=measured, search_s=0.5,
+                compile_s=0.0, predicted_s=wall - 0.01, predicted_wall_s=wall)
+  rows = [dict(item_id="doc-16000", prompt_tokens=16000, method="knapspec",
+               tokens_per_s_all=[1.0], paired_speedup=1.1,
+               warmup_windows=[[window(16000, 100, 500.0, 0.25)]],
+               timed_windows=[[window(16100, 200, 600.0, 0.4), window(16300, 50, 550.0, 0.125)]]),
+          dict(item_id="doc-2000", prompt_tokens=2000, method="knapspec", tokens_per_s_all=[1.0],
+               warmup_windows=[[window(2000, 10, 1.0, 1.0)]], timed_windows=[]),
+          dict(item_id="doc-16000", prompt_tokens=16000, method="clasp", tokens_per_s_all=[1.0],
+               warmup_windows=[[window(9, 10, 1.0, 1.0)]], timed_windows=[])]
+  path = tmp_path / "results.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = subprocess.run([sys.executable, str(REPO / "experiments" / "window_log.py"),
+                        "--prompt=16000", str(path)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert len(lines) == 4 and lines[0].startswith("doc-16000 (16000 prompt tokens)"), lines
+  assert [line.split()[0] for line in lines[1:]] == ["W0", "T0", "T0"]
+  for line, (context, tokens, measured, wall) in zip(lines[1:], [(16000, 100, 500.0, 0.25),
+                                                                 (16100, 200, 600.0, 0.4),
+                                                                 (16300, 50, 550.0, 0.125)]):
+    assert f"ctx {context:6d} tokens {tokens:4d}" in line
+    assert f"{measured:6.1f} tok/s, profile {tokens / wall:6.1f}" in line
+    assert "plain-while-compiling    7" in line and line.endswith(f"why {context}")
+
+
 def test_draft_headroom_against_the_closed_form(tmp_path):
   """experiments/draft_headroom.py on a stated record, against the paper's closed form computed
   here from the committed H200 Qwen profile's step and verify times: tokens per round
