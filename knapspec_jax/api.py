@@ -45,6 +45,15 @@ def default_matmul_rows(platform: str | None = None) -> int:
   return 2 if platform == "gpu" else 1
 
 
+def default_step_rows(attention: str, window_attention: str, platform: str | None = None) -> int:
+  """ModelConfig.step_rows load_model picks: 2 on a GPU where steps and windows both run the
+  Pallas kernel (a two-row step 0.7-3.5% faster than the one-row one there: H200, Qwen2.5-Coder-
+  1.5B, 256-28K positions, BENCHMARKS.md 10.30), else 1 (XLA's window attention made two rows
+  7-28% slower, 10.29)."""
+  platform = jax.default_backend() if platform is None else platform
+  return 2 if platform == "gpu" and attention == window_attention == "pallas" else 1
+
+
 def default_attention(dtype: str, platform: str | None = None) -> str:
   """The decode attention kernel load_model picks on `platform` ("cpu", "gpu", "tpu"; None:
   jax.default_backend()): "pallas" on a GPU in bfloat16 (measured on the H100: deterministic and
@@ -155,6 +164,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   context = min(ckpt.cfg.max_seq_len, max_context or ckpt.cfg.max_seq_len)
   cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context,
                             matmul_rows=default_matmul_rows(), window_attention=window_attention,
+                            step_rows=default_step_rows(attention, window_attention),
                             draft_skip=draft_skip)
   return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source, mesh)
 

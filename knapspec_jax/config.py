@@ -81,6 +81,14 @@ class ModelConfig:
       (model.linear). On the H200, XLA lowers a one-row bfloat16 projection to a slower kernel
       than a two-row one: a Qwen2.5-1.5B-shaped one-token step took 2.24 ms, a two-token
       forward 1.64 ms (BENCHMARKS.md 10.5). 1: no padding. A load_model option, like attention.
+    step_rows: positions a one-token step's forward runs over (model.step: AR's steps, the
+      drafts' steps): the token in row 0, padding after it, whose keys and values land past the
+      new cursor and are overwritten by the next forward. On the H200 with the Pallas kernel for
+      both steps and windows, a two-row forward costs 0.7-3.5% less than the one-row step with
+      its projections padded (Qwen2.5-Coder-1.5B's real weights, 256-28K positions; BENCHMARKS.md
+      10.30); through XLA's window attention it costs 7-28% more (10.29). 1 here; load_model
+      picks api.default_step_rows. In bfloat16 the width of a forward changes its rounding, so
+      AR's output moves with this setting (as with the "ar" method's width option).
     draft_skip: how a draft leaves out its skipped sublayers. "static": they are absent from
       the compiled program (one program per skip set; a new set costs a compile, seconds on the
       H200, below). "runtime": every sublayer runs under a `lax.cond` on the skip
@@ -114,12 +122,16 @@ class ModelConfig:
   attention: str = "xla"
   matmul_rows: int = 1
   window_attention: str = "xla"
+  step_rows: int = 1
   draft_skip: str = "static"
 
   def __post_init__(self):
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
       raise UnsupportedModelError(f"matmul_rows must be an integer in 1..16, got "
                                   f"{self.matmul_rows!r}")
+    if not is_int(self.step_rows) or not 1 <= self.step_rows <= 16:
+      raise UnsupportedModelError(f"step_rows must be an integer in 1..16, got "
+                                  f"{self.step_rows!r}")
     check_decode_options(self.attention, self.window_attention, self.draft_skip)
     if self.arch not in SUPPORTED_ARCHITECTURES:
       raise UnsupportedModelError(

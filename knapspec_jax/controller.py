@@ -94,7 +94,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   search_s = 0.0
   if warmup_tokens:  # AR until the policy has generated tokens to look at
     state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=warmup_tokens,
-                            sampling=sampling, width=width or 1)
+                            sampling=sampling, width=width)
   while True:
     # One device read per window: on a GPU each read waits for the device and costs tens of
     # microseconds of host time (a declining KnapSpec's whole overhead over AR is such reads).
@@ -111,8 +111,9 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     search = time.perf_counter() - start - (compiled.stats.waited_s - compile_before)
     search_s += search
 
-    attn_len = attn_bucket(length + (decision.gamma + 1 if decision.drafts else 1),
-                           state.cache.capacity)
+    span = (speculative.round_span(model.cfg, decision.gamma) if decision.drafts
+            else model.cfg.step_rows)
+    attn_len = attn_bucket(length + span, state.cache.capacity)
     if decision.drafts and counters is _NO_ROUNDS:
       counters = speculative.SpecCounters.zeros()
     before = jax.device_get(counters) if decision.drafts else _NO_ROUNDS
@@ -131,14 +132,14 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
           break
         n_before = int(state.n_out)  # the draft's program is compiling: decode plainly
         state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=wait_chunk,
-                                sampling=sampling, width=width or 1)
+                                sampling=sampling, width=width)
         waited_tokens += int(state.n_out) - n_before
     else:  # plain decoding; to the end in one go (no pause to resume from) if the window allows
       plain = decision.ar_tokens
       limit = plain if plain is not None and plain < ctx.remaining else None
       finished = limit is None  # run_ar returns only when done or the cache is full
       state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=limit,
-                              sampling=sampling, width=width or 1)
+                              sampling=sampling, width=width)
     jax.block_until_ready(state)
     measured = time.perf_counter() - start
     compile_s = compiled.stats.waited_s - compile_before  # compiled, or loaded from the store

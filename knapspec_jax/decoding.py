@@ -164,32 +164,32 @@ def next_token(logits, key, sampling: sampling_lib.Filter | None):
 
 
 def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
-               skip: SkipMask | None = None, width: int = 1,
+               skip: SkipMask | None = None, width: int | None = None,
                sampling: sampling_lib.Filter | None = None, gated: bool = False) -> DecodeState:
   """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end.
 
   With a skip mask this is the draft model decoding on its own (the latency profile times it);
   gated: the skip set is state.skip, read at run time (model.forward's gate).
-  width > 1 runs each step as a forward over `width` positions, the token in row 0 and padding
-  after it (discarded, cursor advanced by one): the kernel shapes of a speculative verify of
-  width tokens, so that in bfloat16 AR rounds like the verify does (see BENCHMARKS.md).
+  width: each step is a forward over `width` positions (model.step: the token in row 0 and
+  padding after it, the cursor advanced by one); None: ModelConfig.step_rows, the fastest. A
+  verify's width gives AR the kernel shapes of a speculative verify of width tokens, so that
+  in bfloat16 AR rounds like the verify does (see BENCHMARKS.md).
   sampling: sample each token from the filtered distribution instead of taking the argmax.
   """
   skip = skip or SkipMask.none(cfg.n_layers)
+  width = width or cfg.step_rows
   limit = min(attn_len - width + 1, cfg.max_seq_len)
 
   def cond(s: DecodeState):
     return ~s.done & (s.cache.length < limit)
 
   def body(s: DecodeState):
-    n = s.cache.length
-    tokens = jnp.zeros((1, width), jnp.int32).at[0, 0].set(s.token)
-    out = model_lib.forward(params, cfg, tokens, s.cache, skip=skip, attn_len=attn_len,
-                            gate=s.skip if gated else None)
+    out = model_lib.step(params, cfg, s.token, s.cache, skip=skip, attn_len=attn_len,
+                         rows=width, gate=s.skip if gated else None)
     nxt, key = next_token(model_lib.lm_head(params, cfg, out.hidden[0, 0]), s.key, sampling)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
-    return s.replace(cache=out.cache.rollback(n + 1), token=nxt,
+    return s.replace(cache=out.cache, token=nxt,
                      out=s.out.at[s.n_out].set(nxt), n_out=n_out, done=done, key=key)
 
   return jax.lax.while_loop(cond, body, state)
@@ -205,7 +205,7 @@ class ARSegmentStatics:
   cfg: ModelConfig
   attn_len: int
   skip: SkipMask | None = None  # None: SkipMask.none, filled in
-  width: int = 1
+  width: int | None = None  # None: cfg.step_rows, filled in
   sampling: sampling_lib.Filter | None = None
   gated: bool = False  # the draft's skip set is state.skip (draft_program)
   donate_argnums = (1,)  # the decode state
@@ -213,6 +213,8 @@ class ARSegmentStatics:
   def __post_init__(self):
     if self.skip is None:
       object.__setattr__(self, "skip", SkipMask.none(self.cfg.n_layers))
+    if self.width is None:
+      object.__setattr__(self, "width", self.cfg.step_rows)
 
   def run(self, params, state):
     return ar_segment(params, state, cfg=self.cfg, attn_len=self.attn_len, skip=self.skip,
@@ -297,11 +299,12 @@ def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Calla
 
 
 def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
-           max_tokens: int | None = None, width: int = 1,
+           max_tokens: int | None = None, width: int | None = None,
            sampling: sampling_lib.Filter | None = None) -> DecodeState:
   """Decodes until done or the cache is full (or max_tokens more tokens), one device program
-  per attention bucket (run_segments). width, sampling: see ar_segment (default: one-token
-  greedy steps)."""
+  per attention bucket (run_segments). width, sampling: see ar_segment (default: greedy steps
+  ModelConfig.step_rows wide)."""
+  width = width or cfg.step_rows
   # Host-side arithmetic on purpose: an eager jnp op here would compile on its first call, inside
   # a method's timed decode (measured: three such compiles cost 0.27 s on the H100).
   max_new = int(state.max_new)
@@ -321,10 +324,11 @@ def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,
 
 
 def ar_buckets(cfg: ModelConfig, capacity: int, n_prompt: int, max_new_tokens: int,
-               width: int = 1) -> list[int]:
+               width: int | None = None) -> list[int]:
   """The attention buckets an AR run over these lengths will visit (for warm-up compiles).
 
   The first new token comes from the prefill and the last one is never fed back, so the
   decode steps run at positions n_prompt .. n_prompt + max_new_tokens - 2."""
+  width = width or cfg.step_rows
   last = min(n_prompt + max_new_tokens - 1, cfg.max_seq_len)
   return sorted({attn_bucket(n + width - 1, capacity) for n in range(n_prompt + 1, last + 1)})

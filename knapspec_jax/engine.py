@@ -94,12 +94,14 @@ class Model:
   @property
   def profile_name(self) -> str:
     """The key of this model's latency profile: its name, plus the one-token and window
-    attention kernels when they are not XLA's, padded projection rows, run-time skip gating,
-    and the tensor-parallel degree above 1 (a different kernel, gating or split is a different
-    cost structure)."""
+    attention kernels when they are not XLA's, padded projection rows, steps wider than one
+    row, run-time skip gating, and the tensor-parallel degree above 1 (a different kernel,
+    gating or split is a different cost structure)."""
     name = self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
     if self.cfg.matmul_rows > 1:
       name += f"+rows{self.cfg.matmul_rows}"
+    if self.cfg.step_rows > 1:
+      name += f"+step{self.cfg.step_rows}"
     if self.cfg.window_attention != "xla":
       name += f"+{self.cfg.window_attention}_windows"
     if self.cfg.draft_skip != "static":

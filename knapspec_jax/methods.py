@@ -75,12 +75,14 @@ def _check_common(gamma: int, threshold: float, interval: int, gamma_name: str =
 
 
 def _check_ar_options(options: dict) -> int:
-  """AR's one option, width (decoding.ar_segment): 1, or a verify's width in 2..SLACK."""
+  """AR's one option, width (decoding.ar_segment): positions per step, 1..SLACK (a verify's
+  width, for bf16 agreement); None, the default: ModelConfig.step_rows."""
   unknown = sorted(set(options) - {"width"})
   if unknown:
     raise MethodError(f"method 'ar' takes no options but width, got {unknown}")
-  width = options.get("width", 1)
-  if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= SLACK:
+  width = options.get("width")
+  if width is not None and (not isinstance(width, int) or isinstance(width, bool)
+                            or not 1 <= width <= SLACK):
     raise MethodError(f"AR width must be an integer in 1..{SLACK}, got {width!r}")
   return width
 
@@ -93,7 +95,7 @@ def ar_decode(model: Model, state: DecodeState, prompt_ids, sampling=None, **opt
   start = time.perf_counter()
   state = decoding.run_ar(model.params, model.cfg, state, model.compiled, width=width,
                           sampling=sampling)
-  if sampling is None and width == 1:  # the speed a kept draft must beat (Model.ar_speeds)
+  if sampling is None and width is None:  # the speed a kept draft must beat (Model.ar_speeds)
     tokens = int(jax.device_get(state.n_out)) - n_out
     model.note_ar_speed(context, state.cache.capacity, tokens, time.perf_counter() - start)
   return state, {}
@@ -404,7 +406,8 @@ class KnapSpecPolicy:
       self.segment_key = compile_cache.shape_key(speculative.segment_args(self.model.params,
                                                                           state))
     cfg, capacity = self.model.cfg, state.cache.capacity
-    statics = speculative.segment_program(cfg, skip, gamma, attn_bucket(n + gamma + 1, capacity))
+    statics = speculative.segment_program(
+        cfg, skip, gamma, attn_bucket(n + speculative.round_span(cfg, gamma), capacity))
     return self.model.compiled.contains(statics, key=self.segment_key)
 
   def compiled_draft(self, state, skip: SkipMask, gamma: int, n: int) -> bool:

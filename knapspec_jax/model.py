@@ -255,6 +255,19 @@ def forward(params: Params, cfg: ModelConfig, tokens, cache: KVCache, *, skip: S
   return ForwardOut(h, new_cache, jnp.stack(residuals) if collect_residuals else None)
 
 
+def step(params: Params, cfg: ModelConfig, token, cache: KVCache, *, skip: SkipMask,
+         attn_len: int, rows: int | None = None, gate=None) -> ForwardOut:
+  """One token (int32 []) at cache.length through `forward`, run as a forward over `rows`
+  positions (None: cfg.step_rows): the token in row 0, zeros after it. The padding rows' keys
+  and values land past the new cursor (stale there, overwritten by the next forward). Returns
+  row 0's hidden state [1, 1, D] and the cache with its cursor advanced by one. The caller
+  guarantees cache.length + rows <= attn_len (forward's contract for the padded forward)."""
+  rows = rows or cfg.step_rows
+  tokens = jnp.zeros((1, rows), jnp.int32).at[0, 0].set(token)
+  out = forward(params, cfg, tokens, cache, skip=skip, attn_len=attn_len, gate=gate)
+  return out._replace(hidden=out.hidden[:, :1], cache=out.cache.rollback(cache.length + 1))
+
+
 def fuse_layer(lp: dict, concatenate=jnp.concatenate) -> dict:
   """One layer with q/k/v and gate/up weights concatenated: fewer, larger matmuls per step
   (decode on a GPU is bound by kernel launches, not bytes). The forward accepts either layout.

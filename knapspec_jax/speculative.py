@@ -85,9 +85,9 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
 
   def body(c):
     k, drafts, q, token, _, cache, key = c
-    out = model_lib.forward(params, cfg, token[None, None], cache.rollback(n + k), skip=skip,
-                            attn_len=attn_len, gate=state.skip if gated else None)
-    logits = model_lib.lm_head(params, cfg, out.hidden[0, -1])
+    out = model_lib.step(params, cfg, token, cache.rollback(n + k), skip=skip,
+                         attn_len=attn_len, gate=state.skip if gated else None)
+    logits = model_lib.lm_head(params, cfg, out.hidden[0, 0])
     if sampling is None:
       nxt = jnp.argmax(logits).astype(jnp.int32)
       confident = jnp.max(jax.nn.softmax(logits)) >= threshold
@@ -153,6 +153,12 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
   return state, counters
 
 
+def round_span(cfg: ModelConfig, gamma: int, width: int | None = None) -> int:
+  """Positions from the cursor that one round writes: the verify window (width, else gamma +
+  1), or the last draft step's padding rows (model.step) where those reach further."""
+  return max(width or gamma + 1, gamma - 1 + cfg.step_rows)
+
+
 def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds, threshold, *,
                  cfg: ModelConfig, skip: SkipMask, gamma: int, attn_len: int,
                  sampling: sampling_lib.Filter | None = None, width: int | None = None,
@@ -167,9 +173,9 @@ def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds,
   sublayers removed at compile time on top of it."""
   if not 1 <= gamma <= MAX_GAMMA:
     raise ValueError(f"gamma must be in 1..{MAX_GAMMA}, got {gamma}")
-  span = width or gamma + 1
-  if not gamma + 1 <= span <= SLACK:
+  if not gamma + 1 <= (width or gamma + 1) <= SLACK:
     raise ValueError(f"the verify width must be in {gamma + 1}..{SLACK}, got {width}")
+  span = round_span(cfg, gamma, width)
 
   def cond(c):
     s, _, r = c
@@ -190,7 +196,8 @@ def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
                     end: int) -> list[int]:
   """The attention buckets a segment visits while the context grows from start to end."""
   end = min(end, cfg.max_seq_len)
-  return sorted({attn_bucket(n + gamma + 1, capacity) for n in range(start, max(end, start + 1))})
+  span = round_span(cfg, gamma)
+  return sorted({attn_bucket(n + span, capacity) for n in range(start, max(end, start + 1))})
 
 
 @compile_cache.program
@@ -276,6 +283,7 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
   (state, counters), ready = run_segments(
       compiled, params, (state, counters),
       lambda attn_len: segment_program(cfg, skip, gamma, attn_len, sampling, width),
-      span=width or gamma + 1, max_seq_len=cfg.max_seq_len, read=lambda carry: carry[1].rounds,
+      span=round_span(cfg, gamma, width), max_seq_len=cfg.max_seq_len,
+      read=lambda carry: carry[1].rounds,
       args=budget, background=background, prefetch=prefetch)
   return state, counters, ready

@@ -41,10 +41,21 @@ def test_default_matmul_rows_by_platform(platform, want):
   assert api.default_matmul_rows(platform) == want
 
 
+@pytest.mark.parametrize("platform, attention, window, want", [
+    ("gpu", "pallas", "pallas", 2), ("gpu", "pallas", "xla", 1), ("gpu", "xla", "xla", 1),
+    ("gpu", "cudnn", "xla", 1), ("cpu", "pallas", "pallas", 1), ("tpu", "xla", "xla", 1)])
+def test_two_row_steps_only_where_the_kernel_serves_both_steps_and_windows(platform, attention,
+                                                                          window, want):
+  """A two-row step through XLA's window attention ran 7-28% slower (BENCHMARKS.md 10.29)."""
+  assert api.default_step_rows(attention, window, platform) == want
+
+
 def test_matmul_rows_must_be_a_small_integer(tiny_models):
   for bad in (0, 17, 1.5, True):
     with pytest.raises(ks.UnsupportedModelError, match="matmul_rows must be an integer"):
       dataclasses.replace(tiny_models["llama"].jax.cfg, matmul_rows=bad)
+    with pytest.raises(ks.UnsupportedModelError, match="step_rows must be an integer"):
+      dataclasses.replace(tiny_models["llama"].jax.cfg, step_rows=bad)
 
 
 def test_default_attention_follows_the_backend():

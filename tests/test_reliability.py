@@ -8,6 +8,7 @@ for a long run (BENCHMARKS.md, "Reliability").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -135,6 +136,48 @@ def test_generation_stops_when_the_cache_is_full(short_ctx, hf_greedy, method, c
   assert result.output_ids == hf_greedy(hf, ids, CONTEXT - 50 + 1)
   if method != "ar":
     assert result.stats["speculation_steps"] > 0
+
+
+@pytest.fixture(scope="module")
+def short_ctx_two_rows(short_ctx):
+  """short_ctx's weights with every one-token step two rows wide (ModelConfig.step_rows, the
+  GPU default where the Pallas kernel serves steps and windows)."""
+  _, model, _ = short_ctx
+  wide = ks.Model(dataclasses.replace(model.cfg, step_rows=2), model.params, model.tokenizer,
+                  model.eos_ids, model.dtype, model.source)
+  wide.profile = model.profile
+  return wide
+
+
+@pytest.mark.parametrize("method, config", [
+    ("ar", None), ("fixed", ks.FixedConfig(gamma=3, threshold=1e-4)),
+    ("fixed", ks.FixedConfig(skip=ks.SkipMask.from_layers(2, attn=[1]), gamma=1,
+                             threshold=1e-4)),
+    ("knapspec", ks.KnapSpecConfig(interval=2, n_ref=4, threshold=1e-4, margin=-0.99,
+                                   search_budget=100.0, protect_ends=False,
+                                   charge_compile=False))])
+def test_two_row_steps_decode_transformers_tokens_up_to_the_cache_end(short_ctx,
+                                                                      short_ctx_two_rows,
+                                                                      hf_greedy, method, config):
+  """With step_rows=2 each step of AR and of every draft is a two-row forward whose padding row
+  writes keys and values one position past the new cursor (model.step), at the cache's end into
+  its slack. The tokens stay transformers' own, from a short prompt and from one that fills the
+  context (stop reason cache_full), so no padding row was read or overwrote a kept position;
+  and the programs that ran were two rows wide."""
+  hf, _, _ = short_ctx
+  model = short_ctx_two_rows
+  kwargs = {} if config is None else {"config": config}
+  rng = np.random.default_rng(8)
+  for n_prompt, max_new in ((7, 20), (50, 100)):
+    ids = rng.integers(0, model.cfg.vocab_size, size=n_prompt)
+    result = api.generate(model, ids, max_new, method=method, ignore_eos=True, **kwargs)
+    n_new = min(max_new, CONTEXT - n_prompt + 1)
+    assert result.new_tokens == n_new
+    assert result.output_ids == hf_greedy(hf, ids, n_new)
+    if method != "ar":
+      assert result.stats["speculation_steps"] > 0
+  steps = [p for p in model.compiled.programs() if isinstance(p, decoding.ARSegmentStatics)]
+  assert steps and all(p.width == 2 for p in steps)
 
 
 # --------------------------------------------------------------------------------- bfloat16

@@ -81,8 +81,8 @@ class RandomModel:
 
 
 def random_model(name: str, context: int, smoke: bool) -> RandomModel:
-  """SHAPES[name] in bfloat16 with the Pallas kernel for one-token steps and for verify windows
-  and two-row projections (load_model's defaults on the H200); with smoke, the tiny shape in
+  """SHAPES[name] in bfloat16 with the Pallas kernel for one-token steps and for verify windows,
+  two-row projections and two-row steps (load_model's defaults on the H200); with smoke, the tiny shape in
   float32 with XLA attention (the CPU check). The context is capped at half the shape's.
 
   Until session 25 the windows took ModelConfig's default, XLA attention: step_width.py's first
@@ -92,7 +92,10 @@ def random_model(name: str, context: int, smoke: bool) -> RandomModel:
   attention = "xla" if smoke else "pallas"
   cfg = dataclasses.replace(SHAPES[name], attention=attention,
                             window_attention=api.default_window_attention(attention),
-                            matmul_rows=1 if smoke else 2)
+                            matmul_rows=1 if smoke else 2,
+                            step_rows=api.default_step_rows(
+                                attention, api.default_window_attention(attention),
+                                "cpu" if smoke else "gpu"))
   context = min(context, cfg.max_seq_len // 2)
   params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),
                                                                    dtype))
