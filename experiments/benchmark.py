@@ -207,6 +207,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
                     speedup=r.tokens_per_s / ar.tokens_per_s, paired_speedup=paired,
                     e2e_speedup=r.e2e_tokens_per_s / ar.e2e_tokens_per_s,
                     identical_to_ar=r.output_ids == ar.output_ids,
+                    departs_at=metrics.departs_at(r.output_ids, ar.output_ids),
                     warmup_windows=[w.stats.get("window_log") for w in warm[method]],
                     # the untimed runs' speeds: AR's feed Model.ar_speeds, which judge kept drafts
                     warmup_tokens_per_s=[w.tokens_per_s for w in warm[method]],
@@ -233,8 +234,9 @@ def run(config, overwrite: bool = False) -> list[dict]:
             + (f"{record['speedup_vs_ar_alone']:5.2f}x AR alone  "
                if "speedup_vs_ar_alone" in record else "")
             + f"acc {s.get('acceptance_rate') or 0:.2f}  search {s.get('search_s', 0):.2f}s  "
-            f"{'same as AR' if record['identical_to_ar'] else 'DIFFERENT'}  | so far "
-            f"{totals[method][0] / totals[method][1]:.1f} tok/s, "
+            + ("same as AR" if record["identical_to_ar"]
+               else f"DIFFERENT from token {record['departs_at']}")
+            + f"  | so far {totals[method][0] / totals[method][1]:.1f} tok/s, "
             f"{time.perf_counter() - started:.0f} s elapsed", flush=True)
   table = summarize.speed_table(rows) + "\n\n" + summarize.method_table(rows)
   print(table)

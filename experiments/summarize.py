@@ -59,7 +59,9 @@ def speed_table(rows) -> str:
       alone = "" if r is None or r.get("speedup_vs_ar_alone") is None else (
           f", {r['speedup_vs_ar_alone']:.3f}x AR alone")
       cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x{paired}"
-                   f"{alone})" + ("" if r["identical_to_ar"] else " ≠AR"))
+                   f"{alone})" + ("" if r["identical_to_ar"] else " ≠AR"
+                                  + (f" from token {r['departs_at']}"
+                                     if r.get("departs_at") is not None else "")))
     out.append(f"| {item} | {n} | " + " | ".join(cells) + " |")
   return "\n".join(out)
 

@@ -60,6 +60,19 @@ def summarize(windows: list[dict], counters, search_s: float) -> dict:
       window_log=windows)
 
 
+def departs_at(output_ids, reference_ids) -> int | None:
+  """Index of the first output token that differs from the reference's (AR's), or where the
+  shorter of the two ends; None when they are identical. In bfloat16 a speculative method's text
+  can leave AR's (a verify window rounds differently from a step) and its speed is then measured
+  on another text: token 3 of 1024 at 28K on the H200 (BENCHMARKS.md 10.30)."""
+  a, b = np.asarray(output_ids), np.asarray(reference_ids)
+  n = min(a.size, b.size)
+  differ = np.flatnonzero(a[:n] != b[:n])
+  if differ.size:
+    return int(differ[0])
+  return None if a.size == b.size else n
+
+
 def step_bytes(params, cfg: ModelConfig, context: int, kv_dtype) -> int:
   """Bytes one full-model decode step reads at `context` cached positions: every weight once
   (the embedding table is read whole only as a tied LM head; untied, a step reads one row) and

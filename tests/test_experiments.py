@@ -45,6 +45,7 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert r["prompt_ids"] == rows[0]["prompt_ids"]
     assert r["output_ids"] == expected, r["method"]  # every method, lossless against HF
     assert r["new_tokens"] == 6 and r["tokens_per_s"] > 0 and r["decode_s"] > 0
+    assert r["departs_at"] is None  # identical: no first differing token
     assert r["identical_to_ar"] and r["speedup"] == pytest.approx(
         r["tokens_per_s"] / rows[0]["tokens_per_s"])
     assert r["paired_speedup"] == pytest.approx(statistics.median(  # run order, repeat by repeat
@@ -280,6 +281,25 @@ def test_draft_headroom_against_the_closed_form(tmp_path):
   assert row in out.stdout, out.stdout
   assert "| cut | 8 + 8, 2 | 16384 | 0.80 | 0.700 | 1.00 | 1.000 | the exit ended drafts early" \
       in out.stdout, out.stdout
+
+
+def test_departs_at_and_the_table_say_where_a_text_left_ars():
+  """metrics.departs_at against a plain loop over the pairs; the speed table names the token."""
+  from experiments import summarize
+  from knapspec_jax import metrics
+  rng = np.random.default_rng(3)
+  for _ in range(200):
+    a = rng.integers(0, 3, size=int(rng.integers(0, 8))).tolist()
+    b = rng.integers(0, 3, size=int(rng.integers(0, 8))).tolist()
+    want = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if want is None and len(a) != len(b):
+      want = min(len(a), len(b))
+    assert metrics.departs_at(a, b) == want
+    assert metrics.departs_at(a, a) is None
+  row = dict(item_id="doc", prompt_tokens=9, method="knapspec", tokens_per_s=2.0, speedup=1.2,
+             paired_speedup=1.1, identical_to_ar=False, departs_at=3)
+  assert "≠AR from token 3" in summarize.speed_table([row])
+  assert "≠AR |" in summarize.speed_table([{**row, "departs_at": None}])  # an old record
 
 
 def test_unknown_method_is_named(tmp_path):
