@@ -302,6 +302,35 @@ def test_departs_at_and_the_table_say_where_a_text_left_ars():
   assert "≠AR |" in summarize.speed_table([{**row, "departs_at": None}])  # an old record
 
 
+def test_spread_lists_each_runs_paired_speedup_and_where_the_text_left(tmp_path):
+  """experiments/spread.py over two stated runs (a folder with results.jsonl.gz, and a file):
+  each run's paired speedup in order, their median and range, AR's tokens/s per run, and where
+  the text left AR's: the record's departs_at, or computed from the output tokens for a record
+  from before the field."""
+  def rec(item, method, tps, paired, out, **extra):
+    return dict(item_id=item, prompt_tokens=10, method=method, tokens_per_s=tps,
+                paired_speedup=paired, identical_to_ar=out == [1, 2, 3, 4], output_ids=out,
+                **extra)
+  first = tmp_path / "first"
+  first.mkdir()
+  with gzip.open(first / "results.jsonl.gz", "wt") as f:
+    for r in (rec("doc", "ar", 100.0, 1.0, [1, 2, 3, 4]),
+              rec("doc", "knapspec", 120.0, 1.2, [1, 2, 9, 4])):  # no departs_at: token 2
+      f.write(json.dumps(r) + "\n")
+  second = tmp_path / "second.jsonl"
+  second.write_text("".join(json.dumps(r) + "\n" for r in (
+      rec("doc", "ar", 110.0, 1.0, [1, 2, 3, 4]),
+      rec("doc", "knapspec", 110.0, 1.0, [1, 2, 3, 4], departs_at=None),
+      rec("doc", "clasp", 99.0, 0.9, [1, 2, 3, 4]))))
+  out = subprocess.run([sys.executable, str(REPO / "experiments" / "spread.py"),
+                        "--method=knapspec", str(first), str(second)], capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = [line for line in out.stdout.splitlines() if line.startswith("| doc")]
+  assert lines == ["| doc | 10 | knapspec | 2 | 1.200, 1.000 | 1.100 | 1.000-1.200 | "
+                   "100.0, 110.0 | 2, - |"]
+
+
 def test_unknown_method_is_named(tmp_path):
   proc = _run(["--config=configs/tiny.py", "--config.methods=ar,knapsack",
                f"--config.output_dir={tmp_path}"], timeout=120)
