@@ -20,7 +20,11 @@ same way: the profile's step and verify samples, on random weights.
 
 Session 25's first H200 run had windows through XLA attention (shapes.random_model did not ask
 for the window kernel then): widths 2 and 4 cost 7-28% more than width 1 there
-(results/h200/step_width/qwen_session25_xla_windows.json).
+(results/h200/step_width/qwen_session25_xla_windows.json). With the kernel, width 2 cost
+0.7-3.5% less than width 1 on Qwen's real weights at 256-28K and 6-8% less on SmolLM2's (session
+26, BENCHMARKS.md 10.30), and became the GPU default (ModelConfig.step_rows = 2). The widths
+here are explicit (each ARSegmentStatics names its width), so width 1 is still the one-row step
+whatever the default.
 -> $OUT/step_width.json
 """
 
