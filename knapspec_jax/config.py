@@ -88,7 +88,7 @@ class ModelConfig:
       its projections padded (Qwen2.5-Coder-1.5B's real weights, 256-28K positions; BENCHMARKS.md
       10.30); through XLA's window attention it costs 7-28% more (10.29). 1 here; load_model
       picks api.default_step_rows. In bfloat16 the width of a forward changes its rounding, so
-      AR's output moves with this setting (as with the "ar" method's width option).
+      AR's output moves with this setting (as with the "ar" method's width option). 1..4.
     draft_skip: how a draft leaves out its skipped sublayers. "static": they are absent from
       the compiled program (one program per skip set; a new set costs a compile, seconds on the
       H200, below). "runtime": every sublayer runs under a `lax.cond` on the skip
@@ -129,8 +129,11 @@ class ModelConfig:
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
       raise UnsupportedModelError(f"matmul_rows must be an integer in 1..16, got "
                                   f"{self.matmul_rows!r}")
-    if not is_int(self.step_rows) or not 1 <= self.step_rows <= 16:
-      raise UnsupportedModelError(f"step_rows must be an integer in 1..16, got "
+    if not is_int(self.step_rows) or not 1 <= self.step_rows <= 4:
+      # A draft step's padding rows land past the verify window (speculative.round_span); up to
+      # 4 they fit the cache's slack at the longest draft (kv_cache.SLACK), with the cursor at
+      # the context's last position.
+      raise UnsupportedModelError(f"step_rows must be an integer in 1..4, got "
                                   f"{self.step_rows!r}")
     check_decode_options(self.attention, self.window_attention, self.draft_skip)
     if self.arch not in SUPPORTED_ARCHITECTURES:

@@ -56,6 +56,8 @@ def test_matmul_rows_must_be_a_small_integer(tiny_models):
       dataclasses.replace(tiny_models["llama"].jax.cfg, matmul_rows=bad)
     with pytest.raises(ks.UnsupportedModelError, match="step_rows must be an integer"):
       dataclasses.replace(tiny_models["llama"].jax.cfg, step_rows=bad)
+  with pytest.raises(ks.UnsupportedModelError, match=r"step_rows must be an integer in 1\.\.4"):
+    dataclasses.replace(tiny_models["llama"].jax.cfg, step_rows=5)  # past the cache's slack
 
 
 def test_default_attention_follows_the_backend():

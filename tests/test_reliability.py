@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import knapspec_jax as ks
 from knapspec_jax import api, decoding, speculative
 from knapspec_jax.checkpoint import CheckpointError
+from knapspec_jax.kv_cache import SLACK, KVCache
 
 PROPERTY_EXAMPLES = int(os.environ.get("KNAPSPEC_PROPERTY_EXAMPLES", "15"))
 SMOL_EXAMPLES = int(os.environ.get("KNAPSPEC_SMOL_EXAMPLES", "3"))
@@ -178,6 +179,27 @@ def test_two_row_steps_decode_transformers_tokens_up_to_the_cache_end(short_ctx,
       assert result.stats["speculation_steps"] > 0
   steps = [p for p in model.compiled.programs() if isinstance(p, decoding.ARSegmentStatics)]
   assert steps and all(p.width == 2 for p in steps)
+
+
+def test_the_widest_steps_fit_the_cache_slack_at_the_longest_draft(short_ctx, hf_greedy):
+  """step_rows=4, the most ModelConfig allows, under a fixed draft of MAX_GAMMA tokens filling
+  a context of 224, whose cache (256 positions) holds exactly the 32 positions of slack: the last
+  draft step's padding reaches the cache's last position, and the tokens stay transformers' own
+  to the end. ModelConfig caps step_rows at 4: forced to 16, this generation never ended (no
+  bucket fits such a round at the context's end)."""
+  hf, base, _ = short_ctx
+  context = 224
+  model = ks.Model(dataclasses.replace(base.cfg, step_rows=4, max_seq_len=context), base.params,
+                   base.tokenizer, base.eos_ids, base.dtype, base.source)
+  model.profile = base.profile
+  assert KVCache.capacity_for(model.cfg) == context + SLACK
+  ids = np.random.default_rng(9).integers(0, model.cfg.vocab_size, size=context - 14)
+  config = ks.FixedConfig(skip=ks.SkipMask.from_layers(2, attn=[1]),
+                          gamma=speculative.MAX_GAMMA, threshold=1e-4)
+  assert speculative.round_span(model.cfg, config.gamma) == SLACK + 1
+  result = api.generate(model, ids, 100, method="fixed", ignore_eos=True, config=config)
+  assert result.stop_reason == decoding.STOP_CACHE_FULL
+  assert result.output_ids == hf_greedy(hf, ids, 15)
 
 
 # --------------------------------------------------------------------------------- bfloat16
