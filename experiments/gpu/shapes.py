@@ -90,12 +90,11 @@ def random_model(name: str, context: int, smoke: bool) -> RandomModel:
   name = "tiny" if smoke else name
   dtype = jnp.float32 if smoke else jnp.bfloat16
   attention = "xla" if smoke else "pallas"
-  cfg = dataclasses.replace(SHAPES[name], attention=attention,
-                            window_attention=api.default_window_attention(attention),
+  window = api.default_window_attention(attention)
+  cfg = dataclasses.replace(SHAPES[name], attention=attention, window_attention=window,
                             matmul_rows=1 if smoke else 2,
-                            step_rows=api.default_step_rows(
-                                attention, api.default_window_attention(attention),
-                                "cpu" if smoke else "gpu"))
+                            step_rows=api.default_step_rows(attention, window,
+                                                            "cpu" if smoke else "gpu"))
   context = min(context, cfg.max_seq_len // 2)
   params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),
                                                                    dtype))
