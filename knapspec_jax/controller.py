@@ -111,8 +111,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     search = time.perf_counter() - start - (compiled.stats.waited_s - compile_before)
     search_s += search
 
-    span = (speculative.round_span(model.cfg, decision.gamma) if decision.drafts
-            else model.cfg.step_rows)
+    span = (speculative.round_span(model.cfg, decision.gamma, width) if decision.drafts
+            else width or model.cfg.step_rows)
     attn_len = attn_bucket(length + span, state.cache.capacity)
     if decision.drafts and counters is _NO_ROUNDS:
       counters = speculative.SpecCounters.zeros()
@@ -151,7 +151,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     rounds = int(after.rounds - before.rounds)
     forwards = int(after.draft_forwards - before.draft_forwards)
     predicted = predicted_window_s(profile, decision, attn_len, tokens, rounds, forwards,
-                                   waited_tokens)
+                                   waited_tokens, width)
     windows.append(dict(
         decision=decision.to_json(), context=length, tokens=tokens, rounds=rounds,
         drafted=int(after.drafted - before.drafted), ar_tokens_while_compiling=waited_tokens,

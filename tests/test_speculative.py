@@ -1005,3 +1005,35 @@ def test_window_records_add_the_profiles_call_cost_to_their_predicted_time(tiny_
   errors = [abs(w["predicted_s"] + 0.25 - w["measured_s"]) / w["measured_s"] for w in windows
             if w["measured_s"] > 0 and w["tokens"] > 0]
   assert got.stats["profile_median_rel_err"] == pytest.approx(float(np.median(errors)))
+
+
+def test_window_predictions_price_the_width_the_generation_ran_at(tiny_models):
+  """With width=W every verify and plain step is a W-position forward, and a round reaches W
+  positions past the cursor: a window's predicted seconds take the verify of W at the attention
+  bucket of context + W (the profile's formula, stated here), not the natural gamma + 1 window
+  at context + gamma + 1. Windows whose two buckets differ (contexts 249-253 around 256) are
+  among those checked; the output is AR's at the same width."""
+  model = tiny_models["llama3_rope"].jax
+  saved = model.profile
+  model.profile = profile = LatencyProfile(
+      device="synthetic", model="test", dtype="float32", n_layers=model.cfg.n_layers, c0=1e-4,
+      a0=1e-3, a1=1e-6, m=1e-3, v0=2e-4, v1=1e-7)
+  try:
+    ids = np.arange(7, 247) % model.cfg.vocab_size
+    config = ks.FixedConfig(gamma=2, threshold=1e-4, interval=1)
+    got = api.generate(model, ids, 24, method="fixed", config=config, ignore_eos=True, width=8)
+    assert got.output_ids == api.generate(model, ids, 24, ignore_eos=True, width=8).output_ids
+  finally:
+    model.profile = saved
+  capacity = KVCache.capacity_for(model.cfg)
+  windows = [w for w in got.stats["window_log"] if w["tokens"]]
+  skip = ks.SkipMask.from_list(windows[0]["decision"]["skip"])
+  straddles = 0
+  for w in windows:
+    attn_len = decoding.attn_bucket(w["context"] + 8, capacity)
+    straddles += attn_len != decoding.attn_bucket(w["context"] + 3, capacity)
+    plain = w["ar_tokens_while_compiling"]
+    want = (w["draft_forwards"] * profile.t_step(skip, attn_len)
+            + (w["rounds"] + plain) * profile.t_verify(8, attn_len))
+    assert w["predicted_s"] == pytest.approx(want, rel=1e-9), w
+  assert straddles, [w["context"] for w in windows]
