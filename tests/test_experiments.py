@@ -244,17 +244,19 @@ def test_draft_headroom_against_the_closed_form(tmp_path):
   here from the committed H200 Qwen profile's step and verify times: tokens per round
   1 + a + ... + a^gamma over gamma draft steps and one verify, times AR's step; the acceptance
   for the target is the smallest on the grid whose best gamma reaches it. A draft the
-  confidence exit ended early is reported, not predicted."""
+  confidence exit ended early is reported, not predicted. The second table, the rounds as they
+  ran, holds for both: its ratios from the windows' stated seconds and AR's step at 16384."""
   from knapspec_jax.latency import LatencyProfile
   from knapspec_jax.skip_mask import SkipMask
   profile_path = REPO / ("profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
                          "_pallas_rows2_pallas_windows__bfloat16.json")
   profile = LatencyProfile.load(profile_path)
   skip = SkipMask.from_layers(28, attn=range(4, 20, 2), mlp=range(5, 21, 2))
-  def window(context, accepted, forwards, gamma=2):
+  def window(context, accepted, forwards, gamma=2, predicted=0.2, measured=0.21):
     return dict(decision=dict(skip=[int(x) for x in skip.skip], gamma=gamma, alpha=0.8),
                 context=context, rounds=64, drafted=100, accepted=accepted,
-                draft_forwards=forwards)
+                draft_forwards=forwards, tokens=64 + accepted, predicted_s=predicted - 0.001,
+                predicted_wall_s=predicted, measured_s=measured)
   records = [dict(item_id="steady", method="knapspec", paired_speedup=1.1,
                   timed_windows=[[window(15976, 92, 120), window(16100, 92, 120)]]),
              dict(item_id="cut", method="knapspec", paired_speedup=1.0,
@@ -281,6 +283,11 @@ def test_draft_headroom_against_the_closed_form(tmp_path):
   assert row in out.stdout, out.stdout
   assert "| cut | 8 + 8, 2 | 16384 | 0.80 | 0.700 | 1.00 | 1.000 | the exit ended drafts early" \
       in out.stdout, out.stdout
+  step = profile.t_step(None, attn_len)
+  assert (f"| steady | {156 / 64:.2f} | 1.88 | {2 * 156 * step / 0.4:.3f} | {0.42 / 0.4:.3f} "
+          f"| 1.100 | {1.1 * 0.4 / (128 * step):.2f} |") in out.stdout, out.stdout
+  assert (f"| cut | {134 / 64:.2f} | 1.00 | {134 * step / 0.2:.3f} | 1.050 | 1.000 "
+          f"| {1.1 * 0.2 / (64 * step):.2f} |") in out.stdout, out.stdout
 
 
 def test_departs_at_and_the_table_say_where_a_text_left_ars():
