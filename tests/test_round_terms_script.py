@@ -143,3 +143,5 @@ print(json.dumps([rows, 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2]))
   assert short["fractions"] == pytest.approx([short["gb_per_s"] / 100, short["gb_per_s"] / 200])
   assert short["verify_over_step"] == {"4": 1.5} and long["verify_over_step"] == {}
   assert short["width_over_step"] == {"2": 0.5} and long["width_over_step"] == {}
+  # the two-row step read the same bytes in half the time
+  assert short["width_fractions"]["2"] == pytest.approx([2 * f for f in short["fractions"]])

@@ -3,7 +3,8 @@ records (issue 14: "AR >= 90% of measured read bandwidth", "verify of 11 tokens 
 one-token step"). For each bucket's one-row step: the bytes a full step reads at that many
 positions (metrics.step_bytes on the shape's abstract bfloat16 weights, nothing allocated), those
 bytes over the step's time, and that over each read bandwidth given; for each verify window
-timed at the bucket and each wider AR step (width W), its time over the one-row step's.
+timed at the bucket and each wider AR step (width W), its time over the one-row step's, and for
+each width its own fractions of the read bandwidths (the same bytes in its time).
 
   python experiments/gpu/step_bandwidth.py --model=llama3.1-8b --read_gbps=3866.9,4124.1 \
       results/h200/step_width/llama3.1-8b_session25.json
@@ -51,6 +52,11 @@ def rows(records: list, cfg, read_gbps: list[float]) -> list[dict]:
                     width_over_step={r["width"]: r["ms_per_step"] / step["ms_per_step"]
                                      for r in records
                                      if r.get("width", 1) > 1 and r["attn_len"] == n}))
+    # A W-row step reads the same weights and cache (its extra rows' activations are noise
+    # beside them): AR's step on a GPU runs two rows (ModelConfig.step_rows), so each width's
+    # fractions of the read bandwidths are the issue's line for AR at that width.
+    out[-1]["width_fractions"] = {w: [f / x for f in out[-1]["fractions"]]
+                                  for w, x in out[-1]["width_over_step"].items()}
   return out
 
 
@@ -60,7 +66,9 @@ def main(argv):
     for row in rows(json.loads(pathlib.Path(path).read_text()), SHAPES[_MODEL.value], read_gbps):
       fractions = " ".join(f"{100 * f:.0f}% of {g:.0f}" for f, g in zip(row["fractions"],
                                                                       read_gbps))
-      verifies = " ".join([f"AR width {w}: {x:.3f}x" for w, x in row["width_over_step"].items()]
+      verifies = " ".join([f"AR width {w}: {x:.3f}x (" + " ".join(
+          f"{100 * f:.0f}%" for f in row["width_fractions"][w]) + ")"
+                           for w, x in row["width_over_step"].items()]
                           + [f"verify T={t}: {x:.3f}x" for t, x in row["verify_over_step"].items()])
       print(f"{_MODEL.value} bucket {row['attn_len']:5d}: step {row['ms_per_step']:.3f} ms, "
             f"{row['step_gb']:.2f} GB, {row['gb_per_s']:.0f} GB/s {fractions} | {verifies}")
