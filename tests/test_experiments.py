@@ -626,3 +626,50 @@ def test_slowdown_triggers_run_each_program_in_a_fresh_child(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
   assert bad.returncode != 0 and "['serach'] not 'all' or among" in bad.stderr + bad.stdout
   assert "fresh" not in bad.stdout
+
+
+def test_window_cost_fit_recovers_stated_costs(tmp_path):
+  """experiments/window_cost_fit.py on windows whose seconds are stated as 1.3 ms a draft step,
+  1.6 ms a verify and 1.0 ms a call, with draft forwards per round varying as the confidence
+  exit makes them: both fits give back 1.3 and 1.6 (the held fit at the profile's call, which
+  is stated here too), and the two bounds are the medians worked out here from the profile's
+  costs. A draft whose windows all ran the same forwards per round is undetermined."""
+  from knapspec_jax.latency import LatencyProfile
+  from knapspec_jax.skip_mask import SkipMask
+  profile_path = REPO / ("profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+                         "_pallas_rows2_step2_pallas_windows__bfloat16.json")
+  profile = LatencyProfile.load(profile_path)
+  skip = SkipMask.from_layers(28, attn=range(4, 13), mlp=range(5, 15))
+  bits = [int(x) for x in skip.skip]
+  def window(forwards, rounds, seconds, gamma=4, context=16000, reason="kept"):
+    return dict(decision=dict(skip=bits, gamma=gamma, reason=reason), context=context,
+                rounds=rounds, draft_forwards=forwards, measured_s=seconds,
+                ar_tokens_while_compiling=0)
+  stated = [(130, 64), (180, 64), (240, 64), (150, 40), (60, 20)]
+  windows = [window(f, r, f * 1.3e-3 + r * 1.6e-3 + profile.call_s) for f, r in stated]
+  windows.append(window(8, 8, 1.0, reason="a trial of 8 rounds"))  # left out: a trial
+  same = [window(128, 64, 0.3, gamma=2), window(129, 64, 0.31, gamma=2)]
+  records = [dict(item_id="doc", method="knapspec", timed_windows=[windows[:3], windows[3:]]),
+             dict(item_id="doc2", method="knapspec", timed_windows=[same])]
+  path = tmp_path / "results.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  out = subprocess.run([sys.executable, str(REPO / "experiments" / "window_cost_fit.py"),
+                        f"--profile={profile_path}", str(path)], cwd=REPO / "experiments",
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  draft_s, verify_s = profile.t_step(skip, 16384), profile.t_verify(5, 16384)
+  seconds = [f * 1.3e-3 + r * 1.6e-3 + profile.call_s for f, r in stated]
+  on_draft = statistics.median((t - profile.call_s - r * verify_s) / f
+                               for (f, r), t in zip(stated, seconds))
+  on_verify = statistics.median((t - profile.call_s - f * draft_s) / r
+                                for (f, r), t in zip(stated, seconds))
+  row = next(line for line in out.stdout.splitlines() if line.startswith("| doc |"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[2:6] == ["9 + 10, 4", "5", "16384", "2.03-3.75"], row
+  assert cells[6:8] == [f"{1e3 * draft_s:.3f}", f"{1e3 * verify_s:.3f}"], row
+  for cell, want in zip(cells[8:12], (1.3, 1.6, 1.3, 1.6)):
+    assert cell.startswith(f"{want:.3f} +- 0.000"), row
+  assert cells[12:] == [f"{1e3 * on_draft:.3f}", f"{1e3 * on_verify:.3f}"], row
+  row2 = next(line for line in out.stdout.splitlines() if line.startswith("| doc2 |"))
+  assert row2.count("undetermined") == 4, row2

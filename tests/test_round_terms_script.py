@@ -16,10 +16,20 @@ from conftest import REPO, run_gpu_script_smoke
 
 
 def test_round_terms_smoke(tmp_path):
+  """Every gamma of the default sets (smoke: one attention and one MLP skipped); then a skip set
+  given as a record's bits (--masks: layer 0's MLP and layer 1's attention and MLP of the tiny
+  shape's 2 layers), and a mask of the wrong length refused by name."""
   out = tmp_path / "round_terms.json"
   run_gpu_script_smoke("round_terms.py", out)
   records = json.loads(out.read_text())
   assert [r["gamma"] for r in records] == [1, 2, 4]
+  run_gpu_script_smoke("round_terms.py", out, "--masks=0111", "--gammas=2")
+  (masked,) = json.loads(out.read_text())
+  assert (masked["n_attn_skipped"], masked["n_mlp_skipped"], masked["gamma"]) == (1, 2, 2)
+  bad = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu" / "round_terms.py"),
+                        "--smoke", "--masks=01"], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "--masks: 2 bits, the model has 4 sublayers" in bad.stderr
   for r in records:
     assert r["ms_per_round"] > 0 and r["ms_per_draft_step"] > 0 and r["ms_per_verify"] > 0
     assert r["ms_parts"] == pytest.approx(r["gamma"] * r["ms_per_draft_step"]

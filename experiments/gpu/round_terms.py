@@ -2,6 +2,8 @@
 
   python experiments/gpu/round_terms.py            # H200: Qwen2.5-1.5B shape, random bf16 weights
   python experiments/gpu/round_terms.py --smoke    # CPU: tiny shapes, checks the script runs
+  python experiments/gpu/round_terms.py --gguf=$QWEN_GGUF --context=16000 --gammas=4 \
+      --masks=BITS                                # H200: a kept draft on the real weights
 
 On Qwen2.5-Coder-1.5B a round measured 0.8-2.3 ms more than the latency profile's draft steps
 plus verify (BENCHMARKS.md 10.6). For a skip set S and draft lengths gamma, at one context, this
@@ -29,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from shapes import random_model, spread, write_records  # noqa: E402
+from shapes import loaded_model, random_model, spread, write_records  # noqa: E402
 from knapspec_jax import decoding, latency, metrics, speculative  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
@@ -41,16 +43,36 @@ _CONTEXT = flags.DEFINE_integer("context", 2000, "Cache cursor at the start.")
 _GAMMAS = flags.DEFINE_list("gammas", ["1", "2", "4"], "Draft lengths.")
 _SETS = flags.DEFINE_list("sets", ["8:4", "16:12"], "Skip sets as attn:mlp counts of skipped "
                           "inner sublayers (the first attn / mlp inner layers, spread evenly).")
+_MASKS = flags.DEFINE_list("masks", [], "Skip sets as SkipMask bit strings (a window record's "
+                           "decision.skip joined: attention, MLP of layer 0, then layer 1, ...), "
+                           "timed instead of --sets.")
+_GGUF = flags.DEFINE_string("gguf", None, "A real checkpoint instead of --model's random "
+                            "weights (shapes.loaded_model; bfloat16, or float32 with --smoke).")
 _ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/round_terms.json).")
+
+
+def skip_sets(n_layers: int, smoke: bool) -> list[SkipMask]:
+  """--masks as given, else --sets spread evenly (smoke: one attention and one MLP)."""
+  if _MASKS.value:
+    masks = [SkipMask.from_list([int(c) for c in bits]) for bits in _MASKS.value]
+    for mask in masks:
+      if len(mask.skip) != 2 * n_layers:
+        raise app.UsageError(f"--masks: {len(mask.skip)} bits, the model has {2 * n_layers} "
+                             f"sublayers")
+    return masks
+  sets = [(1, 1)] if smoke else [tuple(int(x) for x in spec.split(":")) for spec in _SETS.value]
+  return [SkipMask.from_layers(n_layers, attn=spread(n_layers, a), mlp=spread(n_layers, m))
+          for a, m in sets]
 
 
 def main(argv):
   del argv
   smoke = _SMOKE.value
   rounds, repeats = (4, 2) if smoke else (_ROUNDS.value, _REPEATS.value)
-  m = random_model(_MODEL.value, _CONTEXT.value, smoke)
+  m = (loaded_model(_GGUF.value, _CONTEXT.value, "float32" if smoke else "bfloat16")
+       if _GGUF.value else random_model(_MODEL.value, _CONTEXT.value, smoke))
   cfg, params, context, capacity = m.cfg, m.params, m.context, m.capacity
   read_gbps = latency.read_bandwidth(64 << 20 if smoke else None)
   device = latency.device_name()
@@ -59,10 +81,7 @@ def main(argv):
         f"'{flags_env}' | {rounds} rounds x {repeats} loops", flush=True)
   compiled = CompileCache()
   records = []
-  for spec in (["1:1"] if smoke else _SETS.value):
-    n_attn, n_mlp = (int(x) for x in spec.split(":"))
-    skip = SkipMask.from_layers(cfg.n_layers, attn=spread(cfg.n_layers, n_attn),
-                                mlp=spread(cfg.n_layers, n_mlp))
+  for skip in skip_sets(cfg.n_layers, smoke):
     for gamma in map(int, _GAMMAS.value):
       attn_len = attn_bucket(context + rounds * (gamma + 1) + gamma + 1, capacity)
       seg_args = lambda: (params, m.fresh_state(rounds * (gamma + 1) + 1),
