@@ -36,7 +36,7 @@ from absl import app, flags
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from knapspec_jax import decoding, metrics, selection  # noqa: E402
+from knapspec_jax import metrics, selection  # noqa: E402
 from knapspec_jax.latency import LatencyProfile  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
 from summarize import read_records  # noqa: E402
@@ -77,8 +77,10 @@ def rounds_as_run(profile: LatencyProfile, windows: list[dict], target: float) -
   tokens = sum(w["tokens"] for w in windows)
   rounds = sum(w["rounds"] for w in windows)
   predicted = sum(metrics.predicted_wall_s(w) for w in windows)
-  ar_s = sum(w["tokens"] * profile.t_step(None, _bucket(w)) for w in windows)
-  ar_round_s = sum(w["rounds"] * profile.t_step(None, _bucket(w)) for w in windows)
+  ar_s = sum(w["tokens"] * profile.t_step(None, metrics.window_attn_len(w, _NO_CAP))
+             for w in windows)
+  ar_round_s = sum(w["rounds"] * profile.t_step(None, metrics.window_attn_len(w, _NO_CAP))
+                   for w in windows)
   return dict(tokens_per_round=tokens / rounds,
               forwards_per_round=sum(w["draft_forwards"] for w in windows) / rounds,
               profile_ratio=ar_s / predicted,
@@ -86,30 +88,25 @@ def rounds_as_run(profile: LatencyProfile, windows: list[dict], target: float) -
               needed_tokens_per_round=target * predicted / ar_round_s)
 
 
-def _bucket(window: dict) -> int:
-  """The attention bucket controller.run priced a drafting window at (its natural width)."""
-  return decoding.attn_bucket(window["context"] + window["decision"]["gamma"] + 1, _NO_CAP)
-
-
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("one or more results.jsonl")
   profile = LatencyProfile.load(_PROFILE.value)
   print(f"profile {profile.model} on {profile.device}, {profile.dtype}; target {_TARGET.value}x")
-  records = [rec for path in argv[1:] for rec in read_records(path)
+  records = [(rec, drafting_windows(rec)) for path in argv[1:] for rec in read_records(path)
              if rec["method"] == "knapspec"]
   print("| prompt | draft (attention + MLP, gamma) | bucket | alpha estimated | accepted / "
         "drafted | draft forwards per round | measured x AR (paired) | predicted x AR at its "
         f"gamma | best gamma, predicted | acceptance for {_TARGET.value}x |")
   print("|---|---|---|---|---|---|---|---|---|---|")
-  for rec in records:
-    mine = drafting_windows(rec)
+  for rec, mine in records:
     if not mine:
       print(f"| {rec['item_id']} | no drafting window | | | | | | | | |")
       continue
     skip = SkipMask.from_list(mine[0]["decision"]["skip"])
     gamma = mine[0]["decision"]["gamma"]
-    attn_len = collections.Counter(map(_bucket, mine)).most_common(1)[0][0]
+    attn_len = collections.Counter(metrics.window_attn_len(w, _NO_CAP)
+                                   for w in mine).most_common(1)[0][0]
     measured = sum(w["accepted"] for w in mine) / sum(w["drafted"] for w in mine)
     estimated = mine[0]["decision"]["alpha"]
     per_round = sum(w["draft_forwards"] for w in mine) / sum(w["rounds"] for w in mine)
@@ -133,8 +130,7 @@ def main(argv):
         f"| windows' time over the profile's | measured x AR (paired) | tokens per round for "
         f"{_TARGET.value}x |")
   print("|---|---|---|---|---|---|---|")
-  for rec in records:
-    mine = drafting_windows(rec)
+  for rec, mine in records:
     if mine:
       r = rounds_as_run(profile, mine, _TARGET.value)
       paired = rec.get("paired_speedup") or rec.get("speedup")

@@ -27,7 +27,7 @@ from absl import app, flags
 import numpy as np
 
 from summarize import full_drafting_windows, read_records
-from knapspec_jax.decoding import attn_bucket
+from knapspec_jax import metrics
 from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.skip_mask import SkipMask
 
@@ -42,7 +42,8 @@ SPREAD = 0.1  # draft forwards per round: narrower, the windows cannot tell d fr
 
 def fit(forwards, rounds, seconds, fixed_c: float | None = None) -> dict:
   """Least squares of seconds on (forwards, rounds[, 1]): d, v, c and the standard errors of d
-  and v (nan where too few windows, or too alike, leave them undetermined). fixed_c: c held at this value."""
+  and v (nan where too few windows, or too alike, leave them undetermined). fixed_c: c held at
+  this value."""
   f, r, y = (np.asarray(a, float) for a in (forwards, rounds, seconds))
   cols = [f, r] if fixed_c is not None else [f, r, np.ones_like(f)]
   x = np.stack(cols, axis=1)
@@ -82,13 +83,13 @@ def main(argv):
     forwards = [w["draft_forwards"] for w in windows]
     rounds = [w["rounds"] for w in windows]
     seconds = [w["measured_s"] for w in windows]
-    bucket = collections.Counter(attn_bucket(w["context"] + gamma + 1, _CAPACITY.value)
+    bucket = collections.Counter(metrics.window_attn_len(w, _CAPACITY.value)
                                  for w in windows).most_common(1)[0][0]
     per_round = [f / r for f, r in zip(forwards, rounds)]
     free = fit(forwards, rounds, seconds)
     held = fit(forwards, rounds, seconds, fixed_c=profile.call_s)
-    if max(per_round) - min(per_round) < SPREAD:
-      free = held = dict(free, d_se=np.nan, v_se=np.nan)
+    if max(per_round) - min(per_round) < SPREAD:  # the standard errors would understate it
+      free, held = (dict(r, d_se=np.nan, v_se=np.nan) for r in (free, held))
     draft_s, verify_s = profile.t_step(skip, bucket), profile.t_verify(gamma + 1, bucket)
     on_draft = np.median([(t - profile.call_s - r * verify_s) / f
                           for f, r, t in zip(forwards, rounds, seconds)])

@@ -24,7 +24,6 @@ import numpy as np
 
 from summarize import full_drafting_windows, read_records
 from knapspec_jax import metrics
-from knapspec_jax.decoding import attn_bucket
 from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.selection import Decision
 from knapspec_jax.skip_mask import SkipMask
@@ -42,7 +41,7 @@ def _profile_wall_s(profile: LatencyProfile, w: dict) -> float:
   d = w["decision"]
   decision = Decision(SkipMask(tuple(d["skip"])), d["gamma"], d["alpha"], d["predicted_tpt"],
                       d["ar_tpt"], d["best_tpt"], d["context"], d["reason"])
-  attn_len = attn_bucket(w["context"] + d["gamma"] + 1, _CAPACITY.value)
+  attn_len = metrics.window_attn_len(w, _CAPACITY.value)
   return metrics.predicted_window_s(profile, decision, attn_len, w["tokens"], w["rounds"],
                                     w["draft_forwards"], w["ar_tokens_while_compiling"]
                                     ) + profile.call_s

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from knapspec_jax import decoding
 from knapspec_jax import model as model_lib
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.latency import LatencyProfile
@@ -37,6 +38,13 @@ def predicted_wall_s(window: dict) -> float:
   """The profile's wall seconds for a window record: its rounds (predicted_s) and the cost of the
   call that ran them (LatencyProfile.call_s; records written before session 24 have none)."""
   return window.get("predicted_wall_s", window["predicted_s"])
+
+
+def window_attn_len(window: dict, capacity: int) -> int:
+  """The attention bucket a drafting window record was priced at (controller.run: its context
+  plus the round's gamma + 1 positions, the natural verify width and, with two-row steps, the
+  last draft step's reach alike). The experiments' readers of old records recompute it here."""
+  return decoding.attn_bucket(window["context"] + window["decision"]["gamma"] + 1, capacity)
 
 
 def summarize(windows: list[dict], counters, search_s: float) -> dict:

@@ -3,9 +3,9 @@
 # documents' runs (9 + 10 sublayers at gamma 4, chosen at context 2174 in session 24 and
 # borrowed at 16K and 28K; its bits from results/h200_qwen/step_rows2_docs_2k_16k_28k_1024) on
 # the real weights at the three documents' contexts: its rounds against its draft steps and
-# verifies, each timed alone (round_terms.py). Session 27's fit over the runs' 93 windows put its
-# draft step at 1.299 +- 0.021 ms at 16K where the profile says 1.155 (BENCHMARKS.md 10.31): this
-# measures it. About 3 minutes. -> $OUT/kept_draft_terms_<context>.json
+# verifies, each timed alone (round_terms.py). Session 27's fit over the three runs' 45 windows
+# at 16K put its draft step at 1.299 +- 0.021 ms where the profile says 1.155 (BENCHMARKS.md
+# 10.31): this measures it. About 3 minutes. -> $OUT/kept_draft_terms_<context>.json
 set -uo pipefail
 source experiments/gpu/qwen_env.sh
 MASK=00011000111000011111000000010001111110000000000010010000
