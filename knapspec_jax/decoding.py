@@ -16,7 +16,7 @@ import numpy as np
 
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
-from knapspec_jax import compile_cache
+from knapspec_jax import compile_cache, sharding
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.config import ModelConfig, is_int
 from knapspec_jax.kv_cache import KVCache
@@ -146,12 +146,12 @@ def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids,
 
 
 def with_skip(state: DecodeState, skip: SkipMask) -> DecodeState:
-  """The state carrying `skip` as its run-time skip set (DecodeState.skip), placed where the
-  old one was; a host-to-device copy of 2L flags, no compile."""
+  """The state carrying `skip` as its run-time skip set (DecodeState.skip), placed as the old
+  one was (sharding.place_like); a host-to-device copy of 2L flags, no compile."""
   flags = np.asarray(skip.skip, bool)
   if flags.shape != state.skip.shape:
     raise ValueError(f"skip mask of {flags.size} items for a state of {state.skip.size}")
-  return state.replace(skip=jax.device_put(flags, state.skip.sharding))
+  return state.replace(skip=sharding.place_like(flags, state.skip))
 
 
 def next_token(logits, key, sampling: sampling_lib.Filter | None):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from knapspec_jax import decoding
+from knapspec_jax import decoding, sharding
 from knapspec_jax import model as model_lib
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.latency import LatencyProfile
@@ -83,14 +83,22 @@ def departs_at(output_ids, reference_ids) -> int | None:
   return None if a.size == b.size else n
 
 
-def step_bytes(params, cfg: ModelConfig, context: int, kv_dtype) -> int:
+def step_bytes(params, cfg: ModelConfig, context: int, kv_dtype, per_device: bool = False) -> int:
   """Bytes one full-model decode step reads at `context` cached positions: every weight once
   (the embedding table is read whole only as a tied LM head; untied, a step reads one row) and
-  the keys and values of every layer up to the context."""
-  weights = model_lib.param_bytes(params)
+  the keys and values of every layer up to the context.
+
+  per_device: what one device of a tensor-parallel model reads (each param's shard, the cache's
+  KV heads split over the mesh where the sharding rules split them); on one device the same."""
+  size = lambda tree: model_lib.param_bytes(tree, per_device)
+  weights = size(params)
   if not cfg.tie_embeddings:
-    weights -= model_lib.param_bytes(params["embed"])
-  kv = 2 * cfg.n_layers * context * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(kv_dtype).itemsize
+    weights -= size(params["embed"])
+  kv_heads = cfg.n_kv_heads
+  mesh = sharding.mesh_of(params) if per_device else None
+  if mesh is not None and sharding.ShardingRules.for_model(cfg, sharding.tp_size(mesh)).kv_heads:
+    kv_heads //= sharding.tp_size(mesh)
+  kv = 2 * cfg.n_layers * context * kv_heads * cfg.head_dim * jnp.dtype(kv_dtype).itemsize
   return weights + kv
 
 
@@ -112,28 +120,72 @@ def format_bandwidth(b: dict) -> str:
   return out
 
 
+_KERNEL_OP = re.compile(r"= \S+ (fusion|custom-call|copy|dynamic-update-slice|gather|reduce|"
+                        r"dot|convolution|sort)\(")
+# A collective's result: "= TYPE op(" or, run asynchronously, "= TYPE op-done(" (its -start's
+# result holds the operands too, so only the -done is counted).
+_COLLECTIVE_OP = re.compile(r"= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+                            r"collective-permute)(-done)?\(")
+_ARRAY_TYPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+
+
+def _kernel_counts(lines) -> dict:
+  counts = {}
+  for line in lines:
+    op = _KERNEL_OP.search(line)
+    if op:
+      kind = op.group(1)
+      if kind == "custom-call":
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        kind = f"custom-call:{target.group(1) if target else '?'}"
+      elif kind == "fusion":  # by fusion kind; a library or Triton GEMM fusion by its name
+        fusion_kind = re.search(r"kind=(k\w+)", line)
+        kind = f"fusion:{fusion_kind.group(1) if fusion_kind else '?'}"
+        backend = re.search(r'"kind":"(__\w+)"', line)
+        if backend:
+          kind += f":{backend.group(1)}"
+      counts[kind] = counts.get(kind, 0) + 1
+  return counts
+
+
+def loop_body(hlo_text: str) -> list[str]:
+  """The instructions of the while body with the most kernel-launching ones (loop_kernels): in a
+  decode program, the loop over steps."""
+  best, most = [], -1
+  for body in re.findall(r"body=%?([\w.\-]+)", hlo_text):
+    m = re.search(r"^%?" + re.escape(body) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
+    lines = m.group(1).splitlines() if m else []
+    n = sum(_kernel_counts(lines).values())
+    if n > most:
+      best, most = lines, n
+  return best
+
+
 def loop_kernels(hlo_text: str) -> dict:
   """Kernel-launching instructions (fusions by kind, custom calls by target, library ops) of the
   while body with the most of them: the loop over steps."""
-  best = {}
-  for body in re.findall(r"body=%?([\w.\-]+)", hlo_text):
-    m = re.search(r"^%?" + re.escape(body) + r" .*?\{\n(.*?)^\}", hlo_text, re.S | re.M)
-    counts = {}
-    for line in (m.group(1).splitlines() if m else []):
-      op = re.search(r"= \S+ (fusion|custom-call|copy|dynamic-update-slice|gather|reduce|dot|"
-                     r"convolution|sort)\(", line)
-      if op:
-        kind = op.group(1)
-        if kind == "custom-call":
-          target = re.search(r'custom_call_target="([^"]+)"', line)
-          kind = f"custom-call:{target.group(1) if target else '?'}"
-        elif kind == "fusion":  # by fusion kind; a library or Triton GEMM fusion by its name
-          fusion_kind = re.search(r"kind=(k\w+)", line)
-          kind = f"fusion:{fusion_kind.group(1) if fusion_kind else '?'}"
-          backend = re.search(r'"kind":"(__\w+)"', line)
-          if backend:
-            kind += f":{backend.group(1)}"
-        counts[kind] = counts.get(kind, 0) + 1
-    if sum(counts.values()) > sum(best.values()):
-      best = counts
-  return best
+  return _kernel_counts(loop_body(hlo_text))
+
+
+def loop_collectives(hlo_text: str) -> dict:
+  """Collectives of that loop body, by kind: {"all-reduce": {"count": n, "bytes": b}, ...}, b the
+  bytes of their results on one device (an all-reduce's reduced array, an all-gather's gathered
+  one): what a tensor-parallel step exchanges, read off the compiled program. {} on one device."""
+  out = {}
+  for line in loop_body(hlo_text):
+    op = _COLLECTIVE_OP.search(line)
+    if not op:
+      continue
+    n_bytes = sum(int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
+                  * _dtype_bytes(dtype) for dtype, dims in _ARRAY_TYPE.findall(op.group(1)))
+    entry = out.setdefault(op.group(2), {"count": 0, "bytes": 0})
+    entry["count"] += 1
+    entry["bytes"] += int(n_bytes)
+  return out
+
+
+def _dtype_bytes(hlo_dtype: str) -> int:
+  """An HLO element type's bytes: pred 1, bf16 2, f32 / s32 / u32 4, ..."""
+  if hlo_dtype in ("pred", "bf16"):
+    return 1 if hlo_dtype == "pred" else 2
+  return max(int(hlo_dtype[1:]) // 8, 1)

@@ -291,8 +291,16 @@ def cast_params(params: Params, dtype) -> Params:
   return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
 
 
-def init_random_params(cfg: ModelConfig, key, dtype=jnp.float32, scale: float = 0.05) -> Params:
-  """Random weights of the right shapes (tests and synthetic latency profiles only)."""
+def init_random_params(cfg: ModelConfig, key, dtype=jnp.float32, scale: float = 0.05,
+                       shardings: dict | None = None) -> Params:
+  """Random weights of the right shapes (tests and synthetic latency profiles only).
+
+  shardings: sharding.param_shardings(cfg, mesh), the unfused layout over a mesh: each tensor is
+  drawn by a program whose output has its sharding (JAX's partitionable threefry draws each
+  device's part only), so no device ever holds more than its shards and a shape larger than
+  one device's memory (70B in bfloat16) can be built. Same shapes and scales, other values."""
+  if shardings is not None:
+    return _sharded_random_params(cfg, key, dtype, scale, shardings)
   keys = iter(jax.random.split(key, 16 * cfg.n_layers + 4))
   normal = lambda shape, s=scale: (s * jax.random.normal(next(keys), shape)).astype(dtype)
   ones = lambda n: (1.0 + 0.1 * jax.random.normal(next(keys), (n,))).astype(dtype)
@@ -316,5 +324,25 @@ def init_random_params(cfg: ModelConfig, key, dtype=jnp.float32, scale: float = 
   return params
 
 
-def param_bytes(params: Params) -> int:
-  return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
+def _sharded_random_params(cfg: ModelConfig, key, dtype, scale: float, shardings: dict) -> Params:
+  shapes = jax.eval_shape(lambda: init_random_params(cfg, key, dtype, scale))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  places = treedef.flatten_up_to(shardings)
+
+  @functools.cache  # one program per (shape, mean, scale, placement): a few per model
+  def draw(shape, mean, s, where):
+    return jax.jit(lambda k: (mean + s * jax.random.normal(k, shape)).astype(dtype),
+                   out_shardings=where)
+
+  out = []
+  for (path, leaf), where, k in zip(leaves, places, jax.random.split(key, len(leaves))):
+    name = path[-1].key
+    mean, s = (1.0, 0.1) if name.endswith("norm") else (0.0, 1.0 if name == "embed" else scale)
+    out.append(draw(leaf.shape, mean, s, where)(k))
+  return treedef.unflatten(out)
+
+
+def param_bytes(params: Params, per_device: bool = False) -> int:
+  """The params' bytes; per_device: one device's shards of them (a tensor-parallel model's)."""
+  shape = lambda a: a.sharding.shard_shape(a.shape) if per_device else a.shape
+  return sum(int(np.prod(shape(a))) * a.dtype.itemsize for a in jax.tree.leaves(params))

@@ -184,6 +184,17 @@ def key_of(x) -> Any:
   return s.mesh, spec
 
 
+def place_like(value, like: jax.Array) -> jax.Array:
+  """value (host data) placed as `like` is: with like's sharding where like is split or
+  replicated over a mesh; where like is on one device, uncommitted, as the arrays jnp makes, so
+  that a program compiled for a mesh still takes it (a committed one-device array is refused
+  there: latency.measure's draft steps under tp, before this)."""
+  s = like.sharding
+  if isinstance(s, SingleDeviceSharding):
+    return jax.numpy.asarray(value)
+  return jax.device_put(value, s)
+
+
 def abstract(x, mesh: Mesh | None) -> jax.ShapeDtypeStruct:
   """x as a ShapeDtypeStruct that keeps its placement: its sharding when split, replicated over
   the mesh otherwise (pinned, so the compiler cannot choose to split an input the caller passes

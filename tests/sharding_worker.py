@@ -4,6 +4,7 @@ devices (the rest of the suite keeps its usual single device). Prints one JSON o
   python tests/sharding_worker.py generate '{"model": dir, "prompt": [ids], "new": 12,
                                              "tps": [1, 2], "methods": ["ar", "fixed"]}'
   python tests/sharding_worker.py pallas '{"model": dir, "prompt": [ids], "new": 6, "tps": [2]}'
+  python tests/sharding_worker.py measured '{"model": dir, "prompt": [ids], "new": 12, "tp": 2}'
   python tests/sharding_worker.py errors '{"model": dir, "undivided": dir}'
 
 Every run is compared by the test against an independent reference: AR with the same model on
@@ -125,6 +126,20 @@ def pallas(spec: dict) -> dict:
   return out
 
 
+def measured(spec: dict) -> dict:
+  """KnapSpec under tp with no stored profile: the profile is measured on the split model at
+  first use (latency.measure: every skip mask's draft steps, verifies, the search), as a user's
+  first speculative generation does. Its tokens, and AR's on one device."""
+  ids = np.asarray(spec["prompt"])
+  mesh = sharding.make_mesh(spec["tp"])
+  model = api.load_model(spec["model"], use_cache=False, mesh=mesh)
+  config = ks.KnapSpecConfig(interval=4, n_ref=8, threshold=0.01)
+  out = api.generate(model, ids, spec["new"], method="knapspec", ignore_eos=True, config=config)
+  single = run(load(spec["model"], None), ids, spec["new"], "ar")["tokens"]
+  return {"tokens": out.output_ids, "single": single, "profile": model.profile.model,
+          "step_samples": len(model.profile.step_samples)}
+
+
 def errors(spec: dict) -> dict:
   """The messages of requests a mesh cannot serve."""
   attempts = {
@@ -148,4 +163,5 @@ def errors(spec: dict) -> dict:
 
 if __name__ == "__main__":
   mode, spec = sys.argv[1], json.loads(sys.argv[2])
-  print(json.dumps({"generate": generate, "pallas": pallas, "errors": errors}[mode](spec)))
+  print(json.dumps({"generate": generate, "pallas": pallas, "measured": measured,
+                    "errors": errors}[mode](spec)))

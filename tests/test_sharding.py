@@ -71,9 +71,9 @@ def split_models(tmp_path_factory) -> dict:
   return models
 
 
-def _worker(mode: str, spec: dict, timeout: int = 300) -> dict:
+def _worker(mode: str, spec: dict, timeout: int = 300, env: dict | None = None) -> dict:
   out = subprocess.run([sys.executable, str(WORKER), mode, json.dumps(spec)], capture_output=True,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, env=None if env is None else {**os.environ, **env})
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -126,6 +126,20 @@ def test_every_method_under_tp_equals_one_device(split_models, hf_greedy, name):
     assert all(v["devices"] == tp for v in placed["layer"].values())
     assert {k: placed[k]["shape"] for k in want["top"]} == want["top"], tp
     assert placed["cache"]["shape"][2] == want["cache_kv"] and placed["cache"]["devices"] == tp
+
+
+def test_first_speculative_use_under_tp_measures_the_split_models_profile(split_models, tmp_path):
+  """No stored profile (an empty cache directory): KnapSpec's first generation under tp=2
+  measures the profile on the split model, then decodes AR's one-device tokens. Before session
+  28 the profile's draft steps failed there (a skip set placed on one device, passed to a
+  program compiled for the mesh)."""
+  path, _ = split_models["llama"]
+  prompt = np.random.default_rng(3).integers(0, 64, size=12).tolist()
+  got = _worker("measured", dict(model=str(path), prompt=prompt, new=NEW, tp=2),
+                env={"KNAPSPEC_CACHE": str(tmp_path)})
+  assert got["tokens"] == got["single"]
+  assert got["profile"].endswith("+tp2") and got["step_samples"] > 0
+  assert list(tmp_path.glob("profiles/*_tp2__float32.json"))  # saved for the next process
 
 
 def test_pallas_kernel_runs_per_device_over_its_heads(split_models):
