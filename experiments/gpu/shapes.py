@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from knapspec_jax import api, decoding, latency
+from knapspec_jax import api, decoding, latency, sharding
 from knapspec_jax import model as model_lib
 from knapspec_jax.config import ModelConfig
 from knapspec_jax.kv_cache import KVCache
@@ -37,6 +37,20 @@ SHAPES = {
                             n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
                             rope_theta=1000000.0, tie_embeddings=False, qk_norm=True,
                             norm_eps=1e-6, max_seq_len=32768),
+    # Issue 17's tensor-parallel shapes (tp_scaling.py), published configs, RoPE scaling left
+    # out; max_seq_len is set per run from the contexts timed (64K: Llama's 128K native, Qwen's
+    # with YaRN).
+    "llama3.1-70b": ModelConfig(arch="llama", vocab_size=128256, d_model=8192, d_ff=28672,
+                                n_layers=80, n_heads=64, n_kv_heads=8, head_dim=128,
+                                rope_theta=500000.0, tie_embeddings=False, max_seq_len=131072),
+    "qwen2.5-72b": ModelConfig(arch="qwen2", vocab_size=152064, d_model=8192, d_ff=29568,
+                               n_layers=80, n_heads=64, n_kv_heads=8, head_dim=128,
+                               rope_theta=1000000.0, norm_eps=1e-6, tie_embeddings=False,
+                               max_seq_len=131072, qkv_bias=True),
+    "qwen3-32b": ModelConfig(arch="qwen3", vocab_size=151936, d_model=5120, d_ff=25600,
+                             n_layers=64, n_heads=64, n_kv_heads=8, head_dim=128,
+                             rope_theta=1000000.0, tie_embeddings=False, qk_norm=True,
+                             norm_eps=1e-6, max_seq_len=131072),
     # --smoke: the same code paths at toy sizes (2 layers, 9 splits of cache)
     "tiny": ModelConfig(arch="qwen2", vocab_size=256, d_model=64, d_ff=128, n_layers=2,
                         n_heads=4, n_kv_heads=2, head_dim=32, max_seq_len=2048, qkv_bias=True),
@@ -80,6 +94,27 @@ class RandomModel:
                                jnp.zeros((self.cfg.vocab_size,), jnp.float32), max_new, ())
 
 
+def engine_config(cfg: ModelConfig, dtype: str) -> ModelConfig:
+  """A shape with load_model's kernel and projection defaults for this backend and dtype (on the
+  H200 in bfloat16: the Pallas kernel for steps and windows, two-row projections and steps; on a
+  CPU: XLA attention, one row)."""
+  attention = api.default_attention(dtype)
+  window = api.default_window_attention(attention)
+  return dataclasses.replace(cfg, attention=attention, window_attention=window,
+                             matmul_rows=api.default_matmul_rows(),
+                             step_rows=api.default_step_rows(attention, window))
+
+
+def random_params(cfg: ModelConfig, dtype, mesh=None) -> dict:
+  """Random weights of the shape: fused on one device (load_model's layout there), unfused and
+  drawn straight into their shards over a mesh of several (sharding.param_shardings)."""
+  key = jax.random.PRNGKey(0)
+  if sharding.tp_size(mesh) > 1:
+    return model_lib.init_random_params(cfg, key, dtype,
+                                        shardings=sharding.param_shardings(cfg, mesh))
+  return model_lib.fuse_projections(model_lib.init_random_params(cfg, key, dtype))
+
+
 def random_model(name: str, context: int, smoke: bool) -> RandomModel:
   """SHAPES[name] in bfloat16 with the Pallas kernel for one-token steps and for verify windows,
   two-row projections and two-row steps (load_model's defaults on the H200); with smoke, the tiny shape in
@@ -89,15 +124,9 @@ def random_model(name: str, context: int, smoke: bool) -> RandomModel:
   H200 run and every window these scripts timed before it ran through XLA, not the kernel."""
   name = "tiny" if smoke else name
   dtype = jnp.float32 if smoke else jnp.bfloat16
-  attention = "xla" if smoke else "pallas"
-  window = api.default_window_attention(attention)
-  cfg = dataclasses.replace(SHAPES[name], attention=attention, window_attention=window,
-                            matmul_rows=1 if smoke else 2,
-                            step_rows=api.default_step_rows(attention, window,
-                                                            "cpu" if smoke else "gpu"))
+  cfg = engine_config(SHAPES[name], "float32" if smoke else "bfloat16")
   context = min(context, cfg.max_seq_len // 2)
-  params = model_lib.fuse_projections(model_lib.init_random_params(cfg, jax.random.PRNGKey(0),
-                                                                   dtype))
+  params = random_params(cfg, dtype)
   base = latency.random_cache(cfg, dtype, context, jax.random.PRNGKey(1))
   return RandomModel(name, cfg, params, base, context)
 
