@@ -8,11 +8,13 @@
 On Qwen2.5-Coder-1.5B a round measured 0.8-2.3 ms more than the latency profile's draft steps
 plus verify (BENCHMARKS.md 10.6). For a skip set S and draft lengths gamma, at one context, this
 times on device:
-  segment   spec_segment over `rounds` rounds, threshold 0 (every round drafts exactly gamma
-            tokens: no confidence exit, no EOS) -> ms per round;
+  segment   spec_segment over `rounds` rounds at each --thresholds confidence threshold (0: every
+            round drafts exactly gamma tokens, no confidence exit, no EOS; 0.7, KnapSpec's:
+            drafts end at the first token under it, as the real runs' do) -> ms per round and
+            the draft forwards per round it ran (its counters);
   draft     the AR segment with S skipped (what the profile calls a draft step) -> ms per step;
   verify    verify_loop of gamma + 1 tokens (the profile's verify) -> ms per forward;
-and prints the excess: segment - (gamma * draft + verify), with the kernels per loop body of
+and prints the excess: segment - (forwards per round * draft + verify), with the kernels per loop body of
 each program (metrics.loop_kernels) and the step's bytes and share of the read bandwidth.
 Run it once per XLA flag set to see whether the excess is a lowering matter (run_round_terms.sh).
 Records: $OUT/round_terms.json (or --output).
@@ -48,6 +50,8 @@ _MASKS = flags.DEFINE_list("masks", [], "Skip sets as SkipMask bit strings (a wi
                            "timed instead of --sets.")
 _GGUF = flags.DEFINE_string("gguf", None, "A real checkpoint instead of --model's random "
                             "weights (shapes.loaded_model; bfloat16, or float32 with --smoke).")
+_THRESHOLDS = flags.DEFINE_list("thresholds", ["0"], "Confidence thresholds of the timed "
+                                 "segments (0: no exit; KnapSpec's is 0.7).")
 _ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/round_terms.json).")
@@ -84,34 +88,41 @@ def main(argv):
   for skip in skip_sets(cfg.n_layers, smoke):
     for gamma in map(int, _GAMMAS.value):
       attn_len = attn_bucket(context + rounds * (gamma + 1) + gamma + 1, capacity)
-      seg_args = lambda: (params, m.fresh_state(rounds * (gamma + 1) + 1),
-                          speculative.SpecCounters.zeros(), jnp.asarray(rounds, jnp.int32),
-                          jnp.asarray(0.0, jnp.float32))
-      seg = compiled.get(speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len), seg_args())
       ar_args = lambda: (params, m.fresh_state(rounds))
       draft = compiled.get(decoding.ARSegmentStatics(cfg, attn_len, skip=skip), ar_args())
       tokens = jnp.ones((1, gamma + 1), jnp.int32)
       ver_args = lambda: (params, m.fresh_cache(), tokens,
                           jnp.asarray(rounds, jnp.int32))
       verify = compiled.get(latency.VerifyLoopStatics(cfg, attn_len), ver_args())
-      t_seg = latency.median_seconds(seg, seg_args, repeats) / rounds
       t_draft = latency.median_seconds(draft, ar_args, repeats) / rounds
       t_verify = latency.median_seconds(verify, ver_args, repeats) / rounds
-      parts = gamma * t_draft + t_verify
-      kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
-                 for k, f in (("segment", seg), ("draft", draft), ("verify", verify))}
-      record = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
-                    attn_len=attn_len, n_attn_skipped=len(skip.attn_skipped),
-                    n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma,
-                    ms_per_round=t_seg * 1e3, ms_per_draft_step=t_draft * 1e3,
-                    ms_per_verify=t_verify * 1e3, ms_parts=parts * 1e3,
-                    ms_excess=(t_seg - parts) * 1e3, kernels_per_body=kernels,
-                    read_gbps=read_gbps)
-      records.append(record)
-      print(f"skip {len(skip.attn_skipped):2d} attn + {len(skip.mlp_skipped):2d} mlp  gamma "
-            f"{gamma}: round {t_seg * 1e3:7.3f} ms = {gamma} x draft {t_draft * 1e3:6.3f} + "
-            f"verify {t_verify * 1e3:6.3f} ({parts * 1e3:7.3f}) + excess "
-            f"{(t_seg - parts) * 1e3:+7.3f} ms | kernels per body {kernels}", flush=True)
+      for threshold in map(float, _THRESHOLDS.value):
+        seg_args = lambda: (params, m.fresh_state(rounds * (gamma + 1) + 1),
+                            speculative.SpecCounters.zeros(), jnp.asarray(rounds, jnp.int32),
+                            jnp.asarray(threshold, jnp.float32))
+        seg = compiled.get(speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len),
+                           seg_args())
+        _, counters = seg(*seg_args())
+        ran = int(counters.rounds)
+        per_round = int(counters.draft_forwards) / ran
+        t_seg = latency.median_seconds(seg, seg_args, repeats) / ran
+        parts = per_round * t_draft + t_verify
+        kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
+                   for k, f in (("segment", seg), ("draft", draft), ("verify", verify))}
+        record = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
+                      attn_len=attn_len, n_attn_skipped=len(skip.attn_skipped),
+                      n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma, threshold=threshold,
+                      rounds=ran, draft_forwards_per_round=per_round,
+                      ms_per_round=t_seg * 1e3, ms_per_draft_step=t_draft * 1e3,
+                      ms_per_verify=t_verify * 1e3, ms_parts=parts * 1e3,
+                      ms_excess=(t_seg - parts) * 1e3, kernels_per_body=kernels,
+                      read_gbps=read_gbps)
+        records.append(record)
+        print(f"skip {len(skip.attn_skipped):2d} attn + {len(skip.mlp_skipped):2d} mlp  gamma "
+              f"{gamma} threshold {threshold:g}: round {t_seg * 1e3:7.3f} ms = {per_round:.2f} "
+              f"x draft {t_draft * 1e3:6.3f} + verify {t_verify * 1e3:6.3f} ({parts * 1e3:7.3f}) "
+              f"+ excess {(t_seg - parts) * 1e3:+7.3f} ms | kernels per body {kernels}",
+              flush=True)
   out = write_records(records, _OUTPUT.value, "round_terms.json")
   print(f"wrote {out} ({len(records)} records)")
 

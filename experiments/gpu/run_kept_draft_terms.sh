@@ -5,11 +5,15 @@
 # the real weights at the three documents' contexts: its rounds against its draft steps and
 # verifies, each timed alone (round_terms.py). Session 27's fit over the three runs' 45 windows
 # at 16K put its draft step at 1.299 +- 0.021 ms where the profile says 1.155 (BENCHMARKS.md
-# 10.31): this measures it. About 3 minutes. -> $OUT/kept_draft_terms_<context>.json
+# 10.31): this measures it, at threshold 0 (every round drafts 4) and at KnapSpec's 0.7 (the
+# drafts end at the confidence exit, as in the runs; on a cache of random entries most end
+# early): whether a round costs its forwards per round x the draft step + the verify, with and
+# without exits. About 4 minutes. -> $OUT/kept_draft_terms_<context>.json
 set -uo pipefail
 source experiments/gpu/qwen_env.sh
 MASK=00011000111000011111000000010001111110000000000010010000
 for context in 2000 16000 28000; do
   timeout 150 python3 experiments/gpu/round_terms.py --gguf="$QWEN_GGUF" --context=$context \
-    --gammas=4 --masks=$MASK --output="$OUT/kept_draft_terms_$context.json" 2>&1 | grep -v -i warn
+    --gammas=4 --thresholds=0,0.7 --masks=$MASK --output="$OUT/kept_draft_terms_$context.json" \
+    2>&1 | grep -v -i warn
 done
