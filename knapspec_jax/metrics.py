@@ -186,6 +186,4 @@ def loop_collectives(hlo_text: str) -> dict:
 
 def _dtype_bytes(hlo_dtype: str) -> int:
   """An HLO element type's bytes: pred 1, bf16 2, f32 / s32 / u32 4, ..."""
-  if hlo_dtype in ("pred", "bf16"):
-    return 1 if hlo_dtype == "pred" else 2
-  return max(int(hlo_dtype[1:]) // 8, 1)
+  return {"pred": 1, "bf16": 2}.get(hlo_dtype) or max(int(hlo_dtype[1:]) // 8, 1)

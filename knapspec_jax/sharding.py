@@ -185,14 +185,13 @@ def key_of(x) -> Any:
 
 
 def place_like(value, like: jax.Array) -> jax.Array:
-  """value (host data) placed as `like` is: with like's sharding where like is split or
-  replicated over a mesh; where like is on one device, uncommitted, as the arrays jnp makes, so
-  that a program compiled for a mesh still takes it (a committed one-device array is refused
-  there: latency.measure's draft steps under tp, before this)."""
-  s = like.sharding
-  if isinstance(s, SingleDeviceSharding):
+  """value (host data) placed as `like` is: committed to like's sharding where like is, else
+  uncommitted (as the arrays jnp makes), so that any program, one compiled for a mesh too,
+  takes it. device_put to an uncommitted array's sharding commits to its one device, which a
+  mesh's program refuses (latency.measure's draft steps under tp, before session 28)."""
+  if not like.committed:
     return jax.numpy.asarray(value)
-  return jax.device_put(value, s)
+  return jax.device_put(value, like.sharding)
 
 
 def abstract(x, mesh: Mesh | None) -> jax.ShapeDtypeStruct:
