@@ -24,7 +24,7 @@ import pytest
 
 from conftest import build_random_hf
 
-from knapspec_jax import api, sharding
+from knapspec_jax import sharding
 from knapspec_jax.config import UnsupportedModelError
 
 WORKER = pathlib.Path(__file__).with_name("sharding_worker.py")
