@@ -77,33 +77,36 @@ def tp_sizes(cfg, n_devices: int) -> list[int]:
   return tps
 
 
-def segment_compiles(m_cfg, params, mesh, dtype, attn_len: int, compiled: CompileCache,
-                     smoke: bool) -> list[dict]:
-  """Seconds to compile the speculation segment of each --sets skip set: a switch's cost."""
+def zero_state(cfg, mesh, dtype, max_new: int) -> decoding.DecodeState:
+  """A decode state over a zeroed cache placed as the model's (split by KV heads where tp
+  divides them): the arguments a program is compiled for."""
+  cache = KVCache.create(cfg, dtype, sharding=sharding.cache_sharding(cfg, mesh))
+  return decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32), max_new, ())
+
+
+def segment_compiles(cfg, params, mesh, dtype, attn_len: int, sets: list[str],
+                     compiled: CompileCache) -> list[dict]:
+  """Seconds to compile the speculation segment of each skip set ("attn:mlp" counts of inner
+  sublayers, spread evenly): what a switch to a new skip set costs at this size."""
   out = []
-  sets = ["1:1"] if smoke else _SETS.value
   for spec in sets:
     n_attn, n_mlp = (int(x) for x in spec.split(":"))
-    skip = SkipMask.from_layers(m_cfg.n_layers, attn=shapes.spread(m_cfg.n_layers, n_attn),
-                                mlp=shapes.spread(m_cfg.n_layers, n_mlp))
-    cache = KVCache.create(m_cfg, dtype, sharding=sharding.cache_sharding(m_cfg, mesh))
-    state = decoding.init_state(cache, jnp.zeros((m_cfg.vocab_size,), jnp.float32), 8, ())
-    args = (params, state, speculative.SpecCounters.zeros(), jnp.ones((), jnp.int32),
-            jnp.zeros((), jnp.float32))
+    skip = SkipMask.from_layers(cfg.n_layers, attn=shapes.spread(cfg.n_layers, n_attn),
+                                mlp=shapes.spread(cfg.n_layers, n_mlp))
+    args = (params, zero_state(cfg, mesh, dtype, 8), speculative.SpecCounters.zeros(),
+            jnp.ones((), jnp.int32), jnp.zeros((), jnp.float32))
     before = compiled.stats.compile_s
-    compiled.get(speculative.segment_program(m_cfg, skip, _GAMMA.value, attn_len), args)
+    compiled.get(speculative.segment_program(cfg, skip, _GAMMA.value, attn_len), args)
     out.append(dict(n_attn_skipped=len(skip.attn_skipped), n_mlp_skipped=len(skip.mlp_skipped),
                     gamma=_GAMMA.value, attn_len=attn_len,
                     compile_s=compiled.stats.compile_s - before))
-    del cache, state, args
   return out
 
 
-def ar_collectives(m_cfg, params, mesh, dtype, attn_len: int, compiled: CompileCache) -> dict:
+def ar_collectives(cfg, params, mesh, dtype, attn_len: int, compiled: CompileCache) -> dict:
   """The collectives of AR's loop body at attn_len (the profile compiled it: a cache hit)."""
-  cache = KVCache.create(m_cfg, dtype, sharding=sharding.cache_sharding(m_cfg, mesh))
-  state = decoding.init_state(cache, jnp.zeros((m_cfg.vocab_size,), jnp.float32), 1, ())
-  fn = compiled.get(decoding.ARSegmentStatics(m_cfg, attn_len), (params, state))
+  fn = compiled.get(decoding.ARSegmentStatics(cfg, attn_len),
+                    (params, zero_state(cfg, mesh, dtype, 1)))
   return metrics.loop_collectives(fn.as_text())
 
 
@@ -195,7 +198,8 @@ def main(argv):
             f"weights, {metrics.step_bytes(params, cfg, 0, dtype, per_device=True) / 1e9:.2f} "
             f"read per device per step; built in {time.perf_counter() - start:.0f} s", flush=True)
       compiled = CompileCache()
-      compiles = segment_compiles(cfg, params, mesh, dtype, lens[0], compiled, smoke)
+      compiles = segment_compiles(cfg, params, mesh, dtype, lens[0],
+                                  ["1:1"] if smoke else _SETS.value, compiled)
       for c in compiles:
         print(f"  segment compile {c['n_attn_skipped']} + {c['n_mlp_skipped']} skipped, gamma "
               f"{c['gamma']}: {c['compile_s']:.1f} s", flush=True)
