@@ -83,8 +83,10 @@ _ATTN_LENS = flags.DEFINE_list("attn_lens", ["1024", "4096", "16384"],
 _WINDOWS = flags.DEFINE_list("windows", ["1", "4", "11"], "Verify windows measured.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Decode steps per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed loops per sample (median).")
-_PROFILES = flags.DEFINE_string("profiles_dir", None, "Project from the profiles stored here "
-                                "(<shape>.json) instead of measuring.")
+_PROFILES = flags.DEFINE_list("profiles_dir", [], "Project from the profiles stored here "
+                              "(<shape>.json) instead of measuring; a shape's profiles in several "
+                              "directories (e.g. one attention length per device call) are "
+                              "fitted together (latency.merged).")
 _FIT = flags.DEFINE_string("acceptance_fit", "results/cpu/analysis/acceptance/fit.json",
                            "An acceptance curve measured by experiments/acceptance_curve.py: "
                            "SmolLM2's (default) or Qwen2.5-Coder-1.5B's "
@@ -327,9 +329,12 @@ def main(argv):
   out_dir = pathlib.Path(_OUT.value) if _OUT.value else None
   fit = json.loads(pathlib.Path(_FIT.value).read_text())
   if _PROFILES.value:
-    profiles = {path.stem: latency.LatencyProfile.load(path)
-                for path in sorted(pathlib.Path(_PROFILES.value).glob("*.json"))
-                if path.stem in SHAPES}
+    found = {}
+    for directory in _PROFILES.value:
+      for path in sorted(pathlib.Path(directory).glob("*.json")):
+        if path.stem in SHAPES:
+          found.setdefault(path.stem, []).append(latency.LatencyProfile.load(path))
+    profiles = {name: latency.merged(ps) for name, ps in found.items()}
   else:
     unknown = [s for s in _SHAPES.value if s not in SHAPES]
     if unknown:

@@ -427,6 +427,28 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, searc
                         as_tuples(verify_samples), as_tuples(search_samples), attn_knots=knots)
 
 
+def merged(profiles) -> LatencyProfile:
+  """One profile fitted to the samples of several measurements of the same model on the same
+  device (e.g. one attention length per process, where one process cannot time them all); the
+  read bandwidth, call and gate costs and segment compile, their medians. ValueError when the
+  profiles are of different devices, models, dtypes or depths."""
+  profiles = list(profiles)
+  first = profiles[0]
+  if len(profiles) == 1:
+    return first
+  for p in profiles[1:]:
+    mine, theirs = ((x.device, x.model, x.dtype, x.n_layers) for x in (first, p))
+    if mine != theirs:
+      raise ValueError(f"cannot merge profiles of {theirs} into those of {mine}")
+  joined = lambda name: tuple(s for p in profiles for s in getattr(p, name))
+  median = lambda name: float(np.median([getattr(p, name) for p in profiles]))
+  gbps = [p.read_gbps for p in profiles if p.read_gbps]
+  out = fit(joined("step_samples"), joined("verify_samples"), first.device, first.model,
+            first.dtype, first.n_layers, joined("search_samples"), median("segment_compile_s"))
+  return dataclasses.replace(out, read_gbps=float(np.median(gbps)) if gbps else None,
+                             draft_gate_s=median("draft_gate_s"), call_s=median("call_s"))
+
+
 def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=None,
                     compiled: CompileCache | None = None, log=print, **measure_kwargs):
   """The stored profile for this (device, model, dtype), measured and saved if there is none."""

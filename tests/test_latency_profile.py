@@ -55,6 +55,23 @@ def test_one_length_keeps_the_line():
   assert p.t_attn(2048) == pytest.approx(p.a0 + p.a1 * 2048)
 
 
+def test_profiles_of_one_length_each_merge_into_the_knots_of_all():
+  """One process per attention length (issue 17's 70B runs may need it): merged, their samples
+  give the stated cost at every length, as one process timing all three would."""
+  parts = [dataclasses.replace(latency.fit(samples({n: t}), [], "dev", "m", "bfloat16", LAYERS),
+                               read_gbps=gbps, call_s=call)
+           for (n, t), gbps, call in zip(ATTN.items(), (4000.0, 4100.0, 3900.0),
+                                         (1e-3, 3e-3, 2e-3))]
+  merged = latency.merged(parts)
+  np.testing.assert_allclose([t for _, t in merged.attn_knots], list(ATTN.values()), rtol=1e-6)
+  assert merged.t_mlp == pytest.approx(MLP) and len(merged.step_samples) == 12
+  assert (merged.read_gbps, merged.call_s) == (4000.0, 2e-3)  # medians
+  assert latency.merged(parts[:1]) is parts[0]
+  other = dataclasses.replace(parts[0], model="another")
+  with pytest.raises(ValueError, match="cannot merge profiles of"):
+    latency.merged([parts[1], other])
+
+
 def test_scaled_scales_the_knots():
   p = latency.fit(samples(ATTN), [], "dev", "m", "float32", LAYERS)
   assert p.scaled(attn=2.0).t_attn(4096) == pytest.approx(2 * p.t_attn(4096))

@@ -6,7 +6,9 @@
 #   bash experiments/gpu/run_tp_scaling.sh llama3.1-70b     (then qwen2.5-72b, qwen3-32b)
 #   TPS=2,4,8 LENS=1024,16384 bash experiments/gpu/run_tp_scaling.sh llama3.1-70b
 # Untimed so far: how long a 70B shape's compiles take. The records are rewritten after each tp,
-# so a call that runs out of time keeps the sizes it finished.
+# so a call that runs out of time keeps the sizes it finished; where one call cannot time every
+# length, give each call some (LENS=1024,16384, then LENS=65536) and project from both calls'
+# profiles: project_scale.py --profiles_dir=DIR1,DIR2 fits a shape's profiles together.
 # -> $OUT/tp_scaling/{tp_scaling.json, summary.md, tp<N>/profiles/<shape>.json, projection/}
 set -uo pipefail
 # NVLink multicast stays off (the device tool's KINDS.md), here and in every child process.
