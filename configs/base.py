@@ -21,6 +21,8 @@ def get_config() -> config_dict.ConfigDict:
   # Attention of verify windows: "" = load_model's default (the one-token kernel's where that is
   # "pallas", else xla), or "xla", "pallas" (BENCHMARKS.md 10.13).
   c.window_attention = ""
+  # Tokens a draft's LM head scores (knapspec_jax.load_model's draft_vocab): 0 = all of them.
+  c.draft_vocab = 0
   # Latency profile JSON; "" = the stored profile of this device (measured if there is none).
   c.profile = ""
   # Methods, comma-separated; AR always runs first and is every speedup's baseline.

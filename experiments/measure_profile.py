@@ -19,17 +19,22 @@ _ATTENTION = flags.DEFINE_string("attention", None, "One-query attention kernel 
 _OUT = flags.DEFINE_string("output", None, "A .json file or a directory to save into (default: "
                             "profiles/ in the repo).")
 _LENS = flags.DEFINE_list("attn_lens", ["256", "1024", "2048", "4096", "8192"], "Buckets.")
+_DRAFT_VOCAB = flags.DEFINE_integer("draft_vocab", 0, "load_model's draft_vocab: drafts score "
+                                    "this many tokens (0: all); the profile then times the "
+                                    "draft's head too (draft_head_s).")
 _STEPS = flags.DEFINE_integer("steps", 32, "Decode steps of the shorter timed loop (the longer "
                               "runs latency.LOOP_RATIO times as many; each cost is the slope).")
 
 
 def main(argv):
   del argv
-  m = ks.load_model(dtype=_DTYPE.value, attention=_ATTENTION.value)
+  m = ks.load_model(dtype=_DTYPE.value, attention=_ATTENTION.value,
+                    draft_vocab=_DRAFT_VOCAB.value)
   p = latency.measure(m.params, m.cfg, api.DTYPES[_DTYPE.value], m.profile_name,
                       attn_lens=tuple(map(int, _LENS.value)), windows=(1, 2, 4, 8, 11),
                       steps=_STEPS.value, repeats=3, compiled=m.compiled)
-  print("saved", p.save(_OUT.value), p.errors(), "segment compile", p.segment_compile_s)
+  print("saved", p.save(_OUT.value), p.errors(), "segment compile", p.segment_compile_s,
+        "draft head saving", p.draft_head_s)
   for n_attn, n_mlp, attn_len, seconds in p.step_samples:
     if n_attn == n_mlp == m.cfg.n_layers:  # the full model: what a step reads at this context
       attn_len = int(attn_len)  # the samples are a float array

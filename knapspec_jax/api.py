@@ -23,7 +23,8 @@ import numpy as np
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding, sharding
 from knapspec_jax import methods as methods_lib
-from knapspec_jax.config import ATTENTION_IMPLS, UnsupportedModelError, check_decode_options
+from knapspec_jax.config import (ATTENTION_IMPLS, UnsupportedModelError, check_decode_options,
+                                 is_int)
 from knapspec_jax.engine import DTYPES, Model, warmup_prefill
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.methods import MethodError
@@ -90,7 +91,8 @@ def check_attention(attention: str, dtype: str, platform: str | None = None):
 def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool = True,
                fuse: bool | None = None, attention: str | None = None,
                max_context: int | None = None, mesh=None,
-               window_attention: str | None = None, draft_skip: str = "static") -> Model:
+               window_attention: str | None = None, draft_skip: str = "static",
+               draft_vocab: int = 0) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
@@ -121,6 +123,9 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     skip set compiles) or "runtime" (one program gates every sublayer on the skip set it reads
     from the decode state: a new skip set compiles nothing, each step pays for the conds);
     ModelConfig.draft_skip. Outputs are the same either way.
+  draft_vocab: 0, or how many tokens a draft's LM head scores (ModelConfig.draft_vocab: the
+    model's end tokens, the prompt's, then the lowest ids; the verify scores them all, so the
+    output is unchanged). Greedy decoding, static skip sets and one device only.
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -139,6 +144,11 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   check_attention(attention, dtype)
   window_attention = window_attention or default_window_attention(attention)
   check_decode_options(attention, window_attention, draft_skip)  # before any weight is loaded
+  if not is_int(draft_vocab) or draft_vocab < 0:
+    raise UnsupportedModelError(f"draft_vocab must be an integer >= 0, got {draft_vocab!r}")
+  if draft_vocab and draft_skip != "static":
+    raise UnsupportedModelError("draft_vocab works with static skip sets only (draft_skip="
+                                f"'static'), got draft_skip={draft_skip!r}")
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(
@@ -147,6 +157,9 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     raise UnsupportedModelError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(tp)) or "
                                 f"None, got {type(mesh).__name__}")
   tp = sharding.tp_size(mesh)
+  if draft_vocab and tp > 1:
+    raise UnsupportedModelError(f"draft_vocab is not supported with tp={tp} (untested): load "
+                                "with draft_vocab=0 or on one device")
   if fuse is not None and not isinstance(fuse, bool):
     raise UnsupportedModelError(f"fuse must be True, False or None, got {fuse!r}")
   if fuse and tp > 1:
@@ -165,7 +178,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context,
                             matmul_rows=default_matmul_rows(), window_attention=window_attention,
                             step_rows=default_step_rows(attention, window_attention),
-                            draft_skip=draft_skip)
+                            draft_skip=draft_skip, draft_vocab=draft_vocab)
   return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source, mesh)
 
 
@@ -324,6 +337,9 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
   if sampling is not None and not isinstance(sampling, SamplingConfig):
     raise SamplingError(f"sampling must be a SamplingConfig or None, got "
                         f"{type(sampling).__name__}")
+  if sampling is not None and model.cfg.draft_vocab:
+    raise SamplingError(f"the model was loaded with draft_vocab={model.cfg.draft_vocab}, which "
+                        "works with greedy decoding only: load it without to sample")
   f = sampling.filter if sampling else None
   decode_fn, warmup_fn = _METHODS[method]
   ids = encode_prompt(model, prompt, raw) if isinstance(prompt, str) else prompt_ids(model, prompt)
@@ -341,7 +357,8 @@ def generate(model: Model, prompt: str | Sequence[int] | np.ndarray, max_new_tok
   start = time.perf_counter()
   cache = KVCache.create(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   logits, cache = decoding.prefill(model.params, model.cfg, ids, cache, model.compiled)
-  state = decoding.init_state(cache, logits, max_new_tokens, eos_ids, sampling)
+  draft = decoding.draft_vocabulary(model.params, model.cfg, ids, model.eos_ids)
+  state = decoding.init_state(cache, logits, max_new_tokens, eos_ids, sampling, draft)
   jax.block_until_ready(state)
   prefill_s = time.perf_counter() - start
 

@@ -102,6 +102,14 @@ class ModelConfig:
       compiled call per kept sublayer or layer (experiments/gpu/switch_cost.py --modes=dispatch).
       Switching is free there too, but the host sets the pace: 79-114 us per call, 2.2-3.4 ms
       a draft step (10.22). A load_model option.
+    draft_vocab: 0, or the size of the vocabulary a draft's LM head scores (the draft's
+      argmax over K rows instead of all V; the verify keeps the full head, so the output is
+      unchanged). Its rows are chosen per generation (decoding.draft_vocabulary: the model's end
+      tokens, the prompt's tokens, then the lowest ids) and travel in the decode state. On
+      Qwen2.5-Coder-1.5B the tied head is 467 MB of a draft step's ~2.5 GB at 16K; on the
+      documents 96-99.8% of AR's output tokens lie in the prompt's tokens and the first 16384 ids
+      (BENCHMARKS.md 10.32). Greedy decoding only; static skip sets; one device. A load_model
+      option, off by default until the H200 has timed it.
   """
 
   arch: str
@@ -124,6 +132,7 @@ class ModelConfig:
   window_attention: str = "xla"
   step_rows: int = 1
   draft_skip: str = "static"
+  draft_vocab: int = 0
 
   def __post_init__(self):
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
@@ -136,6 +145,12 @@ class ModelConfig:
       raise UnsupportedModelError(f"step_rows must be an integer in 1..4, got "
                                   f"{self.step_rows!r}")
     check_decode_options(self.attention, self.window_attention, self.draft_skip)
+    if not is_int(self.draft_vocab) or not 0 <= self.draft_vocab < self.vocab_size:
+      raise UnsupportedModelError(f"draft_vocab must be 0 (the whole vocabulary) or a size below "
+                                  f"the vocabulary's {self.vocab_size}, got {self.draft_vocab!r}")
+    if self.draft_vocab and self.draft_skip != "static":
+      raise UnsupportedModelError("draft_vocab works with static skip sets only (draft_skip="
+                                  f"'static'), got draft_skip={self.draft_skip!r}")
     if self.arch not in SUPPORTED_ARCHITECTURES:
       raise UnsupportedModelError(
           f"architecture {self.arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")

@@ -7,7 +7,7 @@ host only steps in when the context crosses a bucket boundary, at EOS, or at max
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -76,6 +76,38 @@ class DecodeState:
   # bool [2L] the draft's skip set as data, for programs that gate sublayers at run time
   # (ModelConfig.draft_skip == "runtime"; with_skip sets it); others never read it.
   skip: jax.Array
+  # The draft's vocabulary (ModelConfig.draft_vocab = K; K = 0: the whole, and these are empty):
+  # its token ids int32 [K] and their LM-head rows [K, D] (draft_vocabulary). Only drafts read it.
+  draft_ids: jax.Array
+  draft_head: jax.Array
+
+
+class DraftVocab(NamedTuple):
+  """A draft's vocabulary for one generation: ids int32 [K] and head rows [K, D]."""
+
+  ids: jax.Array
+  head: jax.Array
+
+
+def draft_vocab_ids(prompt_ids, eos_ids, k: int, vocab_size: int) -> np.ndarray:
+  """The k token ids a draft scores in a generation of this prompt: the model's end tokens,
+  then the prompt's tokens, most frequent first (ties by id), then the lowest ids not taken yet
+  (a BPE vocabulary lists its most common merges first). int32 [k]."""
+  counts = np.bincount(np.asarray(prompt_ids, np.int64), minlength=vocab_size)
+  by_count = np.argsort(-counts, kind="stable")[:np.count_nonzero(counts)]
+  order = np.concatenate([np.asarray(tuple(eos_ids), np.int64), by_count, np.arange(vocab_size)])
+  _, first = np.unique(order, return_index=True)
+  return order[np.sort(first)][:k].astype(np.int32)
+
+
+def draft_vocabulary(params, cfg: ModelConfig, prompt_ids, eos_ids) -> DraftVocab | None:
+  """The draft's vocabulary of ModelConfig.draft_vocab tokens in a generation of this prompt
+  (draft_vocab_ids) with their LM-head rows; None when drafts score every token. What a draft
+  cannot propose, the verify still emits: the output is AR's either way."""
+  if not cfg.draft_vocab:
+    return None
+  ids = jnp.asarray(draft_vocab_ids(prompt_ids, eos_ids, cfg.draft_vocab, cfg.vocab_size))
+  return DraftVocab(ids, model_lib.head_rows(params, cfg, ids))
 
 
 def prefill_chunk(params, tokens, cache, last_index, *, cfg, attn_len):
@@ -134,7 +166,15 @@ def prefill(params, cfg: ModelConfig, prompt_ids: np.ndarray, cache: KVCache,
 
 
 def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids,
-               sampling: sampling_lib.SamplingConfig | None = None) -> DecodeState:
+               sampling: sampling_lib.SamplingConfig | None = None,
+               draft: DraftVocab | None = None) -> DecodeState:
+  """The state after the prompt: its first token from first_logits; draft: the draft's
+  vocabulary (draft_vocabulary), None for the whole."""
+  if draft is None:
+    draft = DraftVocab(jnp.zeros((0,), jnp.int32), jnp.zeros((0, 0), jnp.float32))
+  elif sampling is not None:
+    raise sampling_lib.SamplingError("a draft vocabulary (draft_vocab) works with greedy "
+                                     "decoding only: load the model without it to sample")
   key = sampling.key() if sampling else jnp.zeros((2,), jnp.uint32)
   first, key = next_token(first_logits, key, sampling and sampling.filter)
   eos = eos_array(eos_ids)
@@ -142,7 +182,8 @@ def init_state(cache: KVCache, first_logits, max_new_tokens: int, eos_ids,
   max_new = jnp.asarray(max_new_tokens, jnp.int32)
   done = jnp.any(first == eos) | (max_new <= 1)
   skip = jnp.zeros((2 * len(cache.k),), bool)
-  return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done, key, skip)
+  return DecodeState(cache, first, out, jnp.ones((), jnp.int32), max_new, eos, done, key, skip,
+                     draft.ids, draft.head)
 
 
 def with_skip(state: DecodeState, skip: SkipMask) -> DecodeState:
@@ -152,6 +193,17 @@ def with_skip(state: DecodeState, skip: SkipMask) -> DecodeState:
   if flags.shape != state.skip.shape:
     raise ValueError(f"skip mask of {flags.size} items for a state of {state.skip.size}")
   return state.replace(skip=sharding.place_like(flags, state.skip))
+
+
+def draft_token(params, cfg: ModelConfig, state: DecodeState, hidden):
+  """(token, logits): a draft's greedy token from its final hidden state [D]: the argmax over
+  the state's draft vocabulary where it has one (ModelConfig.draft_vocab), else over all;
+  logits float32 [K] or [V], what its confidence is read from."""
+  if state.draft_ids.shape[0]:
+    logits = model_lib.lm_head(params, cfg, hidden, rows=state.draft_head)
+    return state.draft_ids[jnp.argmax(logits)], logits
+  logits = model_lib.lm_head(params, cfg, hidden)
+  return jnp.argmax(logits).astype(jnp.int32), logits
 
 
 def next_token(logits, key, sampling: sampling_lib.Filter | None):
@@ -165,7 +217,8 @@ def next_token(logits, key, sampling: sampling_lib.Filter | None):
 
 def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
                skip: SkipMask | None = None, width: int | None = None,
-               sampling: sampling_lib.Filter | None = None, gated: bool = False) -> DecodeState:
+               sampling: sampling_lib.Filter | None = None, gated: bool = False,
+               draft_head: bool = False) -> DecodeState:
   """Greedy one-token steps until EOS, max_new, the cache's end or the attention bucket's end.
 
   With a skip mask this is the draft model decoding on its own (the latency profile times it);
@@ -175,8 +228,12 @@ def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
   verify's width gives AR the kernel shapes of a speculative verify of width tokens, so that
   in bfloat16 AR rounds like the verify does (see BENCHMARKS.md).
   sampling: sample each token from the filtered distribution instead of taking the argmax.
+  draft_head: the argmax over the state's draft vocabulary (DecodeState.draft_ids), as a draft
+  with ModelConfig.draft_vocab scores (the profile times drafts so); greedy only.
   """
   skip = skip or SkipMask.none(cfg.n_layers)
+  if draft_head and sampling is not None:
+    raise ValueError("draft_head decodes greedily: no sampling")
   width = width or cfg.step_rows
   limit = min(attn_len - width + 1, cfg.max_seq_len)
 
@@ -186,7 +243,10 @@ def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
   def body(s: DecodeState):
     out = model_lib.step(params, cfg, s.token, s.cache, skip=skip, attn_len=attn_len,
                          rows=width, gate=s.skip if gated else None)
-    nxt, key = next_token(model_lib.lm_head(params, cfg, out.hidden[0, 0]), s.key, sampling)
+    if draft_head:
+      nxt, key = draft_token(params, cfg, s, out.hidden[0, 0])[0], s.key
+    else:
+      nxt, key = next_token(model_lib.lm_head(params, cfg, out.hidden[0, 0]), s.key, sampling)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
     return s.replace(cache=out.cache, token=nxt,
@@ -208,6 +268,7 @@ class ARSegmentStatics:
   width: int | None = None  # None: cfg.step_rows, filled in
   sampling: sampling_lib.Filter | None = None
   gated: bool = False  # the draft's skip set is state.skip (draft_program)
+  draft_head: bool = False  # the argmax over the state's draft vocabulary (draft_program)
   donate_argnums = (1,)  # the decode state
 
   def __post_init__(self):
@@ -218,7 +279,8 @@ class ARSegmentStatics:
 
   def run(self, params, state):
     return ar_segment(params, state, cfg=self.cfg, attn_len=self.attn_len, skip=self.skip,
-                      width=self.width, sampling=self.sampling, gated=self.gated)
+                      width=self.width, sampling=self.sampling, gated=self.gated,
+                      draft_head=self.draft_head)
 
   def prime_args(self, args):
     """One token from the zero-filled state (compile_cache primes each program so)."""
@@ -232,7 +294,8 @@ def draft_program(cfg: ModelConfig, attn_len: int, skip: SkipMask) -> ARSegmentS
   set from the state (run it on with_skip(state, skip)); the full model is AR's own program."""
   if cfg.draft_skip == "runtime" and skip.n_skipped:
     return ARSegmentStatics(cfg, attn_len, gated=True)
-  return ARSegmentStatics(cfg, attn_len, skip=skip)
+  return ARSegmentStatics(cfg, attn_len, skip=skip,
+                          draft_head=bool(cfg.draft_vocab and skip.n_skipped))
 
 
 def priming_state(zeros: DecodeState, max_new: int) -> DecodeState:

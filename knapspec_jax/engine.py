@@ -106,6 +106,8 @@ class Model:
       name += f"+{self.cfg.window_attention}_windows"
     if self.cfg.draft_skip != "static":
       name += f"+{self.cfg.draft_skip}_skip"
+    if self.cfg.draft_vocab:
+      name += f"+draftvocab{self.cfg.draft_vocab}"
     tp = sharding.tp_size(self.mesh)
     return name if tp == 1 else f"{name}+tp{tp}"
 
@@ -120,7 +122,12 @@ def abstract_state(model: Model) -> decoding.DecodeState:
   as the model's): the arguments of a warm-up compile, without allocating a cache."""
   cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
-  state = jax.eval_shape(lambda c, l: decoding.init_state(c, l, 1, model.eos_ids), cache, logits)
+  k = model.cfg.draft_vocab
+  draft = decoding.DraftVocab(
+      jax.ShapeDtypeStruct((k,), jnp.int32),
+      jax.ShapeDtypeStruct((k, model.cfg.d_model), DTYPES[model.dtype])) if k else None
+  state = jax.eval_shape(lambda c, l, d: decoding.init_state(c, l, 1, model.eos_ids, draft=d),
+                         cache, logits, draft)
   return state.replace(cache=cache)  # eval_shape drops the cache's sharding over a mesh
 
 

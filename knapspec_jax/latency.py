@@ -100,6 +100,9 @@ class LatencyProfile:
   # measure()'s two loop lengths): what each decode window pays once. 0: not measured (profiles
   # stored before session 24 timed one loop length, this cost spread over its steps).
   call_s: float = 0.0
+  # Seconds a draft step saves by scoring its vocabulary of ModelConfig.draft_vocab tokens
+  # instead of all (measure() times AR's step with the draft's head against its own); 0 without.
+  draft_head_s: float = 0.0
 
   def t_attn(self, n: int) -> float:
     """Seconds of one attention sublayer for one token at attention length n (positions)."""
@@ -120,8 +123,8 @@ class LatencyProfile:
     """One token through the draft (skip=None: the full model), at attention length n."""
     n_attn = self.n_layers - (len(skip.attn_skipped) if skip else 0)
     n_mlp = self.n_layers - (len(skip.mlp_skipped) if skip else 0)
-    gate = self.draft_gate_s if skip is not None and skip.n_skipped else 0.0
-    return self._step(n_attn, n_mlp, n) + gate
+    draft = skip is not None and skip.n_skipped
+    return self._step(n_attn, n_mlp, n) + (self.draft_gate_s - self.draft_head_s if draft else 0.0)
 
   def _step(self, n_attn, n_mlp, n):
     return self.c0 + n_attn * self.t_attn(n) + n_mlp * self.m
@@ -303,6 +306,11 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
                      f"steps={steps}): choose fewer steps or longer lengths")
   key = jax.random.PRNGKey(0)
   step_samples, verify_samples, search_samples, compile_times, gate_samples = [], [], [], [], []
+  head_samples = []  # AR's step with the draft's vocabulary against its own (draft_head_s)
+  draft = None
+  if cfg.draft_vocab:  # drafts score K tokens (which ones does not change the cost)
+    ids = jnp.arange(cfg.draft_vocab, dtype=jnp.int32)
+    draft = decoding.DraftVocab(ids, model_lib.head_rows(params, cfg, ids))
   call_samples = []  # intercepts of the step programs' call times (LatencyProfile.call_s)
   eos = ()
   for attn_len in attn_lens:
@@ -315,7 +323,7 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
       def make_args(n=steps):
         cache = jax.tree.map(jnp.copy, base.rollback(attn_len - n - 1))
         state = decoding.init_state(cache, jnp.zeros((cfg.vocab_size,), jnp.float32),
-                                    n + 1, eos)
+                                    n + 1, eos, draft=jax.tree.map(jnp.copy, draft))
         return params, decoding.with_skip(state, skip)
       before = compiled.stats.compile_s
       fn = compiled.get(statics, make_args())
@@ -336,11 +344,20 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
       gate = time_steps(decoding.ARSegmentStatics(cfg, attn_len, gated=True), none) - times[none]
       gate_samples.append(gate)
       log(f"  gated attn_len={attn_len:5d}: {gate * 1e3:+8.3f} ms per draft step over AR's")
+    head = 0.0
+    if draft is not None:  # what the draft's smaller head saves a step (draft_head_s)
+      none = SkipMask.none(cfg.n_layers)
+      head = times[none] - time_steps(decoding.ARSegmentStatics(cfg, attn_len, draft_head=True),
+                                      none)
+      head_samples.append(head)
+      log(f"  draft head attn_len={attn_len:5d}: {head * 1e3:+8.3f} ms saved per draft step")
     for skip, seconds in times.items():
       n_attn, n_mlp = cfg.n_layers - len(skip.attn_skipped), cfg.n_layers - len(skip.mlp_skipped)
       log(f"  step  attn_len={attn_len:5d} attn={n_attn:2d} mlp={n_mlp:2d}: {seconds*1e3:8.3f} ms")
-      # The fit describes the sublayers, as for static masks; draft_gate_s adds the conds back.
-      step_samples.append((n_attn, n_mlp, attn_len, seconds - (gate if skip.n_skipped else 0.0)))
+      # The fit describes the sublayers with the whole head, as for static masks; draft_gate_s
+      # and draft_head_s put the conds and the draft's head back.
+      step_samples.append((n_attn, n_mlp, attn_len,
+                           seconds - (gate - head if skip.n_skipped else 0.0)))
     at = base.rollback(attn_len - max(steps, max(windows)) - 1)
     for window in windows:
       tokens = jnp.ones((1, window), jnp.int32)
@@ -371,7 +388,9 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
     log(f"  run-time gating: {gate * 1e3:.3f} ms per draft step")
   call = float(np.median(call_samples))
   log(f"  per call of a decode loop: {call * 1e3:.3f} ms beyond its steps")
-  return dataclasses.replace(profile, read_gbps=gbps, draft_gate_s=gate, call_s=call)
+  head = float(np.median(head_samples)) if head_samples else 0.0
+  return dataclasses.replace(profile, read_gbps=gbps, draft_gate_s=gate, call_s=call,
+                             draft_head_s=head)
 
 
 def attention_knots(step_samples) -> tuple[float, float, tuple] | None:
@@ -446,7 +465,8 @@ def merged(profiles) -> LatencyProfile:
   out = fit(joined("step_samples"), joined("verify_samples"), first.device, first.model,
             first.dtype, first.n_layers, joined("search_samples"), median("segment_compile_s"))
   return dataclasses.replace(out, read_gbps=float(np.median(gbps)) if gbps else None,
-                             draft_gate_s=median("draft_gate_s"), call_s=median("call_s"))
+                             draft_gate_s=median("draft_gate_s"), call_s=median("call_s"),
+                             draft_head_s=median("draft_head_s"))
 
 
 def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=None,

@@ -188,10 +188,21 @@ def block(lp: Params, cfg: ModelConfig, x, cos, sin, attend_kv: Callable):
   return mlp_sublayer(lp, cfg, attention_sublayer(lp, cfg, x, cos, sin, attend_kv))
 
 
-def lm_head(params: Params, cfg: ModelConfig, h):
-  """Final-normed hidden states [..., D] -> float32 logits [..., V]."""
+def lm_head(params: Params, cfg: ModelConfig, h, rows=None):
+  """Final-normed hidden states [..., D] -> float32 logits [..., V]; rows: a part of the head,
+  [K, D] (head_rows), whose K logits are returned instead (a draft's vocabulary)."""
+  if rows is not None:
+    return linear(h, rows.T, cfg.matmul_rows, jnp.float32)
   w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
   return linear(h, w, cfg.matmul_rows, jnp.float32)
+
+
+def head_rows(params: Params, cfg: ModelConfig, ids) -> jax.Array:
+  """The LM head's rows for token ids [K], as [K, D] (the embedding's rows where it is tied): a
+  copy, so that a step reads K rows, not the whole head."""
+  if cfg.tie_embeddings:
+    return jnp.take(params["embed"], ids, axis=0)
+  return jnp.take(params["lm_head"], ids, axis=1).T
 
 
 class ForwardOut(NamedTuple):

@@ -26,8 +26,8 @@ from knapspec_jax import compile_cache
 from knapspec_jax import model as model_lib
 from knapspec_jax import sampling as sampling_lib
 from knapspec_jax.config import ModelConfig
-from knapspec_jax.decoding import (DecodeState, attn_bucket, priming_state, run_segments,
-                                   with_skip)
+from knapspec_jax.decoding import (DecodeState, attn_bucket, draft_token, priming_state,
+                                   run_segments, with_skip)
 from knapspec_jax.kv_cache import SLACK, KVCache
 from knapspec_jax.skip_mask import SkipMask
 
@@ -76,6 +76,8 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
 
   The draft writes the KV of its kept attention sublayers; verification overwrites every one of
   those positions. gated: the skip set is state.skip, read at run time (model.forward's gate).
+  Greedy drafts score the state's draft vocabulary where it has one (ModelConfig.draft_vocab),
+  their confidence the top probability among those K; the verify scores all V.
   """
   n = state.cache.length
 
@@ -87,12 +89,11 @@ def _draft(params, cfg: ModelConfig, state: DecodeState, skip: SkipMask, gamma: 
     k, drafts, q, token, _, cache, key = c
     out = model_lib.step(params, cfg, token, cache.rollback(n + k), skip=skip,
                          attn_len=attn_len, gate=state.skip if gated else None)
-    logits = model_lib.lm_head(params, cfg, out.hidden[0, 0])
-    if sampling is None:
-      nxt = jnp.argmax(logits).astype(jnp.int32)
+    if sampling is None:  # over the draft's vocabulary where the state has one
+      nxt, logits = draft_token(params, cfg, state, out.hidden[0, 0])
       confident = jnp.max(jax.nn.softmax(logits)) >= threshold
     else:
-      dist = sampling_lib.probs(logits, sampling)
+      dist = sampling_lib.probs(model_lib.lm_head(params, cfg, out.hidden[0, 0]), sampling)
       key, u = sampling_lib.uniforms(key, 1)
       nxt = sampling_lib.draw(dist, u[0])
       confident = jnp.max(dist) >= threshold

@@ -472,6 +472,26 @@ def test_exit_round_check_decodes_losslessly_and_reports_both_round_models(tmp_p
   assert "| specbench-81 | mlp | 0 + 28, 2 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_draft_vocab_rounds_decodes_losslessly_and_prices_the_smaller_head(tmp_path):
+  """experiments/draft_vocab_rounds.py on SmolLM2 (f32): the fixed draft decodes AR's tokens with
+  the whole vocabulary and with 1024 tokens, and the x AR figure of K = 1024 puts the head's
+  saving, the other 48,128 rows' bytes over the profile's bandwidth, on the draft step."""
+  profile = (REPO / "profiles" /
+             "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas_rows2_pallas_windows__bfloat16.json")
+  env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "draft_vocab_rounds.py"),
+                         f"--profile={profile}", "--prompts=long:300", "--ks=0,1024",
+                         "--new_tokens=24", "--gamma=3", f"--output_dir={tmp_path}"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert [r["k"] for r in rows] == [0, 1024]
+  assert all(r["identical_to_ar"] and r["rounds"] > 0 for r in rows)
+  read_gbps = json.loads(profile.read_text())["read_gbps"]
+  assert rows[0]["head_saving_ms"] == 0.0
+  assert rows[1]["head_saving_ms"] == pytest.approx((49152 - 1024) * 576 * 2 / read_gbps / 1e6)
+
+
 def test_selection_cost_answers_alike_both_ways():
   """experiments/selection_cost.py checks that the policy's once-per-generation shape key gives
   the same answers as building the arguments for every question (an assert in the script),

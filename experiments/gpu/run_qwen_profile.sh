@@ -10,7 +10,9 @@
 set -uo pipefail
 : "${QWEN_GGUF:?source experiments/gpu/qwen_env.sh first}"
 mkdir -p "$KNAPSPEC_CACHE/profiles"
+# DRAFT_VOCAB=16384: the profile of drafts that score 16384 tokens (load_model's draft_vocab).
 KNAPSPEC_MODEL=$QWEN_GGUF timeout 450 python3 experiments/measure_profile.py --dtype=bfloat16 \
-  --attn_lens=256,2048,8192,16384,28672 --output="$KNAPSPEC_CACHE/profiles" 2>&1 | grep -v -i warn
+  --attn_lens=256,2048,8192,16384,28672 --draft_vocab="${DRAFT_VOCAB:-0}" \
+  --output="$KNAPSPEC_CACHE/profiles" 2>&1 | grep -v -i warn
 cp "$KNAPSPEC_CACHE"/profiles/*.json "$OUT"/ 2>/dev/null
 ls "$OUT"
