@@ -22,7 +22,6 @@ import sys
 import time
 
 from absl import app, flags
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path)
