@@ -52,6 +52,8 @@ _GGUF = flags.DEFINE_string("gguf", None, "A real checkpoint instead of --model'
                             "weights (shapes.loaded_model; bfloat16, or float32 with --smoke).")
 _THRESHOLDS = flags.DEFINE_list("thresholds", ["0"], "Confidence thresholds of the timed "
                                  "segments (0: no exit; KnapSpec's is 0.7).")
+_DRAFT_VOCAB = flags.DEFINE_integer("draft_vocab", 0, "With --gguf: drafts score this many "
+                                    "tokens (load_model's draft_vocab; 0: all).")
 _ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/round_terms.json).")
@@ -75,7 +77,8 @@ def main(argv):
   del argv
   smoke = _SMOKE.value
   rounds, repeats = (4, 2) if smoke else (_ROUNDS.value, _REPEATS.value)
-  m = (loaded_model(_GGUF.value, _CONTEXT.value, "float32" if smoke else "bfloat16")
+  m = (loaded_model(_GGUF.value, _CONTEXT.value, "float32" if smoke else "bfloat16",
+                    _DRAFT_VOCAB.value)
        if _GGUF.value else random_model(_MODEL.value, _CONTEXT.value, smoke))
   cfg, params, context, capacity = m.cfg, m.params, m.context, m.capacity
   read_gbps = latency.read_bandwidth(64 << 20 if smoke else None)
@@ -89,7 +92,7 @@ def main(argv):
     for gamma in map(int, _GAMMAS.value):
       attn_len = attn_bucket(context + rounds * (gamma + 1) + gamma + 1, capacity)
       ar_args = lambda: (params, m.fresh_state(rounds))
-      draft = compiled.get(decoding.ARSegmentStatics(cfg, attn_len, skip=skip), ar_args())
+      draft = compiled.get(decoding.draft_program(cfg, attn_len, skip), ar_args())
       tokens = jnp.ones((1, gamma + 1), jnp.int32)
       ver_args = lambda: (params, m.fresh_cache(), tokens,
                           jnp.asarray(rounds, jnp.int32))
@@ -110,8 +113,8 @@ def main(argv):
         kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
                    for k, f in (("segment", seg), ("draft", draft), ("verify", verify))}
         record = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
-                      attn_len=attn_len, n_attn_skipped=len(skip.attn_skipped),
-                      n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma, threshold=threshold,
+                      draft_vocab=cfg.draft_vocab, attn_len=attn_len,
+                      n_attn_skipped=len(skip.attn_skipped), n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma, threshold=threshold,
                       rounds=ran, draft_forwards_per_round=per_round,
                       ms_per_round=t_seg * 1e3, ms_per_draft_step=t_draft * 1e3,
                       ms_per_verify=t_verify * 1e3, ms_parts=parts * 1e3,

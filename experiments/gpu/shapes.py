@@ -75,6 +75,7 @@ class RandomModel:
   params: dict
   base: KVCache  # the filled cache; each call gets a copy (programs donate their state)
   context: int
+  draft: decoding.DraftVocab | None = None  # the drafts' vocabulary (ModelConfig.draft_vocab)
 
   @property
   def capacity(self) -> int:
@@ -91,7 +92,8 @@ class RandomModel:
     """A decode state with the cursor moved back to `cursor` (<= context), max_new tokens to go,
     no EOS."""
     return decoding.init_state(self.fresh_cache().rollback(cursor),
-                               jnp.zeros((self.cfg.vocab_size,), jnp.float32), max_new, ())
+                               jnp.zeros((self.cfg.vocab_size,), jnp.float32), max_new, (),
+                               draft=jax.tree.map(jnp.copy, self.draft))
 
 
 def engine_config(cfg: ModelConfig, dtype: str) -> ModelConfig:
@@ -131,16 +133,19 @@ def random_model(name: str, context: int, smoke: bool) -> RandomModel:
   return RandomModel(name, cfg, params, base, context)
 
 
-def loaded_model(path: str, context: int, dtype: str = "bfloat16") -> RandomModel:
+def loaded_model(path: str, context: int, dtype: str = "bfloat16",
+                 draft_vocab: int = 0) -> RandomModel:
   """A real checkpoint (api.load_model: a packaged name, a GGUF or an HF directory, with
   load_model's kernel and projection defaults for this backend) with a KV cache of random
   entries up to `context` (at most its capacity: the cache is allocated whole either way): the
   decode-loop scripts' timings on real weights, which a random-weight shape cannot stand in for
-  where the data moves the clocks."""
-  model = api.load_model(path, dtype=dtype)
+  where the data moves the clocks. draft_vocab: drafts score that many tokens (the first ids:
+  which ones does not change the cost)."""
+  model = api.load_model(path, dtype=dtype, draft_vocab=draft_vocab)
   context = min(context, KVCache.capacity_for(model.cfg))
   base = latency.random_cache(model.cfg, api.DTYPES[model.dtype], context, jax.random.PRNGKey(1))
-  return RandomModel(model.name, model.cfg, model.params, base, context)
+  draft = decoding.draft_vocabulary(model.params, model.cfg, (), ())
+  return RandomModel(model.name, model.cfg, model.params, base, context, draft)
 
 
 def write_records(records: list, output: str | None, default_name: str) -> pathlib.Path:
