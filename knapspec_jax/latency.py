@@ -449,8 +449,8 @@ def fit(step_samples, verify_samples, device, model_name, dtype, n_layers, searc
 def merged(profiles) -> LatencyProfile:
   """One profile fitted to the samples of several measurements of the same model on the same
   device (e.g. one attention length per process, where one process cannot time them all); the
-  read bandwidth, call and gate costs and segment compile, their medians. ValueError when the
-  profiles are of different devices, models, dtypes or depths."""
+  read bandwidth, the call, gate and draft-head costs and the segment compile, their medians.
+  ValueError when the profiles are of different devices, models, dtypes or depths."""
   profiles = list(profiles)
   first = profiles[0]
   if len(profiles) == 1:

@@ -17,7 +17,7 @@ from knapspec_jax import api, decoding, latency, speculative
 from knapspec_jax.config import UnsupportedModelError
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.sampling import SamplingConfig, SamplingError
-from test_speculative import PAYS, synthetic_profile
+from test_speculative import DRAFTING_CONFIGS, PAYS, synthetic_profile
 
 K = 128  # of the tiny models' 512 tokens
 
@@ -63,12 +63,7 @@ def test_every_method_with_a_draft_vocabulary_gives_ar_and_transformers_tokens(
   ids = np.arange(5, 45) % model.cfg.vocab_size
   want = hf_greedy(full.hf, ids, 40)
   assert api.generate(full.jax, ids, 40, ignore_eos=True).output_ids == want
-  for method, config in [
-      ("knapspec", ks.KnapSpecConfig(interval=4, n_ref=8, threshold=0.01, margin=-0.99,
-                                     search_budget=100.0)),
-      ("del", ks.DelConfig(interval=4, n_ref=8, threshold=0.01, min_exit=1)),
-      ("clasp", ks.ClaspConfig(n_skip=1, gamma=3, threshold=0.01, interval=2)),
-      ("fixed", ks.FixedConfig(gamma=3, threshold=0.01))]:
+  for method, config in DRAFTING_CONFIGS.items():
     got = api.generate(model, ids, 40, method=method, ignore_eos=True, config=config)
     assert got.output_ids == want, (name, method)
     if method in ("knapspec", "fixed"):  # they drafted (DEL's rule may decline here)

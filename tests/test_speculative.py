@@ -117,17 +117,22 @@ def test_low_confidence_token_is_kept_and_verified(tiny_models, with_profile):
     assert s["mean_accepted_per_step"] > 1.0
 
 
+# Every speculative method set to draft often on the tiny models (under PAYS): short intervals,
+# a confidence threshold that ends few drafts, KnapSpec's margin and budget out of the way.
+DRAFTING_CONFIGS = {
+    "knapspec": ks.KnapSpecConfig(interval=4, n_ref=8, threshold=0.01, margin=-0.99,
+                                  search_budget=100.0),
+    "del": ks.DelConfig(interval=4, n_ref=8, threshold=0.01, min_exit=1),
+    "clasp": ks.ClaspConfig(n_skip=1, gamma=3, threshold=0.01, interval=2),
+    "fixed": ks.FixedConfig(gamma=3, threshold=0.01)}
+
+
 def test_every_method_equals_ar_on_tiny_models(tiny_models, with_profile):
   for name in ("llama3_rope", "qwen3"):  # 3 and 4 layers: CLaSp may skip an inner layer
     model = with_profile(tiny_models[name].jax, **PAYS)
     ids = np.arange(5, 45) % model.cfg.vocab_size
     want = ar(model, ids, 40)
-    for method, config in [
-        ("knapspec", ks.KnapSpecConfig(interval=4, n_ref=8, threshold=0.01, margin=-0.99,
-                                       search_budget=100.0)),
-        ("del", ks.DelConfig(interval=4, n_ref=8, threshold=0.01, min_exit=1)),
-        ("clasp", ks.ClaspConfig(n_skip=1, gamma=3, threshold=0.01, interval=2)),
-        ("fixed", ks.FixedConfig(gamma=3, threshold=0.01))]:
+    for method, config in DRAFTING_CONFIGS.items():
       got = api.generate(model, ids, 40, method=method, ignore_eos=True, config=config)
       assert got.output_ids == want, (name, method)
 
