@@ -23,8 +23,7 @@ import numpy as np
 from knapspec_jax import checkpoint as checkpoint_lib
 from knapspec_jax import decoding, sharding
 from knapspec_jax import methods as methods_lib
-from knapspec_jax.config import (ATTENTION_IMPLS, UnsupportedModelError, check_decode_options,
-                                 is_int)
+from knapspec_jax.config import ATTENTION_IMPLS, UnsupportedModelError, check_decode_options
 from knapspec_jax.engine import DTYPES, Model, warmup_prefill
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.methods import MethodError
@@ -143,12 +142,8 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   attention = attention or default_attention(dtype)
   check_attention(attention, dtype)
   window_attention = window_attention or default_window_attention(attention)
-  check_decode_options(attention, window_attention, draft_skip)  # before any weight is loaded
-  if not is_int(draft_vocab) or draft_vocab < 0:
-    raise UnsupportedModelError(f"draft_vocab must be an integer >= 0, got {draft_vocab!r}")
-  if draft_vocab and draft_skip != "static":
-    raise UnsupportedModelError("draft_vocab works with static skip sets only (draft_skip="
-                                f"'static'), got draft_skip={draft_skip!r}")
+  # before any weight is loaded
+  check_decode_options(attention, window_attention, draft_skip, draft_vocab)
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(

@@ -13,7 +13,8 @@ WINDOW_ATTENTION_IMPLS = ("xla", "pallas")
 DRAFT_SKIP_MODES = ("static", "runtime")
 
 
-def check_decode_options(attention: str, window_attention: str, draft_skip: str):
+def check_decode_options(attention: str, window_attention: str, draft_skip: str,
+                         draft_vocab: int = 0):
   """Raises UnsupportedModelError unless these ModelConfig options (see its docstring) name
   implementations that exist and fit together; ModelConfig checks them, and load_model before it
   loads any weight."""
@@ -28,6 +29,11 @@ def check_decode_options(attention: str, window_attention: str, draft_skip: str)
   if draft_skip not in DRAFT_SKIP_MODES:
     raise UnsupportedModelError(f"draft_skip must be one of {DRAFT_SKIP_MODES}, got "
                                 f"{draft_skip!r}")
+  if not is_int(draft_vocab) or draft_vocab < 0:
+    raise UnsupportedModelError(f"draft_vocab must be an integer >= 0, got {draft_vocab!r}")
+  if draft_vocab and draft_skip != "static":
+    raise UnsupportedModelError("draft_vocab works with static skip sets only (draft_skip="
+                                f"'static'), got draft_skip={draft_skip!r}")
 
 
 def is_int(x) -> bool:
@@ -144,13 +150,11 @@ class ModelConfig:
       # the context's last position.
       raise UnsupportedModelError(f"step_rows must be an integer in 1..4, got "
                                   f"{self.step_rows!r}")
-    check_decode_options(self.attention, self.window_attention, self.draft_skip)
-    if not is_int(self.draft_vocab) or not 0 <= self.draft_vocab < self.vocab_size:
+    check_decode_options(self.attention, self.window_attention, self.draft_skip,
+                         self.draft_vocab)
+    if self.draft_vocab >= self.vocab_size:
       raise UnsupportedModelError(f"draft_vocab must be 0 (the whole vocabulary) or a size below "
                                   f"the vocabulary's {self.vocab_size}, got {self.draft_vocab!r}")
-    if self.draft_vocab and self.draft_skip != "static":
-      raise UnsupportedModelError("draft_vocab works with static skip sets only (draft_skip="
-                                  f"'static'), got draft_skip={self.draft_skip!r}")
     if self.arch not in SUPPORTED_ARCHITECTURES:
       raise UnsupportedModelError(
           f"architecture {self.arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")

@@ -122,10 +122,8 @@ def abstract_state(model: Model) -> decoding.DecodeState:
   as the model's): the arguments of a warm-up compile, without allocating a cache."""
   cache = KVCache.abstract(model.cfg, DTYPES[model.dtype], sharding=model.cache_sharding)
   logits = jax.ShapeDtypeStruct((model.cfg.vocab_size,), jnp.float32)
-  k = model.cfg.draft_vocab
-  draft = decoding.DraftVocab(
-      jax.ShapeDtypeStruct((k,), jnp.int32),
-      jax.ShapeDtypeStruct((k, model.cfg.d_model), DTYPES[model.dtype])) if k else None
+  draft = jax.eval_shape(lambda p: decoding.draft_vocabulary(p, model.cfg, (), ()),
+                         model.params)  # None when drafts score every token
   state = jax.eval_shape(lambda c, l, d: decoding.init_state(c, l, 1, model.eos_ids, draft=d),
                          cache, logits, draft)
   return state.replace(cache=cache)  # eval_shape drops the cache's sharding over a mesh

@@ -307,10 +307,8 @@ def measure(params, cfg: ModelConfig, dtype, model_name: str, *,
   key = jax.random.PRNGKey(0)
   step_samples, verify_samples, search_samples, compile_times, gate_samples = [], [], [], [], []
   head_samples = []  # AR's step with the draft's vocabulary against its own (draft_head_s)
-  draft = None
-  if cfg.draft_vocab:  # drafts score K tokens (which ones does not change the cost)
-    ids = jnp.arange(cfg.draft_vocab, dtype=jnp.int32)
-    draft = decoding.DraftVocab(ids, model_lib.head_rows(params, cfg, ids))
+  # drafts score cfg.draft_vocab tokens, here the first ids (which ones does not change the cost)
+  draft = decoding.draft_vocabulary(params, cfg, (), ())
   call_samples = []  # intercepts of the step programs' call times (LatencyProfile.call_s)
   eos = ()
   for attn_len in attn_lens:
