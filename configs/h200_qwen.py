@@ -40,6 +40,12 @@ def get_config():
   c.repeats = 3
   c.warmup_runs = 1
   c.method_options = "clasp.interval=64"
+  # Drafts score 16384 of the 151,936 tokens (load_model's draft_vocab; the verify scores all, so
+  # the output is AR's), for every drafting method alike. Session 29 (BENCHMARKS.md 10.33): with
+  # it, KnapSpec 1.151-1.155x / 1.144-1.147x / 1.285-1.292x AR at 2K / 16K / 28K over three
+  # processes, against 1.111-1.133x / 1.115-1.126x / 1.227-1.228x without (10.30); Spec-Bench
+  # unchanged (1.000-1.003x, declining). Its H200 profile is committed (..._draftvocab16384_...).
+  c.draft_vocab = 16384
   # Output: a new results/tmp/h200_qwen-<time>/ folder; experiments/gpu/run_qwen.sh writes
   # results/h200_qwen/<time>/ and copies it to $OUT (commit the run under results/h200_qwen/).
   return c
