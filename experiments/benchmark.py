@@ -150,7 +150,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
   model = ks.load_model(config.model or None, dtype=config.dtype,
                         attention=config.attention or None,
                         window_attention=config.window_attention or None,
-                        draft_vocab=config.get("draft_vocab", 0))
+                        draft_vocab=config.get("draft_vocab", 0),
+                        segment_graphs=config.get("segment_graphs", False))
   if config.profile:
     model.profile = ks.LatencyProfile.load(config.profile)
   items = prompts(config, model.tokenizer)
@@ -201,7 +202,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
       record = dict(item_id=item["id"], category=item["category"], prompt_tokens=len(ids),
                     device=device, dtype=model.dtype, attention=model.cfg.attention,
                     window_attention=model.cfg.window_attention,
-                    draft_vocab=model.cfg.draft_vocab, model=model.name, date=time.strftime("%F"),
+                    draft_vocab=model.cfg.draft_vocab, segment_graphs=model.cfg.segment_graphs,
+                    model=model.name, date=time.strftime("%F"),
                     config=config.name, repeats=item["repeats"],
                     tokens_per_s_all=[x.tokens_per_s for x in runs],
                     tokens_per_s_runs=[x.tokens_per_s for x in timed[method]],  # run order

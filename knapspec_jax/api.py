@@ -91,7 +91,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                fuse: bool | None = None, attention: str | None = None,
                max_context: int | None = None, mesh=None,
                window_attention: str | None = None, draft_skip: str = "static",
-               draft_vocab: int = 0) -> Model:
+               draft_vocab: int = 0, segment_graphs: bool = False) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
@@ -125,6 +125,9 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   draft_vocab: 0, or how many tokens a draft's LM head scores (ModelConfig.draft_vocab: the
     model's end tokens, the prompt's, then the lowest ids; the verify scores them all, so the
     output is unchanged). Greedy decoding, static skip sets and one device only.
+  segment_graphs: compile the speculation segment programs with XLA's command buffers (CUDA
+    graphs) taking in their while loops and conditionals (ModelConfig.segment_graphs; GPU
+    only, outputs unchanged).
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -143,7 +146,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   check_attention(attention, dtype)
   window_attention = window_attention or default_window_attention(attention)
   # before any weight is loaded
-  check_decode_options(attention, window_attention, draft_skip, draft_vocab)
+  check_decode_options(attention, window_attention, draft_skip, draft_vocab, segment_graphs)
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(
@@ -173,7 +176,8 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   cfg = dataclasses.replace(ckpt.cfg, attention=attention, max_seq_len=context,
                             matmul_rows=default_matmul_rows(), window_attention=window_attention,
                             step_rows=default_step_rows(attention, window_attention),
-                            draft_skip=draft_skip, draft_vocab=draft_vocab)
+                            draft_skip=draft_skip, draft_vocab=draft_vocab,
+                            segment_graphs=bool(segment_graphs))
   return Model(cfg, params, ckpt.tokenizer, ckpt.eos_ids, dtype, ckpt.source, mesh)
 
 

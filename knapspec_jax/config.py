@@ -14,7 +14,7 @@ DRAFT_SKIP_MODES = ("static", "runtime")
 
 
 def check_decode_options(attention: str, window_attention: str, draft_skip: str,
-                         draft_vocab: int = 0):
+                         draft_vocab: int = 0, segment_graphs: bool = False):
   """Raises UnsupportedModelError unless these ModelConfig options (see its docstring) name
   implementations that exist and fit together; ModelConfig checks them, and load_model before it
   loads any weight."""
@@ -31,6 +31,8 @@ def check_decode_options(attention: str, window_attention: str, draft_skip: str,
                                 f"{draft_skip!r}")
   if not is_int(draft_vocab) or draft_vocab < 0:
     raise UnsupportedModelError(f"draft_vocab must be an integer >= 0, got {draft_vocab!r}")
+  if not isinstance(segment_graphs, (bool, np.bool_)):
+    raise UnsupportedModelError(f"segment_graphs must be True or False, got {segment_graphs!r}")
   if draft_vocab and draft_skip != "static":
     raise UnsupportedModelError("draft_vocab works with static skip sets only (draft_skip="
                                 f"'static'), got draft_skip={draft_skip!r}")
@@ -115,7 +117,19 @@ class ModelConfig:
       Qwen2.5-Coder-1.5B the tied head is 467 MB of a draft step's ~2.5 GB at 16K; on the
       documents 96-99.8% of AR's output tokens lie in the prompt's tokens and the first 16384 ids
       (BENCHMARKS.md 10.32). Greedy decoding only; static skip sets; one device. A load_model
-      option, off by default until the H200 has timed it.
+      option, off by default (it refuses sampling and tensor parallelism); on the H200 a draft
+      step costs 0.07-0.09 ms less with 16384, and KnapSpec ran 2.1-4.7% faster on the
+      documents (10.33).
+    segment_graphs: compile the speculation segment program (speculative.SpecSegmentStatics)
+      with XLA's command buffers (CUDA graphs) taking in while loops and conditionals
+      (speculative.SEGMENT_GRAPH_OPTIONS): a round's draft loop, its confidence exit and the
+      acceptance then run inside the segment's graphs instead of going back to the host for
+      each loop predicate. GPU compiles only (elsewhere the option is left out); AR's programs
+      and the latency profile's keep XLA's defaults, because with these command buffers for the
+      whole process (XLA_FLAGS) the draft and verify loops timed alone ran 1.2-2.2x slower while
+      the segments ran 1-3% faster (BENCHMARKS.md 10.8, Qwen2.5-1.5B shape, session 7's engine).
+      Outputs are unchanged. A load_model option, off by default until the H200 has timed it in
+      this form (experiments/gpu/run_segment_graphs.sh).
   """
 
   arch: str
@@ -139,6 +153,7 @@ class ModelConfig:
   step_rows: int = 1
   draft_skip: str = "static"
   draft_vocab: int = 0
+  segment_graphs: bool = False
 
   def __post_init__(self):
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
@@ -151,7 +166,7 @@ class ModelConfig:
       raise UnsupportedModelError(f"step_rows must be an integer in 1..4, got "
                                   f"{self.step_rows!r}")
     check_decode_options(self.attention, self.window_attention, self.draft_skip,
-                         self.draft_vocab)
+                         self.draft_vocab, self.segment_graphs)
     if self.draft_vocab >= self.vocab_size:
       raise UnsupportedModelError(f"draft_vocab must be 0 (the whole vocabulary) or a size below "
                                   f"the vocabulary's {self.vocab_size}, got {self.draft_vocab!r}")

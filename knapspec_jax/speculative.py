@@ -201,11 +201,18 @@ def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
   return sorted({attn_bucket(n + span, capacity) for n in range(start, max(end, start + 1))})
 
 
+# XLA's default command types (its debug_options_flags.cc) and while loops and conditionals: the
+# options of a segment program under ModelConfig.segment_graphs (GPU compiles only).
+SEGMENT_GRAPH_OPTIONS = (("xla_gpu_enable_command_buffer",
+                          "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,WHILE,"
+                          "CONDITIONAL"),)
+
+
 @compile_cache.program
 @dataclasses.dataclass(frozen=True)
 class SpecSegmentStatics:
   """spec_segment's static settings (see it for each), defaults filled in: the key of one
-  compiled segment program."""
+  compiled segment program. Compiled with SEGMENT_GRAPH_OPTIONS where cfg.segment_graphs."""
 
   cfg: ModelConfig
   skip: SkipMask
@@ -215,6 +222,10 @@ class SpecSegmentStatics:
   width: int | None = None
   gated: bool = False
   donate_argnums = (1,)  # the decode state
+
+  @property
+  def compiler_options(self) -> tuple:
+    return SEGMENT_GRAPH_OPTIONS if self.cfg.segment_graphs else ()
 
   def run(self, params, state, counters, max_rounds, threshold):
     return spec_segment(params, state, counters, max_rounds, threshold, cfg=self.cfg,

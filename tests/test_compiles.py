@@ -172,6 +172,31 @@ def test_discard_drops_one_program_or_a_kind_and_get_builds_it_again(tiny_models
   assert compiled.programs() == [progs[2]]
 
 
+def test_segment_graphs_ask_for_cuda_graphs_over_the_segments_loops_only(tiny_models):
+  """ModelConfig.segment_graphs: the segment programs (and no others) ask XLA for command
+  buffers over while loops and conditionals, on GPU compiles only; XLA accepts the option as
+  written (it refuses an unknown command type by name); a non-bool is refused by load_model."""
+  cfg = tiny_models["llama3_rope"].jax.cfg
+  graphs_cfg = dataclasses.replace(cfg, segment_graphs=True)
+  skip = SkipMask.from_layers(cfg.n_layers, attn=(1,), mlp=())
+  plain = speculative.SpecSegmentStatics(cfg, skip, 2, 256)
+  graphs = speculative.SpecSegmentStatics(graphs_cfg, skip, 2, 256)
+  assert plain.compiler_options == () and plain != graphs
+  option = dict(graphs.compiler_options)["xla_gpu_enable_command_buffer"].split(",")
+  assert {"WHILE", "CONDITIONAL", "FUSION", "CUSTOM_CALL"} <= set(option)
+  assert compile_cache.compiler_options(graphs) == {}  # a CPU run
+  for other in (decoding.draft_program(graphs_cfg, 256, skip),
+                latency.VerifyLoopStatics(graphs_cfg, 256)):
+    assert compile_cache.compiler_options(other) == {}
+    assert not dict(getattr(other, "compiler_options", ()))
+  loop = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, y: y * 2, x)).lower(np.ones(3))
+  loop.compile(compiler_options=dict(graphs.compiler_options))
+  with pytest.raises(Exception, match="not a valid enum value"):
+    loop.compile(compiler_options={"xla_gpu_enable_command_buffer": "WHILE,NO_SUCH_COMMAND"})
+  with pytest.raises(ks.UnsupportedModelError, match="segment_graphs must be True or False"):
+    ks.load_model(segment_graphs="yes")
+
+
 def test_programs_compile_with_the_xla_options_their_statics_ask_for(tiny_models, monkeypatch):
   """A program class's compiler_options reach XLA's compile, and name the executable-store
   entry; options for GPUs (xla_gpu_*) are left out elsewhere. The search's programs ask for

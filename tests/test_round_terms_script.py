@@ -19,18 +19,22 @@ def test_round_terms_smoke(tmp_path):
   """Every gamma of the default sets (smoke: one attention and one MLP skipped); then a skip set
   given as a record's bits (--masks: layer 0's MLP and layer 1's attention and MLP of the tiny
   shape's 2 layers) at two confidence thresholds, and a mask of the wrong length refused by
-  name."""
+  name; the segment timed also as compiled with CUDA graphs over its loops (--segment_graphs,
+  on the CPU the same program)."""
   out = tmp_path / "round_terms.json"
   run_gpu_script_smoke("round_terms.py", out)
   records = json.loads(out.read_text())
   assert [r["gamma"] for r in records] == [1, 2, 4]
-  run_gpu_script_smoke("round_terms.py", out, "--masks=0111", "--gammas=2", "--thresholds=0,2")
+  run_gpu_script_smoke("round_terms.py", out, "--masks=0111", "--gammas=2", "--thresholds=0,2",
+                       "--segment_graphs=0,1")
   masked = json.loads(out.read_text())
-  assert [(r["n_attn_skipped"], r["n_mlp_skipped"], r["gamma"], r["threshold"])
-          for r in masked] == [(1, 2, 2, 0.0), (1, 2, 2, 2.0)]
+  assert [(r["n_attn_skipped"], r["n_mlp_skipped"], r["gamma"], r["threshold"],
+           r["segment_graphs"]) for r in masked] == [
+              (1, 2, 2, 0.0, False), (1, 2, 2, 0.0, True), (1, 2, 2, 2.0, False),
+              (1, 2, 2, 2.0, True)]
   # threshold 0: every round drafts gamma; 2, above any probability: each draft ends at its first
-  assert [r["draft_forwards_per_round"] for r in masked] == [2.0, 1.0]
-  exiting = masked[1]
+  assert [r["draft_forwards_per_round"] for r in masked] == [2.0, 2.0, 1.0, 1.0]
+  exiting = masked[2]
   assert exiting["ms_parts"] == pytest.approx(exiting["ms_per_draft_step"]
                                               + exiting["ms_per_verify"])
   bad = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu" / "round_terms.py"),

@@ -11,7 +11,9 @@ times on device:
   segment   spec_segment over `rounds` rounds at each --thresholds confidence threshold (0: every
             round drafts exactly gamma tokens, no confidence exit, no EOS; 0.7, KnapSpec's:
             drafts end at the first token under it, as the real runs' do) -> ms per round and
-            the draft forwards per round it ran (its counters);
+            the draft forwards per round it ran (its counters); with --segment_graphs=0,1 also
+            compiled with CUDA graphs over its loops (ModelConfig.segment_graphs), in the same
+            process, its parts (below) compiled as ever;
   draft     the AR segment with S skipped (what the profile calls a draft step) -> ms per step;
   verify    verify_loop of gamma + 1 tokens (the profile's verify) -> ms per forward;
 and prints the excess: segment - (forwards per round * draft + verify), with the kernels per loop body of
@@ -22,6 +24,8 @@ Records: $OUT/round_terms.json (or --output).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import pathlib
 import sys
@@ -54,6 +58,9 @@ _THRESHOLDS = flags.DEFINE_list("thresholds", ["0"], "Confidence thresholds of t
                                  "segments (0: no exit; KnapSpec's is 0.7).")
 _DRAFT_VOCAB = flags.DEFINE_integer("draft_vocab", 0, "With --gguf: drafts score this many "
                                     "tokens (load_model's draft_vocab; 0: all).")
+_SEGMENT_GRAPHS = flags.DEFINE_list("segment_graphs", ["0"], "Segment programs compiled without "
+                                     "(0) and with (1) CUDA graphs over their loops "
+                                     "(ModelConfig.segment_graphs), each timed.")
 _ROUNDS = flags.DEFINE_integer("rounds", 64, "Rounds (and steps) per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/round_terms.json).")
@@ -99,11 +106,13 @@ def main(argv):
       verify = compiled.get(latency.VerifyLoopStatics(cfg, attn_len), ver_args())
       t_draft = latency.median_seconds(draft, ar_args, repeats) / rounds
       t_verify = latency.median_seconds(verify, ver_args, repeats) / rounds
-      for threshold in map(float, _THRESHOLDS.value):
+      for threshold, graphs in itertools.product(map(float, _THRESHOLDS.value),
+                                                 [bool(int(g)) for g in _SEGMENT_GRAPHS.value]):
         seg_args = lambda: (params, m.fresh_state(rounds * (gamma + 1) + 1),
                             speculative.SpecCounters.zeros(), jnp.asarray(rounds, jnp.int32),
                             jnp.asarray(threshold, jnp.float32))
-        seg = compiled.get(speculative.SpecSegmentStatics(cfg, skip, gamma, attn_len),
+        seg_cfg = dataclasses.replace(cfg, segment_graphs=graphs)
+        seg = compiled.get(speculative.SpecSegmentStatics(seg_cfg, skip, gamma, attn_len),
                            seg_args())
         _, counters = seg(*seg_args())
         ran = int(counters.rounds)
@@ -113,7 +122,7 @@ def main(argv):
         kernels = {k: sum(metrics.loop_kernels(f.as_text()).values())
                    for k, f in (("segment", seg), ("draft", draft), ("verify", verify))}
         record = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
-                      draft_vocab=cfg.draft_vocab, attn_len=attn_len,
+                      draft_vocab=cfg.draft_vocab, segment_graphs=graphs, attn_len=attn_len,
                       n_attn_skipped=len(skip.attn_skipped), n_mlp_skipped=len(skip.mlp_skipped), gamma=gamma, threshold=threshold,
                       rounds=ran, draft_forwards_per_round=per_round,
                       ms_per_round=t_seg * 1e3, ms_per_draft_step=t_draft * 1e3,
@@ -122,7 +131,8 @@ def main(argv):
                       read_gbps=read_gbps)
         records.append(record)
         print(f"skip {len(skip.attn_skipped):2d} attn + {len(skip.mlp_skipped):2d} mlp  gamma "
-              f"{gamma} threshold {threshold:g}: round {t_seg * 1e3:7.3f} ms = {per_round:.2f} "
+              f"{gamma} threshold {threshold:g}{' graphs' if graphs else ''}: round "
+              f"{t_seg * 1e3:7.3f} ms = {per_round:.2f} "
               f"x draft {t_draft * 1e3:6.3f} + verify {t_verify * 1e3:6.3f} ({parts * 1e3:7.3f}) "
               f"+ excess {(t_seg - parts) * 1e3:+7.3f} ms | kernels per body {kernels}",
               flush=True)
