@@ -45,9 +45,11 @@ from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.skip_mask import SkipMask
 
 PROFILE_DIR = pathlib.Path(__file__).resolve().parents[1] / "profiles"
-# measure() settings for a first look on a device without a stored profile (the notebooks):
-# two attention lengths and three verify windows: 16 compiled programs instead of 27.
-# Its fit is coarser; the stored profiles come from full measurements.
+# measure() settings for a first look on a device without a stored profile (the notebooks, and
+# load_or_measure on a CPU): two attention lengths and three verify windows: 16 compiled programs
+# instead of 27. Its fit is coarser; the committed profiles come from full measurements
+# (experiments/measure_profile.py). SmolLM2 in float32 on a 2-vCPU Intel Xeon: 140 s, against
+# about 12 minutes for the full one inside the README's main command (session 29).
 QUICK_MEASURE = dict(attn_lens=(256, 2048), windows=(1, 4, 11), steps=8, repeats=3)
 # measure() times each program at `steps` and LOOP_RATIO x `steps` steps per call; the slope is
 # the cost per step, the intercept the cost per call (see the module docstring).
@@ -469,10 +471,14 @@ def merged(profiles) -> LatencyProfile:
 
 def load_or_measure(params, cfg: ModelConfig, dtype, model_name: str, directory=None,
                     compiled: CompileCache | None = None, log=print, **measure_kwargs):
-  """The stored profile for this (device, model, dtype), measured and saved if there is none."""
+  """The stored profile for this (device, model, dtype), measured and saved if there is none:
+  with measure_kwargs, else on a CPU QUICK_MEASURE's (a user's first generation on a CPU without
+  a stored profile waits minutes, not a quarter of an hour), else measure's defaults."""
   profile = stored(model_name, dtype, directory)
   if profile is not None:
     return profile
+  if not measure_kwargs and jax.default_backend() == "cpu":
+    measure_kwargs = QUICK_MEASURE
   dtype_name = str(jnp.dtype(dtype))
   log(f"measuring the latency profile of {model_name} ({dtype_name}) on {device_name()} ...")
   profile = measure(params, cfg, dtype, model_name, compiled=compiled, log=log, **measure_kwargs)

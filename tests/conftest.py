@@ -188,9 +188,11 @@ def release_compiled_programs():
 
 # The committed latency profile of SmolLM2 (float32) on the CI CPU (BENCHMARKS.md: 2 vCPU AMD
 # EPYC). On any other CPU there is no stored profile for this device, so the first speculative
-# generation with a freshly loaded SmolLM2 measured a full one (load_or_measure: 204 s, inside
-# tests/test_readme.py's API example on a 2-vCPU Intel Xeon) and each notebook a quick one (its
-# own cell, not saved): the suite took 3-4 minutes longer on some CI machines than on others.
+# generation with a freshly loaded SmolLM2 measured one (load_or_measure: a full one, 204 s inside
+# tests/test_readme.py's API example on a 2-vCPU Intel Xeon, until session 29; a quick one since)
+# and each notebook a quick one (its own cell, not saved): the suite took 3-4 minutes longer on
+# some CI machines than on others. The README's main command (tests/test_front_door.py) runs in
+# a fresh clone of its own without this fixture's profile: a user's first use.
 CI_CPU = "cpu: AMD EPYC x2"
 SMOL_PROFILE_NAME = packaged_models.MODELS[checkpoint.DEFAULT_MODEL].file_name
 

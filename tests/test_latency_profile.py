@@ -121,6 +121,28 @@ def test_a_missing_profile_is_measured_once_saved_and_then_read(tiny_models, tmp
   assert methods.profile_for(model) == first and model.profile == first
 
 
+def test_a_cpus_first_use_measures_the_quick_profile(tiny_models, tmp_path, monkeypatch):
+  """With no stored profile and no measure settings, load_or_measure on a CPU measures
+  QUICK_MEASURE's two lengths (the README's main command on an unprofiled CPU: minutes, not a
+  quarter of an hour); settings given are used as given."""
+  import jax.numpy as jnp
+  monkeypatch.setattr(latency, "user_dir", lambda: tmp_path / "profiles")
+  asked = []
+  real = latency.measure
+
+  def recording(*args, **kwargs):
+    asked.append({k: kwargs[k] for k in latency.QUICK_MEASURE if k in kwargs})
+    return real(*args, **{**kwargs, **dict(attn_lens=(256,), windows=(1, 2), steps=2,
+                                           repeats=1)})
+  monkeypatch.setattr(latency, "measure", recording)
+  tiny = tiny_models["llama"].jax
+  latency.load_or_measure(tiny.params, tiny.cfg, jnp.float32, "tiny-first-use", log=len)
+  latency.load_or_measure(tiny.params, tiny.cfg, jnp.float32, "tiny-given", log=len, steps=2,
+                          attn_lens=(256,), windows=(1, 2), repeats=1)
+  assert asked == [latency.QUICK_MEASURE,
+                   dict(steps=2, attn_lens=(256,), windows=(1, 2), repeats=1)]
+
+
 def test_loop_cost_separates_the_cost_per_call_from_the_cost_per_step():
   """A program whose call sleeps 60 ms plus 6 ms per step: loop_cost's two loop lengths give the
   step's cost, where one call's time over its steps (the profile before session 24) adds the
