@@ -57,6 +57,8 @@ MIN_PROGRAMS_TALL_TILE = 96
 BLOCK_K = 128  # keys per inner step of a program, whatever T (see decode_attention)
 MIN_ROWS = 16  # rows of a program's query tile at least: the smallest dot tile
 MAX_QUERIES = 16  # query positions per sequence the kernel takes (verify windows of gamma + 1)
+STAGES = 2  # Triton's software-pipelining depth of a program's key-block loop (chosen, not swept:
+# experiments/gpu/kernel_split_sweep.py --stages times others)
 
 
 def tile_rows(queries: int, groups: int) -> int:
@@ -139,11 +141,11 @@ def choose_split(attn_len: int, heads_x_sequences: int, rows: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("attn_len", "split", "block_k", "warps",
-                                             "interpret"))
+                                             "stages", "interpret"))
 def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
                      split: int | None = None,
                      block_k: int = BLOCK_K, warps: int | None = None,
-                     interpret: bool | None = None):
+                     stages: int = STAGES, interpret: bool | None = None):
   """Causal softmax attention of the last T positions of each sequence over its cache.
 
   q [B, T, H, hd], 1 <= T <= MAX_QUERIES: queries at positions kv_len - T .. kv_len - 1 (a one-token
@@ -156,7 +158,9 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
   only keys before kv_len; None: choose_split's). block_k: keys per inner step; the same for every
   T, so that a verify window's rows sum their blocks as the one-token steps at the same positions do
   (in bfloat16 on the CPU the outputs are the same bits). warps: warps per program (None: num_warps
-  of the tile). interpret: run in Pallas's interpreter (default: off a GPU).
+  of the tile). stages: Triton's pipelining depth of the key-block loop (key and value blocks in
+  flight per program; the same arithmetic whatever it is). interpret: run in Pallas's interpreter
+  (default: off a GPU).
   """
   b, t, h, hd = q.shape
   _, s, kv, _ = keys.shape
@@ -171,6 +175,8 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
                      f"block_k={block_k}")
   if not 1 <= t <= MAX_QUERIES:
     raise ValueError(f"{t} query positions: the kernel takes 1 to {MAX_QUERIES}")
+  if stages < 1:
+    raise ValueError(f"stages={stages}: Triton's pipelining depth is at least 1")
   if groups > MIN_ROWS:
     raise ValueError(f"{groups} query heads per KV head: at most {MIN_ROWS} supported")
   if interpret is None:
@@ -193,7 +199,7 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
       out_shape=[jax.ShapeDtypeStruct((b, kv, splits, rows, hd), jnp.float32),
                  jax.ShapeDtypeStruct((b, kv, splits, rows), jnp.float32),
                  jax.ShapeDtypeStruct((b, kv, splits, rows), jnp.float32)],
-      compiler_params=plgpu.CompilerParams(num_warps=warps or num_warps(rows), num_stages=2),
+      compiler_params=plgpu.CompilerParams(num_warps=warps or num_warps(rows), num_stages=stages),
       interpret=interpret,
       name="split_kv_decode_attention",
   )(kv_len.astype(jnp.int32), q_rows, keys, values)

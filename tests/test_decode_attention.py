@@ -305,6 +305,27 @@ def test_kernel_lowers_to_triton_for_a_cuda_gpu(queries, heads, kv_heads, hd):
     assert exported.mlir_module().count("__gpu$xla.gpu.triton") == 1
 
 
+@pytest.mark.parametrize("stages", [1, 3, 4])
+def test_pipelining_stages_reach_the_triton_call_and_leave_the_arithmetic(stages):
+  """decode_attention(stages=N) is Triton's num_stages of the lowered call (a GPU session's
+  kernel_split_sweep.py --stages times what it asks for, not the default); in the interpreter
+  the outputs are the default's bits, since stages only overlap the same loads; 0 is an error."""
+  export = pytest.importorskip("jax.export")
+  fn = jax.jit(lambda q, k, v, n: decode_attention(q, k, v, n, interpret=False, stages=stages))
+  cache = jax.ShapeDtypeStruct((1, 4 * SPLIT, 8, 128), jnp.bfloat16)
+  module = export.export(fn, platforms=("cuda",), disabled_checks=[
+      export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+          jax.ShapeDtypeStruct((1, 11, 32, 128), jnp.bfloat16), cache, cache,
+          jax.ShapeDtypeStruct((1,), jnp.int32)).mlir_module()
+  assert f"num_stages = {stages} : i32" in module
+  q, keys, values = _random_inputs(5, 1, 4, 9, 3, 64, 2 * SPLIT)
+  kv_len = jnp.asarray([SPLIT + 7], jnp.int32)
+  np.testing.assert_array_equal(decode_attention(q, keys, values, kv_len, stages=stages),
+                                decode_attention(q, keys, values, kv_len))
+  with pytest.raises(ValueError, match="stages=0"):
+    decode_attention(q, keys, values, kv_len, stages=0)
+
+
 def test_window_attention_follows_the_one_token_kernel_in_load_model(tiny_models):
   """A ModelConfig with attention="pallas" alone runs one-token steps through the kernel and
   verify windows through XLA; load_model's default (None) gives windows the kernel wherever the

@@ -58,13 +58,16 @@ def test_kernel_split_sweep_smoke(tmp_path):
   shape's heads (not the script's arithmetic alone), and splits that do not divide the cache
   agree with splits of 256."""
   out = tmp_path / "kernel_split.json"
-  run_gpu_script_smoke("kernel_split_sweep.py", out, "--splits=256,1024", "--windows=1,11")
+  run_gpu_script_smoke("kernel_split_sweep.py", out, "--splits=256,1024", "--windows=1,11",
+                       "--stages=2,3")
   records = json.loads(out.read_text())
   [check] = [r for r in records if r["kind"] == "check"]
   assert check["finite"] and check["max_abs_diff"] <= 1e-5  # float32 on the CPU
   times = [r for r in records if r["kind"] == "time"]
-  assert {(r["window"], r["split"], r["warps"]) for r in times} == {
-      (1, 256, 4), (1, 1024, 4), (11, 256, 4), (11, 1024, 4), (11, 256, 8), (11, 1024, 8)}
+  # Warps beside the default at the largest T, then stages beside the default (2) there.
+  assert sorted((r["window"], r["split"], r["warps"], r["stages"]) for r in times) == sorted([
+      (1, 256, 4, 2), (1, 1024, 4, 2), (11, 256, 4, 2), (11, 1024, 4, 2), (11, 256, 8, 2),
+      (11, 1024, 8, 2), (11, 256, 4, 3), (11, 1024, 4, 3)])
   cfg = shapes.SHAPES["tiny"]
   for r in times:
     assert r["splits"] == 1024 // r["split"] and r["programs"] == r["splits"] * cfg.n_kv_heads

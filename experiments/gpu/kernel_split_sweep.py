@@ -1,7 +1,10 @@
-"""The split-KV attention kernel alone, over its split size and warps (issue 14 items 1-2).
+"""The split-KV attention kernel alone, over its split size, warps and pipelining stages (issue 14
+items 1-2).
 
   python experiments/gpu/kernel_split_sweep.py          # H200: Qwen2.5-1.5B and Llama-3.1-8B heads
   python experiments/gpu/kernel_split_sweep.py --smoke  # CPU interpreter: checks the script runs
+  python experiments/gpu/kernel_split_sweep.py --models=qwen3-8b,llama3.1-8b --buckets=16384 \
+      --windows=1,11 --splits=512,1024 --warps= --stages=1,3,4   # the 8B verify of 11 at 16K
 
 decode_attention.py cuts the attention bucket into splits of `split` positions (256 since
 session 3) and launches one program per (split, KV head, sequence); each program writes float32
@@ -40,19 +43,22 @@ _MODELS = flags.DEFINE_list("models", ["qwen2.5-1.5b", "llama3.1-8b"], "Shapes (
 _BUCKETS = flags.DEFINE_list("buckets", ["1024", "16384", "28672"], "Attention buckets.")
 _WINDOWS = flags.DEFINE_list("windows", ["1", "4", "11"], "Query positions T per call.")
 _SPLITS = flags.DEFINE_list("splits", ["256", "512", "1024", "2048"], "Split sizes.")
-_WARPS = flags.DEFINE_list("warps", ["4", "8"], "Warps tried beside the default at T = 11.")
+_WARPS = flags.DEFINE_list("warps", ["4", "8"], "Warps tried beside the default at the largest T "
+                           "(the first two splits).")
+_STAGES = flags.DEFINE_list("stages", [], "Pipelining stages tried beside decode_attention.STAGES "
+                            "at the largest T (every split, default warps).")
 _CALLS = flags.DEFINE_integer("calls", 64, "Kernel calls per timed loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed loops (median).")
 _BUDGET = flags.DEFINE_float("budget_s", 300.0, "Skip the timings left after this many seconds.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/kernel_split.json).")
 
 
-@functools.partial(jax.jit, static_argnames=("attn_len", "split", "warps", "calls"))
-def attention_loop(q, keys, values, kv_len, *, attn_len, split, warps, calls):
+@functools.partial(jax.jit, static_argnames=("attn_len", "split", "warps", "stages", "calls"))
+def attention_loop(q, keys, values, kv_len, *, attn_len, split, warps, stages, calls):
   """`calls` kernel calls in one program, each on the previous call's output."""
   def body(_, q):
     return decode_attention.decode_attention(q, keys, values, kv_len, attn_len=attn_len,
-                                             split=split, warps=warps)
+                                             split=split, warps=warps, stages=stages)
   return jax.lax.fori_loop(0, calls, body, q)
 
 
@@ -104,36 +110,40 @@ def main(argv):
         rows = decode_attention.tile_rows(t, groups)
         q = jax.random.normal(key, (1, t, cfg.n_heads, hd), jnp.float32).astype(dtype)
         default_warps = decode_attention.num_warps(rows)
-        tries = [(s, None) for s in splits if s <= max(attn_len, decode_attention.SPLIT)]
+        stages = decode_attention.STAGES
+        tries = [(s, None, stages) for s in splits if s <= max(attn_len, decode_attention.SPLIT)]
         if t == max(windows):
-          tries += [(s, w) for s in splits[:2] for w in map(int, _WARPS.value)
+          tries += [(s, w, stages) for s in splits[:2] for w in map(int, _WARPS.value)
                     if w != default_warps and s <= attn_len]
-        for split, warps in tries:
+          tries += [(s, None, st) for s in splits for st in map(int, _STAGES.value)
+                    if st != stages and s <= max(attn_len, decode_attention.SPLIT)]
+        for split, warps, stages in tries:
           if time.perf_counter() - started > _BUDGET.value:
             print(f"budget spent: skipping {name} {attn_len} T={t} split {split}", flush=True)
             continue
           n = decode_attention.n_splits(attn_len, split)
           run = functools.partial(attention_loop, attn_len=attn_len, split=split, warps=warps,
-                                  calls=calls)
+                                  stages=stages, calls=calls)
           args = lambda: (q, cache[0], cache[1], jnp.asarray([attn_len], jnp.int32))
           jax.block_until_ready(run(*args()))  # compile and a first call
           us = latency.median_seconds(run, args, repeats) / calls * 1e6
           record = dict(kind="time", model=name, device=device, dtype=str(jnp.dtype(dtype)),
                         attn_len=attn_len, window=t, rows=rows, split=split, splits=n, programs=n * kv,
-                        warps=warps or default_warps, us_per_call=us, cache_mb=cache_bytes / 1e6,
+                        warps=warps or default_warps, stages=stages, us_per_call=us, cache_mb=cache_bytes / 1e6,
                         partial_mb=partial_bytes(1, kv, n, rows, hd) / 1e6,
                         cache_gbps=cache_bytes / us / 1e3, calls=calls, repeats=repeats)
           records.append(record)
           write_records(records, _OUTPUT.value, "kernel_split.json")
           if record["us_per_call"] < best.get(t, (float("inf"),))[0]:
-            best[t] = (us, split, record["warps"])
+            best[t] = (us, split, record["warps"], stages)
           print(f"{name:13s} {attn_len:6d} T={t:2d} rows {rows:3d} split {split:5d} "
-                f"({n:4d} x {kv} programs) warps {record['warps']} {us:9.2f} us/call "
+                f"({n:4d} x {kv} programs) warps {record['warps']} stages {stages} "
+                f"{us:9.2f} us/call "
                 f"{record['cache_gbps']:7.1f} GB/s cache, {record['partial_mb']:6.2f} MB partials",
                 flush=True)
-      for t, (us, split, warps) in best.items():
-        print(f"best {name} {attn_len} T={t}: split {split}, warps {warps}, {us:.2f} us/call",
-              flush=True)
+      for t, (us, split, warps, stages) in best.items():
+        print(f"best {name} {attn_len} T={t}: split {split}, warps {warps}, stages {stages}, "
+              f"{us:.2f} us/call", flush=True)
   out = write_records(records, _OUTPUT.value, "kernel_split.json")
   print(f"wrote {out} ({len(records)} records) after {time.perf_counter() - started:.0f} s")
 
