@@ -66,20 +66,27 @@ def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = Tru
   check: called with the ModelConfig before any weight is read (api.load_model checks there that
   a mesh can split the model), so a load that will be refused reads no weights.
   """
-  from knapspec_jax import packaged_models
-  path = packaged_models.resolve(default_model_path() if path is None else path)
-  if not path.exists():
-    raise CheckpointError(f"{path}: no such file or directory")
+  path, cfg, tokenizer, eos = read_config_and_tokenizer(path)
   if path.is_dir():
-    cfg, tokenizer, eos = _hf_config_and_tokenizer(path)
     loader = lambda store=None: hf_params(path, cfg, fuse, store)
   else:
-    cfg, tokenizer, eos = _gguf_config_and_tokenizer(path)
     loader = lambda store=None: _gguf_params(path, cfg, fuse, store)
   if check is not None:
     check(cfg)
   params = _cached(path, cfg, fuse, loader) if use_cache else loader()
   return Checkpoint(cfg, params, tokenizer, eos, str(path))
+
+
+def read_config_and_tokenizer(path: str | os.PathLike | None = None):
+  """(resolved path, ModelConfig, tokenizer, eos ids) of what load_checkpoint would load (same
+  arguments, same checks and errors), reading no weights: what a script that needs the tokens
+  and not the model asks for."""
+  from knapspec_jax import packaged_models
+  path = packaged_models.resolve(default_model_path() if path is None else path)
+  if not path.exists():
+    raise CheckpointError(f"{path}: no such file or directory")
+  read = _hf_config_and_tokenizer if path.is_dir() else _gguf_config_and_tokenizer
+  return (path, *read(path))
 
 
 # ----------------------------------------------------------------------------------------- GGUF

@@ -217,6 +217,24 @@ def test_smollm2_eos_is_im_end(smol_jax, smol_gguf_fields):
   assert smol_gguf_fields["tokenizer.ggml.add_bos_token"] is False
 
 
+def test_config_and_tokenizer_without_the_weights(smol_path, tmp_path):
+  """read_config_and_tokenizer (what a script that only needs tokens asks for): the config
+  transformers reads from the same GGUF, a tokenizer that encodes as transformers' does, the
+  file's EOS, and load_checkpoint's errors for a path that is not there."""
+  from transformers import AutoConfig, AutoTokenizer
+  path, cfg, tokenizer, eos = checkpoint.read_config_and_tokenizer(smol_path)
+  assert path == smol_path and eos == (2,)
+  hf = AutoConfig.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
+  assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size) == (
+      hf.num_hidden_layers, hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads,
+      hf.vocab_size)
+  reference = AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
+  text = "def knapsack(items, budget):\n    return max(items)  # ünïcode"
+  assert tokenizer.encode(text) == reference.encode(text)
+  with pytest.raises(CheckpointError, match=r"no such file or directory"):
+    checkpoint.read_config_and_tokenizer(tmp_path / "nowhere.gguf")
+
+
 # ------------------------------------------------------------------------------- bad inputs
 
 def test_missing_path(tmp_path):

@@ -75,11 +75,14 @@ def _by_name(call: ast.Call, imported: dict) -> bool:
 
 
 def _files():
+  """Every .py file under SOURCES, subfolders included (experiments/gpu), each with the
+  stems of its own folder's files as its siblings."""
   for folder in SOURCES:
-    paths = sorted((REPO / folder).glob("*.py"))
-    siblings = {p.stem for p in paths}
-    for path in paths:
-      yield path, siblings
+    for directory in sorted({p.parent for p in (REPO / folder).rglob("*.py")}):
+      paths = sorted(directory.glob("*.py"))
+      siblings = {p.stem for p in paths}
+      for path in paths:
+        yield path, siblings
 
 
 def test_no_module_uses_another_modules_private_names():

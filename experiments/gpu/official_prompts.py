@@ -20,7 +20,7 @@ _LONG = flags.DEFINE_list("long_lengths", ["2000", "4000"], "Long-document promp
 
 def main(argv):
   del argv
-  _, tok, _ = checkpoint._gguf_config_and_tokenizer(checkpoint.default_model_path())
+  _, _, tok, _ = checkpoint.read_config_and_tokenizer()
   items = datasets.spec_bench_subset(_PER_CAT.value)
   items += [datasets.long_document_prompt(tok, int(n)) for n in _LONG.value]
   rows = []
