@@ -534,6 +534,7 @@ def test_switch_cost_worker_mode_loads_what_the_worker_compiled(tmp_path):
                                                              "ARSegmentStatics"}
   for r in loads:
     assert r["total_s"] >= r["deserialize_and_load_s"] > 0 and r["megabytes"] > 0
+    assert r["beside_load_s"] > 0 and 0 < r["python_rate_kept"] and r["longest_stall_ms"] >= 0
   refused = subprocess.run([sys.executable, script, "--smoke", "--modes=worker"], cwd=REPO,
                            capture_output=True, text=True, timeout=300,
                            env=dict(env, KNAPSPEC_EXEC_CACHE="0"))

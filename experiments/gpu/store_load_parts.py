@@ -8,6 +8,14 @@ needs the program's arguments (what it adds is load_s minus these parts).
 
 Run it in the process kind the entries were written for (same JAX, device and flags: after
 run_switch_worker.sh, in the same call). Prints one line per entry and writes --output (JSON).
+
+Then each entry is loaded once more in a background thread, as CompileCache loads a switched-to
+program, while this thread runs Python in a loop: the share of its loop rate it kept beside the
+load and its longest stall say how much of the load holds the GIL, that is, stops the decoding
+thread's host loop (on the 2-vCPU Intel Xeon, the smoke shapes' 0.2-0.4 MB CPU entries, 15-48
+ms loads: the loop kept 72-84% of its rate, BENCHMARKS.md 10.34). A device whose driver
+serializes a module load with kernel launches loses more than that; this does not see it
+(switch_cost.py's AR beside a load does).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 import pathlib
 import pickle
 import sys
+import threading
 import time
 
 from absl import app, flags
@@ -53,6 +62,33 @@ def load_parts(path: pathlib.Path) -> dict:
               deserialize_and_load_s=loaded - unpickled, total_s=loaded - start)
 
 
+def python_beside(fn, seconds_alone: float = 0.3) -> dict:
+  """fn() in a background thread while this thread counts in a Python loop: the loop's rate
+  beside it over its rate beside a sleeping thread, and the longest gap between checkpoints of
+  the loop (a stall: the GIL held elsewhere)."""
+  def rate(target):
+    finished = threading.Event()
+    took = []
+    def run():
+      start = time.perf_counter()
+      target()
+      took.append(time.perf_counter() - start)
+      finished.set()
+    thread = threading.Thread(target=run)
+    count, marks = 0, [time.perf_counter()]
+    thread.start()
+    while not finished.is_set():
+      count += 1
+      if count % 5000 == 0:
+        marks.append(time.perf_counter())
+    marks.append(time.perf_counter())
+    thread.join()
+    return count / (marks[-1] - marks[0]), took[0], max(b - a for a, b in zip(marks, marks[1:]))
+  alone, _, _ = rate(lambda: time.sleep(seconds_alone))
+  beside, took, stall = rate(fn)
+  return dict(beside_load_s=took, python_rate_kept=beside / alone, longest_stall_ms=stall * 1e3)
+
+
 def main(argv):
   del argv
   store = pathlib.Path(_STORE.value)
@@ -64,13 +100,16 @@ def main(argv):
     runs = [load_parts(path) for _ in range(max(_REPEATS.value, 1))]
     record = dict(runs[0], later_total_s=(sorted(r["total_s"] for r in runs[1:])[
         (len(runs) - 2) // 2] if len(runs) > 1 else None))
+    record.update(python_beside(lambda: load_parts(path)))
     records.append(record)
     print(f"{record['program'][-40:]:40s} {record['megabytes']:7.1f} MB: read "
           f"{record['read_s'] * 1e3:7.1f} ms, sha256 {record['sha256_s'] * 1e3:6.1f} ms, unpickle "
           f"{record['unpickle_s'] * 1e3:6.1f} ms, deserialize and load "
           f"{record['deserialize_and_load_s'] * 1e3:7.1f} ms; total {record['total_s']:.3f} s"
-          + (f" (a later load {record['later_total_s']:.3f} s)" if len(runs) > 1 else ""),
-          flush=True)
+          + (f" (a later load {record['later_total_s']:.3f} s)" if len(runs) > 1 else "")
+          + f"; beside a Python loop ({record['beside_load_s']:.3f} s) the loop kept "
+          f"{record['python_rate_kept']:.0%} of its rate, longest stall "
+          f"{record['longest_stall_ms']:.1f} ms", flush=True)
   if _OUTPUT.value:
     out = pathlib.Path(_OUTPUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
