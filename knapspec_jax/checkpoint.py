@@ -84,7 +84,8 @@ def read_config_and_tokenizer(path: str | os.PathLike | None = None):
   from knapspec_jax import packaged_models
   path = packaged_models.resolve(default_model_path() if path is None else path)
   if not path.exists():
-    raise CheckpointError(f"{path}: no such file or directory")
+    raise CheckpointError(f"{path}: no such file or directory, nor a packaged model's name "
+                          f"({', '.join(packaged_models.MODELS)})")
   read = _hf_config_and_tokenizer if path.is_dir() else _gguf_config_and_tokenizer
   return (path, *read(path))
 

@@ -240,6 +240,9 @@ def test_config_and_tokenizer_without_the_weights(smol_path, tmp_path):
 def test_missing_path(tmp_path):
   with pytest.raises(CheckpointError, match=r"no such file or directory"):
     api.load_model(str(tmp_path / "nowhere.gguf"))
+  with pytest.raises(CheckpointError, match=r"llama-99b: no such file or directory, nor a "
+                     r"packaged model's name \(.*qwen2.5-coder-1.5b"):
+    api.load_model("llama-99b")
   with pytest.raises(CheckpointError, match=r"no such file or directory"):
     checkpoint.load_checkpoint(tmp_path / "no_dir")
 
