@@ -124,3 +124,28 @@ def grouped_bars(groups: Sequence[str], series: dict, path, *, xlabel: str, ylab
   _label(ax, xlabel, ylabel, title)
   ax.legend(fontsize=7)
   return _save(fig, path)
+
+
+def predicted_vs_measured(panels: dict, measured, groups, path, *, title: str,
+                          notes: dict | None = None) -> pathlib.Path:
+  """One panel per prediction (label -> x values), measured against it, one colour per group,
+  the line where prediction equals measurement, and each panel's note (e.g. its Pearson r)."""
+  measured = np.asarray(measured, float)
+  groups = list(groups)
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), sharey=True,
+                           squeeze=False)
+  for ax, (what, x) in zip(axes[0], panels.items()):
+    x = np.asarray(x, float)
+    for g in dict.fromkeys(groups):
+      sel = np.array([h == g for h in groups])
+      ax.scatter(x[sel], measured[sel], s=18, alpha=0.75, label=str(g))
+    low, high = min(x.min(), measured.min()), max(x.max(), measured.max())
+    ax.plot([low, high], [low, high], color="black", lw=1, ls="--", label="predicted = measured")
+    if notes and what in notes:
+      ax.text(0.03, 0.97, notes[what], transform=ax.transAxes, va="top", fontsize=8,
+              bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    _label(ax, "\n".join(textwrap.wrap(f"{what} (tokens/s)", 50)), "measured tokens/s", "")
+  axes[0][-1].legend(fontsize=7, loc="lower right")
+  fig.suptitle("\n".join(textwrap.wrap(title, int(11 * fig.get_figwidth()))), fontsize=9)
+  return _save(fig, path)
+

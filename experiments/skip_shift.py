@@ -2,6 +2,9 @@
 
   python experiments/skip_shift.py --lengths=100,3000 --searches=8 --every=256 \
       --output_dir=results/cpu/analysis/skip_shift
+  python experiments/skip_shift.py --model=qwen2.5-coder-1.5b --max_context=8192 \
+      --profile=profiles/<the H200 Qwen profile>.json --lengths=100,2000,4000 --searches=3 \
+      --every=128 --output_dir=results/cpu/analysis/skip_shift_qwen   # the H200's candidates
 
 For each prompt: prefill, then a long plain generation; every `every` tokens run the knapsack
 search with the device's latency profile (integer weights at that context) and the TPT
@@ -31,6 +34,12 @@ _EVERY = flags.DEFINE_integer("every", 16, "Plain tokens between searches.")
 _R = flags.DEFINE_integer("n_ref", 16, "Reference tokens.")
 _OUT = flags.DEFINE_string("output_dir", None, "results.jsonl, summary.md and a plot go here.")
 _FROM = flags.DEFINE_string("from_jsonl", None, "Redo the table and plot from these results.")
+_MODEL = flags.DEFINE_string("model", None, "Which model searches (load_model's argument; "
+                             "default: the bundled SmolLM2-135M).")
+_MAX_CONTEXT = flags.DEFINE_integer("max_context", None, "Its KV cache positions (load_model's "
+                                    "max_context).")
+_PROFILE = flags.DEFINE_string("profile", None, "Weigh the items with this stored profile (JSON; "
+                               "another device's candidates), not this device's.")
 
 
 def main(argv):
@@ -39,9 +48,10 @@ def main(argv):
     rows = [json.loads(line) for line in open(_FROM.value)]
     return write_outputs(rows, [], len(rows[0]["skip"]))
   started = time.perf_counter()
-  model = ks.load_model()
-  profile = methods.profile_for(model)
-  print(f"profile: {profile.device}")
+  model = ks.load_model(_MODEL.value, max_context=_MAX_CONTEXT.value)
+  profile = (latency.LatencyProfile.load(_PROFILE.value) if _PROFILE.value
+             else methods.profile_for(model))
+  print(f"profile: {profile.device}, {profile.model}")
   lines = ["| prompt tokens | context | weights (attn, MLP) | best attn skipped | best MLP "
            "skipped | gamma | alpha | predicted x AR |", "|---|---|---|---|---|---|---|---|"]
   print("\n".join(lines))
@@ -57,6 +67,7 @@ def main(argv):
       best, gamma, tpt = common.best_draft(cands, profile, attn_len)
       ar = 1 / profile.t_step(None, attn_len)
       row = dict(item_id=item_id, prompt_tokens=len(ids), context=point.context,
+                 model=f"{model.name} ({model.dtype})", weights_profile=profile.device,
                  weights=list(w), n_attn_skipped=len(best.skip.attn_skipped),
                  n_mlp_skipped=len(best.skip.mlp_skipped), gamma=gamma, alpha=best.alpha,
                  predicted_x_ar=tpt / ar, skip=best.skip.to_list(),
@@ -104,8 +115,10 @@ def write_outputs(rows, lines, n_sublayers: int):
   plots.lines(series, out / "skips_vs_context.png",
               xlabel="context length (tokens: prompt + generated)",
               ylabel=f"sublayers skipped by the best draft (of {n_sublayers})",
-              title=f"At longer context the best draft skips fewer MLP sublayers, as many "
-                    f"attention ones (SmolLM2-135M f32, {rows[0]['device']})")
+              title=f"The best draft's attention and MLP skips against context "
+                    f"({rows[0].get('model', 'SmolLM2-135M f32')}, searched on "
+                    f"{rows[0]['device']}, items weighed by "
+                    f"{rows[0].get('weights_profile', rows[0]['device'])})")
   print(f"wrote {out}")
 
 

@@ -13,7 +13,9 @@ tokens/s.
 plus its call_s) instead of the one the run used: an old run read with a newer profile.
 
 Prints, per method and pooled: windows, Pearson r of each prediction with the measured speed,
-and the median relative error of the profile's window time.
+and the median relative error of the profile's window time. --plot=PATH.png also draws the
+pooled windows: measured tokens/s against each of the two predictions, one colour per prompt,
+each panel with its Pearson r and the line where prediction equals measurement.
 """
 
 import statistics
@@ -33,6 +35,8 @@ _PROFILE = flags.DEFINE_string("profile", None, "A latency profile (.json) to ti
                                "with instead of the run's own.")
 _CAPACITY = flags.DEFINE_integer("capacity", 32768, "The model's KV cache positions (with "
                                  "--profile: the attention bucket of each window).")
+_PLOT = flags.DEFINE_string("plot", None, "A .png to draw the pooled windows into.")
+_TITLE = flags.DEFINE_string("title", "", "What the plot's windows are (machine, model, runs).")
 
 
 def _profile_wall_s(profile: LatencyProfile, w: dict) -> float:
@@ -75,6 +79,21 @@ def main(argv):
     error = statistics.median(abs(r / m - 1) for r, m in zip(ran, measured))
     print(f"| {name} | {len(sel)} | {len(items)} | {_r(tpt, measured):.3f} | "
           f"{_r(ran, measured):.3f} | {error:.1%} |")
+  if _PLOT.value:
+    print(f"wrote {plot(pooled, _PLOT.value, _TITLE.value)}")
+
+
+def plot(rows, path, title: str):
+  """Measured tokens/s against the decision's TPT and against the profile's time of the window
+  as it ran, side by side (rows: (tpt, as ran, measured, prompt))."""
+  import plots  # noqa: PLC0415 (matplotlib only when a plot is asked for)
+  tpt, ran, measured = (np.array([row[i] for row in rows]) for i in range(3))
+  panels = {"the decision's predicted TPT (before the window)": tpt,
+            "the profile's tokens/s for the window as it ran": ran}
+  return plots.predicted_vs_measured(
+      panels, measured, [row[3] for row in rows], path, title=title,
+      notes={what: f"Pearson r = {_r(x, measured):.3f}, {len(rows)} windows"
+             for what, x in panels.items()})
 
 
 if __name__ == "__main__":

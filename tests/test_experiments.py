@@ -155,9 +155,12 @@ def test_window_analyses_read_the_recorded_windows(tmp_path):
   assert judged.returncode == 0, judged.stderr[-2000:]
   assert "| lose | 256 | 1 + 0, 2 | 110, 90 | 99 | 100 | 0.990 | drop |" in judged.stdout
   assert "| win | 256 | 1 + 0, 2 | 104, 106 | 105 | 100 | 1.050 | keep |" in judged.stdout
+  png = tmp_path / "prediction.png"
   predicted = subprocess.run([sys.executable, str(REPO / "experiments" / "window_prediction.py"),
-                              f"{path}.gz"], capture_output=True, text=True, env=env, timeout=120)
+                              f"{path}.gz", f"--plot={png}", "--title=stated windows"],
+                             capture_output=True, text=True, env=env, timeout=120)
   assert predicted.returncode == 0, predicted.stderr[-2000:]
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in predicted.stdout
   kept = windows["lose"] + windows["win"]
   measured = [w["measured_tokens_per_s"] for w in kept]
   r_tpt = np.corrcoef([w["decision"]["predicted_tpt"] for w in kept], measured)[0, 1]
@@ -446,6 +449,42 @@ def test_acceptance_curve_reports_how_far_the_estimate_is_from_held_out(tmp_path
   table = [line for line in proc.stdout.splitlines() if line.startswith("| a |")
            or line.startswith("| b |")]
   assert table == ["| a | 1 | 0.80 | 0.90 | +0.10 |", "| b | 1 | 0.90 | 0.60 | -0.30 |"]
+
+
+def test_skip_shift_weighs_the_items_with_the_profile_it_is_given(tmp_path, smol_path):
+  """experiments/skip_shift.py --model --profile: one search on SmolLM2 whose knapsack items
+  weigh what the H200 profile says at that bucket (knapsack.integer_weights of its attention and
+  MLP costs, worked out here from the profile file), the rows naming the model and the weights'
+  device; --from_jsonl redoes the per-prompt means (by hand: 2 and 4 attention, 1 and 3 MLP
+  sublayers over two searches) and the plot."""
+  from knapspec_jax import decoding, knapsack
+  from knapspec_jax.latency import LatencyProfile
+  profile_path = (REPO / "profiles" /
+                  "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas_rows2_pallas_windows__bfloat16.json")
+  env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "skip_shift.py"),
+                         f"--model={smol_path}", "--max_context=1024", f"--profile={profile_path}",
+                         "--lengths=100", "--searches=1", f"--output_dir={tmp_path / 'live'}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  [row] = [json.loads(line) for line in (tmp_path / "live" / "results.jsonl").read_text().splitlines()]
+  profile = LatencyProfile.load(profile_path)
+  attn_len = decoding.attn_bucket(row["context"] + 10 + 1, 1024)  # gamma_max 10, as searched
+  assert row["weights"] == list(knapsack.integer_weights(profile.t_attn(attn_len), profile.t_mlp))
+  assert row["weights_profile"] == "NVIDIA H200" and row["model"].endswith("(float32)")
+  assert row["n_attn_skipped"] + row["n_mlp_skipped"] == sum(row["skip"])
+  assert (tmp_path / "live" / "skips_vs_context.png").stat().st_size > 0
+
+  rows = [dict(row, prompt_tokens=50, context=c, n_attn_skipped=a, n_mlp_skipped=m)
+          for c, a, m in ((60, 2, 1), (76, 4, 3))]
+  path = tmp_path / "rows.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  redone = subprocess.run([sys.executable, str(REPO / "experiments" / "skip_shift.py"),
+                           f"--from_jsonl={path}", f"--output_dir={tmp_path / 'redone'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert redone.returncode == 0, redone.stderr[-3000:]
+  assert "| 50 | 60-76 | 3.0 | 2.0 | 0.60 |" in redone.stdout, redone.stdout
+  assert (tmp_path / "redone" / "skips_vs_context.png").stat().st_size > 0
 
 
 def test_exit_round_check_decodes_losslessly_and_reports_both_round_models(tmp_path):
