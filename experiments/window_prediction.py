@@ -13,7 +13,8 @@ tokens/s.
 plus its call_s) instead of the one the run used: an old run read with a newer profile.
 
 Prints, per method and pooled: windows, Pearson r of each prediction with the measured speed,
-and the median relative error of the profile's window time. --plot=PATH.png also draws the
+and the median relative error of the profile's window time; per prompt, the range of each.
+--plot=PATH.png also draws the
 pooled windows: measured tokens/s against each of the two predictions, one colour per prompt,
 each panel with its Pearson r and the line where prediction equals measurement.
 """
@@ -79,6 +80,12 @@ def main(argv):
     error = statistics.median(abs(r / m - 1) for r, m in zip(ran, measured))
     print(f"| {name} | {len(sel)} | {len(items)} | {_r(tpt, measured):.3f} | "
           f"{_r(ran, measured):.3f} | {error:.1%} |")
+  print("\n| prompt | windows | decision's TPT | profile, window as it ran | measured tokens/s |")
+  print("|---|---|---|---|---|")
+  for item in dict.fromkeys(row[3] for row in pooled):
+    sel = [row for row in pooled if row[3] == item]
+    span = lambda i: f"{min(r[i] for r in sel):.0f}-{max(r[i] for r in sel):.0f}"
+    print(f"| {item} | {len(sel)} | {span(0)} | {span(1)} | {span(2)} |")
   if _PLOT.value:
     print(f"wrote {plot(pooled, _PLOT.value, _TITLE.value)}")
 
