@@ -487,6 +487,37 @@ def test_skip_shift_weighs_the_items_with_the_profile_it_is_given(tmp_path, smol
   assert (tmp_path / "redone" / "skips_vs_context.png").stat().st_size > 0
 
 
+def test_chosen_drafts_counts_each_draft_once_where_it_was_first_chosen(tmp_path):
+  """experiments/chosen_drafts.py on stated records: a draft chosen at 2000 and kept (its reason
+  then naming later contexts) counts once, at 2000; another chosen at 16000 counts there; the
+  same skip set in another run counts again; AR, plain and trial-free windows without a
+  'chosen at' are left out. Band means worked out by hand; --plot writes a PNG."""
+  def window(context, attn, mlp, gamma=2, reason=None):
+    skip = [1] * attn + [0] * (8 - attn) + [1] * mlp + [0] * (8 - mlp)
+    return dict(decision=dict(skip=skip, gamma=gamma, n_attn_skipped=attn, n_mlp_skipped=mlp,
+                              reason=reason or f"kept (chosen at context {context}; ...)"))
+  run_a = [dict(method="knapspec", warmup_windows=[[window(2000, 4, 4)]], timed_windows=[
+               [window(2100, 4, 4), window(0, 0, 0, gamma=0, reason="no search: ...")],
+               [window(16000, 6, 1, gamma=1), window(16100, 4, 4)]]),
+           dict(method="ar", warmup_windows=[], timed_windows=[None])]
+  run_b = [dict(method="knapspec", warmup_windows=[], timed_windows=[[window(2050, 4, 4)]])]
+  paths = []
+  for name, recs in (("a", run_a), ("b", run_b)):
+    (tmp_path / name).mkdir()
+    paths.append(tmp_path / name / "results.jsonl")
+    paths[-1].write_text("".join(json.dumps(r) + "\n" for r in recs))
+  png = tmp_path / "chosen.png"
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "chosen_drafts.py"),
+                         *map(str, paths), f"--plot={png}"], capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith(("| a |", "| b |"))]
+  assert rows == ["| a | 2000 | 4 | 4 | 2 |", "| a | 16000 | 6 | 1 | 1 |", "| b | 2050 | 4 | 4 | 2 |"]
+  assert "| >= 1024 | 2 | 4.0 | 4.0 | 0.50 |" in proc.stdout
+  assert "| >= 12288 | 1 | 6.0 | 1.0 | 0.86 |" in proc.stdout
+  assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_exit_round_check_decodes_losslessly_and_reports_both_round_models(tmp_path):
   """experiments/exit_round_check.py on SmolLM2 (f32, the H200 profile as the costs): each draft
   it decodes (the two models' best and one given set) reproduces plain decoding's tokens, and
