@@ -65,12 +65,14 @@ def main(argv):
   print("|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['run']} | {r['context']} | {r['attn']} | {r['mlp']} | {r['gamma']} |")
-  print("\n| context band | choices | mean attention skipped | mean MLP skipped | attention share |")
+  print("\n| context band | choices | mean attention skipped | mean MLP skipped | "
+        "attention share |")
   print("|---|---|---|---|---|")
   for low in sorted({band(r["context"]) for r in rows}):
     sel = [r for r in rows if band(r["context"]) == low]
     attn, mlp = (statistics.mean(r[k] for r in sel) for k in ("attn", "mlp"))
-    print(f"| >= {low} | {len(sel)} | {attn:.1f} | {mlp:.1f} | {attn / max(attn + mlp, 1e-9):.2f} |")
+    share = attn / max(attn + mlp, 1e-9)
+    print(f"| >= {low} | {len(sel)} | {attn:.1f} | {mlp:.1f} | {share:.2f} |")
   if _PLOT.value:
     import plots  # noqa: PLC0415 (matplotlib only when a plot is asked for)
     ctx = [r["context"] for r in rows]

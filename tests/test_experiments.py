@@ -459,15 +459,16 @@ def test_skip_shift_weighs_the_items_with_the_profile_it_is_given(tmp_path, smol
   sublayers over two searches) and the plot."""
   from knapspec_jax import decoding, knapsack
   from knapspec_jax.latency import LatencyProfile
-  profile_path = (REPO / "profiles" /
-                  "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas_rows2_pallas_windows__bfloat16.json")
+  profile_path = REPO / "profiles" / (
+      "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas_rows2_pallas_windows__bfloat16.json")
   env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, str(REPO / "experiments" / "skip_shift.py"),
                          f"--model={smol_path}", "--max_context=1024", f"--profile={profile_path}",
                          "--lengths=100", "--searches=1", f"--output_dir={tmp_path / 'live'}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  [row] = [json.loads(line) for line in (tmp_path / "live" / "results.jsonl").read_text().splitlines()]
+  [row] = [json.loads(line)
+           for line in (tmp_path / "live" / "results.jsonl").read_text().splitlines()]
   profile = LatencyProfile.load(profile_path)
   attn_len = decoding.attn_bucket(row["context"] + 10 + 1, 1024)  # gamma_max 10, as searched
   assert row["weights"] == list(knapsack.integer_weights(profile.t_attn(attn_len), profile.t_mlp))
@@ -512,7 +513,8 @@ def test_chosen_drafts_counts_each_draft_once_where_it_was_first_chosen(tmp_path
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = [line for line in proc.stdout.splitlines() if line.startswith(("| a |", "| b |"))]
-  assert rows == ["| a | 2000 | 4 | 4 | 2 |", "| a | 16000 | 6 | 1 | 1 |", "| b | 2050 | 4 | 4 | 2 |"]
+  assert rows == ["| a | 2000 | 4 | 4 | 2 |", "| a | 16000 | 6 | 1 | 1 |",
+                  "| b | 2050 | 4 | 4 | 2 |"]
   assert "| >= 1024 | 2 | 4.0 | 4.0 | 0.50 |" in proc.stdout
   assert "| >= 12288 | 1 | 6.0 | 1.0 | 0.86 |" in proc.stdout
   assert png.read_bytes()[:4] == b"\x89PNG"

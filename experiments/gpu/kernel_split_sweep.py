@@ -129,7 +129,8 @@ def main(argv):
           us = latency.median_seconds(run, args, repeats) / calls * 1e6
           record = dict(kind="time", model=name, device=device, dtype=str(jnp.dtype(dtype)),
                         attn_len=attn_len, window=t, rows=rows, split=split, splits=n, programs=n * kv,
-                        warps=warps or default_warps, stages=stages, us_per_call=us, cache_mb=cache_bytes / 1e6,
+                        warps=warps or default_warps, stages=stages, us_per_call=us,
+                        cache_mb=cache_bytes / 1e6,
                         partial_mb=partial_bytes(1, kv, n, rows, hd) / 1e6,
                         cache_gbps=cache_bytes / us / 1e3, calls=calls, repeats=repeats)
           records.append(record)
