@@ -74,19 +74,29 @@ def speed_vs_context(rows: Sequence[dict], path, title: str) -> pathlib.Path:
 def scatter_fit(x, y, path, *, xlabel: str, ylabel: str, title: str, groups=None,
                 annotate: str = "") -> pathlib.Path:
   """y against x, coloured by group, with an annotation (e.g. the Pearson r)."""
-  x, y = np.asarray(x, float), np.asarray(y, float)
   fig, ax = plt.subplots(figsize=(5.5, 4.2))
-  groups = np.asarray(groups if groups is not None else [""] * len(x))
+  groups = groups if groups is not None else [""] * len(x)
+  _grouped_scatter(ax, x, y, groups)
+  _note(ax, annotate)
+  _label(ax, xlabel, ylabel, title)
+  if len(set(groups)) > 1:
+    ax.legend(fontsize=7, loc="lower right")
+  return _save(fig, path)
+
+
+def _grouped_scatter(ax, x, y, groups):
+  """y against x, one colour (and legend label) per group, in the groups' first-seen order."""
+  x, y, groups = np.asarray(x, float), np.asarray(y, float), np.asarray(list(groups))
   for g in dict.fromkeys(groups.tolist()):
     sel = groups == g
     ax.scatter(x[sel], y[sel], s=18, alpha=0.75, label=str(g) or None)
-  if annotate:
-    ax.text(0.03, 0.97, annotate, transform=ax.transAxes, va="top", fontsize=8,
+
+
+def _note(ax, text: str):
+  """A boxed note in the axes' top left corner (nothing for an empty text)."""
+  if text:
+    ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=8,
             bbox=dict(facecolor="white", alpha=0.8, lw=0))
-  _label(ax, xlabel, ylabel, title)
-  if len(set(groups.tolist())) > 1:
-    ax.legend(fontsize=7, loc="lower right")
-  return _save(fig, path)
 
 
 def lines(series: dict, path, *, xlabel: str, ylabel: str, title: str, logx: bool = False,
@@ -130,22 +140,14 @@ def predicted_vs_measured(panels: dict, measured, groups, path, *, title: str,
                           notes: dict | None = None) -> pathlib.Path:
   """One panel per prediction (label -> x values), measured against it, one colour per group,
   the line where prediction equals measurement, and each panel's note (e.g. its Pearson r)."""
-  measured = np.asarray(measured, float)
-  groups = list(groups)
   fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), sharey=True,
                            squeeze=False)
   for ax, (what, x) in zip(axes[0], panels.items()):
-    x = np.asarray(x, float)
-    for g in dict.fromkeys(groups):
-      sel = np.array([h == g for h in groups])
-      ax.scatter(x[sel], measured[sel], s=18, alpha=0.75, label=str(g))
-    low, high = min(x.min(), measured.min()), max(x.max(), measured.max())
+    _grouped_scatter(ax, x, measured, groups)
+    low, high = min(np.min(x), np.min(measured)), max(np.max(x), np.max(measured))
     ax.plot([low, high], [low, high], color="black", lw=1, ls="--", label="predicted = measured")
-    if notes and what in notes:
-      ax.text(0.03, 0.97, notes[what], transform=ax.transAxes, va="top", fontsize=8,
-              bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    _note(ax, (notes or {}).get(what, ""))
     _label(ax, "\n".join(textwrap.wrap(f"{what} (tokens/s)", 50)), "measured tokens/s", "")
   axes[0][-1].legend(fontsize=7, loc="lower right")
   fig.suptitle("\n".join(textwrap.wrap(title, int(11 * fig.get_figwidth()))), fontsize=9)
   return _save(fig, path)
-

@@ -14,9 +14,9 @@ plus its call_s) instead of the one the run used: an old run read with a newer p
 
 Prints, per method and pooled: windows, Pearson r of each prediction with the measured speed,
 and the median relative error of the profile's window time; per prompt, the range of each.
---plot=PATH.png also draws the
-pooled windows: measured tokens/s against each of the two predictions, one colour per prompt,
-each panel with its Pearson r and the line where prediction equals measurement.
+--plot=PATH.png also draws the pooled windows: measured tokens/s against each of the two
+predictions, one colour per prompt, each panel with its Pearson r and the line where prediction
+equals measurement.
 """
 
 import statistics

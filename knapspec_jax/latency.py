@@ -48,8 +48,9 @@ PROFILE_DIR = pathlib.Path(__file__).resolve().parents[1] / "profiles"
 # measure() settings for a first look on a device without a stored profile (the notebooks, and
 # load_or_measure on a CPU): two attention lengths and three verify windows: 16 compiled programs
 # instead of 27. Its fit is coarser; the committed profiles come from full measurements
-# (experiments/measure_profile.py). SmolLM2 in float32 on a 2-vCPU Intel Xeon: 140 s, against
-# about 12 minutes for the full one inside the README's main command (session 29).
+# (experiments/measure_profile.py). SmolLM2 in float32 on a 2-vCPU Intel Xeon: 136 s
+# (`measure_profile.py --quick`), against about 12 minutes for the full one inside the README's
+# main command (sessions 29-30, BENCHMARKS.md 10.34).
 QUICK_MEASURE = dict(attn_lens=(256, 2048), windows=(1, 4, 11), steps=8, repeats=3)
 # measure() times each program at `steps` and LOOP_RATIO x `steps` steps per call; the slope is
 # the cost per step, the intercept the cost per call (see the module docstring).

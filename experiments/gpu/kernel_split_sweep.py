@@ -109,14 +109,14 @@ def main(argv):
       for t in windows:
         rows = decode_attention.tile_rows(t, groups)
         q = jax.random.normal(key, (1, t, cfg.n_heads, hd), jnp.float32).astype(dtype)
-        default_warps = decode_attention.num_warps(rows)
-        stages = decode_attention.STAGES
-        tries = [(s, None, stages) for s in splits if s <= max(attn_len, decode_attention.SPLIT)]
+        default_warps, default_stages = decode_attention.num_warps(rows), decode_attention.STAGES
+        tries = [(s, None, default_stages) for s in splits
+                 if s <= max(attn_len, decode_attention.SPLIT)]
         if t == max(windows):
-          tries += [(s, w, stages) for s in splits[:2] for w in map(int, _WARPS.value)
+          tries += [(s, w, default_stages) for s in splits[:2] for w in map(int, _WARPS.value)
                     if w != default_warps and s <= attn_len]
           tries += [(s, None, st) for s in splits for st in map(int, _STAGES.value)
-                    if st != stages and s <= max(attn_len, decode_attention.SPLIT)]
+                    if st != default_stages and s <= max(attn_len, decode_attention.SPLIT)]
         for split, warps, stages in tries:
           if time.perf_counter() - started > _BUDGET.value:
             print(f"budget spent: skipping {name} {attn_len} T={t} split {split}", flush=True)
