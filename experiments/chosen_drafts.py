@@ -10,6 +10,11 @@ that chose it: a draft that later searches chose again, or kept at a longer prom
 run (its reason then names the later context), counts once, where it first appeared. Prints
 one row per choice and, per context band, the mean attention and MLP sublayers skipped and the
 attention share; --plot draws each choice's attention and MLP counts against its context.
+
+Records written since session 31 also keep each search's own best (skip set, gamma), chosen or
+not (the decision's `search_best`): a search at a longer context that borrowed a shorter
+context's draft, or declined, still says what the knapsack picked there. Those are a second
+table, one row per search, and hollow markers on the plot; older records have none.
 """
 
 import collections
@@ -55,17 +60,30 @@ def choices(paths) -> list[dict]:
   return list(seen.values())
 
 
-def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError("one or more results.jsonl")
-  rows = choices(argv[1:])
-  if not rows:
-    raise app.UsageError("no window ran a draft that names the context it was chosen at")
-  print("| run | chosen at context | attention skipped | MLP skipped | gamma |")
+def searches(paths) -> list[dict]:
+  """One row per search whose decision recorded its own best (`search_best`)."""
+  rows = []
+  for path in paths:
+    run = pathlib.Path(path).parent.name
+    for rec in read_records(path):
+      if rec.get("method") != "knapspec":
+        continue
+      for windows in (rec.get("warmup_windows") or []) + (rec.get("timed_windows") or []):
+        for w in windows or []:
+          best = w["decision"].get("search_best")
+          if best:
+            rows.append(dict(run=run, context=w["decision"]["context"],
+                             attn=best["n_attn_skipped"], mlp=best["n_mlp_skipped"],
+                             gamma=best["gamma"]))
+  return rows
+
+
+def print_table(rows, what: str) -> None:
+  print(f"| run | {what} at context | attention skipped | MLP skipped | gamma |")
   print("|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['run']} | {r['context']} | {r['attn']} | {r['mlp']} | {r['gamma']} |")
-  print("\n| context band | choices | mean attention skipped | mean MLP skipped | "
+  print(f"\n| context band | {what} | mean attention skipped | mean MLP skipped | "
         "attention share |")
   print("|---|---|---|---|---|")
   for low in sorted({band(r["context"]) for r in rows}):
@@ -73,16 +91,34 @@ def main(argv):
     attn, mlp = (statistics.mean(r[k] for r in sel) for k in ("attn", "mlp"))
     share = attn / max(attn + mlp, 1e-9)
     print(f"| >= {low} | {len(sel)} | {attn:.1f} | {mlp:.1f} | {share:.2f} |")
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("one or more results.jsonl")
+  rows, bests = choices(argv[1:]), searches(argv[1:])
+  if not (rows or bests):
+    raise app.UsageError("no window ran a draft that names the context it was chosen at, and "
+                         "no decision recorded its search's best")
+  if rows:
+    print_table(rows, "chosen")
+  if bests:
+    print("\nEach search's own best (skip set, gamma), chosen or not:\n")
+    print_table(bests, "searched")
   if _PLOT.value:
     import plots  # noqa: PLC0415 (matplotlib only when a plot is asked for)
-    ctx = [r["context"] for r in rows]
-    series = {"attention sublayers skipped": (ctx, [r["attn"] for r in rows],
-                                              dict(ls="", color="tab:blue", marker="o")),
-              "MLP sublayers skipped": (ctx, [r["mlp"] for r in rows],
-                                        dict(ls="", color="tab:orange", marker="s"))}
+    series = {}
+    for label, sel, fill in (("chosen", rows, None), ("search's best", bests, "none")):
+      if sel:
+        ctx = [r["context"] for r in sel]
+        for part, key, color, marker in (("attention", "attn", "tab:blue", "o"),
+                                         ("MLP", "mlp", "tab:orange", "s")):
+          series[f"{part} sublayers skipped ({label})"] = (
+              ctx, [r[key] for r in sel],
+              dict(ls="", color=color, marker=marker, **({"mfc": fill} if fill else {})))
     print("wrote " + str(plots.lines(
-        series, _PLOT.value, xlabel="context the draft was chosen at (tokens, log scale)",
-        ylabel="sublayers the chosen draft skips", title=_TITLE.value, logx=True)))
+        series, _PLOT.value, xlabel="context the draft was chosen or searched at (tokens, "
+        "log scale)", ylabel="sublayers the draft skips", title=_TITLE.value, logx=True)))
 
 
 if __name__ == "__main__":

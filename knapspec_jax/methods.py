@@ -626,7 +626,8 @@ class KnapSpecPolicy:
             and (best.skip, best.gamma) != (borrowed.skip, borrowed.gamma)):
       decision = self.decide_kept(borrowed, state, ctx, n, attn_len)
       return dataclasses.replace(decision, reason=f"searched here: {best.reason}; {versus}; "
-                                 f"{decision.reason}")
+                                 f"{decision.reason}", best_skip=best.best_skip,
+                                 best_gamma=best.best_gamma)
     self.model.kept_drafts[bucket] = KeptDraft(best.skip, best.gamma, best.alpha, n,
                                                exit=best.exit)
     if self.background or self.compiled_draft(state, best.skip, best.gamma, n):

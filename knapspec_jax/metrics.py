@@ -65,7 +65,8 @@ def summarize(windows: list[dict], counters, search_s: float) -> dict:
       profile_median_rel_err=float(np.median(rel)) if rel else None,
       decisions=[dict(context=w["context"], **{k: w["decision"][k] for k in (
           "n_attn_skipped", "n_mlp_skipped", "gamma", "alpha", "predicted_tpt", "ar_tpt",
-          "best_tpt", "reason")}, measured_tokens_per_s=w["measured_tokens_per_s"])
+          "best_tpt", "reason")}, measured_tokens_per_s=w["measured_tokens_per_s"],
+                     **{k: w["decision"][k] for k in ("search_best",) if k in w["decision"]})
                  for w in windows],
       window_log=windows)
 

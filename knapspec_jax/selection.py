@@ -135,6 +135,11 @@ class Decision:
   ar_tokens: int | None = None  # plain decoding: tokens before the next decision, None: all
   rounds: int | None = None  # drafting: rounds before the next decision, None: the interval
   exit: ExitRates | None = None  # the draft's rates under the exit it was predicted with
+  # The search's best (skip set, gamma) by predicted TPT, chosen or not (None where no search
+  # ran for this decision): what the knapsack picks at this context, whatever the policy then
+  # decoded with (a draft borrowed from a shorter context, or AR for want of a compile).
+  best_skip: SkipMask | None = None
+  best_gamma: int = 0
 
   @property
   def drafts(self) -> bool:
@@ -143,9 +148,14 @@ class Decision:
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
     del d["ar_tokens"], d["rounds"], d["exit"]  # the window's record says what it decoded
+    del d["best_skip"], d["best_gamma"]
     d["skip"] = None if self.skip is None else self.skip.to_list()
     d["n_attn_skipped"] = 0 if self.skip is None else len(self.skip.attn_skipped)
     d["n_mlp_skipped"] = 0 if self.skip is None else len(self.skip.mlp_skipped)
+    if self.best_skip is not None:
+      d["search_best"] = dict(skip=self.best_skip.to_list(), gamma=self.best_gamma,
+                              n_attn_skipped=len(self.best_skip.attn_skipped),
+                              n_mlp_skipped=len(self.best_skip.mlp_skipped))
     return d
 
 
@@ -186,6 +196,7 @@ def select(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len: i
   table = tpt_table(candidates, profile, attn_len, gamma_max)
   best_i, best_g = np.unravel_index(np.argmax(table), table.shape)
   best = float(table[best_i, best_g])
+  searched = dict(best_skip=candidates[best_i].skip, best_gamma=int(best_g) + 1)
   order = np.argsort(-table, axis=None)
   for flat in order:
     i, g = np.unravel_index(flat, table.shape)
@@ -198,8 +209,8 @@ def select(candidates: Sequence[Candidate], profile: LatencyProfile, attn_len: i
       if saved <= compile_cost_s:
         continue
     return Decision(c.skip, gamma, c.alpha, tpt, ar, best, context,
-                    f"predicted {tpt / ar:.2f}x AR", exit=c.exit)
+                    f"predicted {tpt / ar:.2f}x AR", exit=c.exit, **searched)
   c = candidates[best_i]
   why = (f"best draft ({len(c.skip.attn_skipped)} attn + {len(c.skip.mlp_skipped)} MLP skipped, "
          f"gamma {best_g + 1}, alpha {c.alpha:.2f}) predicts {best / ar:.2f}x AR")
-  return Decision(None, 0, c.alpha, ar, ar, best, context, "declined: " + why)
+  return Decision(None, 0, c.alpha, ar, ar, best, context, "declined: " + why, **searched)

@@ -492,14 +492,23 @@ def test_chosen_drafts_counts_each_draft_once_where_it_was_first_chosen(tmp_path
   """experiments/chosen_drafts.py on stated records: a draft chosen at 2000 and kept (its reason
   then naming later contexts) counts once, at 2000; another chosen at 16000 counts there; the
   same skip set in another run counts again; AR, plain and trial-free windows without a
-  'chosen at' are left out. Band means worked out by hand; --plot writes a PNG."""
-  def window(context, attn, mlp, gamma=2, reason=None):
+  'chosen at' are left out. A search that borrowed a draft (its reason 'searched here') is no
+  choice, and its own best (`search_best`) is a row of the second table, as is a declining
+  search's. Band means worked out by hand; --plot writes a PNG."""
+  def window(context, attn, mlp, gamma=2, reason=None, best=None):
     skip = [1] * attn + [0] * (8 - attn) + [1] * mlp + [0] * (8 - mlp)
-    return dict(decision=dict(skip=skip, gamma=gamma, n_attn_skipped=attn, n_mlp_skipped=mlp,
-                              reason=reason or f"kept (chosen at context {context}; ...)"))
+    d = dict(skip=skip, gamma=gamma, n_attn_skipped=attn, n_mlp_skipped=mlp, context=context,
+             reason=reason or f"kept (chosen at context {context}; ...)")
+    if best:
+      d["search_best"] = dict(skip=[], n_attn_skipped=best[0], n_mlp_skipped=best[1],
+                              gamma=best[2])
+    return dict(decision=d)
+  borrowing = window(8000, 4, 4, reason="searched here: predicted 1.01x AR; ...; kept (chosen "
+                     "at context 2000; ...)", best=(7, 0, 3))
+  declining = window(9000, 0, 0, gamma=0, reason="declined: ...", best=(5, 1, 2))
   run_a = [dict(method="knapspec", warmup_windows=[[window(2000, 4, 4)]], timed_windows=[
                [window(2100, 4, 4), window(0, 0, 0, gamma=0, reason="no search: ...")],
-               [window(16000, 6, 1, gamma=1), window(16100, 4, 4)]]),
+               [window(16000, 6, 1, gamma=1), window(16100, 4, 4), borrowing, declining]]),
            dict(method="ar", warmup_windows=[], timed_windows=[None])]
   run_b = [dict(method="knapspec", warmup_windows=[], timed_windows=[[window(2050, 4, 4)]])]
   paths = []
@@ -512,11 +521,15 @@ def test_chosen_drafts_counts_each_draft_once_where_it_was_first_chosen(tmp_path
                          *map(str, paths), f"--plot={png}"], capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  rows = [line for line in proc.stdout.splitlines() if line.startswith(("| a |", "| b |"))]
+  chosen, searched = proc.stdout.split("Each search's own best")
+  rows = [line for line in chosen.splitlines() if line.startswith(("| a |", "| b |"))]
   assert rows == ["| a | 2000 | 4 | 4 | 2 |", "| a | 16000 | 6 | 1 | 1 |",
                   "| b | 2050 | 4 | 4 | 2 |"]
-  assert "| >= 1024 | 2 | 4.0 | 4.0 | 0.50 |" in proc.stdout
-  assert "| >= 12288 | 1 | 6.0 | 1.0 | 0.86 |" in proc.stdout
+  assert "| >= 1024 | 2 | 4.0 | 4.0 | 0.50 |" in chosen
+  assert "| >= 12288 | 1 | 6.0 | 1.0 | 0.86 |" in chosen
+  rows = [line for line in searched.splitlines() if line.startswith(("| a |", "| b |"))]
+  assert rows == ["| a | 8000 | 7 | 0 | 3 |", "| a | 9000 | 5 | 1 | 2 |"]
+  assert "| >= 4096 | 2 | 6.0 | 0.5 | 0.92 |" in searched, searched
   assert png.read_bytes()[:4] == b"\x89PNG"
 
 

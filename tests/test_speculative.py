@@ -225,8 +225,32 @@ def test_decision_json_keeps_its_fields():
   d = selection.select([_candidate(30, 2, 0.5)], synthetic_profile(30, **PAYS), 256, 100)
   assert not d.drafts and d.ar_tokens is None
   assert set(d.to_json()) == {"skip", "gamma", "alpha", "predicted_tpt", "ar_tpt", "best_tpt",
-                              "context", "reason", "n_attn_skipped", "n_mlp_skipped"}
+                              "context", "reason", "n_attn_skipped", "n_mlp_skipped",
+                              "search_best"}
   assert dataclasses.replace(d, ar_tokens=16).to_json() == d.to_json()
+  no_search = dataclasses.replace(d, best_skip=None, best_gamma=0)  # e.g. a kept draft's
+  assert "search_best" not in no_search.to_json()
+
+
+def test_decision_records_the_searchs_best_when_another_draft_runs():
+  """The search's best (skip set, gamma) by predicted TPT is recorded whatever decodes: here
+  the best is not compiled and cannot repay its compile in the window, so a compiled, slower
+  draft runs, and the record names both. The best is checked against the round formula in
+  numpy (selection's module docstring: E(a, g) tokens per g steps and one verify)."""
+  profile = synthetic_profile(30, **PAYS)
+  fast, slow = _candidate(30, 20, 0.95), _candidate(30, 8, 0.95)
+  d = selection.select([slow, fast], profile, 256, 100, compile_cost_s=1e3, window_tokens=64,
+                       is_compiled=lambda skip, gamma: skip == slow.skip)
+  tpt = np.array([[(1 - c.alpha ** (g + 1)) / (1 - c.alpha)
+                   / (g * profile.t_step(c.skip, 256) + profile.t_verify(g + 1, 256))
+                   for g in range(1, 11)] for c in (slow, fast)])
+  i, g = np.unravel_index(np.argmax(tpt), tpt.shape)
+  assert i == 1 and d.drafts and d.skip == slow.skip
+  assert (d.best_skip, d.best_gamma) == (fast.skip, g + 1)
+  assert np.isclose(d.best_tpt, tpt[i, g])
+  best = d.to_json()["search_best"]
+  assert best == dict(skip=fast.skip.to_list(), gamma=int(g) + 1, n_attn_skipped=20,
+                      n_mlp_skipped=0)
 
 
 def test_expected_tokens_matches_the_series():
@@ -923,6 +947,10 @@ def test_search_new_buckets_reports_the_borrowed_draft_on_the_searchs_tokens(tin
     first = next(d for d in got.stats["decisions"] if d["context"] > bucket_end)
     assert first["reason"].startswith("searched here"), first
     assert (first["n_attn_skipped"], first["n_mlp_skipped"]) == (1, 0)
+    # the search's own best is recorded beside the borrowed draft that decodes
+    assert first["search_best"]["gamma"] >= 1, first
+    assert not any("search_best" in d for d in got.stats["decisions"]
+                   if d["reason"].startswith("kept (chosen")), got.stats["decisions"]
     assert high in model.search_times and first["alpha"] == carried
     here = float(first["reason"].split("on these tokens ")[1].split(",")[0])
     k = here * (config.n_ref + 2) - 1
