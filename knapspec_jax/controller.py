@@ -95,6 +95,10 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   if warmup_tokens:  # AR until the policy has generated tokens to look at
     state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=warmup_tokens,
                             sampling=sampling, width=width)
+    jax.block_until_ready(state)  # (the loop's first read waits for it anyway)
+  # The host's own time between windows, outside the decisions: the device idles through it. On
+  # the H200 the records of 369 runs put it at 2.5 ms a window (BENCHMARKS.md 10.35).
+  host_from = time.perf_counter()
   while True:
     # One device read per window: on a GPU each read waits for the device and costs tens of
     # microseconds of host time (a declining KnapSpec's whole overhead over AR is such reads).
@@ -108,7 +112,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     compile_before = compiled.stats.waited_s
     start = time.perf_counter()
     decision = policy.decide(model, state, ctx)
-    search = time.perf_counter() - start - (compiled.stats.waited_s - compile_before)
+    deciding = time.perf_counter() - start  # with any compile the decision waited for
+    search = deciding - (compiled.stats.waited_s - compile_before)
     search_s += search
 
     span = (speculative.round_span(model.cfg, decision.gamma, width) if decision.drafts
@@ -119,15 +124,20 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     before = jax.device_get(counters) if decision.drafts else _NO_ROUNDS
     compile_before = compiled.stats.waited_s
     start = time.perf_counter()
+    host_s = start - host_from - deciding
     waited_tokens, finished = 0, False
     if decision.drafts:
       start_rounds = int(counters.rounds)
+      # to the bucket's end: no round yields less than a token, so the bucket ends first
+      budget = decision.rounds or (state.cache.capacity if decision.to_bucket_end
+                                   else policy.interval)
       while True:
-        left = (decision.rounds or policy.interval) - (int(counters.rounds) - start_rounds)
+        left = budget - (int(counters.rounds) - start_rounds)
         state, counters, ready = speculative.run_rounds(
             model.params, model.cfg, state, counters, compiled, skip=decision.skip,
             gamma=decision.gamma, threshold=policy.threshold, max_rounds=left,
-            background=background, sampling=sampling, width=width)
+            background=background, sampling=sampling, width=width,
+            one_bucket=decision.to_bucket_end)
         if ready or bool(state.done):
           break
         n_before = int(state.n_out)  # the draft's program is compiling: decode plainly
@@ -141,7 +151,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
       state = decoding.run_ar(model.params, model.cfg, state, compiled, max_tokens=limit,
                               sampling=sampling, width=width)
     jax.block_until_ready(state)
-    measured = time.perf_counter() - start
+    host_from = time.perf_counter()
+    measured = host_from - start
     compile_s = compiled.stats.waited_s - compile_before  # compiled, or loaded from the store
     if decision.drafts:
       after, n_after = jax.device_get((counters, state.n_out))
@@ -156,7 +167,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         decision=decision.to_json(), context=length, tokens=tokens, rounds=rounds,
         drafted=int(after.drafted - before.drafted), ar_tokens_while_compiling=waited_tokens,
         accepted=int(after.accepted - before.accepted), draft_forwards=forwards,
-        search_s=search, compile_s=compile_s, measured_s=measured - compile_s,
+        search_s=search, host_s=host_s, compile_s=compile_s, measured_s=measured - compile_s,
         predicted_s=predicted, predicted_wall_s=predicted + profile.call_s,
         measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))
     if not decision.drafts and not waited_tokens and sampling is None and not width:
@@ -165,4 +176,6 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
       policy.observe(decision, windows[-1], state.cache.capacity)
     if finished:
       break
-  return state, summarize(windows, counters, search_s)
+  stats = summarize(windows, counters, search_s)
+  stats["host_s"] = sum(w["host_s"] for w in windows) + time.perf_counter() - host_from
+  return state, stats

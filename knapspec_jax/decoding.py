@@ -316,7 +316,7 @@ def stop_reason(state_done: bool, n_out: int, max_new: int, last_token: int, eos
 def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Callable, *,
                  span: int, max_seq_len: int, read: Callable = lambda carry: None,
                  args: Callable = lambda value: (), background: bool | str = False,
-                 prefetch: int = 256) -> tuple[tuple, bool]:
+                 prefetch: int = 256, max_calls: int | None = None) -> tuple[tuple, bool]:
   """The host loop of every decoding method: read the cursor, dispatch the segment program of
   the attention bucket it is in (the program decodes on device until its bucket, or its own
   stopping rule, ends it), repeat until done or the model's context is used up.
@@ -333,11 +333,16 @@ def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Calla
     store; compile_cache.CompileCache.get_async) and the loop returns early with ready=False
     (the caller decodes plainly meanwhile); the next bucket's program is requested `prefetch`
     positions before the context reaches it.
+  max_calls: return after this many program calls (1: at the end of the bucket the loop started
+    in, or earlier by the program's own rule), None: until done or args stop.
   Returns (carry, ready).
   """
   mode = compile_cache.background_mode(background)
+  calls = 0
   while True:
     state = carry[0]
+    if max_calls is not None and calls >= max_calls:
+      return carry, True
     # One device read per segment: the program decides everything else on device.
     done, length, value = jax.device_get((state.done, state.cache.length, read(carry)))
     if done or length >= max_seq_len:
@@ -359,6 +364,7 @@ def run_segments(compiled: CompileCache, params, carry: tuple, statics_at: Calla
       fn = compiled.get(statics_at(attn_len), call)
     out = fn(*call)
     carry = out if isinstance(out, tuple) else (out,)
+    calls += 1
 
 
 def run_ar(params, cfg: ModelConfig, state: DecodeState, compiled: CompileCache,

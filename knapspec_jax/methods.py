@@ -267,6 +267,13 @@ class KnapSpecConfig:
     KnapSpec ran the 2K / 16K / 28K documents at 1.062 / 1.039 / 1.240x AR paired, against
     1.124 / 1.092 / 1.134x with 0 in the same session: each generation decodes 127 tokens
     plainly before its search, and the draft it chose served 16K worse. Off by default.
+  bucket_windows: (keep) a kept draft confirmed at its bucket (judge_windows full windows there,
+    judged faster than AR) decodes in one window to the end of the bucket, instead of
+    `interval` rounds at a time: nothing is decided again inside a bucket once its draft is
+    confirmed (a new bucket may search or borrow), and every window costs the H200's host
+    about 2.5 ms between windows (369 runs' records, BENCHMARKS.md 10.35) and a call's 1.4 ms
+    (the profile's call_s): at 16K, 1.2% of a 64-round window. The window is still judged as
+    each window is (`observe`). Off until measured on a GPU.
   """
 
   interval: int = 64
@@ -295,6 +302,7 @@ class KnapSpecConfig:
   confirm_margin: float = 0.03
   search_new_buckets: bool = True
   search_after: int = 0
+  bucket_windows: bool = False
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -316,7 +324,7 @@ class KnapSpecConfig:
     _check_int("compile_horizon", self.compile_horizon, 0)
     _check_int("search_after", self.search_after, 0)
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
-                 "exit_model", "search_new_buckets"):
+                 "exit_model", "search_new_buckets", "bucket_windows"):
       _check_bool(name, getattr(self, name))
     try:  # the values decoding accepts (1 and 0 are not True and False there)
       compile_cache.background_mode(self.background_compile)
@@ -644,7 +652,8 @@ class KnapSpecPolicy:
                   attn_len: int) -> Decision:
     """Decoding with a kept draft (`decide`, no search): a trial window while no window has
     measured it; plainly (to the end, or to a kept draft ahead) while its program is not
-    compiled, which the next warm-up does."""
+    compiled, which the next warm-up does; to the end of the bucket where it is confirmed
+    (bucket_windows)."""
     t_ar = self.profile.t_step(None, attn_len)
     if not (self.background or self.compiled_draft(state, kept.skip, kept.gamma, n)):
       return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
@@ -660,9 +669,24 @@ class KnapSpecPolicy:
                     f", {kept.windows} full window(s) {kept.tokens / kept.seconds:.0f} tok/s"
                     if kept.windows and kept.seconds > 0 else ""))
     self.used.add((kept.skip, kept.gamma))
+    to_end = rounds is None and self.confirmed(kept, state.cache.capacity, n)
     return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
                     f"kept (chosen at context {kept.context}; {measured}, AR predicted "
-                    f"{1 / t_ar:.0f})", rounds=rounds, exit=kept.exit)
+                    f"{1 / t_ar:.0f}" + ("; to the bucket's end" if to_end else "") + ")",
+                    rounds=rounds, exit=kept.exit, to_bucket_end=to_end)
+
+  def confirmed(self, kept: KeptDraft, capacity: int, n: int) -> bool:
+    """bucket_windows: whether `kept` is the draft of context n's own bucket and has passed its
+    judgement there (judge_windows full windows, no trial left to confirm; `observe` drops a
+    draft that fails it), and its window would start in that bucket (within a round's span of
+    the bucket's end, its first program runs in the next bucket, where it is not judged)."""
+    bucket = attn_bucket(n, capacity)
+    here = self.model.kept_drafts.get(bucket)
+    span = speculative.round_span(self.model.cfg, kept.gamma)
+    return (self.config.bucket_windows and here is not None
+            and attn_bucket(n + span, capacity) == bucket
+            and (here.skip, here.gamma) == (kept.skip, kept.gamma)
+            and here.windows >= self.config.judge_windows and here.trial_s == 0)
 
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile

@@ -134,6 +134,9 @@ class Decision:
   reason: str
   ar_tokens: int | None = None  # plain decoding: tokens before the next decision, None: all
   rounds: int | None = None  # drafting: rounds before the next decision, None: the interval
+  # drafting, rounds None: the window runs to the end of the bucket it starts in, not interval
+  # rounds (KnapSpecConfig.bucket_windows); `observe` judges it as a full window.
+  to_bucket_end: bool = False
   exit: ExitRates | None = None  # the draft's rates under the exit it was predicted with
   # The search's best (skip set, gamma) by predicted TPT, chosen or not (None where no search
   # ran for this decision): what the knapsack picks at this context, whatever the policy then
@@ -147,8 +150,9 @@ class Decision:
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
-    del d["ar_tokens"], d["rounds"], d["exit"]  # the window's record says what it decoded
-    del d["best_skip"], d["best_gamma"]
+    # what the window decoded is the window's record; the search's best is search_best below
+    for key in ("ar_tokens", "rounds", "exit", "to_bucket_end", "best_skip", "best_gamma"):
+      del d[key]
     d["skip"] = None if self.skip is None else self.skip.to_list()
     d["n_attn_skipped"] = 0 if self.skip is None else len(self.skip.attn_skipped)
     d["n_mlp_skipped"] = 0 if self.skip is None else len(self.skip.mlp_skipped)

@@ -272,9 +272,12 @@ def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,
                *, skip: SkipMask, gamma: int, threshold: float, max_rounds: int,
                background: bool | str = False, prefetch: int = 256,
-               sampling: sampling_lib.Filter | None = None, width: int | None = None):
+               sampling: sampling_lib.Filter | None = None, width: int | None = None,
+               one_bucket: bool = False):
   """Up to max_rounds rounds (fewer at done / cache end), crossing buckets: decoding.run_segments
   with the segment program of (skip, gamma) and a budget of rounds read from the counters.
+  one_bucket: stop where the context leaves the attention bucket of the first segment (one
+  program call), even with rounds left.
 
   Returns (state, counters, ready). With background (True or "thread": a background thread;
   "process": the compile worker, then a load from the executable store) a program that is not
@@ -297,5 +300,6 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
       lambda attn_len: segment_program(cfg, skip, gamma, attn_len, sampling, width),
       span=round_span(cfg, gamma, width), max_seq_len=cfg.max_seq_len,
       read=lambda carry: carry[1].rounds,
-      args=budget, background=background, prefetch=prefetch)
+      args=budget, background=background, prefetch=prefetch,
+      max_calls=1 if one_bucket else None)
   return state, counters, ready

@@ -240,6 +240,41 @@ def test_window_log_lists_every_window_of_the_method_asked(tmp_path):
     assert f"ctx {context:6d} tokens {tokens:4d}" in line
     assert f"{measured:6.1f} tok/s, profile {tokens / wall:6.1f}" in line
     assert "plain-while-compiling    7" in line and line.endswith(f"why {context}")
+    assert "host" not in line  # records before session 31 have no host_s
+  rows[0]["timed_windows"][0][0]["host_s"] = 0.00125
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = subprocess.run([sys.executable, str(REPO / "experiments" / "window_log.py"),
+                        "--prompt=16000", str(path)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert "compile 0.00 s host 1.25 ms |" in out.stdout.splitlines()[2], out.stdout
+
+
+def test_host_between_windows_against_hand_counts(tmp_path):
+  """experiments/host_between_windows.py on stated records: a timed run's gap is its decode
+  time (new tokens over tokens/s) less its windows' measured, search and compile seconds; the
+  table groups runs by window count, the line through them is worked out by hand, recorded
+  host_s is summed per run where every window has it, and AR's records are left out."""
+  def win(measured, search=0.0, compile_s=0.0, host=None):
+    w = dict(measured_s=measured, search_s=search, compile_s=compile_s)
+    return w if host is None else dict(w, host_s=host)
+  # 100 tokens at 50 tok/s: 2 s. One window: gap 2 - 1.99 = 10 ms; three: 2 - 1.97 = 30 ms.
+  recs = [dict(method="knapspec", new_tokens=100, tokens_per_s_runs=[50.0, 50.0],
+               timed_windows=[[win(1.98, 0.01)],
+                              [win(0.9, host=0.004), win(0.5, 0.0, 0.07, 0.005), win(0.5)]]),
+          dict(method="fixed", new_tokens=100, tokens_per_s_runs=[50.0],
+               timed_windows=[[win(0.99, host=0.002), win(0.98, host=0.003)]]),
+          dict(method="ar", new_tokens=100, tokens_per_s_runs=[10.0], timed_windows=[None])]
+  path = tmp_path / "results.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+  out = subprocess.run([sys.executable, str(REPO / "experiments" / "host_between_windows.py"),
+                        str(path)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "| 1 | 1 | 10.0 | 10.0-10.0 | – |" in out.stdout, out.stdout
+  assert "| 2 | 1 | 30.0 | 30.0-30.0 | 5.0 |" in out.stdout, out.stdout
+  assert "| 3 | 1 | 30.0 | 30.0-30.0 | – |" in out.stdout, out.stdout  # one window has no host_s
+  # points (1, 10), (2, 30), (3, 30): slope 10, intercept 3.33
+  assert "gap = 3.33 ms + 10.000 ms x windows" in out.stdout, out.stdout
 
 
 def test_draft_headroom_against_the_closed_form(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
-from knapspec_jax import api, datasets, decoding, knapsack, methods, selection
+from knapspec_jax import api, datasets, decoding, knapsack, methods, selection, speculative
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 
@@ -1070,3 +1070,48 @@ def test_window_predictions_price_the_width_the_generation_ran_at(tiny_models):
             + (w["rounds"] + plain) * profile.t_verify(8, attn_len))
     assert w["predicted_s"] == pytest.approx(want, rel=1e-9), w
   assert straddles, [w["context"] for w in windows]
+
+
+def test_bucket_windows_run_a_confirmed_draft_to_its_buckets_end(tiny_models, with_profile):
+  """bucket_windows: a kept draft confirmed at its bucket (judge_windows full windows there)
+  decodes in one window to the bucket's end, instead of `interval` rounds at a time; the
+  window after it starts within a round's span of that end. At the next bucket the borrowed
+  draft is not confirmed there and decodes interval windows, until judge_windows of them pass.
+  Fewer windows than without the option; output is AR's, and each window records the host's
+  own time before it (host_s, the device idle), which the generation's host_s sums."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  ids = np.arange(5, 145) % model.cfg.vocab_size  # 140 tokens: bucket 256, then 512 from 257
+  low = decoding.attn_bucket(len(ids), capacity)
+  skip, gamma = ks.SkipMask.from_layers(model.cfg.n_layers, [1], []), 2
+  span = speculative.round_span(model.cfg, gamma)
+  want = ar(model, ids, 160)
+  config = dict(interval=4, search_new_buckets=False, trial_rounds=0, keep_margin=0.0)
+
+  def run(bucket_windows):
+    model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
+    model.kept_drafts[low] = methods.KeptDraft(skip, gamma, 0.9, len(ids), measured_tpt=1e6,
+                                               windows=2, tokens=100, seconds=1e-6)
+    got = api.generate(model, ids, 160, method="knapspec", ignore_eos=True,
+                       config=ks.KnapSpecConfig(**config, bucket_windows=bucket_windows))
+    assert got.output_ids == want
+    return got.stats
+
+  plain, long = run(False), run(True)
+  assert not any("bucket's end" in d["reason"] for d in plain["decisions"])
+  windows = long["window_log"]
+  assert len(windows) < len(plain["window_log"]), (len(windows), len(plain["window_log"]))
+  ends = [w["context"] + w["tokens"] for w in windows]
+  to_end = [i for i, w in enumerate(windows) if w["decision"]["reason"].endswith(
+      "to the bucket's end)")]
+  assert to_end and to_end[0] == 0, [w["decision"]["reason"] for w in windows]
+  for i in to_end:
+    bucket = decoding.attn_bucket(windows[i]["context"], capacity)
+    last = len(ids) + 160 - 1  # the cache's length when the generation ends (a pending token)
+    assert bucket - span < ends[i] <= bucket or ends[i] == last, (windows[i], ends[i], bucket)
+    assert windows[i]["rounds"] > config["interval"]
+  high = [w for w in windows if w["context"] > low]  # borrowed: interval windows, then confirmed
+  assert high and high[0]["rounds"] <= config["interval"]
+  assert any(w["decision"]["reason"].endswith("to the bucket's end)") for w in high[2:])
+  assert all(w["host_s"] >= 0 for w in windows)
+  assert long["host_s"] >= sum(w["host_s"] for w in windows)
