@@ -814,3 +814,29 @@ def test_window_cost_fit_recovers_stated_costs(tmp_path):
   assert cells[12:] == [f"{1e3 * on_draft:.3f}", f"{1e3 * on_verify:.3f}"], row
   row2 = next(line for line in out.stdout.splitlines() if line.startswith("| doc2 |"))
   assert row2.count("undetermined") == 4, row2
+
+
+def test_kept_draft_windows_pins_one_draft_and_counts_its_windows(tmp_path):
+  """experiments/kept_draft_windows.py on SmolLM2 (CPU, f32, the committed H200 profile for the
+  decisions): the pinned draft decodes in interval windows and in one window to the bucket's
+  end (the 53-token prompt and 24 new tokens stay in bucket 256), both with AR's output, and the
+  JSON keeps every generation, paired with its repeat's AR."""
+  profile = REPO / "profiles" / "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas__bfloat16.json"
+  out = tmp_path / "windows.json"
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "kept_draft_windows.py"),
+                         f"--profile={profile}", "--new_tokens=24", "--interval=2",
+                         "--repeats=1", f"--output={out}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                                         KNAPSPEC_DATA=str(DATA_DIR)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  by = {r["setting"]: r for r in rows}
+  assert set(by) == {"ar", "interval windows", "bucket windows"} and len(rows) == 3
+  assert all(r["same_as_ar"] for r in rows), rows
+  assert by["bucket windows"]["windows"] == 1 < by["interval windows"]["windows"]
+  assert by["ar"]["speedup"] == 1.0
+  for name in ("interval windows", "bucket windows"):
+    r = by[name]
+    assert r["speedup"] == pytest.approx(by["ar"]["decode_s"] / r["decode_s"])
+    assert len(r["host_s"]) == r["windows"] and 0 <= sum(r["host_s"]) <= r["outside_windows_s"]
+  assert "| bucket windows | 1 |" in proc.stdout and "paired:" in proc.stdout

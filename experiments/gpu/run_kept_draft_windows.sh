@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Device machine, after ship_qwen.sh (carry .whl, .data and the chunks): session 29's kept draft
+# (10 + 8 sublayers at gamma 4, drafts scoring 16384 tokens; chosen at context 2192 and borrowed
+# at 16K and 28K in results/h200_qwen/draft_vocab16384_docs_2k_16k_28k_1024) pinned at every
+# bucket of each document, decoded in 64-round windows and to each bucket's end
+# (KnapSpecConfig.bucket_windows), paired with AR, 1024 new tokens, 5 repeats
+# (kept_draft_windows.py). The records of 369 Qwen runs put the host's time between windows at
+# 2.5 ms a window (BENCHMARKS.md 10.35): this measures what fewer windows give. About 4 minutes.
+# CONTEXTS="2000 16000 28000" by default. -> $OUT/kept_draft_windows_<context>.json
+set -uo pipefail
+source experiments/gpu/qwen_env.sh
+MASK=00001000101000001111111101110100000000000000000010110000
+for context in ${CONTEXTS:-2000 16000 28000}; do
+  timeout 190 python3 experiments/kept_draft_windows.py --model="$QWEN_GGUF" --dtype=bfloat16 \
+    --draft_vocab=16384 --prompt_tokens=$context --new_tokens=1024 --gamma=4 --repeats=5 \
+    --masks=$MASK --output="$OUT/kept_draft_windows_$context.json" \
+    2>&1 | grep -v -i warn
+done
