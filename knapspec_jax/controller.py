@@ -97,7 +97,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
                             sampling=sampling, width=width)
     jax.block_until_ready(state)  # (the loop's first read waits for it anyway)
   # The host's own time between windows, outside the decisions: the device idles through it. On
-  # the H200 the records of 369 runs put it at 2.5 ms a window (BENCHMARKS.md 10.35).
+  # the H200 the records of 309 timed KnapSpec runs put it at 2.0 ms a window (BENCHMARKS.md
+  # 10.35).
   host_from = time.perf_counter()
   while True:
     # One device read per window: on a GPU each read waits for the device and costs tens of

@@ -271,9 +271,10 @@ class KnapSpecConfig:
     judged faster than AR) decodes in one window to the end of the bucket, instead of
     `interval` rounds at a time: nothing is decided again inside a bucket once its draft is
     confirmed (a new bucket may search or borrow), and every window costs the H200's host
-    about 2.5 ms between windows (369 runs' records, BENCHMARKS.md 10.35) and a call's 1.4 ms
-    (the profile's call_s): at 16K, 1.2% of a 64-round window. The window is still judged as
-    each window is (`observe`). Off until measured on a GPU.
+    about 2.0 ms between windows (309 timed KnapSpec runs' records on Qwen2.5-Coder-1.5B,
+    BENCHMARKS.md 10.35) and a call's 1.4 ms (the profile's call_s): at 16K, 1.1% of a 64-round
+    window (about 0.31 s). The window is still judged as each window is (`observe`). Off until
+    measured on a GPU (experiments/gpu/run_kept_draft_windows.sh).
   """
 
   interval: int = 64

@@ -4,8 +4,9 @@
 # at 16K and 28K in results/h200_qwen/draft_vocab16384_docs_2k_16k_28k_1024) pinned at every
 # bucket of each document, decoded in 64-round windows and to each bucket's end
 # (KnapSpecConfig.bucket_windows), paired with AR, 1024 new tokens, 5 repeats
-# (kept_draft_windows.py). The records of 369 Qwen runs put the host's time between windows at
-# 2.5 ms a window (BENCHMARKS.md 10.35): this measures what fewer windows give. About 4 minutes.
+# (kept_draft_windows.py). The records of 309 timed KnapSpec runs on Qwen put the host's time
+# between windows at 2.0 ms a window, beside a call's 1.4 ms (BENCHMARKS.md 10.35): this
+# measures what fewer windows give. About 4 minutes.
 # CONTEXTS="2000 16000 28000" by default. -> $OUT/kept_draft_windows_<context>.json
 set -uo pipefail
 source experiments/gpu/qwen_env.sh
