@@ -57,6 +57,15 @@ def _confirmed(prompt_ids: np.ndarray, out: np.ndarray, n_out: int, length: int)
 _NO_ROUNDS = speculative.SpecCounters(*(np.int32(0),) * 4)  # a plain window's counter deltas
 
 
+def _read(state: DecodeState, counters) -> tuple:
+  """The host's one device read per window, after it: (done, cache length, n_out, max_new, out,
+  counters). On a GPU each read waits for the device and costs tens of microseconds of host time
+  at least (a declining KnapSpec's whole overhead over AR is such reads); this one serves both
+  the window's record and the next decision."""
+  return tuple(jax.device_get((state.done, state.cache.length, state.n_out, state.max_new,
+                               state.out, counters)))
+
+
 def background_compile_default() -> bool:
   """Off on every platform: decoding plainly while a skip set compiles in a background thread
   runs below AR's speed. Measured on the H100 (chunks of 16 tokens: about half of AR's speed) and
@@ -100,11 +109,9 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   # the H200 the records of 309 timed KnapSpec runs put it at 2.0 ms a window (BENCHMARKS.md
   # 10.35).
   host_from = time.perf_counter()
+  seen = _read(state, counters)
   while True:
-    # One device read per window: on a GPU each read waits for the device and costs tens of
-    # microseconds of host time (a declining KnapSpec's whole overhead over AR is such reads).
-    done, length, n_out, max_new, out = jax.device_get(
-        (state.done, state.cache.length, state.n_out, state.max_new, state.out))
+    done, length, n_out, max_new, out, before = seen
     done, length, n_out, max_new = int(done), int(length), int(n_out), int(max_new)
     if done or length >= model.cfg.max_seq_len:
       break
@@ -121,14 +128,13 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
             else width or model.cfg.step_rows)
     attn_len = attn_bucket(length + span, state.cache.capacity)
     if decision.drafts and counters is _NO_ROUNDS:
-      counters = speculative.SpecCounters.zeros()
-    before = jax.device_get(counters) if decision.drafts else _NO_ROUNDS
+      counters = speculative.SpecCounters.zeros()  # `before` holds the same zeros
     compile_before = compiled.stats.waited_s
     start = time.perf_counter()
     host_s = start - host_from - deciding
     waited_tokens, finished = 0, False
     if decision.drafts:
-      start_rounds = int(counters.rounds)
+      start_rounds = int(before.rounds)
       # to the bucket's end: no round yields less than a token, so the bucket ends first
       budget = decision.rounds or (state.cache.capacity if decision.to_bucket_end
                                    else policy.interval)
@@ -155,10 +161,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     host_from = time.perf_counter()
     measured = host_from - start
     compile_s = compiled.stats.waited_s - compile_before  # compiled, or loaded from the store
-    if decision.drafts:
-      after, n_after = jax.device_get((counters, state.n_out))
-    else:
-      after, n_after = _NO_ROUNDS, jax.device_get(state.n_out)
+    seen = _read(state, counters)  # also the next window's cursor and outputs
+    n_after, after = seen[2], seen[5]
     tokens = int(n_after) - n_out
     rounds = int(after.rounds - before.rounds)
     forwards = int(after.draft_forwards - before.draft_forwards)
