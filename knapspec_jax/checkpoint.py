@@ -101,7 +101,8 @@ def _gguf_reader(path: pathlib.Path):
   try:
     return gguf.GGUFReader(str(path))
   except Exception as e:  # the reader raises bare ValueError/IndexError on damaged files
-    raise CheckpointError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
+    raise CheckpointError(
+        f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from e
 
 
 def gguf_metadata(reader) -> dict:
@@ -116,7 +117,8 @@ def _gguf_config(path: pathlib.Path, meta: dict, tensors: dict) -> ModelConfig:
   arch = meta.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise UnsupportedModelError(
-        f"{path}: GGUF architecture {arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")
+        f"{path}: GGUF architecture {arch!r} is not supported; supported: "
+        f"{SUPPORTED_ARCHITECTURES}")
 
   def key(name, default=None):
     value = meta.get(f"{arch}.{name}", default)
@@ -427,7 +429,8 @@ def _top(path: pathlib.Path, cfg: ModelConfig, params: dict, layers: list,
 # --------------------------------------------------------------------------------- params cache
 
 def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("KNAPSPEC_CACHE", pathlib.Path.home() / ".cache" / "knapspec_jax"))
+  default = pathlib.Path.home() / ".cache" / "knapspec_jax"
+  return pathlib.Path(os.environ.get("KNAPSPEC_CACHE", default))
 
 
 def _fingerprint(path: pathlib.Path) -> str:

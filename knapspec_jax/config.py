@@ -214,7 +214,8 @@ class ModelConfig:
 
   @classmethod
   def from_hf(cls, hf_config) -> "ModelConfig":
-    """Builds the config from a `transformers` config object (LlamaConfig, Qwen2Config, Qwen3Config)."""
+    """Builds the config from a `transformers` config object (LlamaConfig, Qwen2Config,
+    Qwen3Config)."""
     model_type = getattr(hf_config, "model_type", None)
     arch = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(model_type)
     if arch is None:

@@ -1,8 +1,8 @@
 """A loaded model's runtime pieces, below the methods and above decoding: the `Model` (config,
 device params, tokenizer, mesh, compiled programs, latency profile and what KnapSpec learned
-about it: search times, predicted gains, kept drafts, measured AR speeds) and the warm-up helpers every method
-compiles with (`abstract_state`, `warmup_prefill`). api.load_model builds a Model; api.generate
-and the methods in methods.py run on it.
+about it: search times, predicted gains, kept drafts, measured AR speeds) and the warm-up
+helpers every method compiles with (`abstract_state`, `warmup_prefill`). api.load_model builds
+a Model; api.generate and the methods in methods.py run on it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ class SkipMask:
     return cls((False,) * (2 * n_layers))
 
   @classmethod
-  def from_layers(cls, n_layers: int, attn: Iterable[int] = (), mlp: Iterable[int] = ()) -> "SkipMask":
+  def from_layers(cls, n_layers: int, attn: Iterable[int] = (),
+                  mlp: Iterable[int] = ()) -> "SkipMask":
     """Skips the attention of layers `attn` and the MLP of layers `mlp` (0-based)."""
     skip = [False] * (2 * n_layers)
     for kind, layers in ((0, attn), (1, mlp)):
