@@ -39,10 +39,9 @@ def band(context: int) -> int:
   return max(b for b in BANDS if context >= b)
 
 
-def choices(paths) -> list[dict]:
-  """One row per distinct (run, skip set, gamma) of the records' KnapSpec windows, at the first
-  context seen."""
-  seen = collections.OrderedDict()
+def decisions(paths):
+  """(run, decision) for every window of the records' KnapSpec runs, warm-up and timed; the run
+  is the records' folder name."""
   for path in paths:
     run = pathlib.Path(path).parent.name
     for rec in read_records(path):
@@ -50,32 +49,27 @@ def choices(paths) -> list[dict]:
         continue
       for windows in (rec.get("warmup_windows") or []) + (rec.get("timed_windows") or []):
         for w in windows or []:
-          d = w["decision"]
-          match = CHOSEN.match(d["reason"])
-          if match and d.get("skip"):
-            context = int(match.group(1))
-            key = (run, tuple(d["skip"]), d["gamma"])
-            seen.setdefault(key, dict(run=run, context=context, attn=d["n_attn_skipped"],
-                                      mlp=d["n_mlp_skipped"], gamma=d["gamma"]))
+          yield run, w["decision"]
+
+
+def choices(paths) -> list[dict]:
+  """One row per distinct (run, skip set, gamma) of the records' KnapSpec windows, at the first
+  context seen."""
+  seen = collections.OrderedDict()
+  for run, d in decisions(paths):
+    match = CHOSEN.match(d["reason"])
+    if match and d.get("skip"):
+      seen.setdefault((run, tuple(d["skip"]), d["gamma"]),
+                      dict(run=run, context=int(match.group(1)), attn=d["n_attn_skipped"],
+                           mlp=d["n_mlp_skipped"], gamma=d["gamma"]))
   return list(seen.values())
 
 
 def searches(paths) -> list[dict]:
   """One row per search whose decision recorded its own best (`search_best`)."""
-  rows = []
-  for path in paths:
-    run = pathlib.Path(path).parent.name
-    for rec in read_records(path):
-      if rec.get("method") != "knapspec":
-        continue
-      for windows in (rec.get("warmup_windows") or []) + (rec.get("timed_windows") or []):
-        for w in windows or []:
-          best = w["decision"].get("search_best")
-          if best:
-            rows.append(dict(run=run, context=w["decision"]["context"],
-                             attn=best["n_attn_skipped"], mlp=best["n_mlp_skipped"],
-                             gamma=best["gamma"]))
-  return rows
+  return [dict(run=run, context=d["context"], attn=best["n_attn_skipped"],
+               mlp=best["n_mlp_skipped"], gamma=best["gamma"])
+          for run, d in decisions(paths) if (best := d.get("search_best"))]
 
 
 def print_table(rows, what: str) -> None:

@@ -27,6 +27,13 @@ def _run(args, timeout=300):
                         timeout=timeout)
 
 
+def _script(name: str, *args, timeout=120):
+  """experiments/<name> with these arguments, on the CPU with the shared data, from the repo."""
+  env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, str(REPO / "experiments" / name), *map(str, args)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
   out = tmp_path / "run"
   proc = _run(["--config=configs/tiny.py", f"--config.output_dir={out}",
@@ -115,9 +122,7 @@ def test_trial_confirmation_replay_reads_trial_and_first_full_window(tmp_path):
              dict(item_id="lose", method="ar", tokens_per_s_runs=[100.0, 102.0, 98.0])]
   path = tmp_path / "results.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
-  got = subprocess.run([sys.executable, str(REPO / "experiments" / "trial_confirmation_replay.py"),
-                        str(path)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  got = _script("trial_confirmation_replay.py", str(path))
   assert got.returncode == 0, got.stderr[-2000:]
   rows = [line for line in got.stdout.splitlines() if "| lose |" in line or "| win |" in line]
   assert len(rows) == 2, got.stdout
@@ -199,10 +204,7 @@ def test_window_prediction_times_old_windows_with_another_profile(tmp_path):
   measured = [w["measured_tokens_per_s"] for w in windows]
   error = statistics.median(abs(x / m - 1) for x, m in zip(ran, measured))
   r_ran = np.corrcoef(ran, measured)[0, 1]
-  out = subprocess.run([sys.executable, str(REPO / "experiments" / "window_prediction.py"),
-                        f"--profile={profile_path}", "--min_rounds=16", str(path)],
-                       capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = _script("window_prediction.py", f"--profile={profile_path}", "--min_rounds=16", str(path))
   assert out.returncode == 0, out.stderr[-2000:]
   assert f"| knapspec | 3 | 1 | nan | {r_ran:.3f} | {error:.1%} |" in out.stdout, out.stdout
 
@@ -227,9 +229,7 @@ def test_window_log_lists_every_window_of_the_method_asked(tmp_path):
                warmup_windows=[[window(9, 10, 1.0, 1.0)]], timed_windows=[])]
   path = tmp_path / "results.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  out = subprocess.run([sys.executable, str(REPO / "experiments" / "window_log.py"),
-                        "--prompt=16000", str(path)], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = _script("window_log.py", "--prompt=16000", str(path))
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   assert len(lines) == 4 and lines[0].startswith("doc-16000 (16000 prompt tokens)"), lines
@@ -243,9 +243,7 @@ def test_window_log_lists_every_window_of_the_method_asked(tmp_path):
     assert "host" not in line  # records before session 31 have no host_s
   rows[0]["timed_windows"][0][0]["host_s"] = 0.00125
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  out = subprocess.run([sys.executable, str(REPO / "experiments" / "window_log.py"),
-                        "--prompt=16000", str(path)], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = _script("window_log.py", "--prompt=16000", str(path))
   assert "compile 0.00 s host 1.25 ms |" in out.stdout.splitlines()[2], out.stdout
 
 
@@ -266,9 +264,7 @@ def test_host_between_windows_against_hand_counts(tmp_path):
           dict(method="ar", new_tokens=100, tokens_per_s_runs=[10.0], timed_windows=[None])]
   path = tmp_path / "results.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-  out = subprocess.run([sys.executable, str(REPO / "experiments" / "host_between_windows.py"),
-                        str(path)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = _script("host_between_windows.py", str(path))
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| 1 | 1 | 10.0 | 10.0-10.0 | – |" in out.stdout, out.stdout
   assert "| 2 | 1 | 30.0 | 30.0-30.0 | 5.0 |" in out.stdout, out.stdout
@@ -302,10 +298,7 @@ def test_draft_headroom_against_the_closed_form(tmp_path):
              dict(item_id="steady", method="ar", timed_windows=[None])]
   path = tmp_path / "results.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
-  out = subprocess.run([sys.executable, str(REPO / "experiments" / "draft_headroom.py"),
-                        f"--profile={profile_path}", "--target=1.1", str(path)],
-                       capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = _script("draft_headroom.py", f"--profile={profile_path}", "--target=1.1", str(path))
   assert out.returncode == 0, out.stderr[-2000:]
   attn_len = 16384  # contexts 15976 and 16100 plus a round of 3 positions
   def closed_form(a, gamma):
@@ -367,9 +360,7 @@ def test_spread_lists_each_runs_paired_speedup_and_where_the_text_left(tmp_path)
       rec("doc", "ar", 110.0, 1.0, [1, 2, 3, 4]),
       rec("doc", "knapspec", 110.0, 1.0, [1, 2, 3, 4], departs_at=None),
       rec("doc", "clasp", 99.0, 0.9, [1, 2, 3, 4]))))
-  out = subprocess.run([sys.executable, str(REPO / "experiments" / "spread.py"),
-                        "--method=knapspec", str(first), str(second)], capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = _script("spread.py", "--method=knapspec", str(first), str(second))
   assert out.returncode == 0, out.stderr[-2000:]
   lines = [line for line in out.stdout.splitlines() if line.startswith("| doc")]
   assert lines == ["| doc | 10 | knapspec | 2 | 1.200, 1.000 | 1.100 | 1.000-1.200 | "
@@ -552,9 +543,7 @@ def test_chosen_drafts_counts_each_draft_once_where_it_was_first_chosen(tmp_path
     paths.append(tmp_path / name / "results.jsonl")
     paths[-1].write_text("".join(json.dumps(r) + "\n" for r in recs))
   png = tmp_path / "chosen.png"
-  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "chosen_drafts.py"),
-                         *map(str, paths), f"--plot={png}"], capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
+  proc = _script("chosen_drafts.py", *map(str, paths), f"--plot={png}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   chosen, searched = proc.stdout.split("Each search's own best")
   rows = [line for line in chosen.splitlines() if line.startswith(("| a |", "| b |"))]
@@ -823,11 +812,8 @@ def test_kept_draft_windows_pins_one_draft_and_counts_its_windows(tmp_path):
   JSON keeps every generation, paired with its repeat's AR."""
   profile = REPO / "profiles" / "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas__bfloat16.json"
   out = tmp_path / "windows.json"
-  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "kept_draft_windows.py"),
-                         f"--profile={profile}", "--new_tokens=24", "--interval=2",
-                         "--repeats=1", f"--output={out}"], cwd=REPO, capture_output=True,
-                        text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                                         KNAPSPEC_DATA=str(DATA_DIR)))
+  proc = _script("kept_draft_windows.py", f"--profile={profile}", "--new_tokens=24",
+                 "--interval=2", "--repeats=1", f"--output={out}", timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
   by = {r["setting"]: r for r in rows}
