@@ -269,8 +269,10 @@ class KnapSpecConfig:
     plainly before its search, and the draft it chose served 16K worse. Off by default.
   bucket_windows: (keep) a kept draft confirmed at its bucket (judge_windows full windows there,
     judged faster than AR) decodes in one window to the end of the bucket, instead of
-    `interval` rounds at a time: nothing is decided again inside a bucket once its draft is
-    confirmed (a new bucket may search or borrow), and every window costs the H200's host
+    `interval` rounds at a time (a window that starts within a round's span of its bucket's
+    end runs in the next bucket: to that one's end where the same draft is confirmed there
+    too): nothing is decided again inside a bucket once its draft is confirmed (a new bucket
+    may search or borrow), and every window costs the H200's host
     about 2.0 ms between windows (309 timed KnapSpec runs' records on Qwen2.5-Coder-1.5B,
     BENCHMARKS.md 10.35) and a call's 1.4 ms (the profile's call_s): at 16K, 1.1% of a 64-round
     window (about 0.31 s). The window is still judged as each window is (`observe`). Off until
@@ -679,15 +681,15 @@ class KnapSpecPolicy:
   def confirmed(self, kept: KeptDraft, capacity: int, n: int) -> bool:
     """bucket_windows: whether `kept` is the draft of context n's own bucket and has passed its
     judgement there (judge_windows full windows, no trial left to confirm; `observe` drops a
-    draft that fails it), and its window would start in that bucket (within a round's span of
-    the bucket's end, its first program runs in the next bucket, where it is not judged)."""
-    bucket = attn_bucket(n, capacity)
-    here = self.model.kept_drafts.get(bucket)
+    draft that fails it), and also of the bucket its window's program runs in: within a
+    round's span of a bucket's end that is the next bucket (whose windows `observe` credits to
+    the bucket of the decision's context, as it does any window's)."""
     span = speculative.round_span(self.model.cfg, kept.gamma)
-    return (self.config.bucket_windows and here is not None
-            and attn_bucket(n + span, capacity) == bucket
-            and (here.skip, here.gamma) == (kept.skip, kept.gamma)
-            and here.windows >= self.config.judge_windows and here.trial_s == 0)
+    buckets = {attn_bucket(n, capacity), attn_bucket(n + span, capacity)}
+    judged = [self.model.kept_drafts.get(b) for b in buckets]
+    return self.config.bucket_windows and all(
+        k is not None and (k.skip, k.gamma) == (kept.skip, kept.gamma)
+        and k.windows >= self.config.judge_windows and k.trial_s == 0 for k in judged)
 
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile

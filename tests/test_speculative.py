@@ -1076,7 +1076,9 @@ def test_bucket_windows_run_a_confirmed_draft_to_its_buckets_end(tiny_models, wi
   """bucket_windows: a kept draft confirmed at its bucket (judge_windows full windows there)
   decodes in one window to the bucket's end, instead of `interval` rounds at a time; the
   window after it starts within a round's span of that end. At the next bucket the borrowed
-  draft is not confirmed there and decodes interval windows, until judge_windows of them pass.
+  draft is not confirmed there and decodes interval windows, until judge_windows of them pass;
+  confirmed at both, the generation decodes in two windows, the second from within a span of
+  the first bucket's end to the generation's.
   Fewer windows than without the option; output is AR's, and each window records the host's
   own time before it (host_s, the device idle), which the generation's host_s sums."""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
@@ -1088,10 +1090,11 @@ def test_bucket_windows_run_a_confirmed_draft_to_its_buckets_end(tiny_models, wi
   want = ar(model, ids, 160)
   config = dict(interval=4, search_new_buckets=False, trial_rounds=0, keep_margin=0.0)
 
-  def run(bucket_windows):
+  def run(bucket_windows, confirmed=(low,)):
     model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
-    model.kept_drafts[low] = methods.KeptDraft(skip, gamma, 0.9, len(ids), measured_tpt=1e6,
-                                               windows=2, tokens=100, seconds=1e-6)
+    for bucket in confirmed:
+      model.kept_drafts[bucket] = methods.KeptDraft(skip, gamma, 0.9, len(ids), measured_tpt=1e6,
+                                                    windows=2, tokens=100, seconds=1e-6)
     got = api.generate(model, ids, 160, method="knapspec", ignore_eos=True,
                        config=ks.KnapSpecConfig(**config, bucket_windows=bucket_windows))
     assert got.output_ids == want
@@ -1105,9 +1108,9 @@ def test_bucket_windows_run_a_confirmed_draft_to_its_buckets_end(tiny_models, wi
   to_end = [i for i, w in enumerate(windows) if w["decision"]["reason"].endswith(
       "to the bucket's end)")]
   assert to_end and to_end[0] == 0, [w["decision"]["reason"] for w in windows]
-  for i in to_end:
-    bucket = decoding.attn_bucket(windows[i]["context"], capacity)
-    last = len(ids) + 160 - 1  # the cache's length when the generation ends (a pending token)
+  last = len(ids) + 160 - 1  # the cache's length when the generation ends (a pending token)
+  for i in to_end:  # the bucket its program ran in: the next one within a span of the end
+    bucket = decoding.attn_bucket(windows[i]["context"] + span, capacity)
     assert bucket - span < ends[i] <= bucket or ends[i] == last, (windows[i], ends[i], bucket)
     assert windows[i]["rounds"] > config["interval"]
   high = [w for w in windows if w["context"] > low]  # borrowed: interval windows, then confirmed
@@ -1115,3 +1118,8 @@ def test_bucket_windows_run_a_confirmed_draft_to_its_buckets_end(tiny_models, wi
   assert any(w["decision"]["reason"].endswith("to the bucket's end)") for w in high[2:])
   assert all(w["host_s"] >= 0 for w in windows)
   assert long["host_s"] >= sum(w["host_s"] for w in windows)
+  # Confirmed at 512 too: the window that starts within a span of 256's end runs to the end.
+  both = run(True, confirmed=(low, decoding.attn_bucket(300, capacity)))["window_log"]
+  assert len(both) == 2 and all(w["decision"]["reason"].endswith("to the bucket's end)")
+                                for w in both), [w["decision"]["reason"] for w in both]
+  assert both[1]["context"] + span > low and both[1]["context"] + both[1]["tokens"] == last
