@@ -271,12 +271,12 @@ class KnapSpecConfig:
     judged faster than AR) decodes in one window to the end of the bucket, instead of
     `interval` rounds at a time (a window that starts within a round's span of its bucket's
     end runs in the next bucket: to that one's end where the same draft is confirmed there
-    too): nothing is decided again inside a bucket once its draft is confirmed (a new bucket
-    may search or borrow), and every window costs the H200's host
-    about 2.0 ms between windows (309 timed KnapSpec runs' records on Qwen2.5-Coder-1.5B,
-    BENCHMARKS.md 10.35) and a call's 1.4 ms (the profile's call_s): at 16K, 1.1% of a 64-round
-    window (about 0.31 s). The window is still judged as each window is (`observe`). Off until
-    measured on a GPU (experiments/gpu/run_kept_draft_windows.sh).
+    too). Nothing is decided again inside a bucket once its draft is confirmed (a new bucket
+    may search or borrow), and every window costs the H200's host about 2.0 ms between
+    windows (309 timed KnapSpec runs' records on Qwen2.5-Coder-1.5B, BENCHMARKS.md 10.35) and
+    a call's 1.4 ms (the profile's call_s): at 16K, 1.1% of a 64-round window (about 0.31 s).
+    The window is still judged as each window is (`observe`). Off until measured on a GPU
+    (experiments/gpu/run_kept_draft_windows.sh).
   """
 
   interval: int = 64
