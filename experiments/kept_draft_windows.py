@@ -11,8 +11,9 @@ already confirmed there (judge_windows windows, a measured record far above AR's
 keeps it), as a benchmark's timed runs find the buckets their warm-up runs judged. No search
 runs. Each repeat runs AR, then the two window settings, in an order that alternates from repeat
 to repeat; the script prints per setting the median decode time, tokens/s and speedup over AR
-(paired: each repeat's AR), the windows, the host's time before each window outside the
-decision (`host_s`) and the generation's time outside its windows, and whether the output is
+(paired: each repeat's AR), the windows, the host's time after each window to the next one's
+start outside the decision (`host_s`; `read_s` of it the device read) and the generation's time
+outside its windows, and whether the output is
 AR's. Records: --output (JSON).
 """
 

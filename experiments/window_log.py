@@ -2,7 +2,8 @@
 its warm-up runs (W0, ...) and timed runs (T0, ...), each window's context, tokens, rounds,
 drafted and accepted tokens, plain tokens decoded while a draft compiled, measured tokens/s, the
 profile's tokens/s for the window as it ran (metrics.predicted_wall_s), search and compile
-seconds, the host's time before it outside the decision (host_s, records since session 31),
+seconds, the host's time after it, to the next window's start outside the decision (host_s,
+records since session 31; read_s of it the device read),
 the draft (sublayers skipped, gamma) and the decision's reason.
 
   python experiments/window_log.py results/h200_qwen/RUN/results.jsonl [--method=knapspec]
@@ -32,7 +33,8 @@ def window_line(label: str, w: dict, reason_chars: int) -> str:
           f"plain-while-compiling {w.get('ar_tokens_while_compiling', 0):4d} | "
           f"{w['measured_tokens_per_s']:6.1f} tok/s, profile {predicted:6.1f} | search "
           f"{w['search_s']:.3f} s compile {w['compile_s']:.2f} s"
-          + (f" host {1e3 * w['host_s']:.2f} ms" if "host_s" in w else "")
+          + (f" host {1e3 * w['host_s']:.2f} ms (read {1e3 * w['read_s']:.2f})"
+             if "host_s" in w else "")
           + f" | attn {d['n_attn_skipped']} + "
           f"mlp {d['n_mlp_skipped']} gamma {d['gamma']} | {d['reason'][:reason_chars]}")
 

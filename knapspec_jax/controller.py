@@ -107,8 +107,9 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     jax.block_until_ready(state)  # (the loop's first read waits for it anyway)
   # The host's own time between windows, outside the decisions: the device idles through it. On
   # the H200 the records of 309 timed KnapSpec runs put it at 2.0 ms a window (BENCHMARKS.md
-  # 10.35).
+  # 10.35). Each window records the part after it (host_s; read_s of it is the device read).
   host_from = time.perf_counter()
+  before_first = 0.0
   seen = _read(state, counters)
   while True:
     done, length, n_out, max_new, out, before = seen
@@ -131,7 +132,11 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
       counters = speculative.SpecCounters.zeros()  # `before` holds the same zeros
     compile_before = compiled.stats.waited_s
     start = time.perf_counter()
-    host_s = start - host_from - deciding
+    host = start - host_from - deciding  # since the last window (or the run's start)
+    if windows:
+      windows[-1]["host_s"] = host
+    else:
+      before_first = host
     waited_tokens, finished = 0, False
     if decision.drafts:
       start_rounds = int(before.rounds)
@@ -162,6 +167,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     measured = host_from - start
     compile_s = compiled.stats.waited_s - compile_before  # compiled, or loaded from the store
     seen = _read(state, counters)  # also the next window's cursor and outputs
+    read_s = time.perf_counter() - host_from  # the device read's share of the next host_s
     n_after, after = seen[2], seen[5]
     tokens = int(n_after) - n_out
     rounds = int(after.rounds - before.rounds)
@@ -172,7 +178,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         decision=decision.to_json(), context=length, tokens=tokens, rounds=rounds,
         drafted=int(after.drafted - before.drafted), ar_tokens_while_compiling=waited_tokens,
         accepted=int(after.accepted - before.accepted), draft_forwards=forwards,
-        search_s=search, host_s=host_s, compile_s=compile_s, measured_s=measured - compile_s,
+        search_s=search, host_s=None, read_s=read_s, compile_s=compile_s,
+        measured_s=measured - compile_s,
         predicted_s=predicted, predicted_wall_s=predicted + profile.call_s,
         measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))
     if not decision.drafts and not waited_tokens and sampling is None and not width:
@@ -181,6 +188,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
       policy.observe(decision, windows[-1], state.cache.capacity)
     if finished:
       break
+  if windows:  # the last window's host time runs to the end of the loop
+    windows[-1]["host_s"] = time.perf_counter() - host_from
   stats = summarize(windows, counters, search_s)
-  stats["host_s"] = sum(w["host_s"] for w in windows) + time.perf_counter() - host_from
+  stats["host_s"] = before_first + sum(w["host_s"] for w in windows)
   return state, stats

@@ -241,10 +241,10 @@ def test_window_log_lists_every_window_of_the_method_asked(tmp_path):
     assert f"{measured:6.1f} tok/s, profile {tokens / wall:6.1f}" in line
     assert "plain-while-compiling    7" in line and line.endswith(f"why {context}")
     assert "host" not in line  # records before session 31 have no host_s
-  rows[0]["timed_windows"][0][0]["host_s"] = 0.00125
+  rows[0]["timed_windows"][0][0].update(host_s=0.00125, read_s=0.0005)
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
   out = _script("window_log.py", "--prompt=16000", str(path))
-  assert "compile 0.00 s host 1.25 ms |" in out.stdout.splitlines()[2], out.stdout
+  assert "compile 0.00 s host 1.25 ms (read 0.50) |" in out.stdout.splitlines()[2], out.stdout
 
 
 def test_host_between_windows_against_hand_counts(tmp_path):

@@ -1080,7 +1080,8 @@ def test_bucket_windows_run_a_confirmed_draft_to_its_buckets_end(tiny_models, wi
   confirmed at both, the generation decodes in two windows, the second from within a span of
   the first bucket's end to the generation's.
   Fewer windows than without the option; output is AR's, and each window records the host's
-  own time before it (host_s, the device idle), which the generation's host_s sums."""
+  own time after it (host_s, the device idle; read_s of it the device read), which the
+  generation's host_s sums."""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
   capacity = KVCache.capacity_for(model.cfg)
   ids = np.arange(5, 145) % model.cfg.vocab_size  # 140 tokens: bucket 256, then 512 from 257
@@ -1116,7 +1117,7 @@ def test_bucket_windows_run_a_confirmed_draft_to_its_buckets_end(tiny_models, wi
   high = [w for w in windows if w["context"] > low]  # borrowed: interval windows, then confirmed
   assert high and high[0]["rounds"] <= config["interval"]
   assert any(w["decision"]["reason"].endswith("to the bucket's end)") for w in high[2:])
-  assert all(w["host_s"] >= 0 for w in windows)
+  assert all(0 <= w["read_s"] <= w["host_s"] for w in windows)
   assert long["host_s"] >= sum(w["host_s"] for w in windows)
   # Confirmed at 512 too: the window that starts within a span of 256's end runs to the end.
   both = run(True, confirmed=(low, decoding.attn_bucket(300, capacity)))["window_log"]
