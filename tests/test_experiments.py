@@ -644,6 +644,10 @@ def test_switch_cost_worker_mode_loads_what_the_worker_compiled(tmp_path):
   for r in loads:
     assert r["total_s"] >= r["deserialize_and_load_s"] > 0 and r["megabytes"] > 0
     assert r["beside_load_s"] > 0 and 0 < r["python_rate_kept"] and r["longest_stall_ms"] >= 0
+    assert [w["switch_interval_s"] for w in r["wakes"]] == [0.005, 0.0005]  # the defaults
+    for w in r["wakes"]:  # each wake at least on time, on average; the longest one of them
+      assert w["wakes"] >= 1 and w["late_ms_per_1000_wakes"] >= 0
+      assert w["longest_late_ms"] >= w["late_ms_per_1000_wakes"] / 1000
   refused = subprocess.run([sys.executable, script, "--smoke", "--modes=worker"], cwd=REPO,
                            capture_output=True, text=True, timeout=300,
                            env=dict(env, KNAPSPEC_EXEC_CACHE="0"))

@@ -13,7 +13,9 @@ Then each entry is loaded once more in a background thread, as CompileCache load
 program, while this thread runs Python in a loop: the share of its loop rate it kept beside the
 load and its longest stall say how much of the load holds the GIL, that is, stops the decoding
 thread's host loop (on the 2-vCPU Intel Xeon, the smoke shapes' 0.2-0.4 MB CPU entries, 15-48
-ms loads: the loop kept 72-84% of its rate, BENCHMARKS.md 10.34). A device whose driver
+ms loads: the loop kept 72-84% of its rate, BENCHMARKS.md 10.34). And, at each
+--switch_intervals, how late a thread that naps 1 ms at a time wakes beside the load (the
+decoding thread waits on the device with the GIL released, then needs it to dispatch). A device whose driver
 serializes a module load with kernel launches loses more than that; this does not see it
 (switch_cost.py's AR beside a load does).
 """
@@ -38,6 +40,9 @@ _STORE = flags.DEFINE_string("store", None, "The executable store's directory.",
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Loads of each entry (the first and the median of "
                                 "the rest are both reported when > 1).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path for the records.")
+_SWITCH = flags.DEFINE_list("switch_intervals", ["0.005", "0.0005"], "Python switch intervals "
+                            "(sys.setswitchinterval, seconds; 0.005 is Python's default) at "
+                            "which a waking thread's wait beside a load is timed.")
 
 
 def load_parts(path: pathlib.Path) -> dict:
@@ -89,6 +94,39 @@ def python_beside(fn, seconds_alone: float = 0.3) -> dict:
   return dict(beside_load_s=took, python_rate_kept=beside / alone, longest_stall_ms=stall * 1e3)
 
 
+def wake_lateness(fn, switch_interval: float, nap_s: float = 0.001) -> dict:
+  """fn() in a background thread while this thread naps nap_s at a time (the GIL released, as
+  the decoding thread waits on the device) and times how late each wake is, under
+  sys.setswitchinterval(switch_interval): a thread that wakes while another holds the GIL waits
+  for it (up to the switch interval while that one runs Python, a whole C call while it runs
+  one). Per 1000 wakes: the lateness beside fn, and beside a sleeping thread (the OS's share)."""
+  def naps(target):
+    finished = threading.Event()
+    def run():
+      target()
+      finished.set()
+    thread = threading.Thread(target=run)
+    late = []
+    thread.start()
+    while not finished.is_set():
+      start = time.perf_counter()
+      time.sleep(nap_s)
+      late.append(time.perf_counter() - start - nap_s)
+    thread.join()
+    return late
+  default = sys.getswitchinterval()
+  sys.setswitchinterval(switch_interval)
+  try:
+    quiet = naps(lambda: time.sleep(0.2))
+    beside = naps(fn)
+  finally:
+    sys.setswitchinterval(default)
+  per_1000 = lambda late: 1e3 * sum(late) / len(late) * 1e3  # ms per 1000 wakes
+  return dict(switch_interval_s=switch_interval, wakes=len(beside),
+              late_ms_per_1000_wakes=per_1000(beside), quiet_ms_per_1000_wakes=per_1000(quiet),
+              longest_late_ms=1e3 * max(beside))
+
+
 def main(argv):
   del argv
   store = pathlib.Path(_STORE.value)
@@ -101,6 +139,7 @@ def main(argv):
     record = dict(runs[0], later_total_s=(sorted(r["total_s"] for r in runs[1:])[
         (len(runs) - 2) // 2] if len(runs) > 1 else None))
     record.update(python_beside(lambda: load_parts(path)))
+    record["wakes"] = [wake_lateness(lambda: load_parts(path), float(s)) for s in _SWITCH.value]
     records.append(record)
     print(f"{record['program'][-40:]:40s} {record['megabytes']:7.1f} MB: read "
           f"{record['read_s'] * 1e3:7.1f} ms, sha256 {record['sha256_s'] * 1e3:6.1f} ms, unpickle "
@@ -110,6 +149,11 @@ def main(argv):
           + f"; beside a Python loop ({record['beside_load_s']:.3f} s) the loop kept "
           f"{record['python_rate_kept']:.0%} of its rate, longest stall "
           f"{record['longest_stall_ms']:.1f} ms", flush=True)
+    for w in record["wakes"]:
+      print(f"  switch interval {w['switch_interval_s'] * 1e3:g} ms: a thread waking every ms "
+            f"beside the load waited {w['late_ms_per_1000_wakes']:.1f} ms per 1000 wakes "
+            f"({w['quiet_ms_per_1000_wakes']:.1f} beside a sleeping thread; {w['wakes']} wakes, "
+            f"the longest {w['longest_late_ms']:.1f} ms)", flush=True)
   if _OUTPUT.value:
     out = pathlib.Path(_OUTPUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
