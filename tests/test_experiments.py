@@ -829,4 +829,5 @@ def test_kept_draft_windows_pins_one_draft_and_counts_its_windows(tmp_path):
     r = by[name]
     assert r["speedup"] == pytest.approx(by["ar"]["decode_s"] / r["decode_s"])
     assert len(r["host_s"]) == r["windows"] and 0 <= sum(r["host_s"]) <= r["outside_windows_s"]
+    assert all(0 <= read <= host for read, host in zip(r["read_s"], r["host_s"]))
   assert "| bucket windows | 1 |" in proc.stdout and "paired:" in proc.stdout
