@@ -24,6 +24,12 @@ _METHODS = flags.DEFINE_list("method", ["knapspec", "fixed", "del", "clasp"],
                              "Methods whose timed runs are read (each decodes in windows).")
 
 
+def outside_windows_s(decode_s: float, windows: list[dict]) -> float:
+  """A generation's decode seconds outside its windows' measured, search and compile time."""
+  return decode_s - sum(w["measured_s"] + w["search_s"] + w.get("compile_s", 0.0)
+                        for w in windows)
+
+
 def runs(paths, methods) -> list[dict]:
   """One row per timed run with a window log: windows, gap (s), recorded host_s (s) or None."""
   rows = []
@@ -34,11 +40,10 @@ def runs(paths, methods) -> list[dict]:
       for tps, windows in zip(rec["tokens_per_s_runs"], rec.get("timed_windows") or []):
         if not windows:
           continue
-        inside = sum(w["measured_s"] + w["search_s"] + w.get("compile_s", 0.0) for w in windows)
         host = ([w["host_s"] for w in windows] if all("host_s" in w for w in windows)
                 else None)
         rows.append(dict(run=pathlib.Path(path).parent.name, windows=len(windows),
-                         gap_s=rec["new_tokens"] / tps - inside,
+                         gap_s=outside_windows_s(rec["new_tokens"] / tps, windows),
                          host_s=sum(host) if host is not None else None))
   return rows
 

@@ -12,9 +12,9 @@ keeps it), as a benchmark's timed runs find the buckets their warm-up runs judge
 runs. Each repeat runs AR, then the two window settings, in an order that alternates from repeat
 to repeat; the script prints per setting the median decode time, tokens/s and speedup over AR
 (paired: each repeat's AR), the windows, the host's time after each window to the next one's
-start outside the decision (`host_s`; `read_s` of it the device read) and the generation's time
-outside its windows, and whether the output is
-AR's. Records: --output (JSON).
+start outside the decision (`host_s`; `read_s` of it the device read), the generation's time
+outside its windows (host_between_windows.outside_windows_s), and whether the output is AR's.
+Records: --output (JSON).
 """
 
 import json
@@ -28,6 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets, decoding, latency, methods  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
+from host_between_windows import outside_windows_s  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A checkpoint path or packaged name (default: the "
                              "bundled SmolLM2).")
@@ -102,8 +103,7 @@ def main(argv):
                        speedup=got["ar"].decode_s / g.decode_s, windows=len(windows),
                        host_s=[w["host_s"] for w in windows],
                        read_s=[w["read_s"] for w in windows],
-                       outside_windows_s=g.decode_s - sum(
-                           w["measured_s"] + w["search_s"] + w["compile_s"] for w in windows),
+                       outside_windows_s=outside_windows_s(g.decode_s, windows),
                        same_as_ar=g.output_ids == got["ar"].output_ids))
     print(f"repeat {r + 1}/{_REPEATS.value}: " + ", ".join(
         f"{row['setting']} {row['decode_s'] * 1e3:.1f} ms ({row['windows']} windows)"
