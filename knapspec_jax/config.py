@@ -130,6 +130,13 @@ class ModelConfig:
       the segments ran 1-3% faster (BENCHMARKS.md 10.8, Qwen2.5-1.5B shape, session 7's engine).
       Outputs are unchanged. A load_model option, off by default until the H200 has timed it in
       this form (experiments/gpu/run_segment_graphs.sh).
+    tall_tile_stages: Triton's software-pipelining depth (key and value blocks in flight) of
+      the split-KV Pallas kernel for a query tile taller than one query's 16 rows: verify
+      windows (decode_attention.decode_attention's tall_stages). One-query tiles keep
+      decode_attention.STAGES. The arithmetic is the same whatever the depth; only the kernel's
+      speed moves. The window of 11 at 16K on the Qwen3-8B shape costs 1.114x a one-token step
+      with 2 (BENCHMARKS.md 10.33, issue 14's line is 1.10x); experiments/gpu/step_width.py
+      --tall_tile_stages times others in the model. 1..8.
   """
 
   arch: str
@@ -154,8 +161,12 @@ class ModelConfig:
   draft_skip: str = "static"
   draft_vocab: int = 0
   segment_graphs: bool = False
+  tall_tile_stages: int = 2
 
   def __post_init__(self):
+    if not is_int(self.tall_tile_stages) or not 1 <= self.tall_tile_stages <= 8:
+      raise UnsupportedModelError(f"tall_tile_stages must be an integer in 1..8, got "
+                                  f"{self.tall_tile_stages!r}")
     if not is_int(self.matmul_rows) or not 1 <= self.matmul_rows <= 16:
       raise UnsupportedModelError(f"matmul_rows must be an integer in 1..16, got "
                                   f"{self.matmul_rows!r}")

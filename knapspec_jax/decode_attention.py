@@ -57,8 +57,9 @@ MIN_PROGRAMS_TALL_TILE = 96
 BLOCK_K = 128  # keys per inner step of a program, whatever T (see decode_attention)
 MIN_ROWS = 16  # rows of a program's query tile at least: the smallest dot tile
 MAX_QUERIES = 16  # query positions per sequence the kernel takes (verify windows of gamma + 1)
-STAGES = 2  # Triton's software-pipelining depth of a program's key-block loop (chosen, not swept:
-# experiments/gpu/kernel_split_sweep.py --stages times others)
+STAGES = 2  # Triton's software-pipelining depth of a program's key-block loop for one query's
+# tile of MIN_ROWS rows (chosen, not swept: experiments/gpu/kernel_split_sweep.py --stages times
+# others); a taller tile takes ModelConfig.tall_tile_stages (2 as well unless set)
 
 
 def tile_rows(queries: int, groups: int) -> int:
@@ -141,11 +142,12 @@ def choose_split(attn_len: int, heads_x_sequences: int, rows: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("attn_len", "split", "block_k", "warps",
-                                             "stages", "interpret"))
+                                             "stages", "tall_stages", "interpret"))
 def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
                      split: int | None = None,
                      block_k: int = BLOCK_K, warps: int | None = None,
-                     stages: int = STAGES, interpret: bool | None = None):
+                     stages: int | None = None, tall_stages: int = STAGES,
+                     interpret: bool | None = None):
   """Causal softmax attention of the last T positions of each sequence over its cache.
 
   q [B, T, H, hd], 1 <= T <= MAX_QUERIES: queries at positions kv_len - T .. kv_len - 1 (a one-token
@@ -159,8 +161,10 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
   T, so that a verify window's rows sum their blocks as the one-token steps at the same positions do
   (in bfloat16 on the CPU the outputs are the same bits). warps: warps per program (None: num_warps
   of the tile). stages: Triton's pipelining depth of the key-block loop (key and value blocks in
-  flight per program; the same arithmetic whatever it is). interpret: run in Pallas's interpreter
-  (default: off a GPU).
+  flight per program; the same arithmetic whatever it is), for any tile; None: STAGES for one
+  query's tile of MIN_ROWS rows, tall_stages for a taller one (a verify window's; the model
+  passes ModelConfig.tall_tile_stages). interpret: run in Pallas's interpreter (default: off a
+  GPU).
   """
   b, t, h, hd = q.shape
   _, s, kv, _ = keys.shape
@@ -175,6 +179,8 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
                      f"block_k={block_k}")
   if not 1 <= t <= MAX_QUERIES:
     raise ValueError(f"{t} query positions: the kernel takes 1 to {MAX_QUERIES}")
+  if stages is None:
+    stages = STAGES if rows <= MIN_ROWS else tall_stages
   if stages < 1:
     raise ValueError(f"stages={stages}: Triton's pipelining depth is at least 1")
   if groups > MIN_ROWS:
@@ -211,9 +217,10 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
   return out.reshape(b, t, h, hd).astype(q.dtype)
 
 
-def sharded_decode_attention(q, keys, values, kv_len, *, attn_len: int):
+def sharded_decode_attention(q, keys, values, kv_len, *, attn_len: int,
+                             tall_stages: int = STAGES):
   """decode_attention as the model calls it: under a tensor-parallel mesh each device runs the
   kernel on its own heads (sharding.map_over_heads; GSPMD cannot split a Pallas call), else the
   kernel as it is."""
-  kernel = functools.partial(decode_attention, attn_len=attn_len)
+  kernel = functools.partial(decode_attention, attn_len=attn_len, tall_stages=tall_stages)
   return sharding.map_over_heads(kernel, q, keys, values, kv_len)

@@ -95,7 +95,8 @@ class Model:
   def profile_name(self) -> str:
     """The key of this model's latency profile: its name, plus the one-token and window
     attention kernels when they are not XLA's, padded projection rows, steps wider than one
-    row, run-time skip gating, and the tensor-parallel degree above 1 (a different kernel,
+    row, run-time skip gating, the draft vocabulary, a kernel pipelining depth other than the
+    default for verify tiles, and the tensor-parallel degree above 1 (a different kernel,
     gating or split is a different cost structure)."""
     name = self.name if self.cfg.attention == "xla" else f"{self.name}+{self.cfg.attention}"
     if self.cfg.matmul_rows > 1:
@@ -108,6 +109,9 @@ class Model:
       name += f"+{self.cfg.draft_skip}_skip"
     if self.cfg.draft_vocab:
       name += f"+draftvocab{self.cfg.draft_vocab}"
+    if (self.cfg.attention == "pallas"
+        and self.cfg.tall_tile_stages != ModelConfig.tall_tile_stages):
+      name += f"+tallstages{self.cfg.tall_tile_stages}"
     tp = sharding.tp_size(self.mesh)
     return name if tp == 1 else f"{name}+tp{tp}"
 

@@ -104,7 +104,8 @@ def attend(cfg: ModelConfig, q, keys, values, mask, kv_len=None):
     # length, for a one-token step and a verify window alike (the window's queries share each
     # key block's read): deterministic, no slice; its grid follows the bucket, not the capacity.
     out = decode_attention.sharded_decode_attention(q, keys, values, kv_len,
-                                                    attn_len=mask.shape[-1])
+                                                    attn_len=mask.shape[-1],
+                                                    tall_stages=cfg.tall_tile_stages)
     return out.reshape(b, t, cfg.n_heads * hd)
   if cfg.attention == "cudnn" and t == 1:
     # One fused kernel instead of ~8 per layer (BENCHMARKS.md section 1). For one query, the

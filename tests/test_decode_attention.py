@@ -20,7 +20,7 @@ import knapspec_jax as ks
 from knapspec_jax import api
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
-from knapspec_jax.decode_attention import SPLIT, decode_attention, tile_rows
+from knapspec_jax.decode_attention import SPLIT, STAGES, decode_attention, tile_rows
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.skip_mask import SkipMask
@@ -139,12 +139,17 @@ def test_bucketed_kernel_matches_numpy_attention(queries, heads, kv_heads, hd, s
 
 def _pallas_grids(fn, *args) -> list[tuple]:
   """The grid of every pallas_call in fn's jaxpr, nested jaxprs included."""
-  grids = []
+  return [tuple(params["grid_mapping"].grid) for params in _pallas_calls(fn, *args)]
+
+
+def _pallas_calls(fn, *args) -> list[dict]:
+  """The parameters of every pallas_call in fn's jaxpr, nested jaxprs included."""
+  calls = []
 
   def visit(jaxpr):
     for eqn in jaxpr.eqns:
       if eqn.primitive.name == "pallas_call":
-        grids.append(tuple(eqn.params["grid_mapping"].grid))
+        calls.append(eqn.params)
       for param in eqn.params.values():
         for sub in param if isinstance(param, (tuple, list)) else (param,):
           if hasattr(sub, "jaxpr"):
@@ -152,7 +157,7 @@ def _pallas_grids(fn, *args) -> list[tuple]:
           elif hasattr(sub, "eqns"):
             visit(sub)
   visit(jax.make_jaxpr(fn)(*args).jaxpr)
-  return grids
+  return calls
 
 
 @pytest.mark.parametrize("attn_len,programs", [(256, (1, 1)), (512, (2, 2)), (1024, (4, 4)),
@@ -324,6 +329,32 @@ def test_pipelining_stages_reach_the_triton_call_and_leave_the_arithmetic(stages
                                 decode_attention(q, keys, values, kv_len))
   with pytest.raises(ValueError, match="stages=0"):
     decode_attention(q, keys, values, kv_len, stages=0)
+
+
+def test_tall_tile_stages_reach_a_verify_windows_kernel_only(tiny_models):
+  """ModelConfig.tall_tile_stages is Triton's num_stages of the kernel wherever the model runs a
+  tile taller than one query's (a verify window); a one-token step keeps STAGES. Outside 1..8 it
+  is a clear error, and a model's profile name carries a depth other than the default."""
+  model = tiny_models["llama"].jax
+  cfg = dataclasses.replace(model.cfg, attention="pallas", window_attention="pallas",
+                            tall_tile_stages=3)
+  cache = jax.eval_shape(lambda: KVCache.create(cfg))
+
+  def stages(queries):
+    fn = lambda p, x, c: model_lib.forward(p, cfg, x, c, skip=SkipMask.none(cfg.n_layers),
+                                           attn_len=256).hidden
+    calls = _pallas_calls(fn, model.params, jax.ShapeDtypeStruct((1, queries), jnp.int32), cache)
+    assert len(calls) == cfg.n_layers
+    return {params["compiler_params"].num_stages for params in calls}
+
+  assert stages(11) == {3} and stages(1) == {STAGES} == {2}  # 22 rows: a 32-row tile
+  for bad in (0, 9, 2.0, True):
+    with pytest.raises(ks.UnsupportedModelError, match="tall_tile_stages must be an integer"):
+      dataclasses.replace(cfg, tall_tile_stages=bad)
+  both = api.load_model(str(tiny_models["llama"].path), use_cache=False, attention="pallas")
+  assert "stages" not in both.profile_name
+  deeper = dataclasses.replace(both, cfg=dataclasses.replace(both.cfg, tall_tile_stages=3))
+  assert deeper.profile_name == both.profile_name + "+tallstages3"
 
 
 def test_window_attention_follows_the_one_token_kernel_in_load_model(tiny_models):

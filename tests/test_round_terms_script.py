@@ -101,9 +101,10 @@ def test_profile_gap_smoke(tmp_path):
 
 def test_step_width_smoke(tmp_path):
   """experiments/gpu/step_width.py --smoke: AR's segment program at widths 1, 2 and 4, each timed
-  by its slope; in float32 every width decodes width 1's tokens (a W-row step keeps row 0)."""
+  by its slope; in float32 every width decodes width 1's tokens (a W-row step keeps row 0).
+  --tall_tile_stages times the verify windows once per depth asked for, each record naming it."""
   out = tmp_path / "step_width.json"
-  run_gpu_script_smoke("step_width.py", out)
+  run_gpu_script_smoke("step_width.py", out, "--tall_tile_stages=2,3")
   records = json.loads(out.read_text())
   widths = [r for r in records if "width" in r]
   assert [r["width"] for r in widths] == [1, 2, 4]
@@ -111,8 +112,9 @@ def test_step_width_smoke(tmp_path):
     assert r["ms_per_step"] > 0 and r["equal_tokens"] == r["tokens"] == 16
   # beside them, the profiler's verify program at windows 1, 2 and 4, timed the same way
   verifies = [r for r in records if "verify_window" in r]
-  assert [r["verify_window"] for r in verifies] == [1, 2, 4] == [
-      r["verify_window"] for r in records[3:]]
+  assert [(r["verify_window"], r["tall_tile_stages"]) for r in verifies] == [
+      (1, 2), (2, 2), (4, 2), (1, 3), (2, 3), (4, 3)]
+  assert verifies == records[3:]
   assert all(r["ms_per_step"] > 0 and r["attn_len"] == 256 for r in verifies)
 
 
@@ -142,6 +144,7 @@ def test_step_bandwidth_reads_step_width_records(tmp_path):
   records = [dict(attn_len=256, width=1, ms_per_step=2.0), dict(attn_len=256, width=2,
                                                                ms_per_step=1.0),
              dict(attn_len=256, verify_window=4, ms_per_step=3.0),
+             dict(attn_len=256, verify_window=4, ms_per_step=2.5, tall_tile_stages=3),
              dict(attn_len=512, width=1, ms_per_step=4.0)]
   script = """
 import importlib.util, json, sys
@@ -162,7 +165,8 @@ print(json.dumps([rows, 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2]))
   assert (long["step_gb"] - short["step_gb"]) * 1e9 == pytest.approx(256 * kv_per_position)
   assert short["gb_per_s"] == pytest.approx(short["step_gb"] / 2e-3)
   assert short["fractions"] == pytest.approx([short["gb_per_s"] / 100, short["gb_per_s"] / 200])
-  assert short["verify_over_step"] == {"4": 1.5} and long["verify_over_step"] == {}
+  assert short["verify_over_step"] == {"4": 1.5, "4 (tall tiles' stages 3)": 1.25}
+  assert long["verify_over_step"] == {}
   assert short["width_over_step"] == {"2": 0.5} and long["width_over_step"] == {}
   # the two-row step read the same bytes in half the time
   assert short["width_fractions"]["2"] == pytest.approx([2 * f for f in short["fractions"]])

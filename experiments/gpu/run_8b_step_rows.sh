@@ -7,6 +7,8 @@
 #   python experiments/gpu/step_bandwidth.py --model=llama3.1-8b --read_gbps=R1,R2,R3 \
 #       $OUT/llama3.1-8b.json   (and --model=qwen3-8b)
 #   -> $OUT/{llama3.1-8b,qwen3-8b}.json, $OUT/read_gbps.txt
+# Further flags go to step_width.py: --tall_tile_stages=2,3,4 times the verify of 11 with each
+# pipelining depth of the kernel's tall tiles (ModelConfig.tall_tile_stages).
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export KNAPSPEC_CACHE=/tmp/knapspec_cache
@@ -16,5 +18,5 @@ for i in 1 2 3; do
 done
 for model in llama3.1-8b qwen3-8b; do
   timeout 250 python3 experiments/gpu/step_width.py --model="$model" --attn_lens=1024,16384 \
-    --widths=1,2 --verify=11 --repeats=3 --output="$OUT/$model.json" 2>&1 | grep -v -i warn
+    --widths=1,2 --verify=11 --repeats=3 --output="$OUT/$model.json" "$@" 2>&1 | grep -v -i warn
 done

@@ -3,7 +3,8 @@ records (issue 14: "AR >= 90% of measured read bandwidth", "verify of 11 tokens 
 one-token step"). For each bucket's one-row step: the bytes a full step reads at that many
 positions (metrics.step_bytes on the shape's abstract bfloat16 weights, nothing allocated), those
 bytes over the step's time, and that over each read bandwidth given; for each verify window
-timed at the bucket and each wider AR step (width W), its time over the one-row step's, and for
+timed at the bucket (per kernel depth for tall tiles where step_width.py --tall_tile_stages timed
+several) and each wider AR step (width W), its time over the one-row step's, and for
 each width its own fractions of the read bandwidths (the same bytes in its time).
 
   python experiments/gpu/step_bandwidth.py --model=llama3.1-8b --read_gbps=3866.9,4124.1 \
@@ -34,6 +35,14 @@ _MODEL = flags.DEFINE_string("model", "qwen2.5-1.5b", "The records' shape (shape
 _READ = flags.DEFINE_list("read_gbps", [], "Measured read bandwidths, GB/s.")
 
 
+def verify_name(record: dict) -> str:
+  """A verify record's window, with the kernel's depth for tall tiles where it was recorded
+  (step_width.py --tall_tile_stages): "11", "11 (tall tiles' stages 3)"."""
+  stages = record.get("tall_tile_stages")
+  window = str(record["verify_window"])
+  return window if stages is None else f"{window} (tall tiles' stages {stages})"
+
+
 def rows(records: list, cfg, read_gbps: list[float]) -> list[dict]:
   """One row per bucket with a one-row AR step: its bytes, GB/s, fractions and verify ratios."""
   params = jax.eval_shape(lambda: model_lib.fuse_projections(
@@ -46,7 +55,7 @@ def rows(records: list, cfg, read_gbps: list[float]) -> list[dict]:
     out.append(dict(attn_len=n, ms_per_step=step["ms_per_step"], step_gb=b["step_gb"],
                     gb_per_s=b["gb_per_s"],
                     fractions=[b["gb_per_s"] / g for g in read_gbps],
-                    verify_over_step={r["verify_window"]: r["ms_per_step"] / step["ms_per_step"]
+                    verify_over_step={verify_name(r): r["ms_per_step"] / step["ms_per_step"]
                                       for r in records
                                       if r.get("verify_window") and r["attn_len"] == n},
                     width_over_step={r["width"]: r["ms_per_step"] / step["ms_per_step"]

@@ -16,7 +16,9 @@ widths 1, 2 and 4 per attention bucket, each cost the slope over two loop length
 (latency.loop_cost), and checks that every width decodes the same tokens as width 1 on these
 random weights (bfloat16 may round differently; the count of equal tokens is printed). Beside
 them, the profiler's verify program (latency.VerifyLoopStatics) at windows 1, 2 and 4, timed the
-same way: the profile's step and verify samples, on random weights.
+same way: the profile's step and verify samples, on random weights. --tall_tile_stages=2,3,4
+times the verify windows again with each pipelining depth of the kernel's tall tiles (issue 14's
+verify of 11 at 16K; the steps' one-query tiles keep decode_attention.STAGES).
 
 Session 25's first H200 run had windows through XLA attention (shapes.random_model did not ask
 for the window kernel then): widths 2 and 4 cost 7-28% more than width 1 there
@@ -30,6 +32,8 @@ whatever the default.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import pathlib
 import sys
 
@@ -53,6 +57,9 @@ _LENS = flags.DEFINE_list("attn_lens", ["256", "2048", "8192", "16384"], "Attent
 _WIDTHS = flags.DEFINE_list("widths", ["1", "2", "4"], "Rows per AR step.")
 _VERIFY = flags.DEFINE_list("verify", ["1", "2", "4"], "Verify windows timed beside them with "
                             "the profiler's program (latency.VerifyLoopStatics); none: \"\".")
+_TALL_STAGES = flags.DEFINE_list("tall_tile_stages", [], "Verify windows also timed with these "
+                                  "kernel pipelining depths for tiles taller than one query's "
+                                  "(ModelConfig.tall_tile_stages; the steps keep the model's).")
 _STEPS = flags.DEFINE_integer("steps", 64, "Steps of the shorter timed loop (the longer runs "
                               "latency.LOOP_RATIO times as many).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Calls per loop length (median).")
@@ -72,6 +79,7 @@ def main(argv):
   else:
     m = random_model(_MODEL.value, max(lens), smoke)
   cfg, params = m.cfg, m.params
+  tall_stages = [int(a) for a in _TALL_STAGES.value] or [cfg.tall_tile_stages]
   lens = [min(a, m.context) for a in lens]
   print(f"{latency.device_name()} | jax {jax.__version__} | {m.name} | buckets {lens} | widths "
         f"{widths} | {steps} and {long} steps per call, median of {repeats}", flush=True)
@@ -95,18 +103,22 @@ def main(argv):
       print(f"bucket {attn_len:5d} width {width}: {row['ms_per_step']:.4f} ms per step "
             f"(+{row['ms_per_call']:.2f} ms per call); tokens equal to width "
             f"{widths[0]}'s: {row['equal_tokens']}/{long}", flush=True)
-    for window in verify_windows:  # the profiler's verify program (latency.measure's loops)
+    # the profiler's verify program (latency.measure's loops), per kernel depth for tall tiles
+    for stages, window in itertools.product(tall_stages, verify_windows):
       at = m.base.rollback(attn_len - max(long, window) - 1)  # each call copies it
       tokens = jnp.ones((1, window), jnp.int32)
       def make_args(n, at=at, tokens=tokens):
         return params, jax.tree.map(jnp.copy, at), tokens, jnp.asarray(n, jnp.int32)
-      fn = compiled.get(latency.VerifyLoopStatics(cfg, attn_len), make_args(steps))
+      statics = latency.VerifyLoopStatics(
+          dataclasses.replace(cfg, tall_tile_stages=stages), attn_len)
+      fn = compiled.get(statics, make_args(steps))
       per_step, per_call = latency.loop_cost(fn, make_args, steps, long, repeats)
       row = dict(attn_len=attn_len, verify_window=window, ms_per_step=per_step * 1e3,
-                 ms_per_call=per_call * 1e3)
+                 ms_per_call=per_call * 1e3, tall_tile_stages=stages)
       records.append(row)
-      print(f"bucket {attn_len:5d} verify T={window:2d}: {row['ms_per_step']:.4f} ms per "
-            f"forward (+{row['ms_per_call']:.2f} ms per call)", flush=True)
+      print(f"bucket {attn_len:5d} verify T={window:2d} (tall tiles' stages {stages}): "
+            f"{row['ms_per_step']:.4f} ms per forward (+{row['ms_per_call']:.2f} ms per call)",
+            flush=True)
   print("written", write_records(records, _OUTPUT.value, "step_width.json"))
 
 
