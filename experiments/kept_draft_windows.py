@@ -15,10 +15,21 @@ to repeat; the script prints per setting the median decode time, tokens/s and sp
 start outside the decision (`host_s`; `read_s` of it the device read), the generation's time
 outside its windows (host_between_windows.outside_windows_s), and whether the output is AR's.
 Records: --output (JSON).
+
+--host_profile: after the repeats, one more generation per setting under cProfile, and per window
+the host's seconds and calls in what happens between and around the device's work: device reads
+(jax.Array values fetched, the wait for the device included), program calls (a compiled
+program's dispatch, returning before the device finishes), and eager device operations (one op
+outside any program: a Python scalar made an array, an array made of zeros); stored as
+`host_profile` in the JSON. 2.0 ms a window outside the windows on the H200 (BENCHMARKS.md 10.35)
+against 0.69 ms on a 2-vCPU CPU: this says where it goes. The profiler's own overhead inflates
+the Python share; compare the groups, not the totals, with the timed repeats.
 """
 
+import cProfile
 import json
 import pathlib
+import pstats
 import statistics
 import sys
 
@@ -47,8 +58,32 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Paired repeats (each: AR and both
 _PROFILE = flags.DEFINE_string("profile", None, "A latency profile JSON for the decisions' "
                                "predictions (default: the model's stored one, else measured).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path for every generation's numbers.")
+_HOST_PROFILE = flags.DEFINE_bool("host_profile", False, "After the repeats, one generation per "
+                                  "setting under cProfile: the host's time per window in device "
+                                  "reads, program calls and eager device operations.")
 
 SETTINGS = {"interval windows": False, "bucket windows": True}
+# What the host does around the device's work, as cProfile names it in JAX: (file ending,
+# function) and whether the function's own time (tottime) or its time with callees (cumtime)
+# counts. A device read waits in jax.Array._value; a compiled program's C++ dispatch runs inside
+# Compiled.__call__ (its own time: the C++ call is not profiled apart); an eager op dispatches
+# through dispatch.apply_primitive.
+HOST_GROUPS = {"device reads": ("jax/_src/array.py", "_value", "cumtime"),
+               "program calls": ("jax/_src/stages.py", "__call__", "tottime"),
+               "eager device ops": ("jax/_src/dispatch.py", "apply_primitive", "cumtime")}
+
+
+def host_split(profile: cProfile.Profile) -> dict:
+  """{group: {"ms", "calls"}} over a profiled generation, for HOST_GROUPS."""
+  out = {}
+  for group, (path, name, column) in HOST_GROUPS.items():
+    ms = calls = 0.0
+    for (file, _, func), (_, ncalls, tottime, cumtime, _) in pstats.Stats(profile).stats.items():
+      if func == name and file.replace("\\", "/").endswith(path):
+        ms += 1e3 * (tottime if column == "tottime" else cumtime)
+        calls += ncalls
+    out[group] = dict(ms=ms, calls=calls)
+  return out
 
 
 def draft_mask(n_layers: int) -> ks.SkipMask:
@@ -130,11 +165,37 @@ def main(argv):
   ratios = [off[r] / on[r] for r in on]
   print(f"\nbucket windows over interval windows, paired: {statistics.median(ratios):.4f}x "
         f"(range {min(ratios):.4f}-{max(ratios):.4f})")
+  profiled = {}
+  if _HOST_PROFILE.value:
+    # Per generation, then per extra window: the settings differ only in their windows, so the
+    # difference over the difference in windows is what one more window costs the host
+    # (a generation's set-up, the same in both, cancels).
+    print("\n| setting | windows | " + " | ".join(f"{group}: calls, ms" for group in HOST_GROUPS)
+          + " |")
+    print("|---|---|" + "---|" * len(HOST_GROUPS))
+    for name in SETTINGS:
+      profile = cProfile.Profile()
+      profile.enable()
+      g = generate(name)
+      profile.disable()
+      profiled[name] = dict(windows=len(g.stats.get("window_log", [])), decode_s=g.decode_s,
+                            groups=host_split(profile))
+    rows_of = list(profiled.items())
+    (_, many), (_, few) = sorted(rows_of, key=lambda kv: -kv[1]["windows"])
+    extra = many["windows"] - few["windows"]
+    if extra:
+      profiled["per extra window"] = dict(windows=1, groups={
+          group: {k: (many["groups"][group][k] - few["groups"][group][k]) / extra
+                  for k in ("calls", "ms")} for group in HOST_GROUPS})
+    for name, row in profiled.items():
+      print(f"| {name} | {row['windows']} | " + " | ".join(
+          f"{v['calls']:.1f}, {v['ms']:.2f}" for v in row["groups"].values()) + " |")
+    print("(device reads' ms include the wait for the device; program calls' are their dispatch)")
   if _OUTPUT.value:
     pathlib.Path(_OUTPUT.value).write_text(json.dumps(dict(
         model=model.profile_name, dtype=_DTYPE.value, prompt_tokens=len(ids),
         new_tokens=_NEW.value, gamma=_GAMMA.value, interval=_INTERVAL.value,
-        skip=draft.skip.to_list(), rows=rows), indent=1))
+        skip=draft.skip.to_list(), rows=rows, host_profile=profiled), indent=1))
 
 
 if __name__ == "__main__":

@@ -817,7 +817,7 @@ def test_kept_draft_windows_pins_one_draft_and_counts_its_windows(tmp_path):
   profile = REPO / "profiles" / "NVIDIA_H200__SmolLM2-135M-Instruct.Q4_1.gguf_pallas__bfloat16.json"
   out = tmp_path / "windows.json"
   proc = _script("kept_draft_windows.py", f"--profile={profile}", "--new_tokens=24",
-                 "--interval=2", "--repeats=1", f"--output={out}", timeout=900)
+                 "--interval=2", "--repeats=1", "--host_profile", f"--output={out}", timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads(out.read_text())["rows"]
   by = {r["setting"]: r for r in rows}
@@ -831,3 +831,9 @@ def test_kept_draft_windows_pins_one_draft_and_counts_its_windows(tmp_path):
     assert len(r["host_s"]) == r["windows"] and 0 <= sum(r["host_s"]) <= r["outside_windows_s"]
     assert all(0 <= read <= host for read, host in zip(r["read_s"], r["host_s"]))
   assert "| bucket windows | 1 |" in proc.stdout and "paired:" in proc.stdout
+  # --host_profile: one more window is one more segment program call, its device reads (the
+  # cursor and counters, 4 fetches at least) and its budget's two scalars made arrays
+  extra = json.loads(out.read_text())["host_profile"]["per extra window"]["groups"]
+  assert extra["program calls"]["calls"] == pytest.approx(1.0)
+  assert extra["device reads"]["calls"] >= 4 and extra["eager device ops"]["calls"] >= 1
+  assert "| per extra window | 1 |" in proc.stdout
