@@ -132,11 +132,14 @@ class ModelConfig:
       this form (experiments/gpu/run_segment_graphs.sh).
     tall_tile_stages: Triton's software-pipelining depth (key and value blocks in flight) of
       the split-KV Pallas kernel for a query tile taller than one query's 16 rows: verify
-      windows (decode_attention.decode_attention's tall_stages). One-query tiles keep
-      decode_attention.STAGES. The arithmetic is the same whatever the depth; only the kernel's
-      speed moves. The window of 11 at 16K on the Qwen3-8B shape costs 1.114x a one-token step
-      with 2 (BENCHMARKS.md 10.33, issue 14's line is 1.10x); experiments/gpu/step_width.py
-      --tall_tile_stages times others in the model. 1..8.
+      windows (decode_attention.decode_attention's tall_stages), lowered where the tile's blocks
+      would not fit the program's shared memory (decode_attention.fit_stages: float32 windows).
+      One-query tiles keep decode_attention.STAGES (2). The arithmetic is the same whatever the
+      depth; only the kernel's speed moves. 3 (decode_attention.TALL_STAGES) since session 32:
+      on the H200 (experiments/gpu/step_width.py --tall_tile_stages=2,3, random bf16 weights,
+      BENCHMARKS.md 10.36) the verify of 11 at 16K cost 1.035x / 1.059x a one-token step on the
+      Llama-3.1-8B / Qwen3-8B shapes against 1.093x / 1.118x at 2, and every verify timed on the
+      Qwen2.5-1.5B shape ran 0.5-1.6% faster. 1..8.
   """
 
   arch: str
@@ -161,7 +164,7 @@ class ModelConfig:
   draft_skip: str = "static"
   draft_vocab: int = 0
   segment_graphs: bool = False
-  tall_tile_stages: int = 2
+  tall_tile_stages: int = 3
 
   def __post_init__(self):
     if not is_int(self.tall_tile_stages) or not 1 <= self.tall_tile_stages <= 8:

@@ -59,7 +59,30 @@ MIN_ROWS = 16  # rows of a program's query tile at least: the smallest dot tile
 MAX_QUERIES = 16  # query positions per sequence the kernel takes (verify windows of gamma + 1)
 STAGES = 2  # Triton's software-pipelining depth of a program's key-block loop for one query's
 # tile of MIN_ROWS rows (chosen, not swept: experiments/gpu/kernel_split_sweep.py --stages times
-# others); a taller tile takes ModelConfig.tall_tile_stages (2 as well unless set)
+# others); a taller tile takes ModelConfig.tall_tile_stages, fitted to SMEM_BYTES
+TALL_STAGES = 3  # ... ModelConfig.tall_tile_stages's default: the verify of 11 at 16K on the 8B
+# shapes 5-6% faster than at 2 on the H200, every taller tile timed faster (BENCHMARKS.md 10.36)
+SMEM_BYTES = 232448  # shared memory one program may use on the H100 and H200 (XLA's "available")
+
+
+def fit_stages(stages: int, rows: int, head_dim: int, itemsize: int,
+               block_k: int = BLOCK_K) -> int:
+  """The deepest pipelining depth <= stages whose shared memory fits SMEM_BYTES for a tile of
+  `rows` query rows: `stages` key and value blocks in flight, the query tile and, in float32, a
+  [rows, block_k] scratch. An upper bound of what Triton asked for on the H200 (session 32: the
+  bfloat16 64-row tile at depth 4, 278528 bytes; bfloat16 256 rows at 3, 262144; float32 128
+  rows at 2 and 3, 327680 and 458752; float32 256 rows at 2, 458752: every one over the 232448
+  available), exact for most. Raises ValueError where even depth 1 does not fit (float32
+  windows of 256 rows): bfloat16, or window_attention="xla", serves them."""
+  per_stage = 2 * block_k * head_dim * itemsize
+  fixed = rows * head_dim * itemsize + (rows * block_k * 2 if itemsize == 4 else 0)
+  for depth in range(stages, 0, -1):
+    if depth * per_stage + fixed <= SMEM_BYTES:
+      return depth
+  raise ValueError(f"a {rows}-row query tile of head_dim {head_dim} in {8 * itemsize}-bit floats "
+                   f"needs more than the {SMEM_BYTES} bytes of shared memory a program has, at "
+                   f"any pipelining depth; use bfloat16 or window_attention='xla' for windows "
+                   f"this wide")
 
 
 def tile_rows(queries: int, groups: int) -> int:
@@ -146,7 +169,7 @@ def choose_split(attn_len: int, heads_x_sequences: int, rows: int) -> int:
 def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
                      split: int | None = None,
                      block_k: int = BLOCK_K, warps: int | None = None,
-                     stages: int | None = None, tall_stages: int = STAGES,
+                     stages: int | None = None, tall_stages: int = TALL_STAGES,
                      interpret: bool | None = None):
   """Causal softmax attention of the last T positions of each sequence over its cache.
 
@@ -161,9 +184,10 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
   T, so that a verify window's rows sum their blocks as the one-token steps at the same positions do
   (in bfloat16 on the CPU the outputs are the same bits). warps: warps per program (None: num_warps
   of the tile). stages: Triton's pipelining depth of the key-block loop (key and value blocks in
-  flight per program; the same arithmetic whatever it is), for any tile; None: STAGES for one
-  query's tile of MIN_ROWS rows, tall_stages for a taller one (a verify window's; the model
-  passes ModelConfig.tall_tile_stages). interpret: run in Pallas's interpreter (default: off a
+  flight per program; the same arithmetic whatever it is), for any tile as given; None: STAGES
+  for one query's tile of MIN_ROWS rows, and for a taller one (a verify window's) tall_stages
+  (the model passes ModelConfig.tall_tile_stages) or the deepest below it that fits the
+  program's shared memory (fit_stages). interpret: run in Pallas's interpreter (default: off a
   GPU).
   """
   b, t, h, hd = q.shape
@@ -179,14 +203,16 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
                      f"block_k={block_k}")
   if not 1 <= t <= MAX_QUERIES:
     raise ValueError(f"{t} query positions: the kernel takes 1 to {MAX_QUERIES}")
-  if stages is None:
-    stages = STAGES if rows <= MIN_ROWS else tall_stages
-  if stages < 1:
-    raise ValueError(f"stages={stages}: Triton's pipelining depth is at least 1")
   if groups > MIN_ROWS:
     raise ValueError(f"{groups} query heads per KV head: at most {MIN_ROWS} supported")
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
+  if stages is None and rows > MIN_ROWS and not interpret:  # the interpreter has no limit
+    stages = fit_stages(tall_stages, rows, hd, jnp.dtype(keys.dtype).itemsize, block_k)
+  elif stages is None:
+    stages = STAGES if rows <= MIN_ROWS else tall_stages
+  if stages < 1:
+    raise ValueError(f"stages={stages}: Triton's pipelining depth is at least 1")
   splits = n_splits(attn_len, split)
   # [B, T, KV, groups, hd] -> [B, KV, T * groups, hd]: row r = (query r // groups, head r % groups)
   q_rows = q.reshape(b, t, kv, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, hd)
@@ -218,7 +244,7 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
 
 
 def sharded_decode_attention(q, keys, values, kv_len, *, attn_len: int,
-                             tall_stages: int = STAGES):
+                             tall_stages: int = TALL_STAGES):
   """decode_attention as the model calls it: under a tensor-parallel mesh each device runs the
   kernel on its own heads (sharding.map_over_heads; GSPMD cannot split a Pallas call), else the
   kernel as it is."""

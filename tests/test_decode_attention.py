@@ -20,7 +20,8 @@ import knapspec_jax as ks
 from knapspec_jax import api
 from knapspec_jax import model as model_lib
 from knapspec_jax.compile_cache import CompileCache
-from knapspec_jax.decode_attention import SPLIT, STAGES, decode_attention, tile_rows
+from knapspec_jax.decode_attention import (SMEM_BYTES, SPLIT, STAGES, TALL_STAGES,
+                                           decode_attention, fit_stages, tile_rows)
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 from knapspec_jax.skip_mask import SkipMask
@@ -332,29 +333,61 @@ def test_pipelining_stages_reach_the_triton_call_and_leave_the_arithmetic(stages
 
 
 def test_tall_tile_stages_reach_a_verify_windows_kernel_only(tiny_models):
-  """ModelConfig.tall_tile_stages is Triton's num_stages of the kernel wherever the model runs a
-  tile taller than one query's (a verify window); a one-token step keeps STAGES. Outside 1..8 it
-  is a clear error, and a model's profile name carries a depth other than the default."""
+  """ModelConfig.tall_tile_stages (default decode_attention.TALL_STAGES, 3) is Triton's
+  num_stages of the kernel wherever the model runs a tile taller than one query's (a verify
+  window); a one-token step keeps STAGES. Outside 1..8 it is a clear error, and a model's
+  profile name carries a depth other than the default."""
   model = tiny_models["llama"].jax
-  cfg = dataclasses.replace(model.cfg, attention="pallas", window_attention="pallas",
-                            tall_tile_stages=3)
+  cfg = dataclasses.replace(model.cfg, attention="pallas", window_attention="pallas")
+  assert cfg.tall_tile_stages == TALL_STAGES == 3
   cache = jax.eval_shape(lambda: KVCache.create(cfg))
 
-  def stages(queries):
+  def stages(cfg, queries):
     fn = lambda p, x, c: model_lib.forward(p, cfg, x, c, skip=SkipMask.none(cfg.n_layers),
                                            attn_len=256).hidden
     calls = _pallas_calls(fn, model.params, jax.ShapeDtypeStruct((1, queries), jnp.int32), cache)
     assert len(calls) == cfg.n_layers
     return {params["compiler_params"].num_stages for params in calls}
 
-  assert stages(11) == {3} and stages(1) == {STAGES} == {2}  # 22 rows: a 32-row tile
+  # 11 queries x 2 heads per KV head: a 32-row tile
+  assert stages(cfg, 11) == {3} and stages(cfg, 1) == {STAGES} == {2}
+  assert stages(dataclasses.replace(cfg, tall_tile_stages=2), 11) == {2}
   for bad in (0, 9, 2.0, True):
     with pytest.raises(ks.UnsupportedModelError, match="tall_tile_stages must be an integer"):
       dataclasses.replace(cfg, tall_tile_stages=bad)
   both = api.load_model(str(tiny_models["llama"].path), use_cache=False, attention="pallas")
   assert "stages" not in both.profile_name
-  deeper = dataclasses.replace(both, cfg=dataclasses.replace(both.cfg, tall_tile_stages=3))
-  assert deeper.profile_name == both.profile_name + "+tallstages3"
+  shallower = dataclasses.replace(both, cfg=dataclasses.replace(both.cfg, tall_tile_stages=2))
+  assert shallower.profile_name == both.profile_name + "+tallstages2"
+
+
+def test_fit_stages_keeps_a_tall_tile_within_the_h200s_shared_memory():
+  """fit_stages against what Triton asked the H200 for (session 32, SMEM_BYTES available): the
+  depths that failed there are lowered, those that ran are kept, the float32 128-row tile that
+  failed even at depth 2 runs at 1, and a float32 256-row tile is a clear error."""
+  bf16, f32 = 2, 4
+  assert SMEM_BYTES == 232448
+  assert fit_stages(4, 64, 128, bf16) == 3  # 278528 bytes asked at 4 (failed); 3 ran
+  assert fit_stages(3, 128, 128, bf16) == 3  # ran (Qwen2.5-1.5B's window of 11)
+  assert fit_stages(3, 256, 128, bf16) == 2  # 262144 asked at 3 (failed); 2 ran
+  assert fit_stages(3, 128, 128, f32) == 1  # 327680 at 2 and 458752 at 3 (both failed)
+  assert fit_stages(2, 16, 64, bf16) == 2
+  with pytest.raises(ValueError, match="256-row query tile of head_dim 128 in 32-bit floats"):
+    fit_stages(3, 256, 128, f32)  # 458752 asked at 2 (failed)
+  # the kernel applies it to tall tiles only: a float32 window of 11 (Qwen2.5-1.5B's heads, a
+  # 128-row tile) lowers at depth 1, its one-query step at STAGES
+  export = pytest.importorskip("jax.export")
+
+  def depth(queries):
+    fn = jax.jit(lambda q, k, v, n: decode_attention(q, k, v, n, interpret=False))
+    cache = jax.ShapeDtypeStruct((1, 4 * SPLIT, 2, 128), jnp.float32)
+    module = export.export(fn, platforms=("cuda",), disabled_checks=[
+        export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+            jax.ShapeDtypeStruct((1, queries, 12, 128), jnp.float32), cache, cache,
+            jax.ShapeDtypeStruct((1,), jnp.int32)).mlir_module()
+    return {n for n in range(1, 9) if f"num_stages = {n} : i32" in module}
+
+  assert depth(11) == {1} and depth(1) == {STAGES}
 
 
 def test_window_attention_follows_the_one_token_kernel_in_load_model(tiny_models):
