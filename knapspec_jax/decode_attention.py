@@ -68,14 +68,17 @@ SMEM_BYTES = 232448  # shared memory one program may use on the H100 and H200 (X
 def fit_stages(stages: int, rows: int, head_dim: int, itemsize: int,
                block_k: int = BLOCK_K) -> int:
   """The deepest pipelining depth <= stages whose shared memory fits SMEM_BYTES for a tile of
-  `rows` query rows: `stages` key and value blocks in flight, the query tile and, in float32, a
-  [rows, block_k] scratch. An upper bound of what Triton asked for on the H200 (session 32: the
-  bfloat16 64-row tile at depth 4, 278528 bytes; bfloat16 256 rows at 3, 262144; float32 128
-  rows at 2 and 3, 327680 and 458752; float32 256 rows at 2, 458752: every one over the 232448
-  available), exact for most. Raises ValueError where even depth 1 does not fit (float32
-  windows of 256 rows): bfloat16, or window_attention="xla", serves them."""
+  `rows` query rows: `stages` key and value blocks in flight beside the query tile (bfloat16),
+  and in float32 a second [rows, head_dim] buffer less one key block. Fitted to every size
+  Triton asked for on the H200 (session 32: bfloat16 64 rows at depth 4, 278528 bytes; 256 rows
+  at 3, 262144; float32 32 rows at 3, 360448; 128 rows at 2 and 3, 327680 and 458752; 256 rows
+  at 2, 458752: all over the 232448 available, and all equal to this count), and below it for
+  every tile that ran (float32 32 rows at 2: 229376). Raises ValueError where even depth 1 does
+  not fit (float32 windows of 256 rows): bfloat16, or window_attention="xla", serves them."""
   per_stage = 2 * block_k * head_dim * itemsize
-  fixed = rows * head_dim * itemsize + (rows * block_k * 2 if itemsize == 4 else 0)
+  fixed = rows * head_dim * itemsize
+  if itemsize == 4:
+    fixed += rows * head_dim * 4 - block_k * head_dim * 4
   for depth in range(stages, 0, -1):
     if depth * per_stage + fixed <= SMEM_BYTES:
       return depth

@@ -371,6 +371,7 @@ def test_fit_stages_keeps_a_tall_tile_within_the_h200s_shared_memory():
   assert fit_stages(3, 128, 128, bf16) == 3  # ran (Qwen2.5-1.5B's window of 11)
   assert fit_stages(3, 256, 128, bf16) == 2  # 262144 asked at 3 (failed); 2 ran
   assert fit_stages(3, 128, 128, f32) == 1  # 327680 at 2 and 458752 at 3 (both failed)
+  assert fit_stages(3, 32, 128, f32) == 2  # 360448 asked at 3 (failed); 2 ran
   assert fit_stages(2, 16, 64, bf16) == 2
   with pytest.raises(ValueError, match="256-row query tile of head_dim 128 in 32-bit floats"):
     fit_stages(3, 256, 128, f32)  # 458752 asked at 2 (failed)
