@@ -16,8 +16,9 @@ start outside the decision (`host_s`; `read_s` of it the device read), the gener
 outside its windows (host_between_windows.outside_windows_s), and whether the output is AR's.
 Records: --output (JSON).
 
---host_profile: after the repeats, one more generation per setting under cProfile, and per window
-the host's seconds and calls in what happens between and around the device's work: device reads
+--host_profile: after the repeats, one more generation per setting under cProfile, and per
+generation and per extra window (their difference over the difference in windows) the host's
+seconds and calls in what happens between and around the device's work: device reads
 (jax.Array values fetched, the wait for the device included), program calls (a compiled
 program's dispatch, returning before the device finishes), and eager device operations (one op
 outside any program: a Python scalar made an array, an array made of zeros); stored as
@@ -59,8 +60,9 @@ _PROFILE = flags.DEFINE_string("profile", None, "A latency profile JSON for the 
                                "predictions (default: the model's stored one, else measured).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path for every generation's numbers.")
 _HOST_PROFILE = flags.DEFINE_bool("host_profile", False, "After the repeats, one generation per "
-                                  "setting under cProfile: the host's time per window in device "
-                                  "reads, program calls and eager device operations.")
+                                  "setting under cProfile: the host's calls and time per extra "
+                                  "window in device reads, program calls and eager device "
+                                  "operations.")
 
 SETTINGS = {"interval windows": False, "bucket windows": True}
 # What the host does around the device's work, as cProfile names it in JAX: (file ending,
@@ -76,9 +78,10 @@ HOST_GROUPS = {"device reads": ("jax/_src/array.py", "_value", "cumtime"),
 def host_split(profile: cProfile.Profile) -> dict:
   """{group: {"ms", "calls"}} over a profiled generation, for HOST_GROUPS."""
   out = {}
+  stats = pstats.Stats(profile).stats
   for group, (path, name, column) in HOST_GROUPS.items():
     ms = calls = 0.0
-    for (file, _, func), (_, ncalls, tottime, cumtime, _) in pstats.Stats(profile).stats.items():
+    for (file, _, func), (_, ncalls, tottime, cumtime, _) in stats.items():
       if func == name and file.replace("\\", "/").endswith(path):
         ms += 1e3 * (tottime if column == "tottime" else cumtime)
         calls += ncalls
@@ -180,8 +183,7 @@ def main(argv):
       profile.disable()
       profiled[name] = dict(windows=len(g.stats.get("window_log", [])), decode_s=g.decode_s,
                             groups=host_split(profile))
-    rows_of = list(profiled.items())
-    (_, many), (_, few) = sorted(rows_of, key=lambda kv: -kv[1]["windows"])
+    many, few = sorted(profiled.values(), key=lambda row: -row["windows"])
     extra = many["windows"] - few["windows"]
     if extra:
       profiled["per extra window"] = dict(windows=1, groups={

@@ -210,10 +210,11 @@ def decode_attention(q, keys, values, kv_len, *, attn_len: int | None = None,
     raise ValueError(f"{groups} query heads per KV head: at most {MIN_ROWS} supported")
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
-  if stages is None and rows > MIN_ROWS and not interpret:  # the interpreter has no limit
-    stages = fit_stages(tall_stages, rows, hd, jnp.dtype(keys.dtype).itemsize, block_k)
-  elif stages is None:
-    stages = STAGES if rows <= MIN_ROWS else tall_stages
+  if stages is None and rows <= MIN_ROWS:
+    stages = STAGES
+  elif stages is None:  # a tall tile, fitted to the GPU's shared memory (the interpreter has none)
+    stages = tall_stages if interpret else fit_stages(tall_stages, rows, hd,
+                                                      jnp.dtype(keys.dtype).itemsize, block_k)
   if stages < 1:
     raise ValueError(f"stages={stages}: Triton's pipelining depth is at least 1")
   splits = n_splits(attn_len, split)
