@@ -373,6 +373,7 @@ class KnapSpecPolicy:
     self.model, self.profile, self.config = model, profile, config
     self.interval, self.threshold = config.interval, config.threshold
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
+    self.stand_ins_lost: set = set()  # (skip, gamma) pairs whose stand-in window lost to AR
     self.explored = False  # this generation ran its one search at a bucket with no record
     self.segment_key = None  # the segment programs' argument shapes (segment_compiled)
     self.background = (controller.background_compile_default()
@@ -535,6 +536,11 @@ class KnapSpecPolicy:
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < JUDGE_ROUNDS:
       return
+    if decision.stand_in:  # not this bucket's record; one window under AR ends its stand-ins
+      ar_speed = self.model.ar_speed(decision.context, capacity) or decision.ar_tpt
+      if window["measured_tokens_per_s"] < (1 + self.config.keep_margin) * ar_speed:
+        self.stand_ins_lost.add((decision.skip, decision.gamma))
+      return
     bucket = attn_bucket(decision.context, capacity)
     measured = window["measured_tokens_per_s"]
     windows, tokens, seconds = 0, 0, 0.0  # the full windows' totals at this bucket
@@ -646,10 +652,49 @@ class KnapSpecPolicy:
       rounds = self.trial_window(None)
       return dataclasses.replace(best, rounds=rounds, reason=f"{best.reason}, over {versus}" + (
           f"; a trial of {rounds} rounds" if rounds else ""))
+    waiting = f"kept for the next warm-up to compile ({best.reason}, over {versus})"
+    stand_in = self.stand_in(self.model.kept_drafts[bucket], state, n, attn_len, waiting)
+    if stand_in is not None:
+      return dataclasses.replace(stand_in, best_skip=best.best_skip, best_gamma=best.best_gamma)
     return dataclasses.replace(
         best, skip=None, gamma=0, predicted_tpt=ar_tpt, exit=None,
-        ar_tokens=self.plain_tokens(n, ctx.remaining, capacity),
-        reason=f"kept for the next warm-up to compile ({best.reason}, over {versus})")
+        ar_tokens=self.plain_tokens(n, ctx.remaining, capacity), reason=waiting)
+
+  def stand_in(self, waiting: KeptDraft, state, n: int, attn_len: int,
+               why: str) -> Decision | None:
+    """While `waiting`, the draft kept at context n's bucket, has no compiled program (the next
+    warm-up compiles it), the draft kept at the nearest bucket below decodes here instead of
+    AR: where its program is compiled and its last measured window beat AR there by
+    keep_margin (AR measured at that bucket, else the profile's), and its segment program at
+    this context is compiled (segment_compiled: no compile inside the decode). None: decode
+    plainly. Its windows here are not this bucket's record: `observe` judges each alone
+    against AR, and one that loses by keep_margin ends the draft's stand-ins in this generation.
+
+    On an H100 (Qwen2.5-Coder-1.5B, the 2K document, 1024 new tokens, BENCHMARKS.md 10.37) the
+    first timed run of every process found a better draft at context 2165, in a new bucket,
+    uncompiled, and decoded its last 854 tokens plainly at 545 tok/s, while the draft below,
+    compiled, had just run 581-584 tok/s: that run ran 0.92-0.96x AR."""
+    capacity = state.cache.capacity
+    start = bucket_start(attn_bucket(n, capacity))
+    below = self.kept(capacity, start - 1) if start > 1 else None
+    if (below is None or below.measured_tpt is None
+        or (below.skip, below.gamma) in self.stand_ins_lost
+        or (below.skip, below.gamma) == (waiting.skip, waiting.gamma)
+        or not self.segment_compiled(state, below.skip, below.gamma, n)):
+      return None
+    ar_there = self.model.ar_speed(start - 1, capacity)
+    if ar_there is None:
+      ar_there = 1 / self.profile.t_step(None, attn_bucket(start - 1, capacity))
+    if below.measured_tpt < (1 + self.config.keep_margin) * ar_there:
+      return None
+    self.used.add((below.skip, below.gamma))
+    t_ar = self.profile.t_step(None, attn_len)
+    tpt = selection.draft_tpt(below.skip, below.alpha, self.profile, attn_len, below.gamma,
+                              below.exit)
+    return Decision(below.skip, below.gamma, below.alpha, tpt, 1 / t_ar, tpt, n,
+                    f"{why}; meanwhile the draft kept below (chosen at context {below.context}; "
+                    f"last window {below.measured_tpt:.0f} tok/s, AR {ar_there:.0f} there)",
+                    exit=below.exit, stand_in=True)
 
   def decide_kept(self, kept: KeptDraft, state, ctx: controller.Context, n: int,
                   attn_len: int) -> Decision:
@@ -659,10 +704,13 @@ class KnapSpecPolicy:
     (bucket_windows)."""
     t_ar = self.profile.t_step(None, attn_len)
     if not (self.background or self.compiled_draft(state, kept.skip, kept.gamma, n)):
-      return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n,
-                      f"kept draft (chosen at context {kept.context}) not compiled: the next "
-                      f"warm-up compiles it", ar_tokens=self.plain_tokens(
-                          n, ctx.remaining, state.cache.capacity))
+      waiting = (f"kept draft (chosen at context {kept.context}) not compiled: the next warm-up "
+                 f"compiles it")
+      stand_in = self.stand_in(kept, state, n, attn_len, waiting)
+      if stand_in is not None:
+        return stand_in
+      return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n, waiting,
+                      ar_tokens=self.plain_tokens(n, ctx.remaining, state.cache.capacity))
     tpt = selection.draft_tpt(kept.skip, kept.alpha, self.profile, attn_len, kept.gamma,
                               kept.exit)
     rounds = self.trial_window(kept.measured_tpt)

@@ -143,6 +143,9 @@ class Decision:
   # decoded with (a draft borrowed from a shorter context, or AR for want of a compile).
   best_skip: SkipMask | None = None
   best_gamma: int = 0
+  # drafting with the draft kept at a bucket below while this bucket's own waits for its
+  # compile (KnapSpecPolicy.stand_in): `observe` records nothing of it at this bucket
+  stand_in: bool = False
 
   @property
   def drafts(self) -> bool:
@@ -153,6 +156,8 @@ class Decision:
     # what the window decoded is the window's record; the search's best is search_best below
     for key in ("ar_tokens", "rounds", "exit", "to_bucket_end", "best_skip", "best_gamma"):
       del d[key]
+    if not self.stand_in:  # named only where it happened, as search_best
+      del d["stand_in"]
     d["skip"] = None if self.skip is None else self.skip.to_list()
     d["n_attn_skipped"] = 0 if self.skip is None else len(self.skip.attn_skipped)
     d["n_mlp_skipped"] = 0 if self.skip is None else len(self.skip.mlp_skipped)

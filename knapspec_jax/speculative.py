@@ -21,6 +21,7 @@ from typing import NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from knapspec_jax import compile_cache
 from knapspec_jax import model as model_lib
@@ -293,7 +294,10 @@ def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCount
     left = max_rounds - (int(rounds) - start_rounds)
     if left <= 0:
       return None
-    return jnp.asarray(left, jnp.int32), jnp.asarray(threshold, jnp.float32)
+    # Host scalars, which the program call transfers with its other arguments: made device
+    # arrays here (jnp.asarray) they were two eager device operations per window, 2.9 ms a
+    # window under cProfile on the H100 (BENCHMARKS.md 10.37).
+    return np.int32(left), np.float32(threshold)
 
   (state, counters), ready = run_segments(
       compiled, params, (state, counters),

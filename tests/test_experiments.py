@@ -831,9 +831,12 @@ def test_kept_draft_windows_pins_one_draft_and_counts_its_windows(tmp_path):
     assert len(r["host_s"]) == r["windows"] and 0 <= sum(r["host_s"]) <= r["outside_windows_s"]
     assert all(0 <= read <= host for read, host in zip(r["read_s"], r["host_s"]))
   assert "| bucket windows | 1 |" in proc.stdout and "paired:" in proc.stdout
-  # --host_profile: one more window is one more segment program call, its device reads (the
-  # cursor and counters, 4 fetches at least) and its budget's two scalars made arrays
+  # --host_profile: one more window is one more segment program call and its device reads (the
+  # cursor and counters, 4 fetches at least), and no eager device operation: its round budget
+  # goes to the program as host scalars (two eager ops a window before, 2.9 ms on the H100,
+  # BENCHMARKS.md 10.37)
   extra = json.loads(out.read_text())["host_profile"]["per extra window"]["groups"]
   assert extra["program calls"]["calls"] == pytest.approx(1.0)
-  assert extra["device reads"]["calls"] >= 4 and extra["eager device ops"]["calls"] >= 1
+  assert extra["device reads"]["calls"] >= 4
+  assert extra["eager device ops"]["calls"] == pytest.approx(0.0)
   assert "| per extra window | 1 |" in proc.stdout
