@@ -664,10 +664,9 @@ class KnapSpecPolicy:
                why: str) -> Decision | None:
     """While `waiting`, the draft kept at context n's bucket, has no compiled program (the next
     warm-up compiles it), the draft kept at the nearest bucket below decodes here instead of
-    AR: where its program is compiled and its last measured window beat AR there by
-    keep_margin (AR measured at that bucket, else the profile's), and its segment program at
-    this context is compiled (segment_compiled: no compile inside the decode). None: decode
-    plainly. Its windows here are not this bucket's record: `observe` judges each alone
+    AR: where its last measured window beat AR there by keep_margin (AR measured at that
+    bucket, else the profile's) and its segment program at this context is compiled
+    (segment_compiled: no compile inside the decode). None: decode plainly. Its windows here are not this bucket's record: `observe` judges each alone
     against AR, and one that loses by keep_margin ends the draft's stand-ins in this generation.
 
     On an H100 (Qwen2.5-Coder-1.5B, the 2K document, 1024 new tokens, BENCHMARKS.md 10.37) the
