@@ -1,7 +1,8 @@
-"""experiments/gpu/round_terms.py, first_call.py, switch_cost.py, profile_gap.py and step_width.py
---smoke on the CPU: the GPU checks of where a speculation round's time goes, of what a new skip
-set costs, of what the profiler's loops measure and of AR's step as a multi-row forward run end
-to end before device time is spent on them, and their records add up."""
+"""experiments/gpu/round_terms.py, first_call.py, call_cost.py, switch_cost.py, profile_gap.py
+and step_width.py --smoke on the CPU: the GPU checks of where a speculation round's time goes,
+of what a window's call costs, of what a new skip set costs, of what the profiler's loops
+measure and of AR's step as a multi-row forward run end to end before device time is spent on
+them, and their records add up."""
 
 from __future__ import annotations
 
@@ -62,6 +63,23 @@ def test_first_call_smoke(tmp_path):
     for r in records:
       assert len(r["calls_ms"]) == 4 and min(r["calls_ms"]) > 0
     assert {r.get("prime") for r in records[:-1]} == {prime}
+
+
+def test_call_cost_smoke(tmp_path):
+  """experiments/gpu/call_cost.py --smoke: each form is timed at every round count; the segment
+  program runs exactly the rounds its budget asks for, host or device scalars alike, and the
+  empty program none; a line per form."""
+  out = tmp_path / "call_cost.json"
+  run_gpu_script_smoke("call_cost.py", out)
+  got = json.loads(out.read_text())
+  assert got["rounds"] == [0, 1, 2]
+  by = {(r["form"], r["rounds"]): r for r in got["records"]}
+  assert set(by) == {(f, n) for f in ("host scalars", "device scalars", "empty program")
+                     for n in (0, 1, 2)}
+  for (form, n), r in by.items():
+    assert r["rounds_run"] == [0 if form == "empty program" else n], (form, n, r)
+    assert len(r["call_ms"]) == len(r["read_ms"]) == got["repeats"] and min(r["call_ms"]) > 0
+  assert set(got["fits"]) == {"host scalars", "device scalars", "empty program"}
 
 
 def test_switch_cost_smoke(tmp_path):
