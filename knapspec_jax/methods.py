@@ -275,8 +275,11 @@ class KnapSpecConfig:
     may search or borrow), and every window costs the H200's host about 2.0 ms between
     windows (309 timed KnapSpec runs' records on Qwen2.5-Coder-1.5B, BENCHMARKS.md 10.35) and
     a call's 1.4 ms (the profile's call_s): at 16K, 1.1% of a 64-round window (about 0.31 s).
-    The window is still judged as each window is (`observe`). Off until measured on a GPU
-    (experiments/gpu/run_kept_draft_windows.sh).
+    The window is still judged as each window is (`observe`). On an H100 (16K document, a pinned
+    draft, BENCHMARKS.md 10.37) one more window cost 8 ms, and bucket windows ran 1.0133x
+    interval windows paired (2 windows against 5). Off until SmolLM2's Spec-Bench has run with
+    it on a GPU: a confirmed draft that turns slow runs to its bucket's end before `observe`
+    can drop it.
   """
 
   interval: int = 64
