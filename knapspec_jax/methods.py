@@ -515,6 +515,12 @@ class KnapSpecPolicy:
         return start - n
     return None
 
+  def ar_speed(self, context: int, capacity: int, predicted: float) -> float:
+    """AR's tokens/s at context, as a window is judged against it: measured there
+    (Model.ar_speed), else `predicted`."""
+    measured = self.model.ar_speed(context, capacity)
+    return predicted if measured is None else measured
+
   def observe(self, decision: Decision, window: dict, capacity: int):
     """After each window (controller.run): a kept draft whose windows measured slower than AR
     is dropped at its bucket, and the bucket's gain is set to what was measured, none, so that
@@ -540,7 +546,7 @@ class KnapSpecPolicy:
         or window["rounds"] < JUDGE_ROUNDS:
       return
     if decision.stand_in:  # not this bucket's record; one window under AR ends its stand-ins
-      ar_speed = self.model.ar_speed(decision.context, capacity) or decision.ar_tpt
+      ar_speed = self.ar_speed(decision.context, capacity, decision.ar_tpt)
       if window["measured_tokens_per_s"] < (1 + self.config.keep_margin) * ar_speed:
         self.stand_ins_lost.add((decision.skip, decision.gamma))
       return
@@ -562,8 +568,7 @@ class KnapSpecPolicy:
                                            decision.ar_tpt, self.config.confirm_margin)
       windows, tokens = windows + 1, tokens + window["tokens"]
       seconds += window["tokens"] / max(measured, 1e-9)
-      ar_speed = self.model.ar_speed(decision.context, capacity)
-      ar_speed = decision.ar_tpt if ar_speed is None else ar_speed
+      ar_speed = self.ar_speed(decision.context, capacity, decision.ar_tpt)
       slower = unconfirmed or (windows >= self.config.judge_windows
                                and tokens / seconds < (1 + self.config.keep_margin) * ar_speed)
     if slower:
@@ -669,8 +674,9 @@ class KnapSpecPolicy:
     warm-up compiles it), the draft kept at the nearest bucket below decodes here instead of
     AR: where its last measured window beat AR there by keep_margin (AR measured at that
     bucket, else the profile's) and its segment program at this context is compiled
-    (segment_compiled: no compile inside the decode). None: decode plainly. Its windows here are not this bucket's record: `observe` judges each alone
-    against AR, and one that loses by keep_margin ends the draft's stand-ins in this generation.
+    (segment_compiled: no compile inside the decode). None: decode plainly. Its windows here
+    are not this bucket's record: `observe` judges each alone against AR, and one that loses by
+    keep_margin ends the draft's stand-ins in this generation.
 
     On an H100 (Qwen2.5-Coder-1.5B, the 2K document, 1024 new tokens, BENCHMARKS.md 10.37) the
     first timed run of every process found a better draft at context 2165, in a new bucket,
@@ -684,9 +690,8 @@ class KnapSpecPolicy:
         or (below.skip, below.gamma) == (waiting.skip, waiting.gamma)
         or not self.segment_compiled(state, below.skip, below.gamma, n)):
       return None
-    ar_there = self.model.ar_speed(start - 1, capacity)
-    if ar_there is None:
-      ar_there = 1 / self.profile.t_step(None, attn_bucket(start - 1, capacity))
+    ar_there = self.ar_speed(start - 1, capacity,
+                             1 / self.profile.t_step(None, attn_bucket(start - 1, capacity)))
     if below.measured_tpt < (1 + self.config.keep_margin) * ar_there:
       return None
     self.used.add((below.skip, below.gamma))

@@ -3,7 +3,7 @@ against the rounds it runs, beside a program that does nothing with the same arg
 
   python experiments/gpu/call_cost.py --context=16000            # Qwen2.5-1.5B shape, random bf16
   python experiments/gpu/call_cost.py --gguf=$QWEN_GGUF --draft_vocab=16384 --context=16000
-  python experiments/gpu/call_cost.py --smoke                    # CPU: tiny shapes, checks the script
+  python experiments/gpu/call_cost.py --smoke                    # CPU: tiny shapes
 
 On the H100 one more window cost a 1024-token Qwen2.5-Coder-1.5B generation at 16K 8 ms
 (`kept_draft_windows.py`, BENCHMARKS.md 10.37): 1.1 ms of host between windows, the rest inside
@@ -57,12 +57,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 7, "Calls per form and round count (m
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/call_cost.json).")
 
 FORMS = ("host scalars", "device scalars", "empty program")
-
-
-def line(xs, ys) -> tuple[float, float]:
-  """Least-squares (intercept, slope) of ys against xs."""
-  slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
-  return float(intercept), float(slope)
 
 
 def main(argv):
@@ -120,20 +114,22 @@ def main(argv):
     for r in rounds:
       for form in (FORMS if i % 2 == 0 else FORMS[::-1]):
         samples[form, r].append(call(form, r))
+  med = {key: statistics.median(s[0] for s in calls) for key, calls in samples.items()}
   records = []
-  print(f"\n| rounds | " + " | ".join(f"{form} (ms)" for form in FORMS) + " | device read after (ms) |")
+  print("\n| rounds | " + " | ".join(f"{form} (ms)" for form in FORMS)
+        + " | device read after (ms) |")
   print("|---|" + "---|" * (len(FORMS) + 1))
   for r in rounds:
-    med = {form: statistics.median(s[0] for s in samples[form, r]) for form in FORMS}
     read = statistics.median(s[1] for form in FORMS for s in samples[form, r])
-    print(f"| {r} | " + " | ".join(f"{med[form]:.3f}" for form in FORMS) + f" | {read:.3f} |")
+    print(f"| {r} | " + " | ".join(f"{med[form, r]:.3f}" for form in FORMS) + f" | {read:.3f} |")
     records += [dict(form=form, rounds=r, call_ms=[s[0] for s in samples[form, r]],
-                     read_ms=[s[1] for s in samples[form, r]], median_ms=med[form],
+                     read_ms=[s[1] for s in samples[form, r]], median_ms=med[form, r],
                      rounds_run=sorted({s[2] for s in samples[form, r]}))
                 for form in FORMS]
   fits = {}
   for form in FORMS:
-    fits[form] = line(rounds, [statistics.median(s[0] for s in samples[form, r]) for r in rounds])
+    slope, intercept = np.polyfit(rounds, [med[form, r] for r in rounds], 1)  # least squares
+    fits[form] = float(intercept), float(slope)
     print(f"{form:15s}: {fits[form][0]:.3f} ms a call + {fits[form][1]:.3f} ms a round")
   print(f"of the call's fixed cost ({fits['host scalars'][0]:.3f} ms), the call of a program "
         f"that does nothing: {fits['empty program'][0]:.3f} ms; the budget as device arrays adds "
@@ -141,7 +137,8 @@ def main(argv):
   out = write_records(dict(device=latency.device_name(), model=m.name, context=context,
                            attn_len=attn_len, skip=skip.to_list(), gamma=gamma,
                            threshold=_THRESHOLD.value, rounds=rounds, repeats=repeats,
-                           fits={form: dict(call_ms=a, round_ms=b) for form, (a, b) in fits.items()},
+                           fits={form: dict(call_ms=a, round_ms=b)
+                                 for form, (a, b) in fits.items()},
                            records=records), _OUTPUT.value, "call_cost.json")
   print(f"wrote {out}")
 
