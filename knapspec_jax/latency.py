@@ -274,14 +274,16 @@ def median_seconds(fn, make_args, repeats: int) -> float:
 
 def loop_cost(fn, make_args_for, short: int, long: int, repeats: int) -> tuple[float, float]:
   """(seconds per step, seconds per call) of fn, whose call on make_args_for(n) runs an n-step
-  loop: the line through its median call times at n = short and n = long. A slope the noise
-  made non-positive (a busy CPU) falls back to the long loop's time over its steps."""
+  loop: the line through its median call times at n = short and n = long. A line the noise
+  made non-positive in its slope or negative at no steps (a busy CPU: a fresh clone's test run
+  measured a call at -0.3 ms) falls back to the long loop's time over its steps, no call cost."""
   t_short = median_seconds(fn, lambda: make_args_for(short), repeats)
   t_long = median_seconds(fn, lambda: make_args_for(long), repeats)
   per_step = (t_long - t_short) / (long - short)
-  if per_step <= 0:
+  per_call = t_short - short * per_step
+  if per_step <= 0 or per_call < 0:
     return t_long / long, 0.0
-  return per_step, t_short - short * per_step
+  return per_step, per_call
 
 
 def profile_masks(n_layers: int) -> list[SkipMask]:

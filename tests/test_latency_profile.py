@@ -152,6 +152,11 @@ def test_loop_cost_separates_the_cost_per_call_from_the_cost_per_step():
   per_step, per_call = latency.loop_cost(fn, lambda n: (n,), 2, 8, repeats=3)
   assert 0.005 < per_step < 0.0075 and 0.050 < per_call < 0.075
   assert latency.median_seconds(fn, lambda: (2,), 1) / 2 > 0.03  # what one length measured
+  # a line below zero at no steps (10 ms a step, -15 ms a call): no call cost, the long loop's
+  # time over its steps (65 ms over 8)
+  steep = lambda n: time.sleep(0.010 * n - 0.015)
+  per_step, per_call = latency.loop_cost(steep, lambda n: (n,), 2, 8, repeats=3)
+  assert per_call == 0.0 and 0.008 <= per_step < 0.0105
 
 
 def test_a_measured_profile_keeps_its_call_cost_and_an_old_one_loads_without(tiny_models,
