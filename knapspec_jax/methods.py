@@ -277,8 +277,13 @@ class KnapSpecConfig:
     a call's 1.4 ms (the profile's call_s): at 16K, 1.1% of a 64-round window (about 0.31 s).
     The window is still judged as each window is (`observe`). On an H100 (16K document, a pinned
     draft, BENCHMARKS.md 10.37) one more window cost 8 ms, and bucket windows ran 1.0133x
-    interval windows paired (2 windows against 5). Off until SmolLM2's Spec-Bench has run with
-    it on a GPU: a confirmed draft that turns slow runs to its bucket's end before `observe`
+    interval windows paired (2 windows against 5); on another H100 in session 34 1.0137x
+    (10.38). On by default since session 34 (BENCHMARKS.md 10.38, an H100): on SmolLM2's 13
+    Spec-Bench prompts every KnapSpec decision was the same with it as without it (no draft is
+    confirmed there), and on Qwen2.5-Coder-1.5B's documents two processes with it ran 1.270-1.274
+    / 1.222-1.226 / 1.239-1.241x AR paired at 2K / 16K / 28K against 1.286 / 1.206 / 1.232x
+    without it (session 33: 1.28-1.29 / 1.21-1.22 / 1.44x against 1.29 / 1.19 / 1.43x). The
+    risk it takes: a confirmed draft that turns slow runs to its bucket's end before `observe`
     can drop it.
   """
 
@@ -308,7 +313,7 @@ class KnapSpecConfig:
   confirm_margin: float = 0.03
   search_new_buckets: bool = True
   search_after: int = 0
-  bucket_windows: bool = False
+  bucket_windows: bool = True
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
