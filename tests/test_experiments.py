@@ -840,3 +840,32 @@ def test_kept_draft_windows_pins_one_draft_and_counts_its_windows(tmp_path):
   assert extra["device reads"]["calls"] >= 4
   assert extra["eager device ops"]["calls"] == pytest.approx(0.0)
   assert "| per extra window | 1 |" in proc.stdout
+
+
+def test_text_by_autotuning_finds_where_a_text_departs_from_each_reference(
+    tmp_path, smol_path, smol_hf, hf_greedy):
+  """experiments/gpu/text_by_autotuning.py reruns a reference record's prompt with its settings
+  and reports where its AR text departs from each reference's: nowhere from transformers' greedy
+  text (float32, the record as the benchmark writes it, gzipped), at the token changed in a copy
+  of it, and its second run from its first nowhere."""
+  prompt = list(range(100, 130))
+  text = hf_greedy(smol_hf, prompt, 6)
+  record = dict(method="ar", item_id="doc-0", prompt_ids=prompt, output_ids=text,
+                dtype="float32", attention=None, window_attention=None, draft_vocab=0,
+                segment_graphs=False, device="transformers", date="-")
+  same, changed = tmp_path / "same.jsonl.gz", tmp_path / "changed.jsonl"
+  with gzip.open(same, "wt") as f:
+    f.write(json.dumps(record) + "\n" + json.dumps(dict(record, method="knapspec")) + "\n")
+  altered = text[:3] + [text[3] + 1] + text[4:]
+  changed.write_text(json.dumps(dict(record, output_ids=altered)) + "\n"
+                     + json.dumps(dict(record, item_id="doc-1")) + "\n")
+  out = tmp_path / "text.json"
+  proc = _script("gpu/text_by_autotuning.py", f"--gguf={smol_path}", "--items=doc-0",
+                 "--new_tokens=6", "--label=cpu", f"--output={out}", same, changed,
+                 timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  [row] = json.loads(out.read_text())
+  assert row["item_id"] == "doc-0" and row["label"] == "cpu" and row["output_ids"] == text
+  assert row["second_run_departs_at"] is None
+  assert [(a["path"], a["departs_at"]) for a in row["against"]] == [
+      (str(same), None), (str(changed), 3)]

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Device machine, after ship_qwen.sh (carry [".data"]): is the bf16 text a choice of XLA's
+# autotuner? (experiments/gpu/text_by_autotuning.py). Qwen2.5-Coder-1.5B's AR text on the 16K and
+# 28K documents, 128 tokens, against the AR texts two H100s (sessions 33, 34) and an H200
+# (session 29) recorded, in fresh processes, each with a fresh compilation cache:
+#   default        XLA's defaults (its autotuning results are copied to $OUT/autotune_results)
+#   again          the same, once more (does one machine's autotuner choose the same kernels?)
+#   autotune_off   --xla_gpu_autotune_level=0: XLA's heuristic choice, no timing
+#   loaded         only with AUTOTUNE_FROM=DIR (a committed $OUT/autotune_results of another
+#                  machine): its results put in the fresh cache before the process starts
+# About a minute a mode. -> $OUT/text_<mode>.json
+#   [AUTOTUNE_FROM=results/h100/text_by_autotuning_sessionNN/autotune_results] \
+#     bash experiments/gpu/run_text_by_autotuning.sh
+set -uo pipefail
+source experiments/gpu/qwen_env.sh || exit 1
+REFS="results/h100_qwen/bucket_windows_docs_2k_16k_28k_1024/results.jsonl.gz
+results/h100_qwen/docs_1024_session34/bucket_windows_docs_first/results.jsonl.gz
+results/h200_qwen/draft_vocab16384_docs_2k_16k_28k_1024/results.jsonl.gz"
+TUNED=xla/xla_gpu_per_fusion_autotune_cache_dir  # compile_cache.AUTOTUNE_CACHE in the cache
+for mode in ${MODES:-default again autotune_off} ${AUTOTUNE_FROM:+loaded}; do
+  cache=/tmp/text_cache_$mode
+  rm -rf "$cache" && mkdir -p "$cache/$TUNED"
+  flags=""
+  [ "$mode" = autotune_off ] && flags="--xla_gpu_autotune_level=0"
+  [ "$mode" = loaded ] && cp -r "$AUTOTUNE_FROM"/. "$cache/$TUNED/"
+  echo "=== $mode (XLA_FLAGS='$flags')"
+  XLA_FLAGS="$flags" KNAPSPEC_CACHE=$cache timeout 240 python3 \
+    experiments/gpu/text_by_autotuning.py --gguf="$QWEN_GGUF" --label=$mode \
+    --output="$OUT/text_$mode.json" $REFS 2>&1 | grep -v -i "warn\|libtpu"
+  if [ "$mode" = default ]; then
+    cp -r "$cache/$TUNED" "$OUT/autotune_results"
+    echo "autotuning results: $(ls "$OUT/autotune_results" | wc -l) files, $(du -sh "$OUT/autotune_results" | cut -f1)"
+  fi
+done
