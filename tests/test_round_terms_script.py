@@ -53,16 +53,19 @@ def test_round_terms_smoke(tmp_path):
 
 def test_first_call_smoke(tmp_path):
   """experiments/gpu/first_call.py --smoke: every program's four calls are timed (and AR's
-  again after the others), with each program run once beforehand under --prime=one."""
+  again after the others), with each program but the search run once beforehand under
+  --prime=one."""
   for prime in ("none", "one"):
     out = tmp_path / f"first_call_{prime}.json"
     run_gpu_script_smoke("first_call.py", out, f"--prime={prime}")
     records = json.loads(out.read_text())
     assert [r["program"] for r in records] == [
-        "ar", "spec 1+1 g1 thr0.0", "spec 1+1 g1 thr1.5", "ar after all"]
+        "ar", "spec 1+1 g1 thr0.0", "spec 1+1 g1 thr1.5", "search (not primed)",
+        "ar after all"]
     for r in records:
       assert len(r["calls_ms"]) == 4 and min(r["calls_ms"]) > 0
-    assert {r.get("prime") for r in records[:-1]} == {prime}
+    assert {r.get("prime") for r in records[:-2]} == {prime}
+    assert records[-2]["prime"] == "none"
 
 
 def test_call_cost_smoke(tmp_path):

@@ -10,7 +10,11 @@ at warm-up and never run before. This compiles AR and speculation segment progra
 calls 1, 2 and 3 of each (fresh decode state each time, `rounds` rounds or tokens per call), and
 the AR segment again after every other program has run (the same-process slowdown of issue 14).
 It also times a draft that always stops after its first token (threshold above 1) against a
-draft of length 1 (threshold 0): the confidence exit's cost. -> $OUT/first_call.json
+draft of length 1 (threshold 0): the confidence exit's cost. And the knapsack search (16
+reference tokens ending at the context), which CompileCache does not prime: inside a generation
+each bucket's search is its program's first call in the process, and on the H100 those ran
+1.5-2x the profile's search time, measured after one call (BENCHMARKS.md 10.38).
+-> $OUT/first_call.json
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from shapes import random_model, spread, write_records  # noqa: E402
-from knapspec_jax import decoding, latency, speculative  # noqa: E402
+from knapspec_jax import decoding, knapsack, latency, speculative  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
@@ -83,10 +87,19 @@ def main(argv):
   programs[f"spec {sets[-1][0]}+{sets[-1][1]} g1 thr0.0"] = (
       compiled.get(speculative.SpecSegmentStatics(cfg, gamma1, 1, attn_len), args1()), args1,
       rounds)
+  n_ref = 16
+  search_len = attn_bucket(context, capacity)
+  search_static = dict(attn_len=search_len, chunk=knapsack.default_chunk(cfg.n_layers))
+  knapsack.compile_search(params, cfg, compiled, n_ref, **search_static)
+  search_args = lambda: (m.fresh_cache().rollback(context - n_ref),)
+  programs["search (not primed)"] = (
+      lambda cache: knapsack.search(params, cfg, cache, jnp.ones((n_ref,), jnp.int32),
+                                    context - n_ref, 1, 1, compiled, **search_static),
+      search_args, 1)
   print(f"compiled {len(compiled)} programs in {compiled.stats.compile_s:.1f} s", flush=True)
   prime_s = {}
   for label, (fn, make_args, per) in programs.items():
-    if _PRIME.value == "none":
+    if _PRIME.value == "none" or label.startswith("search"):
       continue
     args = make_args()
     if _PRIME.value == "zeros":  # every argument but the weights zero-filled
@@ -105,7 +118,9 @@ def main(argv):
   records = []
   for label, (fn, make_args, per) in programs.items():
     calls = [timed(fn, make_args) for _ in range(4)]
-    records.append(dict(program=label, prime=_PRIME.value, calls_ms=calls, per_unit_ms=[c / per for c in calls]))
+    prime = "none" if label.startswith("search") else _PRIME.value
+    records.append(dict(program=label, prime=prime, calls_ms=calls,
+                        per_unit_ms=[c / per for c in calls]))
     print(f"{label:28s} calls 1-4: " + "  ".join(f"{c:8.2f}" for c in calls) +
           f" ms  (per round/token {calls[0] / per:.3f} -> {calls[-1] / per:.3f})", flush=True)
   fn, make_args, per = programs["ar"]
