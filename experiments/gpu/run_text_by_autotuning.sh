@@ -3,13 +3,13 @@
 # autotuner? (experiments/gpu/text_by_autotuning.py). Qwen2.5-Coder-1.5B's AR text on the 16K and
 # 28K documents, 128 tokens, against the AR texts two H100s (sessions 33, 34) and an H200
 # (session 29) recorded, in fresh processes, each with a fresh compilation cache:
-#   default        XLA's defaults (its autotuning results are copied to $OUT/autotune_results)
+#   default        XLA's defaults (its autotuning results come back as $OUT/autotune_results.tgz)
 #   again          the same, once more (does one machine's autotuner choose the same kernels?)
 #   autotune_off   --xla_gpu_autotune_level=0: XLA's heuristic choice, no timing
-#   loaded         only with AUTOTUNE_FROM=DIR (a committed $OUT/autotune_results of another
+#   loaded         only with AUTOTUNE_FROM=FILE (a committed autotune_results.tgz of another
 #                  machine): its results put in the fresh cache before the process starts
 # About a minute a mode. -> $OUT/text_<mode>.json
-#   [AUTOTUNE_FROM=results/h100/text_by_autotuning_sessionNN/autotune_results] \
+#   [AUTOTUNE_FROM=results/h100/text_by_autotuning_sessionNN/autotune_results.tgz] \
 #     bash experiments/gpu/run_text_by_autotuning.sh
 set -uo pipefail
 source experiments/gpu/qwen_env.sh || exit 1
@@ -22,13 +22,13 @@ for mode in ${MODES:-default again autotune_off} ${AUTOTUNE_FROM:+loaded}; do
   rm -rf "$cache" && mkdir -p "$cache/$TUNED"
   flags=""
   [ "$mode" = autotune_off ] && flags="--xla_gpu_autotune_level=0"
-  [ "$mode" = loaded ] && cp -r "$AUTOTUNE_FROM"/. "$cache/$TUNED/"
+  [ "$mode" = loaded ] && tar xzf "$AUTOTUNE_FROM" -C "$cache/$TUNED"
   echo "=== $mode (XLA_FLAGS='$flags')"
   XLA_FLAGS="$flags" KNAPSPEC_CACHE=$cache timeout 240 python3 \
     experiments/gpu/text_by_autotuning.py --gguf="$QWEN_GGUF" --label=$mode \
     --output="$OUT/text_$mode.json" $REFS 2>&1 | grep -v -i "warn\|libtpu"
   if [ "$mode" = default ]; then
-    cp -r "$cache/$TUNED" "$OUT/autotune_results"
-    echo "autotuning results: $(ls "$OUT/autotune_results" | wc -l) files, $(du -sh "$OUT/autotune_results" | cut -f1)"
+    tar czf "$OUT/autotune_results.tgz" -C "$cache/$TUNED" .
+    echo "autotuning results: $(ls "$cache/$TUNED" | wc -l) files, $(du -sh "$OUT/autotune_results.tgz" | cut -f1) packed"
   fi
 done
