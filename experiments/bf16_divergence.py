@@ -22,7 +22,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import datasets  # noqa: E402
+from knapspec_jax import datasets, metrics  # noqa: E402
 from knapspec_jax.latency import LatencyProfile  # noqa: E402
 
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens per generation.")
@@ -34,14 +34,6 @@ _OUT = flags.DEFINE_string("output", None, "JSONL output, one line per prompt.")
 _WIDTH = flags.DEFINE_integer(
     "width", None, "Run every method at this width too (every full-model forward this many "
     "positions wide; at least gamma_max + 1) and compare with AR at the same width.")
-
-
-def first_difference(a, b):
-  """Index of the first differing token, None when equal (a length difference counts)."""
-  for i, (x, y) in enumerate(zip(a, b)):
-    if x != y:
-      return i
-  return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def main(argv):
@@ -66,11 +58,11 @@ def main(argv):
     wide = ks.generate(model, ids, n, ignore_eos=True, width=width).output_ids
     row = {"item_id": item["id"], "category": item["category"], "prompt_tokens": len(ids),
            "max_new_tokens": n, "dtype": _DTYPE.value,
-           f"ar_width{width}_vs_ar": first_difference(wide, ar)}
+           f"ar_width{width}_vs_ar": metrics.departs_at(wide, ar)}
     for method in _METHODS.value:
       got = ks.generate(model, ids, n, method=method, ignore_eos=True, config=configs[method])
-      row[f"{method}_vs_ar"] = first_difference(got.output_ids, ar)
-      row[f"{method}_vs_ar_width{width}"] = first_difference(got.output_ids, wide)
+      row[f"{method}_vs_ar"] = metrics.departs_at(got.output_ids, ar)
+      row[f"{method}_vs_ar_width{width}"] = metrics.departs_at(got.output_ids, wide)
       row[f"{method}_rounds"] = got.stats["speculation_steps"]
       if _WIDTH.value:
         w = _WIDTH.value
@@ -78,8 +70,8 @@ def main(argv):
           row[f"ar_width{w}"] = ks.generate(model, ids, n, ignore_eos=True, width=w).output_ids
         at_w = ks.generate(model, ids, n, method=method, ignore_eos=True,
                            config=configs[method], width=w)
-        row[f"{method}_width{w}_vs_ar_width{w}"] = first_difference(at_w.output_ids,
-                                                                   row[f"ar_width{w}"])
+        row[f"{method}_width{w}_vs_ar_width{w}"] = metrics.departs_at(
+            at_w.output_ids, row[f"ar_width{w}"])
     row.pop(f"ar_width{_WIDTH.value}", None)
     rows.append(row)
     if sink:

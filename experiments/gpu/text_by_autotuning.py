@@ -32,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import knapspec_jax as ks  # noqa: E402
 from shapes import write_records  # noqa: E402
 from summarize import read_records  # noqa: E402
-from knapspec_jax import latency  # noqa: E402
+from knapspec_jax import latency, metrics  # noqa: E402
 
 _GGUF = flags.DEFINE_string("gguf", None, "The checkpoint the references ran (default: "
                             "load_model's default model).")
@@ -42,11 +42,6 @@ _NEW = flags.DEFINE_integer("new_tokens", 128, "Tokens generated (compared with 
                             "references' first as many).")
 _LABEL = flags.DEFINE_string("label", "default", "What this process's XLA settings are.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: $OUT/text_<label>.json).")
-
-
-def departs_at(a, b) -> int | None:
-  """The first index where two token lists differ over their common length, else None."""
-  return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
 def references(paths, items) -> list[tuple[str, dict]]:
@@ -78,9 +73,10 @@ def main(argv):
     prompt = mine[0][1]["prompt_ids"]
     runs = [ks.generate(model, prompt, new, ignore_eos=True).output_ids for _ in range(2)]
     record = dict(label=_LABEL.value, device=device, item_id=item, new_tokens=new,
-                  output_ids=runs[0], second_run_departs_at=departs_at(runs[0], runs[1]),
+                  output_ids=runs[0],
+                  second_run_departs_at=metrics.departs_at(runs[0], runs[1]),
                   against=[dict(path=path, device=r.get("device"), date=r.get("date"),
-                                departs_at=departs_at(runs[0], r["output_ids"][:new]))
+                                departs_at=metrics.departs_at(runs[0], r["output_ids"][:new]))
                            for path, r in mine])
     records.append(record)
     print(f"\n{item} ({len(prompt)} prompt tokens): this process's second run departs at "
