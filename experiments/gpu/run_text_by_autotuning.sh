@@ -16,19 +16,22 @@ source experiments/gpu/qwen_env.sh || exit 1
 REFS="results/h100_qwen/bucket_windows_docs_2k_16k_28k_1024/results.jsonl.gz
 results/h100_qwen/docs_1024_session34/bucket_windows_docs_first/results.jsonl.gz
 results/h200_qwen/draft_vocab16384_docs_2k_16k_28k_1024/results.jsonl.gz"
-TUNED=xla/xla_gpu_per_fusion_autotune_cache_dir  # compile_cache.AUTOTUNE_CACHE in the cache
 for mode in ${MODES:-default again autotune_off} ${AUTOTUNE_FROM:+loaded}; do
   cache=/tmp/text_cache_$mode
-  rm -rf "$cache" && mkdir -p "$cache/$TUNED"
+  rm -rf "$cache"
+  # where XLA keeps its autotuning results under this cache (compile_cache.shared_xla_caches)
+  tuned=$(KNAPSPEC_CACHE=$cache python3 -c 'from knapspec_jax import compile_cache as c
+print(c.shared_xla_caches()[c.AUTOTUNE_CACHE])') || exit 1
+  mkdir -p "$tuned"
   flags=""
   [ "$mode" = autotune_off ] && flags="--xla_gpu_autotune_level=0"
-  [ "$mode" = loaded ] && tar xzf "$AUTOTUNE_FROM" -C "$cache/$TUNED"
+  [ "$mode" = loaded ] && tar xzf "$AUTOTUNE_FROM" -C "$tuned"
   echo "=== $mode (XLA_FLAGS='$flags')"
   XLA_FLAGS="$flags" KNAPSPEC_CACHE=$cache timeout 240 python3 \
     experiments/gpu/text_by_autotuning.py --gguf="$QWEN_GGUF" --label=$mode \
     --output="$OUT/text_$mode.json" $REFS 2>&1 | grep -v -i "warn\|libtpu"
   if [ "$mode" = default ]; then
-    tar czf "$OUT/autotune_results.tgz" -C "$cache/$TUNED" .
-    echo "autotuning results: $(ls "$cache/$TUNED" | wc -l) files, $(du -sh "$OUT/autotune_results.tgz" | cut -f1) packed"
+    tar czf "$OUT/autotune_results.tgz" -C "$tuned" .
+    echo "autotuning results: $(ls "$tuned" | wc -l) files, $(du -sh "$OUT/autotune_results.tgz" | cut -f1) packed"
   fi
 done
