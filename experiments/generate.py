@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import statistics
 import sys
 import threading
 import time
@@ -44,7 +45,12 @@ _TP = flags.DEFINE_integer("tp", 1, "Tensor-parallel devices: split the model's 
                            "d_ff and vocab_size (checked before the weights load).")
 _IGNORE_EOS = flags.DEFINE_bool("ignore_eos", False, "Keep generating past end-of-sequence.")
 _COMPARE_AR = flags.DEFINE_bool("compare_ar", False, "Also run AR on the same compiled model "
-                                "and prompt and print the speedup.")
+                                "and prompt and print the speedup: the median over --repeats "
+                                "paired runs, beside AR's own spread over its runs.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "With --compare_ar, timed pairs (the method's run and AR's, in alternating "
+    "order); the speedup is the median of the pairs' ratios. One pair on a busy 2-vCPU CPU read "
+    "1.26x for a KnapSpec run that decoded as AR does.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the result(s) here as JSON.")
 _WARMUP_RUN = flags.DEFINE_bool(
     "warmup_run", True, "With --compare_ar, run each method once untimed first: the first "
@@ -149,6 +155,8 @@ def check_cheap():
     raise UsageError(f"--width must be in 1..{WIDTH_MAX}, got {_WIDTH.value}")
   if _TP.value < 1:
     raise UsageError(f"--tp must be >= 1, got {_TP.value}")
+  if _REPEATS.value < 1:
+    raise UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
 
 
 def method_config(ks):
@@ -247,6 +255,52 @@ def _summary(r, warmup_compile_s: float | None) -> str:
           f"{r.e2e_tokens_per_s:.1f} tok/s, {compiled}, stop: {r.stop_reason}")
 
 
+def paired_speedup(method_runs, ar_runs) -> dict:
+  """The method against AR over paired timed runs (run i of each): the median of the pairs'
+  decode-speed ratios and their range, the same for end-to-end speed, and AR's own spread (each
+  AR run over AR's median), the noise a speedup has to clear."""
+  ratios = [m.tokens_per_s / a.tokens_per_s for m, a in zip(method_runs, ar_runs)]
+  e2e = [m.e2e_tokens_per_s / a.e2e_tokens_per_s for m, a in zip(method_runs, ar_runs)]
+  ar_speeds = [a.tokens_per_s for a in ar_runs]
+  ar_median = statistics.median(ar_speeds)
+  return dict(decode=statistics.median(ratios), low=min(ratios), high=max(ratios),
+              e2e=statistics.median(e2e), pairs=len(ratios),
+              ar_low=min(ar_speeds) / ar_median, ar_high=max(ar_speeds) / ar_median)
+
+
+def format_speedup(s: dict) -> str:
+  if s["pairs"] == 1:
+    return f"speedup over AR: {s['decode']:.2f}x decode, {s['e2e']:.2f}x end-to-end (one pair)"
+  return (f"speedup over AR: {s['decode']:.2f}x decode, {s['e2e']:.2f}x end-to-end (medians of "
+          f"{s['pairs']} paired runs; decode {s['low']:.2f}-{s['high']:.2f}x; AR's own runs "
+          f"{s['ar_low']:.2f}-{s['ar_high']:.2f}x their median)")
+
+
+def decision_lines(r, most: int = 6) -> list[str]:
+  """What a speculative run decided, one line per stretch of windows alike: plain decoding or
+  the draft (sublayers skipped, gamma) and the reason given at the stretch's first window."""
+  lines, last = [], None
+  for d in r.stats.get("decisions", ()):
+    drafts = d["n_attn_skipped"] + d["n_mlp_skipped"] > 0
+    what = (f"draft skipping {d['n_attn_skipped']} attention + {d['n_mlp_skipped']} MLP "
+            f"sublayers, gamma {d['gamma']}" if drafts else "decode plainly")
+    if what == last:
+      continue
+    last = what
+    lines.append(f"  from context {d['context']}: {what} ({d['reason']})")
+  if len(lines) > most:
+    lines = lines[:most - 1] + [f"  ... {len(lines) - most + 1} more (--output_json has all)"]
+  stats = r.stats
+  if stats.get("windows"):
+    rate = stats.get("acceptance_rate")
+    accepted = "" if rate is None else (
+        f"; {rate:.2f} of drafted tokens accepted, {stats['mean_accepted_per_step']:.2f} tokens "
+        "per round")
+    lines.insert(0, f"{r.method} drafted in {stats['drafting_windows']} of {stats['windows']} "
+                    f"decode windows{accepted}:")
+  return lines
+
+
 def main(argv):
   if len(argv) > 1:
     usage_exit(f"unexpected arguments {argv[1:]} (flags are --name=value)")
@@ -297,26 +351,37 @@ def main(argv):
       for method in methods:
         w = run(method, "untimed warm-up run (compiles)")
         warmup_compile[method] = w.compile_s + w.stats.get("compile_in_decode_s", 0.0)
-    results = [run(method, "timed run") for method in methods]
+    runs = {method: [] for method in methods}
+    pairs = _REPEATS.value if compare else 1
+    for i in range(pairs):
+      # alternate which goes first, so that neither method always runs after the other
+      for method in (methods if i % 2 == 0 else methods[::-1]):
+        label = "timed run" if pairs == 1 else f"timed run {i + 1} of {pairs}"
+        runs[method].append(run(method, label))
   except errors as e:
     progress.done()
     usage_exit(f"{type(e).__name__}: {e}")
-  result = results[0]
+  result = runs[_METHOD.value][0]
   tp = f", tp={_TP.value}" if mesh is not None else ""
   print(f"prompt: {len(result.prompt_ids)} tokens; model {model.name} ({model.dtype}{tp})")
   print("-" * 80)
   print(result.text)
   print("-" * 80)
-  for r in results:
-    print(_summary(r, warmup_compile.get(r.method)))
-  if len(results) == 2:
-    ar = results[1]
-    same = "identical to" if ar.output_ids == result.output_ids else "DIFFERENT from"
-    print(f"speedup over AR: {result.tokens_per_s / ar.tokens_per_s:.2f}x decode, "
-          f"{result.e2e_tokens_per_s / ar.e2e_tokens_per_s:.2f}x end-to-end; "
-          f"output {same} AR")
+  for method in methods:
+    # the run of median decode speed stands for the method (the first of one)
+    by_speed = sorted(runs[method], key=lambda r: r.tokens_per_s)
+    print(_summary(by_speed[(len(by_speed) - 1) // 2], warmup_compile.get(method)))
+  if _METHOD.value != "ar":
+    for line in decision_lines(result):
+      print(line)
+  if compare:
+    same = all(r.output_ids == a.output_ids for r, a in zip(runs[_METHOD.value], runs["ar"]))
+    print(f"{format_speedup(paired_speedup(runs[_METHOD.value], runs['ar']))}; "
+          f"output {'identical to' if same else 'DIFFERENT from'} AR")
   if _OUTPUT_JSON.value:
-    payload = result.to_json() if len(results) == 1 else [r.to_json() for r in results]
+    # the result, or with --compare_ar the method's first timed run and AR's first
+    payload = (result.to_json() if not compare
+               else [runs[_METHOD.value][0].to_json(), runs["ar"][0].to_json()])
     pathlib.Path(_OUTPUT_JSON.value).write_text(json.dumps(payload, indent=1))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -274,6 +275,7 @@ def _generate(args, timeout=300):
     (["--prompt=x", "--gamma=1.5"], "flag --gamma=1.5"),
     (["--prompt=x", "--method=fixed", "--skip_attn=4,x"], "--skip_attn takes layer indices"),
     (["--prompt=x", "--width=0"], "--width must be in 1..32"),
+    (["--prompt=x", "--compare_ar", "--repeats=0"], "--repeats must be >= 1, got 0"),
     (["--prompt=x", "--prompt_file=y"], "give exactly one of --prompt and --prompt_file"),
 ])
 def test_cli_usage_errors_exit_2_fast_with_one_line(args, message):
@@ -330,8 +332,17 @@ def test_cli_fixed_skip_set_sampling_and_progress(tmp_path):
                        "--ignore_eos", "--compare_ar", f"--output_json={out}"], timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Unable to initialize backend" not in proc.stderr
-  assert "[generate] fixed: timed run done, 6 tokens" in proc.stderr
-  assert "(warm-up run)" in proc.stdout and "speedup over AR" in proc.stdout
+  for i in (1, 2, 3):  # three pairs by default
+    assert f"[generate] fixed: timed run {i} of 3 done, 6 tokens" in proc.stderr
+    assert f"[generate] ar: timed run {i} of 3 done, 6 tokens" in proc.stderr
+  assert "(warm-up run)" in proc.stdout
+  assert re.search(r"speedup over AR: [\d.]+x decode, [\d.]+x end-to-end \(medians of 3 paired "
+                   r"runs; decode [\d.]+-[\d.]+x; AR's own runs [\d.]+-[\d.]+x their median\); "
+                   r"output identical to AR", proc.stdout), proc.stdout
+  # what the method did: a fixed draft drafts in every window
+  assert re.search(r"fixed drafted in (\d+) of \1 decode windows; [\d.]+ of drafted tokens "
+                   r"accepted", proc.stdout), proc.stdout
+  assert "draft skipping 3 attention + 1 MLP sublayers, gamma 2" in proc.stdout, proc.stdout
   fixed, ar = json.loads(out.read_text())
   skip = fixed["stats"]["config"]["skip"]  # the config as dataclasses.asdict wrote it
   got = ks.SkipMask.from_list(skip["skip"] if isinstance(skip, dict) else skip)
@@ -340,6 +351,35 @@ def test_cli_fixed_skip_set_sampling_and_progress(tmp_path):
   assert fixed["output_ids"] == ar["output_ids"]
   quiet, _ = _generate(["--prompt=Hi", "--max_new_tokens=2", "--quiet"], timeout=600)
   assert quiet.returncode == 0 and "[generate]" not in quiet.stderr
+
+
+def test_cli_paired_speedup_is_the_median_of_the_pairs():
+  """generate.py's --compare_ar figure against numpy, on made-up runs: the median of the paired
+  ratios (not the ratio of medians), and AR's spread around its own median. (In a subprocess:
+  generate.py defines absl flags that other scripts define too.)"""
+  method = [(22.1, 20.0), (18.0, 16.5), (19.5, 18.0)]  # (decode, end-to-end) tok/s
+  ar = [(17.5, 16.0), (19.0, 17.5), (19.4, 17.8)]
+  code = ("import json, sys, types; sys.argv = ['generate']; sys.path.insert(0, 'experiments'); "
+          "import generate; run = lambda t: types.SimpleNamespace(tokens_per_s=t[0], "
+          "e2e_tokens_per_s=t[1]); got = generate.paired_speedup("
+          f"[run(t) for t in {method}], [run(t) for t in {ar}]); "
+          "print(json.dumps(dict(got, line=generate.format_speedup(got))))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout)
+  ratios = np.array([m[0] / a[0] for m, a in zip(method, ar)])
+  assert got["decode"] == pytest.approx(np.median(ratios))
+  assert (got["low"], got["high"]) == pytest.approx((ratios.min(), ratios.max()))
+  assert got["e2e"] == pytest.approx(np.median([m[1] / a[1] for m, a in zip(method, ar)]))
+  ar_tps = np.array([a[0] for a in ar])
+  assert (got["ar_low"], got["ar_high"]) == pytest.approx(
+      (ar_tps.min() / np.median(ar_tps), ar_tps.max() / np.median(ar_tps)))
+  ratio_of_medians = np.median([m[0] for m in method]) / np.median(ar_tps)
+  assert got["decode"] != pytest.approx(ratio_of_medians)
+  assert got["line"].startswith("speedup over AR: 1.01x decode, 1.01x end-to-end (medians of 3 "
+                                "paired runs; decode 0.95-1.26x; AR's own runs 0.92-1.02x their "
+                                "median)"), got["line"]
 
 
 @pytest.mark.parametrize("field,value", [("gain_share", -0.1), ("explore_budget", "0.1"),
