@@ -197,8 +197,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
         ar = r
       # Each repeat's run against the AR run of the same repeat, seconds apart: a machine whose
       # speed drifts over minutes (the 2-vCPU VM) moves both alike, so this median cancels it.
-      paired = statistics.median(x.tokens_per_s / a.tokens_per_s
-                                 for x, a in zip(timed[method], timed["ar"]))
+      paired = metrics.paired_speedup(timed[method], timed["ar"]).decode
       record = dict(item_id=item["id"], category=item["category"], prompt_tokens=len(ids),
                     device=device, dtype=model.dtype, attention=model.cfg.attention,
                     window_attention=model.cfg.window_attention,

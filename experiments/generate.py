@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import pathlib
-import statistics
 import sys
 import threading
 import time
@@ -255,27 +254,6 @@ def _summary(r, warmup_compile_s: float | None) -> str:
           f"{r.e2e_tokens_per_s:.1f} tok/s, {compiled}, stop: {r.stop_reason}")
 
 
-def paired_speedup(method_runs, ar_runs) -> dict:
-  """The method against AR over paired timed runs (run i of each): the median of the pairs'
-  decode-speed ratios and their range, the same for end-to-end speed, and AR's own spread (each
-  AR run over AR's median), the noise a speedup has to clear."""
-  ratios = [m.tokens_per_s / a.tokens_per_s for m, a in zip(method_runs, ar_runs)]
-  e2e = [m.e2e_tokens_per_s / a.e2e_tokens_per_s for m, a in zip(method_runs, ar_runs)]
-  ar_speeds = [a.tokens_per_s for a in ar_runs]
-  ar_median = statistics.median(ar_speeds)
-  return dict(decode=statistics.median(ratios), low=min(ratios), high=max(ratios),
-              e2e=statistics.median(e2e), pairs=len(ratios),
-              ar_low=min(ar_speeds) / ar_median, ar_high=max(ar_speeds) / ar_median)
-
-
-def format_speedup(s: dict) -> str:
-  if s["pairs"] == 1:
-    return f"speedup over AR: {s['decode']:.2f}x decode, {s['e2e']:.2f}x end-to-end (one pair)"
-  return (f"speedup over AR: {s['decode']:.2f}x decode, {s['e2e']:.2f}x end-to-end (medians of "
-          f"{s['pairs']} paired runs; decode {s['low']:.2f}-{s['high']:.2f}x; AR's own runs "
-          f"{s['ar_low']:.2f}-{s['ar_high']:.2f}x their median)")
-
-
 def decision_lines(r, most: int = 6) -> list[str]:
   """What a speculative run decided, one line per stretch of windows alike: plain decoding or
   the draft (sublayers skipped, gamma) and the reason given at the stretch's first window."""
@@ -312,7 +290,7 @@ def main(argv):
     import knapspec_jax as ks
     errors = (ks.PromptError, ks.MethodError, ks.SamplingError, ks.SkipMaskError,
               ks.CheckpointError, ks.UnsupportedModelError)
-    from knapspec_jax import sharding
+    from knapspec_jax import metrics, sharding
     config = method_config(ks)
     sampling = sampling_config(ks)
     mesh = sharding.make_mesh(_TP.value) if _TP.value > 1 else None  # the device count
@@ -376,7 +354,8 @@ def main(argv):
       print(line)
   if compare:
     same = all(r.output_ids == a.output_ids for r, a in zip(runs[_METHOD.value], runs["ar"]))
-    print(f"{format_speedup(paired_speedup(runs[_METHOD.value], runs['ar']))}; "
+    speedup = metrics.paired_speedup(runs[_METHOD.value], runs["ar"])
+    print(f"speedup over AR: {speedup.describe()}; "
           f"output {'identical to' if same else 'DIFFERENT from'} AR")
   if _OUTPUT_JSON.value:
     # the result, or with --compare_ar the method's first timed run and AR's first

@@ -1,9 +1,11 @@
 """Run statistics: what a generation did, window by window, and how well the latency profile
 predicted it (acceptance, tokens per verify step, time split, decisions, prediction error), and
-how close a decode runs to the device's read bandwidth (step_bytes, bandwidth)."""
+how close a decode runs to the device's read bandwidth (step_bytes, bandwidth), and a method's
+speedup over AR from paired runs (paired_speedup)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -82,6 +84,46 @@ def departs_at(output_ids, reference_ids) -> int | None:
   if differ.size:
     return int(differ[0])
   return None if a.size == b.size else n
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedSpeedup:
+  """A method against AR over timed runs taken in pairs (run i of each, seconds apart, so that a
+  machine's drift moves both alike): the median of the pairs' decode-speed ratios, their range,
+  the same median end to end, and AR's own spread (its slowest and fastest run over its median),
+  the noise a speedup has to clear. One pair on a busy 2-vCPU CPU read 1.26x for a KnapSpec run
+  that decoded as AR does (session 34's CI run of the README's main command)."""
+
+  decode: float
+  decode_low: float
+  decode_high: float
+  e2e: float
+  pairs: int
+  ar_low: float
+  ar_high: float
+
+  def describe(self) -> str:
+    head = f"{self.decode:.2f}x decode, {self.e2e:.2f}x end-to-end"
+    if self.pairs == 1:
+      return f"{head} (one pair)"
+    return (f"{head} (medians of {self.pairs} paired runs; decode {self.decode_low:.2f}-"
+            f"{self.decode_high:.2f}x; AR's own runs {self.ar_low:.2f}-{self.ar_high:.2f}x "
+            "their median)")
+
+
+def paired_speedup(runs, ar_runs) -> PairedSpeedup:
+  """runs and ar_runs: GenerationResults (anything with tokens_per_s and e2e_tokens_per_s), run i
+  of each timed as a pair."""
+  if not runs or len(runs) != len(ar_runs):
+    raise ValueError(f"paired_speedup needs as many runs as AR runs, at least one; got "
+                     f"{len(runs)} and {len(ar_runs)}")
+  ratios = [r.tokens_per_s / a.tokens_per_s for r, a in zip(runs, ar_runs)]
+  e2e = [r.e2e_tokens_per_s / a.e2e_tokens_per_s for r, a in zip(runs, ar_runs)]
+  ar_speeds = [a.tokens_per_s for a in ar_runs]
+  ar_median = float(np.median(ar_speeds))
+  return PairedSpeedup(decode=float(np.median(ratios)), decode_low=min(ratios),
+                       decode_high=max(ratios), e2e=float(np.median(e2e)), pairs=len(ratios),
+                       ar_low=min(ar_speeds) / ar_median, ar_high=max(ar_speeds) / ar_median)
 
 
 def step_bytes(params, cfg: ModelConfig, context: int, kv_dtype, per_device: bool = False) -> int:

@@ -12,12 +12,13 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
 import knapspec_jax as ks
-from knapspec_jax import api, sampling, speculative
+from knapspec_jax import api, metrics, sampling, speculative
 from knapspec_jax.compile_cache import CompileCache
 
 from conftest import REPO
@@ -353,33 +354,28 @@ def test_cli_fixed_skip_set_sampling_and_progress(tmp_path):
   assert quiet.returncode == 0 and "[generate]" not in quiet.stderr
 
 
-def test_cli_paired_speedup_is_the_median_of_the_pairs():
-  """generate.py's --compare_ar figure against numpy, on made-up runs: the median of the paired
-  ratios (not the ratio of medians), and AR's spread around its own median. (In a subprocess:
-  generate.py defines absl flags that other scripts define too.)"""
+def test_paired_speedup_is_the_median_of_the_pairs():
+  """metrics.paired_speedup (generate.py's and benchmark.py's figure) against numpy, on made-up
+  runs: the median of the paired ratios (not the ratio of medians), and AR's spread around its
+  own median."""
   method = [(22.1, 20.0), (18.0, 16.5), (19.5, 18.0)]  # (decode, end-to-end) tok/s
   ar = [(17.5, 16.0), (19.0, 17.5), (19.4, 17.8)]
-  code = ("import json, sys, types; sys.argv = ['generate']; sys.path.insert(0, 'experiments'); "
-          "import generate; run = lambda t: types.SimpleNamespace(tokens_per_s=t[0], "
-          "e2e_tokens_per_s=t[1]); got = generate.paired_speedup("
-          f"[run(t) for t in {method}], [run(t) for t in {ar}]); "
-          "print(json.dumps(dict(got, line=generate.format_speedup(got))))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        timeout=120)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  got = json.loads(proc.stdout)
+  run = lambda t: types.SimpleNamespace(tokens_per_s=t[0], e2e_tokens_per_s=t[1])
+  got = metrics.paired_speedup([run(t) for t in method], [run(t) for t in ar])
   ratios = np.array([m[0] / a[0] for m, a in zip(method, ar)])
-  assert got["decode"] == pytest.approx(np.median(ratios))
-  assert (got["low"], got["high"]) == pytest.approx((ratios.min(), ratios.max()))
-  assert got["e2e"] == pytest.approx(np.median([m[1] / a[1] for m, a in zip(method, ar)]))
+  assert got.decode == pytest.approx(np.median(ratios))
+  assert (got.decode_low, got.decode_high) == pytest.approx((ratios.min(), ratios.max()))
+  assert got.e2e == pytest.approx(np.median([m[1] / a[1] for m, a in zip(method, ar)]))
   ar_tps = np.array([a[0] for a in ar])
-  assert (got["ar_low"], got["ar_high"]) == pytest.approx(
+  assert (got.ar_low, got.ar_high) == pytest.approx(
       (ar_tps.min() / np.median(ar_tps), ar_tps.max() / np.median(ar_tps)))
-  ratio_of_medians = np.median([m[0] for m in method]) / np.median(ar_tps)
-  assert got["decode"] != pytest.approx(ratio_of_medians)
-  assert got["line"].startswith("speedup over AR: 1.01x decode, 1.01x end-to-end (medians of 3 "
-                                "paired runs; decode 0.95-1.26x; AR's own runs 0.92-1.02x their "
-                                "median)"), got["line"]
+  assert got.decode != pytest.approx(np.median([m[0] for m in method]) / np.median(ar_tps))
+  assert got.describe() == ("1.01x decode, 1.01x end-to-end (medians of 3 paired runs; decode "
+                            "0.95-1.26x; AR's own runs 0.92-1.02x their median)")
+  one = metrics.paired_speedup([run(method[0])], [run(ar[0])])
+  assert one.describe() == "1.26x decode, 1.25x end-to-end (one pair)"
+  with pytest.raises(ValueError, match="as many runs as AR runs, at least one; got 3 and 2"):
+    metrics.paired_speedup([run(t) for t in method], [run(t) for t in ar[:2]])
 
 
 @pytest.mark.parametrize("field,value", [("gain_share", -0.1), ("explore_budget", "0.1"),
