@@ -19,7 +19,7 @@ NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
 
 # Budgets for the suite, set after each notebook's "parameters" cell as papermill would.
 OVERRIDES = {
-    "01_quickstart.ipynb": {"MAX_NEW_TOKENS": 32},
+    "01_quickstart.ipynb": {"MAX_NEW_TOKENS": 32, "PAIRS": 2},
     "02_knapsack_search.ipynb": {"LONG_TOKENS": 1200},
     "03_bring_your_own_model.ipynb": {"MAX_NEW_TOKENS": 24},
 }
