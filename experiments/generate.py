@@ -1,6 +1,8 @@
 """Generate with one decoding method and print/save its timings.
 
   python experiments/generate.py --prompt="Summarize ..." --method=knapspec --compare_ar
+      (AR too, on the same compiled model: the median speedup over --repeats timed pairs,
+      beside AR's own spread, and the method's decisions with their reasons)
   python experiments/generate.py --prompt="Hi" --method=fixed --skip_attn=4,6,8 --gamma=3
   python experiments/generate.py --prompt="Hi" --temperature=0.8 --top_p=0.95 --seed=1
 
