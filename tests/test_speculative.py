@@ -181,8 +181,11 @@ def test_knapspec_drafts_when_drafting_pays_and_stays_lossless(smol_jax, smol_pr
   config = ks.KnapSpecConfig(interval=8, search_budget=10.0, margin=0.0, exit_model=exit_model,
                              judge_windows=10**6)
   story = api.encode_prompt(model, "Write a short story about a robot who learns to paint.")
+  prompts = {**smol_prompts, "story": story}
+  if not exit_model:  # the paper's round (an ablation): the 978-token document's bucket crossing
+    del prompts["long-978"]  # is the default's to cover (25-35 s of the suite on the CI CPU)
   drafted = []
-  for name, ids in {**smol_prompts, "story": story}.items():
+  for name, ids in prompts.items():
     got = api.generate(model, ids, 40, method="knapspec", ignore_eos=True, config=config)
     assert got.output_ids == smol_ar(ids, 40), name
     drafted += [d for d in got.stats["decisions"] if d["gamma"] > 0]
