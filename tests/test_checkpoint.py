@@ -235,6 +235,43 @@ def test_config_and_tokenizer_without_the_weights(smol_path, tmp_path):
     checkpoint.read_config_and_tokenizer(tmp_path / "nowhere.gguf")
 
 
+def test_gguf_header_cache_gives_what_the_file_gives(smol_path, tmp_path, monkeypatch):
+  """The GGUF's config, eos and tokenizer from the header cache equal a read of the file
+  (use_cache=False) and transformers' tokenizer of the same GGUF (vocabulary, special tokens,
+  chat template, encodings); the cached read never parses the file; a damaged entry warns and
+  is rebuilt."""
+  from transformers import AutoTokenizer
+  monkeypatch.setenv("KNAPSPEC_CACHE", str(tmp_path / "cache"))
+  _, cfg, tokenizer, eos = checkpoint.read_config_and_tokenizer(smol_path, use_cache=False)
+  assert not (tmp_path / "cache").exists()  # use_cache=False writes nothing
+  checkpoint.read_config_and_tokenizer(smol_path)  # writes the entry
+  [entry] = (tmp_path / "cache").iterdir()
+  assert entry.name.endswith("-header") and (entry / "complete").is_file()
+
+  with monkeypatch.context() as m:
+    m.setattr(checkpoint, "_gguf_config_and_tokenizer",
+              lambda *a: pytest.fail("the cached read parsed the GGUF file"))
+    _, cached_cfg, cached, cached_eos = checkpoint.read_config_and_tokenizer(smol_path)
+  reference = AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
+  assert cached_cfg == cfg and cached_eos == eos == (2,)
+  assert cached.get_vocab() == tokenizer.get_vocab() == reference.get_vocab()
+  assert cached.special_tokens_map == reference.special_tokens_map
+  assert cached.chat_template == reference.chat_template
+  chat = [{"role": "user", "content": "Sort a list in Python."}]
+  assert (cached.apply_chat_template(chat, add_generation_prompt=True)
+          == reference.apply_chat_template(chat, add_generation_prompt=True))
+  for text in ("def knapsack(items, budget):\n    return max(items)  # ünïcode",
+               "<|im_start|>user\nhi<|im_end|>", "  spaces\t\ttabs 😀 日本語"):
+    assert cached.encode(text) == reference.encode(text)
+    assert cached.decode(reference.encode(text)) == reference.decode(reference.encode(text))
+
+  (entry / "header.json").write_text("{")  # damaged after completion
+  with pytest.warns(UserWarning, match="ignoring unreadable header cache"):
+    _, again, _, _ = checkpoint.read_config_and_tokenizer(smol_path)
+  assert again == cfg and (entry / "complete").is_file()
+  assert json.loads((entry / "header.json").read_text())["eos_ids"] == [2]
+
+
 # ------------------------------------------------------------------------------- bad inputs
 
 def test_missing_path(tmp_path):
