@@ -217,53 +217,44 @@ def test_smollm2_eos_is_im_end(smol_jax, smol_gguf_fields):
   assert smol_gguf_fields["tokenizer.ggml.add_bos_token"] is False
 
 
-def test_config_and_tokenizer_without_the_weights(smol_path, tmp_path):
+def test_config_and_tokenizer_without_the_weights(smol_path, tmp_path, monkeypatch):
   """read_config_and_tokenizer (what a script that only needs tokens asks for): the config
-  transformers reads from the same GGUF, a tokenizer that encodes as transformers' does, the
-  file's EOS, and load_checkpoint's errors for a path that is not there."""
+  transformers reads from the same GGUF, the file's EOS, load_checkpoint's errors for a path that
+  is not there, and a tokenizer that is transformers' own (vocabulary, special tokens, chat
+  template, encodings) whether read from the file (use_cache=False) or from the header cache,
+  whose read never parses the file; a damaged cache entry warns and is rebuilt."""
+  import gguf
   from transformers import AutoConfig, AutoTokenizer
-  path, cfg, tokenizer, eos = checkpoint.read_config_and_tokenizer(smol_path)
+  monkeypatch.setenv("KNAPSPEC_CACHE", str(tmp_path / "cache"))
+  path, cfg, tokenizer, eos = checkpoint.read_config_and_tokenizer(smol_path, use_cache=False)
   assert path == smol_path and eos == (2,)
+  assert not (tmp_path / "cache").exists()  # use_cache=False writes nothing
   hf = AutoConfig.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
   assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size) == (
       hf.num_hidden_layers, hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads,
       hf.vocab_size)
-  reference = AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
-  text = "def knapsack(items, budget):\n    return max(items)  # ünïcode"
-  assert tokenizer.encode(text) == reference.encode(text)
   with pytest.raises(CheckpointError, match=r"no such file or directory"):
     checkpoint.read_config_and_tokenizer(tmp_path / "nowhere.gguf")
 
-
-def test_gguf_header_cache_gives_what_the_file_gives(smol_path, tmp_path, monkeypatch):
-  """The GGUF's config, eos and tokenizer from the header cache equal a read of the file
-  (use_cache=False) and transformers' tokenizer of the same GGUF (vocabulary, special tokens,
-  chat template, encodings); the cached read never parses the file; a damaged entry warns and
-  is rebuilt."""
-  from transformers import AutoTokenizer
-  monkeypatch.setenv("KNAPSPEC_CACHE", str(tmp_path / "cache"))
-  _, cfg, tokenizer, eos = checkpoint.read_config_and_tokenizer(smol_path, use_cache=False)
-  assert not (tmp_path / "cache").exists()  # use_cache=False writes nothing
-  checkpoint.read_config_and_tokenizer(smol_path)  # writes the entry
+  checkpoint.read_config_and_tokenizer(smol_path)  # writes the header cache's entry
   [entry] = (tmp_path / "cache").iterdir()
   assert entry.name.endswith("-header") and (entry / "complete").is_file()
-
   with monkeypatch.context() as m:
-    m.setattr(checkpoint, "_gguf_config_and_tokenizer",
-              lambda *a: pytest.fail("the cached read parsed the GGUF file"))
+    m.setattr(gguf, "GGUFReader", lambda *a: pytest.fail("the cached read parsed the GGUF file"))
     _, cached_cfg, cached, cached_eos = checkpoint.read_config_and_tokenizer(smol_path)
+  assert cached_cfg == cfg and cached_eos == eos
   reference = AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=smol_path.name)
-  assert cached_cfg == cfg and cached_eos == eos == (2,)
-  assert cached.get_vocab() == tokenizer.get_vocab() == reference.get_vocab()
-  assert cached.special_tokens_map == reference.special_tokens_map
-  assert cached.chat_template == reference.chat_template
   chat = [{"role": "user", "content": "Sort a list in Python."}]
-  assert (cached.apply_chat_template(chat, add_generation_prompt=True)
-          == reference.apply_chat_template(chat, add_generation_prompt=True))
-  for text in ("def knapsack(items, budget):\n    return max(items)  # ünïcode",
-               "<|im_start|>user\nhi<|im_end|>", "  spaces\t\ttabs 😀 日本語"):
-    assert cached.encode(text) == reference.encode(text)
-    assert cached.decode(reference.encode(text)) == reference.decode(reference.encode(text))
+  for tok in (tokenizer, cached):
+    assert tok.get_vocab() == reference.get_vocab()
+    assert tok.special_tokens_map == reference.special_tokens_map
+    assert tok.chat_template == reference.chat_template
+    assert (tok.apply_chat_template(chat, add_generation_prompt=True)
+            == reference.apply_chat_template(chat, add_generation_prompt=True))
+    for text in ("def knapsack(items, budget):\n    return max(items)  # ünïcode",
+                 "<|im_start|>user\nhi<|im_end|>", "  spaces\t\ttabs 😀 日本語"):
+      assert tok.encode(text) == reference.encode(text)
+      assert tok.decode(reference.encode(text)) == reference.decode(reference.encode(text))
 
   (entry / "header.json").write_text("{")  # damaged after completion
   with pytest.warns(UserWarning, match="ignoring unreadable header cache"):
