@@ -30,10 +30,11 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from knapspec_jax import checkpoint, datasets  # noqa: E402
+from knapspec_jax import checkpoint, datasets, packaged_models  # noqa: E402
 import summarize  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "GGUF file; default: the bundled SmolLM2.")
+_MODEL = flags.DEFINE_string("model", None, "GGUF file, HF checkpoint directory or a packaged "
+                             "model's name; default: the bundled SmolLM2.")
 _PER_CATEGORY = flags.DEFINE_integer("specbench_per_category", 0,
                                      "Spec-Bench questions per category (0: none).")
 _LENGTHS = flags.DEFINE_list("long_lengths", ["100", "4000", "7500"],
@@ -102,16 +103,21 @@ def main(argv):
     return
   import torch
   from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
-  path = pathlib.Path(_MODEL.value) if _MODEL.value else checkpoint.default_model_path()
-  tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+  path = (packaged_models.resolve(_MODEL.value) if _MODEL.value
+          else checkpoint.default_model_path())
+  if not path.exists():
+    raise app.UsageError(f"--model={_MODEL.value}: no such file or directory, nor a packaged "
+                         f"model's name ({', '.join(packaged_models.MODELS)})")
+  where = dict(pretrained_model_name_or_path=path) if path.is_dir() else dict(
+      pretrained_model_name_or_path=path.parent, gguf_file=path.name)
+  tok = AutoTokenizer.from_pretrained(**where)
   dtype = getattr(torch, _DTYPE.value)
   items = [(item, datasets.encode(tok, item)) for item in prompt_items(tok)]
   sync = torch.cuda.synchronize if _DEVICE.value == "cuda" else (lambda: None)
   sink = open(_OUT_JSONL.value, "w") if _OUT_JSONL.value else None
   results = []
   for mode in _MODES.value:
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 dtype=dtype).to(_DEVICE.value).eval()
+    model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype).to(_DEVICE.value).eval()
     cache = None
     if mode == "compiled":
       longest = max(len(ids) for _, ids in items) + _MAX_NEW.value

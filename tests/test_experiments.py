@@ -15,6 +15,7 @@ import sys
 import matplotlib.image
 import numpy as np
 import pytest
+import safetensors.torch
 
 from conftest import DATA_DIR, REPO
 
@@ -427,15 +428,27 @@ def test_projection_follows_the_tpt_formula():
                        64)["speedup"] == pytest.approx(1.5, rel=1e-3)
 
 
-def test_hf_reference_script_and_its_comparison(tmp_path):
+def test_hf_reference_script_and_its_comparison(tmp_path, smol_hf, smol_jax):
   """experiments/bench_hf.py on the CPU (eager, 16 tokens, median of 3: its decode rate is the
   16-token time less the 1-token time, which with 4 tokens and one repeat came out negative on a
-  loaded CPU): a record per prompt with the benchmark's
-  prompt ids, then --records/--ours prints our AR tokens/s over HF's for each prompt."""
+  loaded CPU), on SmolLM2 as an HF checkpoint directory (transformers' model of the GGUF and
+  the tokenizer, saved: transformers parses a GGUF three times, 30 s of the test's 60): a record
+  per prompt with the benchmark's prompt ids, then --records/--ours prints our AR tokens/s over
+  HF's for each prompt."""
   env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
   script = [sys.executable, str(REPO / "experiments" / "bench_hf.py")]
+  model_dir = tmp_path / "smollm2"
+  model_dir.mkdir()  # (save_pretrained refuses a model loaded from GGUF: its quantizer)
+  config = {k: v for k, v in smol_hf.config.to_dict().items() if k != "quantization_config"}
+  (model_dir / "config.json").write_text(json.dumps(config))
+  safetensors.torch.save_model(smol_hf, str(model_dir / "model.safetensors"))
+  smol_jax.tokenizer.save_pretrained(model_dir)
   out = tmp_path / "hf.jsonl"
-  proc = subprocess.run(script + ["--modes=eager", "--specbench_per_category=0",
+  bad = subprocess.run(script + [f"--model={tmp_path / 'nowhere'}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "no such file or directory" in bad.stderr
+  proc = subprocess.run(script + [f"--model={model_dir}", "--modes=eager",
+                                  "--specbench_per_category=0",
                                   "--long_lengths=100", "--max_new_tokens=16", "--repeats=3",
                                   "--device=cpu", "--dtype=float32", f"--output={out}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -742,7 +755,10 @@ def test_slowdown_triggers_run_each_program_in_a_fresh_child(tmp_path):
   script = str(REPO / "experiments" / "gpu" / "same_process_slowdown.py")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = tmp_path / "triggers.json"
-  triggers = ("none", "cublas_dot", "search_no_graphs", "device_loop", "large_temp", "argsort")
+  # one trigger of each kind of program: a dot with compiler options, the search's family with
+  # its options, a plain jitted program (device_loop and large_temp, two more of that kind, took
+  # 18 s of the suite; session 36)
+  triggers = ("none", "cublas_dot", "search_no_graphs", "argsort")
   proc = subprocess.run(
       [sys.executable, script, "--random_shape=tiny", "--dtype=float32", "--n_tokens=40",
        "--new_tokens=8", "--repeats=1", f"--trigger={','.join(triggers)}", f"--output={out}"],

@@ -70,7 +70,7 @@ def ar(model, ids, max_new, ignore_eos=True):
 
 # ------------------------------------------------------------------------------ property test
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_fixed_drafts_equal_ar_property(tiny_models, with_profile, data):
