@@ -481,7 +481,8 @@ def _write_entry(target: pathlib.Path, write) -> list:
         (tmp / "complete").write_text("")
         os.replace(tmp, target)  # memory maps of its files stay valid: they hold them open
       except OSError as e:
-        failed.append(e)
+        if not (target / "complete").is_file():  # else another process wrote it meanwhile
+          failed.append(e)
     return failed
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
