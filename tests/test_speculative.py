@@ -806,11 +806,13 @@ def test_compiled_skip_set_is_not_charged_again(tiny_models, with_profile, monke
   """A (skip set, gamma) whose segment program an earlier generation compiled counts as
   compiled for KnapSpec's compile charge (before, each generation charged it again); one
   never compiled does not. The policy computes the segment arguments' shape key once, however
-  many skip sets it asks about."""
+  many skip sets it asks about. The shared model gets an empty compile cache for the test: an
+  earlier test on the same worker may have compiled the sets asked about as never compiled."""
   import jax
   from knapspec_jax import compile_cache, decoding, methods
   from knapspec_jax.kv_cache import KVCache
   model = with_profile(tiny_models["llama"].jax, **PAYS)
+  monkeypatch.setattr(model, "compiled", compile_cache.CompileCache())
   skip = ks.SkipMask.from_layers(model.cfg.n_layers, attn=[1])
   other = ks.SkipMask.from_layers(model.cfg.n_layers, mlp=[1])
   ids = np.arange(1, 30)
