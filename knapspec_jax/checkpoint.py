@@ -14,6 +14,7 @@ refuses object arrays), JSON and the tokenizer's JSON files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -69,11 +70,15 @@ def load_checkpoint(path: str | os.PathLike | None = None, use_cache: bool = Tru
   check: called with the ModelConfig before any weight is read (api.load_model checks there that
   a mesh can split the model), so a load that will be refused reads no weights.
   """
-  path, cfg, tokenizer, eos = read_config_and_tokenizer(path, use_cache)
+  path = _resolve(path)
+  # one GGUF reader for the header and the weights: constructing one parses the whole vocabulary
+  # (2.4-5 s for SmolLM2, 9.5 s for Qwen2.5-1.5B), which a first load paid twice
+  open_reader = functools.cache(lambda: _gguf_reader(path))
+  cfg, tokenizer, eos = _config_and_tokenizer(path, use_cache, open_reader)
   if path.is_dir():
     loader = lambda store=None: hf_params(path, cfg, fuse, store)
   else:
-    loader = lambda store=None: _gguf_params(path, cfg, fuse, store)
+    loader = lambda store=None: _gguf_params(path, cfg, fuse, store, open_reader())
   if check is not None:
     check(cfg)
   params = _cached(path, cfg, fuse, loader) if use_cache else loader()
@@ -85,16 +90,28 @@ def read_config_and_tokenizer(path: str | os.PathLike | None = None, use_cache: 
   arguments, same checks and errors), reading no weights: what a script that needs the tokens
   and not the model asks for. use_cache: a GGUF file's pair from the cache entry of its header
   (_cached_header), written by the first read."""
+  path = _resolve(path)
+  return (path, *_config_and_tokenizer(path, use_cache, lambda: _gguf_reader(path)))
+
+
+def _resolve(path: str | os.PathLike | None) -> pathlib.Path:
+  """The checkpoint a path, a packaged model's name or None (the default model) names."""
   from knapspec_jax import packaged_models
   path = packaged_models.resolve(default_model_path() if path is None else path)
   if not path.exists():
     raise CheckpointError(f"{path}: no such file or directory, nor a packaged model's name "
                           f"({', '.join(packaged_models.MODELS)})")
+  return path
+
+
+def _config_and_tokenizer(path: pathlib.Path, use_cache: bool, open_reader):
+  """(ModelConfig, tokenizer, eos ids) of a resolved checkpoint; open_reader() gives a GGUF
+  file's reader when the file must be read."""
   if path.is_dir():
-    return (path, *_hf_config_and_tokenizer(path))
+    return _hf_config_and_tokenizer(path)
   if not use_cache:
-    return (path, *_gguf_config_and_tokenizer(path))
-  return (path, *_cached_header(path))
+    return _gguf_config_and_tokenizer(path, open_reader())
+  return _cached_header(path, open_reader)
 
 
 # ----------------------------------------------------------------------------------------- GGUF
@@ -187,8 +204,7 @@ def _gguf_tokenizer(meta: dict):
   return TokenizersBackend(tokenizer_object=backend, **config, **extra)
 
 
-def _gguf_config_and_tokenizer(path: pathlib.Path):
-  reader = _gguf_reader(path)
+def _gguf_config_and_tokenizer(path: pathlib.Path, reader):
   meta = gguf_metadata(reader)
   cfg = _gguf_config(path, meta, {t.name: t for t in reader.tensors})
   if "tokenizer.ggml.tokens" not in meta:
@@ -208,9 +224,8 @@ def _unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(w.shape))
 
 
-def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool, store=None) -> dict:
+def _gguf_params(path: pathlib.Path, cfg: ModelConfig, fuse: bool, store, reader) -> dict:
   import gguf
-  reader = _gguf_reader(path)
   tensors = {t.name: t for t in reader.tensors}
 
   def get(name: str, transpose: bool = False) -> np.ndarray:
@@ -488,10 +503,10 @@ def _write_entry(target: pathlib.Path, write) -> list:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cached_header(path: pathlib.Path):
+def _cached_header(path: pathlib.Path, open_reader):
   """A GGUF file's (ModelConfig, tokenizer, eos ids) from the cache entry of its path, size and
-  mtime, else read from the file (_gguf_config_and_tokenizer, with its errors) and written
-  there: the config's fields and the eos ids as JSON, the tokenizer through its own
+  mtime, else read from the file (open_reader(), _gguf_config_and_tokenizer, with its errors)
+  and written there: the config's fields and the eos ids as JSON, the tokenizer through its own
   save_pretrained (tests/test_checkpoint.py compares both ways and transformers' own)."""
   target = cache_dir() / f"{path.stem}-{_fingerprint(path)}-header"
   if (target / "complete").is_file():
@@ -509,7 +524,7 @@ def _cached_header(path: pathlib.Path):
       return cfg, tokenizer, tuple(saved["eos_ids"])
     except Exception as e:  # a damaged entry is rebuilt, never trusted
       warnings.warn(f"ignoring unreadable header cache {target}: {e}")
-  cfg, tokenizer, eos = _gguf_config_and_tokenizer(path)
+  cfg, tokenizer, eos = _gguf_config_and_tokenizer(path, open_reader())
 
   def write(tmp: pathlib.Path, failed: list):
     try:

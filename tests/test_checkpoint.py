@@ -263,6 +263,24 @@ def test_config_and_tokenizer_without_the_weights(smol_path, tmp_path, monkeypat
   assert json.loads((entry / "header.json").read_text())["eos_ids"] == [2]
 
 
+def test_a_first_load_reads_the_gguf_header_once(smol_path, smol_jax, tmp_path, monkeypatch):
+  """A first load parses the GGUF file's metadata once for the config, the tokenizer and the
+  weights (a reader's construction parses the whole vocabulary: it used to happen twice), and
+  a cached load not at all; both give the weights of the uncached fixture."""
+  import gguf
+  monkeypatch.setenv("KNAPSPEC_CACHE", str(tmp_path / "cache"))
+  readers = []
+  reader = gguf.GGUFReader
+  monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: readers.append(a) or reader(*a, **k))
+  for want in (1, 0):
+    readers.clear()
+    ckpt = checkpoint.load_checkpoint(smol_path)
+    assert len(readers) == want
+    assert ckpt.cfg == smol_jax.cfg and ckpt.eos_ids == smol_jax.eos_ids
+    for name in ("embed", "final_norm"):
+      np.testing.assert_array_equal(ckpt.params[name], np.asarray(smol_jax.params[name]))
+
+
 # ------------------------------------------------------------------------------- bad inputs
 
 def test_missing_path(tmp_path):
