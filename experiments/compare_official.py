@@ -4,7 +4,7 @@ prompts).
 
   python experiments/compare_official.py \
     --official=results/h100/session2_2026-11-23/official.jsonl \
-    --ours=results/h100/run4/specbench/results.jsonl,results/h100/session2_2026-11-23/long_xla/results.jsonl
+    --ours=results/h100/run4/specbench/results.jsonl.gz,results/h100/session2_2026-11-23/long_xla/results.jsonl
 
 --official: experiments/gpu/run_official.py's JSONL (records with impl, method
 "autoregressive" or "knapspec", id, tokens_per_s_decode); --ours: experiments/benchmark.py's

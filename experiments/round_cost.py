@@ -1,7 +1,7 @@
 """Why a draft did or did not pay: each drafting window of a benchmark's records against the
 latency profile it was chosen with (issue 13's "show exactly why with measured numbers").
 
-  python experiments/round_cost.py --results=results/h200_qwen/kept_drafts_rows2/results.jsonl \
+  python experiments/round_cost.py --results=results/h200_qwen/kept_drafts_rows2/results.jsonl.gz \
       --profile=profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_rows2__bfloat16.json
 
 For every window that drafted, prints: the sublayers skipped and the draft length; the measured

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ import pytest
 
 from knapspec_jax import packaged_models
 from knapspec_jax.checkpoint import CheckpointError
+
+from conftest import DATA_DIR, REPO
 
 
 def _fake_model(tmp_path, monkeypatch, parts: list[bytes], name="fake-model"):
@@ -102,8 +105,8 @@ def test_known_models_and_cli(capsys):
 
 
 def test_gpu_join_chunks_checks_count_size_and_hash(tmp_path):
-  """experiments/gpu/join_chunks.py, which joins the 32 MiB chunks the ship scripts send to the
-  device machine: SmolLM2's GGUF split in 3 joins to the installed file's sha256 and the chunks
+  """experiments/gpu/join_chunks.py, which joins the chunks the ship scripts send to the device
+  machine (SHIP_CHUNK_MIB MiB each, 32 here): SmolLM2's GGUF split in 3 joins to the installed file's sha256 and the chunks
   are removed; 2 of 3 chunks, or one byte changed, exit 1 naming the problem and write no file."""
   smol = packaged_models.MODELS["smollm2-135m"]
   data = smol.path().read_bytes()
@@ -138,3 +141,25 @@ def test_gpu_join_chunks_checks_count_size_and_hash(tmp_path):
   got = subprocess.run([sys.executable, str(script), "no-such-model", "x", "y"],
                        capture_output=True, text=True, timeout=120)
   assert got.returncode == 2 and "usage" in got.stderr
+
+
+def test_a_model_chunk_fits_beside_the_tracked_tree():
+  """A device call carries at most 64 MiB, the working tree with it: each shipping call of
+  ship_qwen.sh / ship_smollm2.sh carries one chunk beside every tracked file, and the last one
+  ../shared/data too. Tracked files that grow past that make a shipping call fail half-way,
+  on the device's time; results/ keeps its large records gzipped for this. The ship scripts and
+  join_chunks.py split and count at the same chunk size."""
+  if not (REPO / ".git").exists():
+    pytest.skip("not a git checkout: no tracked files to count")
+  gpu = REPO / "experiments" / "gpu"
+  sizes = {name: re.findall(r"SHIP_CHUNK_MIB(?::-|\", \")(\d+)", (gpu / name).read_text())
+           for name in ("ship_qwen.sh", "ship_smollm2.sh", "join_chunks.py")}
+  assert all(found == ["38"] for found in sizes.values()), sizes
+  listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+  tree = sum((REPO / name).stat().st_size for name in listed.stdout.decode().split("\0")
+             if name and (REPO / name).is_file())
+  data = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
+  mib = 1 << 20
+  assert tree + data + 38 * mib + 2 * mib <= 64 * mib, (
+      f"tracked files {tree / mib:.1f} MiB + data {data / mib:.1f} MiB + a 38 MiB chunk leave "
+      "less than 2 MiB of a device call's 64: gzip the large records in results/")

@@ -3,6 +3,7 @@ series, and the script reads a committed benchmark record with its profile."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import pathlib
 import subprocess
@@ -25,14 +26,14 @@ def test_needed_alpha_inverts_the_series(gamma, alpha):
 
 
 def test_round_cost_reads_the_committed_qwen_run():
-  run = ROOT / "results/h200_qwen/kept_drafts_rows2/results.jsonl"
+  run = ROOT / "results/h200_qwen/kept_drafts_rows2/results.jsonl.gz"
   profile = ROOT / ("profiles/NVIDIA_H200__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_rows2"
                     "__bfloat16.json")
   out = subprocess.run([sys.executable, str(ROOT / "experiments/round_cost.py"),
                         f"--results={run}", f"--profile={profile}"], capture_output=True,
                        text=True, check=True, cwd=ROOT).stdout
   rows = [line.split() for line in out.splitlines() if line.startswith("longdoc-2000-0")]
-  windows = [w for line in run.read_text().splitlines()
+  windows = [w for line in gzip.open(run, "rt").read().splitlines()
              for r in [json.loads(line)] if r["method"] == "knapspec"
              for w in r["stats"]["window_log"] if w["rounds"]]
   assert len(rows) == len(windows) == 2, out
