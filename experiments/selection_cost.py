@@ -17,7 +17,6 @@ Median of `repeats`, milliseconds. Only the structure matters here (198 weight a
 Qwen2.5-1.5B's fused layout has); the widths are tiny so that it runs anywhere.
 """
 
-import dataclasses
 import pathlib
 import statistics
 import sys

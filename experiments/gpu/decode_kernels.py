@@ -46,7 +46,6 @@ import numpy as np  # noqa: E402
 from knapspec_jax import decode_attention, latency, metrics  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.compile_cache import CompileCache  # noqa: E402
-from knapspec_jax.config import ModelConfig  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from shapes import SHAPES  # noqa: E402
