@@ -885,3 +885,30 @@ def test_text_by_autotuning_finds_where_a_text_departs_from_each_reference(
   assert row["second_run_departs_at"] is None
   assert [(a["path"], a["departs_at"]) for a in row["against"]] == [
       (str(same), None), (str(changed), 3)]
+
+
+def test_borrowed_draft_scores_reads_the_decisions_that_kept_a_borrowed_draft(tmp_path):
+  """experiments/borrowed_draft_scores.py on a stated record: the one window whose decision kept
+  a draft borrowed from another bucket gives its scores (own search 1.02x; the draft's alpha 0.83
+  where chosen, 0.28 and 0.77x on this search's tokens) beside what the window measured (145 of
+  176 drafted tokens accepted; 587.5 tok/s over AR's 500); a window of another reason, an AR
+  record and a run without windows give no row."""
+  reason = ("searched here: predicted 1.02x AR; the draft borrowed from context 2165 (6 attn + 15 "
+            "MLP, gamma 6) predicts 1.24x AR (alpha 0.83; on these tokens 0.28, 0.77x); kept "
+            "(chosen at context 2165; last window 726 tok/s, AR predicted 498)")
+  window = lambda why: dict(context=15991, tokens=209, rounds=64, drafted=176, accepted=145,
+                            measured_tokens_per_s=587.5,
+                            decision=dict(reason=why, ar_tpt=500.0, gamma=6, alpha=0.83))
+  records = [dict(item_id="doc", method="knapspec", warmup_windows=[None],
+                  timed_windows=[[window("kept (chosen at context 2165)"), window(reason)]]),
+             dict(item_id="doc", method="ar", timed_windows=[None])]
+  path = tmp_path / "results.jsonl.gz"
+  with gzip.open(path, "wt") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in records))
+  proc = _script("borrowed_draft_scores.py", path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| doc ")]
+  assert rows == ["| doc | 15991 | 1.02x | 6 + 15, gamma 6 (2165) | 0.83 | 0.28, 0.77x | "
+                  "0.82, 1.18x |"], proc.stdout
+  assert "1 windows" in proc.stdout
+  assert _script("borrowed_draft_scores.py").returncode != 0  # no records: a usage error
