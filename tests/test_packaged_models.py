@@ -106,8 +106,9 @@ def test_known_models_and_cli(capsys):
 
 def test_gpu_join_chunks_checks_count_size_and_hash(tmp_path):
   """experiments/gpu/join_chunks.py, which joins the chunks the ship scripts send to the device
-  machine (SHIP_CHUNK_MIB MiB each, 32 here): SmolLM2's GGUF split in 3 joins to the installed file's sha256 and the chunks
-  are removed; 2 of 3 chunks, or one byte changed, exit 1 naming the problem and write no file."""
+  machine (SHIP_CHUNK_MIB MiB each, 32 here): SmolLM2's GGUF split in 3 joins to the installed
+  file's sha256 and the chunks are removed; 2 of 3 chunks, or one byte changed, exit 1 naming
+  the problem and write no file."""
   smol = packaged_models.MODELS["smollm2-135m"]
   data = smol.path().read_bytes()
   script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "gpu" / "join_chunks.py"
@@ -151,15 +152,16 @@ def test_a_model_chunk_fits_beside_the_tracked_tree():
   join_chunks.py split and count at the same chunk size."""
   if not (REPO / ".git").exists():
     pytest.skip("not a git checkout: no tracked files to count")
+  chunk_mib = 38
   gpu = REPO / "experiments" / "gpu"
   sizes = {name: re.findall(r"SHIP_CHUNK_MIB(?::-|\", \")(\d+)", (gpu / name).read_text())
            for name in ("ship_qwen.sh", "ship_smollm2.sh", "join_chunks.py")}
-  assert all(found == ["38"] for found in sizes.values()), sizes
+  assert all(found == [str(chunk_mib)] for found in sizes.values()), sizes
   listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
   tree = sum((REPO / name).stat().st_size for name in listed.stdout.decode().split("\0")
              if name and (REPO / name).is_file())
   data = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
   mib = 1 << 20
-  assert tree + data + 38 * mib + 2 * mib <= 64 * mib, (
-      f"tracked files {tree / mib:.1f} MiB + data {data / mib:.1f} MiB + a 38 MiB chunk leave "
-      "less than 2 MiB of a device call's 64: gzip the large records in results/")
+  assert tree + data + chunk_mib * mib + 2 * mib <= 64 * mib, (
+      f"tracked files {tree / mib:.1f} MiB + data {data / mib:.1f} MiB + a {chunk_mib} MiB chunk "
+      "leave less than 2 MiB of a device call's 64: gzip the large records in results/")

@@ -3,8 +3,6 @@ series, and the script reads a committed benchmark record with its profile."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import pathlib
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import round_cost  # noqa: E402
+from summarize import read_records  # noqa: E402
 
 
 @pytest.mark.parametrize("gamma", [1, 2, 4, 10])
@@ -33,8 +32,7 @@ def test_round_cost_reads_the_committed_qwen_run():
                         f"--results={run}", f"--profile={profile}"], capture_output=True,
                        text=True, check=True, cwd=ROOT).stdout
   rows = [line.split() for line in out.splitlines() if line.startswith("longdoc-2000-0")]
-  windows = [w for line in gzip.open(run, "rt").read().splitlines()
-             for r in [json.loads(line)] if r["method"] == "knapspec"
+  windows = [w for r in read_records(run) if r["method"] == "knapspec"
              for w in r["stats"]["window_log"] if w["rounds"]]
   assert len(rows) == len(windows) == 2, out
   for row, w in zip(rows, windows):  # ms per round and gamma, from the record itself
