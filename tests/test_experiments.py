@@ -912,3 +912,34 @@ def test_borrowed_draft_scores_reads_the_decisions_that_kept_a_borrowed_draft(tm
                   "0.82, 1.18x |"], proc.stdout
   assert "1 windows" in proc.stdout
   assert _script("borrowed_draft_scores.py").returncode != 0  # no records: a usage error
+
+
+def test_search_position_sorts_searches_by_how_far_into_the_answer_they_ran(tmp_path):
+  """experiments/search_position.py on a stated record (prompt of 1000 tokens): the searches are
+  the windows whose reason gives a search's best (a decline's "predicts", a draft's
+  "predicted", the search's own best before a borrowed draft's) or says no candidate survived;
+  a kept draft's window ("AR predicted 498") and an AR record are none. The summary puts the one
+  at 15 generated tokens apart from the two further in."""
+  window = lambda n, why, s: dict(context=1000 + n, search_s=s, decision=dict(reason=why))
+  runs = [[window(15, "declined: best draft (2 attn + 0 MLP skipped, gamma 2, alpha 0.80) "
+                      "predicts 1.02x AR", 0.12),
+           window(140, "kept (chosen at context 1015; last window 510 tok/s, AR predicted 498)",
+                  0.002)],
+          [window(300, "searched here: predicted 1.36x AR; the draft borrowed from context 2165 "
+                       "(6 attn + 15 MLP, gamma 6) predicts 1.24x AR", 0.2),
+           window(600, "no candidate survived the search", 0.1)]]
+  records = [dict(item_id="doc", method="knapspec", prompt_tokens=1000, warmup_windows=[runs[0]],
+                  timed_windows=[runs[1], None]),
+             dict(item_id="doc", method="ar", prompt_tokens=1000, timed_windows=[None])]
+  path = tmp_path / "results.jsonl.gz"
+  with gzip.open(path, "wt") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in records))
+  proc = _script("search_position.py", path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 | doc ")]
+  assert rows == ["| 1 | doc | W0 | 15 | 1015 | 0.120 | 1.02x |",
+                  "| 1 | doc | T0 | 300 | 1300 | 0.200 | 1.36x |",
+                  "| 1 | doc | T0 | 600 | 1600 | 0.100 | – |"], proc.stdout
+  assert "| doc | 1.02x (1) | 1.36x (1) |" in proc.stdout
+  assert "3 searches" in proc.stdout
+  assert _script("search_position.py").returncode != 0  # no records: a usage error
