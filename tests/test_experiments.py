@@ -35,6 +35,14 @@ def _script(name: str, *args, timeout=120):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _gzipped_records(tmp_path, records: list[dict]):
+  """The records as a gzipped results.jsonl.gz (as results/ keeps them) in tmp_path."""
+  path = tmp_path / "results.jsonl.gz"
+  with gzip.open(path, "wt") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in records))
+  return path
+
+
 def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
   out = tmp_path / "run"
   proc = _run(["--config=configs/tiny.py", f"--config.output_dir={out}",
@@ -902,9 +910,7 @@ def test_borrowed_draft_scores_reads_the_decisions_that_kept_a_borrowed_draft(tm
   records = [dict(item_id="doc", method="knapspec", warmup_windows=[None],
                   timed_windows=[[window("kept (chosen at context 2165)"), window(reason)]]),
              dict(item_id="doc", method="ar", timed_windows=[None])]
-  path = tmp_path / "results.jsonl.gz"
-  with gzip.open(path, "wt") as f:
-    f.write("".join(json.dumps(r) + "\n" for r in records))
+  path = _gzipped_records(tmp_path, records)
   proc = _script("borrowed_draft_scores.py", path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = [line for line in proc.stdout.splitlines() if line.startswith("| doc ")]
@@ -931,9 +937,7 @@ def test_search_position_sorts_searches_by_how_far_into_the_answer_they_ran(tmp_
   records = [dict(item_id="doc", method="knapspec", prompt_tokens=1000, warmup_windows=[runs[0]],
                   timed_windows=[runs[1], None]),
              dict(item_id="doc", method="ar", prompt_tokens=1000, timed_windows=[None])]
-  path = tmp_path / "results.jsonl.gz"
-  with gzip.open(path, "wt") as f:
-    f.write("".join(json.dumps(r) + "\n" for r in records))
+  path = _gzipped_records(tmp_path, records)
   proc = _script("search_position.py", path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 | doc ")]
