@@ -1,5 +1,6 @@
 """How a borrowed draft scored on a search's own reference tokens, against what it then decoded
-(issue 13: why a long document decoded alone never drafts, BENCHMARKS.md 10.41).
+(issue 13: why a long document decoded alone drafts only after a search further into its answer,
+BENCHMARKS.md 10.41, 10.42).
 
   python experiments/borrowed_draft_scores.py results/h100_qwen/docs_1024_session34/*/results.jsonl.gz
 
