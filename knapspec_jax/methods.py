@@ -508,15 +508,29 @@ class KnapSpecPolicy:
 
   def plain_tokens(self, n: int, remaining: int, capacity: int) -> int | None:
     """Tokens to decode plainly from context n before deciding again: up to the first later
-    context where a kept draft applies (`kept`; the warm-up compiled its programs), None (to the
-    end) where none lies within `remaining`. A decline used to run to the end: on the H200 (2K
-    document, 1024 tokens, BENCHMARKS.md 10.17) a generation whose draft at 2K was dropped
-    decoded plainly past the 3K bucket, where the warm-up had compiled a draft kept there."""
+    bucket that has a kept draft of its own (`kept`; the warm-up compiled its programs) or that
+    no search has explored yet and where a search would be allowed when it opens (would_search:
+    within explore_budget where this generation has not searched yet); None (to the end) where
+    neither lies within `remaining`.
+
+    A decline used to run to the end: on the H200 (2K document, 1024 tokens, BENCHMARKS.md
+    10.17) a generation whose draft at 2K was dropped decoded plainly past the 3K bucket, where
+    the warm-up had compiled a draft kept there. Until session 38 it also ran past buckets never
+    searched: on an H100 (Qwen2.5-Coder-1.5B, the 16K document decoded alone, BENCHMARKS.md
+    10.41) every timed run declined at 16K after a first search on the answer's first tokens and
+    decoded plainly through the next bucket (0.995x AR); on another H100 (10.42) the weak
+    draft's windows happened to end in that bucket, whose first search, 526 tokens into the
+    answer, found a draft predicted at 1.36x that the next runs decoded with (1.029x paired at
+    16K, and the 28K document borrowed it: 1.366x)."""
     bucket = attn_bucket(n, capacity)
-    for start in sorted(bucket_start(b) for b in self.model.kept_drafts if b > bucket):
-      if start - n >= remaining:
-        return None
-      if self.kept(capacity, start) is not None:
+    while bucket < capacity and bucket + 1 - n < remaining:
+      start = bucket + 1  # the first context of the next bucket
+      bucket = attn_bucket(start, capacity)
+      if bucket in self.model.kept_drafts:
+        if self.kept(capacity, start) is not None:
+          return start - n
+      elif (bucket not in self.model.search_gains
+            and self.would_search(start, remaining - (start - n), capacity)):
         return start - n
     return None
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
-from knapspec_jax import api, datasets, decoding, knapsack, methods, selection, speculative
+from knapspec_jax import (api, compile_cache, datasets, decoding, knapsack, methods, selection,
+                          speculative)
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 
@@ -705,6 +706,44 @@ def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_pro
   assert windows[1]["decision"]["reason"].startswith("kept (chosen at context")
 
 
+def test_a_decline_stops_where_a_bucket_no_search_has_explored_opens(tiny_models, with_profile):
+  """A decline at a bucket whose last search recorded no saving decodes plainly only up to the
+  next bucket that no search has explored, where this generation's first search is allowed
+  (explore_budget), and searches there; where that search would cost more than explore_budget
+  allows, or the next bucket has a record of its own, it decodes plainly to the end in one
+  window as before. Output is AR's either way."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256 up to 256, then 512
+  low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
+  start = decoding.bucket_start(high)
+  assert low < high and start - len(ids) == 17
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=1000.0)))
+  want = ar(model, ids, 48)
+
+  def run(high_search_s: float, high_gain: float | None = None):
+    model.kept_drafts.clear()
+    model.search_gains.clear()
+    model.search_gains[low] = 0.0  # the last search here found nothing: no search at low
+    if high_gain is not None:
+      model.search_gains[high] = high_gain
+    model.search_times.update({low: 1.0, high: high_search_s})
+    got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+    assert got.output_ids == want
+    return got.stats["window_log"]
+
+  windows = run(high_search_s=1e-3)
+  assert windows[0]["decision"]["reason"].startswith("no search"), windows[0]
+  assert windows[0]["tokens"] == 17 and windows[0]["rounds"] == 0, windows[0]
+  assert windows[1]["context"] == start, windows[1]
+  assert high in model.search_gains  # the search at the new bucket ran and recorded its outcome
+  assert model.search_times[high] != 1e-3  # measured: the search ran
+  for kwargs in (dict(high_search_s=1e6), dict(high_search_s=1e-3, high_gain=0.0)):
+    windows = run(**kwargs)
+    assert len(windows) == 1 and windows[0]["tokens"] == 47, (kwargs, windows)
+    assert windows[0]["decision"]["reason"].startswith("no search"), windows[0]
+
+
 def test_ar_speed_is_the_median_of_the_plain_runs_measured_at_the_bucket(tiny_models,
                                                                           with_profile):
   """Model.ar_speed is numpy's median of the AR speeds noted at the context's bucket (or the
@@ -887,13 +926,17 @@ def test_unknown_method(tiny_models):
 
 
 @pytest.mark.parametrize("margin", [-0.99, 5.0])
-def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_profile, margin):
+def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_profile, margin,
+                                                          monkeypatch):
   """search_new_buckets: where a generation enters a bucket with no draft of its own, a draft
   kept below is borrowed only after one search there. A search whose best draft beats the
   borrowed one's prediction by `margin` keeps it for the bucket (the next generation's warm-up
   compiles it and drafts with it there); one that does not leaves the borrowed draft decoding.
-  Without the option no search runs there. Output is AR's in every case."""
+  Without the option no search runs there. Output is AR's in every case. The model gets an
+  empty compile cache: an earlier test on the shared model may have compiled the draft this
+  search finds (then it drafts at once instead of waiting for the next warm-up)."""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  monkeypatch.setattr(model, "compiled", compile_cache.CompileCache())
   capacity = KVCache.capacity_for(model.cfg)
   ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256, then 512 from 257
   low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
