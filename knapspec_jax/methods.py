@@ -148,7 +148,10 @@ class KnapSpecConfig:
     per AR token, so it explores only in generations of >= 174 tokens (the CPU configs, 96-128
     tokens, never do); where it explores and finds no paying draft, the bucket records a saving
     of 0 and later generations do not search there again. A benchmark's untimed warm-up run of
-    each prompt pays it.
+    each prompt pays it, except where the warm-up explored its first bucket and a timed run that
+    did not search there (its record says no draft pays) crosses into a bucket no search has
+    explored: that run explores it (a plain stretch stops there since session 38, as a drafting
+    window's end always could; `plain_tokens`).
   decoupled: attention and MLP are separate items (False: whole layers, each one item of weight
     w_attn + w_mlp in the same DP, as CLaSp's items; an ablation).
   latency_weights: item weights from the latency profile (False: uniform weights, i.e. DEL's
