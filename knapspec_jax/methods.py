@@ -269,7 +269,14 @@ class KnapSpecConfig:
     tokens): at 112 the 2K search chose 10 + 12 sublayers at gamma 3 (predicted 1.18x AR) and
     KnapSpec ran the 2K / 16K / 28K documents at 1.062 / 1.039 / 1.240x AR paired, against
     1.124 / 1.092 / 1.134x with 0 in the same session: each generation decodes 127 tokens
-    plainly before its search, and the draft it chose served 16K worse. Off by default.
+    plainly before its search, and the draft it chose served 16K worse. Off by default. On an
+    H100 in session 38 (BENCHMARKS.md 10.42, the 16K and 28K documents alone, one process
+    each) 112 ran them at 1.107 / 1.372x against 1.029 / 1.366x with 0: every search on a
+    document's first 16 answer tokens in the committed records predicted 0.93-1.10x, every one
+    further in on the same documents 1.11-1.57x. Since session 38 the collection stops at the end
+    of the bucket the generation began in (`to_collect`): session 25's 2K prompt (1996 tokens)
+    searched at 2123, in the next bucket, and every timed run collected its first 127 tokens
+    plainly again.
   bucket_windows: (keep) a kept draft confirmed at its bucket (judge_windows full windows there,
     judged faster than AR) decodes in one window to the end of the bucket, instead of
     `interval` rounds at a time (a window that starts within a round's span of its bucket's
@@ -458,7 +465,8 @@ class KnapSpecPolicy:
     capacity = KVCache.capacity_for(self.model.cfg)
     end = min(n_prompt + max_new_tokens, self.model.cfg.max_seq_len)
     first_searched = None  # the lowest bucket this run could search at
-    for n in range(n_prompt + self.config.n_ref + self.config.search_after, end):
+    # the first search may run n_ref tokens in (search_after stops at the prompt's bucket's end)
+    for n in range(n_prompt + self.config.n_ref, end):
       if not self.would_search(n, n_prompt + max_new_tokens - n, capacity):
         continue
       bucket = attn_bucket(n, capacity)
@@ -768,6 +776,18 @@ class KnapSpecPolicy:
         k is not None and (k.skip, k.gamma) == (kept.skip, kept.gamma)
         and k.windows >= self.config.judge_windows and k.trial_s == 0 for k in judged)
 
+  def to_collect(self, n: int, n_out: int, capacity: int) -> int:
+    """Generated tokens to decode plainly at context n, n_out of them generated, before this
+    generation's first search: up to n_ref + search_after generated tokens, but not past the end
+    of context n's bucket, and never fewer than n_ref. A search records its outcome at its own
+    bucket; one that ran past the bucket the generation began in left that bucket without a
+    record, so every later generation collected there again: on the H200 (session 25, the 2K
+    document of 1996 tokens, search_after=112, BENCHMARKS.md 10.42) each timed run decoded its
+    first 127 tokens plainly before drafting with the draft kept at the next bucket."""
+    c = self.config
+    wanted = max(c.n_ref + c.search_after - n_out, 0)
+    return max(c.n_ref - n_out, min(wanted, attn_bucket(n, capacity) - n))
+
   def decide(self, model, state, ctx: controller.Context) -> Decision:
     cfg, r, p = model.cfg, self.config.n_ref, self.profile
     n, capacity = len(ctx.tokens), state.cache.capacity
@@ -776,7 +796,7 @@ class KnapSpecPolicy:
     kept = self.kept(capacity, n)
     bucket = attn_bucket(n, capacity)
     borrowed = None  # search_new_buckets: the draft below, searched against once here
-    missing = max(r + self.config.search_after - ctx.n_out, 0)
+    missing = self.to_collect(n, ctx.n_out, capacity)
     if (kept is not None and self.config.search_new_buckets
         and bucket not in self.model.kept_drafts and bucket not in self.model.search_gains
         and self.would_search(n + missing, ctx.remaining - missing, capacity)):

@@ -378,6 +378,33 @@ def test_search_after_puts_the_first_search_deeper_into_the_generation(tiny_mode
   model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
 
 
+def test_search_after_collects_no_further_than_the_end_of_the_bucket(tiny_models, with_profile):
+  """search_after: where n_ref + search_after generated tokens would run past the bucket the
+  generation began in, it collects up to that bucket's end and searches there (at least n_ref
+  tokens in), so the search's record is this bucket's and the next generation does not collect
+  here again; it drafts with the draft kept here from its first decision. Output is AR's."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  ids = np.arange(5, 235) % model.cfg.vocab_size  # 230 tokens: the first decision at context 230
+  low = decoding.attn_bucket(len(ids), capacity)
+  assert low == 256 and decoding.attn_bucket(len(ids) + 27, capacity) > low
+  want = ar(model, ids, 48)
+  config = ks.KnapSpecConfig(**KEEP_TEST, search_after=20)  # 8 + 20: 27 after the prefill's
+  # 26 to the bucket's end (before: 27, and the search at context 257, in bucket 512)
+  model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == want
+  decisions = got.stats["decisions"]
+  assert decisions[0]["reason"] == "collecting 26 generated tokens for the search", decisions[0]
+  assert decisions[1]["context"] == low and decisions[1]["reason"].startswith("predicted")
+  assert low in model.search_times and low in model.kept_drafts, model.search_times
+  again = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert again.output_ids == want
+  assert again.stats["decisions"][0]["reason"].startswith("kept (chosen at context 256"), (
+      again.stats["decisions"][0])
+  model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
+
+
 def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
   """The same search under a profile that predicts AR a million times faster than this CPU
   runs: every drafting window measures slower than predicted AR. With judge_windows=1 its draft
