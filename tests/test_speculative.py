@@ -697,17 +697,25 @@ def test_a_borrowed_draft_that_fails_leaves_the_bucket_free_to_explore(tiny_mode
   assert model.kept_drafts[high] is None and model.search_gains[high] == 0.0
 
 
-def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_profile):
-  """Where KnapSpec declines (no search affordable at a bucket whose draft was dropped), it
-  decodes plainly up to the first context where a draft is kept (the warm-up compiled it), then
-  drafts with it, instead of decoding plainly to the end; with no kept draft ahead, the decline
-  runs to the end in one window. Output is AR's either way."""
+def _prompt_before_a_bucket_edge(tiny_models, with_profile):
+  """The shared tiny model under PAYS and a 240-token prompt 17 tokens before its bucket's end:
+  (model, ids, its bucket, the next bucket, the next bucket's first context)."""
   model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
   capacity = KVCache.capacity_for(model.cfg)
   ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256 up to 256, then 512
   low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
   start = decoding.bucket_start(high)
   assert low < high and start - len(ids) == 17
+  return model, ids, low, high, start
+
+
+def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_profile):
+  """Where KnapSpec declines (no search affordable at a bucket whose draft was dropped), it
+  decodes plainly up to the first context where a draft is kept (the warm-up compiled it), then
+  drafts with it, instead of decoding plainly to the end; with no kept draft ahead, the decline
+  runs to the end in one window. Output is AR's either way."""
+  model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
+  capacity = KVCache.capacity_for(model.cfg)
   config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0)))
   want = ar(model, ids, 48)
 
@@ -739,12 +747,7 @@ def test_a_decline_stops_where_a_bucket_no_search_has_explored_opens(tiny_models
   (explore_budget), and searches there; where that search would cost more than explore_budget
   allows, or the next bucket has a record of its own, it decodes plainly to the end in one
   window as before. Output is AR's either way."""
-  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
-  capacity = KVCache.capacity_for(model.cfg)
-  ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256 up to 256, then 512
-  low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
-  start = decoding.bucket_start(high)
-  assert low < high and start - len(ids) == 17
+  model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
   config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=1000.0)))
   want = ar(model, ids, 48)
 
