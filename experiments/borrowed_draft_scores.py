@@ -21,7 +21,7 @@ import sys
 from absl import app
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from summarize import read_records  # noqa: E402
+from summarize import read_records, record_windows  # noqa: E402
 
 # methods.py's reason for a search that kept a draft borrowed from another bucket
 BORROWED = re.compile(
@@ -36,19 +36,18 @@ def rows(records) -> list[dict]:
   for r in records:
     if r.get("method") != "knapspec":
       continue
-    for run in (r.get("warmup_windows") or []) + (r.get("timed_windows") or []):
-      for w in run or []:
-        d = w["decision"]
-        m = BORROWED.search(d["reason"])
-        if m is None:
-          continue
-        out.append(dict(
-            item=r["item_id"], context=w["context"], own=float(m["own"]),
-            draft=f"{m['attn']} + {m['mlp']}, gamma {m['gamma']}", source=int(m["source"]),
-            alpha_there=float(m["alpha"]), alpha_here=float(m["alpha_here"]),
-            predicted_here=float(m["here"]),
-            measured_alpha=w["accepted"] / w["drafted"] if w.get("drafted") else float("nan"),
-            measured_x_ar=w["measured_tokens_per_s"] / d["ar_tpt"]))
+    for _, w in record_windows(r):
+      d = w["decision"]
+      m = BORROWED.search(d["reason"])
+      if m is None:
+        continue
+      out.append(dict(
+          item=r["item_id"], context=w["context"], own=float(m["own"]),
+          draft=f"{m['attn']} + {m['mlp']}, gamma {m['gamma']}", source=int(m["source"]),
+          alpha_there=float(m["alpha"]), alpha_here=float(m["alpha_here"]),
+          predicted_here=float(m["here"]),
+          measured_alpha=w["accepted"] / w["drafted"] if w.get("drafted") else float("nan"),
+          measured_x_ar=w["measured_tokens_per_s"] / d["ar_tpt"]))
   return out
 
 

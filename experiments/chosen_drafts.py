@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from summarize import read_records
+from summarize import read_records, record_windows
 
 _PLOT = flags.DEFINE_string("plot", None, "A .png to draw the choices into.")
 _TITLE = flags.DEFINE_string("title", "", "What the runs are (machine, model).")
@@ -47,9 +47,8 @@ def decisions(paths):
     for rec in read_records(path):
       if rec.get("method") != "knapspec":
         continue
-      for windows in (rec.get("warmup_windows") or []) + (rec.get("timed_windows") or []):
-        for w in windows or []:
-          yield run, w["decision"]
+      for _, w in record_windows(rec):
+        yield run, w["decision"]
 
 
 def choices(paths) -> list[dict]:

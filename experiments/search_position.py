@@ -7,12 +7,13 @@
 The search scores drafts on the last n_ref confirmed tokens, so a search at a context n that
 lies g tokens into the generation (g = n - the prompt's tokens) scores them on the answer's
 tokens g - n_ref .. g (part of the prompt where g < n_ref). For every window of a KnapSpec
-record whose decision ran a search (search_s > 0), one row: the records' number (listed first), the prompt, the run (W: warm-up, T:
-timed), g, the context, its seconds, and the search's own best prediction (the first "predicts / predicted
-X.XXx AR" of the decision's reason: methods.py puts the search's own best first, before a
-borrowed draft's; a decision that ran no search names no such prediction, and its search_s is
-the decision's own milliseconds). Then per prompt: the predictions of the searches with g <= --first against
-those further in.
+record whose decision ran a search, one row: the records' number (listed first), the prompt,
+the run (W: warm-up, T: timed), g, the context, the search's seconds, and its own best
+prediction (the first "predicts / predicted X.XXx AR" of the decision's reason: methods.py puts
+the search's own best first, before a borrowed draft's; "no candidate survived the search"
+names none). A decision that ran no search names no such prediction; its search_s (the
+decision's own milliseconds) does not tell it apart. Then per prompt: the predictions of the
+searches with g <= --first against those further in.
 """
 
 import pathlib
@@ -22,7 +23,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from summarize import read_records  # noqa: E402
+from summarize import read_records, record_windows  # noqa: E402
 
 _FIRST = flags.DEFINE_integer(
     "first", 16, "Generated tokens up to which a search counts as one on the answer's first "
@@ -39,18 +40,14 @@ def searches(records, source: int = 1) -> list[dict]:
   for r in records:
     if r.get("method") != "knapspec":
       continue
-    runs = [("W", i, run) for i, run in enumerate(r.get("warmup_windows") or [])]
-    runs += [("T", i, run) for i, run in enumerate(r.get("timed_windows") or [])]
-    for prefix, i, run in runs:
-      for w in run or []:
-        reason = w["decision"]["reason"]
-        m = PREDICTED.search(reason)
-        if m is None and "no candidate survived" not in reason:
-          continue
-        out.append(dict(source=source, item=r["item_id"], run=f"{prefix}{i}", context=w["context"],
-                        seconds=w["search_s"],
-                        generated=w["context"] - r["prompt_tokens"],
-                        predicted=float(m["x"]) if m else None))
+    for label, w in record_windows(r):
+      reason = w["decision"]["reason"]
+      m = PREDICTED.search(reason)
+      if m is None and "no candidate survived" not in reason:
+        continue
+      out.append(dict(source=source, item=r["item_id"], run=label, context=w["context"],
+                      seconds=w["search_s"], generated=w["context"] - r["prompt_tokens"],
+                      predicted=float(m["x"]) if m else None))
   return out
 
 
@@ -67,7 +64,8 @@ def main(argv):
   found = [s for i, path in enumerate(argv[1:], 1) for s in searches(read_records(path), i)]
   for i, path in enumerate(argv[1:], 1):
     print(f"records {i}: {path}")
-  print("\n| records | prompt | run | generated tokens | context | search s | search's best, predicted |")
+  print("\n| records | prompt | run | generated tokens | context | search s | "
+        "search's best, predicted |")
   print("|---|---|---|---|---|---|---|")
   for s in found:
     x = "–" if s["predicted"] is None else f"{s['predicted']:.2f}x"

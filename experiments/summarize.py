@@ -31,6 +31,15 @@ def load(paths):
   return rows
 
 
+def record_windows(record):
+  """A record's windows in order, each with its run's label: the warm-up runs W0, W1, ..., then
+  the timed runs T0, T1, ... (`warmup_windows`, `timed_windows`; a run may be None)."""
+  for prefix, key in (("W", "warmup_windows"), ("T", "timed_windows")):
+    for i, run in enumerate(record.get(key) or []):
+      for w in run or []:
+        yield f"{prefix}{i}", w
+
+
 def full_drafting_windows(runs, min_rounds: int):
   """The drafting windows of a record's window logs (`warmup_windows`, `timed_windows`; a run
   may be None) that a judgement or a prediction check reads: a draft ran, not in a trial (its

@@ -17,7 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from knapspec_jax import metrics  # noqa: E402
-from summarize import read_records  # noqa: E402
+from summarize import read_records, record_windows  # noqa: E402
 
 _METHOD = flags.DEFINE_string("method", "knapspec", "The method whose windows are listed.")
 _PROMPT = flags.DEFINE_string("prompt", "", "Only prompts whose item_id contains this.")
@@ -47,11 +47,8 @@ def main(argv):
       print(f"{r['item_id']} ({r['prompt_tokens']} prompt tokens): runs "
             f"{[round(x, 1) for x in r['tokens_per_s_all']]} tok/s, paired "
             f"{r.get('paired_speedup', float('nan')):.3f}x AR")
-      for prefix, runs in (("W", r.get("warmup_windows") or []),
-                           ("T", r.get("timed_windows") or [])):
-        for i, run in enumerate(runs):
-          for w in run:
-            print(window_line(f"{prefix}{i}", w, _REASON.value))
+      for label, w in record_windows(r):
+        print(window_line(label, w, _REASON.value))
 
 
 if __name__ == "__main__":
