@@ -780,10 +780,11 @@ class KnapSpecPolicy:
     """Generated tokens to decode plainly at context n, n_out of them generated, before this
     generation's first search: up to n_ref + search_after generated tokens, but not past the end
     of context n's bucket, and never short of n_ref generated tokens. A search records its
-    outcome at its own bucket; one that ran past the bucket the generation began in left that bucket without a
-    record, so every later generation collected there again: on the H200 (session 25, the 2K
-    document of 1996 tokens, search_after=112, BENCHMARKS.md 10.42) each timed run decoded its
-    first 127 tokens plainly before drafting with the draft kept at the next bucket."""
+    outcome at its own bucket; one that ran past the bucket the generation began in left that
+    bucket without a record, so every later generation collected there again: on the H200
+    (session 25, the 2K document of 1996 tokens, search_after=112, BENCHMARKS.md 10.42) each
+    timed run decoded its first 127 tokens plainly before drafting with the draft kept at the
+    next bucket."""
     c = self.config
     wanted = max(c.n_ref + c.search_after - n_out, 0)
     return max(c.n_ref - n_out, min(wanted, attn_bucket(n, capacity) - n))

@@ -697,10 +697,11 @@ def test_a_borrowed_draft_that_fails_leaves_the_bucket_free_to_explore(tiny_mode
   assert model.kept_drafts[high] is None and model.search_gains[high] == 0.0
 
 
-def _prompt_before_a_bucket_edge(tiny_models, with_profile):
-  """The shared tiny model under PAYS and a 240-token prompt 17 tokens before its bucket's end:
-  (model, ids, its bucket, the next bucket, the next bucket's first context)."""
-  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+def _prompt_before_a_bucket_edge(tiny_models, with_profile, scale: float = 1.0):
+  """The shared tiny model under PAYS (its costs times `scale`) and a 240-token prompt 17 tokens
+  before its bucket's end: (model, ids, its bucket, the next bucket, the next bucket's first
+  context)."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **{k: v * scale for k, v in PAYS.items()})
   capacity = KVCache.capacity_for(model.cfg)
   ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256 up to 256, then 512
   low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
@@ -965,11 +966,8 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
   Without the option no search runs there. Output is AR's in every case. The model gets an
   empty compile cache: an earlier test on the shared model may have compiled the draft this
   search finds (then it drafts at once instead of waiting for the next warm-up)."""
-  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
   monkeypatch.setattr(model, "compiled", compile_cache.CompileCache())
-  capacity = KVCache.capacity_for(model.cfg)
-  ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256, then 512 from 257
-  low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
   want = ar(model, ids, 48)
   borrowed = methods.KeptDraft(ks.SkipMask.from_layers(model.cfg.n_layers, [1], []), 2, 0.05,
                                len(ids))
@@ -981,7 +979,7 @@ def test_search_new_buckets_searches_once_before_borrowing(tiny_models, with_pro
     assert got.output_ids == want
     return [d["reason"] for d in got.stats["decisions"] if d["context"] > bucket_end]
 
-  bucket_end = decoding.bucket_start(high) - 1
+  bucket_end = start - 1
   for flag in (False, True):
     model.kept_drafts.clear(), model.search_gains.clear(), model.search_times.clear()
     model.kept_drafts[low] = borrowed
@@ -1018,11 +1016,8 @@ def test_a_compiled_draft_below_stands_in_while_the_buckets_own_waits_for_its_co
   scale 1e-3: the same profile a thousand times faster, so that AR's predicted speed is beyond
   what the draft's windows run on this CPU. lost: AR measured beyond them in the bucket above
   only: the first stand-in window there loses to it, and the rest of the bucket is AR's."""
-  model = with_profile(tiny_models["llama3_rope"].jax, **{k: v * scale for k, v in PAYS.items()})
-  capacity = KVCache.capacity_for(model.cfg)
-  ids = np.arange(5, 245) % model.cfg.vocab_size  # 240 tokens: bucket 256, then 512 from 257
-  low, high = decoding.attn_bucket(len(ids), capacity), decoding.attn_bucket(300, capacity)
-  bucket_end = decoding.bucket_start(high) - 1
+  model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile, scale)
+  bucket_end = start - 1
   config = ks.KnapSpecConfig(**(KEEP_TEST | dict(try_below=0.1, search_new_buckets=True)))
   # confirmed at its bucket, judged far above AR there whatever its windows here measure
   below = methods.KeptDraft(ks.SkipMask.from_layers(model.cfg.n_layers, [1], []), 2, 0.05,
