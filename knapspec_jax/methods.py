@@ -282,7 +282,10 @@ class KnapSpecConfig:
     further in on the same documents 1.11-1.57x. Since session 38 the collection stops at the end
     of the bucket the generation began in (`to_collect`): session 25's 2K prompt (1996 tokens)
     searched at 2123, in the next bucket, and every timed run collected its first 127 tokens
-    plainly again.
+    plainly again. Measured with that beside 0 on one H100 in session 39 (BENCHMARKS.md 10.43):
+    the documents at 1.272 / 1.189 / 1.508x against 1.282 / 1.211 / 1.432x, Qwen's Spec-Bench
+    median 1.004x against 0.999x; off, as the default's later searches (a new bucket's first,
+    after a decline) find the late drafts too.
   bucket_windows: (keep) a kept draft confirmed at its bucket (judge_windows full windows there,
     judged faster than AR) decodes in one window to the end of the bucket, instead of
     `interval` rounds at a time (a window that starts within a round's span of its bucket's
