@@ -304,6 +304,16 @@ class KnapSpecConfig:
     without it (session 33: 1.28-1.29 / 1.21-1.22 / 1.44x against 1.29 / 1.19 / 1.43x). The
     risk it takes: a confirmed draft that turns slow runs to its bucket's end before `observe`
     can drop it.
+  stand_in_above: where KnapSpec declines (no search affordable here, and no draft kept here or
+    below), the draft kept at the nearest bucket above stands in (`KnapSpecPolicy.stand_in`)
+    where the warm-up compiled it for this context, the profile predicts it here faster than
+    AR by `margin`, and no window of it has measured it slower than AR there by keep_margin. Its
+    windows are judged as a stand-in's: one that loses ends its stand-ins in this generation.
+    `kept` borrows only from below: on an H100 (the 16K document decoded alone, BENCHMARKS.md
+    10.43) the 16K bucket's weak draft lost, a search at 16385 found 10 + 10 sublayers at gamma
+    10 (predicted 1.41x) whose windows then ran 581-690 tok/s against AR's 494, and each later
+    run decoded its first 409 tokens, below that bucket, plainly at 496 tok/s. Off by default:
+    not yet measured on a device (the next device time runs it on both models).
   """
 
   interval: int = 64
@@ -333,6 +343,7 @@ class KnapSpecConfig:
   search_new_buckets: bool = True
   search_after: int = 0
   bucket_windows: bool = True
+  stand_in_above: bool = False
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -354,7 +365,7 @@ class KnapSpecConfig:
     _check_int("compile_horizon", self.compile_horizon, 0)
     _check_int("search_after", self.search_after, 0)
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
-                 "exit_model", "search_new_buckets", "bucket_windows"):
+                 "exit_model", "search_new_buckets", "bucket_windows", "stand_in_above"):
       _check_bool(name, getattr(self, name))
     try:  # the values decoding accepts (1 and 0 are not True and False there)
       compile_cache.background_mode(self.background_compile)
@@ -707,40 +718,61 @@ class KnapSpecPolicy:
         best, skip=None, gamma=0, predicted_tpt=ar_tpt, exit=None,
         ar_tokens=self.plain_tokens(n, ctx.remaining, capacity), reason=waiting)
 
-  def stand_in(self, waiting: KeptDraft, state, n: int, attn_len: int,
+  def stand_in(self, waiting: KeptDraft | None, state, n: int, attn_len: int,
                why: str) -> Decision | None:
-    """While `waiting`, the draft kept at context n's bucket, has no compiled program (the next
-    warm-up compiles it), the draft kept at the nearest bucket below decodes here instead of
-    AR: where its last measured window beat AR there by keep_margin (AR measured at that
-    bucket, else the profile's) and its segment program at this context is compiled
-    (segment_compiled: no compile inside the decode). None: decode plainly. Its windows here
-    are not this bucket's record: `observe` judges each alone against AR, and one that loses by
-    keep_margin ends the draft's stand-ins in this generation.
+    """A compiled draft kept at another bucket that decodes at context n instead of AR, or None:
+    decode plainly. While `waiting`, the draft kept at context n's bucket, has no compiled
+    program (the next warm-up compiles it), the draft kept at the nearest bucket below; with
+    waiting None (a decline, KnapSpecConfig.stand_in_above), the draft kept at the nearest
+    bucket above, where the profile predicts it here faster than AR by `margin`. In both cases
+    only where its segment program at this context is compiled (segment_compiled: no compile
+    inside the decode) and its last measured window, if any (one below must have one), beat AR
+    there by keep_margin (AR measured at that bucket, else the profile's). Its windows here are not this
+    bucket's record: `observe` judges each alone against AR, and one that loses by keep_margin
+    ends the draft's stand-ins in this generation.
 
     On an H100 (Qwen2.5-Coder-1.5B, the 2K document, 1024 new tokens, BENCHMARKS.md 10.37) the
     first timed run of every process found a better draft at context 2165, in a new bucket,
     uncompiled, and decoded its last 854 tokens plainly at 545 tok/s, while the draft below,
     compiled, had just run 581-584 tok/s: that run ran 0.92-0.96x AR."""
-    capacity = state.cache.capacity
+    capacity, p = state.cache.capacity, self.profile
     start = bucket_start(attn_bucket(n, capacity))
-    below = self.kept(capacity, start - 1) if start > 1 else None
-    if (below is None or below.measured_tpt is None
-        or (below.skip, below.gamma) in self.stand_ins_lost
-        or (below.skip, below.gamma) == (waiting.skip, waiting.gamma)
-        or not self.segment_compiled(state, below.skip, below.gamma, n)):
+    if waiting is not None:
+      side, there = "below", start - 1
+      draft = self.kept(capacity, there) if start > 1 else None
+      if draft is None or draft.measured_tpt is None or (
+          (draft.skip, draft.gamma) == (waiting.skip, waiting.gamma)):
+        return None
+    else:
+      higher = self.above(capacity, n)
+      if higher is None:
+        return None
+      side, (there, draft) = "above", higher
+    if ((draft.skip, draft.gamma) in self.stand_ins_lost
+        or not self.segment_compiled(state, draft.skip, draft.gamma, n)):
       return None
-    ar_there = self.ar_speed(start - 1, capacity,
-                             1 / self.profile.t_step(None, attn_bucket(start - 1, capacity)))
-    if below.measured_tpt < (1 + self.config.keep_margin) * ar_there:
+    ar_there = self.ar_speed(there, capacity, 1 / p.t_step(None, attn_bucket(there, capacity)))
+    if draft.measured_tpt is not None and draft.measured_tpt < (
+        1 + self.config.keep_margin) * ar_there:
       return None
-    self.used.add((below.skip, below.gamma))
-    t_ar = self.profile.t_step(None, attn_len)
-    tpt = selection.draft_tpt(below.skip, below.alpha, self.profile, attn_len, below.gamma,
-                              below.exit)
-    return Decision(below.skip, below.gamma, below.alpha, tpt, 1 / t_ar, tpt, n,
-                    f"{why}; meanwhile the draft kept below (chosen at context {below.context}; "
-                    f"last window {below.measured_tpt:.0f} tok/s, AR {ar_there:.0f} there)",
-                    exit=below.exit, stand_in=True)
+    t_ar = p.t_step(None, attn_len)
+    tpt = selection.draft_tpt(draft.skip, draft.alpha, p, attn_len, draft.gamma, draft.exit)
+    if waiting is None and tpt <= (1 + self.config.margin) / t_ar:
+      return None
+    self.used.add((draft.skip, draft.gamma))
+    measured = ("not measured yet" if draft.measured_tpt is None
+                else f"last window {draft.measured_tpt:.0f} tok/s")
+    return Decision(draft.skip, draft.gamma, draft.alpha, tpt, 1 / t_ar, tpt, n,
+                    f"{why}; meanwhile the draft kept {side} (chosen at context "
+                    f"{draft.context}; {measured}, AR {ar_there:.0f} there; here the profile's "
+                    f"{tpt * t_ar:.2f}x of AR)", exit=draft.exit, stand_in=True)
+
+  def above(self, capacity: int, n: int) -> tuple[int, KeptDraft] | None:
+    """The draft kept at the nearest bucket above context n's that has one (not dropped), and
+    that bucket's first context."""
+    bucket = attn_bucket(n, capacity)
+    higher = [b for b, k in self.model.kept_drafts.items() if b > bucket and k is not None]
+    return (bucket_start(min(higher)), self.model.kept_drafts[min(higher)]) if higher else None
 
   def decide_kept(self, kept: KeptDraft, state, ctx: controller.Context, n: int,
                   attn_len: int) -> Decision:
@@ -819,11 +851,12 @@ class KnapSpecPolicy:
       return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
                       f"collecting {missing} generated tokens for the search", ar_tokens=missing)
     if missing or not self.would_search(n, ctx.remaining, capacity):
-      cost = self.search_cost(bucket)
-      return Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n,
-                      f"no search: it would cost {cost:.3f} s, over "
-                      f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left",
-                      ar_tokens=self.plain_tokens(n, ctx.remaining, capacity))
+      reason = (f"no search: it would cost {self.search_cost(bucket):.3f} s, over "
+                f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left")
+      stand_in = (self.stand_in(None, state, n, attn_len, reason)
+                  if self.config.stand_in_above and borrowed is None else None)
+      return stand_in or Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n, reason,
+                                  ar_tokens=self.plain_tokens(n, ctx.remaining, capacity))
     if self.config.latency_weights:
       w_attn, w_mlp = knapsack.integer_weights(p.t_attn(attn_len), p.m, self.config.max_weight)
     else:

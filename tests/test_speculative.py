@@ -756,6 +756,40 @@ def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_pro
   assert windows[1]["decision"]["reason"].startswith("kept (chosen at context")
 
 
+@pytest.mark.parametrize("option,measured_tpt,margin,stands_in", [
+    (True, 1e9, -0.99, True), (True, None, -0.99, True), (False, 1e9, -0.99, False),
+    (True, 1.0, -0.99, False), (True, 1e9, 10.0, False)])
+def test_a_decline_drafts_with_the_draft_kept_above_where_stand_in_above_allows(
+    tiny_models, with_profile, option, measured_tpt, margin, stands_in):
+  """stand_in_above: at a bucket whose draft was dropped and where no search is affordable,
+  the draft kept at the bucket above (its programs compiled by the warm-up for this context)
+  decodes from the prompt on as a stand-in where the profile predicts it faster than AR here
+  by `margin` and no window measured it slower than AR there; otherwise, and without the
+  option, the 17 tokens to that bucket are plain and the draft takes over there. The stand-in
+  leaves the bucket's record as it was. Output is AR's either way."""
+  model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0,
+                                                 margin=margin, stand_in_above=option)))
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
+  model.kept_drafts.clear(), model.search_gains.clear()
+  model.kept_drafts[low], model.search_gains[low] = None, 0.0  # dropped here: no search
+  model.kept_drafts[high] = methods.KeptDraft(skip, 2, 0.9, start, measured_tpt=measured_tpt)
+  model.search_times.update({low: 1.0, high: 1.0})  # a search costs 1 s (the profile says 0)
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == ar(model, ids, 48)
+  first = got.stats["window_log"][0]
+  assert first["decision"]["reason"].startswith("no search"), first
+  if stands_in:
+    assert first["decision"].get("stand_in") and first["rounds"] > 0, first
+    assert first["decision"]["skip"] == skip.to_list(), first
+    assert "; meanwhile the draft kept above (chosen at context" in first["decision"]["reason"]
+    assert got.stats["compile_in_decode_s"] == 0.0
+  else:
+    assert first["tokens"] == 17 and first["rounds"] == 0 and "stand_in" not in \
+        first["decision"], first
+  assert model.kept_drafts[low] is None  # the stand-in's windows are not the bucket's record
+
+
 def test_a_decline_stops_where_a_bucket_no_search_has_explored_opens(tiny_models, with_profile):
   """A decline at a bucket whose last search recorded no saving decodes plainly only up to the
   next bucket that no search has explored, where this generation's first search is allowed
