@@ -727,9 +727,9 @@ class KnapSpecPolicy:
     bucket above, where the profile predicts it here faster than AR by `margin`. In both cases
     only where its segment program at this context is compiled (segment_compiled: no compile
     inside the decode) and its last measured window, if any (one below must have one), beat AR
-    there by keep_margin (AR measured at that bucket, else the profile's). Its windows here are not this
-    bucket's record: `observe` judges each alone against AR, and one that loses by keep_margin
-    ends the draft's stand-ins in this generation.
+    there by keep_margin (AR measured at that bucket, else the profile's). Its windows here are
+    not this bucket's record: `observe` judges each alone against AR, and one that loses by
+    keep_margin ends the draft's stand-ins in this generation.
 
     On an H100 (Qwen2.5-Coder-1.5B, the 2K document, 1024 new tokens, BENCHMARKS.md 10.37) the
     first timed run of every process found a better draft at context 2165, in a new bucket,
@@ -853,8 +853,8 @@ class KnapSpecPolicy:
     if missing or not self.would_search(n, ctx.remaining, capacity):
       reason = (f"no search: it would cost {self.search_cost(bucket):.3f} s, over "
                 f"{self.search_share(n, capacity)[1]} of the {ctx.remaining} tokens left")
-      stand_in = (self.stand_in(None, state, n, attn_len, reason)
-                  if self.config.stand_in_above and borrowed is None else None)
+      stand_in = (self.stand_in(None, state, n, attn_len, reason)  # nothing kept here or below
+                  if self.config.stand_in_above else None)
       return stand_in or Decision(None, 0, 0.0, 1 / t_ar, 1 / t_ar, 0.0, n, reason,
                                   ar_tokens=self.plain_tokens(n, ctx.remaining, capacity))
     if self.config.latency_weights:
