@@ -307,8 +307,9 @@ class KnapSpecConfig:
   stand_in_above: where KnapSpec declines (no search affordable here, and no draft kept here or
     below), the draft kept at the nearest bucket above stands in (`KnapSpecPolicy.stand_in`)
     where the warm-up compiled it for this context, the profile predicts it here faster than
-    AR by `margin`, and no window of it has measured it slower than AR there by keep_margin. Its
-    windows are judged as a stand-in's: one that loses ends its stand-ins in this generation.
+    AR by `margin`, and no window of it has measured it slower than AR there by keep_margin. It
+    first runs a trial (trial_rounds) judged by its rounds at the profile's costs, then windows
+    judged each alone by the clock; one that loses ends its stand-ins in this generation.
     `kept` borrows only from below: on an H100 (the 16K document decoded alone, BENCHMARKS.md
     10.43) the 16K bucket's weak draft lost, a search at 16385 found 10 + 10 sublayers at gamma
     10 (predicted 1.41x) whose windows then ran 581-690 tok/s against AR's 494, and each later
@@ -412,6 +413,7 @@ class KnapSpecPolicy:
     self.interval, self.threshold = config.interval, config.threshold
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
     self.stand_ins_lost: set = set()  # (skip, gamma) pairs whose stand-in window lost to AR
+    self.stand_ins_tried: set = set()  # (skip, gamma) pairs from above that ran their trial
     self.explored = False  # this generation ran its one search at a bucket with no record
     self.segment_key = None  # the segment programs' argument shapes (segment_compiled)
     self.background = (controller.background_compile_default()
@@ -596,8 +598,12 @@ class KnapSpecPolicy:
         or window["rounds"] < JUDGE_ROUNDS:
       return
     if decision.stand_in:  # not this bucket's record; one window under AR ends its stand-ins
-      ar_speed = self.ar_speed(decision.context, capacity, decision.ar_tpt)
-      if window["measured_tokens_per_s"] < (1 + self.config.keep_margin) * ar_speed:
+      if decision.rounds is not None:  # a trial (from above): its rounds at the profile's costs
+        lost = window["tokens"] < decision.ar_tpt * window["predicted_s"]
+      else:
+        ar_speed = self.ar_speed(decision.context, capacity, decision.ar_tpt)
+        lost = window["measured_tokens_per_s"] < (1 + self.config.keep_margin) * ar_speed
+      if lost:
         self.stand_ins_lost.add((decision.skip, decision.gamma))
       return
     bucket = attn_bucket(decision.context, capacity)
@@ -729,7 +735,11 @@ class KnapSpecPolicy:
     inside the decode) and its last measured window, if any (one below must have one), beat AR
     there by keep_margin (AR measured at that bucket, else the profile's). Its windows here are
     not this bucket's record: `observe` judges each alone against AR, and one that loses by
-    keep_margin ends the draft's stand-ins in this generation.
+    keep_margin ends the draft's stand-ins in this generation. A draft from above first runs a
+    trial (trial_rounds) in each generation, judged as a kept draft's trial is, by its rounds at
+    the profile's costs: it was measured on another text, and a full window that loses costs up
+    to `interval` rounds (on Qwen's short Spec-Bench prompts, H100, BENCHMARKS.md 10.43, a draft
+    kept at the 512 bucket ran other prompts' tails at 0.92-1.04x AR).
 
     On an H100 (Qwen2.5-Coder-1.5B, the 2K document, 1024 new tokens, BENCHMARKS.md 10.37) the
     first timed run of every process found a better draft at context 2165, in a new bucket,
@@ -760,12 +770,18 @@ class KnapSpecPolicy:
     if waiting is None and tpt <= (1 + self.config.margin) / t_ar:
       return None
     self.used.add((draft.skip, draft.gamma))
+    rounds = None  # from above, first a trial on this generation's text (trial_rounds)
+    if waiting is None and (draft.skip, draft.gamma) not in self.stand_ins_tried:
+      self.stand_ins_tried.add((draft.skip, draft.gamma))
+      rounds = self.trial_window(None)
     measured = ("not measured yet" if draft.measured_tpt is None
                 else f"last window {draft.measured_tpt:.0f} tok/s")
+    trial = f"; a trial of {rounds} rounds" if rounds else ""
     return Decision(draft.skip, draft.gamma, draft.alpha, tpt, 1 / t_ar, tpt, n,
                     f"{why}; meanwhile the draft kept {side} (chosen at context "
                     f"{draft.context}; {measured}, AR {ar_there:.0f} there; here the profile's "
-                    f"{tpt * t_ar:.2f}x of AR)", exit=draft.exit, stand_in=True)
+                    f"{tpt * t_ar:.2f}x of AR{trial})", exit=draft.exit, stand_in=True,
+                    rounds=rounds)
 
   def above(self, capacity: int, n: int) -> tuple[int, KeptDraft] | None:
     """The draft kept at the nearest bucket above context n's that has one (not dropped), and

@@ -790,6 +790,45 @@ def test_a_decline_drafts_with_the_draft_kept_above_where_stand_in_above_allows(
   assert model.kept_drafts[low] is None  # the stand-in's windows are not the bucket's record
 
 
+def test_a_stand_in_from_above_first_runs_a_trial_judged_by_its_rounds(tiny_models,
+                                                                        with_profile,
+                                                                        monkeypatch):
+  """stand_in_above with trials on: the draft from above first decodes a trial of trial_rounds
+  rounds (once per generation; the stand-in windows after it run the interval), and `observe`
+  judges that trial by its rounds at the profile's costs, as a kept draft's trial, not by its
+  wall time: a trial whose tokens fall short of AR's predicted speed over the profile's seconds
+  ends the draft's stand-ins, one that does not keeps them, whatever the clock measured. (The
+  generation runs with `observe` off, so that the tiny model's low acceptance ends nothing.)"""
+  model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0,
+                                                 interval=16, trial_rounds=4,
+                                                 stand_in_above=True)))
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
+  model.kept_drafts.clear(), model.search_gains.clear()
+  model.kept_drafts[low], model.search_gains[low] = None, 0.0
+  model.kept_drafts[high] = methods.KeptDraft(skip, 2, 0.9, start, measured_tpt=1e9)
+  model.search_times.update({low: 1.0, high: 1.0})
+  want = ar(model, ids, 48)
+  with monkeypatch.context() as patch:
+    patch.setattr(methods.KnapSpecPolicy, "observe", lambda self, *args: None)
+    got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == want
+  stand_ins = [w for w in got.stats["window_log"] if w["decision"].get("stand_in")]
+  assert stand_ins and 0 < stand_ins[0]["rounds"] <= 4, stand_ins
+  assert stand_ins[0]["decision"]["reason"].endswith("; a trial of 4 rounds)"), stand_ins[0]
+  later = [w["decision"]["reason"] for w in stand_ins[1:]]
+  assert later and not [r for r in later if "a trial" in r], later  # one trial a generation
+
+  capacity = KVCache.capacity_for(model.cfg)
+  trial = selection.Decision(skip, 2, 0.9, 110.0, 100.0, 110.0, len(ids), "stand-in",
+                             stand_in=True, rounds=4)
+  for tokens, clock, lost in ((10, 1e9, True), (200, 1.0, False)):
+    policy = methods.KnapSpecPolicy(model, model.profile, config)
+    policy.observe(trial, dict(ar_tokens_while_compiling=0, rounds=4, tokens=tokens,
+                               predicted_s=1.0, measured_tokens_per_s=clock), capacity)
+    assert ((skip, 2) in policy.stand_ins_lost) == lost, (tokens, clock)
+
+
 def test_a_decline_stops_where_a_bucket_no_search_has_explored_opens(tiny_models, with_profile):
   """A decline at a bucket whose last search recorded no saving decodes plainly only up to the
   next bucket that no search has explored, where this generation's first search is allowed
