@@ -597,9 +597,12 @@ class KnapSpecPolicy:
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < JUDGE_ROUNDS:
       return
+    # a trial (a kept draft's, or a stand-in's from above): its rounds, at the profile's costs
+    trial_lost = decision.rounds is not None and window["tokens"] < (
+        decision.ar_tpt * window["predicted_s"])
     if decision.stand_in:  # not this bucket's record; one window under AR ends its stand-ins
-      if decision.rounds is not None:  # a trial (from above): its rounds at the profile's costs
-        lost = window["tokens"] < decision.ar_tpt * window["predicted_s"]
+      if decision.rounds is not None:
+        lost = trial_lost
       else:
         ar_speed = self.ar_speed(decision.context, capacity, decision.ar_tpt)
         lost = window["measured_tokens_per_s"] < (1 + self.config.keep_margin) * ar_speed
@@ -611,7 +614,7 @@ class KnapSpecPolicy:
     windows, tokens, seconds = 0, 0, 0.0  # the full windows' totals at this bucket
     trial_tokens, trial_s = 0, 0.0  # a trial that passes: kept to confirm (confirm_margin)
     if decision.rounds is not None:  # a trial: the rounds' acceptance, at the profile's costs
-      slower = window["tokens"] < decision.ar_tpt * window["predicted_s"]
+      slower = trial_lost
       trial_tokens, trial_s = window["tokens"], window["predicted_s"]
     else:
       here = self.model.kept_drafts.get(bucket)

@@ -756,6 +756,19 @@ def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_pro
   assert windows[1]["decision"]["reason"].startswith("kept (chosen at context")
 
 
+def _dropped_here_kept_above(model, low: int, high: int, start: int,
+                             measured_tpt: float | None) -> ks.SkipMask:
+  """The bucket `low` with its draft dropped and no search affordable (a search costs 1 s; the
+  profile says 0), and a gamma-2 draft kept at `high` (chosen at `start`, its last window
+  measured_tpt): the draft's skip set."""
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
+  model.kept_drafts.clear(), model.search_gains.clear()
+  model.kept_drafts[low], model.search_gains[low] = None, 0.0
+  model.kept_drafts[high] = methods.KeptDraft(skip, 2, 0.9, start, measured_tpt=measured_tpt)
+  model.search_times.update({low: 1.0, high: 1.0})
+  return skip
+
+
 @pytest.mark.parametrize("option,measured_tpt,margin,stands_in", [
     (True, 1e9, -0.99, True), (True, None, -0.99, True), (False, 1e9, -0.99, False),
     (True, 1.0, -0.99, False), (True, 1e9, 10.0, False)])
@@ -770,11 +783,7 @@ def test_a_decline_drafts_with_the_draft_kept_above_where_stand_in_above_allows(
   model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
   config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0,
                                                  margin=margin, stand_in_above=option)))
-  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
-  model.kept_drafts.clear(), model.search_gains.clear()
-  model.kept_drafts[low], model.search_gains[low] = None, 0.0  # dropped here: no search
-  model.kept_drafts[high] = methods.KeptDraft(skip, 2, 0.9, start, measured_tpt=measured_tpt)
-  model.search_times.update({low: 1.0, high: 1.0})  # a search costs 1 s (the profile says 0)
+  skip = _dropped_here_kept_above(model, low, high, start, measured_tpt)
   got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
   assert got.output_ids == ar(model, ids, 48)
   first = got.stats["window_log"][0]
@@ -803,11 +812,7 @@ def test_a_stand_in_from_above_first_runs_a_trial_judged_by_its_rounds(tiny_mode
   config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0,
                                                  interval=16, trial_rounds=4,
                                                  stand_in_above=True)))
-  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [1])
-  model.kept_drafts.clear(), model.search_gains.clear()
-  model.kept_drafts[low], model.search_gains[low] = None, 0.0
-  model.kept_drafts[high] = methods.KeptDraft(skip, 2, 0.9, start, measured_tpt=1e9)
-  model.search_times.update({low: 1.0, high: 1.0})
+  skip = _dropped_here_kept_above(model, low, high, start, measured_tpt=1e9)
   want = ar(model, ids, 48)
   with monkeypatch.context() as patch:
     patch.setattr(methods.KnapSpecPolicy, "observe", lambda self, *args: None)
