@@ -651,6 +651,14 @@ def test_switch_cost_worker_mode_loads_what_the_worker_compiled(tmp_path):
   for r in records:
     assert r["equal_to_own_compile"] is True and r["background_load_s"] > 0, r
     assert r["worker_s"] >= r["background_load_s"] and r["ms_per_round"] > 0
+    # the paired baseline: as many AR loops alone after the load as ran beside it, and what
+    # the loops beside lost against them
+    beside = r["ar_loops_while_compiling"] + r["ar_loops_while_loading"]
+    assert r["ar_loops_alone_after"] == max(beside, 2) and r["ar_ms_per_step_alone_after"] > 0
+    ms = lambda k: 0.0 if r[f"ar_ms_per_step_while_{k}"] is None else r[f"ar_ms_per_step_while_{k}"]
+    want = (ms("compiling") * r["ar_loops_while_compiling"] + ms("loading") *
+            r["ar_loops_while_loading"] - beside * r["ar_ms_per_step_alone_after"]) * 4 / 1e3
+    assert r["decoding_lost_s"] == pytest.approx(want, abs=1e-9)
   assert records[0]["worker_start_s"] > 0 and records[1]["worker_start_s"] == 0.0
   parts_out = tmp_path / "parts.json"  # store_load_parts.py on the entries the run wrote
   parts = subprocess.run([sys.executable, str(REPO / "experiments" / "gpu" /

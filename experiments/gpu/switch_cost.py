@@ -398,8 +398,10 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
   while this process decodes AR, then loaded here in a background thread (CompileCache.get_async,
   mode "process"). switch_s is the decoding thread's wait at the call that returns the program
   plus what its first call costs over a later one; worker_s, from the request to the program
-  ready here; AR's ms per step alone, beside the worker's compile and beside the load: what
-  the switch costs the decoding meanwhile. The loaded program's pending token and cursor
+  ready here; AR's ms per step alone, beside the worker's compile and beside the load, and
+  alone again after the load for as many loops as ran beside it (means, each loop's outliers
+  counted): decoding_lost_s, the loops beside it over as many loops alone, is what the switch
+  costs the decoding meanwhile. The loaded program's pending token and cursor
   after `rounds` rounds are checked against the same set compiled in this process, for the
   first set (every set under --smoke)."""
   cfg, gamma = m.cfg, base["gamma"]
@@ -447,6 +449,17 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
     loading = [(b, e) for b, e in loops if e > ready_at - load_s]
     compiling = [(b, e) for b, e in loops if e <= ready_at - load_s]
     first, t_seg = first_and_steady(seg, seg_args, repeats)
+    # AR alone again, as many loops as ran beside the worker and the load (the worker idle, the
+    # program loaded): the paired baseline of what the decoding lost meanwhile
+    alone = []
+    for _ in range(max(len(loops), repeats)):
+      args = ar_args()
+      jax.block_until_ready(args)
+      loop_start = time.perf_counter()
+      jax.block_until_ready(ar(*args))
+      alone.append((loop_start, time.perf_counter()))
+    alone_loop_s = sum(e - b for b, e in alone) / len(alone)
+    lost_s = sum(e - b for b, e in loops) - len(loops) * alone_loop_s
     equal = None
     if smoke or i == 0:
       own = CompileCache().get(statics, seg_args())  # compiled here: the reference
@@ -464,7 +477,9 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
                   ar_ms_per_step_while_compiling=ms_step(compiling),
                   ar_loops_while_compiling=len(compiling),
                   ar_ms_per_step_while_loading=ms_step(loading),
-                  ar_loops_while_loading=len(loading), equal_to_own_compile=equal,
+                  ar_loops_while_loading=len(loading),
+                  ar_ms_per_step_alone_after=ms_step(alone), ar_loops_alone_after=len(alone),
+                  decoding_lost_s=lost_s, equal_to_own_compile=equal,
                   worker_start_s=start_s if not records else 0.0)
     records.append(record)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
@@ -474,7 +489,9 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
           f"worker {worker_s:6.2f} s, then a load of {load_s:5.2f} s in the background; AR "
           f"{t_ar * 1e3:.3f} ms/step alone, {fmt(record['ar_ms_per_step_while_compiling'])} beside "
           f"the worker ({len(compiling)} loops), {fmt(record['ar_ms_per_step_while_loading'])} "
-          f"beside the load ({len(loading)} loops); equal to this process's compile: {equal}",
+          f"beside the load ({len(loading)} loops), {fmt(record['ar_ms_per_step_alone_after'])} "
+          f"alone after it ({len(alone)} loops): decoding lost {lost_s:6.3f} s; equal to this "
+          f"process's compile: {equal}",
           flush=True)
   return records
 
