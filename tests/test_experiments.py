@@ -955,3 +955,22 @@ def test_search_position_sorts_searches_by_how_far_into_the_answer_they_ran(tmp_
   assert "| doc | 1.02x (1) | 1.36x (1) |" in proc.stdout
   assert "3 searches" in proc.stdout
   assert _script("search_position.py").returncode != 0  # no records: a usage error
+
+
+def test_decision_cost_drafts_with_the_warm_up_compiled_kept_draft():
+  """experiments/decision_cost.py: the draft kept at every bucket is compiled by each
+  generation's warm-up, and each generation's decision finds it compiled (the segment
+  programs' argument shapes as segment_compiled builds them, without tracing the counters,
+  key the program the warm-up compiled, which the window then calls without a compile): every
+  decision drafts with it, nothing compiles in the decode, and a time is printed for each."""
+  proc = _script("decision_cost.py", "--generations=2", "--max_new_tokens=8", timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("generation ")]
+  assert len(lines) == 2, proc.stdout
+  for line in lines:
+    line, compiled = line.split(" | ")
+    assert compiled == "compiled in the decode: 0.00 s", line  # the warm-up's program ran
+    decisions = line.split(": ", 1)[1].split("; ")
+    assert decisions and all(d.endswith("(kept (chosen at context 53)") for d in decisions), line
+    assert all(float(d.split(" ms")[0]) > 0 for d in decisions), line
+  assert "not compiled" not in proc.stdout
