@@ -313,8 +313,11 @@ class KnapSpecConfig:
     `kept` borrows only from below: on an H100 (the 16K document decoded alone, BENCHMARKS.md
     10.43) the 16K bucket's weak draft lost, a search at 16385 found 10 + 10 sublayers at gamma
     10 (predicted 1.41x) whose windows then ran 581-690 tok/s against AR's 494, and each later
-    run decoded its first 409 tokens, below that bucket, plainly at 496 tok/s. Off by default:
-    not yet measured on a device (the next device time runs it on both models).
+    run decoded its first 409 tokens, below that bucket, plainly at 496 tok/s. Measured on
+    SmolLM2's 13 Spec-Bench prompts on an H100 (BENCHMARKS.md 10.44): the extraction prompt,
+    whose 512 bucket keeps a draft, ran 1.082x and 1.069x AR with it against 1.034x and 0.977x
+    without; the other prompts keep nothing above and declined either way. Off by default
+    until Qwen's long documents are measured with it.
   """
 
   interval: int = 64
