@@ -410,6 +410,15 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
   ar_args = lambda: (m.params, m.fresh_state(rounds + 1))
   ar = compiled.get(ar_statics, ar_args())
   t_ar = latency.median_seconds(ar, ar_args, repeats) / rounds
+
+  def ar_loop() -> tuple[float, float]:
+    """(start, end) of one AR loop of `rounds` steps, its arguments ready before the clock."""
+    args = ar_args()
+    jax.block_until_ready(args)
+    start = time.perf_counter()
+    jax.block_until_ready(ar(*args))
+    return start, time.perf_counter()
+
   started = time.perf_counter()
   compiled.start_worker(wait=True)  # as KnapSpec's warm-up does: not a switch's cost
   start_s = time.perf_counter() - started
@@ -431,11 +440,7 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
       if seg is not None:
         ready_wait = time.perf_counter() - ask  # what the decoding thread waits at the switch
         break
-      args = ar_args()  # decoding goes on beside the worker's compile, then the load
-      jax.block_until_ready(args)
-      loop_start = time.perf_counter()
-      jax.block_until_ready(ar(*args))
-      loops.append((loop_start, time.perf_counter()))
+      loops.append(ar_loop())  # decoding goes on beside the worker's compile, then the load
     ready_at = time.perf_counter()
     worker_s = ready_at - start
     if (stats.background_loaded != loads_before + 1
@@ -451,13 +456,7 @@ def time_worker(m, skips: list[SkipMask], attn_len: int, rounds: int, repeats: i
     first, t_seg = first_and_steady(seg, seg_args, repeats)
     # AR alone again, as many loops as ran beside the worker and the load (the worker idle, the
     # program loaded): the paired baseline of what the decoding lost meanwhile
-    alone = []
-    for _ in range(max(len(loops), repeats)):
-      args = ar_args()
-      jax.block_until_ready(args)
-      loop_start = time.perf_counter()
-      jax.block_until_ready(ar(*args))
-      alone.append((loop_start, time.perf_counter()))
+    alone = [ar_loop() for _ in range(max(len(loops), repeats))]
     alone_loop_s = sum(e - b for b, e in alone) / len(alone)
     lost_s = sum(e - b for b, e in loops) - len(loops) * alone_loop_s
     equal = None
