@@ -23,8 +23,9 @@ def get_config() -> config_dict.ConfigDict:
   c.window_attention = ""
   # Tokens a draft's LM head scores (knapspec_jax.load_model's draft_vocab): 0 = all of them.
   c.draft_vocab = 0
-  # Speculation segments compiled with CUDA graphs over their loops (load_model's segment_graphs).
-  c.segment_graphs = False
+  # Speculation segments compiled with CUDA graphs over their loops (load_model's segment_graphs):
+  # None = its default (on a GPU), or True / False.
+  c.segment_graphs = config_dict.placeholder(bool)
   # Latency profile JSON; "" = the stored profile of this device (measured if there is none).
   c.profile = ""
   # Methods, comma-separated; AR always runs first and is every speedup's baseline.

@@ -151,7 +151,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
                         attention=config.attention or None,
                         window_attention=config.window_attention or None,
                         draft_vocab=config.get("draft_vocab", 0),
-                        segment_graphs=config.get("segment_graphs", False))
+                        segment_graphs=config.get("segment_graphs"))
   if config.profile:
     model.profile = ks.LatencyProfile.load(config.profile)
   items = prompts(config, model.tokenizer)

@@ -54,6 +54,16 @@ def default_step_rows(attention: str, window_attention: str, platform: str | Non
   return 2 if platform == "gpu" and attention == window_attention == "pallas" else 1
 
 
+def default_segment_graphs(platform: str | None = None) -> bool:
+  """ModelConfig.segment_graphs load_model picks: on a GPU (elsewhere the option is not compiled
+  in). On an H100 (Qwen2.5-Coder-1.5B, the 2K / 16K / 28K documents, the same texts and drafts,
+  BENCHMARKS.md 10.45) KnapSpec ran 1.314 / 1.245 / 1.397x AR paired with it against 1.288 /
+  1.226 / 1.379x without, AR's speed unchanged; on SmolLM2's 13 Spec-Bench prompts it changed
+  nothing measurable (10.41)."""
+  platform = jax.default_backend() if platform is None else platform
+  return platform == "gpu"
+
+
 def default_attention(dtype: str, platform: str | None = None) -> str:
   """The decode attention kernel load_model picks on `platform` ("cpu", "gpu", "tpu"; None:
   jax.default_backend()): "pallas" on a GPU in bfloat16 (measured on the H100: deterministic and
@@ -91,7 +101,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
                fuse: bool | None = None, attention: str | None = None,
                max_context: int | None = None, mesh=None,
                window_attention: str | None = None, draft_skip: str = "static",
-               draft_vocab: int = 0, segment_graphs: bool = False) -> Model:
+               draft_vocab: int = 0, segment_graphs: bool | None = None) -> Model:
   """Loads a .gguf file or an HF checkpoint directory; None loads the bundled SmolLM2-135M.
 
   path: a packaged model's name (packaged_models.MODELS: "smollm2-135m", "qwen2.5-coder-1.5b"),
@@ -127,7 +137,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     output is unchanged). Greedy decoding, static skip sets and one device only.
   segment_graphs: compile the speculation segment programs with XLA's command buffers (CUDA
     graphs) taking in their while loops and conditionals (ModelConfig.segment_graphs; GPU
-    only, outputs unchanged).
+    only, outputs unchanged); None: default_segment_graphs(), on a GPU.
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -145,6 +155,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   attention = attention or default_attention(dtype)
   check_attention(attention, dtype)
   window_attention = window_attention or default_window_attention(attention)
+  segment_graphs = default_segment_graphs() if segment_graphs is None else segment_graphs
   # before any weight is loaded
   check_decode_options(attention, window_attention, draft_skip, draft_vocab, segment_graphs)
   if max_context is not None and (not isinstance(max_context, int)

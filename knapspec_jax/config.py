@@ -128,8 +128,10 @@ class ModelConfig:
       and the latency profile's keep XLA's defaults, because with these command buffers for the
       whole process (XLA_FLAGS) the draft and verify loops timed alone ran 1.2-2.2x slower while
       the segments ran 1-3% faster (BENCHMARKS.md 10.8, Qwen2.5-1.5B shape, session 7's engine).
-      Outputs are unchanged. A load_model option, off by default until the H200 has timed it in
-      this form (experiments/gpu/run_segment_graphs.sh).
+      Outputs are unchanged. load_model turns it on on a GPU (api.default_segment_graphs) since
+      session 41: on an H100, Qwen2.5-Coder-1.5B's documents with the default bucket windows
+      drafted 1.3-2.0% faster with it, the same drafts and texts (BENCHMARKS.md 10.45); a
+      config built by hand keeps False.
     tall_tile_stages: Triton's software-pipelining depth (key and value blocks in flight) of
       the split-KV Pallas kernel for a query tile taller than one query's 16 rows: verify
       windows (decode_attention.decode_attention's tall_stages), lowered where the tile's blocks

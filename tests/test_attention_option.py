@@ -50,6 +50,25 @@ def test_two_row_steps_only_where_the_kernel_serves_both_steps_and_windows(platf
   assert api.default_step_rows(attention, window, platform) == want
 
 
+@pytest.mark.parametrize("platform, want", [("cpu", False), ("gpu", True), ("tpu", False)])
+def test_default_segment_graphs_by_platform(platform, want):
+  assert api.default_segment_graphs(platform) is want
+
+
+def test_load_model_fills_in_segment_graphs_by_backend(tiny_models, monkeypatch):
+  """None: CUDA graphs over the segments' loops on a GPU (faked here; float32 keeps XLA's
+  attention, which runs on this CPU), not on the CPU; an explicit choice is kept either way, and
+  the benchmark config's unset field reaches load_model as None."""
+  from configs import base
+  assert base.get_config().segment_graphs is None
+  path = str(tiny_models["llama"].path)
+  assert ks.load_model(path, use_cache=False).cfg.segment_graphs is False
+  assert ks.load_model(path, use_cache=False, segment_graphs=True).cfg.segment_graphs is True
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert ks.load_model(path, use_cache=False).cfg.segment_graphs is True
+  assert ks.load_model(path, use_cache=False, segment_graphs=False).cfg.segment_graphs is False
+
+
 def test_matmul_rows_must_be_a_small_integer(tiny_models):
   for bad in (0, 17, 1.5, True):
     with pytest.raises(ks.UnsupportedModelError, match="matmul_rows must be an integer"):
