@@ -54,14 +54,15 @@ def default_step_rows(attention: str, window_attention: str, platform: str | Non
   return 2 if platform == "gpu" and attention == window_attention == "pallas" else 1
 
 
-def default_segment_graphs(platform: str | None = None) -> bool:
-  """ModelConfig.segment_graphs load_model picks: on a GPU (elsewhere the option is not compiled
-  in). On an H100 (Qwen2.5-Coder-1.5B, the 2K / 16K / 28K documents, the same texts and drafts,
+def default_segment_graphs(platform: str | None = None, tp: int = 1) -> bool:
+  """ModelConfig.segment_graphs load_model picks: on one GPU (elsewhere the option is not
+  compiled in; under a mesh of several devices, whose segments hold collectives, it is
+  unmeasured). On an H100 (Qwen2.5-Coder-1.5B, the 2K / 16K / 28K documents, the same texts and drafts,
   BENCHMARKS.md 10.45) KnapSpec ran 1.314 / 1.245 / 1.397x AR paired with it against 1.288 /
   1.226 / 1.379x without, AR's speed unchanged; on SmolLM2's 13 Spec-Bench prompts it changed
   nothing measurable (10.41)."""
   platform = jax.default_backend() if platform is None else platform
-  return platform == "gpu"
+  return platform == "gpu" and tp == 1
 
 
 def default_attention(dtype: str, platform: str | None = None) -> str:
@@ -137,7 +138,7 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
     output is unchanged). Greedy decoding, static skip sets and one device only.
   segment_graphs: compile the speculation segment programs with XLA's command buffers (CUDA
     graphs) taking in their while loops and conditionals (ModelConfig.segment_graphs; GPU
-    only, outputs unchanged); None: default_segment_graphs(), on a GPU.
+    only, outputs unchanged); None: default_segment_graphs(), on one GPU.
 
   Raises CheckpointError (missing, not a checkpoint, truncated or corrupt file) and
   UnsupportedModelError (an architecture or option this implementation does not run).
@@ -155,17 +156,18 @@ def load_model(path: str | None = None, dtype: str = "float32", use_cache: bool 
   attention = attention or default_attention(dtype)
   check_attention(attention, dtype)
   window_attention = window_attention or default_window_attention(attention)
-  segment_graphs = default_segment_graphs() if segment_graphs is None else segment_graphs
+  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+    raise UnsupportedModelError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(tp)) or "
+                                f"None, got {type(mesh).__name__}")
+  tp = sharding.tp_size(mesh)
+  if segment_graphs is None:
+    segment_graphs = default_segment_graphs(tp=tp)
   # before any weight is loaded
   check_decode_options(attention, window_attention, draft_skip, draft_vocab, segment_graphs)
   if max_context is not None and (not isinstance(max_context, int)
                                   or isinstance(max_context, bool) or max_context < 2):
     raise decoding.PromptError(
         f"max_context must be an integer >= 2 or None, got {max_context!r}")
-  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-    raise UnsupportedModelError(f"mesh must be a jax.sharding.Mesh (sharding.make_mesh(tp)) or "
-                                f"None, got {type(mesh).__name__}")
-  tp = sharding.tp_size(mesh)
   if draft_vocab and tp > 1:
     raise UnsupportedModelError(f"draft_vocab is not supported with tp={tp} (untested): load "
                                 "with draft_vocab=0 or on one device")

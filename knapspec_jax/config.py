@@ -128,7 +128,7 @@ class ModelConfig:
       and the latency profile's keep XLA's defaults, because with these command buffers for the
       whole process (XLA_FLAGS) the draft and verify loops timed alone ran 1.2-2.2x slower while
       the segments ran 1-3% faster (BENCHMARKS.md 10.8, Qwen2.5-1.5B shape, session 7's engine).
-      Outputs are unchanged. load_model turns it on on a GPU (api.default_segment_graphs) since
+      Outputs are unchanged. load_model turns it on on one GPU (api.default_segment_graphs) since
       session 41: on an H100, Qwen2.5-Coder-1.5B's documents with the default bucket windows
       drafted 1.3-2.0% faster with it, the same drafts and texts (BENCHMARKS.md 10.45); a
       config built by hand keeps False.

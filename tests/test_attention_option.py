@@ -50,9 +50,10 @@ def test_two_row_steps_only_where_the_kernel_serves_both_steps_and_windows(platf
   assert api.default_step_rows(attention, window, platform) == want
 
 
-@pytest.mark.parametrize("platform, want", [("cpu", False), ("gpu", True), ("tpu", False)])
-def test_default_segment_graphs_by_platform(platform, want):
-  assert api.default_segment_graphs(platform) is want
+@pytest.mark.parametrize("platform, tp, want", [("cpu", 1, False), ("gpu", 1, True),
+                                               ("gpu", 2, False), ("tpu", 1, False)])
+def test_default_segment_graphs_by_platform(platform, tp, want):
+  assert api.default_segment_graphs(platform, tp=tp) is want
 
 
 def test_load_model_fills_in_segment_graphs_by_backend(tiny_models, monkeypatch):
