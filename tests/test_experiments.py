@@ -650,6 +650,7 @@ def test_switch_cost_worker_mode_loads_what_the_worker_compiled(tmp_path):
   assert [r["mode"] for r in records] == ["worker"] * 2
   for r in records:
     assert r["equal_to_own_compile"] is True and r["background_load_s"] > 0, r
+    assert r["segment_graphs"] is False  # load_model's default on this CPU (True on one GPU)
     assert r["worker_s"] >= r["background_load_s"] and r["ms_per_round"] > 0
     # the paired baseline: as many AR loops alone after the load as ran beside it, and what
     # the loops beside lost against them

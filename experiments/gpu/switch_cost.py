@@ -526,7 +526,8 @@ def main(argv):
   static_compiled = CompileCache()
   records = []
   base = dict(model=m.name, device=device, xla_flags=flags_env, context=context,
-              attn_len=attn_len, gamma=gamma, read_gbps=read_gbps)  # every record's run fields
+              attn_len=attn_len, gamma=gamma, read_gbps=read_gbps,  # every record's run fields
+              segment_graphs=m.cfg.segment_graphs)  # load_model's default (on one GPU since 41)
   for mode in modes:
     if mode == "worker":
       records += time_worker(m, skips, attn_len, rounds, repeats, smoke, base)
