@@ -24,7 +24,7 @@ def get_config() -> config_dict.ConfigDict:
   # Tokens a draft's LM head scores (knapspec_jax.load_model's draft_vocab): 0 = all of them.
   c.draft_vocab = 0
   # Speculation segments compiled with CUDA graphs over their loops (load_model's segment_graphs):
-  # None = its default (on a GPU), or True / False.
+  # None = its default (on one GPU), or True / False.
   c.segment_graphs = config_dict.placeholder(bool)
   # Latency profile JSON; "" = the stored profile of this device (measured if there is none).
   c.profile = ""

@@ -57,10 +57,11 @@ def default_step_rows(attention: str, window_attention: str, platform: str | Non
 def default_segment_graphs(platform: str | None = None, tp: int = 1) -> bool:
   """ModelConfig.segment_graphs load_model picks: on one GPU (elsewhere the option is not
   compiled in; under a mesh of several devices, whose segments hold collectives, it is
-  unmeasured). On an H100 (Qwen2.5-Coder-1.5B, the 2K / 16K / 28K documents, the same texts and drafts,
-  BENCHMARKS.md 10.45) KnapSpec ran 1.314 / 1.245 / 1.397x AR paired with it against 1.288 /
-  1.226 / 1.379x without, AR's speed unchanged; on SmolLM2's 13 Spec-Bench prompts it changed
-  nothing measurable (10.41)."""
+  unmeasured). On an H100 (Qwen2.5-Coder-1.5B, the 2K / 16K / 28K documents, the same texts
+  and drafts, BENCHMARKS.md 10.45) KnapSpec ran 1.314 / 1.245 / 1.397x AR paired with it
+  against 1.288 / 1.226 / 1.379x without, AR's speed unchanged, and a switch to a new skip set
+  through the compile worker cost what it did without it; on SmolLM2's 13 Spec-Bench prompts it
+  changed nothing measurable (10.41)."""
   platform = jax.default_backend() if platform is None else platform
   return platform == "gpu" and tp == 1
 
