@@ -96,16 +96,17 @@ class RandomModel:
                                draft=jax.tree.map(jnp.copy, self.draft))
 
 
-def engine_config(cfg: ModelConfig, dtype: str) -> ModelConfig:
+def engine_config(cfg: ModelConfig, dtype: str, tp: int = 1) -> ModelConfig:
   """A shape with load_model's kernel, projection and segment defaults for this backend and dtype
-  (on the H200 in bfloat16: the Pallas kernel for steps and windows, two-row projections and
-  steps, segments under CUDA graphs; on a CPU: XLA attention, one row)."""
+  and a mesh of tp devices (on the H200 in bfloat16: the Pallas kernel for steps and windows,
+  two-row projections and steps, segments under CUDA graphs on one device; on a CPU: XLA
+  attention, one row)."""
   attention = api.default_attention(dtype)
   window = api.default_window_attention(attention)
   return dataclasses.replace(cfg, attention=attention, window_attention=window,
                              matmul_rows=api.default_matmul_rows(),
                              step_rows=api.default_step_rows(attention, window),
-                             segment_graphs=api.default_segment_graphs())
+                             segment_graphs=api.default_segment_graphs(tp=tp))
 
 
 def random_params(cfg: ModelConfig, dtype, mesh=None) -> dict:

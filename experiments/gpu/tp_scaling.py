@@ -193,6 +193,7 @@ def main(argv):
       raise app.UsageError(f"--tps: {e}") from None
     for tp in tps:
       start = time.perf_counter()
+      cfg = shapes.engine_config(shape, dtype_name, tp)  # as load_model builds it for this mesh
       mesh = sharding.make_mesh(tp, cfg) if tp > 1 else None
       params = shapes.random_params(cfg, dtype, mesh)
       jax.block_until_ready(params)
