@@ -9,7 +9,7 @@ first token drafted one token a round; BENCHMARKS.md 10.45).
       --output=results/cpu/acceptance_by_position/qwen_2k.json
 
 Each --draft is NAME:A+M:GAMMA with A attention and M MLP sublayers skipped as listed in
-DRAFTS (the skip sets KnapSpec chose on an H100 in session 41), or NAME:auto:GAMMA for
+common.DRAFTS (the skip sets KnapSpec chose on an H100 in session 41), or NAME:auto:GAMMA for
 methods.FixedPolicy's default set. The fixed method decodes the document's answer greedily with
 it (the confidence exit at --threshold, as KnapSpec drafts), one window per --rounds rounds;
 every window's log gives its tokens, rounds, drafted and accepted tokens. Output is checked
@@ -24,22 +24,9 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402,F401  (puts the repository on sys.path)
+import common  # noqa: E402  (puts the repository on sys.path)
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets  # noqa: E402
-
-# Skip bits (attention then MLP per layer, SkipMask.to_list) of drafts KnapSpec chose for
-# Qwen2.5-Coder-1.5B on an H100 in session 41 (results/h100_qwen/docs_session41/, decisions).
-DRAFTS = {
-    # 13 attention + 14 MLP sublayers, gamma 10: chosen at the 28K document's context 28673,
-    # 713 tokens into the answer; its windows there accepted 279 of 283 drafted tokens.
-    "13+14": [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1,
-              1, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0],
-    # 8 attention + 16 MLP sublayers, gamma 5: chosen at the 2K document's context 2165; it ran
-    # the 2K / 16K / 28K answers at 1.29 / 1.23 / 1.38x AR.
-    "8+16": [0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1,
-             0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0],
-}
 
 _MODEL = flags.DEFINE_string("model", "", "A packaged name, GGUF or HF directory; '' SmolLM2.")
 _LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document.")
@@ -47,7 +34,7 @@ _NEW = flags.DEFINE_integer("new_tokens", 512, "Answer tokens to decode.")
 _ROUNDS = flags.DEFINE_integer("rounds", 8, "Speculation rounds per window (one log row each).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.7, "The draft's confidence exit.")
 _DRAFTS = flags.DEFINE_multi_string("draft", ["auto:auto:4"], "NAME:SET:GAMMA, SET a key of "
-                                    "DRAFTS or 'auto' (FixedPolicy's default set).")
+                                    "common.DRAFTS or 'auto' (FixedPolicy's default set).")
 _MAX_CONTEXT = flags.DEFINE_integer("max_context", 4096, "load_model's max_context.")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the rows (none: print only).")
 
@@ -61,9 +48,10 @@ def parse_draft(text: str, n_layers: int) -> tuple[str, ks.SkipMask | None, int]
     raise app.UsageError(f"--draft must be NAME:SET:GAMMA, got {text!r}") from None
   if which == "auto":
     return name, None, gamma
-  if which not in DRAFTS:
-    raise app.UsageError(f"--draft {text!r}: no set {which!r} (DRAFTS: {sorted(DRAFTS)}, auto)")
-  bits = DRAFTS[which]
+  if which not in common.DRAFTS:
+    raise app.UsageError(f"--draft {text!r}: no set {which!r} (common.DRAFTS: "
+                         f"{sorted(common.DRAFTS)}, auto)")
+  bits = common.DRAFTS[which]
   if len(bits) != 2 * n_layers:
     raise app.UsageError(f"--draft {text!r}: the set has {len(bits) // 2} layers, the model "
                          f"{n_layers}")

@@ -23,6 +23,19 @@ from knapspec_jax import datasets, decoding, knapsack, selection  # noqa: E402
 from knapspec_jax.controller import confirmed_tokens  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 
+# Skip bits (attention then MLP per layer, SkipMask.to_list) of drafts KnapSpec chose for
+# Qwen2.5-Coder-1.5B on an H100 in session 41 (results/h100_qwen/docs_session41/, decisions).
+DRAFTS = {
+    # 13 attention + 14 MLP sublayers, gamma 10: chosen at the 28K document's context 28673,
+    # 713 tokens into the answer; its windows there accepted 279 of 283 drafted tokens.
+    "13+14": [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1,
+              1, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0],
+    # 8 attention + 16 MLP sublayers, gamma 5: chosen at the 2K document's context 2165; it ran
+    # the 2K / 16K / 28K answers at 1.29 / 1.23 / 1.38x AR.
+    "8+16": [0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1,
+             0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0],
+}
+
 SHORT = 300  # prompt lengths below this name a Spec-Bench question instead of a long document
 
 

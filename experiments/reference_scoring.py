@@ -1,0 +1,182 @@
+"""How the search scores a draft on its reference tokens, against how the draft's rounds then go
+(issue 13: on Qwen2.5-Coder-1.5B's long documents the searches on an answer's first 16 tokens
+predicted 0.99-1.07x where the drafts that then ran went 1.18-1.56x; a draft borrowed from
+another bucket scored acceptance 0.28-0.33 on a search's 16 tokens and then accepted 0.74-0.78
+of its drafted tokens; BENCHMARKS.md 10.45, 10.46).
+
+  python experiments/reference_scoring.py --model=qwen2.5-coder-1.5b --length=2000 \
+      --new_tokens=512 --draft=13+14:10 --draft=8+16:5 \
+      --realized=results/cpu/acceptance_by_position/qwen_2k.json \
+      --output=results/cpu/reference_scoring/qwen_2k.json
+
+The search (knapsack.mask_agreement, the statistics of every candidate) runs the draft over its
+R reference tokens as one block: each token's draft attends to the draft's own keys and values
+at the block's earlier positions, computed from the draft's residual stream, as if the draft had
+written R tokens in one round. In a speculation round the draft's token k sees the full model's
+keys and values for every verified position and its own only for the k - 1 drafts before it in
+the round (the verify overwrites them). This script scores the same drafts on the same tokens
+both ways, along the answer AR writes, in windows of R tokens:
+  block: knapsack.mask_agreement, as the search does;
+  full-KV: each token alone (model.forward of one token over the full model's cache), the view
+    a round's first draft has;
+and with selection's round model (the confidence exit at --threshold) turns each into predicted
+tokens and draft forwards per round at the draft's gamma. --realized reads
+experiments/acceptance_by_position.py's output for the same model, document and drafts (the
+fixed method's windows on this text) and prints the tokens per round the rounds made, per
+stretch of the answer, beside the two predictions. Float32, so the text is AR's on this CPU.
+"""
+
+import functools
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  (puts the repository on sys.path)
+import knapspec_jax as ks  # noqa: E402
+from knapspec_jax import datasets, decoding, knapsack, selection  # noqa: E402
+from knapspec_jax import model as model_lib  # noqa: E402
+from knapspec_jax.kv_cache import KVCache  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", "", "A packaged name, GGUF or HF directory; '' SmolLM2.")
+_LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document.")
+_NEW = flags.DEFINE_integer("new_tokens", 512, "Answer tokens AR writes and the windows cover.")
+_R = flags.DEFINE_integer("n_ref", 16, "Tokens per window (the search's n_ref).")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.7, "The draft's confidence exit.")
+_DRAFTS = flags.DEFINE_multi_string("draft", ["13+14:10", "8+16:5"],
+                                    "SET:GAMMA, SET a key of common.DRAFTS, alt or none.")
+_REALIZED = flags.DEFINE_string("realized", "", "acceptance_by_position.py's JSON for the same "
+                                "model, document and drafts (none: predictions only).")
+_MAX_CONTEXT = flags.DEFINE_integer("max_context", 4096, "load_model's max_context.")
+_OUTPUT = flags.DEFINE_string("output", "", "JSON file for the rows (none: print only).")
+
+STRETCHES = ((0, 16), (16, 64), (64, 128), (128, 256), (256, 512), (512, 1 << 30))
+
+
+def parse_draft(text: str, n_layers: int) -> tuple[str, ks.SkipMask, int]:
+  """SET:GAMMA -> (SET, its skip set, gamma); SET "alt" is methods.FixedPolicy's default
+  (every other inner layer's attention and MLP), "none" the full model (both scorings must then
+  agree on every token: the check that the cache and the text line up)."""
+  try:
+    which, gamma = text.split(":")
+    gamma = int(gamma)
+  except ValueError:
+    raise app.UsageError(f"--draft must be SET:GAMMA, got {text!r}") from None
+  if which == "none":
+    return which, ks.SkipMask.from_layers(n_layers, (), ()), gamma
+  if which == "alt":
+    inner = range(1, n_layers - 1, 2)
+    return which, ks.SkipMask.from_layers(n_layers, inner, inner), gamma
+  if which not in common.DRAFTS:
+    raise app.UsageError(f"--draft {text!r}: no set {which!r} (common.DRAFTS: "
+                         f"{sorted(common.DRAFTS)}, alt, none)")
+  if len(common.DRAFTS[which]) != 2 * n_layers:
+    raise app.UsageError(f"--draft {text!r}: the set has {len(common.DRAFTS[which]) // 2} "
+                         f"layers, the model {n_layers}")
+  return which, ks.SkipMask.from_list(common.DRAFTS[which]), gamma
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "skip", "attn_len"))
+def one_token_draft(params, token, cache, *, cfg, skip, attn_len):
+  """The draft's top-1 and its probability after `token` at cache.length, every earlier position
+  holding the full model's keys and values (the cache as the full model wrote it)."""
+  out = model_lib.forward(params, cfg, token.reshape(1, 1), cache, skip=skip, attn_len=attn_len)
+  logits = model_lib.lm_head(params, cfg, out.hidden)[0, 0].astype(jnp.float32)
+  return jnp.argmax(logits).astype(jnp.int32), jnp.exp(logits.max() - jax.nn.logsumexp(logits))
+
+
+def predicted_round(agree, prob, gamma: int, threshold: float) -> tuple[float, float]:
+  """(tokens, draft forwards) per round, selection's model of the round under the exit."""
+  rates = selection.exit_rates(agree, prob, threshold)
+  return (float(selection.round_tokens(rates, gamma)),
+          float(selection.round_drafts(rates, gamma)))
+
+
+def realized_rows(path: str, name: str) -> list[dict] | None:
+  if not path:
+    return None
+  for d in json.loads(pathlib.Path(path).read_text())["drafts"]:
+    if d["draft"] == name:
+      return d["rows"]
+  raise SystemExit(f"{path}: no draft {name!r}")
+
+
+def main(argv):
+  del argv
+  model = ks.load_model(_MODEL.value or None, max_context=_MAX_CONTEXT.value)
+  params, cfg, r = model.params, model.cfg, _R.value
+  drafts = [parse_draft(text, cfg.n_layers) for text in _DRAFTS.value]
+  item = datasets.long_document_prompt(model.tokenizer, _LENGTH.value)
+  ids = datasets.encode(model.tokenizer, item)
+  answer = ks.generate(model, ids, _NEW.value, method="ar", ignore_eos=True).output_ids
+  n_prompt = len(ids)
+  text = np.asarray(list(ids) + list(answer), np.int32)
+  print(f"{item['id']}: {n_prompt} prompt tokens, {len(answer)} answer tokens", flush=True)
+
+  # The full model's cache over the prompt and the answer, as the verifies leave it.
+  cache = KVCache.create(cfg, jnp.dtype(model.dtype), sharding=model.cache_sharding)
+  _, cache = decoding.prefill(params, cfg, text, cache, model.compiled)
+  truth = text[1:]  # the full model's greedy token after each position (AR's text, float32)
+
+  out = []
+  for name, skip, gamma in drafts:
+    windows = []
+    for w in range(0, len(answer) - r, r):  # positions n_prompt + w .. + r - 1
+      p0 = n_prompt + w
+      block_agree, block_prob = knapsack.mask_agreement(
+          params, cfg, cache, jnp.asarray(text[p0:p0 + r]), p0, skip, model.compiled,
+          attn_len=decoding.attn_bucket(p0 + r, cache.capacity))
+      full_agree, full_prob = [], []
+      for p in range(p0, p0 + r):
+        top, prob = one_token_draft(params, jnp.asarray(text[p]), cache.rollback(p), cfg=cfg,
+                                    skip=skip,
+                                    attn_len=decoding.attn_bucket(p + 1, cache.capacity))
+        full_agree.append(int(top) == int(truth[p]))
+        full_prob.append(float(prob))
+      block = predicted_round(block_agree, block_prob, gamma, _THRESHOLD.value)
+      full = predicted_round(full_agree, full_prob, gamma, _THRESHOLD.value)
+      windows.append(dict(answer_token=w, block_agree=[bool(a) for a in block_agree],
+                          full_agree=full_agree, block_tokens=block[0], block_drafts=block[1],
+                          full_tokens=full[0], full_drafts=full[1]))
+      print(f"  {name} g{gamma} answer {w:4d}: block {int(np.sum(block_agree)):2d}/{r} agree, "
+            f"{block[0]:5.2f} tokens a round; full-KV {sum(full_agree):2d}/{r}, "
+            f"{full[0]:5.2f}", flush=True)
+    realized = realized_rows(_REALIZED.value, name)
+    print(f"draft {name} (gamma {gamma}), tokens a round: predicted from windows of {r} "
+          f"(block / full-KV scoring), and realized by the fixed method's rounds")
+    by_position = np.mean([[a for a in win["block_agree"]] for win in windows], axis=0)
+    print("  block agreement by position in the window: " +
+          " ".join(f"{a:.2f}" for a in by_position))
+    for lo, hi in STRETCHES:
+      part = [win for win in windows if lo <= win["answer_token"] < hi]
+      if not part:
+        continue
+      line = (f"  answer tokens {lo:4d}-{min(hi, len(answer)):4d}: block "
+              f"{np.mean([x['block_tokens'] for x in part]):5.2f} "
+              f"(agree {np.mean([np.mean(x['block_agree']) for x in part]):.2f}), full-KV "
+              f"{np.mean([x['full_tokens'] for x in part]):5.2f} "
+              f"(agree {np.mean([np.mean(x['full_agree']) for x in part]):.2f})")
+      done = [x for x in (realized or []) if lo <= x["answer_token"] < hi]
+      if done:
+        tok, rnd = sum(x["tokens"] for x in done), sum(x["rounds"] for x in done)
+        line += f"; realized {tok / rnd:5.2f} ({len(done)} windows)"
+      print(line, flush=True)
+    out.append(dict(draft=name, gamma=gamma, threshold=_THRESHOLD.value, n_ref=r,
+                    skip=skip.to_list(), windows=windows,
+                    block_agree_by_position=[float(a) for a in by_position]))
+  if _OUTPUT.value:
+    path = pathlib.Path(_OUTPUT.value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(model=model.source, prompt=item["id"],
+                                    prompt_tokens=n_prompt, new_tokens=len(answer),
+                                    drafts=out), indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
