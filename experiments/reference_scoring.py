@@ -15,15 +15,17 @@ at the block's earlier positions, computed from the draft's residual stream, as 
 written R tokens in one round. In a speculation round the draft's token k sees the full model's
 keys and values for every verified position and its own only for the k - 1 drafts before it in
 the round (the verify overwrites them). This script scores the same drafts on the same tokens
-both ways, along the answer AR writes, in windows of R tokens:
+in several ways, along the answer AR writes, in windows of R tokens:
   block: knapsack.mask_agreement, as the search does;
-  full-KV: each token alone (model.forward of one token over the full model's cache), the view
-    a round's first draft has;
+  rounds of L (--sub_blocks): the window cut into stretches of L tokens, each run by the draft
+    as one round would (model.forward of L tokens over the full model's cache up to the
+    stretch's start, the draft's own keys within it); L = 1 is each token alone, the view a
+    round's first draft has, and L = R is the block again, through the model's own attention;
 and with selection's round model (the confidence exit at --threshold) turns each into predicted
 tokens and draft forwards per round at the draft's gamma. --realized reads
 experiments/acceptance_by_position.py's output for the same model, document and drafts (the
 fixed method's windows on this text) and prints the tokens per round the rounds made, per
-stretch of the answer, beside the two predictions. Float32, so the text is AR's on this CPU.
+stretch of the answer, beside the predictions. Float32, so the text is AR's on this CPU.
 """
 
 import functools
@@ -47,6 +49,8 @@ _MODEL = flags.DEFINE_string("model", "", "A packaged name, GGUF or HF directory
 _LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document.")
 _NEW = flags.DEFINE_integer("new_tokens", 512, "Answer tokens AR writes and the windows cover.")
 _R = flags.DEFINE_integer("n_ref", 16, "Tokens per window (the search's n_ref).")
+_SUB_BLOCKS = flags.DEFINE_list("sub_blocks", ["1", "2", "4", "8"], "Round lengths L to score "
+                                 "with (each must divide n_ref).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.7, "The draft's confidence exit.")
 _DRAFTS = flags.DEFINE_multi_string("draft", ["13+14:10", "8+16:5"],
                                     "SET:GAMMA, SET a key of common.DRAFTS, alt or none.")
@@ -82,12 +86,25 @@ def parse_draft(text: str, n_layers: int) -> tuple[str, ks.SkipMask, int]:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "skip", "attn_len"))
-def one_token_draft(params, token, cache, *, cfg, skip, attn_len):
-  """The draft's top-1 and its probability after `token` at cache.length, every earlier position
-  holding the full model's keys and values (the cache as the full model wrote it)."""
-  out = model_lib.forward(params, cfg, token.reshape(1, 1), cache, skip=skip, attn_len=attn_len)
-  logits = model_lib.lm_head(params, cfg, out.hidden)[0, 0].astype(jnp.float32)
-  return jnp.argmax(logits).astype(jnp.int32), jnp.exp(logits.max() - jax.nn.logsumexp(logits))
+def round_draft(params, tokens, cache, *, cfg, skip, attn_len):
+  """The draft's top-1 and its probability after each of `tokens` [L] at cache.length + [0, L):
+  the full model's keys and values (the cache as it wrote them) before the first, the draft's
+  own within the L, as in a round that drafts them."""
+  out = model_lib.forward(params, cfg, tokens[None], cache, skip=skip, attn_len=attn_len)
+  logits = model_lib.lm_head(params, cfg, out.hidden)[0].astype(jnp.float32)
+  return (jnp.argmax(logits, -1).astype(jnp.int32),
+          jnp.exp(logits.max(-1) - jax.nn.logsumexp(logits, -1)))
+
+
+def rounds_scoring(params, cfg, cache, text, truth, p0: int, r: int, sub: int, skip):
+  """(agree [r] bool, top1 probability [r]) of the draft on text[p0:p0 + r] in rounds of `sub`."""
+  agree, probs = [], []
+  for s in range(p0, p0 + r, sub):
+    top, prob = round_draft(params, jnp.asarray(text[s:s + sub]), cache.rollback(s), cfg=cfg,
+                            skip=skip, attn_len=decoding.attn_bucket(s + sub, cache.capacity))
+    agree += [bool(t) for t in np.asarray(top) == truth[s:s + sub]]
+    probs += [float(q) for q in np.asarray(prob)]
+  return agree, probs
 
 
 def predicted_round(agree, prob, gamma: int, threshold: float) -> tuple[float, float]:
@@ -111,6 +128,9 @@ def main(argv):
   model = ks.load_model(_MODEL.value or None, max_context=_MAX_CONTEXT.value)
   params, cfg, r = model.params, model.cfg, _R.value
   drafts = [parse_draft(text, cfg.n_layers) for text in _DRAFTS.value]
+  subs = [int(x) for x in _SUB_BLOCKS.value]
+  if any(sub < 1 or r % sub for sub in subs):
+    raise app.UsageError(f"--sub_blocks {subs}: each must be a positive divisor of n_ref={r}")
   item = datasets.long_document_prompt(model.tokenizer, _LENGTH.value)
   ids = datasets.encode(model.tokenizer, item)
   answer = ks.generate(model, ids, _NEW.value, method="ar", ignore_eos=True).output_ids
@@ -131,24 +151,21 @@ def main(argv):
       block_agree, block_prob = knapsack.mask_agreement(
           params, cfg, cache, jnp.asarray(text[p0:p0 + r]), p0, skip, model.compiled,
           attn_len=decoding.attn_bucket(p0 + r, cache.capacity))
-      full_agree, full_prob = [], []
-      for p in range(p0, p0 + r):
-        top, prob = one_token_draft(params, jnp.asarray(text[p]), cache.rollback(p), cfg=cfg,
-                                    skip=skip,
-                                    attn_len=decoding.attn_bucket(p + 1, cache.capacity))
-        full_agree.append(int(top) == int(truth[p]))
-        full_prob.append(float(prob))
-      block = predicted_round(block_agree, block_prob, gamma, _THRESHOLD.value)
-      full = predicted_round(full_agree, full_prob, gamma, _THRESHOLD.value)
-      windows.append(dict(answer_token=w, block_agree=[bool(a) for a in block_agree],
-                          full_agree=full_agree, block_tokens=block[0], block_drafts=block[1],
-                          full_tokens=full[0], full_drafts=full[1]))
-      print(f"  {name} g{gamma} answer {w:4d}: block {int(np.sum(block_agree)):2d}/{r} agree, "
-            f"{block[0]:5.2f} tokens a round; full-KV {sum(full_agree):2d}/{r}, "
-            f"{full[0]:5.2f}", flush=True)
+      row = dict(answer_token=w, block_agree=[bool(a) for a in block_agree])
+      row["block_tokens"], row["block_drafts"] = predicted_round(block_agree, block_prob, gamma,
+                                                                 _THRESHOLD.value)
+      line = f"  {name} g{gamma} answer {w:4d}: block {int(np.sum(block_agree)):2d}/{r}"
+      for sub in subs:
+        agree, prob = rounds_scoring(params, cfg, cache, text, truth, p0, r, sub, skip)
+        row[f"L{sub}_agree"] = agree
+        row[f"L{sub}_tokens"], row[f"L{sub}_drafts"] = predicted_round(agree, prob, gamma,
+                                                                       _THRESHOLD.value)
+        line += f", L{sub} {sum(agree):2d}/{r}"
+      windows.append(row)
+      print(line + " agree", flush=True)
     realized = realized_rows(_REALIZED.value, name)
     print(f"draft {name} (gamma {gamma}), tokens a round: predicted from windows of {r} "
-          f"(block / full-KV scoring), and realized by the fixed method's rounds")
+          f"(block, rounds of L), and realized by the fixed method's rounds")
     by_position = np.mean([[a for a in win["block_agree"]] for win in windows], axis=0)
     print("  block agreement by position in the window: " +
           " ".join(f"{a:.2f}" for a in by_position))
@@ -156,17 +173,16 @@ def main(argv):
       part = [win for win in windows if lo <= win["answer_token"] < hi]
       if not part:
         continue
-      line = (f"  answer tokens {lo:4d}-{min(hi, len(answer)):4d}: block "
-              f"{np.mean([x['block_tokens'] for x in part]):5.2f} "
-              f"(agree {np.mean([np.mean(x['block_agree']) for x in part]):.2f}), full-KV "
-              f"{np.mean([x['full_tokens'] for x in part]):5.2f} "
-              f"(agree {np.mean([np.mean(x['full_agree']) for x in part]):.2f})")
+      line = f"  answer tokens {lo:4d}-{min(hi, len(answer)):4d}:"
+      for key in ["block"] + [f"L{sub}" for sub in subs]:
+        line += (f" {key} {np.mean([x[key + '_tokens'] for x in part]):5.2f} "
+                 f"({np.mean([np.mean(x[key + '_agree']) for x in part]):.2f})")
       done = [x for x in (realized or []) if lo <= x["answer_token"] < hi]
       if done:
         tok, rnd = sum(x["tokens"] for x in done), sum(x["rounds"] for x in done)
         line += f"; realized {tok / rnd:5.2f} ({len(done)} windows)"
       print(line, flush=True)
-    out.append(dict(draft=name, gamma=gamma, threshold=_THRESHOLD.value, n_ref=r,
+    out.append(dict(draft=name, gamma=gamma, threshold=_THRESHOLD.value, n_ref=r, sub_blocks=subs,
                     skip=skip.to_list(), windows=windows,
                     block_agree_by_position=[float(a) for a in by_position]))
   if _OUTPUT.value:

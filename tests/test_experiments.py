@@ -1009,27 +1009,32 @@ def test_acceptance_by_position_logs_each_windows_rounds_losslessly(tmp_path):
     assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-2000:]
 
 
-def test_reference_scoring_lines_up_with_ar_and_agrees_at_each_window_start(tmp_path):
+def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_must(tmp_path):
   """experiments/reference_scoring.py on SmolLM2 (a 300-token document, 40 answer tokens,
-  windows of 8): with nothing skipped both scorings agree with AR's text on every token (the
-  cache, the positions and the text line up); with FixedPolicy's default set the two differ
-  only in what a window's later tokens see, so they agree on each window's first token; the
-  predicted tokens per round lie in [1, gamma + 1]. A set of another layer count is refused by
-  name."""
+  windows of 8): with nothing skipped every scoring agrees with AR's text on every token (the
+  cache, the positions and the text line up); with FixedPolicy's default set, rounds of 8 (the
+  whole window through model.forward) agree token by token with the search's block scoring
+  (knapsack.mask_agreement), and every scoring agrees with each token alone (rounds of 1) on a
+  window's first token, which sees the same cache in all of them; the predicted tokens per round
+  lie in [1, gamma + 1]. A set of another layer count is refused by name."""
   out = tmp_path / "scoring.json"
   proc = _script("reference_scoring.py", "--length=300", "--new_tokens=40", "--n_ref=8",
-                 "--draft=none:4", "--draft=alt:3", f"--output={out}", timeout=300)
+                 "--sub_blocks=1,4,8", "--draft=none:4", "--draft=alt:3", f"--output={out}",
+                 timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   run = json.loads(out.read_text())
   none, alt = run["drafts"]
   assert [w["answer_token"] for w in none["windows"]] == [0, 8, 16, 24]
   for w in none["windows"]:
-    assert all(w["block_agree"]) and all(w["full_agree"]) and len(w["full_agree"]) == 8, w
+    for key in ("block", "L1", "L4", "L8"):
+      assert all(w[key + "_agree"]) and len(w[key + "_agree"]) == 8, (key, w)
+  for w in alt["windows"]:
+    assert w["L8_agree"] == w["block_agree"], w
   for d in (none, alt):
     for w in d["windows"]:
-      assert w["block_agree"][0] == w["full_agree"][0], w
-      for key in ("block_tokens", "full_tokens"):
-        assert 1.0 <= w[key] <= d["gamma"] + 1, (key, w)
+      for key in ("block", "L4", "L8"):
+        assert w[key + "_agree"][0] == w["L1_agree"][0], (key, w)
+        assert 1.0 <= w[key + "_tokens"] <= d["gamma"] + 1, (key, w)
   bad = _script("reference_scoring.py", "--length=300", "--new_tokens=8", "--draft=13+14:10",
                 timeout=300)
   assert bad.returncode != 0 and "the set has 28 layers, the model 30" in bad.stderr, \
