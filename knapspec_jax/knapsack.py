@@ -170,12 +170,24 @@ def _map_live(fn: Callable, x, live, chunk: int):
   return jax.tree.map(lambda o: jnp.zeros_like(o[:n_rows]).at[order].set(o[:n_rows]), out)
 
 
-def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0):
+def round_starts(r: int, round_len: int = 0) -> np.ndarray:
+  """Each of R reference tokens' offset of its round's first token, when the search takes them
+  in rounds of round_len (0: one block of R, every offset 0): int [R]."""
+  if not 0 <= round_len <= r or (round_len and r % round_len):
+    raise ValueError(f"round_len must be 0 (one block) or divide the R={r} reference tokens, "
+                     f"got {round_len}")
+  return np.arange(r) // (round_len or r) * (round_len or r)
+
+
+def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0, round_len: int = 0):
   """The attention of B independent branches of the same R tokens (the attend_kv of
   model.attention_sublayer in the search): q [B,R,H,hd], k/v [B,R,KV,hd] -> [B, R, H*hd].
 
   Each branch attends causally to its own R keys and to the shared prefix, prefix_k/v
-  [KV, S, hd] (positions < p0 are valid). One joint softmax, computed online over blocks of
+  [KV, S, hd] (positions < p0 are valid). With round_len L (0: R, the block), the R tokens are
+  taken in rounds of L, as speculation rounds draft them: a token sees its own branch's keys
+  only within its round and the prefix, the full model's keys, up to its round's start (the
+  cache must then hold the full model's keys at positions < p0 + R - L; see `round_starts`). One joint softmax, computed online over blocks of
   PREFIX_BLOCK prefix keys, seeded with the own keys: the prefix is never copied per branch
   (model.attend takes one key array per batch row), a block's scores stay in cache (one pass
   over all S scores was 3x slower at S = 6K), and blocks past p0 are not visited at all.
@@ -193,7 +205,9 @@ def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0):
 
   with jax.named_scope("own_keys"):
     s_own = jnp.einsum("brkgd,bskd->kbrgs", q, k, **f32)  # [KV, B, R, G, R]
-    s_own = jnp.where(jnp.tril(jnp.ones((r, r), bool))[:, None, :], s_own, -jnp.inf)
+    start = round_starts(r, round_len)  # [R] each token's round start, 0 .. R - 1
+    own = np.tril(np.ones((r, r), bool)) & (start[:, None] == start[None, :])
+    s_own = jnp.where(own[:, None, :], s_own, -jnp.inf)
     top = s_own.max(-1, keepdims=True)  # finite: each query sees its own key
     p_own = jnp.exp(s_own - top)
     acc = jnp.einsum("kbrgs,bskd->kbrgd", p_own.astype(v.dtype), v, **f32)
@@ -206,7 +220,7 @@ def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0):
     keys = jax.lax.dynamic_slice_in_dim(prefix_k, c * block, block, axis=1)  # [KV, blk, hd]
     values = jax.lax.dynamic_slice_in_dim(prefix_v, c * block, block, axis=1)
     scores = jnp.einsum("kmd,ksd->kms", q_rows, keys, **f32)  # [KV, M, blk]
-    scores = jnp.where(c * block + jnp.arange(block) < p0, scores, -jnp.inf)
+    scores = jnp.where(c * block + jnp.arange(block) < limit[:, None], scores, -jnp.inf)
     new_top = jnp.maximum(top, scores.max(-1))
     probs = jnp.exp(scores - new_top[..., None])
     rescale = jnp.exp(top - new_top)
@@ -214,8 +228,9 @@ def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0):
                                                 values, **f32)
     return new_top, total * rescale + probs.sum(-1), acc
 
+  limit = p0 + jnp.asarray(np.repeat(np.tile(start, b), groups))  # [M] prefix keys a row sees
   with jax.named_scope("prefix"):
-    n_blocks = (p0 + block - 1) // block
+    n_blocks = (p0 + int(start[-1]) + block - 1) // block
     top, total, acc = jax.lax.fori_loop(0, n_blocks, prefix_block, (top, total, acc))
   out = (acc / total[..., None]).astype(v.dtype).reshape(kv, b, r, groups, hd)
   return out.transpose(1, 2, 0, 3, 4).reshape(b, r, cfg.n_heads * hd)
@@ -292,18 +307,21 @@ def knapsack_search(params: model_lib.Params, cache: KVCache, tokens, p0, w_attn
                     cfg: ModelConfig, attn_len: int, k_max: int | None = None,
                     max_weight: int = DEFAULT_MAX_WEIGHT, tau: float = DEFAULT_TAU,
                     protect_ends: bool = True, whole_layers: bool = False,
-                    chunk: int = DEFAULT_CHUNK) -> KnapsackResult:
+                    chunk: int = DEFAULT_CHUNK, round_len: int = 0) -> KnapsackResult:
   """The DP for the R confirmed tokens `tokens` [R] at positions p0 .. p0 + R - 1 (device).
 
   params: per-layer (model.py) or pre-stacked (`stack_layers`) weights.
-  cache: holds the full model's keys/values at positions < p0; read only (its cursor and any
-    entries at positions >= p0 are ignored).
+  cache: holds the full model's keys/values at positions < p0 (< p0 + R - round_len with
+    round_len); read only (its cursor and any entries past those are ignored).
   p0, w_attn, w_mlp: int32 [] arrays (changing them does not recompile); weights >= 1.
   Static: attn_len, a prefix bucket with p0 + R <= attn_len <= cache capacity; k_max, the
   largest budget in the table (default: the largest K that weights <= max_weight give); tau;
   protect_ends (layers 0 and L-1 are always executed, as in the official code); whole_layers
   (CLaSp's items: a layer's attention and MLP are skipped together, weight w_attn + w_mlp,
-  compared at layer outputs only); chunk (see DEFAULT_CHUNK).
+  compared at layer outputs only); chunk (see DEFAULT_CHUNK); round_len (0: the R tokens as one
+  block, each draft state seeing its own keys at every earlier reference token; L: in rounds of
+  L, the full model's keys before each round, as a speculation round's drafts see them;
+  `_branch_attend`).
   """
   n_layers = cfg.n_layers
   k_max = max_budget(n_layers, max_weight) if k_max is None else k_max
@@ -322,7 +340,7 @@ def knapsack_search(params: model_lib.Params, cache: KVCache, tokens, p0, w_attn
     lp, pk, pv, skippable = xs
     item = lambda g, alive, sublayer, w: _knapsack_item(
         g, alive, sublayer, w, skippable, in_budget, tau=tau, chunk=chunk)
-    attend = lambda q, k, v: _branch_attend(cfg, q, k, v, pk, pv, p0)
+    attend = lambda q, k, v: _branch_attend(cfg, q, k, v, pk, pv, p0, round_len)
     attention = lambda x: model_lib.attention_sublayer(lp, cfg, x, shared.cos, shared.sin, attend)
     mlp = lambda x: model_lib.mlp_sublayer(lp, cfg, x)
     if whole_layers:
@@ -397,20 +415,21 @@ def exit_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0,
 
 
 def mask_agreement_program(params: model_lib.Params, cache: KVCache, tokens, p0, skip_bits, *,
-                           cfg: ModelConfig, attn_len: int):
+                           cfg: ModelConfig, attn_len: int, round_len: int = 0):
   """A given skip set scored on the R tokens as the search scores its candidates (device): per
   token, whether the draft's top-1 matches the full model's, and the draft's top-1 probability.
 
   skip_bits: bool [2L] in SkipMask's item order, an array, so one program per bucket scores
   every skip set (KnapSpecConfig.search_new_buckets scores a draft kept at a lower bucket on the
-  tokens of the search at a new one). Returns (agree bool [R], top1_prob float32 [R]).
+  tokens of the search at a new one). round_len as in knapsack_search. Returns (agree bool [R],
+  top1_prob float32 [R]).
   """
   shared = _branches(params, cache, tokens, p0, cfg, attn_len)
   bits = jnp.asarray(skip_bits, bool).reshape(cfg.n_layers, 2)
 
   def layer(x, xs):  # x [2, R, D]: the full model, then the draft
     lp, pk, pv, (skip_attn, skip_mlp) = xs
-    attend = lambda q, k, v: _branch_attend(cfg, q, k, v, pk, pv, p0)
+    attend = lambda q, k, v: _branch_attend(cfg, q, k, v, pk, pv, p0, round_len)
     for skipped, sublayer in ((skip_attn, lambda x: model_lib.attention_sublayer(
         lp, cfg, x, shared.cos, shared.sin, attend)), (skip_mlp, lambda x: model_lib.mlp_sublayer(
             lp, cfg, x))):
@@ -449,6 +468,7 @@ class SearchStatics:
   protect_ends: bool = True
   whole_layers: bool = False
   chunk: int = DEFAULT_CHUNK
+  round_len: int = 0
   donate_argnums = ()
   compiler_options = SCORING_OPTIONS
 
@@ -456,15 +476,15 @@ class SearchStatics:
   def of(cls, cfg: ModelConfig, attn_len: int, *, k_max: int | None = None,
          max_weight: int = DEFAULT_MAX_WEIGHT, tau: float = DEFAULT_TAU,
          protect_ends: bool = True, whole_layers: bool = False,
-         chunk: int = DEFAULT_CHUNK) -> "SearchStatics":
+         chunk: int = DEFAULT_CHUNK, round_len: int = 0) -> "SearchStatics":
     k_max = max_budget(cfg.n_layers, max_weight) if k_max is None else k_max
-    return cls(cfg, attn_len, k_max, float(tau), protect_ends, whole_layers, chunk)
+    return cls(cfg, attn_len, k_max, float(tau), protect_ends, whole_layers, chunk, round_len)
 
   def run(self, params, cache, tokens, p0, w_attn, w_mlp):
     return knapsack_search(params, cache, tokens, p0, w_attn, w_mlp, cfg=self.cfg,
                            attn_len=self.attn_len, k_max=self.k_max, tau=self.tau,
                            protect_ends=self.protect_ends, whole_layers=self.whole_layers,
-                           chunk=self.chunk)
+                           chunk=self.chunk, round_len=self.round_len)
 
 
 @compile_cache.program
@@ -485,16 +505,18 @@ class ExitAgreementStatics:
 @compile_cache.program
 @dataclasses.dataclass(frozen=True)
 class MaskAgreementStatics:
-  """mask_agreement_program's static settings: one program per bucket for every skip set."""
+  """mask_agreement_program's static settings: one program per bucket (and round length) for
+  every skip set."""
 
   cfg: ModelConfig
   attn_len: int
+  round_len: int = 0
   donate_argnums = ()
   compiler_options = SCORING_OPTIONS
 
   def run(self, params, cache, tokens, p0, skip_bits):
     return mask_agreement_program(params, cache, tokens, p0, skip_bits, cfg=self.cfg,
-                                  attn_len=self.attn_len)
+                                  attn_len=self.attn_len, round_len=self.round_len)
 
 
 def _search_args(params, cache, tokens, p0, w_attn, w_mlp):
@@ -515,6 +537,7 @@ def _abstract_inputs(params: model_lib.Params, cfg: ModelConfig, r: int) -> tupl
 def compile_search(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache, r: int,
                    *, attn_len: int, **static):
   """AOT-compiles the search for R = r tokens at this attention bucket (warm-up)."""
+  round_starts(r, static.get("round_len", 0))
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   return compiled.get(SearchStatics.of(cfg, attn_len, **static),
                       _abstract_inputs(params, cfg, r) + (scalar, scalar))
@@ -529,6 +552,7 @@ def search(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p
   attn_len defaults to the decoding attention bucket of p0 + R.
   """
   args = _search_args(params, cache, tokens, p0, w_attn, w_mlp)
+  round_starts(args[2].shape[0], static.get("round_len", 0))
   if attn_len is None:
     attn_len = decoding.attn_bucket(int(p0) + args[2].shape[0], cache.capacity)
   return compiled.get(SearchStatics.of(cfg, attn_len, **static), args)(*args)
@@ -551,23 +575,26 @@ def exit_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, t
 
 
 def compile_mask_agreement(params: model_lib.Params, cfg: ModelConfig, compiled: CompileCache,
-                           r: int, *, attn_len: int):
+                           r: int, *, attn_len: int, round_len: int = 0):
   """AOT-compiles `mask_agreement_program` for R = r tokens at this bucket (warm-up)."""
+  round_starts(r, round_len)
   bits = jax.ShapeDtypeStruct((2 * cfg.n_layers,), jnp.bool_)
-  return compiled.get(MaskAgreementStatics(cfg, attn_len),
+  return compiled.get(MaskAgreementStatics(cfg, attn_len, round_len),
                       _abstract_inputs(params, cfg, r) + (bits,))
 
 
 def mask_agreement(params: model_lib.Params, cfg: ModelConfig, cache: KVCache, tokens, p0: int,
-                   skip: SkipMask, compiled: CompileCache, *,
-                   attn_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   skip: SkipMask, compiled: CompileCache, *, attn_len: int | None = None,
+                   round_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Host wrapper of `mask_agreement_program`: (agree bool [R], top1_prob float [R]) of `skip`
   on the R tokens at p0, the statistics a search's Candidate carries for its own skip sets."""
   skip.check(cfg.n_layers)
   args = _search_args(params, cache, tokens, p0, 0, 0)[:4] + (jnp.asarray(skip.skip, bool),)
+  round_starts(args[2].shape[0], round_len)
   if attn_len is None:
     attn_len = decoding.attn_bucket(int(p0) + args[2].shape[0], cache.capacity)
-  agree, prob = jax.device_get(compiled.get(MaskAgreementStatics(cfg, attn_len), args)(*args))
+  agree, prob = jax.device_get(
+      compiled.get(MaskAgreementStatics(cfg, attn_len, round_len), args)(*args))
   return np.asarray(agree, bool), np.asarray(prob, np.float64)
 
 

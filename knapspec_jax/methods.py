@@ -318,6 +318,18 @@ class KnapSpecConfig:
     whose 512 bucket keeps a draft, ran 1.082x and 1.069x AR with it against 1.034x and 0.977x
     without; the other prompts keep nothing above and declined either way. Off by default
     until Qwen's long documents are measured with it.
+  search_round_len: how the search (and a borrowed draft's scoring on its tokens) runs a draft
+    over its n_ref reference tokens. 0: as one block, each token's draft seeing the draft's own
+    keys and values at every earlier reference token, as if it had drafted all n_ref in one
+    round. L (dividing n_ref): in rounds of L, each round over the full model's cache up to its
+    first token, as a speculation round's drafts see the verified tokens (1: each token alone).
+    On the CPU (Qwen2.5-Coder-1.5B, float32, the 2K document, two drafts KnapSpec chose on an
+    H100; experiments/reference_scoring.py, BENCHMARKS.md 10.46) the block's statistics put the
+    drafts' speedup at the H100 profile's costs 0.13-0.21x under what their rounds then made
+    along the answer (the draft's agreement falls from 0.81 at a block's first token to 0.35
+    at its 16th), rounds of 1 within 0.03-0.08x and rounds of 2 within 0.04-0.06x: the block
+    view steers the search to mild drafts. 0 (the block, as every measurement so far) until a
+    GPU run measures another.
   """
 
   interval: int = 64
@@ -348,6 +360,7 @@ class KnapSpecConfig:
   search_after: int = 0
   bucket_windows: bool = True
   stand_in_above: bool = False
+  search_round_len: int = 0
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -368,6 +381,10 @@ class KnapSpecConfig:
       _check_real(name, getattr(self, name), 0.0, math.inf, low_open=False, high_open=True)
     _check_int("compile_horizon", self.compile_horizon, 0)
     _check_int("search_after", self.search_after, 0)
+    _check_int("search_round_len", self.search_round_len, 0)
+    if self.search_round_len and self.n_ref % self.search_round_len:
+      raise MethodError(f"search_round_len must be 0 (one block) or divide n_ref="
+                        f"{self.n_ref}, got {self.search_round_len}")
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
                  "exit_model", "search_new_buckets", "bucket_windows", "stand_in_above"):
       _check_bool(name, getattr(self, name))
@@ -475,7 +492,7 @@ class KnapSpecPolicy:
                                                                self.config.max_weight)
     return dict(attn_len=attn_len, tau=self.config.tau, max_weight=self.config.max_weight,
                 protect_ends=self.config.protect_ends, whole_layers=not self.config.decoupled,
-                chunk=chunk)
+                chunk=chunk, round_len=self.config.search_round_len)
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """AOT-compiles the search for every bucket where this run could afford a search, and the
@@ -502,7 +519,8 @@ class KnapSpecPolicy:
                  or (self.config.keep and first_searched < bucket))
       if self.config.search_new_buckets and borrows:
         knapsack.compile_mask_agreement(self.model.params, self.model.cfg, self.model.compiled,
-                                        self.config.n_ref, attn_len=bucket)
+                                        self.config.n_ref, attn_len=bucket,
+                                        round_len=self.config.search_round_len)
     drafts = {self.kept(capacity, n) for n in range(n_prompt, max(end, n_prompt + 1))} - {None}
     if not drafts:
       return
@@ -695,7 +713,7 @@ class KnapSpecPolicy:
     bucket = attn_bucket(n, capacity)
     agree, top1_prob = knapsack.mask_agreement(
         self.model.params, self.model.cfg, state.cache, ctx.tokens[n - c.n_ref:], n - c.n_ref,
-        borrowed.skip, self.model.compiled, attn_len=bucket)
+        borrowed.skip, self.model.compiled, attn_len=bucket, round_len=c.search_round_len)
     here = self.candidate(borrowed.skip, agree, top1_prob)
     ar_tpt = 1 / p.t_step(None, attn_len)
     borrowed_tpt = selection.draft_tpt(borrowed.skip, borrowed.alpha, p, attn_len,

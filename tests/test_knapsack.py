@@ -143,8 +143,25 @@ class NumpyDP:
   ref_top1: np.ndarray
 
 
+def numpy_attention_in_rounds(m: NumpyLlama, layer, x, positions, prefix_kv, round_len):
+  """x [N, R, D] through layer's attention: one block over prefix_kv (round_len 0), or in
+  rounds of round_len tokens, each over the full model's keys up to its start (prefix_kv then
+  holds them for every position before the R tokens' last round) and its own keys within it."""
+  k_all, v_all = prefix_kv[layer]
+  r = x.shape[1]
+  if not round_len:
+    p0 = positions[0]
+    return m.attention(layer, x, positions, k_all[:p0], v_all[:p0])[0]
+  return np.concatenate([
+      m.attention(layer, x[:, s:s + round_len], positions[s:s + round_len],
+                  k_all[:positions[s]], v_all[:positions[s]])[0]
+      for s in range(0, r, round_len)], axis=1)
+
+
 def numpy_knapsack(m: NumpyLlama, prefix_kv, tokens, p0, w_attn, w_mlp, k_max,
-                   protect_ends=True, whole_layers=False) -> NumpyDP:
+                   protect_ends=True, whole_layers=False, round_len=0) -> NumpyDP:
+  """prefix_kv: the full model's keys and values, per layer, at positions < p0 (round_len 0)
+  or up to the R tokens' last round (numpy_attention_in_rounds)."""
   n_layers, r = m.cfg.n_layers, len(tokens)
   positions = p0 + np.arange(r)
   limit = min((w_attn + w_mlp) * n_layers // 2, k_max)
@@ -152,7 +169,7 @@ def numpy_knapsack(m: NumpyLlama, prefix_kv, tokens, p0, w_attn, w_mlp, k_max,
   def run_sublayer(i, x):  # x [N, R, D]: all live states in one call, as the DP does
     layer = i // 2
     if i % 2 == 0:
-      return m.attention(layer, x, positions, *prefix_kv[layer])[0]
+      return numpy_attention_in_rounds(m, layer, x, positions, prefix_kv, round_len)
     return m.mlp(layer, x)
 
   # An item: (its sublayers, its weight, whether it may be skipped).
@@ -235,29 +252,34 @@ class Setup:
   p0: int
   attn_len: int
   compiled: CompileCache
+  np_full: list  # the NumPy full model's keys/values through the R tokens (rounds' prefixes)
 
 
 def make_setup(params, cfg, prompt, p0, attn_len) -> Setup:
   """The JAX cache is filled by model.forward over the whole prompt, so positions >= p0 hold
-  keys the search must ignore; the NumPy side prefills only prompt[:p0] itself."""
+  keys the block search must ignore (and the full model's keys that a search in rounds reads);
+  the NumPy side prefills prompt[:p0] and prompt[:p0 + R] itself."""
   cache = KVCache.create(cfg)
   cache = model_lib.forward(params, cfg, jnp.asarray(prompt)[None], cache,
                             skip=SkipMask.none(cfg.n_layers), attn_len=attn_len).cache
   np_model = NumpyLlama(params, cfg)
   tokens = np.asarray(prompt[p0:p0 + R], np.int32)
   return Setup(cfg, params, knapsack.stack_layers(params), cache, np_model,
-               np_model.prefill(prompt[:p0]), tokens, p0, attn_len, CompileCache())
+               np_model.prefill(prompt[:p0]), tokens, p0, attn_len, CompileCache(),
+               np_model.prefill(prompt[:p0 + R]))
 
 
 def compare(setup: Setup, w_attn, w_mlp, k_max=None, stacked=True, whole_layers=False,
-            label=""):
+            label="", round_len=0):
   cfg = setup.cfg
   k_max = knapsack.max_budget(cfg.n_layers) if k_max is None else k_max
   result = knapsack.search(setup.stacked if stacked else setup.params, cfg, setup.cache,
                            setup.tokens, setup.p0, w_attn, w_mlp, setup.compiled,
-                           attn_len=setup.attn_len, k_max=k_max, whole_layers=whole_layers)
-  want = numpy_knapsack(setup.np_model, setup.np_prefix, setup.tokens, setup.p0, w_attn, w_mlp,
-                        k_max, whole_layers=whole_layers)
+                           attn_len=setup.attn_len, k_max=k_max, whole_layers=whole_layers,
+                           round_len=round_len)
+  want = numpy_knapsack(setup.np_model, setup.np_full if round_len else setup.np_prefix,
+                        setup.tokens, setup.p0, w_attn, w_mlp, k_max, whole_layers=whole_layers,
+                        round_len=round_len)
   got = {c.budget: c for c in knapsack.candidates(result)}
   np.testing.assert_array_equal(np.asarray(result.ref_top1), want.ref_top1)
   limit = min(knapsack.budget_limit(w_attn, w_mlp, cfg.n_layers), k_max)
@@ -326,6 +348,28 @@ def test_random_model_small_table_and_unstacked(random_setup):
 def test_random_model_whole_layers(random_setup, w_attn, w_mlp):
   got, _ = compare(random_setup, w_attn, w_mlp, whole_layers=True, label="random whole layers")
   assert len(got) > 1
+
+
+@pytest.mark.parametrize("round_len", (1, 2, 4))
+def test_random_model_in_rounds_matches_numpy(random_setup, round_len):
+  """KnapSpecConfig.search_round_len: the DP over the R tokens taken in rounds of L, each state
+  seeing the full model's keys before its round and its own within it, against the NumPy DP
+  that runs each round over its own prefix (BENCHMARKS.md 10.46: the block view predicted
+  Qwen2.5-Coder-1.5B's drafts 0.13-0.21x under the rounds they then made)."""
+  got, _ = compare(random_setup, 2, 1, round_len=round_len, label=f"random rounds of {round_len}")
+  assert len(got) > 1
+
+
+def test_round_len_must_divide_the_reference_tokens(random_setup):
+  s = random_setup
+  for bad in (3, R + 1, -1):
+    with pytest.raises(ValueError, match=f"round_len must be 0 .* got {bad}"):
+      knapsack.search(s.stacked, s.cfg, s.cache, s.tokens, s.p0, 2, 1, s.compiled,
+                      attn_len=s.attn_len, round_len=bad)
+    with pytest.raises(ValueError, match="round_len must be 0"):
+      knapsack.mask_agreement(s.stacked, s.cfg, s.cache, s.tokens, s.p0,
+                              SkipMask.none(s.cfg.n_layers), s.compiled, attn_len=s.attn_len,
+                              round_len=bad)
 
 
 def test_candidates_replay_through_the_model(random_setup):
@@ -398,6 +442,47 @@ def test_mask_agreement_matches_numpy(random_setup):
   with pytest.raises(SkipMaskError, match="skip mask has"):
     knapsack.mask_agreement(s.stacked, s.cfg, s.cache, s.tokens, s.p0,
                             SkipMask.none(n_layers + 1), s.compiled, attn_len=s.attn_len)
+
+
+@pytest.mark.parametrize("round_len", (1, 4, R))
+def test_mask_agreement_in_rounds_matches_the_model_round_by_round(random_setup, round_len):
+  """In rounds of L, a skip set's agreement and confidence are those of model.forward over the
+  L tokens of each round from the full model's cache at the round's start (the draft's view in
+  a speculation round), and of the NumPy forward in rounds; L = R is the block again."""
+  s = random_setup
+  m, n_layers = s.np_model, s.cfg.n_layers
+  positions = s.p0 + np.arange(R)
+
+  def numpy_forward(skip):
+    x = m.embed[s.tokens][None]
+    for layer in range(n_layers):
+      if not skip.skips_attn(layer):
+        x = numpy_attention_in_rounds(m, layer, x, positions, s.np_full, round_len)
+      if not skip.skips_mlp(layer):
+        x = m.mlp(layer, x)
+    return x[0]
+
+  def model_top1(skip):
+    tops = []
+    for start in range(0, R, round_len):
+      out = model_lib.forward(s.params, s.cfg, jnp.asarray(s.tokens[start:start + round_len])[None],
+                              s.cache.rollback(s.p0 + start), skip=skip, attn_len=s.attn_len)
+      tops.append(np.argmax(np.asarray(model_lib.lm_head(s.params, s.cfg, out.hidden[0])), -1))
+    return np.concatenate(tops)
+
+  full_top1 = m.top1(numpy_forward(SkipMask.none(n_layers)))[0]
+  for skip in (SkipMask.none(n_layers), SkipMask.from_layers(n_layers, [1, 3], [2]),
+               SkipMask.from_layers(n_layers, [1, 2, 3, 4], [1, 3])):
+    agree, prob = knapsack.mask_agreement(s.stacked, s.cfg, s.cache, s.tokens, s.p0, skip,
+                                          s.compiled, attn_len=s.attn_len, round_len=round_len)
+    x = numpy_forward(skip)
+    np.testing.assert_array_equal(agree, m.top1(x)[0] == full_top1, err_msg=str(skip))
+    np.testing.assert_array_equal(agree, model_top1(skip) == full_top1, err_msg=str(skip))
+    np.testing.assert_allclose(prob, m.top1_prob(x), rtol=1e-3, atol=1e-5, err_msg=str(skip))
+  if round_len == R:
+    block, _ = knapsack.mask_agreement(s.stacked, s.cfg, s.cache, s.tokens, s.p0, skip,
+                                       s.compiled, attn_len=s.attn_len)
+    np.testing.assert_array_equal(agree, block)
 
 
 @pytest.fixture(scope="module")

@@ -378,6 +378,27 @@ def test_search_after_puts_the_first_search_deeper_into_the_generation(tiny_mode
   model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
 
 
+@pytest.mark.parametrize("round_len", [1, 4])
+def test_search_round_len_searches_in_rounds_and_stays_lossless(tiny_models, with_profile,
+                                                                round_len):
+  """search_round_len: the search runs its reference tokens in rounds of L (its program keyed
+  by the round length: knapsack.SearchStatics.round_len), drafts, and the output is AR's; the
+  search programs the generation compiled (warm-up and decode) are all of rounds of L."""
+  model = with_profile(tiny_models["llama3_rope"].jax, **PAYS)
+  ids = np.arange(5, 45) % model.cfg.vocab_size
+  want = ar(model, ids, 48)
+  model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
+  searches = lambda: {p for p in model.compiled.programs() if isinstance(p, knapsack.SearchStatics)}
+  before = searches()
+  config = ks.KnapSpecConfig(**KEEP_TEST, search_round_len=round_len)
+  got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == want
+  assert any(r.startswith("predicted") for r in _reasons(got)), _reasons(got)
+  new = searches() - before
+  assert new and {p.round_len for p in new} == {round_len}, new
+  model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
+
+
 def test_search_after_collects_no_further_than_the_end_of_the_bucket(tiny_models, with_profile):
   """search_after: where n_ref + search_after generated tokens would run past the bucket the
   generation began in, it collects up to that bucket's end and searches there (at least n_ref
@@ -1029,6 +1050,8 @@ def test_seen_skip_set_compiles_nothing(tiny_models, with_profile, compile_count
     (lambda L: ks.KnapSpecConfig(interval=0), ks.MethodError),
     (lambda L: ks.KnapSpecConfig(tau=1.0), ks.MethodError),
     (lambda L: ks.KnapSpecConfig(search_after=-1), ks.MethodError),
+    (lambda L: ks.KnapSpecConfig(search_round_len=3), ks.MethodError),
+    (lambda L: ks.KnapSpecConfig(search_round_len=-1), ks.MethodError),
     (lambda L: ks.DelConfig(gamma_max=0), ks.MethodError),
 ])
 def test_bad_method_options(tiny_models, make, error):
