@@ -26,9 +26,20 @@ tokens and draft forwards per round at the draft's gamma. --realized reads
 experiments/acceptance_by_position.py's output for the same model, document and drafts (the
 fixed method's windows on this text) and prints the tokens per round the rounds made, per
 stretch of the answer, beside the predictions. Float32, so the text is AR's on this CPU.
+
+With --profile (a latency profile's JSON) every prediction and the realized rounds are also
+put as speedups over AR at that profile's costs at --attn_len (tokens per round over draft
+forwards times the draft's step plus the verify of gamma + 1, against AR's step), with each
+scoring's mean error over the realized windows. --scored reads an earlier run's --output
+instead of scoring again (no model is loaded):
+
+  python experiments/reference_scoring.py --scored=results/cpu/reference_scoring/qwen_2k.json.gz \
+      --realized=results/cpu/acceptance_by_position/qwen_2k.json --attn_len=2048 \
+      --profile=profiles/NVIDIA_H100_80GB_HBM3__qwen2.5-coder-1.5b-instruct-q4_k_m.gguf_pallas_rows2_step2_pallas_windows_draftvocab16384__bfloat16.json
 """
 
 import functools
+import gzip
 import json
 import pathlib
 import sys
@@ -44,6 +55,7 @@ import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets, decoding, knapsack, selection  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
+from knapspec_jax.latency import LatencyProfile  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "", "A packaged name, GGUF or HF directory; '' SmolLM2.")
 _LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document.")
@@ -58,6 +70,11 @@ _REALIZED = flags.DEFINE_string("realized", "", "acceptance_by_position.py's JSO
                                 "model, document and drafts (none: predictions only).")
 _MAX_CONTEXT = flags.DEFINE_integer("max_context", 4096, "load_model's max_context.")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the rows (none: print only).")
+_SCORED = flags.DEFINE_string("scored", "", "An earlier run's --output (.json or .json.gz) to "
+                              "read instead of scoring (no model is loaded).")
+_PROFILE = flags.DEFINE_string("profile", "", "A latency profile's JSON: the predictions and the "
+                               "realized rounds as speedups over AR at its costs.")
+_ATTN_LEN = flags.DEFINE_integer("attn_len", 2048, "The attention bucket of --profile's costs.")
 
 STRETCHES = ((0, 16), (16, 64), (64, 128), (128, 256), (256, 512), (512, 1 << 30))
 
@@ -114,17 +131,63 @@ def predicted_round(agree, prob, gamma: int, threshold: float) -> tuple[float, f
           float(selection.round_drafts(rates, gamma)))
 
 
-def realized_rows(path: str, name: str) -> list[dict] | None:
+def realized_rows(path: str, name: str) -> list[dict]:
+  """The windows acceptance_by_position.py's output at `path` holds for draft `name` ([] where
+  there is no path or no such draft)."""
   if not path:
-    return None
+    return []
   for d in json.loads(pathlib.Path(path).read_text())["drafts"]:
     if d["draft"] == name:
       return d["rows"]
-  raise SystemExit(f"{path}: no draft {name!r}")
+  return []
+
+
+def speedups(run: dict, realized_path: str, profile: LatencyProfile, attn_len: int):
+  """Prints each scoring's predicted speedup over AR per stretch of the answer at the profile's
+  costs, the realized rounds' beside it, and each scoring's mean error (weighted by the realized
+  windows in each stretch)."""
+  ar = 1 / profile.t_step(None, attn_len)
+  for d in run["drafts"]:
+    skip, gamma = ks.SkipMask.from_list(d["skip"]), d["gamma"]
+    step, verify = profile.t_step(skip, attn_len), profile.t_verify(gamma + 1, attn_len)
+    speed = lambda tokens, drafts: tokens / (drafts * step + verify) / ar
+    keys = ["block"] + [f"L{sub}" for sub in d.get("sub_blocks", [])]
+    realized = realized_rows(realized_path, d["draft"])
+    if not realized:
+      print(f"draft {d['draft']}: no realized rounds in {realized_path}")
+      continue
+    errors = {k: [] for k in keys}
+    print(f"draft {d['draft']} (gamma {gamma}) x AR at the profile's costs, attention {attn_len}")
+    for lo, hi in STRETCHES:
+      part = [w for w in d["windows"] if lo <= w["answer_token"] < hi]
+      done = [x for x in realized if lo <= x["answer_token"] < hi]
+      if not part or not done:
+        continue
+      rounds = sum(x["rounds"] for x in done)
+      real = speed(sum(x["tokens"] for x in done) / rounds,
+                   sum(x["drafted"] for x in done) / rounds)
+      line = f"  answer tokens {lo:4d}-{hi:4d}: realized {real:.2f}x;"
+      for k in keys:
+        got = float(np.mean([speed(w[k + "_tokens"], w[k + "_drafts"]) for w in part]))
+        errors[k].append((got - real, len(done)))
+        line += f" {k} {got:.2f}"
+      print(line)
+    for k, e in errors.items():
+      err, weight = np.array([a for a, _ in e]), np.array([b for _, b in e])
+      print(f"  {k}: mean error {np.average(err, weights=weight):+.3f}x, mean |error| "
+            f"{np.average(np.abs(err), weights=weight):.3f}x")
 
 
 def main(argv):
   del argv
+  if _SCORED.value:
+    opener = gzip.open if _SCORED.value.endswith(".gz") else open
+    with opener(_SCORED.value, "rt") as f:
+      run = json.load(f)
+    if not (_PROFILE.value and _REALIZED.value):
+      raise app.UsageError("--scored needs --profile and --realized")
+    speedups(run, _REALIZED.value, LatencyProfile.load(_PROFILE.value), _ATTN_LEN.value)
+    return
   model = ks.load_model(_MODEL.value or None, max_context=_MAX_CONTEXT.value)
   params, cfg, r = model.params, model.cfg, _R.value
   drafts = [parse_draft(text, cfg.n_layers) for text in _DRAFTS.value]
@@ -177,7 +240,7 @@ def main(argv):
       for key in ["block"] + [f"L{sub}" for sub in subs]:
         line += (f" {key} {np.mean([x[key + '_tokens'] for x in part]):5.2f} "
                  f"({np.mean([np.mean(x[key + '_agree']) for x in part]):.2f})")
-      done = [x for x in (realized or []) if lo <= x["answer_token"] < hi]
+      done = [x for x in realized if lo <= x["answer_token"] < hi]
       if done:
         tok, rnd = sum(x["tokens"] for x in done), sum(x["rounds"] for x in done)
         line += f"; realized {tok / rnd:5.2f} ({len(done)} windows)"
@@ -185,12 +248,14 @@ def main(argv):
     out.append(dict(draft=name, gamma=gamma, threshold=_THRESHOLD.value, n_ref=r, sub_blocks=subs,
                     skip=skip.to_list(), windows=windows,
                     block_agree_by_position=[float(a) for a in by_position]))
+  run = dict(model=model.source, prompt=item["id"], prompt_tokens=n_prompt,
+             new_tokens=len(answer), drafts=out)
+  if _PROFILE.value and _REALIZED.value:
+    speedups(run, _REALIZED.value, LatencyProfile.load(_PROFILE.value), _ATTN_LEN.value)
   if _OUTPUT.value:
     path = pathlib.Path(_OUTPUT.value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(model=model.source, prompt=item["id"],
-                                    prompt_tokens=n_prompt, new_tokens=len(answer),
-                                    drafts=out), indent=1))
+    path.write_text(json.dumps(run, indent=1))
     print(f"wrote {path}")
 
 

@@ -1035,6 +1035,16 @@ def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_mus
       for key in ("block", "L4", "L8"):
         assert w[key + "_agree"][0] == w["L1_agree"][0], (key, w)
         assert 1.0 <= w[key + "_tokens"] <= d["gamma"] + 1, (key, w)
+  realized = tmp_path / "realized.json"  # acceptance_by_position.py's layout, one window
+  realized.write_text(json.dumps(dict(drafts=[dict(draft="alt", rows=[dict(
+      answer_token=0, tokens=12, rounds=6, drafted=9, accepted=6)])])))
+  profile = REPO / "profiles" / "cpu__AMD_EPYC_x2__SmolLM2-135M-Instruct.Q4_1.gguf__float32.json"
+  again = _script("reference_scoring.py", f"--scored={out}", f"--realized={realized}",
+                  f"--profile={profile}", "--attn_len=512", timeout=120)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "answer tokens    0-  16: realized" in again.stdout, again.stdout
+  assert "L4: mean error" in again.stdout and "block: mean error" in again.stdout
+  assert "draft none: no realized rounds" in again.stdout, again.stdout
   bad = _script("reference_scoring.py", "--length=300", "--new_tokens=8", "--draft=13+14:10",
                 timeout=300)
   assert bad.returncode != 0 and "the set has 28 layers, the model 30" in bad.stderr, \
