@@ -48,14 +48,10 @@ def parse_draft(text: str, n_layers: int) -> tuple[str, ks.SkipMask | None, int]
     raise app.UsageError(f"--draft must be NAME:SET:GAMMA, got {text!r}") from None
   if which == "auto":
     return name, None, gamma
-  if which not in common.DRAFTS:
-    raise app.UsageError(f"--draft {text!r}: no set {which!r} (common.DRAFTS: "
-                         f"{sorted(common.DRAFTS)}, auto)")
-  bits = common.DRAFTS[which]
-  if len(bits) != 2 * n_layers:
-    raise app.UsageError(f"--draft {text!r}: the set has {len(bits) // 2} layers, the model "
-                         f"{n_layers}")
-  return name, ks.SkipMask.from_list(bits), gamma
+  try:
+    return name, common.named_draft(which, n_layers, "auto"), gamma
+  except ValueError as e:
+    raise app.UsageError(f"--draft {text!r}: {e}") from None
 
 
 def position_rows(window_log: list[dict], prompt_tokens: int) -> list[dict]:

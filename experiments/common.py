@@ -36,6 +36,19 @@ DRAFTS = {
              0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0],
 }
 
+
+
+def named_draft(which: str, n_layers: int, others: str) -> ks.SkipMask:
+  """The skip set DRAFTS[which] for a model of n_layers; ValueError naming the known sets (and
+  `others`, the names the calling script takes besides them) or the layer mismatch."""
+  if which not in DRAFTS:
+    raise ValueError(f"no set {which!r} (common.DRAFTS: {sorted(DRAFTS)}, {others})")
+  bits = DRAFTS[which]
+  if len(bits) != 2 * n_layers:
+    raise ValueError(f"the set has {len(bits) // 2} layers, the model {n_layers}")
+  return ks.SkipMask.from_list(bits)
+
+
 SHORT = 300  # prompt lengths below this name a Spec-Bench question instead of a long document
 
 

@@ -52,7 +52,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path)
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import datasets, decoding, knapsack, selection  # noqa: E402
+from knapspec_jax import datasets, decoding, knapsack, methods, selection  # noqa: E402
 from knapspec_jax import model as model_lib  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.latency import LatencyProfile  # noqa: E402
@@ -80,9 +80,9 @@ STRETCHES = ((0, 16), (16, 64), (64, 128), (128, 256), (256, 512), (512, 1 << 30
 
 
 def parse_draft(text: str, n_layers: int) -> tuple[str, ks.SkipMask, int]:
-  """SET:GAMMA -> (SET, its skip set, gamma); SET "alt" is methods.FixedPolicy's default
-  (every other inner layer's attention and MLP), "none" the full model (both scorings must then
-  agree on every token: the check that the cache and the text line up)."""
+  """SET:GAMMA -> (SET, its skip set, gamma); SET "alt" is FixedPolicy's default
+  (methods.default_fixed_skip), "none" the full model (both scorings must then agree on every
+  token: the check that the cache and the text line up)."""
   try:
     which, gamma = text.split(":")
     gamma = int(gamma)
@@ -91,15 +91,11 @@ def parse_draft(text: str, n_layers: int) -> tuple[str, ks.SkipMask, int]:
   if which == "none":
     return which, ks.SkipMask.from_layers(n_layers, (), ()), gamma
   if which == "alt":
-    inner = range(1, n_layers - 1, 2)
-    return which, ks.SkipMask.from_layers(n_layers, inner, inner), gamma
-  if which not in common.DRAFTS:
-    raise app.UsageError(f"--draft {text!r}: no set {which!r} (common.DRAFTS: "
-                         f"{sorted(common.DRAFTS)}, alt, none)")
-  if len(common.DRAFTS[which]) != 2 * n_layers:
-    raise app.UsageError(f"--draft {text!r}: the set has {len(common.DRAFTS[which]) // 2} "
-                         f"layers, the model {n_layers}")
-  return which, ks.SkipMask.from_list(common.DRAFTS[which]), gamma
+    return which, methods.default_fixed_skip(n_layers), gamma
+  try:
+    return which, common.named_draft(which, n_layers, "alt, none"), gamma
+  except ValueError as e:
+    raise app.UsageError(f"--draft {text!r}: {e}") from None
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "skip", "attn_len"))
@@ -229,7 +225,7 @@ def main(argv):
     realized = realized_rows(_REALIZED.value, name)
     print(f"draft {name} (gamma {gamma}), tokens a round: predicted from windows of {r} "
           f"(block, rounds of L), and realized by the fixed method's rounds")
-    by_position = np.mean([[a for a in win["block_agree"]] for win in windows], axis=0)
+    by_position = np.mean([win["block_agree"] for win in windows], axis=0)
     print("  block agreement by position in the window: " +
           " ".join(f"{a:.2f}" for a in by_position))
     for lo, hi in STRETCHES:

@@ -187,10 +187,11 @@ def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0, round_len:
   [KV, S, hd] (positions < p0 are valid). With round_len L (0: R, the block), the R tokens are
   taken in rounds of L, as speculation rounds draft them: a token sees its own branch's keys
   only within its round and the prefix, the full model's keys, up to its round's start (the
-  cache must then hold the full model's keys at positions < p0 + R - L; see `round_starts`). One joint softmax, computed online over blocks of
-  PREFIX_BLOCK prefix keys, seeded with the own keys: the prefix is never copied per branch
-  (model.attend takes one key array per batch row), a block's scores stay in cache (one pass
-  over all S scores was 3x slower at S = 6K), and blocks past p0 are not visited at all.
+  cache must then hold the full model's keys at positions < p0 + R - L; see `round_starts`).
+  One joint softmax, computed online over blocks of PREFIX_BLOCK prefix keys, seeded with the
+  own keys: the prefix is never copied per branch (model.attend takes one key array per batch
+  row), a block's scores stay in cache (one pass over all S scores was 3x slower at S = 6K),
+  and blocks past the last round's start (p0 for the block) are not visited at all.
   The configured kernels (cfg.attention, cfg.window_attention) attend one sequence over its own
   cache; the branches share a prefix but not their own keys, so they have no such cache, and
   this is the search's kernel whatever the config says.
@@ -214,6 +215,7 @@ def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0, round_len:
     top, total, acc = rows(top[..., 0]), rows(p_own.sum(-1)), rows(acc)  # [KV,M], [KV,M], [KV,M,hd]
 
   block = min(PREFIX_BLOCK, prefix_k.shape[1])  # setup pads S to a multiple of it
+  limit = p0 + jnp.asarray(np.repeat(np.tile(start, b), groups))  # [M] prefix keys a row sees
 
   def prefix_block(c, carry):
     top, total, acc = carry
@@ -228,7 +230,6 @@ def _branch_attend(cfg: ModelConfig, q, k, v, prefix_k, prefix_v, p0, round_len:
                                                 values, **f32)
     return new_top, total * rescale + probs.sum(-1), acc
 
-  limit = p0 + jnp.asarray(np.repeat(np.tile(start, b), groups))  # [M] prefix keys a row sees
   with jax.named_scope("prefix"):
     n_blocks = (p0 + int(start[-1]) + block - 1) // block
     top, total, acc = jax.lax.fori_loop(0, n_blocks, prefix_block, (top, total, acc))

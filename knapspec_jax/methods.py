@@ -382,9 +382,10 @@ class KnapSpecConfig:
     _check_int("compile_horizon", self.compile_horizon, 0)
     _check_int("search_after", self.search_after, 0)
     _check_int("search_round_len", self.search_round_len, 0)
-    if self.search_round_len and self.n_ref % self.search_round_len:
-      raise MethodError(f"search_round_len must be 0 (one block) or divide n_ref="
-                        f"{self.n_ref}, got {self.search_round_len}")
+    try:
+      knapsack.round_starts(self.n_ref, self.search_round_len)
+    except ValueError as e:
+      raise MethodError(f"search_round_len (n_ref={self.n_ref}): {e}") from None
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
                  "exit_model", "search_new_buckets", "bucket_windows", "stand_in_above"):
       _check_bool(name, getattr(self, name))
@@ -950,9 +951,15 @@ class KnapSpecPolicy:
     return decision
 
 
+def default_fixed_skip(n_layers: int) -> SkipMask:
+  """FixedConfig's skip set when none is given: every other inner layer's attention and MLP."""
+  inner = range(1, n_layers - 1, 2)
+  return SkipMask.from_layers(n_layers, inner, inner)
+
+
 @dataclasses.dataclass(frozen=True)
 class FixedConfig:
-  """A fixed draft: skip (None = every other inner layer's attention and MLP), gamma, threshold."""
+  """A fixed draft: skip (None = default_fixed_skip), gamma, threshold."""
 
   skip: SkipMask | None = None
   gamma: int = 4
@@ -971,9 +978,7 @@ class FixedPolicy:
 
   def __init__(self, model, profile, config: FixedConfig):
     cfg = model.cfg
-    inner = range(1, cfg.n_layers - 1, 2)
-    self.skip = (config.skip or SkipMask.from_layers(cfg.n_layers, inner, inner)).check(
-        cfg.n_layers)
+    self.skip = (config.skip or default_fixed_skip(cfg.n_layers)).check(cfg.n_layers)
     self.model, self.config, self.profile = model, config, profile
     self.interval, self.threshold = config.interval, config.threshold
 
