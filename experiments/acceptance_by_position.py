@@ -29,7 +29,10 @@ import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import datasets  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "", "A packaged name, GGUF or HF directory; '' SmolLM2.")
-_LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document.")
+_LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document; below "
+                                "300, a Spec-Bench question instead (--question).")
+_QUESTION = flags.DEFINE_integer("question", 0, "With --length below 300: which question of "
+                                  "the Spec-Bench subset (one per category, in order).")
 _NEW = flags.DEFINE_integer("new_tokens", 512, "Answer tokens to decode.")
 _ROUNDS = flags.DEFINE_integer("rounds", 8, "Speculation rounds per window (one log row each).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.7, "The draft's confidence exit.")
@@ -72,7 +75,7 @@ def main(argv):
   del argv
   model = ks.load_model(_MODEL.value or None, max_context=_MAX_CONTEXT.value)
   drafts = [parse_draft(text, model.cfg.n_layers) for text in _DRAFTS.value]
-  item = datasets.long_document_prompt(model.tokenizer, _LENGTH.value)
+  item = common.prompt_item(model.tokenizer, _LENGTH.value, _QUESTION.value)
   ids = datasets.encode(model.tokenizer, item)
   want = ks.generate(model, ids, _NEW.value, method="ar", ignore_eos=True).output_ids
   print(f"{item['id']}: {len(ids)} prompt tokens, {_NEW.value} answer tokens", flush=True)

@@ -23,8 +23,9 @@ from knapspec_jax import datasets, decoding, knapsack, selection  # noqa: E402
 from knapspec_jax.controller import confirmed_tokens  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 
-# Skip bits (attention then MLP per layer, SkipMask.to_list) of drafts KnapSpec chose for
-# Qwen2.5-Coder-1.5B on an H100 in session 41 (results/h100_qwen/docs_session41/, decisions).
+# Skip bits (attention then MLP per layer, SkipMask.to_list) of drafts KnapSpec chose: for
+# Qwen2.5-Coder-1.5B on an H100 in session 41 (results/h100_qwen/docs_session41/, decisions),
+# and for SmolLM2 below.
 DRAFTS = {
     # 13 attention + 14 MLP sublayers, gamma 10: chosen at the 28K document's context 28673,
     # 713 tokens into the answer; its windows there accepted 279 of 283 drafted tokens.
@@ -34,6 +35,19 @@ DRAFTS = {
     # the 2K / 16K / 28K answers at 1.29 / 1.23 / 1.38x AR.
     "8+16": [0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1,
              0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0],
+    # SmolLM2-135M-Instruct (30 layers): the drafts KnapSpec chose on Spec-Bench's specbench-131
+    # at context 257 with the H100's SmolLM2 profile, on the CPU, searching as one block (15 + 12,
+    # gamma 2), in rounds of 1 (16 + 13, gamma 3) and in rounds of 2 (14 + 9, gamma 2)
+    # (results/cpu/search_round_len/smollm2_specbench_h100_costs/).
+    "smollm2-15+12": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1,
+                      1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+                      1, 1, 1, 0, 0, 1, 0, 0, 0, 0],
+    "smollm2-16+13": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1,
+                      1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+                      1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    "smollm2-14+9": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1,
+                     1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+                     1, 0, 1, 0, 0, 0, 0, 0, 0, 0],
 }
 
 

@@ -58,7 +58,10 @@ from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.latency import LatencyProfile  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "", "A packaged name, GGUF or HF directory; '' SmolLM2.")
-_LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document.")
+_LENGTH = flags.DEFINE_integer("length", 2000, "Prompt tokens of the long document; below "
+                                "300, a Spec-Bench question instead (--question).")
+_QUESTION = flags.DEFINE_integer("question", 0, "With --length below 300: which question of "
+                                  "the Spec-Bench subset (one per category, in order).")
 _NEW = flags.DEFINE_integer("new_tokens", 512, "Answer tokens AR writes and the windows cover.")
 _R = flags.DEFINE_integer("n_ref", 16, "Tokens per window (the search's n_ref).")
 _SUB_BLOCKS = flags.DEFINE_list("sub_blocks", ["1", "2", "4", "8"], "Round lengths L to score "
@@ -190,7 +193,7 @@ def main(argv):
   subs = [int(x) for x in _SUB_BLOCKS.value]
   if any(sub < 1 or r % sub for sub in subs):
     raise app.UsageError(f"--sub_blocks {subs}: each must be a positive divisor of n_ref={r}")
-  item = datasets.long_document_prompt(model.tokenizer, _LENGTH.value)
+  item = common.prompt_item(model.tokenizer, _LENGTH.value, _QUESTION.value)
   ids = datasets.encode(model.tokenizer, item)
   answer = ks.generate(model, ids, _NEW.value, method="ar", ignore_eos=True).output_ids
   n_prompt = len(ids)
