@@ -75,7 +75,10 @@ def main(argv):
   del argv
   model = ks.load_model(_MODEL.value or None, max_context=_MAX_CONTEXT.value)
   drafts = [parse_draft(text, model.cfg.n_layers) for text in _DRAFTS.value]
-  item = common.prompt_item(model.tokenizer, _LENGTH.value, _QUESTION.value)
+  try:
+    item = common.prompt_item(model.tokenizer, _LENGTH.value, _QUESTION.value)
+  except ValueError as e:
+    raise app.UsageError(f"--question: {e}") from None
   ids = datasets.encode(model.tokenizer, item)
   want = ks.generate(model, ids, _NEW.value, method="ar", ignore_eos=True).output_ids
   print(f"{item['id']}: {len(ids)} prompt tokens, {_NEW.value} answer tokens", flush=True)

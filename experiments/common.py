@@ -70,7 +70,11 @@ def prompt_item(tokenizer, length: int, index: int = 0) -> dict:
   """length < SHORT: the index-th Spec-Bench question of the subset (one per category, in
   category order); else a summarization document of about `length` tokens."""
   if length < SHORT:
-    return datasets.spec_bench_subset(1)[index]
+    questions = datasets.spec_bench_subset(1)
+    if not 0 <= index < len(questions):
+      raise ValueError(f"no Spec-Bench question {index}: the subset has {len(questions)} "
+                       f"(0-{len(questions) - 1}, one per category)")
+    return questions[index]
   return datasets.long_document_prompt(tokenizer, length)
 
 

@@ -193,7 +193,10 @@ def main(argv):
   subs = [int(x) for x in _SUB_BLOCKS.value]
   if any(sub < 1 or r % sub for sub in subs):
     raise app.UsageError(f"--sub_blocks {subs}: each must be a positive divisor of n_ref={r}")
-  item = common.prompt_item(model.tokenizer, _LENGTH.value, _QUESTION.value)
+  try:
+    item = common.prompt_item(model.tokenizer, _LENGTH.value, _QUESTION.value)
+  except ValueError as e:
+    raise app.UsageError(f"--question: {e}") from None
   ids = datasets.encode(model.tokenizer, item)
   answer = ks.generate(model, ids, _NEW.value, method="ar", ignore_eos=True).output_ids
   n_prompt = len(ids)

@@ -979,33 +979,36 @@ def test_decision_cost_drafts_with_the_warm_up_compiled_kept_draft():
 
 def test_acceptance_by_position_logs_each_windows_rounds_losslessly(tmp_path):
   """experiments/acceptance_by_position.py on SmolLM2 (a 300-token document, 40 answer tokens,
-  windows of 4 rounds, FixedPolicy's default set at gamma 3): the script stops unless the fixed
-  draft's output is AR's; every window row starts further into the answer than the one before,
-  and its counts are a speculative round's: each round keeps its accepted drafts plus the
-  verify's own token (the last window may be cut at the token budget), accepts no more than it
-  drafted and drafts at most gamma a round. A set of another layer count, or no such set, is
-  refused by name."""
+  windows of 4 rounds, FixedPolicy's default set at gamma 3 and a set of common.DRAFTS at gamma
+  2): the script stops unless the fixed draft's output is AR's; every window row starts further
+  into the answer than the one before, and its counts are a speculative round's: each round
+  keeps its accepted drafts plus the verify's own token (the last window may be cut at the token
+  budget), accepts no more than it drafted and drafts at most gamma a round. A set of another
+  layer count, no such set, or a Spec-Bench question the subset lacks is refused by name."""
   out = tmp_path / "positions.json"
   proc = _script("acceptance_by_position.py", "--length=300", "--new_tokens=40", "--rounds=4",
-                 "--draft=auto:auto:3", f"--output={out}", timeout=300)
+                 "--draft=auto:auto:3", "--draft=s:smollm2-14+9:2", f"--output={out}",
+                 timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "answer tokens    0-  16:" in proc.stdout
   run = json.loads(out.read_text())
-  assert run["new_tokens"] == 40 and [d["draft"] for d in run["drafts"]] == ["auto"]
-  rows = run["drafts"][0]["rows"]
-  assert rows and [r["answer_token"] for r in rows] == sorted({r["answer_token"] for r in rows})
-  for i, r in enumerate(rows):
-    assert 0 < r["rounds"] <= 4 and r["accepted"] <= r["drafted"] <= 3 * r["rounds"], r
-    if i < len(rows) - 1:
-      assert r["tokens"] == r["rounds"] + r["accepted"], r
-      assert rows[i + 1]["answer_token"] >= r["answer_token"] + r["tokens"]
-    else:
-      assert r["tokens"] <= r["rounds"] + r["accepted"], r
-  assert rows[-1]["answer_token"] + rows[-1]["tokens"] <= 40
-  for draft, message in (("x:nope:3", "no set 'nope'"),
-                         ("x:13+14:10", "the set has 28 layers, the model 30")):
-    bad = _script("acceptance_by_position.py", "--length=300", "--new_tokens=8",
-                  f"--draft={draft}", timeout=300)
+  assert run["new_tokens"] == 40 and [d["draft"] for d in run["drafts"]] == ["auto", "s"]
+  for d in run["drafts"]:
+    rows, gamma = d["rows"], d["gamma"]
+    assert rows and [r["answer_token"] for r in rows] == sorted({r["answer_token"] for r in rows})
+    for i, r in enumerate(rows):
+      assert 0 < r["rounds"] <= 4 and r["accepted"] <= r["drafted"] <= gamma * r["rounds"], r
+      if i < len(rows) - 1:
+        assert r["tokens"] == r["rounds"] + r["accepted"], r
+        assert rows[i + 1]["answer_token"] >= r["answer_token"] + r["tokens"]
+      else:
+        assert r["tokens"] <= r["rounds"] + r["accepted"], r
+    assert rows[-1]["answer_token"] + rows[-1]["tokens"] <= 40
+  for args, message in ((["--draft=x:nope:3"], "no set 'nope'"),
+                        (["--draft=x:13+14:10"], "the set has 28 layers, the model 30"),
+                        (["--length=100", "--question=13"], "no Spec-Bench question 13")):
+    bad = _script("acceptance_by_position.py", "--length=300", "--new_tokens=8", *args,
+                  timeout=300)
     assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-2000:]
 
 
