@@ -958,6 +958,27 @@ def test_search_position_sorts_searches_by_how_far_into_the_answer_they_ran(tmp_
   assert _script("search_position.py").returncode != 0  # no records: a usage error
 
 
+def test_text_repetition_counts_distinct_ngrams_of_each_output_and_of_ars(tmp_path):
+  """experiments/text_repetition.py on stated records (n = 2, the last 6 tokens): AR's output
+  ends 1 2 3 4 5 6 (5 bigrams, all distinct: 1.00); KnapSpec's leaves it at token 2 and ends in
+  the loop 7 8 7 8 7 8 (5 bigrams, 2 distinct: 0.40); a record without output ids is skipped,
+  and an output shorter than one n-gram pair cannot repeat (1.00)."""
+  records = [dict(item_id="doc", method="ar", paired_speedup=1.0, departs_at=None,
+                  output_ids=[9, 9, 1, 2, 3, 4, 5, 6]),
+             dict(item_id="doc", method="knapspec", paired_speedup=1.5, departs_at=2,
+                  output_ids=[9, 9, 7, 8, 7, 8, 7, 8]),
+             dict(item_id="doc", method="fixed", paired_speedup=0.9),
+             dict(item_id="short", method="ar", paired_speedup=1.0, output_ids=[4])]
+  path = _gzipped_records(tmp_path, records)
+  proc = _script("text_repetition.py", "--n=2", "--tail=6", path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
+  assert rows == ["| 1 | doc | ar | 1.000 | - | 1.00 | 1.00 |",
+                  "| 1 | doc | knapspec | 1.500 | 2 | 0.40 | 1.00 |",
+                  "| 1 | short | ar | 1.000 | - | 1.00 | 1.00 |"], proc.stdout
+  assert _script("text_repetition.py").returncode != 0  # no records: a usage error
+
+
 def test_decision_cost_drafts_with_the_warm_up_compiled_kept_draft():
   """experiments/decision_cost.py: the draft kept at every bucket is compiled by each
   generation's warm-up, and each generation's decision finds it compiled (the segment

@@ -1,0 +1,73 @@
+"""How repetitive the text behind each speedup is (issue 13: in bfloat16 a speculative method's
+output can leave AR's, and a speedup then belongs to another text; BENCHMARKS.md 10.47).
+
+  python experiments/text_repetition.py results/h100_qwen/round_len_session43/*/h200_qwen/results.jsonl.gz
+
+AR's cost per token does not depend on what it writes, a draft's does: a text that falls into a
+loop is drafted almost for free. For every record (benchmark.py's results.jsonl or .jsonl.gz),
+one row: the records' number (listed first), the prompt, the method, its paired speedup over AR,
+the token where its output leaves AR's ("-": AR's own text), and the share of distinct n-grams
+among the last --tail tokens of its output and of AR's in the same run (1.00: no n-gram twice;
+0.00: one short loop). A speedup whose text is a loop where AR's is not (or the reverse) does not
+compare with one measured on AR's text.
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from summarize import read_records  # noqa: E402
+
+_N = flags.DEFINE_integer("n", 8, "Tokens per n-gram.")
+_TAIL = flags.DEFINE_integer("tail", 512, "The output's last tokens the share is taken over.")
+
+
+def distinct_share(ids, n: int = 8, tail: int = 512) -> float:
+  """Distinct n-grams over all n-grams among the last `tail` tokens of `ids` (1.0 where they
+  hold fewer than n + 1 tokens: nothing can repeat)."""
+  if n < 1 or tail < 1:
+    raise ValueError(f"n and tail must be positive, got n={n}, tail={tail}")
+  last = list(ids)[-tail:]
+  grams = [tuple(last[i:i + n]) for i in range(len(last) - n + 1)]
+  return len(set(grams)) / len(grams) if len(grams) > 1 else 1.0
+
+
+def rows(records, source: int, n: int, tail: int) -> list[dict]:
+  """One row per record holding output ids; AR's share is the AR record's of the same prompt
+  (and run: records are read one file at a time)."""
+  ar = {r["item_id"]: r for r in records if r.get("method") == "ar"}
+  out = []
+  for r in records:
+    if not r.get("output_ids"):
+      continue
+    base = ar.get(r["item_id"])
+    out.append(dict(source=source, item=r["item_id"], method=r["method"],
+                    paired=r.get("paired_speedup"), departs=r.get("departs_at"),
+                    share=distinct_share(r["output_ids"], n, tail),
+                    ar_share=distinct_share(base["output_ids"], n, tail) if base else None))
+  return out
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("name one or more results.jsonl(.gz) files")
+  table = []
+  for i, path in enumerate(paths, 1):
+    print(f"records {i}: {path}")
+    table += rows(read_records(path), i, _N.value, _TAIL.value)
+  print(f"\n| records | prompt | method | paired x AR | leaves AR's text at | distinct "
+        f"{_N.value}-grams, last {_TAIL.value} | AR's |")
+  print("|---|---|---|---|---|---|---|")
+  for t in table:
+    paired = "–" if t["paired"] is None else f"{t['paired']:.3f}"
+    departs = "-" if t["departs"] is None else str(t["departs"])
+    ar_share = "–" if t["ar_share"] is None else f"{t['ar_share']:.2f}"
+    print(f"| {t['source']} | {t['item']} | {t['method']} | {paired} | {departs} | "
+          f"{t['share']:.2f} | {ar_share} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
