@@ -210,6 +210,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
                     e2e_speedup=r.e2e_tokens_per_s / ar.e2e_tokens_per_s,
                     identical_to_ar=r.output_ids == ar.output_ids,
                     departs_at=metrics.departs_at(r.output_ids, ar.output_ids),
+                    # a draft's speed depends on the text: a loop drafts almost for free
+                    distinct_8gram_share=metrics.distinct_share(r.output_ids),
                     warmup_windows=[w.stats.get("window_log") for w in warm[method]],
                     # the untimed runs' speeds: AR's feed Model.ar_speeds, which judge kept drafts
                     warmup_tokens_per_s=[w.tokens_per_s for w in warm[method]],

@@ -51,16 +51,27 @@ def full_drafting_windows(runs, min_rounds: int):
         yield w
 
 
+def _texts(r: dict, ar: dict | None) -> str:
+  """", 8-grams 0.00 distinct, AR's 0.37" where both records carry the share, else ""."""
+  if ar is None or "distinct_8gram_share" not in r or "distinct_8gram_share" not in ar:
+    return ""
+  return (f", 8-grams {r['distinct_8gram_share']:.2f} distinct, AR's "
+          f"{ar['distinct_8gram_share']:.2f}")
+
+
 def speed_table(rows) -> str:
   """Per prompt and method: median decode tokens/s (its ratio to AR's median); with paired
   ratios recorded, also the median over repeats of run / the same repeat's AR run; with AR
-  timed alone (config.ar_alone), the ratio to that AR's median."""
+  timed alone (config.ar_alone), the ratio to that AR's median. Where an output leaves AR's
+  text, where and (records since session 43) both texts' share of distinct 8-grams in their last
+  512 tokens: a speedup on a text that loops does not compare with one on AR's text."""
   methods = list(dict.fromkeys(r["method"] for r in rows))
   out = ["| prompt | prompt tokens | " + " | ".join(methods) + " |",
          "|---|---|" + "---|" * len(methods)]
   items = list(dict.fromkeys((r["item_id"], r["prompt_tokens"]) for r in rows))
   for item, n in items:
     cells = []
+    ar = next((x for x in rows if x["item_id"] == item and x["method"] == "ar"), None)
     for m in methods:
       r = next((x for x in rows if x["item_id"] == item and x["method"] == m), None)
       paired = "" if r is None or r.get("paired_speedup") is None or m == "ar" else (
@@ -70,7 +81,8 @@ def speed_table(rows) -> str:
       cells.append("" if r is None else f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x{paired}"
                    f"{alone})" + ("" if r["identical_to_ar"] else " ≠AR"
                                   + (f" from token {r['departs_at']}"
-                                     if r.get("departs_at") is not None else "")))
+                                     if r.get("departs_at") is not None else "")
+                                  + _texts(r, ar)))
     out.append(f"| {item} | {n} | " + " | ".join(cells) + " |")
   return "\n".join(out)
 

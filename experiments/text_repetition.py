@@ -8,7 +8,8 @@ loop is drafted almost for free. For every record (benchmark.py's results.jsonl 
 one row: the records' number (listed first), the prompt, the method, its paired speedup over AR,
 the token where its output leaves AR's ("-": AR's own text), and the share of distinct n-grams
 among the last --tail tokens of its output and of AR's in the same run (1.00: no n-gram twice;
-0.00: one short loop). A speedup whose text is a loop where AR's is not (or the reverse) does not
+0.00: one short loop; metrics.distinct_share). Records since session 43 carry it as
+`distinct_8gram_share`; this recomputes it for any n and tail, older records included. A speedup whose text is a loop where AR's is not (or the reverse) does not
 compare with one measured on AR's text.
 """
 
@@ -18,20 +19,12 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402,F401  (puts the repository on sys.path)
+from knapspec_jax.metrics import distinct_share  # noqa: E402
 from summarize import read_records  # noqa: E402
 
 _N = flags.DEFINE_integer("n", 8, "Tokens per n-gram.")
 _TAIL = flags.DEFINE_integer("tail", 512, "The output's last tokens the share is taken over.")
-
-
-def distinct_share(ids, n: int = 8, tail: int = 512) -> float:
-  """Distinct n-grams over all n-grams among the last `tail` tokens of `ids` (1.0 where they
-  hold fewer than n + 1 tokens: nothing can repeat)."""
-  if n < 1 or tail < 1:
-    raise ValueError(f"n and tail must be positive, got n={n}, tail={tail}")
-  last = list(ids)[-tail:]
-  grams = [tuple(last[i:i + n]) for i in range(len(last) - n + 1)]
-  return len(set(grams)) / len(grams) if len(grams) > 1 else 1.0
 
 
 def rows(records, source: int, n: int, tail: int) -> list[dict]:

@@ -86,6 +86,22 @@ def departs_at(output_ids, reference_ids) -> int | None:
   return None if a.size == b.size else n
 
 
+def distinct_share(output_ids, n: int = 8, tail: int = 512) -> float:
+  """Distinct n-grams over all n-grams among the last `tail` tokens of an output (1.0 where they
+  hold fewer than n + 1 tokens: nothing can repeat). AR's cost per token does not depend on the
+  text, a draft's does: a text that ends in a loop (0.0) drafts almost for free. In bfloat16
+  Qwen2.5-Coder-1.5B's answer to the 2K document has a continuation that loops (0.00) and one
+  that repeats at a longer period (0.37-0.40); KnapSpec's 1.562x there on an H100 was on the
+  first, AR's text the second (BENCHMARKS.md 10.47)."""
+  if n < 1 or tail < 1:
+    raise ValueError(f"n and tail must be positive, got n={n}, tail={tail}")
+  last = np.asarray(output_ids).reshape(-1)[-tail:]
+  if last.size <= n:
+    return 1.0
+  grams = {tuple(last[i:i + n].tolist()) for i in range(last.size - n + 1)}
+  return len(grams) / (last.size - n + 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class PairedSpeedup:
   """A method against AR over timed runs taken in pairs (run i of each, seconds apart, so that a

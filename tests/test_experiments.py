@@ -62,6 +62,7 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert r["output_ids"] == expected, r["method"]  # every method, lossless against HF
     assert r["new_tokens"] == 6 and r["tokens_per_s"] > 0 and r["decode_s"] > 0
     assert r["departs_at"] is None  # identical: no first differing token
+    assert r["distinct_8gram_share"] == 1.0  # 6 tokens: no 8-gram can repeat
     assert r["identical_to_ar"] and r["speedup"] == pytest.approx(
         r["tokens_per_s"] / rows[0]["tokens_per_s"])
     assert r["paired_speedup"] == pytest.approx(statistics.median(  # run order, repeat by repeat
@@ -347,6 +348,33 @@ def test_departs_at_and_the_table_say_where_a_text_left_ars():
              paired_speedup=1.1, identical_to_ar=False, departs_at=3)
   assert "≠AR from token 3" in summarize.speed_table([row])
   assert "≠AR |" in summarize.speed_table([{**row, "departs_at": None}])  # an old record
+
+
+def test_distinct_share_counts_ngrams_as_a_set_of_tuples_would_and_the_table_shows_both_texts():
+  """metrics.distinct_share against Python's own set of n-gram tuples over the last `tail`
+  tokens (random short outputs over 3 token ids, so repeats are common); a loop of period 2 has
+  2 distinct bigrams; too short an output cannot repeat. The speed table gives a departed
+  output's share beside AR's, and nothing where a record predates the field."""
+  from experiments import summarize
+  from knapspec_jax import metrics
+  rng = np.random.default_rng(4)
+  for _ in range(300):
+    ids = rng.integers(0, 3, size=int(rng.integers(0, 30))).tolist()
+    n, tail = int(rng.integers(1, 5)), int(rng.integers(1, 30))
+    last = ids[-tail:]
+    grams = [tuple(last[i:i + n]) for i in range(len(last) - n + 1)]
+    want = len(set(grams)) / len(grams) if len(last) > n else 1.0
+    assert metrics.distinct_share(ids, n, tail) == pytest.approx(want), (ids, n, tail)
+  assert metrics.distinct_share([5, 7] * 20, n=2, tail=40) == pytest.approx(2 / 39)
+  with pytest.raises(ValueError, match="must be positive"):
+    metrics.distinct_share([1, 2, 3], n=0)
+  ar = dict(item_id="doc", prompt_tokens=9, method="ar", tokens_per_s=1.0, speedup=1.0,
+            identical_to_ar=True, departs_at=None, distinct_8gram_share=0.37)
+  loop = dict(ar, method="knapspec", tokens_per_s=1.5, speedup=1.5, identical_to_ar=False,
+              departs_at=75, distinct_8gram_share=0.0)
+  assert "≠AR from token 75, 8-grams 0.00 distinct, AR's 0.37" in summarize.speed_table([ar, loop])
+  old = {k: v for k, v in loop.items() if k != "distinct_8gram_share"}
+  assert "≠AR from token 75 |" in summarize.speed_table([ar, old])
 
 
 def test_spread_lists_each_runs_paired_speedup_and_where_the_text_left(tmp_path):
