@@ -17,6 +17,8 @@ keys and values for every verified position and its own only for the k - 1 draft
 the round (the verify overwrites them). This script scores the same drafts on the same tokens
 in several ways, along the answer AR writes, in windows of R tokens:
   block: knapsack.mask_agreement, as the search does;
+  prefix: the block's first gamma tokens only (the draft's gamma): a round of gamma drafts
+    reaches those depths and no further, where the block's statistics average all R depths;
   rounds of L (--sub_blocks): the window cut into stretches of L tokens, each run by the draft
     as one round would (model.forward of L tokens over the full model's cache up to the
     stretch's start, the draft's own keys within it); L = 1 is each token alone, the view a
@@ -150,7 +152,8 @@ def speedups(run: dict, realized_path: str, profile: LatencyProfile, attn_len: i
     skip, gamma = ks.SkipMask.from_list(d["skip"]), d["gamma"]
     step, verify = profile.t_step(skip, attn_len), profile.t_verify(gamma + 1, attn_len)
     speed = lambda tokens, drafts: tokens / (drafts * step + verify) / ar
-    keys = ["block"] + [f"L{sub}" for sub in d.get("sub_blocks", [])]
+    keys = ["block"] + [f"L{sub}" for sub in d.get("sub_blocks", [])] + (
+        ["prefix"] if "prefix_tokens" in d["windows"][0] else [])  # none before session 43
     realized = realized_rows(realized_path, d["draft"])
     if not realized:
       print(f"draft {d['draft']}: no realized rounds in {realized_path}")
@@ -219,6 +222,10 @@ def main(argv):
       row = dict(answer_token=w, block_agree=[bool(a) for a in block_agree])
       row["block_tokens"], row["block_drafts"] = predicted_round(block_agree, block_prob, gamma,
                                                                  _THRESHOLD.value)
+      # the block's first gamma tokens only: the depths a round of gamma drafts reaches
+      row["prefix_agree"] = row["block_agree"][:gamma]
+      row["prefix_tokens"], row["prefix_drafts"] = predicted_round(
+          block_agree[:gamma], block_prob[:gamma], gamma, _THRESHOLD.value)
       line = f"  {name} g{gamma} answer {w:4d}: block {int(np.sum(block_agree)):2d}/{r}"
       for sub in subs:
         agree, prob = rounds_scoring(params, cfg, cache, text, truth, p0, r, sub, skip)
@@ -239,7 +246,7 @@ def main(argv):
       if not part:
         continue
       line = f"  answer tokens {lo:4d}-{min(hi, len(answer)):4d}:"
-      for key in ["block"] + [f"L{sub}" for sub in subs]:
+      for key in ["block"] + [f"L{sub}" for sub in subs] + ["prefix"]:
         line += (f" {key} {np.mean([x[key + '_tokens'] for x in part]):5.2f} "
                  f"({np.mean([np.mean(x[key + '_agree']) for x in part]):.2f})")
       done = [x for x in realized if lo <= x["answer_token"] < hi]

@@ -1067,8 +1067,9 @@ def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_mus
   cache, the positions and the text line up); with FixedPolicy's default set, rounds of 8 (the
   whole window through model.forward) agree token by token with the search's block scoring
   (knapsack.mask_agreement), and every scoring agrees with each token alone (rounds of 1) on a
-  window's first token, which sees the same cache in all of them; the predicted tokens per round
-  lie in [1, gamma + 1]. A set of another layer count is refused by name."""
+  window's first token, which sees the same cache in all of them; the prefix scoring is the
+  block's first gamma tokens; the predicted tokens per round lie in [1, gamma + 1]. A set of
+  another layer count is refused by name."""
   out = tmp_path / "scoring.json"
   proc = _script("reference_scoring.py", "--length=300", "--new_tokens=40", "--n_ref=8",
                  "--sub_blocks=1,4,8", "--draft=none:4", "--draft=alt:3", f"--output={out}",
@@ -1084,7 +1085,8 @@ def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_mus
     assert w["L8_agree"] == w["block_agree"], w
   for d in (none, alt):
     for w in d["windows"]:
-      for key in ("block", "L4", "L8"):
+      assert w["prefix_agree"] == w["block_agree"][:d["gamma"]], w
+      for key in ("block", "L4", "L8", "prefix"):
         assert w[key + "_agree"][0] == w["L1_agree"][0], (key, w)
         assert 1.0 <= w[key + "_tokens"] <= d["gamma"] + 1, (key, w)
   realized = tmp_path / "realized.json"  # acceptance_by_position.py's layout, one window
@@ -1096,6 +1098,7 @@ def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_mus
   assert again.returncode == 0, again.stderr[-3000:]
   assert "answer tokens    0-  16: realized" in again.stdout, again.stdout
   assert "L4: mean error" in again.stdout and "block: mean error" in again.stdout
+  assert "prefix: mean error" in again.stdout
   assert "draft none: no realized rounds" in again.stdout, again.stdout
   bad = _script("reference_scoring.py", "--length=300", "--new_tokens=8", "--draft=13+14:10",
                 timeout=300)
