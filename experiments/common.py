@@ -51,7 +51,6 @@ DRAFTS = {
 }
 
 
-
 def named_draft(which: str, n_layers: int, others: str) -> ks.SkipMask:
   """The skip set DRAFTS[which] for a model of n_layers; ValueError naming the known sets (and
   `others`, the names the calling script takes besides them) or the layer mismatch."""

@@ -237,7 +237,8 @@ def main(argv):
       print(line + " agree", flush=True)
     realized = realized_rows(_REALIZED.value, name)
     print(f"draft {name} (gamma {gamma}), tokens a round: predicted from windows of {r} "
-          f"(block, rounds of L), and realized by the fixed method's rounds")
+          f"(block, rounds of L, the block's first gamma), and realized by the fixed method's "
+          "rounds")
     by_position = np.mean([win["block_agree"] for win in windows], axis=0)
     print("  block agreement by position in the window: " +
           " ".join(f"{a:.2f}" for a in by_position))

@@ -9,8 +9,9 @@ one row: the records' number (listed first), the prompt, the method, its paired 
 the token where its output leaves AR's ("-": AR's own text), and the share of distinct n-grams
 among the last --tail tokens of its output and of AR's in the same run (1.00: no n-gram twice;
 0.00: one short loop; metrics.distinct_share). Records since session 43 carry it as
-`distinct_8gram_share`; this recomputes it for any n and tail, older records included. A speedup whose text is a loop where AR's is not (or the reverse) does not
-compare with one measured on AR's text.
+`distinct_8gram_share`; this recomputes it for any n and tail, older records included. A
+speedup whose text is a loop where AR's is not (or the reverse) does not compare with one
+measured on AR's text.
 """
 
 import pathlib
@@ -30,17 +31,13 @@ _TAIL = flags.DEFINE_integer("tail", 512, "The output's last tokens the share is
 def rows(records, source: int, n: int, tail: int) -> list[dict]:
   """One row per record holding output ids; AR's share is the AR record's of the same prompt
   (and run: records are read one file at a time)."""
-  ar = {r["item_id"]: r for r in records if r.get("method") == "ar"}
-  out = []
-  for r in records:
-    if not r.get("output_ids"):
-      continue
-    base = ar.get(r["item_id"])
-    out.append(dict(source=source, item=r["item_id"], method=r["method"],
-                    paired=r.get("paired_speedup"), departs=r.get("departs_at"),
-                    share=distinct_share(r["output_ids"], n, tail),
-                    ar_share=distinct_share(base["output_ids"], n, tail) if base else None))
-  return out
+  share = lambda r: distinct_share(r["output_ids"], n, tail)
+  ar_share = {r["item_id"]: share(r) for r in records
+              if r.get("method") == "ar" and r.get("output_ids")}
+  return [dict(source=source, item=r["item_id"], method=r["method"],
+               paired=r.get("paired_speedup"), departs=r.get("departs_at"), share=share(r),
+               ar_share=ar_share.get(r["item_id"]))
+          for r in records if r.get("output_ids")]
 
 
 def main(argv):

@@ -328,11 +328,11 @@ class KnapSpecConfig:
     drafts' speedup at the H100 profile's costs 0.13-0.21x under what their rounds then made
     along the answer (the draft's agreement falls from 0.81 at a block's first token to 0.35
     at its 16th), rounds of 1 within 0.03-0.08x and rounds of 2 within 0.04-0.06x (SmolLM2:
-    the block 0.08-0.12x under, rounds of 1 within 0.01x on average). Yet as the search's score rounds
-    lost on an H100 (BENCHMARKS.md 10.47, Qwen's documents, 1024 new tokens): 1.079x (rounds of
-    2) against the block's 1.271x at 16K on one text, 1.236x (rounds of 1) against 1.258x at
-    28K; a round's later drafts are credited with its first draft's agreement, so the search
-    moved to gamma 6-10 drafts that accepted 0.67-0.85 of their tokens. 0: the block.
+    the block 0.08-0.12x under, rounds of 1 within 0.01x on average). Yet as the search's score
+    rounds lost on an H100 (BENCHMARKS.md 10.47, Qwen's documents, 1024 new tokens): 1.079x
+    (rounds of 2) against the block's 1.271x at 16K on one text, 1.236x (rounds of 1) against
+    1.258x at 28K; a round's later drafts are credited with its first draft's agreement, so the
+    search moved to gamma 6-10 drafts that accepted 0.67-0.85 of their tokens. 0: the block.
   """
 
   interval: int = 64

@@ -372,7 +372,8 @@ def test_distinct_share_counts_ngrams_as_a_set_of_tuples_would_and_the_table_sho
             identical_to_ar=True, departs_at=None, distinct_8gram_share=0.37)
   loop = dict(ar, method="knapspec", tokens_per_s=1.5, speedup=1.5, identical_to_ar=False,
               departs_at=75, distinct_8gram_share=0.0)
-  assert "≠AR from token 75, 8-grams 0.00 distinct, AR's 0.37" in summarize.speed_table([ar, loop])
+  assert ("≠AR from token 75, 8-grams 0.00 distinct, AR's 0.37"
+          in summarize.speed_table([ar, loop]))
   old = {k: v for k, v in loop.items() if k != "distinct_8gram_share"}
   assert "≠AR from token 75 |" in summarize.speed_table([ar, old])
 
