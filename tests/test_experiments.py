@@ -1069,8 +1069,9 @@ def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_mus
   whole window through model.forward) agree token by token with the search's block scoring
   (knapsack.mask_agreement), and every scoring agrees with each token alone (rounds of 1) on a
   window's first token, which sees the same cache in all of them; the prefix scoring is the
-  block's first gamma tokens; the predicted tokens per round lie in [1, gamma + 1]. A set of
-  another layer count is refused by name."""
+  block's first gamma tokens; the predicted tokens per round lie in [1, gamma + 1], and rounds
+  run in order over bits that all agree yield gamma + 1 tokens. A set of another layer count is
+  refused by name."""
   out = tmp_path / "scoring.json"
   proc = _script("reference_scoring.py", "--length=300", "--new_tokens=40", "--n_ref=8",
                  "--sub_blocks=1,4,8", "--draft=none:4", "--draft=alt:3", f"--output={out}",
@@ -1101,6 +1102,9 @@ def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_mus
   assert "L4: mean error" in again.stdout and "block: mean error" in again.stdout
   assert "prefix: mean error" in again.stdout
   assert "draft none: no realized rounds" in again.stdout, again.stdout
+  # every token agrees: each round of 4 drafts yields 5 tokens, in order and independent alike
+  assert ("draft none (gamma 4), tokens a round without the exit, in order / independent: "
+          "block 5.00 / 5.00 L1 5.00 / 5.00") in again.stdout, again.stdout
   bad = _script("reference_scoring.py", "--length=300", "--new_tokens=8", "--draft=13+14:10",
                 timeout=300)
   assert bad.returncode != 0 and "the set has 28 layers, the model 30" in bad.stderr, \
