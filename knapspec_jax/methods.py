@@ -432,9 +432,10 @@ def confirms_trial(tokens: int, profile_s: float, ar_tpt: float, confirm_margin:
 class KnapSpecPolicy:
   name = "knapspec"
 
-  def __init__(self, model, profile: latency.LatencyProfile, config: KnapSpecConfig):
+  def __init__(self, model, profile: latency.LatencyProfile, config: KnapSpecConfig,
+               width: int | None = None):
     self.model, self.profile, self.config = model, profile, config
-    self.interval, self.threshold = config.interval, config.threshold
+    self.interval, self.threshold, self.width = config.interval, config.threshold, width
     self.used: set = set()  # (skip, gamma) pairs with a compiled program
     self.stand_ins_lost: set = set()  # (skip, gamma) pairs whose stand-in window lost to AR
     self.stand_ins_tried: set = set()  # (skip, gamma) pairs from above that ran their trial
@@ -483,7 +484,8 @@ class KnapSpecPolicy:
                                                                           state))
     cfg, capacity = self.model.cfg, state.cache.capacity
     statics = speculative.segment_program(
-        cfg, skip, gamma, attn_bucket(n + speculative.round_span(cfg, gamma), capacity))
+        cfg, skip, gamma, attn_bucket(n + speculative.round_span(cfg, gamma, self.width),
+                                      capacity), width=self.width)
     return self.model.compiled.contains(statics, key=self.segment_key)
 
   def compiled_draft(self, state, skip: SkipMask, gamma: int, n: int) -> bool:
@@ -532,8 +534,8 @@ class KnapSpecPolicy:
     for draft in drafts:
       speculative.compile_segments(
           self.model.params, self.model.cfg, state, self.model.compiled, skip=draft.skip,
-          gamma=draft.gamma, buckets=speculative.segment_buckets(
-              self.model.cfg, capacity, draft.gamma, n_prompt, end))
+          gamma=draft.gamma, width=self.width, buckets=speculative.segment_buckets(
+              self.model.cfg, capacity, draft.gamma, n_prompt, end, self.width))
 
   def draft_margin(self) -> float:
     """The fraction by which a draft's predicted tokens/s must beat AR's to be decoded: `margin`,
@@ -854,7 +856,7 @@ class KnapSpecPolicy:
     draft that fails it), and also of the bucket its window's program runs in: within a
     round's span of a bucket's end that is the next bucket (whose windows `observe` credits to
     the bucket of the decision's context, as it does any window's)."""
-    span = speculative.round_span(self.model.cfg, kept.gamma)
+    span = speculative.round_span(self.model.cfg, kept.gamma, self.width)
     buckets = {attn_bucket(n, capacity), attn_bucket(n + span, capacity)}
     judged = [self.model.kept_drafts.get(b) for b in buckets]
     return self.config.bucket_windows and all(
@@ -979,20 +981,21 @@ class FixedConfig:
 class FixedPolicy:
   name = "fixed"
 
-  def __init__(self, model, profile, config: FixedConfig):
+  def __init__(self, model, profile, config: FixedConfig,
+               width: int | None = None):
     cfg = model.cfg
     self.skip = (config.skip or default_fixed_skip(cfg.n_layers)).check(cfg.n_layers)
     self.model, self.config, self.profile = model, config, profile
-    self.interval, self.threshold = config.interval, config.threshold
+    self.interval, self.threshold, self.width = config.interval, config.threshold, width
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     """The skip set is known before decoding: compile its programs now, not in the timed run."""
     state = abstract_state(self.model)
     speculative.compile_segments(
         self.model.params, self.model.cfg, state, self.model.compiled, skip=self.skip,
-        gamma=self.config.gamma, buckets=speculative.segment_buckets(
+        gamma=self.config.gamma, width=self.width, buckets=speculative.segment_buckets(
             self.model.cfg, state.cache.capacity, self.config.gamma, n_prompt,
-            n_prompt + max_new_tokens))
+            n_prompt + max_new_tokens, self.width))
 
   def decide(self, model, state, ctx):
     n = len(ctx.tokens)
@@ -1042,9 +1045,10 @@ def del_choice(agree, min_exit: int, gamma_max: int) -> tuple[float, int | None,
 class DelPolicy:
   name = "del"
 
-  def __init__(self, model, profile, config: DelConfig):
+  def __init__(self, model, profile, config: DelConfig,
+               width: int | None = None):
     self.model, self.config, self.profile = model, config, profile
-    self.interval, self.threshold = config.interval, config.threshold
+    self.interval, self.threshold, self.width = config.interval, config.threshold, width
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     for attn_len in _search_buckets(self.model.cfg, n_prompt + self.config.n_ref,
@@ -1095,11 +1099,12 @@ class ClaspConfig:
 class ClaspPolicy:
   name = "clasp"
 
-  def __init__(self, model, profile, config: ClaspConfig):
+  def __init__(self, model, profile, config: ClaspConfig,
+               width: int | None = None):
     if not 0 < config.n_skip < model.cfg.n_layers - 1:
       raise MethodError(f"n_skip must be in 1..{model.cfg.n_layers - 2}, got {config.n_skip}")
     self.model, self.config, self.profile = model, config, profile
-    self.interval, self.threshold = config.interval, config.threshold
+    self.interval, self.threshold, self.width = config.interval, config.threshold, width
 
   def warmup(self, n_prompt: int, max_new_tokens: int):
     for attn_len in _search_buckets(self.model.cfg, n_prompt + self.config.n_ref,
@@ -1180,7 +1185,7 @@ def _make(name):
   def decode(model, state, prompt_ids, config=None, sampling=None, width=None, **options):
     config = _config(name, config_cls, config, options)
     _check_width(width, config)
-    policy = policy_cls(model, profile_for(model), config)
+    policy = policy_cls(model, profile_for(model), config, width=width)
     warm = getattr(config, "n_ref", 0) if name in ("del", "clasp") else 0
     state, stats = controller.run(model, state, prompt_ids, policy, profile_for(model),
                                   warmup_tokens=warm, background=getattr(policy, "background",
@@ -1196,8 +1201,8 @@ def _make(name):
     # compile_in_decode_s); the warm-up compiles the greedy ones.
     config = _config(name, config_cls, config, options)
     _check_width(width, config)
-    policy = policy_cls(model, profile_for(model), config)
-    ar_warmup(model, n_prompt, max_new_tokens)
+    policy = policy_cls(model, profile_for(model), config, width=width)
+    ar_warmup(model, n_prompt, max_new_tokens, width=width)  # its plain steps: that width too
     if hasattr(policy, "warmup"):
       policy.warmup(n_prompt, max_new_tokens)
 

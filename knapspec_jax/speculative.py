@@ -202,10 +202,11 @@ def spec_segment(params, state: DecodeState, counters: SpecCounters, max_rounds,
 
 
 def segment_buckets(cfg: ModelConfig, capacity: int, gamma: int, start: int,
-                    end: int) -> list[int]:
-  """The attention buckets a segment visits while the context grows from start to end."""
+                    end: int, width: int | None = None) -> list[int]:
+  """The attention buckets a segment (verify windows of `width`, see spec_segment) visits while
+  the context grows from start to end."""
   end = min(end, cfg.max_seq_len)
-  span = round_span(cfg, gamma)
+  span = round_span(cfg, gamma, width)
   return sorted({attn_bucket(n + span, capacity) for n in range(start, max(end, start + 1))})
 
 
@@ -268,13 +269,15 @@ def segment_args(params, state: DecodeState) -> tuple:
 
 
 def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
-                     gamma: int, buckets, sampling: sampling_lib.Filter | None = None) -> None:
-  """Ahead-of-time compiles the segment program of (skip, gamma) for each attention bucket;
-  state may be abstract (jax.ShapeDtypeStruct leaves). A method whose skip set is known before
-  decoding (e.g. a fixed set) compiles here, at warm-up, rather than inside its timed decode."""
+                     gamma: int, buckets, sampling: sampling_lib.Filter | None = None,
+                     width: int | None = None) -> None:
+  """Ahead-of-time compiles the segment program of (skip, gamma) (verify windows of `width`)
+  for each attention bucket; state may be abstract (jax.ShapeDtypeStruct leaves). A method whose
+  skip set is known before decoding (e.g. a fixed set) compiles here, at warm-up, rather than
+  inside its timed decode."""
   args = segment_args(params, state)
   for attn_len in buckets:
-    compiled.get(segment_program(cfg, skip, gamma, attn_len, sampling), args)
+    compiled.get(segment_program(cfg, skip, gamma, attn_len, sampling, width), args)
 
 
 def run_rounds(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters, compiled,

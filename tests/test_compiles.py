@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import knapspec_jax as ks
-from knapspec_jax import api, compile_cache, decoding, knapsack, latency, speculative
+from knapspec_jax import (api, compile_cache, decoding, engine, knapsack, latency, methods,
+                          speculative)
 from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.skip_mask import SkipMask
@@ -48,6 +49,12 @@ def _decode_compiles(compile_counter, model, method, ids, max_new, **options):
     ("knapspec", NEVER_PAYS, {}),  # declines: decodes plainly in windows
     ("knapspec", PAYS, dict(config=ks.KnapSpecConfig(search_budget=1.0, interval=4))),
     ("fixed", PAYS, dict(config=ks.FixedConfig(gamma=3))),
+    # every forward at one width (bf16 agreement with AR at that width): other programs, which
+    # the warm-up must compile too (session 44's H100 runs compiled them in the timed decode)
+    ("ar", None, dict(width=4)),
+    ("knapspec", NEVER_PAYS, dict(width=11)),
+    ("knapspec", PAYS, dict(config=ks.KnapSpecConfig(search_budget=1.0, interval=4), width=11)),
+    ("fixed", PAYS, dict(config=ks.FixedConfig(gamma=3), width=4)),
 ])
 def test_decode_after_warmup_compiles_nothing(tiny_models, compile_counter, method, costs,
                                               options):
@@ -68,6 +75,9 @@ def test_decode_after_warmup_compiles_nothing(tiny_models, compile_counter, meth
   assert n == 0, f"{method}: {n} XLA compiles inside the timed decode after warm-up: " \
                  f"{compile_counter.events[-n:]}"
   assert result.stats["compile_in_decode_s"] == 0.0
+  # and the policy knows it: no draft this warm-up compiled is passed over as not compiled
+  assert not any("not compiled" in d["reason"] for d in result.stats.get("decisions", [])), \
+      result.stats["decisions"]
 
 
 @pytest.mark.parametrize("method", ["del", "clasp"])
@@ -224,3 +234,25 @@ def test_programs_compile_with_the_xla_options_their_statics_ask_for(tiny_models
   monkeypatch.setattr(knapsack.ExitAgreementStatics, "compiler_options",
                       (("xla_backend_optimization_level", 1),))
   np.testing.assert_allclose(jax.device_get(CompileCache().get(prog, args)(*args)), want)
+
+
+def test_a_policy_at_one_width_finds_the_drafts_its_warmup_compiled(tiny_models):
+  """A verify width makes other segment programs (speculative.segment_program's width): the
+  draft KnapSpec keeps, compiled by a warm-up at width 11, is found compiled by a policy at that
+  width (so it drafts with it, not with the draft below "until the next warm-up compiles it"),
+  and not by a policy at the natural width, whose program nothing compiled."""
+  base = tiny_models["llama3_rope"].jax
+  model = dataclasses.replace(base, compiled=CompileCache(), search_times={}, ar_speeds={},
+                              kept_drafts={}, search_gains={})
+  n_prompt, gamma = 240, 3
+  skip = SkipMask.from_layers(model.cfg.n_layers, [1], [2])
+  capacity = KVCache.capacity_for(model.cfg)
+  model.kept_drafts[decoding.attn_bucket(n_prompt, capacity)] = methods.KeptDraft(
+      skip, gamma, 0.9, n_prompt)
+  config = ks.KnapSpecConfig(search_budget=0.0, explore_budget=0.0)  # no search to compile
+  wide = methods.KnapSpecPolicy(model, model.profile, config, width=11)
+  wide.warmup(n_prompt, 8)
+  state = engine.abstract_state(model)
+  assert wide.segment_compiled(state, skip, gamma, n_prompt)
+  natural = methods.KnapSpecPolicy(model, model.profile, config)
+  assert not natural.segment_compiled(state, skip, gamma, n_prompt)
