@@ -36,8 +36,8 @@ class Policy(Protocol):
   name: str
   interval: int  # speculation rounds per window
   threshold: float  # draft confidence exit
-  width: int | None  # run's verify width (run's width; None: natural): the programs a policy
-  #                    compiles ahead or looks up in the compile cache are that width's
+  width: int | None  # the generation's forward width (run's width; None: natural): the
+  #                    programs a policy compiles ahead or looks up are that width's
 
   def decide(self, model, state: DecodeState, ctx: Context) -> Decision:
     ...
