@@ -224,9 +224,10 @@ def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
   With a skip mask this is the draft model decoding on its own (the latency profile times it);
   gated: the skip set is state.skip, read at run time (model.forward's gate).
   width: each step is a forward over `width` positions (model.step: the token in row 0 and
-  padding after it, the cursor advanced by one); None: ModelConfig.step_rows, the fastest. A
-  verify's width gives AR the kernel shapes of a speculative verify of width tokens, so that
-  in bfloat16 AR rounds like the verify does (see BENCHMARKS.md).
+  padding after it, the cursor advanced by one), and the LM head a product of `width` rows;
+  None: ModelConfig.step_rows, the fastest. A verify's width gives AR the kernel shapes of a
+  speculative verify of width tokens, so that in bfloat16 AR rounds like the verify does (see
+  BENCHMARKS.md).
   sampling: sample each token from the filtered distribution instead of taking the argmax.
   draft_head: the argmax over the state's draft vocabulary (DecodeState.draft_ids), as a draft
   with ModelConfig.draft_vocab scores (the profile times drafts so); greedy only.
@@ -245,8 +246,10 @@ def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
                          rows=width, gate=s.skip if gated else None)
     if draft_head:
       nxt, key = draft_token(params, cfg, s, out.hidden[0, 0])[0], s.key
-    else:
-      nxt, key = next_token(model_lib.lm_head(params, cfg, out.hidden[0, 0]), s.key, sampling)
+    else:  # the head over `width` rows too (row 0 the token's, zeros after), as a verify's
+      # (speculative._round): a product of another row count may sum in another order
+      head_in = jnp.pad(out.hidden[0, :1], ((0, width - 1), (0, 0)))
+      nxt, key = next_token(model_lib.lm_head(params, cfg, head_in)[0], s.key, sampling)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
     return s.replace(cache=out.cache, token=nxt,

@@ -9,18 +9,21 @@ for a long run (BENCHMARKS.md, "Reliability").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import struct
 import tracemalloc
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
-from knapspec_jax import api, decoding, speculative
+from knapspec_jax import api, decoding, engine, speculative
 from knapspec_jax.checkpoint import CheckpointError
 from knapspec_jax.kv_cache import SLACK, KVCache
 
@@ -236,6 +239,44 @@ def test_bfloat16_speculative_equals_ar_run_at_the_verify_width(short_ctx_bf16, 
     wide = api.generate(model, ids, 30, ignore_eos=True, width=width or config.gamma + 1)
     assert got.output_ids == wide.output_ids
   assert rounds > 0
+
+
+def _head_products(jaxpr, vocab: int) -> list[tuple]:
+  """The output shapes of every dot_general in a jaxpr (its loops' and calls' bodies too) whose
+  last dimension is the vocabulary: the LM head's products."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.shape[-1:] == (vocab,):
+      found.append(tuple(eqn.outvars[0].aval.shape))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's, or a Jaxpr itself
+        if hasattr(inner, "eqns"):
+          found += _head_products(inner, vocab)
+  return found
+
+
+@pytest.mark.parametrize("width", [5, 8])
+def test_at_a_width_ar_and_the_verify_take_the_head_over_the_same_rows(short_ctx_bf16, width):
+  """A matrix product of another row count may sum each output in another order (on this CPU a
+  one-row head and an 8-row head differ in the last bits of float32 logits: experiments/gpu/
+  head_rows_rounding.py), so at a width AR's step (decoding.ar_segment) and the verify
+  (speculative.spec_segment) both take the LM head as a product of `width` rows; the draft's
+  own head is the only other one."""
+  model = short_ctx_bf16
+  cfg, vocab = model.cfg, model.cfg.vocab_size
+  state = engine.abstract_state(model)
+  attn_len = 256
+  ar = jax.make_jaxpr(functools.partial(decoding.ar_segment, cfg=cfg, attn_len=attn_len,
+                                        width=width))(model.params, state)
+  assert _head_products(ar.jaxpr, vocab) == [(width, vocab)]
+  spec = jax.make_jaxpr(functools.partial(
+      speculative.spec_segment, cfg=cfg, skip=ks.SkipMask.from_layers(2, attn=[1]), gamma=3,
+      attn_len=attn_len, width=width))(model.params, state, speculative.SpecCounters.abstract(),
+                                       jax.ShapeDtypeStruct((), jnp.int32),
+                                       jax.ShapeDtypeStruct((), jnp.float32))
+  verify = [shape for shape in _head_products(spec.jaxpr, vocab) if len(shape) == 2]
+  assert verify == [(width, vocab)], _head_products(spec.jaxpr, vocab)
 
 
 def test_speculative_width_must_hold_the_longest_verify(short_ctx):
