@@ -246,10 +246,9 @@ def ar_segment(params, state: DecodeState, *, cfg: ModelConfig, attn_len: int,
                          rows=width, gate=s.skip if gated else None)
     if draft_head:
       nxt, key = draft_token(params, cfg, s, out.hidden[0, 0])[0], s.key
-    else:  # the head over `width` rows too (row 0 the token's, zeros after), as a verify's
-      # (speculative._round): a product of another row count may sum in another order
-      head_in = jnp.pad(out.hidden[0, :1], ((0, width - 1), (0, 0)))
-      nxt, key = next_token(model_lib.lm_head(params, cfg, head_in)[0], s.key, sampling)
+    else:  # the head over `width` rows, as a verify's at this width (speculative._round)
+      logits = model_lib.lm_head(params, cfg, out.hidden[0, :1], min_rows=width)[0]
+      nxt, key = next_token(logits, s.key, sampling)
     n_out = s.n_out + 1
     done = jnp.any(nxt == s.eos) | (n_out >= s.max_new)
     return s.replace(cache=out.cache, token=nxt,

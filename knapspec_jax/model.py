@@ -189,13 +189,17 @@ def block(lp: Params, cfg: ModelConfig, x, cos, sin, attend_kv: Callable):
   return mlp_sublayer(lp, cfg, attention_sublayer(lp, cfg, x, cos, sin, attend_kv))
 
 
-def lm_head(params: Params, cfg: ModelConfig, h, rows=None):
+def lm_head(params: Params, cfg: ModelConfig, h, rows=None, min_rows: int = 1):
   """Final-normed hidden states [..., D] -> float32 logits [..., V]; rows: a part of the head,
-  [K, D] (head_rows), whose K logits are returned instead (a draft's vocabulary)."""
+  [K, D] (head_rows), whose K logits are returned instead (a draft's vocabulary). min_rows:
+  the product is taken over at least this many rows (and cfg.matmul_rows), fewer padded with
+  zero rows (linear): a verify and AR at the same width take the head over the same rows, since
+  a product of another row count may sum each logit in another order."""
+  min_rows = max(min_rows, cfg.matmul_rows)
   if rows is not None:
-    return linear(h, rows.T, cfg.matmul_rows, jnp.float32)
+    return linear(h, rows.T, min_rows, jnp.float32)
   w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  return linear(h, w, cfg.matmul_rows, jnp.float32)
+  return linear(h, w, min_rows, jnp.float32)
 
 
 def head_rows(params: Params, cfg: ModelConfig, ids) -> jax.Array:

@@ -130,9 +130,8 @@ def _round(params, cfg: ModelConfig, state: DecodeState, counters: SpecCounters,
     window = jnp.concatenate([window, jnp.zeros((width - gamma - 1,), jnp.int32)])
   out = model_lib.forward(params, cfg, window[None], d.cache.rollback(n),
                           skip=SkipMask.none(cfg.n_layers), attn_len=attn_len)
-  # [gamma + 1, V]; at a width, the head's product over all `width` rows, as AR's at that width
-  # (decoding.ar_segment): on a GPU another row count may sum each logit in another order
-  logits = model_lib.lm_head(params, cfg, out.hidden[0, :width or gamma + 1])[:gamma + 1]
+  # [gamma + 1, V]; at a width, a product of `width` rows, as AR's at that width (lm_head)
+  logits = model_lib.lm_head(params, cfg, out.hidden[0, :gamma + 1], min_rows=width or 1)
   if sampling is None:
     target = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     # Accept the longest prefix d_1..d_k with d_i == t_{i-1}; emit t_0..t_k.

@@ -2,12 +2,13 @@
 
   python experiments/gpu/head_rows_rounding.py [--vocab=151936 --d_model=1536 --trials=20]
 
-A verify of gamma + 1 tokens takes the head's product over gamma + 1 rows; AR at a width
-(generate(width=W)) takes it over one row (padded to ModelConfig.matmul_rows). model.linear
-keeps each row's result independent of the other rows' values, but the backend may pick another
-algorithm for another row count, and float32 sums in another order round differently: where two
-logits nearly tie, the argmax then flips (session 44: KnapSpec at width 11 left AR's width-11
-text at token 807 of Qwen's 16K answer on an H100). Random bf16 weights of Qwen2.5-1.5B's head
+A verify of gamma + 1 tokens took the head's product over gamma + 1 rows and AR at a width
+(generate(width=W)) over one row (padded to ModelConfig.matmul_rows) until session 44; both now
+take it over W rows (model.lm_head's min_rows). model.linear keeps each row's result independent
+of the other rows' values, but the backend may pick another algorithm for another row count, and
+float32 sums in another order round differently: where two logits nearly tie, the argmax then
+flips (session 44: KnapSpec at width 11 left AR's width-11 text at token 807 of Qwen's 16K
+answer on an H100, before the change). Random bf16 weights of Qwen2.5-1.5B's head
 shape; prints, per row count, how many of `trials` rows differ in any logit from the one-row
 product, and the largest difference.
 """
