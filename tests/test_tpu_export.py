@@ -99,16 +99,9 @@ def programs(cfg: ModelConfig) -> dict:
   for label, sampling_, width in [("SpecSegmentStatics", None, None),
                                   ("SpecSegmentStatics/sampling", sampling, None),
                                   ("SpecSegmentStatics/width", None, GAMMA + 2)]:
-    if width is None:
-      speculative.compile_segments(params, cfg, state, rec, skip=skip, gamma=GAMMA,
-                                   buckets=[ATTN_LEN], sampling=sampling_)
-      take(label)
-    else:  # compile_segments has no width: run_rounds builds the same args
-      counters = jax.eval_shape(speculative.SpecCounters.zeros)
-      args = (params, state, counters, jax.ShapeDtypeStruct((), jnp.int32),
-              jax.ShapeDtypeStruct((), jnp.float32))
-      rec.get(speculative.SpecSegmentStatics(cfg, skip, GAMMA, ATTN_LEN, width=width), args)
-      take(label)
+    speculative.compile_segments(params, cfg, state, rec, skip=skip, gamma=GAMMA,
+                                 buckets=[ATTN_LEN], sampling=sampling_, width=width)
+    take(label)
   runtime = dataclasses.replace(cfg, draft_skip="runtime")  # sublayers gated by lax.cond
   speculative.compile_segments(params, runtime, state, rec, skip=skip, gamma=GAMMA,
                                buckets=[ATTN_LEN])
