@@ -534,8 +534,7 @@ class KnapSpecPolicy:
     for draft in drafts:
       speculative.compile_segments(
           self.model.params, self.model.cfg, state, self.model.compiled, skip=draft.skip,
-          gamma=draft.gamma, width=self.width, buckets=speculative.segment_buckets(
-              self.model.cfg, capacity, draft.gamma, n_prompt, end, self.width))
+          gamma=draft.gamma, start=n_prompt, end=end, width=self.width)
 
   def draft_margin(self) -> float:
     """The fraction by which a draft's predicted tokens/s must beat AR's to be decoded: `margin`,
@@ -993,9 +992,8 @@ class FixedPolicy:
     state = abstract_state(self.model)
     speculative.compile_segments(
         self.model.params, self.model.cfg, state, self.model.compiled, skip=self.skip,
-        gamma=self.config.gamma, width=self.width, buckets=speculative.segment_buckets(
-            self.model.cfg, state.cache.capacity, self.config.gamma, n_prompt,
-            n_prompt + max_new_tokens, self.width))
+        gamma=self.config.gamma, start=n_prompt, end=n_prompt + max_new_tokens,
+        width=self.width)
 
   def decide(self, model, state, ctx):
     n = len(ctx.tokens)

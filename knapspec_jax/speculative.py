@@ -270,14 +270,16 @@ def segment_args(params, state: DecodeState) -> tuple:
 
 
 def compile_segments(params, cfg: ModelConfig, state: DecodeState, compiled, *, skip: SkipMask,
-                     gamma: int, buckets, sampling: sampling_lib.Filter | None = None,
+                     gamma: int, start: int, end: int,
+                     sampling: sampling_lib.Filter | None = None,
                      width: int | None = None) -> None:
   """Ahead-of-time compiles the segment program of (skip, gamma) (verify windows of `width`)
-  for each attention bucket; state may be abstract (jax.ShapeDtypeStruct leaves). A method whose
-  skip set is known before decoding (e.g. a fixed set) compiles here, at warm-up, rather than
-  inside its timed decode."""
+  for each attention bucket it visits while the context grows from start to end
+  (segment_buckets, at the same width); state may be abstract (jax.ShapeDtypeStruct leaves). A
+  method whose skip set is known before decoding (e.g. a fixed set) compiles here, at warm-up,
+  rather than inside its timed decode."""
   args = segment_args(params, state)
-  for attn_len in buckets:
+  for attn_len in segment_buckets(cfg, state.cache.capacity, gamma, start, end, width):
     compiled.get(segment_program(cfg, skip, gamma, attn_len, sampling, width), args)
 
 

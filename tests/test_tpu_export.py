@@ -99,12 +99,12 @@ def programs(cfg: ModelConfig) -> dict:
   for label, sampling_, width in [("SpecSegmentStatics", None, None),
                                   ("SpecSegmentStatics/sampling", sampling, None),
                                   ("SpecSegmentStatics/width", None, GAMMA + 2)]:
-    speculative.compile_segments(params, cfg, state, rec, skip=skip, gamma=GAMMA,
-                                 buckets=[ATTN_LEN], sampling=sampling_, width=width)
+    speculative.compile_segments(params, cfg, state, rec, skip=skip, gamma=GAMMA, start=0,
+                                 end=1, sampling=sampling_, width=width)  # bucket ATTN_LEN
     take(label)
   runtime = dataclasses.replace(cfg, draft_skip="runtime")  # sublayers gated by lax.cond
-  speculative.compile_segments(params, runtime, state, rec, skip=skip, gamma=GAMMA,
-                               buckets=[ATTN_LEN])
+  speculative.compile_segments(params, runtime, state, rec, skip=skip, gamma=GAMMA, start=0,
+                               end=1)
   take("SpecSegmentStatics/gated (draft_skip=runtime)")
   rec.get(decoding.draft_program(runtime, ATTN_LEN, skip), (params, state))
   take("ARSegmentStatics/gated (profiler, draft_skip=runtime)")

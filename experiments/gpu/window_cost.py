@@ -124,10 +124,8 @@ def main(argv):
   per_repeat = len(_CONDITIONS) * (sum((gamma + 1) * (4 + r) for r in rounds)
                                    + sum(32 + t for t in tokens))
   end = len(ids) + per_repeat + 64
-  capacity = KVCache.capacity_for(m.cfg)
   speculative.compile_segments(m.params, m.cfg, abstract_state(m), m.compiled, skip=skip,
-                               gamma=gamma, buckets=speculative.segment_buckets(
-                                   m.cfg, capacity, gamma, len(ids), end))
+                               gamma=gamma, start=len(ids), end=end)
   methods.ar_warmup(m, len(ids), end - len(ids))
   state = fresh()
   for r in rounds:
