@@ -41,8 +41,7 @@ def main(argv):
   print(f"{jax.devices()[0].device_kind}: head [{_D.value}, {_VOCAB.value}] bf16, float32 logits")
   # The platform's own padding first (ModelConfig.matmul_rows as load_model picks it: 2 on a
   # GPU, where natural AR's head is a 2-row product), so that a cut-short run prints it.
-  first = api.default_matmul_rows()
-  for min_rows in (first, 3 - first):
+  for min_rows in sorted((1, 2), key=lambda rows: rows != api.default_matmul_rows()):
     rng = np.random.default_rng(1)
     differ = {r: 0 for r in _ROWS.value}
     largest = {r: 0.0 for r in _ROWS.value}
