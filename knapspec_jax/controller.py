@@ -95,8 +95,10 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   (default: background_compile_default()).
   sampling: a sampling.Filter to sample (speculative sampling in drafting windows), None: greedy.
   width: every full-model forward (verify windows, plain steps) this many positions wide
-  (bf16 output then equals AR's at the same width; speculative.spec_segment). None: natural.
+  (bf16 output then equals AR's at the same width; speculative.spec_segment), and the windows'
+  predicted seconds priced so (LatencyProfile.at_width). None: natural.
   """
+  profile = profile.at_width(width)
   background = background_compile_default() if background is None else background
   wait_chunk = wait_chunk or policy.interval
   compiled = model.compiled
@@ -175,7 +177,7 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
     rounds = int(after.rounds - before.rounds)
     forwards = int(after.draft_forwards - before.draft_forwards)
     predicted = predicted_window_s(profile, decision, attn_len, tokens, rounds, forwards,
-                                   waited_tokens, width)
+                                   waited_tokens)
     windows.append(dict(
         decision=decision.to_json(), context=length, tokens=tokens, rounds=rounds,
         drafted=int(after.drafted - before.drafted), ar_tokens_while_compiling=waited_tokens,

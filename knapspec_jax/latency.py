@@ -106,6 +106,10 @@ class LatencyProfile:
   # Seconds a draft step saves by scoring its vocabulary of ModelConfig.draft_vocab tokens
   # instead of all (measure() times AR's step with the draft's head against its own); 0 without.
   draft_head_s: float = 0.0
+  # The generation's forward width (generate(width=), at_width): every full-model forward, AR's
+  # steps and each verify alike, then runs over this many positions and costs t_verify(width, n);
+  # draft steps keep their natural width. None: the natural widths, what measure() timed.
+  width: int | None = None
 
   def t_attn(self, n: int) -> float:
     """Seconds of one attention sublayer for one token at attention length n (positions)."""
@@ -122,8 +126,17 @@ class LatencyProfile:
     """Seconds of one MLP sublayer for one token."""
     return self.m
 
+  def at_width(self, width: int | None) -> "LatencyProfile":
+    """This profile pricing every full-model forward at `width` positions (None: natural), as a
+    generation at that width runs them (controller.run's width): AR's step then costs a verify
+    of `width`, not the natural step, and so does every verify whatever its draft length."""
+    return self if width == self.width else dataclasses.replace(self, width=width)
+
   def t_step(self, skip: SkipMask | None, n: int) -> float:
-    """One token through the draft (skip=None: the full model), at attention length n."""
+    """One token through the draft (skip=None: the full model), at attention length n; at a
+    width (at_width), the full model's step is a forward of that width."""
+    if skip is None and self.width:
+      return self._forward(self.width, n)
     n_attn = self.n_layers - (len(skip.attn_skipped) if skip else 0)
     n_mlp = self.n_layers - (len(skip.mlp_skipped) if skip else 0)
     draft = skip is not None and skip.n_skipped
@@ -133,8 +146,12 @@ class LatencyProfile:
     return self.c0 + n_attn * self.t_attn(n) + n_mlp * self.m
 
   def t_verify(self, window: int, n: int) -> float:
-    """Seconds of one full-model forward of `window` tokens at attention length n."""
-    return self.t_step(None, n) + (window - 1) * (self.v0 + self.v1 * n)
+    """Seconds of one full-model forward of `window` tokens at attention length n (at a width,
+    at_width, of that width)."""
+    return self._forward(self.width or window, n)
+
+  def _forward(self, window, n):
+    return self._step(self.n_layers, self.n_layers, n) + (window - 1) * (self.v0 + self.v1 * n)
 
   def search_s(self, n: int) -> float:
     """Predicted seconds of one knapsack search at attention length n."""
@@ -152,7 +169,7 @@ class LatencyProfile:
   def errors(self) -> dict:
     """Median relative error of the fit on its own samples (step and verify)."""
     step = [abs(self._step(a, m_, n) - t) / t for a, m_, n, t in self.step_samples]
-    ver = [abs(self.t_verify(w, n) - t) / t for w, n, t in self.verify_samples]
+    ver = [abs(self._forward(w, n) - t) / t for w, n, t in self.verify_samples]
     return {"step_median_rel_err": float(np.median(step)) if step else None,
             "verify_median_rel_err": float(np.median(ver)) if ver else None}
 
@@ -170,7 +187,9 @@ class LatencyProfile:
     if path is None or path.is_dir() or path.suffix != ".json":
       path = self.path_for(self.device, self.model, self.dtype, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dataclasses.asdict(self) | {"fit_errors": self.errors()}
+    # what was measured: the natural widths (a width's pricing, at_width, is the caller's)
+    payload = dataclasses.asdict(self.at_width(None)) | {"fit_errors": self.errors()}
+    del payload["width"]
     path.write_text(json.dumps(payload, indent=1))
     return path
 

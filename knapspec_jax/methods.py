@@ -595,7 +595,10 @@ class KnapSpecPolicy:
 
   def ar_speed(self, context: int, capacity: int, predicted: float) -> float:
     """AR's tokens/s at context, as a window is judged against it: measured there
-    (Model.ar_speed), else `predicted`."""
+    (Model.ar_speed), else `predicted`; at a width always `predicted` (the profile at that
+    width), since Model.ar_speed holds natural-width speeds only, faster than AR at a width."""
+    if self.width:
+      return predicted
     measured = self.model.ar_speed(context, capacity)
     return predicted if measured is None else measured
 
@@ -1183,9 +1186,10 @@ def _make(name):
   def decode(model, state, prompt_ids, config=None, sampling=None, width=None, **options):
     config = _config(name, config_cls, config, options)
     _check_width(width, config)
-    policy = policy_cls(model, profile_for(model), config, width=width)
+    profile = profile_for(model).at_width(width)  # its steps and verifies at the run's width
+    policy = policy_cls(model, profile, config, width=width)
     warm = getattr(config, "n_ref", 0) if name in ("del", "clasp") else 0
-    state, stats = controller.run(model, state, prompt_ids, policy, profile_for(model),
+    state, stats = controller.run(model, state, prompt_ids, policy, profile,
                                   warmup_tokens=warm, background=getattr(policy, "background",
                                                                          None),
                                   sampling=sampling, width=width)
@@ -1199,7 +1203,7 @@ def _make(name):
     # compile_in_decode_s); the warm-up compiles the greedy ones.
     config = _config(name, config_cls, config, options)
     _check_width(width, config)
-    policy = policy_cls(model, profile_for(model), config, width=width)
+    policy = policy_cls(model, profile_for(model).at_width(width), config, width=width)
     ar_warmup(model, n_prompt, max_new_tokens, width=width)  # its plain steps: that width too
     if hasattr(policy, "warmup"):
       policy.warmup(n_prompt, max_new_tokens)

@@ -21,18 +21,18 @@ from knapspec_jax.selection import Decision
 
 def predicted_window_s(profile: LatencyProfile, decision: Decision, attn_len: int,
                        tokens: int, rounds: int, draft_forwards: int,
-                       waited_tokens: int = 0, width: int | None = None) -> float:
+                       waited_tokens: int = 0) -> float:
   """The profile's seconds for a window as it ran: its draft forwards (each one's token goes to
   the verifier, the low-confidence last one of a round included, so this is the drafted count)
   and one verify of gamma + 1 positions per round, and one full step for each of the
   waited_tokens (of `tokens`) decoded plainly while the draft's program compiled; a plain
-  window, one full step per token. width: the generation's full-model forwards all `width`
-  positions wide (controller.run's width), each verify and plain step then a verify of width."""
-  plain = profile.t_verify(width, attn_len) if width else profile.t_step(None, attn_len)
+  window, one full step per token. A generation at a width prices them with the profile at that
+  width (LatencyProfile.at_width: each verify and full step a forward of the width)."""
+  plain = profile.t_step(None, attn_len)
   if not decision.drafts:
     return tokens * plain
   return (draft_forwards * profile.t_step(decision.skip, attn_len)
-          + rounds * profile.t_verify(width or decision.gamma + 1, attn_len)
+          + rounds * profile.t_verify(decision.gamma + 1, attn_len)
           + waited_tokens * plain)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from knapspec_jax import latency
 from knapspec_jax.latency import LatencyProfile
+from knapspec_jax.skip_mask import SkipMask
 
 LAYERS = 10
 FIXED, MLP = 1e-4, 3e-5
@@ -75,6 +76,29 @@ def test_profiles_of_one_length_each_merge_into_the_knots_of_all():
 def test_scaled_scales_the_knots():
   p = latency.fit(samples(ATTN), [], "dev", "m", "float32", LAYERS)
   assert p.scaled(attn=2.0).t_attn(4096) == pytest.approx(2 * p.t_attn(4096))
+
+
+def test_at_a_width_every_full_forward_costs_a_forward_of_that_width(tmp_path):
+  """generate(width=W) runs AR's steps and every verify over W positions, drafts at their own:
+  the profile at that width prices the full model's step and each verify, whatever its window,
+  as the W-position forward (stated here), a draft step as before; the natural profile is
+  unchanged, and saving one at a width stores what was measured, the natural one."""
+  p = dataclasses.replace(latency.fit(samples(ATTN), [], "dev", "m", "float32", LAYERS),
+                          v0=2e-6, v1=1e-9)
+  wide = p.at_width(8)
+  skip = SkipMask.from_layers(LAYERS, [0, 1, 2], [3])
+  for n in ATTN:
+    forward8 = FIXED + LAYERS * (ATTN[n] + MLP) + 7 * (2e-6 + 1e-9 * n)
+    assert wide.t_step(None, n) == pytest.approx(forward8, rel=1e-6)
+    assert wide.t_verify(3, n) == wide.t_verify(8, n) == pytest.approx(forward8, rel=1e-6)
+    assert wide.t_step(skip, n) == p.t_step(skip, n) == pytest.approx(
+        FIXED + 7 * ATTN[n] + 9 * MLP, rel=1e-6)
+    assert p.t_step(None, n) == pytest.approx(FIXED + LAYERS * (ATTN[n] + MLP), rel=1e-6)
+    assert p.t_verify(3, n) == pytest.approx(FIXED + LAYERS * (ATTN[n] + MLP)
+                                             + 2 * (2e-6 + 1e-9 * n), rel=1e-6)
+  assert p.at_width(None) is p and wide.at_width(8) is wide and wide.at_width(None) == p
+  assert wide.errors() == p.errors()
+  assert LatencyProfile.load(wide.save(tmp_path / "wide.json")) == p
 
 
 def test_save_into_a_directory_names_the_file_itself(tmp_path):

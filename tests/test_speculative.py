@@ -580,6 +580,34 @@ def test_a_trial_is_judged_by_its_rounds_and_the_next_window_by_its_time(tiny_mo
   assert model.kept_drafts[bucket] is None
 
 
+def test_at_a_width_a_window_is_judged_against_ar_at_that_width(tiny_models, with_profile):
+  """Model.ar_speed holds what AR measured at its natural width, faster than AR at a width
+  (10-14% at width 11 on an H100, BENCHMARKS.md 10.49). At a width a draft's full window is
+  judged against the decision's AR prediction, priced at that width, instead: a window at 98
+  tok/s, under natural AR's measured 100 and over the width's predicted 90, drops its draft at
+  the natural width and keeps it at width 8 (the same trial passed first in both)."""
+  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
+  capacity = KVCache.capacity_for(model.cfg)
+  context = 40
+  model.note_ar_speed(context, capacity, 100, 1.0)  # AR measured at 100 tok/s here, natural width
+  bucket = decoding.attn_bucket(context, capacity)
+  skip = ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  trial = selection.Decision(skip, 2, 0.9, 110.0, 90.0, 110.0, context, "kept", rounds=8)
+  window = dict(ar_tokens_while_compiling=0, rounds=8, tokens=20, predicted_s=0.15,
+                measured_tokens_per_s=50.0)
+  full = dict(window, rounds=64, tokens=160, predicted_s=1.2, measured_tokens_per_s=98.0)
+  config = ks.KnapSpecConfig(judge_windows=1)
+  for width, stays in ((None, False), (8, True)):
+    model.kept_drafts.clear()
+    model.search_gains.clear()
+    profile = model.profile.at_width(width)
+    methods.KnapSpecPolicy(model, profile, config, width=width).observe(trial, window, capacity)
+    assert model.kept_drafts[bucket] is not None  # the trial's rounds: 133 tok/s against 90
+    methods.KnapSpecPolicy(model, profile, config, width=width).observe(
+        dataclasses.replace(trial, rounds=None), full, capacity)
+    assert (model.kept_drafts[bucket] is not None) == stays, width
+
+
 def test_a_trial_is_confirmed_by_its_first_full_window_at_the_profiles_costs(tiny_models,
                                                                              with_profile):
   """confirm_margin: a draft whose trial passed (20 tokens in rounds the profile times at 0.15
@@ -1317,6 +1345,14 @@ def test_window_predictions_price_the_width_the_generation_ran_at(tiny_models):
     want = (w["draft_forwards"] * profile.t_step(skip, attn_len)
             + (w["rounds"] + plain) * profile.t_verify(8, attn_len))
     assert w["predicted_s"] == pytest.approx(want, rel=1e-9), w
+    # the decision prices AR and the draft at the width too: AR's step a forward of 8 positions
+    # (the stated formula: every layer's attention and MLP, plus 7 more positions), the round
+    # gamma draft steps (alpha 0: one token a round) and that forward
+    n = decoding.attn_bucket(w["decision"]["context"] + 3, capacity)
+    wide = 1e-4 + model.cfg.n_layers * (1e-3 + 1e-6 * n + 1e-3) + 7 * (2e-4 + 1e-7 * n)
+    assert w["decision"]["ar_tpt"] == pytest.approx(1 / wide, rel=1e-9)
+    assert w["decision"]["predicted_tpt"] == pytest.approx(
+        1 / (2 * profile.t_step(skip, n) + wide), rel=1e-9)
   assert straddles, [w["context"] for w in windows]
 
 
