@@ -1000,7 +1000,9 @@ class FixedPolicy:
 
   def decide(self, model, state, ctx):
     n = len(ctx.tokens)
-    attn_len = attn_bucket(n + self.config.gamma + 1, state.cache.capacity)
+    # priced at the bucket its rounds run at (a verify of a width reaches width positions)
+    attn_len = attn_bucket(n + speculative.round_span(model.cfg, self.config.gamma, self.width),
+                           state.cache.capacity)
     ar = 1 / self.profile.t_step(None, attn_len)
     tpt = selection.draft_tpt(self.skip, 0.0, self.profile, attn_len, self.config.gamma)
     return Decision(self.skip, self.config.gamma, float("nan"), tpt, ar, tpt, n, "fixed set")
@@ -1115,7 +1117,8 @@ class ClaspPolicy:
 
   def decide(self, model, state, ctx):
     cfg, r, n = model.cfg, self.config.n_ref, len(ctx.tokens)
-    attn_len = attn_bucket(n + self.config.gamma + 1, state.cache.capacity)
+    attn_len = attn_bucket(n + speculative.round_span(cfg, self.config.gamma, self.width),
+                           state.cache.capacity)  # the bucket its rounds run at, as FixedPolicy
     ar = 1 / self.profile.t_step(None, attn_len)
     if n <= r:
       return Decision(None, 0, 0.0, ar, ar, 0.0, n, "too few tokens", ar_tokens=1)

@@ -1345,10 +1345,11 @@ def test_window_predictions_price_the_width_the_generation_ran_at(tiny_models):
     want = (w["draft_forwards"] * profile.t_step(skip, attn_len)
             + (w["rounds"] + plain) * profile.t_verify(8, attn_len))
     assert w["predicted_s"] == pytest.approx(want, rel=1e-9), w
-    # the decision prices AR and the draft at the width too: AR's step a forward of 8 positions
-    # (the stated formula: every layer's attention and MLP, plus 7 more positions), the round
-    # gamma draft steps (alpha 0: one token a round) and that forward
-    n = decoding.attn_bucket(w["decision"]["context"] + 3, capacity)
+    # the decision prices AR and the draft at the width too, at the bucket its rounds run at
+    # (context + 8): AR's step a forward of 8 positions (the stated formula: every layer's
+    # attention and MLP, plus 7 more positions), the round gamma draft steps (alpha 0: one token
+    # a round) and that forward
+    n = decoding.attn_bucket(w["decision"]["context"] + 8, capacity)
     wide = 1e-4 + model.cfg.n_layers * (1e-3 + 1e-6 * n + 1e-3) + 7 * (2e-4 + 1e-7 * n)
     assert w["decision"]["ar_tpt"] == pytest.approx(1 / wide, rel=1e-9)
     assert w["decision"]["predicted_tpt"] == pytest.approx(
