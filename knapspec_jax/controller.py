@@ -95,10 +95,10 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
   (default: background_compile_default()).
   sampling: a sampling.Filter to sample (speculative sampling in drafting windows), None: greedy.
   width: every full-model forward (verify windows, plain steps) this many positions wide
-  (bf16 output then equals AR's at the same width; speculative.spec_segment), and the windows'
-  predicted seconds priced so (LatencyProfile.at_width). None: natural.
+  (bf16 output then equals AR's at the same width; speculative.spec_segment). None: natural.
+  profile: the policy's, priced at that width (LatencyProfile.at_width; methods builds both
+  from one), which prices each window's predicted seconds.
   """
-  profile = profile.at_width(width)
   background = background_compile_default() if background is None else background
   wait_chunk = wait_chunk or policy.interval
   compiled = model.compiled

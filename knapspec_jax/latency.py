@@ -187,9 +187,8 @@ class LatencyProfile:
     if path is None or path.is_dir() or path.suffix != ".json":
       path = self.path_for(self.device, self.model, self.dtype, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # what was measured: the natural widths (a width's pricing, at_width, is the caller's)
-    payload = dataclasses.asdict(self.at_width(None)) | {"fit_errors": self.errors()}
-    del payload["width"]
+    payload = dataclasses.asdict(self) | {"fit_errors": self.errors()}
+    del payload["width"]  # what was measured, the natural widths: at_width is the caller's
     path.write_text(json.dumps(payload, indent=1))
     return path
 

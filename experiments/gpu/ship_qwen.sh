@@ -5,8 +5,9 @@
 # does not fit beside it: the 22 parts, joined, travel as 32 MiB chunks (34 calls;
 # SHIP_CHUNK_MIB, which join_chunks.py reads too; 38 MiB in sessions 37-46, until the tree
 # outgrew it; 32 MiB in sessions 15-36, 36 MiB before), joined again on the device machine and
-# checked there by size and sha256 (join_chunks.py). Keep records over 60 KB in results/ gzipped (summarize.read_records
-# reads either name), so that a chunk and the tree stay under 64 MiB together.
+# checked there by size and sha256 (join_chunks.py). Keep records over 60 KB in results/
+# gzipped (summarize.read_records reads either name), so that a chunk and the tree stay under
+# 64 MiB together.
 # Here (the dev machine), once per checkout, in the project's venv:
 #   bash experiments/gpu/ship_qwen.sh prepare
 # downloads the device's wheels into .whl and copies ../shared/data into .data (wheels.sh),
