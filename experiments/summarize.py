@@ -1,6 +1,7 @@
 """Markdown tables from benchmark JSONL files (what BENCHMARKS.md quotes).
 
   python experiments/summarize.py results/h100/run4/long/results.jsonl [--decisions]
+      [--against=ar-rerun]
 """
 
 import gzip
@@ -151,6 +152,33 @@ def skip_shift(rows) -> str:
   return "\n".join(out)
 
 
+def against_table(rows, base: str) -> str:
+  """Per prompt and method: whether its text equals method `base`'s (e.g. AR's rerun at the same
+  verify width) and the median over repeats of (its run / the same repeat's `base` run), the
+  repeats paired by order as in `paired_speedup`. The question a width answers: does a method
+  keep the text of plain decoding at its own kernel shapes, and how much faster is it there?"""
+  out = [f"| prompt | prompt tokens | method | same text as {base} | paired median x {base} |",
+         "|---|---|---|---|---|"]
+  by_method = {}  # method -> [(same text, ratio)] over the prompts
+  for item, n in dict.fromkeys((r["item_id"], r["prompt_tokens"]) for r in rows):
+    b = next((x for x in rows if x["item_id"] == item and x["method"] == base), None)
+    if b is None:
+      continue
+    for r in rows:
+      if r["item_id"] != item or r["method"] in (base, "ar"):
+        continue
+      pairs = list(zip(r["tokens_per_s_runs"], b["tokens_per_s_runs"]))
+      ratio = statistics.median(x / y for x, y in pairs)
+      same = "yes" if r["output_ids"] == b["output_ids"] else "no"
+      out.append(f"| {item} | {n} | {r['method']} | {same} | {ratio:.3f} |")
+      by_method.setdefault(r["method"], []).append((same == "yes", ratio))
+  for m, v in by_method.items():
+    ratios = [x for _, x in v]
+    out.append(f"| all {len(v)} | – | {m} | {sum(s for s, _ in v)}/{len(v)} | median "
+               f"{statistics.median(ratios):.3f}, {min(ratios):.3f}-{max(ratios):.3f} |")
+  return "\n".join(out)
+
+
 def main(argv):
   paths = [a for a in argv if not a.startswith("--")]
   rows = load(paths)
@@ -163,6 +191,10 @@ def main(argv):
   if "--decisions" in argv:
     print()
     print(decisions(rows))
+  for a in argv:
+    if a.startswith("--against="):
+      print()
+      print(against_table(rows, a.split("=", 1)[1]))
 
 
 if __name__ == "__main__":

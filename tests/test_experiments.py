@@ -1109,3 +1109,20 @@ def test_reference_scoring_lines_up_with_ar_and_its_scorings_meet_where_they_mus
                 timeout=300)
   assert bad.returncode != 0 and "the set has 28 layers, the model 30" in bad.stderr, \
       bad.stderr[-2000:]
+
+
+def test_against_table_compares_texts_and_pairs_repeats_with_the_named_method():
+  """summarize.against_table: a method's text against the named method's (equal lists and a
+  one-token change) and the median of run-by-run ratios, worked by hand: runs (6, 9, 10) over
+  (5, 10, 8) give ratios 1.2, 0.9, 1.25, median 1.2; plain AR is not listed against it."""
+  from experiments import summarize
+  base = dict(item_id="doc", prompt_tokens=9, method="ar-rerun", tokens_per_s_runs=[5.0, 10.0, 8.0],
+              output_ids=[1, 2, 3])
+  same = dict(base, method="knapspec", tokens_per_s_runs=[6.0, 9.0, 10.0])
+  other = dict(base, method="clasp", output_ids=[1, 2, 4])
+  ar = dict(base, method="ar", output_ids=[1, 2, 5])
+  table = summarize.against_table([ar, base, same, other], "ar-rerun")
+  assert "| doc | 9 | knapspec | yes | 1.200 |" in table, table
+  assert "| doc | 9 | clasp | no | 1.000 |" in table, table
+  assert "| ar |" not in table
+  assert "| all 1 | – | knapspec | 1/1 | median 1.200, 1.200-1.200 |" in table, table
