@@ -186,8 +186,8 @@ def run(model, state: DecodeState, prompt_ids: np.ndarray, policy: Policy,
         measured_s=measured - compile_s,
         predicted_s=predicted, predicted_wall_s=predicted + profile.call_s,
         measured_tokens_per_s=tokens / max(measured - compile_s, 1e-9)))
-    if not decision.drafts and not waited_tokens and sampling is None and not width:
-      model.note_ar_speed(length, state.cache.capacity, tokens, measured - compile_s)
+    if not decision.drafts and not waited_tokens and sampling is None:
+      model.note_ar_speed(length, state.cache.capacity, tokens, measured - compile_s, width)
     if hasattr(policy, "observe"):  # what the window measured, for a policy that learns from it
       policy.observe(decision, windows[-1], state.cache.capacity)
     if finished:

@@ -46,9 +46,11 @@ class Model:
     slower than AR); KnapSpec budgets searches with it.
   kept_drafts: at each attention bucket, the draft KnapSpec chose there and keeps using, across
     windows and generations, until its windows measure slower than AR (methods.KeptDraft).
-  ar_speeds: at each attention bucket, every plain decoding speed measured there, tokens/s (the
-    "ar" method's generations and every method's plain windows of AR_SPEED_MIN_TOKENS or more);
-    their median is what a kept draft's windows must beat (Model.ar_speed). The latency
+  ar_speeds: at each verify width (None: the natural one) and attention bucket, every plain
+    decoding speed measured there, tokens/s (the "ar" method's generations and every method's
+    plain windows of AR_SPEED_MIN_TOKENS or more, greedy); their median is what a kept draft's
+    windows at that width must beat (Model.ar_speed). A width is its own key: AR at width 11
+    runs 0.86-0.91x its natural speed (H100, BENCHMARKS.md 10.49, 10.51). The latency
     profile's prediction stands in where none was measured; it can be far off where the profile
     did not sample (Qwen2.5-1.5B at 28K positions on the H200: 348 tok/s predicted, 473
     measured; BENCHMARKS.md 10.8).
@@ -66,30 +68,33 @@ class Model:
   search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
   search_gains: dict = dataclasses.field(default_factory=dict)  # attn bucket -> predicted saving
   kept_drafts: dict = dataclasses.field(default_factory=dict)  # attn bucket -> KeptDraft
-  ar_speeds: dict = dataclasses.field(default_factory=dict)  # attn bucket -> [AR tok/s, ...]
+  ar_speeds: dict = dataclasses.field(default_factory=dict)  # (width, bucket) -> [AR tok/s]
 
   @property
   def name(self) -> str:
     return self.source.rsplit("/", 1)[-1]
 
-  def note_ar_speed(self, context: int, capacity: int, tokens: int, seconds: float):
-    """Records a plain-decoding measurement of `tokens` from `context` (too short ones are
-    ignored: a window's fixed host costs would make AR look slower than it is)."""
+  def note_ar_speed(self, context: int, capacity: int, tokens: int, seconds: float,
+                    width: int | None = None):
+    """Records a plain-decoding measurement of `tokens` from `context` at a verify width (None:
+    natural; too short ones are ignored: a window's fixed host costs would make AR look slower
+    than it is)."""
     if tokens >= AR_SPEED_MIN_TOKENS and seconds > 0:
       bucket = decoding.attn_bucket(context, capacity)
-      self.ar_speeds.setdefault(bucket, []).append(tokens / seconds)
+      self.ar_speeds.setdefault((width, bucket), []).append(tokens / seconds)
 
-  def ar_speed(self, context: int, capacity: int) -> float | None:
-    """The median AR tokens/s measured at context's bucket, else at the nearest bucket below (a
-    bound from above: AR slows as the context grows); None when none was measured.
+  def ar_speed(self, context: int, capacity: int, width: int | None = None) -> float | None:
+    """The median AR tokens/s measured at context's bucket and this width (None: natural), else
+    at the nearest bucket below (a bound from above: AR slows as the context grows); None when
+    none was measured at this width.
 
     The median, not the fastest: a kept draft's one window is judged against it, and the fastest
     of several AR runs is biased upward by their noise. On the H200 (Qwen2.5-Coder-1.5B, 2K
     document, BENCHMARKS.md 10.17) a draft's 64-round window ran at 587 tok/s while the timed AR
     runs there measured 569-574, and it was dropped: an untimed AR run had been faster still."""
     bucket = decoding.attn_bucket(context, capacity)
-    below = [b for b in self.ar_speeds if b <= bucket]
-    return float(statistics.median(self.ar_speeds[max(below)])) if below else None
+    below = [b for w, b in self.ar_speeds if w == width and b <= bucket]
+    return float(statistics.median(self.ar_speeds[width, max(below)])) if below else None
 
   @property
   def profile_name(self) -> str:

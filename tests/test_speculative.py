@@ -581,11 +581,12 @@ def test_a_trial_is_judged_by_its_rounds_and_the_next_window_by_its_time(tiny_mo
 
 
 def test_at_a_width_a_window_is_judged_against_ar_at_that_width(tiny_models, with_profile):
-  """Model.ar_speed holds what AR measured at its natural width, faster than AR at a width
-  (10-14% at width 11 on an H100, BENCHMARKS.md 10.49). At a width a draft's full window is
-  judged against the decision's AR prediction, priced at that width, instead: a window at 98
-  tok/s, under natural AR's measured 100 and over the width's predicted 90, drops its draft at
-  the natural width and keeps it at width 8 (the same trial passed first in both)."""
+  """Natural AR runs faster than AR at a width (10-14% at width 11 on an H100, BENCHMARKS.md
+  10.49), so Model.ar_speed keeps each width's measurements apart. A window at 98 tok/s, under
+  natural AR's measured 100 and over the width's predicted 90, drops its draft at the natural
+  width and keeps it at width 8, where no AR was measured (the decision's AR prediction, priced
+  at that width, judges it); once AR has measured 100 tok/s at width 8 too, it drops it there
+  (the same trial passed first in every case)."""
   model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
   capacity = KVCache.capacity_for(model.cfg)
   context = 40
@@ -597,9 +598,13 @@ def test_at_a_width_a_window_is_judged_against_ar_at_that_width(tiny_models, wit
                 measured_tokens_per_s=50.0)
   full = dict(window, rounds=64, tokens=160, predicted_s=1.2, measured_tokens_per_s=98.0)
   config = ks.KnapSpecConfig(judge_windows=1)
-  for width, stays in ((None, False), (8, True)):
+  for width, stays, measured_at_width in ((None, False, False), (8, True, False),
+                                          (8, False, True)):
     model.kept_drafts.clear()
     model.search_gains.clear()
+    if measured_at_width:
+      model.note_ar_speed(context, capacity, 100, 1.0, width=8)
+    assert (model.ar_speed(context, capacity, 8) is not None) == measured_at_width
     profile = model.profile.at_width(width)
     methods.KnapSpecPolicy(model, profile, config, width=width).observe(trial, window, capacity)
     assert model.kept_drafts[bucket] is not None  # the trial's rounds: 133 tok/s against 90
@@ -929,6 +934,10 @@ def test_ar_speed_is_the_median_of_the_plain_runs_measured_at_the_bucket(tiny_mo
   model.note_ar_speed(40, capacity, 8, 8 / 1e6)  # too short to count
   assert model.ar_speed(40, capacity) == pytest.approx(float(np.median(speeds)))
   assert model.ar_speed(300, capacity) == pytest.approx(float(np.median(speeds)))  # from below
+  assert model.ar_speed(40, capacity, width=11) is None  # natural AR does not stand in at 11
+  model.note_ar_speed(40, capacity, 100, 100 / 90.0, width=11)
+  assert model.ar_speed(300, capacity, width=11) == pytest.approx(90.0)
+  assert model.ar_speed(40, capacity) == pytest.approx(float(np.median(speeds)))  # untouched
   model.ar_speeds.clear()
   assert model.ar_speed(40, capacity) is None
 
@@ -1172,7 +1181,7 @@ def test_a_compiled_draft_below_stands_in_while_the_buckets_own_waits_for_its_co
   model.compiled.discard(speculative.SpecSegmentStatics)
   want = ar(model, ids, 48)
   if lost:
-    monkeypatch.setattr(model, "ar_speed", lambda context, capacity: (
+    monkeypatch.setattr(model, "ar_speed", lambda context, capacity, width=None: (
         1e9 if decoding.attn_bucket(context, capacity) == high else None))
   got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
   assert got.output_ids == want
@@ -1314,6 +1323,28 @@ def test_window_records_add_the_profiles_call_cost_to_their_predicted_time(tiny_
   errors = [abs(w["predicted_s"] + 0.25 - w["measured_s"]) / w["measured_s"] for w in windows
             if w["measured_s"] > 0 and w["tokens"] > 0]
   assert got.stats["profile_median_rel_err"] == pytest.approx(float(np.median(errors)))
+
+
+def test_ar_notes_its_speed_under_the_width_it_ran_at(tiny_models):
+  """The "ar" method records its speed under its width (Model.ar_speeds): a run at width 8
+  gives a speed at width 8 and none at the natural width, and a natural run the other way."""
+  model = tiny_models["llama3_rope"].jax
+  saved = {k: list(v) for k, v in model.ar_speeds.items()}
+  model.ar_speeds.clear()
+  try:
+    ids = np.arange(3, 43) % model.cfg.vocab_size
+    capacity = KVCache.capacity_for(model.cfg)
+    api.generate(model, ids, 40, method="ar", ignore_eos=True, width=8)
+    assert model.ar_speed(len(ids), capacity, 8) is not None
+    assert model.ar_speed(len(ids), capacity) is None
+    api.generate(model, ids, 40, method="ar", ignore_eos=True)
+    assert model.ar_speed(len(ids), capacity) is not None
+    assert sorted(model.ar_speeds, key=str) == sorted(
+        [(None, decoding.attn_bucket(len(ids), capacity)),
+         (8, decoding.attn_bucket(len(ids), capacity))], key=str)
+  finally:
+    model.ar_speeds.clear()
+    model.ar_speeds.update(saved)
 
 
 def test_window_predictions_price_the_width_the_generation_ran_at(tiny_models):
