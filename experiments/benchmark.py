@@ -20,7 +20,8 @@ Every method runs on the same loaded model and compile cache; AR runs first and 
 baseline. Warm-up compiles (prefill and AR programs) happen before each timed run and are
 reported apart; a compile a method triggers while decoding (a new skip set) counts in its
 decode time. Output: results.jsonl (one record per method and prompt, every run statistic),
-table.md (summarize.py's tables), config.json, plots/speedup.png, plots/speed_vs_context.png.
+table.md (summarize.py's tables; with AR's rerun at a width, `ar-rerun.width=W`, also each
+method's text and paired speed against it), config.json, plots/speedup.png, plots/speed_vs_context.png.
 """
 
 import json
@@ -243,6 +244,8 @@ def run(config, overwrite: bool = False) -> list[dict]:
             + f"  | so far {totals[method][0] / totals[method][1]:.1f} tok/s, "
             f"{time.perf_counter() - started:.0f} s elapsed", flush=True)
   table = summarize.speed_table(rows) + "\n\n" + summarize.method_table(rows)
+  if options.get("ar-rerun", {}).get("width"):  # texts and speed against AR at that width
+    table += "\n\n" + summarize.against_table(rows, "ar-rerun")
   print(table)
   sink.close()
   (out_dir / "table.md").write_text(table + "\n")

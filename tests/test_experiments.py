@@ -113,6 +113,23 @@ def test_ar_alone_runs_in_a_child_process_first(tmp_path):
   assert json.loads((out / "ar_alone" / "config.json").read_text())["ar_alone"] is False
 
 
+def test_a_width_run_tables_each_method_against_ars_rerun_at_that_width(tmp_path):
+  """With AR's rerun at a width (`ar-rerun.width=8`) table.md adds summarize.against_table: the
+  fixed set at width 8 writes the rerun's text (the records say so, token for token) and its
+  paired ratio over the rerun is the median of the run-by-run ratios of the records."""
+  out = tmp_path / "run"
+  proc = _run(["--config=configs/tiny.py", f"--config.output_dir={out}",
+               "--config.methods=ar,fixed", "--config.max_new_tokens=6", "--config.noise_floor=True",
+               "--config.method_options=ar-rerun.width=8,fixed.width=8", "--config.plots=False"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {json.loads(line)["method"]: json.loads(line)
+          for line in (out / "results.jsonl").read_text().splitlines()}
+  assert rows["fixed"]["output_ids"] == rows["ar-rerun"]["output_ids"]
+  ratio = statistics.median(x / y for x, y in zip(rows["fixed"]["tokens_per_s_runs"],
+                                                  rows["ar-rerun"]["tokens_per_s_runs"]))
+  assert f"| fixed | yes | {ratio:.3f} |" in (out / "table.md").read_text()
+
+
 def test_trial_confirmation_replay_reads_trial_and_first_full_window(tmp_path):
   """experiments/trial_confirmation_replay.py on a stated record: a trial of 8 rounds (20
   tokens, 0.2 s at the profile's costs) and the full window after it (100 tokens) against AR's
