@@ -74,7 +74,8 @@ def main(argv):
   for k in map(int, _KS.value):  # the same params, the draft's head as K says
     views[k] = dataclasses.replace(base, cfg=dataclasses.replace(base.cfg, draft_vocab=k),
                                    compiled=CompileCache(), profile=profile, search_times={},
-                                   search_gains={}, kept_drafts={}, ar_speeds={})
+                                   search_gains={}, kept_drafts={}, width_kept_drafts={},
+                                   ar_speeds={})
   rows = []
   for spec in _PROMPTS.value:
     kind, value = spec.split(":")

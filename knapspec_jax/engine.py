@@ -45,7 +45,9 @@ class Model:
     draft was predicted to save (0 when no draft beat AR, or when the draft it chose measured
     slower than AR); KnapSpec budgets searches with it.
   kept_drafts: at each attention bucket, the draft KnapSpec chose there and keeps using, across
-    windows and generations, until its windows measure slower than AR (methods.KeptDraft).
+    windows and generations, until its windows measure slower than AR (methods.KeptDraft); the
+    natural width's. width_kept_drafts: the same for each verify width W (`generate(width=W)`),
+    apart, since a draft is judged against AR at its own width (Model.kept_drafts_at).
   ar_speeds: at each verify width (None: the natural one) and attention bucket, every plain
     decoding speed measured there, tokens/s (the "ar" method's generations and every method's
     plain windows of AR_SPEED_MIN_TOKENS or more, greedy); their median is what a kept draft's
@@ -68,11 +70,16 @@ class Model:
   search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
   search_gains: dict = dataclasses.field(default_factory=dict)  # attn bucket -> predicted saving
   kept_drafts: dict = dataclasses.field(default_factory=dict)  # attn bucket -> KeptDraft
+  width_kept_drafts: dict = dataclasses.field(default_factory=dict)  # W -> {bucket -> KeptDraft}
   ar_speeds: dict = dataclasses.field(default_factory=dict)  # (width, bucket) -> [AR tok/s]
 
   @property
   def name(self) -> str:
     return self.source.rsplit("/", 1)[-1]
+
+  def kept_drafts_at(self, width: int | None) -> dict:
+    """The drafts kept at a verify width (None: natural), bucket -> KeptDraft, for updating."""
+    return self.kept_drafts if width is None else self.width_kept_drafts.setdefault(width, {})
 
   def note_ar_speed(self, context: int, capacity: int, tokens: int, seconds: float,
                     width: int | None = None):

@@ -445,6 +445,13 @@ class KnapSpecPolicy:
     self.background = (controller.background_compile_default()
                        if config.background_compile is None else config.background_compile)
 
+  @property
+  def kept_drafts(self) -> dict:
+    """The drafts kept at this policy's width (Model.kept_drafts_at): a draft kept at the
+    natural width was judged against natural AR, faster than AR at a width, and the other way
+    round, so neither width borrows the other's."""
+    return self.model.kept_drafts_at(self.width)
+
   def search_cost(self, attn_len: int) -> float:
     """Expected seconds of one search at this bucket: last measured on this model, else the
     profile's line through the searches it timed."""
@@ -522,7 +529,7 @@ class KnapSpecPolicy:
       knapsack.compile_search(self.model.params, self.model.cfg, self.model.compiled,
                               self.config.n_ref, **self.search_static(bucket))
       first_searched = bucket if first_searched is None else first_searched
-      borrows = ((self.kept(capacity, n) is not None and bucket not in self.model.kept_drafts)
+      borrows = ((self.kept(capacity, n) is not None and bucket not in self.kept_drafts)
                  or (self.config.keep and first_searched < bucket))
       if self.config.search_new_buckets and borrows:
         knapsack.compile_mask_agreement(self.model.params, self.model.cfg, self.model.compiled,
@@ -560,7 +567,7 @@ class KnapSpecPolicy:
     if not self.config.keep:
       return None
     bucket = attn_bucket(n, capacity)
-    kept_drafts = self.model.kept_drafts
+    kept_drafts = self.kept_drafts
     if bucket in kept_drafts:
       return kept_drafts[bucket]
     below = [b for b in kept_drafts if b < bucket]
@@ -586,7 +593,7 @@ class KnapSpecPolicy:
     while bucket < capacity and bucket + 1 - n < remaining:
       start = bucket + 1  # the first context of the next bucket
       bucket = attn_bucket(start, capacity)
-      if bucket in self.model.kept_drafts:
+      if bucket in self.kept_drafts:
         if self.kept(capacity, start) is not None:
           return start - n
       elif (bucket not in self.model.search_gains
@@ -645,7 +652,7 @@ class KnapSpecPolicy:
       slower = trial_lost
       trial_tokens, trial_s = window["tokens"], window["predicted_s"]
     else:
-      here = self.model.kept_drafts.get(bucket)
+      here = self.kept_drafts.get(bucket)
       unconfirmed = False
       if here is not None and (here.skip, here.gamma) == (decision.skip, decision.gamma):
         windows, tokens, seconds = here.windows, here.tokens, here.seconds
@@ -663,18 +670,18 @@ class KnapSpecPolicy:
       # would find: the bucket keeps no gain, so a first search may still explore it. On the
       # H200 a gamma-10 draft chosen at 2K failed its trial at 28K and zeroed that bucket's
       # gain, and no search ever ran there (BENCHMARKS.md 10.17).
-      if bucket in self.model.kept_drafts:
+      if bucket in self.kept_drafts:
         self.model.search_gains[bucket] = 0.0
-      own = self.model.kept_drafts.get(bucket)
+      own = self.kept_drafts.get(bucket)
       below = (self.kept(capacity, bucket_start(bucket) - 1)
                if self.config.search_new_buckets and own is not None and bucket_start(bucket) > 1
                else None)
       if below is not None and (below.skip, below.gamma) != (own.skip, own.gamma):
         # The bucket's own draft (search_new_buckets) lost: the draft below serves it again,
         # judged here by its own windows; the gain of 0 keeps a search from running here again.
-        del self.model.kept_drafts[bucket]
+        del self.kept_drafts[bucket]
         return
-      self.model.kept_drafts[bucket] = None
+      self.kept_drafts[bucket] = None
     else:
       # Where the draft was chosen: the kept entry it decoded as (`kept`: the bucket's own, else
       # the one borrowed from below) when it is this draft, else here. The judged window's
@@ -683,9 +690,9 @@ class KnapSpecPolicy:
       source = self.kept(capacity, decision.context)
       same = source is not None and (source.skip, source.gamma) == (decision.skip, decision.gamma)
       chosen_at = source.context if same else decision.context
-      self.model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                                 chosen_at, measured, decision.exit,
-                                                 windows, tokens, seconds, trial_tokens, trial_s)
+      self.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
+                                           chosen_at, measured, decision.exit,
+                                           windows, tokens, seconds, trial_tokens, trial_s)
 
   def candidate(self, skip: SkipMask, agree, top1_prob, **fields) -> Candidate:
     """A skip set as the selection sees it, from its per-token agreement with the full model
@@ -740,15 +747,15 @@ class KnapSpecPolicy:
       return dataclasses.replace(decision, reason=f"searched here: {best.reason}; {versus}; "
                                  f"{decision.reason}", best_skip=best.best_skip,
                                  best_gamma=best.best_gamma)
-    self.model.kept_drafts[bucket] = KeptDraft(best.skip, best.gamma, best.alpha, n,
-                                               exit=best.exit)
+    self.kept_drafts[bucket] = KeptDraft(best.skip, best.gamma, best.alpha, n,
+                                         exit=best.exit)
     if self.background or self.compiled_draft(state, best.skip, best.gamma, n):
       self.used.add((best.skip, best.gamma))
       rounds = self.trial_window(None)
       return dataclasses.replace(best, rounds=rounds, reason=f"{best.reason}, over {versus}" + (
           f"; a trial of {rounds} rounds" if rounds else ""))
     waiting = f"kept for the next warm-up to compile ({best.reason}, over {versus})"
-    stand_in = self.stand_in(self.model.kept_drafts[bucket], state, n, attn_len, waiting)
+    stand_in = self.stand_in(self.kept_drafts[bucket], state, n, attn_len, waiting)
     if stand_in is not None:
       return dataclasses.replace(stand_in, best_skip=best.best_skip, best_gamma=best.best_gamma)
     return dataclasses.replace(
@@ -818,8 +825,8 @@ class KnapSpecPolicy:
     """The draft kept at the nearest bucket above context n's that has one (not dropped), and
     that bucket's first context."""
     bucket = attn_bucket(n, capacity)
-    higher = [b for b, k in self.model.kept_drafts.items() if b > bucket and k is not None]
-    return (bucket_start(min(higher)), self.model.kept_drafts[min(higher)]) if higher else None
+    higher = [b for b, k in self.kept_drafts.items() if b > bucket and k is not None]
+    return (bucket_start(min(higher)), self.kept_drafts[min(higher)]) if higher else None
 
   def decide_kept(self, kept: KeptDraft, state, ctx: controller.Context, n: int,
                   attn_len: int) -> Decision:
@@ -859,7 +866,7 @@ class KnapSpecPolicy:
     the bucket of the decision's context, as it does any window's)."""
     span = speculative.round_span(self.model.cfg, kept.gamma, self.width)
     buckets = {attn_bucket(n, capacity), attn_bucket(n + span, capacity)}
-    judged = [self.model.kept_drafts.get(b) for b in buckets]
+    judged = [self.kept_drafts.get(b) for b in buckets]
     return self.config.bucket_windows and all(
         k is not None and (k.skip, k.gamma) == (kept.skip, kept.gamma)
         and k.windows >= self.config.judge_windows and k.trial_s == 0 for k in judged)
@@ -887,7 +894,7 @@ class KnapSpecPolicy:
     borrowed = None  # search_new_buckets: the draft below, searched against once here
     missing = self.to_collect(n, ctx.n_out, capacity)
     if (kept is not None and self.config.search_new_buckets
-        and bucket not in self.model.kept_drafts and bucket not in self.model.search_gains
+        and bucket not in self.kept_drafts and bucket not in self.model.search_gains
         and self.would_search(n + missing, ctx.remaining - missing, capacity)):
       borrowed, kept = kept, None
     if kept is not None:  # no search: the draft is chosen already
@@ -931,8 +938,8 @@ class KnapSpecPolicy:
       unpaid = selection.select(cands, p, attn_len, n, self.config.gamma_max,
                                 self.draft_margin())
       if unpaid.drafts:  # pays once compiled: keep it for the next generation's warm-up
-        model.kept_drafts[bucket] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
-                                              exit=unpaid.exit)
+        self.kept_drafts[bucket] = KeptDraft(unpaid.skip, unpaid.gamma, unpaid.alpha, n,
+                                             exit=unpaid.exit)
         model.search_gains[bucket] = max(0.0, 1.0 - unpaid.ar_tpt / unpaid.best_tpt)
         return dataclasses.replace(  # plain decoding (to the end, or to a kept draft)
             decision, ar_tokens=self.plain_tokens(n, ctx.remaining, capacity),
@@ -944,8 +951,8 @@ class KnapSpecPolicy:
     if decision.drafts:
       self.used.add((decision.skip, decision.gamma))
       if self.config.keep:
-        model.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
-                                              n, exit=decision.exit)
+        self.kept_drafts[bucket] = KeptDraft(decision.skip, decision.gamma, decision.alpha,
+                                             n, exit=decision.exit)
         rounds = self.trial_window(None)
         if rounds:
           decision = dataclasses.replace(decision, rounds=rounds,

@@ -238,17 +238,17 @@ def test_programs_compile_with_the_xla_options_their_statics_ask_for(tiny_models
 
 def test_a_policy_at_one_width_finds_the_drafts_its_warmup_compiled(tiny_models):
   """A verify width makes other segment programs (speculative.segment_program's width): the
-  draft KnapSpec keeps, compiled by a warm-up at width 11, is found compiled by a policy at that
+  draft KnapSpec keeps at width 11, compiled by a warm-up at that width, is found compiled by a policy at that
   width (so it drafts with it, not with the draft below "until the next warm-up compiles it"),
   and not by a policy at the natural width, whose program nothing compiled."""
   base = tiny_models["llama3_rope"].jax
   model = dataclasses.replace(base, compiled=CompileCache(), search_times={}, ar_speeds={},
-                              kept_drafts={}, search_gains={})
+                              kept_drafts={}, width_kept_drafts={}, search_gains={})
   n_prompt, gamma = 240, 3
   skip = SkipMask.from_layers(model.cfg.n_layers, [1], [2])
   capacity = KVCache.capacity_for(model.cfg)
-  model.kept_drafts[decoding.attn_bucket(n_prompt, capacity)] = methods.KeptDraft(
-      skip, gamma, 0.9, n_prompt)
+  model.kept_drafts_at(11)[decoding.attn_bucket(n_prompt, capacity)] = methods.KeptDraft(
+      skip, gamma, 0.9, n_prompt)  # kept at width 11 (drafts are kept per width)
   config = ks.KnapSpecConfig(search_budget=0.0, explore_budget=0.0)  # no search to compile
   wide = methods.KnapSpecPolicy(model, model.profile, config, width=11)
   wide.warmup(n_prompt, 8)

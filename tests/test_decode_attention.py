@@ -261,7 +261,8 @@ def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, n
   tiny = tiny_models[name]
   cfg = dataclasses.replace(tiny.jax.cfg, attention="pallas", window_attention="pallas")
   model = dataclasses.replace(tiny.jax, compiled=CompileCache(), cfg=cfg, ar_speeds={},
-                              kept_drafts={}, search_times={}, search_gains={},
+                              kept_drafts={}, width_kept_drafts={}, search_times={},
+                              search_gains={},
                               profile=LatencyProfile(n_layers=cfg.n_layers, **_PAYS))
   ids = np.random.default_rng(11).integers(0, model.cfg.vocab_size, size=230)
   ref = hf_greedy(tiny.hf, ids, 40)

@@ -23,7 +23,7 @@ def _runtime_copy(model):
   """The model with draft_skip="runtime" and its own empty compile cache and records."""
   return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, draft_skip="runtime"),
                              compiled=CompileCache(), search_times={}, search_gains={},
-                             kept_drafts={}, ar_speeds={},
+                             kept_drafts={}, width_kept_drafts={}, ar_speeds={},
                              profile=synthetic_profile(model.cfg.n_layers, **PAYS))
 
 

@@ -42,20 +42,22 @@ def with_profile():
 
   def give(model, measure_ar: bool = False, **costs):
     saved.append((model, model.profile, dict(model.search_times), dict(model.search_gains),
-                  dict(model.kept_drafts), {b: list(v) for b, v in model.ar_speeds.items()}))
+                  dict(model.kept_drafts), {w: dict(d) for w, d in model.width_kept_drafts.items()},
+                  {b: list(v) for b, v in model.ar_speeds.items()}))
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
     model.search_times.clear()
     model.search_gains.clear()
     model.kept_drafts.clear()
+    model.width_kept_drafts.clear()
     model.ar_speeds.clear()
     if not measure_ar:
       model.note_ar_speed = lambda *args, **kwargs: None  # shadows the method on this instance
     return model
 
   yield give
-  for model, profile, times, gains, kept, speeds in saved:
+  for model, profile, times, gains, kept, width_kept, speeds in saved:
     model.profile, model.search_times, model.search_gains = profile, times, gains
-    model.kept_drafts, model.ar_speeds = kept, speeds
+    model.kept_drafts, model.width_kept_drafts, model.ar_speeds = kept, width_kept, speeds
     vars(model).pop("note_ar_speed", None)
 
 
@@ -601,16 +603,21 @@ def test_at_a_width_a_window_is_judged_against_ar_at_that_width(tiny_models, wit
   for width, stays, measured_at_width in ((None, False, False), (8, True, False),
                                           (8, False, True)):
     model.kept_drafts.clear()
+    model.width_kept_drafts.clear()
     model.search_gains.clear()
     if measured_at_width:
       model.note_ar_speed(context, capacity, 100, 1.0, width=8)
     assert (model.ar_speed(context, capacity, 8) is not None) == measured_at_width
     profile = model.profile.at_width(width)
     methods.KnapSpecPolicy(model, profile, config, width=width).observe(trial, window, capacity)
-    assert model.kept_drafts[bucket] is not None  # the trial's rounds: 133 tok/s against 90
+    kept = model.kept_drafts_at(width)
+    assert kept[bucket] is not None  # the trial's rounds: 133 tok/s against 90
     methods.KnapSpecPolicy(model, profile, config, width=width).observe(
         dataclasses.replace(trial, rounds=None), full, capacity)
-    assert (model.kept_drafts[bucket] is not None) == stays, width
+    assert (kept[bucket] is not None) == stays, width
+    other = model.kept_drafts_at(None if width else 8)  # the other width kept nothing
+    assert bucket not in other and methods.KnapSpecPolicy(
+        model, profile, config, width=None if width else 8).kept(capacity, context) is None
 
 
 def test_a_trial_is_confirmed_by_its_first_full_window_at_the_profiles_costs(tiny_models,
@@ -975,7 +982,7 @@ def test_draft_whose_compile_does_not_pay_is_compiled_by_the_next_warm_up(tiny_m
   from knapspec_jax.compile_cache import CompileCache
   shared = tiny_models["qwen3"].jax  # a copy with no compiled program: earlier tests drafted
   model = dataclasses.replace(shared, compiled=CompileCache(), search_times={}, search_gains={},
-                              kept_drafts={}, ar_speeds={},
+                              kept_drafts={}, width_kept_drafts={}, ar_speeds={},
                               profile=synthetic_profile(shared.cfg.n_layers, **PAYS,
                                                         compile_s=1e3))
   model.note_ar_speed = lambda *args, **kwargs: None  # the profile judges (with_profile says why)
