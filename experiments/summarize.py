@@ -167,11 +167,11 @@ def against_table(rows, base: str) -> str:
     for r in rows:
       if r["item_id"] != item or r["method"] in (base, "ar"):
         continue
-      pairs = list(zip(r["tokens_per_s_runs"], b["tokens_per_s_runs"]))
-      ratio = statistics.median(x / y for x, y in pairs)
-      same = "yes" if r["output_ids"] == b["output_ids"] else "no"
-      out.append(f"| {item} | {n} | {r['method']} | {same} | {ratio:.3f} |")
-      by_method.setdefault(r["method"], []).append((same == "yes", ratio))
+      ratio = statistics.median(x / y for x, y in zip(r["tokens_per_s_runs"],
+                                                      b["tokens_per_s_runs"]))
+      same = r["output_ids"] == b["output_ids"]
+      out.append(f"| {item} | {n} | {r['method']} | {'yes' if same else 'no'} | {ratio:.3f} |")
+      by_method.setdefault(r["method"], []).append((same, ratio))
   for m, v in by_method.items():
     ratios = [x for _, x in v]
     out.append(f"| all {len(v)} | – | {m} | {sum(s for s, _ in v)}/{len(v)} | median "
