@@ -52,7 +52,7 @@ class Model:
     decoding speed measured there, tokens/s (the "ar" method's generations and every method's
     plain windows of AR_SPEED_MIN_TOKENS or more, greedy); their median is what a kept draft's
     windows at that width must beat (Model.ar_speed). A width is its own key: AR at width 11
-    runs 0.86-0.91x its natural speed (H100, BENCHMARKS.md 10.49, 10.51). The latency
+    runs 0.86-0.92x its natural speed (H100, BENCHMARKS.md 10.49, 10.51). The latency
     profile's prediction stands in where none was measured; it can be far off where the profile
     did not sample (Qwen2.5-1.5B at 28K positions on the H200: 348 tok/s predicted, 473
     measured; BENCHMARKS.md 10.8).

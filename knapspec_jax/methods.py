@@ -604,7 +604,7 @@ class KnapSpecPolicy:
   def ar_speed(self, context: int, capacity: int, predicted: float) -> float:
     """AR's tokens/s at context, as a window is judged against it: measured there at this
     policy's width (Model.ar_speed), else `predicted` (the profile at that width). At a width,
-    natural AR's speeds do not stand in: AR at width 11 runs 0.86-0.91x its natural speed."""
+    natural AR's speeds do not stand in: AR at width 11 runs 0.86-0.92x its natural speed."""
     measured = self.model.ar_speed(context, capacity, self.width)
     return predicted if measured is None else measured
 
