@@ -27,7 +27,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository on sys.path)
 import knapspec_jax as ks  # noqa: E402
 from knapspec_jax import latency  # noqa: E402
-from knapspec_jax.compile_cache import CompileCache  # noqa: E402
 from knapspec_jax.decoding import attn_bucket  # noqa: E402
 from knapspec_jax.kv_cache import KVCache  # noqa: E402
 from knapspec_jax.skip_mask import SkipMask  # noqa: E402
@@ -72,10 +71,7 @@ def main(argv):
            or [SkipMask.from_layers(base.cfg.n_layers, mlp=[1])])
   views = {}
   for k in map(int, _KS.value):  # the same params, the draft's head as K says
-    views[k] = dataclasses.replace(base, cfg=dataclasses.replace(base.cfg, draft_vocab=k),
-                                   compiled=CompileCache(), profile=profile, search_times={},
-                                   search_gains={}, kept_drafts={}, width_kept_drafts={},
-                                   ar_speeds={})
+    views[k] = base.fresh(cfg=dataclasses.replace(base.cfg, draft_vocab=k), profile=profile)
   rows = []
   for spec in _PROMPTS.value:
     kind, value = spec.split(":")

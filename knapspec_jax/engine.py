@@ -23,6 +23,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 AR_SPEED_MIN_TOKENS = 32  # Model.note_ar_speed: shorter plain runs say too little
 
 
+def _learned():
+  """A Model field of what KnapSpec learns while decoding (a dict, empty at load)."""
+  return dataclasses.field(default_factory=dict, metadata={"learned": True})
+
+
 @dataclasses.dataclass
 class Model:
   """A loaded model: static config, device params, tokenizer and its compiled programs.
@@ -67,15 +72,25 @@ class Model:
   mesh: Any = None  # jax.sharding.Mesh over "tp", or None
   compiled: CompileCache = dataclasses.field(default_factory=CompileCache)
   profile: Any = None  # the LatencyProfile, loaded or measured on first speculative use
-  search_times: dict = dataclasses.field(default_factory=dict)  # attn bucket -> last search s
-  search_gains: dict = dataclasses.field(default_factory=dict)  # attn bucket -> predicted saving
-  kept_drafts: dict = dataclasses.field(default_factory=dict)  # attn bucket -> KeptDraft
-  width_kept_drafts: dict = dataclasses.field(default_factory=dict)  # W -> {bucket -> KeptDraft}
-  ar_speeds: dict = dataclasses.field(default_factory=dict)  # (width, bucket) -> [AR tok/s]
+  # What KnapSpec learned about this model (LEARNED_FIELDS; Model.fresh forgets it):
+  search_times: dict = _learned()  # attn bucket -> last search s
+  search_gains: dict = _learned()  # attn bucket -> predicted saving
+  kept_drafts: dict = _learned()  # attn bucket -> KeptDraft
+  width_kept_drafts: dict = _learned()  # W -> {bucket -> KeptDraft}
+  ar_speeds: dict = _learned()  # (width, bucket) -> [AR tok/s]
 
   @property
   def name(self) -> str:
     return self.source.rsplit("/", 1)[-1]
+
+  def fresh(self, **changes) -> Model:
+    """A copy that shares this model's weights, tokenizer and mesh, with `changes` applied, its
+    own empty compile cache and nothing learned (every LEARNED_FIELDS entry empty, not shared):
+    its compile counts and its decisions are its own, and a new learned field cannot be missed.
+    dataclasses.replace alone would share the learned dicts, so the copy's decisions would leak
+    into this model's."""
+    forgotten = {name: {} for name in LEARNED_FIELDS}
+    return dataclasses.replace(self, **{"compiled": CompileCache(), **forgotten, **changes})
 
   def kept_drafts_at(self, width: int | None) -> dict:
     """The drafts kept at a verify width (None: natural), bucket -> KeptDraft, for updating."""
@@ -131,6 +146,9 @@ class Model:
   def cache_sharding(self):
     """Where each KV cache layer goes (sharding.cache_sharding; None on one device)."""
     return sharding.cache_sharding(self.cfg, self.mesh)
+
+
+LEARNED_FIELDS = tuple(f.name for f in dataclasses.fields(Model) if f.metadata.get("learned"))
 
 
 def abstract_state(model: Model) -> decoding.DecodeState:

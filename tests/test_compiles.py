@@ -59,8 +59,7 @@ def _decode_compiles(compile_counter, model, method, ids, max_new, **options):
 def test_decode_after_warmup_compiles_nothing(tiny_models, compile_counter, method, costs,
                                               options):
   base = tiny_models["llama"].jax
-  model = dataclasses.replace(base, compiled=CompileCache(), search_times={},
-                              ar_speeds={})
+  model = base.fresh()
   if costs is not None:
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
   rng = np.random.default_rng(3)
@@ -86,8 +85,7 @@ def test_runtime_chosen_sets_compile_only_what_they_report(tiny_models, compile_
   """DEL and CLaSp choose skip sets while decoding, so they may compile then; every such compile
   must be one the method accounts for (compile_in_decode_s), none hidden."""
   base = tiny_models["qwen2"].jax
-  model = dataclasses.replace(base, compiled=CompileCache(), search_times={},
-                              ar_speeds={})
+  model = base.fresh()
   model.profile = synthetic_profile(model.cfg.n_layers, **PAYS)
   ids = np.random.default_rng(5).integers(0, model.cfg.vocab_size, size=30)
   jax.clear_caches()
@@ -105,8 +103,7 @@ def test_profile_then_ar_compiles_the_full_model_segment_once(tiny_models):
   its prefill: before the statics were one key, the profiler's full-model program was compiled
   a second time by the first generation."""
   base = tiny_models["llama"].jax
-  model = dataclasses.replace(base, compiled=CompileCache(), search_times={},
-                              ar_speeds={})
+  model = base.fresh()
   cfg = model.cfg
   latency.measure(model.params, cfg, model.params["embed"].dtype, "tiny", attn_lens=(256,),
                   windows=(1,), steps=4, repeats=1, compiled=model.compiled, log=lambda *_: None)
@@ -242,8 +239,7 @@ def test_a_policy_at_one_width_finds_the_drafts_its_warmup_compiled(tiny_models)
   width (so it drafts with it, not with the draft below "until the next warm-up compiles it"),
   and not by a policy at the natural width, whose program nothing compiled."""
   base = tiny_models["llama3_rope"].jax
-  model = dataclasses.replace(base, compiled=CompileCache(), search_times={}, ar_speeds={},
-                              kept_drafts={}, width_kept_drafts={}, search_gains={})
+  model = base.fresh()
   n_prompt, gamma = 240, 3
   skip = SkipMask.from_layers(model.cfg.n_layers, [1], [2])
   capacity = KVCache.capacity_for(model.cfg)

@@ -19,7 +19,6 @@ import pytest
 import knapspec_jax as ks
 from knapspec_jax import api
 from knapspec_jax import model as model_lib
-from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.decode_attention import (SMEM_BYTES, SPLIT, STAGES, TALL_STAGES,
                                            decode_attention, fit_stages, tile_rows)
 from knapspec_jax.kv_cache import KVCache
@@ -260,10 +259,7 @@ def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, n
   across the 256-position split and attention bucket boundary."""
   tiny = tiny_models[name]
   cfg = dataclasses.replace(tiny.jax.cfg, attention="pallas", window_attention="pallas")
-  model = dataclasses.replace(tiny.jax, compiled=CompileCache(), cfg=cfg, ar_speeds={},
-                              kept_drafts={}, width_kept_drafts={}, search_times={},
-                              search_gains={},
-                              profile=LatencyProfile(n_layers=cfg.n_layers, **_PAYS))
+  model = tiny.jax.fresh(cfg=cfg, profile=LatencyProfile(n_layers=cfg.n_layers, **_PAYS))
   ids = np.random.default_rng(11).integers(0, model.cfg.vocab_size, size=230)
   ref = hf_greedy(tiny.hf, ids, 40)
   assert api.generate(model, ids, 40, ignore_eos=True).output_ids == ref
@@ -276,8 +272,7 @@ def test_pallas_decoding_matches_transformers_generate(tiny_models, hf_greedy, n
 def test_pallas_decoding_of_smollm2_matches_transformers_generate(smol_jax, smol_hf,
                                                                  spec_bench_prompts, hf_greedy):
   """The real model with the kernel in every decode step (interpreted: about 1 token/s here)."""
-  model = dataclasses.replace(smol_jax, compiled=CompileCache(),
-                              cfg=dataclasses.replace(smol_jax.cfg, attention="pallas"))
+  model = smol_jax.fresh(cfg=dataclasses.replace(smol_jax.cfg, attention="pallas"))
   ids = api.encode_prompt(model, spec_bench_prompts["math"])
   assert api.generate(model, ids, 16, ignore_eos=True).output_ids == hf_greedy(smol_hf, ids, 16)
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from knapspec_jax import api, decoding
-from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.decoding import PromptError
 from knapspec_jax.kv_cache import KVCache
 
@@ -18,7 +17,7 @@ PROMPT_CATEGORIES = ("writing", "math", "translation")  # the spec_bench_prompts
 
 def _fresh(model: api.Model) -> api.Model:
   """The same loaded weights with an empty compile cache, so compiles can be counted."""
-  return dataclasses.replace(model, compiled=CompileCache())
+  return model.fresh()
 
 
 # ----------------------------------------------------------------------------- greedy parity

@@ -14,17 +14,14 @@ import pytest
 import knapspec_jax as ks
 from knapspec_jax import api, decoding
 from knapspec_jax import model as model_lib
-from knapspec_jax.compile_cache import CompileCache
 from knapspec_jax.kv_cache import KVCache
 from test_speculative import KEEP_TEST, PAYS, synthetic_profile
 
 
 def _runtime_copy(model):
   """The model with draft_skip="runtime" and its own empty compile cache and records."""
-  return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, draft_skip="runtime"),
-                             compiled=CompileCache(), search_times={}, search_gains={},
-                             kept_drafts={}, width_kept_drafts={}, ar_speeds={},
-                             profile=synthetic_profile(model.cfg.n_layers, **PAYS))
+  return model.fresh(cfg=dataclasses.replace(model.cfg, draft_skip="runtime"),
+                     profile=synthetic_profile(model.cfg.n_layers, **PAYS))
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3"])

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import knapspec_jax as ks
-from knapspec_jax import (api, compile_cache, datasets, decoding, knapsack, methods, selection,
-                          speculative)
+from knapspec_jax import (api, compile_cache, datasets, decoding, engine, knapsack, methods,
+                          selection, speculative)
 from knapspec_jax.kv_cache import KVCache
 from knapspec_jax.latency import LatencyProfile
 
@@ -41,23 +41,19 @@ def with_profile():
   saved = []
 
   def give(model, measure_ar: bool = False, **costs):
-    saved.append((model, model.profile, dict(model.search_times), dict(model.search_gains),
-                  dict(model.kept_drafts), {w: dict(d) for w, d in model.width_kept_drafts.items()},
-                  {b: list(v) for b, v in model.ar_speeds.items()}))
+    saved.append((model, model.profile, {n: getattr(model, n) for n in engine.LEARNED_FIELDS}))
     model.profile = synthetic_profile(model.cfg.n_layers, **costs)
-    model.search_times.clear()
-    model.search_gains.clear()
-    model.kept_drafts.clear()
-    model.width_kept_drafts.clear()
-    model.ar_speeds.clear()
+    for name in engine.LEARNED_FIELDS:  # new dicts: the saved ones stay as they were
+      setattr(model, name, {})
     if not measure_ar:
       model.note_ar_speed = lambda *args, **kwargs: None  # shadows the method on this instance
     return model
 
   yield give
-  for model, profile, times, gains, kept, width_kept, speeds in saved:
-    model.profile, model.search_times, model.search_gains = profile, times, gains
-    model.kept_drafts, model.width_kept_drafts, model.ar_speeds = kept, width_kept, speeds
+  for model, profile, learned in reversed(saved):  # a model given twice ends as it was first
+    model.profile = profile
+    for name, value in learned.items():
+      setattr(model, name, value)
     vars(model).pop("note_ar_speed", None)
 
 
@@ -949,6 +945,27 @@ def test_ar_speed_is_the_median_of_the_plain_runs_measured_at_the_bucket(tiny_mo
   assert model.ar_speed(40, capacity) is None
 
 
+def test_a_fresh_copy_learns_apart_from_the_model_it_was_made_from(tiny_models):
+  """Model.fresh: the copy shares the weights but starts with its own empty compile cache and
+  nothing learned; what it learns (a KnapSpec generation's searches, AR speeds, kept drafts) is
+  not seen by the original, whose records stay as they were. dataclasses.replace alone shares
+  the learned dicts, so the original would see the copy's decisions (the check that fails)."""
+  base = tiny_models["qwen3"].jax
+  original = base.fresh(profile=synthetic_profile(base.cfg.n_layers, **PAYS))
+  original.note_ar_speed(40, KVCache.capacity_for(original.cfg), 100, 1.0)
+  before = {n: repr(getattr(original, n)) for n in engine.LEARNED_FIELDS}
+  assert set(engine.LEARNED_FIELDS) >= {"search_times", "search_gains", "kept_drafts",
+                                        "width_kept_drafts", "ar_speeds"}
+  copy = original.fresh()
+  assert copy.params is original.params and copy.compiled is not original.compiled
+  assert all(getattr(copy, n) == {} for n in engine.LEARNED_FIELDS)
+  ids = np.arange(3, 43) % copy.cfg.vocab_size
+  api.generate(copy, ids, 48, method="knapspec", ignore_eos=True)
+  assert copy.search_times and copy.ar_speeds  # it searched, and its plain window was timed
+  assert {n: repr(getattr(original, n)) for n in engine.LEARNED_FIELDS} == before
+  assert original.compiled.stats.compiles == 0
+
+
 def test_kept_draft_is_judged_against_measured_ar(tiny_models, with_profile):
   """Under a profile where drafting pays (the draft is kept when judged by the profile, test
   above), a measured AR speed beyond any draft's (Model.ar_speeds) drops every kept draft after
@@ -978,13 +995,8 @@ def test_draft_whose_compile_does_not_pay_is_compiled_by_the_next_warm_up(tiny_m
   finds a paying draft, keeps it and decodes plainly (no compile in its decode); the next
   generation's warm-up compiles it (reported as compile_s, outside the decode) and the whole
   generation drafts with it, without a search and without a compile in its decode."""
-  import dataclasses
-  from knapspec_jax.compile_cache import CompileCache
   shared = tiny_models["qwen3"].jax  # a copy with no compiled program: earlier tests drafted
-  model = dataclasses.replace(shared, compiled=CompileCache(), search_times={}, search_gains={},
-                              kept_drafts={}, width_kept_drafts={}, ar_speeds={},
-                              profile=synthetic_profile(shared.cfg.n_layers, **PAYS,
-                                                        compile_s=1e3))
+  model = shared.fresh(profile=synthetic_profile(shared.cfg.n_layers, **PAYS, compile_s=1e3))
   model.note_ar_speed = lambda *args, **kwargs: None  # the profile judges (with_profile says why)
   ids = np.arange(3, 43) % model.cfg.vocab_size
   want = ar(model, ids, 48)

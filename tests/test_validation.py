@@ -5,7 +5,6 @@ short answer), behaves as the definition says."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -19,7 +18,6 @@ import pytest
 
 import knapspec_jax as ks
 from knapspec_jax import api, metrics, sampling, speculative
-from knapspec_jax.compile_cache import CompileCache
 
 from conftest import REPO
 
@@ -40,8 +38,7 @@ def long_ctx(tiny_builder, tmp_path_factory):
 
 def fresh(model: api.Model) -> api.Model:
   """The same model with an empty compile cache: its stats count this test's compiles only."""
-  return dataclasses.replace(model, compiled=CompileCache(), search_times={},
-                              ar_speeds={})
+  return model.fresh()
 
 
 # ------------------------------------------------------------------------------- prompts
