@@ -833,7 +833,9 @@ class KnapSpecPolicy:
     """Decoding with a kept draft (`decide`, no search): a trial window while no window has
     measured it; plainly (to the end, or to a kept draft ahead) while its program is not
     compiled, which the next warm-up does; to the end of the bucket where it is confirmed
-    (bucket_windows)."""
+    (bucket_windows). Its reason names AR's speed as the profile predicts it and, where AR was
+    measured at this context's bucket and this width, as measured: the bar `observe` judges the
+    draft's full windows against."""
     t_ar = self.profile.t_step(None, attn_len)
     if not (self.background or self.compiled_draft(state, kept.skip, kept.gamma, n)):
       waiting = (f"kept draft (chosen at context {kept.context}) not compiled: the next warm-up "
@@ -853,9 +855,12 @@ class KnapSpecPolicy:
                     if kept.windows and kept.seconds > 0 else ""))
     self.used.add((kept.skip, kept.gamma))
     to_end = rounds is None and self.confirmed(kept, state.cache.capacity, n)
+    ar_measured = self.model.ar_speed(n, state.cache.capacity, self.width)  # what judges windows
     return Decision(kept.skip, kept.gamma, kept.alpha, tpt, 1 / t_ar, tpt, n,
                     f"kept (chosen at context {kept.context}; {measured}, AR predicted "
-                    f"{1 / t_ar:.0f}" + ("; to the bucket's end" if to_end else "") + ")",
+                    f"{1 / t_ar:.0f}"
+                    + (f", measured {ar_measured:.0f}" if ar_measured is not None else "")
+                    + ("; to the bucket's end" if to_end else "") + ")",
                     rounds=rounds, exit=kept.exit, to_bucket_end=to_end)
 
   def confirmed(self, kept: KeptDraft, capacity: int, n: int) -> bool:

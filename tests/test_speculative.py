@@ -421,7 +421,14 @@ def test_search_after_collects_no_further_than_the_end_of_the_bucket(tiny_models
   assert again.output_ids == want
   assert again.stats["decisions"][0]["reason"].startswith("kept (chosen at context 256"), (
       again.stats["decisions"][0])
+  assert ", measured" not in again.stats["decisions"][0]["reason"]  # only the profile's AR
+  model.ar_speeds[None, low] = [123.4]  # AR measured here: the bar its windows must pass
+  third = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert third.output_ids == want
+  reason = third.stats["decisions"][0]["reason"]
+  assert reason.startswith("kept (chosen at context 256") and ", measured 123" in reason, reason
   model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
+  model.ar_speeds.clear()
 
 
 def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):
