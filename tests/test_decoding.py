@@ -15,11 +15,6 @@ from knapspec_jax.kv_cache import KVCache
 PROMPT_CATEGORIES = ("writing", "math", "translation")  # the spec_bench_prompts fixture's keys
 
 
-def _fresh(model: api.Model) -> api.Model:
-  """The same loaded weights with an empty compile cache, so compiles can be counted."""
-  return model.fresh()
-
-
 # ----------------------------------------------------------------------------- greedy parity
 
 @pytest.mark.parametrize("category", PROMPT_CATEGORIES)
@@ -99,7 +94,7 @@ def test_prefill_with_context_not_a_multiple_of_the_chunk(tiny_builder, tmp_path
 # ---------------------------------------------------------------------- steady-state compiles
 
 def test_tiny_steady_state_compiles_nothing(tiny_models, compile_counter):
-  model = _fresh(tiny_models["qwen3"].jax)
+  model = tiny_models["qwen3"].jax.fresh()  # its own compile cache: compiles are counted
   rng = np.random.default_rng(11)
   prompt = lambda n: rng.integers(0, model.cfg.vocab_size, size=n)
 

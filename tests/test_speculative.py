@@ -428,7 +428,6 @@ def test_search_after_collects_no_further_than_the_end_of_the_bucket(tiny_models
   reason = third.stats["decisions"][0]["reason"]
   assert reason.startswith("kept (chosen at context 256") and ", measured 123" in reason, reason
   model.kept_drafts.clear(), model.search_times.clear(), model.search_gains.clear()
-  model.ar_speeds.clear()
 
 
 def test_kept_draft_slower_than_ar_is_dropped(tiny_models, with_profile):

@@ -36,11 +36,6 @@ def long_ctx(tiny_builder, tmp_path_factory):
   return hf, model
 
 
-def fresh(model: api.Model) -> api.Model:
-  """The same model with an empty compile cache: its stats count this test's compiles only."""
-  return model.fresh()
-
-
 # ------------------------------------------------------------------------------- prompts
 
 @pytest.mark.parametrize("prompt, match", [
@@ -57,7 +52,7 @@ def fresh(model: api.Model) -> api.Model:
 ], ids=["float_array", "float_list", "bools", "2**31", "2**40", "2**70", "None", "strings",
         "ragged", "empty"])
 def test_bad_token_ids_are_prompt_errors_before_any_compile(long_ctx, prompt, match):
-  model = fresh(long_ctx[1])
+  model = long_ctx[1].fresh()
   with pytest.raises(ks.PromptError, match=match):
     api.generate(model, prompt, 4)
   assert model.compiled.stats.compiles == 0
@@ -87,7 +82,7 @@ def test_text_prompts_must_be_valid_unicode_strings(smol_jax, text, match):
 @pytest.mark.parametrize("max_new", [2**31, 2**40, np.int64(2**31)])
 def test_huge_token_budget_fails_fast(long_ctx, max_new):
   """Over int32 (the device's counter): a PromptError before anything compiles."""
-  model = fresh(long_ctx[1])
+  model = long_ctx[1].fresh()
   start = time.perf_counter()
   with pytest.raises(ks.PromptError, match=r"max_new_tokens must be below 2\*\*31"):
     api.generate(model, [1, 2, 3], max_new)
@@ -155,7 +150,7 @@ def test_sampling_fields_are_checked_by_type_and_range(make, match):
     (dict(sampling={"temperature": 1.0}), ks.SamplingError, r"must be a SamplingConfig"),
 ])
 def test_generate_checks_method_and_options_before_compiling(long_ctx, kwargs, error, match):
-  model = fresh(long_ctx[1])
+  model = long_ctx[1].fresh()
   with pytest.raises(error, match=match):
     api.generate(model, [1, 2, 3], 4, **kwargs)
   assert model.compiled.stats.compiles == 0
@@ -231,14 +226,14 @@ def test_warmup_compiles_only_the_buckets_before_the_first_possible_stop(long_ct
   _, model = long_ctx
   prompt = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
   monkeypatch.setattr(api, "WARMUP_HORIZON", 100)
-  everything = fresh(model)  # ignore_eos: every bucket up to 10 + 700 is certain
+  everything = model.fresh()  # ignore_eos: every bucket up to 10 + 700 is certain
   ref = api.generate(everything, prompt, 700, ignore_eos=True)
   assert everything.compiled.stats.compiles >= 4  # prefill, buckets 256, 512, 1024
   assert ref.stats["compile_in_decode_s"] == 0.0
 
   # EOS at the first token that does not occur earlier in the output, from the 4th on.
   stop = next(i for i in range(3, 700) if ref.output_ids[i] not in ref.output_ids[:i])
-  short = fresh(model)
+  short = model.fresh()
   short.eos_ids = (ref.output_ids[stop],)
   got = api.generate(short, prompt, 10**9)
   assert got.stop_reason == "eos" and got.output_ids == ref.output_ids[:stop + 1]
@@ -246,7 +241,7 @@ def test_warmup_compiles_only_the_buckets_before_the_first_possible_stop(long_ct
 
   # Past the horizon: the 512 and 1024 buckets compile inside the decode, same tokens.
   unused = next(t for t in range(model.cfg.vocab_size) if t not in ref.output_ids)
-  later = fresh(model)
+  later = model.fresh()
   later.eos_ids = (unused,)
   got = api.generate(later, prompt, 700)
   assert got.output_ids == ref.output_ids and got.stop_reason == "max_new_tokens"
