@@ -45,6 +45,9 @@ def get_config() -> config_dict.ConfigDict:
   c.specbench_per_category = 1
   c.categories = ""
   c.long_lengths = "2000,4000,6500"
+  # documents of each length that share no article (datasets.long_documents): more than one asks
+  # whether what KnapSpec learned on one document (kept drafts, search gains) serves the next
+  c.long_documents = 1
   c.max_new_tokens = 128
   c.long_max_new_tokens = 0  # tokens for the long-context prompts; 0 = max_new_tokens
   c.ignore_eos = True  # generate exactly max_new_tokens

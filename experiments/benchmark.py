@@ -78,16 +78,17 @@ def _split(value: str) -> list[str]:
 
 
 def prompts(config, tokenizer) -> list[dict]:
-  """The Spec-Bench subset, then the long-context documents (each with its own token budget)."""
+  """The Spec-Bench subset, then the long-context documents (each with its own token budget),
+  config.long_documents of each length."""
   items = (datasets.spec_bench_subset(config.specbench_per_category,
                                       _split(config.categories) or None)
            if config.specbench_per_category else [])
   items = [dict(item, max_new_tokens=config.max_new_tokens, repeats=config.repeats)
            for item in items]
   long_new = config.long_max_new_tokens or config.max_new_tokens
-  items += [dict(datasets.long_document_prompt(tokenizer, int(n)), max_new_tokens=long_new,
-                 repeats=config.long_repeats or config.repeats)
-            for n in _split(config.long_lengths)]
+  items += [dict(doc, max_new_tokens=long_new, repeats=config.long_repeats or config.repeats)
+            for n in _split(config.long_lengths)
+            for doc in datasets.long_documents(tokenizer, int(n), config.long_documents)]
   return items
 
 

@@ -48,11 +48,42 @@ def spec_bench_subset(per_category: int = 1, categories=None, path=None) -> list
 def long_document_prompt(tokenizer, n_tokens: int, start: int = 0, path=None) -> dict:
   """A "Summarize the following text" request whose chat-templated ids are about n_tokens long,
   joining Spec-Bench summarization articles (then rag passages) from item `start` on."""
+  return _long_document(tokenizer, n_tokens, start, _long_pool(path))[0]
+
+
+def long_documents(tokenizer, n_tokens: int, count: int, path=None) -> list[dict]:
+  """`count` long documents of about n_tokens each that share no article: the first is
+  long_document_prompt's (start 0), each next one starts at the article after the last one its
+  predecessor used (ids longdoc-N-START). Several documents of one length in a process ask what
+  a serving model meets: whether what KnapSpec learned on one document (its kept drafts, its
+  searches' gains, both per attention bucket) serves the next. Raises ValueError where
+  Spec-Bench's long items hold fewer such documents (4 of 28K tokens, 7 of 16K, with Qwen2.5's
+  tokenizer and SmolLM2's)."""
+  if count < 1:
+    raise ValueError(f"long_documents needs count >= 1, got {count}")
+  pool, out, start = _long_pool(path), [], 0
+  for k in range(count):
+    item, used = _long_document(tokenizer, n_tokens, start, pool)
+    if start + used > len(pool):  # it wrapped round to articles an earlier document used
+      raise ValueError(f"Spec-Bench's long items hold {k} documents of {n_tokens} tokens that "
+                       f"share no article, fewer than the {count} asked for")
+    out.append(item)
+    start += used
+  return out
+
+
+def _long_pool(path=None) -> list[str]:
+  """The articles long documents are built from: summarization items, then rag passages."""
   rows = spec_bench(path)
   pool = [r["turns"][0] for r in rows if r["category"] == "summarization"]
   pool += [r["turns"][0] for r in rows if r["category"] == "rag"]
-  pool = pool[start:] + pool[:start]
-  texts = [t.removeprefix("Summarize: ").strip() for t in pool]
+  return [t.removeprefix("Summarize: ").strip() for t in pool]
+
+
+def _long_document(tokenizer, n_tokens: int, start: int, pool: list[str]) -> tuple[dict, int]:
+  """The document from article `start` on (wrapping round the pool), and how many articles it
+  used (the last one possibly cut)."""
+  texts = pool[start:] + pool[:start]
   # Token counts per article, then trim the last article by words to land near n_tokens.
   overhead = len(_chat_ids(tokenizer, SUMMARIZE))
   parts, total = [], overhead
@@ -76,7 +107,8 @@ def long_document_prompt(tokenizer, n_tokens: int, start: int = 0, path=None) ->
   else:
     raise ValueError(f"Spec-Bench's long items hold fewer than {n_tokens} tokens")
   prompt = SUMMARIZE + "\n\n".join(parts)
-  return {"id": f"longdoc-{n_tokens}-{start}", "category": f"long-{n_tokens}", "prompt": prompt}
+  return ({"id": f"longdoc-{n_tokens}-{start}", "category": f"long-{n_tokens}",
+           "prompt": prompt}, len(parts))
 
 
 def _chat_ids(tokenizer, text: str) -> list[int]:

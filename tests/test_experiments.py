@@ -89,6 +89,20 @@ def test_tiny_config_end_to_end(tmp_path, smol_hf, smol_jax, hf_greedy):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
+def test_the_benchmark_runs_long_documents_documents_of_each_length(tmp_path):
+  """--config.long_documents=2: two documents of the length, the first as before, the next
+  another (datasets.long_documents)."""
+  out = tmp_path / "run"
+  proc = _run(["--config=configs/tiny.py", f"--config.output_dir={out}", "--config.methods=ar",
+               "--config.specbench_per_category=0", "--config.long_lengths=400",
+               "--config.long_documents=2", "--config.max_new_tokens=2", "--config.plots=False"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  assert [r["item_id"] for r in rows][0] == "longdoc-400-0"
+  assert len(rows) == 2 and rows[1]["item_id"].startswith("longdoc-400-")
+  assert rows[1]["item_id"] != "longdoc-400-0" and rows[0]["prompt_ids"] != rows[1]["prompt_ids"]
+
+
 def test_ar_alone_runs_in_a_child_process_first(tmp_path):
   """config.ar_alone: AR on the same prompts in a child process where no other method runs,
   written to <output_dir>/ar_alone/ (AR only, the same tokens as the main process's AR); every
