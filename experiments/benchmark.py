@@ -39,7 +39,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 import knapspec_jax as ks  # noqa: E402
-from knapspec_jax import api, datasets, latency, metrics  # noqa: E402
+from knapspec_jax import api, datasets, decoding, latency, metrics  # noqa: E402
 from knapspec_jax.config import ATTENTION_IMPLS  # noqa: E402
 import common  # noqa: E402
 import summarize  # noqa: E402
@@ -160,6 +160,12 @@ def run(config, overwrite: bool = False) -> list[dict]:
   if not items:
     raise ValueError("the config selects no prompts: set specbench_per_category and/or "
                      "long_lengths")
+  for item in items:  # every prompt before any runs: a long run fails at its start, not its end
+    try:
+      decoding.validate_request(model.cfg, len(datasets.encode(model.tokenizer, item)),
+                                item["max_new_tokens"])
+    except decoding.PromptError as e:
+      raise decoding.PromptError(f"prompt {item['id']}: {e}") from None
   device = latency.device_name()
   print(f"{model.name} {model.dtype} on {device}; {len(items)} prompts x {len(methods)} "
         f"methods; loaded in {time.perf_counter() - started:.0f} s", flush=True)
@@ -244,17 +250,24 @@ def run(config, overwrite: bool = False) -> list[dict]:
                else f"DIFFERENT from token {record['departs_at']}")
             + f"  | so far {totals[method][0] / totals[method][1]:.1f} tok/s, "
             f"{time.perf_counter() - started:.0f} s elapsed", flush=True)
-  table = summarize.speed_table(rows) + "\n\n" + summarize.method_table(rows)
-  if options.get("ar-rerun", {}).get("width"):  # texts and speed against AR at that width
-    table += "\n\n" + summarize.against_table(rows, "ar-rerun")
+    # after every prompt: a run that fails or is killed later (BENCH_TIMEOUT on the GPU
+    # machine) still leaves the table of the prompts it finished
+    table = tables(rows, against="ar-rerun" if options.get("ar-rerun", {}).get("width") else None)
+    (out_dir / "table.md").write_text(table + "\n")
   print(table)
   sink.close()
-  (out_dir / "table.md").write_text(table + "\n")
   if config.plots:
     write_plots(rows, out_dir, f"{config.name}: {model.name} {model.dtype}, {device}")
   print(f"wrote {out_dir}/results.jsonl, table.md, plots/ "
         f"({time.perf_counter() - started:.0f} s in all)")
   return rows
+
+
+def tables(rows, against: str | None = None) -> str:
+  """table.md: the speed table and the method table, and with `against` (AR's rerun at a
+  width) each method's text and speed against that method's."""
+  table = summarize.speed_table(rows) + "\n\n" + summarize.method_table(rows)
+  return table + ("\n\n" + summarize.against_table(rows, against) if against else "")
 
 
 def write_plots(rows, out_dir: pathlib.Path, title: str):
@@ -280,7 +293,11 @@ def main(argv):
   except FileExistsError as e:
     print(f"benchmark.py: {e}", file=sys.stderr)
     sys.exit(2)
-  run(config, _OVERWRITE.value)
+  try:
+    run(config, _OVERWRITE.value)
+  except decoding.PromptError as e:
+    print(f"benchmark.py: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def legacy_config():

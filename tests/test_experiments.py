@@ -11,6 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import matplotlib.image
 import numpy as np
@@ -101,6 +102,46 @@ def test_the_benchmark_runs_long_documents_documents_of_each_length(tmp_path):
   assert [r["item_id"] for r in rows][0] == "longdoc-400-0"
   assert len(rows) == 2 and rows[1]["item_id"].startswith("longdoc-400-")
   assert rows[1]["item_id"] != "longdoc-400-0" and rows[0]["prompt_ids"] != rows[1]["prompt_ids"]
+
+
+def test_an_over_long_prompt_stops_the_run_before_any_prompt_runs(tmp_path):
+  """Every prompt is checked against the model's context before the first one runs: a document
+  longer than SmolLM2's 8192 positions, listed after a short one, is named at the start."""
+  out = tmp_path / "run"
+  proc = _run(["--config=configs/tiny.py", f"--config.output_dir={out}", "--config.methods=ar",
+               "--config.specbench_per_category=0", "--config.long_lengths=400,9000",
+               "--config.max_new_tokens=2", "--config.plots=False"])
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "benchmark.py: prompt longdoc-9000-0: the prompt has" in proc.stderr
+  assert "model's context is 8192" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (out / "results.jsonl").exists()
+
+
+def test_the_table_is_written_after_each_prompt(tmp_path):
+  """A run killed after its first prompt (BENCH_TIMEOUT on a GPU machine) leaves that prompt's
+  table: table.md appears while the second prompt still runs, holding the first prompt only."""
+  out = tmp_path / "run"
+  env = dict(os.environ, KNAPSPEC_DATA=str(DATA_DIR), JAX_PLATFORMS="cpu")
+  with open(tmp_path / "stderr", "w") as err:
+    proc = subprocess.Popen(
+        BENCHMARK + ["--config=configs/tiny.py", f"--config.output_dir={out}",
+                     "--config.methods=ar", "--config.specbench_per_category=0",
+                     "--config.long_lengths=300,2000", "--config.max_new_tokens=2",
+                     "--config.plots=False"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+      for line in proc.stdout:
+        if line.startswith("[prompt 1/2]"):
+          break
+      deadline = time.time() + 60
+      while not (out / "table.md").exists() and time.time() < deadline:
+        time.sleep(0.02)
+      first = (out / "table.md").read_text()
+      assert proc.poll() is None, "the run ended before its first table was read"
+    finally:
+      proc.kill()
+      proc.wait()
+  assert "| longdoc-300-0 |" in first and "longdoc-2000" not in first, first
 
 
 def test_ar_alone_runs_in_a_child_process_first(tmp_path):
