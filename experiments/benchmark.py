@@ -160,10 +160,11 @@ def run(config, overwrite: bool = False) -> list[dict]:
   if not items:
     raise ValueError("the config selects no prompts: set specbench_per_category and/or "
                      "long_lengths")
-  for item in items:  # every prompt before any runs: a long run fails at its start, not its end
+  encoded = [datasets.encode(model.tokenizer, item) for item in items]
+  # every prompt checked before any runs: a long run fails at its start, not at its end
+  for item, ids in zip(items, encoded):
     try:
-      decoding.validate_request(model.cfg, len(datasets.encode(model.tokenizer, item)),
-                                item["max_new_tokens"])
+      decoding.validate_request(model.cfg, len(ids), item["max_new_tokens"])
     except decoding.PromptError as e:
       raise decoding.PromptError(f"prompt {item['id']}: {e}") from None
   device = latency.device_name()
@@ -177,8 +178,7 @@ def run(config, overwrite: bool = False) -> list[dict]:
   sink = open(out_dir / "results.jsonl", "w")
   rows = []
   totals = {m: [0, 0.0] for m in methods}  # new tokens, decode seconds
-  for i, item in enumerate(items):
-    ids = datasets.encode(model.tokenizer, item)
+  for i, (item, ids) in enumerate(zip(items, encoded)):
     run_once = lambda method: ks.generate(
         model, ids, item["max_new_tokens"], method=method.removesuffix("-rerun"),
         ignore_eos=config.ignore_eos, **options.get(method, {}))
