@@ -317,8 +317,12 @@ class KnapSpecConfig:
     run decoded its first 409 tokens, below that bucket, plainly at 496 tok/s. Measured on
     SmolLM2's 13 Spec-Bench prompts on an H100 (BENCHMARKS.md 10.44): the extraction prompt,
     whose 512 bucket keeps a draft, ran 1.082x and 1.069x AR with it against 1.034x and 0.977x
-    without; the other prompts keep nothing above and declined either way. Off by default
-    until Qwen's long documents are measured with it.
+    without; the other prompts keep nothing above and declined either way. Since session 50
+    it also stands in over a bucket's own draft whose full windows there measured a smaller
+    ratio to AR than the draft above's (measured at its bucket, else predicted here) by
+    `margin`: on the H100's 16K document above, the draft kept at 16K ran its windows 1.03x AR
+    measured, the one kept at 17K 1.24x (BENCHMARKS.md 10.53). Off by default until Qwen's
+    long documents are measured with it.
   search_round_len: how the search (and a borrowed draft's scoring on its tokens) runs a draft
     over its n_ref reference tokens. 0: as one block, each token's draft seeing the draft's own
     keys and values at every earlier reference token, as if it had drafted all n_ref in one
@@ -777,7 +781,7 @@ class KnapSpecPolicy:
         ar_tokens=self.plain_tokens(n, ctx.remaining, capacity), reason=waiting)
 
   def stand_in(self, waiting: KeptDraft | None, state, n: int, attn_len: int,
-               why: str) -> Decision | None:
+               why: str, over: tuple[KeptDraft, float] | None = None) -> Decision | None:
     """A compiled draft kept at another bucket that decodes at context n instead of AR, or None:
     decode plainly. While `waiting`, the draft kept at context n's bucket, has no compiled
     program (the next warm-up compiles it), the draft kept at the nearest bucket below; with
@@ -792,6 +796,12 @@ class KnapSpecPolicy:
     the profile's costs: it was measured on another text, and a full window that loses costs up
     to `interval` rounds (on Qwen's short Spec-Bench prompts, H100, BENCHMARKS.md 10.43, a draft
     kept at the 512 bucket ran other prompts' tails at 0.92-1.04x AR).
+
+    over: (the draft kept for context n, the ratio to AR here its full windows measured): with
+    waiting None, the draft above stands in over it only where it is another draft and its own
+    ratio to AR beats that by `margin`: measured at its bucket (its full windows' tokens over
+    their seconds, else its last window, against AR there), else as the profile predicts it
+    here (its trial then judges it).
 
     On an H100 (Qwen2.5-Coder-1.5B, the 2K document, 1024 new tokens, BENCHMARKS.md 10.37) the
     first timed run of every process found a better draft at context 2165, in a new bucket,
@@ -810,6 +820,8 @@ class KnapSpecPolicy:
       if higher is None:
         return None
       side, (there, draft) = "above", higher
+      if over is not None and (draft.skip, draft.gamma) == (over[0].skip, over[0].gamma):
+        return None
     if ((draft.skip, draft.gamma) in self.stand_ins_lost
         or not self.segment_compiled(state, draft.skip, draft.gamma, n)):
       return None
@@ -821,6 +833,13 @@ class KnapSpecPolicy:
     tpt = selection.draft_tpt(draft.skip, draft.alpha, p, attn_len, draft.gamma, draft.exit)
     if waiting is None and tpt <= (1 + self.config.margin) / t_ar:
       return None
+    if waiting is None and over is not None:
+      ratio = (tpt * t_ar if draft.measured_tpt is None
+               else (draft.tokens / draft.seconds if draft.windows and draft.seconds > 0
+                     else draft.measured_tpt) / ar_there)
+      if ratio <= (1 + self.config.margin) * over[1]:
+        return None
+      why = f"{why}; the draft kept above {ratio:.2f}x"
     self.used.add((draft.skip, draft.gamma))
     rounds = None  # from above, first a trial on this generation's text (trial_rounds)
     if waiting is None and (draft.skip, draft.gamma) not in self.stand_ins_tried:
@@ -859,6 +878,13 @@ class KnapSpecPolicy:
         return stand_in
       return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n, waiting,
                       ar_tokens=self.plain_tokens(n, ctx.remaining, state.cache.capacity))
+    if self.config.stand_in_above and kept.windows and kept.seconds > 0:
+      here = kept.tokens / kept.seconds / self.ar_speed(n, state.cache.capacity, 1 / t_ar)
+      stand_in = self.stand_in(None, state, n, attn_len, over=(kept, here), why=(
+          f"kept (chosen at context {kept.context}; {kept.windows} full window(s) "
+          f"{here:.2f}x AR here)"))
+      if stand_in is not None:
+        return stand_in
     tpt = selection.draft_tpt(kept.skip, kept.alpha, self.profile, attn_len, kept.gamma,
                               kept.exit)
     rounds = self.trial_window(kept.measured_tpt)

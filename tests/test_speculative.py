@@ -894,6 +894,39 @@ def test_a_decline_drafts_with_the_draft_kept_above_where_stand_in_above_allows(
   assert model.kept_drafts[low] is None  # the stand-in's windows are not the bucket's record
 
 
+@pytest.mark.parametrize("option,here_seconds,same,stands_in", [
+    (True, 1.0, False, True), (True, 1e-12, False, False), (False, 1.0, False, False),
+    (True, 1.0, True, False)])
+def test_a_weaker_draft_of_its_own_gives_way_to_the_draft_kept_above(
+    tiny_models, with_profile, option, here_seconds, same, stands_in):
+  """stand_in_above also stands in over a bucket's own draft whose full windows measured a
+  smaller ratio to AR there than the draft kept above measured at its bucket, by `margin`: a
+  draft of its own at 200 tokens a second (a fraction of AR here) gives way; one measured
+  faster than the draft above (200 tokens in 1e-12 s) keeps decoding, as it does without the
+  option, or where the draft above is the same draft. Output is AR's either way, and the
+  bucket's record is untouched by the stand-in."""
+  model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0,
+                                                 trial_rounds=0, stand_in_above=option)))
+  above = _dropped_here_kept_above(model, low, high, start, measured_tpt=1e9)
+  own = above if same else ks.SkipMask.from_layers(model.cfg.n_layers, [1], [])
+  model.kept_drafts[low] = methods.KeptDraft(own, 2, 0.9, len(ids) - 20, 200.0, windows=2,
+                                             tokens=200, seconds=here_seconds)
+  model.search_gains[low] = 0.5
+  with pytest.MonkeyPatch.context() as patch:  # the tiny model's windows judge nothing here
+    patch.setattr(methods.KnapSpecPolicy, "observe", lambda self, *args: None)
+    got = api.generate(model, ids, 48, method="knapspec", ignore_eos=True, config=config)
+  assert got.output_ids == ar(model, ids, 48)
+  first = got.stats["window_log"][0]
+  assert first["rounds"] > 0, first
+  assert bool(first["decision"].get("stand_in")) == stands_in, first["decision"]
+  assert first["decision"]["skip"] == (above if stands_in else own).to_list()
+  if stands_in:
+    assert "; meanwhile the draft kept above (chosen at context" in first["decision"]["reason"]
+    assert got.stats["compile_in_decode_s"] == 0.0
+  assert model.kept_drafts[low].skip == own and model.kept_drafts[low].windows == 2
+
+
 def test_a_stand_in_from_above_first_runs_a_trial_judged_by_its_rounds(tiny_models,
                                                                         with_profile,
                                                                         monkeypatch):
