@@ -632,24 +632,10 @@ class KnapSpecPolicy:
     predicted speed. The full windows after it, `interval` rounds each, are judged by their wall
     time against measured AR: together, once there are judge_windows of them at this bucket
     (KnapSpecConfig.judge_windows), and they must beat it by keep_margin. The first of them is
-    also judged with the trial's rounds, at the profile's costs (KnapSpecConfig.confirm_margin).
-
-    A full window whose decision's context lies within a round's span of its bucket's end ran
-    in the next bucket's program (controller.run picks it by the context plus that span), at
-    the next bucket's attention length, and is not judged: the record at the context's bucket
-    is of windows in that bucket's program, and AR's bar is AR's speed there. Until session 50
-    such a window counted in the bucket below: on an H100 (Qwen2.5-Coder-1.5B, the 16K document
-    decoded alone, BENCHMARKS.md 10.53) a draft whose three windows had run 502 tok/s against
-    the 497.8 its bucket's AR asked was dropped by a fourth at context 16384, and the later
-    runs decoded that bucket's 409 tokens plainly. A trial is judged wherever it starts: the
-    profile prices its rounds at the attention length they ran at."""
+    also judged with the trial's rounds, at the profile's costs (KnapSpecConfig.confirm_margin)."""
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < JUDGE_ROUNDS:
       return
-    span = speculative.round_span(self.model.cfg, decision.gamma, self.width)
-    if decision.rounds is None and (attn_bucket(decision.context + span, capacity)
-                                    != attn_bucket(decision.context, capacity)):
-      return  # in the next bucket's program: not this bucket's record, nor its AR's bar
     # a trial (a kept draft's, or a stand-in's from above): its rounds, at the profile's costs
     trial_lost = decision.rounds is not None and window["tokens"] < (
         decision.ar_tpt * window["predicted_s"])
@@ -907,8 +893,8 @@ class KnapSpecPolicy:
     """bucket_windows: whether `kept` is the draft of context n's own bucket and has passed its
     judgement there (judge_windows full windows, no trial left to confirm; `observe` drops a
     draft that fails it), and also of the bucket its window's program runs in: within a
-    round's span of a bucket's end that is the next bucket (where `observe` judges no window
-    that starts below it)."""
+    round's span of a bucket's end that is the next bucket (whose windows `observe` credits to
+    the bucket of the decision's context, as it does any window's)."""
     span = speculative.round_span(self.model.cfg, kept.gamma, self.width)
     buckets = {attn_bucket(n, capacity), attn_bucket(n + span, capacity)}
     judged = [self.kept_drafts.get(b) for b in buckets]

@@ -739,38 +739,6 @@ def test_kept_windows_must_beat_ar_by_keep_margin(tiny_models, with_profile):
       ks.KnapSpecConfig(keep_margin=bad)
 
 
-def test_a_window_that_ran_in_the_next_buckets_program_is_not_judged(tiny_models,
-                                                                       with_profile):
-  """A kept draft's full window whose context lies within a round's span of its bucket's end
-  (controller.run runs it in the next bucket's program) does not count at the context's bucket:
-  two windows at 50 tok/s against AR's measured 100 there leave the draft kept and the bucket's
-  gain unset, where the same windows a round's span earlier drop it. A trial at the edge is
-  still judged (its rounds at the profile's costs)."""
-  model = with_profile(tiny_models["llama3_rope"].jax, measure_ar=True, **PAYS)
-  capacity = KVCache.capacity_for(model.cfg)
-  bucket = decoding.attn_bucket(300, capacity)
-  assert decoding.attn_bucket(bucket + 1, capacity) > bucket  # a bucket with one above it
-  skip, gamma = ks.SkipMask.from_layers(model.cfg.n_layers, [1], []), 2
-  span = speculative.round_span(model.cfg, gamma)
-  policy = methods.KnapSpecPolicy(model, model.profile, ks.KnapSpecConfig())
-  slow = dict(ar_tokens_while_compiling=0, rounds=64, tokens=100, predicted_s=0.1,
-              measured_tokens_per_s=50.0)
-  for context, judged in ((bucket - span + 1, False), (bucket, False), (bucket - span, True)):
-    assert (decoding.attn_bucket(context + span, capacity) == bucket) == judged, context
-    model.kept_drafts.clear(), model.search_gains.clear()
-    model.note_ar_speed(context, capacity, 100, 1.0)
-    model.kept_drafts[bucket] = methods.KeptDraft(skip, gamma, 0.9, 260, 120.0)
-    full = selection.Decision(skip, gamma, 0.9, 110.0, 100.0, 110.0, context, "kept")
-    policy.observe(full, slow, capacity)
-    policy.observe(full, slow, capacity)
-    assert (model.kept_drafts[bucket] is None) == judged, context
-    assert (bucket in model.search_gains) == judged, context
-  model.kept_drafts[bucket] = methods.KeptDraft(skip, gamma, 0.9, 260)
-  trial = selection.Decision(skip, gamma, 0.9, 110.0, 100.0, 110.0, bucket, "kept", rounds=8)
-  policy.observe(trial, dict(slow, rounds=8, tokens=8), capacity)  # 8 tokens in 0.1 s: 80 tok/s
-  assert model.kept_drafts[bucket] is None and model.search_gains[bucket] == 0.0
-
-
 def test_bucket_start_is_the_first_context_of_each_bucket():
   """decoding.bucket_start(b) is the smallest n that attn_bucket maps to b, checked against
   every n under three capacities (one a multiple of 1024, one not, one under 512)."""
