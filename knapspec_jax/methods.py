@@ -320,9 +320,9 @@ class KnapSpecConfig:
     without; the other prompts keep nothing above and declined either way. Since session 50
     it also stands in over a bucket's own draft whose full windows there measured a smaller
     ratio to AR than the draft above's (measured at its bucket, else predicted here) by
-    `margin`: on the H100's 16K document above, the draft kept at 16K ran its windows 1.03x AR
-    measured, the one kept at 17K 1.24x (BENCHMARKS.md 10.53). Off by default until Qwen's
-    long documents are measured with it.
+    `margin`: on an H100 (the 16K document alone, BENCHMARKS.md 10.53) the draft kept at 16K
+    ran its first three full windows 1.03x AR measured there (a fourth dropped it), the one
+    kept at 17K 1.24x. Off by default until Qwen's long documents are measured with it.
   search_round_len: how the search (and a borrowed draft's scoring on its tokens) runs a draft
     over its n_ref reference tokens. 0: as one block, each token's draft seeing the draft's own
     keys and values at every earlier reference token, as if it had drafted all n_ref in one
