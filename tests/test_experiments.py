@@ -291,6 +291,32 @@ def test_window_prediction_times_old_windows_with_another_profile(tmp_path):
   assert f"| knapspec | 3 | 1 | nan | {r_ran:.3f} | {error:.1%} |" in out.stdout, out.stdout
 
 
+def test_edge_windows_counts_the_windows_that_run_in_the_next_buckets_program(tmp_path):
+  """experiments/edge_windows.py on stated windows (bucket 256 ends at context 256): gamma 2 at
+  253 (its round reaches 256) is inside, at 254 and 256 at the edge (256 also at the end), a
+  plain window at 256 at the end only; at width 11, 253 is at the edge too and 245 is not. The
+  warm-up's window (255) counts unless --timed_only; other methods' windows never."""
+  def window(context, tokens, gamma=2, rounds=8):
+    return dict(decision=dict(gamma=gamma), context=context, tokens=tokens, rounds=rounds)
+  timed = [window(253, 10), window(254, 30), window(256, 20), window(256, 5, gamma=0, rounds=0),
+           window(245, 40)]
+  records = [dict(method="knapspec", warmup_windows=[[window(255, 100)]], timed_windows=[timed]),
+             dict(method="fixed", warmup_windows=[], timed_windows=[[window(255, 7)]])]
+  path = tmp_path / "results.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  def run(*flags):
+    got = subprocess.run([sys.executable, str(REPO / "experiments" / "edge_windows.py"),
+                          *flags, str(path)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert got.returncode == 0, got.stderr[-2000:]
+    return got.stdout
+  # drafting: 5 windows of 200 tokens; at the edge 255 (100), 254 (30), 256 (20): 75%
+  assert f"| {path} | 6 | 2 | 5 | 3 | 75.0% | 100 tokens from 255 |" in run()
+  assert f"| {path} | 5 | 2 | 4 | 2 | 50.0% | 30 tokens from 254 |" in run("--timed_only")
+  assert f"| {path} | 6 | 2 | 5 | 4 | 80.0% | 100 tokens from 255 |" in run("--width=11")
+
+
 def test_window_log_lists_every_window_of_the_method_asked(tmp_path):
   """experiments/window_log.py on stated records: one line per window of the method's warm-up
   and timed runs (prompt filter honoured, other methods left out), with the window's own counts,
