@@ -45,7 +45,7 @@ def edge_counts(records, width: int = 0, timed_only: bool = False) -> dict:
         continue
       c["drafting"] += 1
       c["drafting_tokens"] += window["tokens"]
-      if decoding.attn_bucket(n + max(width or gamma + 1, gamma), _NO_CAP) != bucket:
+      if decoding.attn_bucket(n + (width or gamma + 1), _NO_CAP) != bucket:
         c["edge"] += 1
         c["edge_tokens"] += window["tokens"]
         if c["longest"] is None or window["tokens"] > c["longest"][1]:
@@ -66,18 +66,13 @@ def main(argv):
   print("| records | windows | at a bucket's end | drafting | drafting at an edge | "
         "their share of drafted tokens | longest at an edge |")
   print("|---|---|---|---|---|---|---|")
-  total = None
+  every = []
   for path in argv[1:]:
-    c = edge_counts(read_records(path), _WIDTH.value, _TIMED.value)
-    print(row(path, c))
-    if total is None:
-      total = c
-    else:
-      longest = [x for x in (total["longest"], c["longest"]) if x is not None]
-      total = {k: (max(longest, key=lambda x: x[1]) if longest else None) if k == "longest"
-               else total[k] + c[k] for k in c}
+    records = read_records(path)
+    print(row(path, edge_counts(records, _WIDTH.value, _TIMED.value)))
+    every += records
   if len(argv) > 2:
-    print(row("all", total))
+    print(row("all", edge_counts(every, _WIDTH.value, _TIMED.value)))
 
 
 if __name__ == "__main__":

@@ -426,6 +426,11 @@ class KeptDraft:
   trial_tokens: int = 0
   trial_s: float = 0.0
 
+  @property
+  def full_tpt(self) -> float | None:
+    """Its full windows' tokens over their seconds at this bucket; None: none measured yet."""
+    return self.tokens / self.seconds if self.windows and self.seconds > 0 else None
+
 
 def confirms_trial(tokens: int, profile_s: float, ar_tpt: float, confirm_margin: float) -> bool:
   """KnapSpecConfig.confirm_margin's test: a trial's rounds and its first full window's
@@ -821,8 +826,8 @@ class KnapSpecPolicy:
       return None
     if waiting is None and over is not None:
       ratio = (tpt * t_ar if draft.measured_tpt is None
-               else (draft.tokens / draft.seconds if draft.windows and draft.seconds > 0
-                     else draft.measured_tpt) / ar_there)
+               else (draft.measured_tpt if draft.full_tpt is None else draft.full_tpt)
+               / ar_there)
       if ratio <= (1 + self.config.margin) * over[1]:
         return None
       why = f"{why}; the draft kept above {ratio:.2f}x"
@@ -864,8 +869,8 @@ class KnapSpecPolicy:
         return stand_in
       return Decision(None, 0, kept.alpha, 1 / t_ar, 1 / t_ar, 0.0, n, waiting,
                       ar_tokens=self.plain_tokens(n, ctx.remaining, state.cache.capacity))
-    if self.config.stand_in_above and kept.windows and kept.seconds > 0:
-      here = kept.tokens / kept.seconds / self.ar_speed(n, state.cache.capacity, 1 / t_ar)
+    if self.config.stand_in_above and kept.full_tpt is not None:
+      here = kept.full_tpt / self.ar_speed(n, state.cache.capacity, 1 / t_ar)
       stand_in = self.stand_in(None, state, n, attn_len, over=(kept, here), why=(
           f"kept (chosen at context {kept.context}; {kept.windows} full window(s) "
           f"{here:.2f}x AR here)"))
@@ -877,8 +882,8 @@ class KnapSpecPolicy:
     measured = (f"not measured yet: a trial of {rounds} rounds" if rounds
                 else "not measured yet" if kept.measured_tpt is None
                 else f"last window {kept.measured_tpt:.0f} tok/s" + (
-                    f", {kept.windows} full window(s) {kept.tokens / kept.seconds:.0f} tok/s"
-                    if kept.windows and kept.seconds > 0 else ""))
+                    f", {kept.windows} full window(s) {kept.full_tpt:.0f} tok/s"
+                    if kept.full_tpt is not None else ""))
     self.used.add((kept.skip, kept.gamma))
     to_end = rounds is None and self.confirmed(kept, state.cache.capacity, n)
     ar_measured = self.model.ar_speed(n, state.cache.capacity, self.width)  # what judges windows
