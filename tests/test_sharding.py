@@ -30,7 +30,7 @@ from knapspec_jax.config import UnsupportedModelError
 WORKER = pathlib.Path(__file__).with_name("sharding_worker.py")
 # llama (2 KV heads): one device's mesh and a tp that splits its KV heads; for the others the
 # tps that split their KV heads and one that cannot (qwen2, 4 KV heads, at 8) or splits them
-# down to one per device (qwen3, 8). Llama's tp 8 (KV heads not split, as qwen2's at 8) left in
+# down to one per device (qwen3, 8). Llama's tp 8 (KV heads not split, as qwen2's at 8) left out in
 # session 51: the test ran 38 s alone with it, 26 s without; tp 4 went in session 36 (25 s).
 MODEL_TPS = {"llama": (1, 2), "qwen2": (2, 8), "qwen3": (4, 8)}
 METHODS = ("ar", "knapspec", "fixed", "del", "clasp")
