@@ -304,11 +304,8 @@ def test_edge_windows_counts_the_windows_that_run_in_the_next_buckets_program(tm
              dict(method="fixed", warmup_windows=[], timed_windows=[[window(255, 7)]])]
   path = tmp_path / "results.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
   def run(*flags):
-    got = subprocess.run([sys.executable, str(REPO / "experiments" / "edge_windows.py"),
-                          *flags, str(path)], capture_output=True, text=True, env=env,
-                         timeout=120)
+    got = _script("edge_windows.py", *flags, path)
     assert got.returncode == 0, got.stderr[-2000:]
     return got.stdout
   # drafting: 5 windows of 200 tokens; at the edge 255 (100), 254 (30), 256 (20): 75%
