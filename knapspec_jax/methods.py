@@ -322,7 +322,25 @@ class KnapSpecConfig:
     ratio to AR than the draft above's (measured at its bucket, else predicted here) by
     `margin`: on an H100 (the 16K document alone, BENCHMARKS.md 10.53) the draft kept at 16K
     ran its first three full windows 1.03x AR measured there (a fourth dropped it), the one
-    kept at 17K 1.24x. Off by default until Qwen's long documents are measured with it.
+    kept at 17K 1.24x. On by default since session 52 (BENCHMARKS.md 10.56, an H100, code at
+    6dcd163, each arm its own process on one machine): Qwen's 16K document alone ran 1.172x and
+    1.189x AR paired with it against 1.115x and 1.127x without (both orders; its timed runs
+    drafted their first 409 tokens with the 17K bucket's draft, and kept AR's text), 28K alone
+    1.129x against 1.123x, 2K and 8K in one process 1.308x / 1.195x against 1.313x / 1.192x;
+    SmolLM2's Spec-Bench the same decisions on 6 of 7 prompts (specbench_b) and the extraction
+    prompt 1.097x.
+  bucket_end_alone: (bucket_windows) a window a confirmed draft decoded to its bucket's end,
+    of at least half of `interval` rounds, is this text's whole stretch of the bucket: it is
+    judged alone too (against AR's measured speed, by keep_margin), not only with the bucket's
+    earlier windows, and one that loses drops the draft as the judged windows do. Under the
+    together-judgement a draft that won on some texts kept decoding another it lost on: on an
+    H100 (SmolLM2's Spec-Bench, session 52, BENCHMARKS.md 10.56) a draft of 4 attention
+    sublayers at gamma 10, confirmed on specbench-141 and 151 at 1190-1203 tok/s, ran each of
+    specbench-161's runs at 1085-1090 against AR's 1127 (0.937x paired) while the bucket's
+    windows together stayed at 1158. A shorter window pays the window's fixed host cost
+    (about 2 ms on the H200, 10.35) over too few rounds to be judged alone. Over every committed
+    H100 record no Qwen document's window to a bucket's end lost alone
+    (experiments/bucket_end_windows.py).
   search_round_len: how the search (and a borrowed draft's scoring on its tokens) runs a draft
     over its n_ref reference tokens. 0: as one block, each token's draft seeing the draft's own
     keys and values at every earlier reference token, as if it had drafted all n_ref in one
@@ -367,7 +385,8 @@ class KnapSpecConfig:
   search_new_buckets: bool = True
   search_after: int = 0
   bucket_windows: bool = True
-  stand_in_above: bool = False
+  stand_in_above: bool = True
+  bucket_end_alone: bool = True
   search_round_len: int = 0
 
   def __post_init__(self):
@@ -395,7 +414,8 @@ class KnapSpecConfig:
     except ValueError as e:
       raise MethodError(f"search_round_len (n_ref={self.n_ref}): {e}") from None
     for name in ("decoupled", "latency_weights", "protect_ends", "charge_compile", "keep",
-                 "exit_model", "search_new_buckets", "bucket_windows", "stand_in_above"):
+                 "exit_model", "search_new_buckets", "bucket_windows", "stand_in_above",
+                 "bucket_end_alone"):
       _check_bool(name, getattr(self, name))
     try:  # the values decoding accepts (1 and 0 are not True and False there)
       compile_cache.background_mode(self.background_compile)
@@ -637,7 +657,9 @@ class KnapSpecPolicy:
     predicted speed. The full windows after it, `interval` rounds each, are judged by their wall
     time against measured AR: together, once there are judge_windows of them at this bucket
     (KnapSpecConfig.judge_windows), and they must beat it by keep_margin. The first of them is
-    also judged with the trial's rounds, at the profile's costs (KnapSpecConfig.confirm_margin)."""
+    also judged with the trial's rounds, at the profile's costs (KnapSpecConfig.confirm_margin).
+    A window a confirmed draft decoded to its bucket's end is judged alone as well
+    (KnapSpecConfig.bucket_end_alone)."""
     if not (self.config.keep and decision.drafts) or window["ar_tokens_while_compiling"] \
         or window["rounds"] < JUDGE_ROUNDS:
       return
@@ -672,8 +694,11 @@ class KnapSpecPolicy:
       windows, tokens = windows + 1, tokens + window["tokens"]
       seconds += window["tokens"] / max(measured, 1e-9)
       ar_speed = self.ar_speed(decision.context, capacity, decision.ar_tpt)
-      slower = unconfirmed or (windows >= self.config.judge_windows
-                               and tokens / seconds < (1 + self.config.keep_margin) * ar_speed)
+      bar = (1 + self.config.keep_margin) * ar_speed
+      alone = (self.config.bucket_end_alone and decision.to_bucket_end
+               and window["rounds"] >= self.interval // 2 and measured < bar)
+      slower = unconfirmed or alone or (windows >= self.config.judge_windows
+                                        and tokens / seconds < bar)
     if slower:
       # A draft borrowed from a bucket below (`kept`) says nothing about what a search here
       # would find: the bucket keeps no gain, so a first search may still explore it. On the

@@ -314,6 +314,40 @@ def test_edge_windows_counts_the_windows_that_run_in_the_next_buckets_program(tm
   assert f"| {path} | 6 | 2 | 5 | 4 | 80.0% | 100 tokens from 255 |" in run("--width=11")
 
 
+def test_bucket_end_windows_judges_each_window_to_a_bucket_end_alone(tmp_path):
+  """experiments/bucket_end_windows.py on stated windows: of the knapspec record's windows whose
+  reason ends "to the bucket's end", those of 32+ rounds (half the default interval) are judged,
+  each against the AR its reason names (1089 tok/s against 1127 loses, 1160 keeps), else the
+  median of the prompt's AR runs (100 against 101, marked *: loses by the 2% margin, keeps at
+  --keep_margin=-0.02); a 20-round one counts from --min_rounds=16; windows of other reasons
+  and of other methods never."""
+  named = "kept (chosen at context 69; last window 1 tok/s, AR predicted 1133, measured 1127; "
+  def window(reason, rounds, speed):
+    return dict(decision=dict(gamma=10, reason=reason), context=64, tokens=127, rounds=rounds,
+                measured_tokens_per_s=speed)
+  windows = [window(named + "to the bucket's end)", 51, 1089.0),
+             window(named + "to the bucket's end)", 51, 1160.0),
+             window(named + "to the bucket's end)", 20, 1.0),
+             window("kept (chosen at context 69; AR predicted 1133; to the bucket's end)", 40,
+                    100.0),
+             window(named.rstrip("; ") + ")", 64, 1.0)]
+  records = [dict(item_id="p", method="ar", tokens_per_s_runs=[100.0, 102.0, 101.0]),
+             dict(item_id="p", method="knapspec", warmup_windows=[windows[:2]],
+                  timed_windows=[windows[2:]]),
+             dict(item_id="p", method="fixed", timed_windows=[windows])]
+  path = _gzipped_records(tmp_path, records)
+  def run(*flags):
+    got = _script("bucket_end_windows.py", *flags, path)
+    assert got.returncode == 0, got.stderr[-2000:]
+    return got.stdout
+  out = run()
+  assert f"| {path} | 4 | 3 | 2 |" in out, out
+  assert f"| {path} | p | 64 | 51 | 127 | 1089 | 1127 | 0.966 |" in out, out
+  assert f"| {path} | p | 64 | 40 | 127 | 100 | 101* | 0.990 |" in out, out
+  assert f"| {path} | 4 | 3 | 1 |" in run("--keep_margin=-0.02")
+  assert f"| {path} | 4 | 4 | 3 |" in run("--min_rounds=16")
+
+
 def test_window_log_lists_every_window_of_the_method_asked(tmp_path):
   """experiments/window_log.py on stated records: one line per window of the method's warm-up
   and timed runs (prompt filter honoured, other methods left out), with the window's own counts,

@@ -739,6 +739,38 @@ def test_kept_windows_must_beat_ar_by_keep_margin(tiny_models, with_profile):
       ks.KnapSpecConfig(keep_margin=bad)
 
 
+def test_a_window_to_the_bucket_end_that_loses_drops_its_draft_alone(tiny_models, with_profile):
+  """bucket_end_alone: a confirmed draft (two full windows at 106 tok/s against AR's measured
+  100) whose window to the bucket's end runs 51 rounds at 96.6 tok/s (SmolLM2's specbench-161
+  on an H100, 1089 against 1127, scaled; BENCHMARKS.md 10.56) is dropped, and its bucket's gain
+  set to 0, though the three windows together still beat AR by keep_margin (102.7 tok/s).
+  Kept: without the option, at 103 tok/s, in a window under half the interval's rounds (31 of
+  64), and in a window of `interval` rounds that does not run to the bucket's end."""
+  model, capacity, bucket, full, window = _judged_draft(tiny_models, with_profile)
+  to_end = dataclasses.replace(full, to_bucket_end=True)
+  cases = [(True, to_end, 51, 96.6, False), (False, to_end, 51, 96.6, True),
+           (True, to_end, 51, 103.0, True), (True, to_end, 31, 96.6, True),
+           (True, full, 64, 96.6, True)]
+  for option, decision, rounds, speed, kept in cases:
+    policy = methods.KnapSpecPolicy(model, model.profile,
+                                    ks.KnapSpecConfig(bucket_end_alone=option))
+    model.kept_drafts.clear()
+    model.search_gains.clear()
+    policy.observe(full, window(106.0), capacity)
+    policy.observe(full, window(106.0), capacity)
+    assert model.kept_drafts[bucket] is not None
+    policy.observe(decision, dict(window(speed), rounds=rounds), capacity)
+    assert (model.kept_drafts[bucket] is not None) == kept, (option, rounds, speed)
+    if kept:
+      k = model.kept_drafts[bucket]
+      assert k.windows == 3 and k.tokens / k.seconds >= 1.02 * 100
+    else:
+      assert model.search_gains[bucket] == 0.0
+  assert ks.KnapSpecConfig().bucket_end_alone and ks.KnapSpecConfig().stand_in_above
+  with pytest.raises(ks.MethodError, match="bucket_end_alone"):
+    ks.KnapSpecConfig(bucket_end_alone=1)
+
+
 def test_bucket_start_is_the_first_context_of_each_bucket():
   """decoding.bucket_start(b) is the smallest n that attn_bucket maps to b, checked against
   every n under three capacities (one a multiple of 1024, one not, one under 512)."""
