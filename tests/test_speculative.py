@@ -823,10 +823,12 @@ def test_a_decline_decodes_plainly_only_up_to_a_kept_draft(tiny_models, with_pro
   """Where KnapSpec declines (no search affordable at a bucket whose draft was dropped), it
   decodes plainly up to the first context where a draft is kept (the warm-up compiled it), then
   drafts with it, instead of decoding plainly to the end; with no kept draft ahead, the decline
-  runs to the end in one window. Output is AR's either way."""
+  runs to the end in one window. Output is AR's either way. (stand_in_above off: with it the
+  draft ahead stands in from the prompt on, the next tests.)"""
   model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile)
   capacity = KVCache.capacity_for(model.cfg)
-  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0)))
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(search_budget=0.0, explore_budget=0.0,
+                                                 stand_in_above=False)))
   want = ar(model, ids, 48)
 
   def run():
@@ -1260,8 +1262,11 @@ def test_a_compiled_draft_below_stands_in_while_the_buckets_own_waits_for_its_co
   only: the first stand-in window there loses to it, and the rest of the bucket is AR's."""
   model, ids, low, high, start = _prompt_before_a_bucket_edge(tiny_models, with_profile, scale)
   bucket_end = start - 1
-  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(try_below=0.1, search_new_buckets=True)))
-  # confirmed at its bucket, judged far above AR there whatever its windows here measure
+  # confirmed at its bucket, judged far above AR there whatever its windows here measure (at
+  # scale 1e-3 they run under AR's predicted speed: bucket_end_alone would drop the draft below at
+  # its window to the bucket's end, before the bucket above opens)
+  config = ks.KnapSpecConfig(**(KEEP_TEST | dict(try_below=0.1, search_new_buckets=True,
+                                                 bucket_end_alone=False)))
   below = methods.KeptDraft(ks.SkipMask.from_layers(model.cfg.n_layers, [1], []), 2, 0.05,
                             len(ids), measured_tpt=1e9, windows=config.judge_windows,
                             tokens=10**12, seconds=1.0)
