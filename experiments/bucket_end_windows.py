@@ -20,12 +20,12 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from knapspec_jax import methods  # noqa: E402
-from summarize import read_records  # noqa: E402
+from summarize import ar_runs, read_records, record_windows  # noqa: E402
 
 _DEFAULTS = methods.KnapSpecConfig()
 _MARGIN = flags.DEFINE_float("keep_margin", _DEFAULTS.keep_margin,
                              "Fraction a window must beat AR by.")
-_MIN_ROUNDS = flags.DEFINE_integer("min_rounds", _DEFAULTS.interval // 2,
+_MIN_ROUNDS = flags.DEFINE_integer("min_rounds", _DEFAULTS.bucket_end_rounds,
                                    "Shorter windows are not judged alone.")
 _AR_MEASURED = re.compile(r"measured (\d+(?:\.\d+)?)[;)]")
 
@@ -37,12 +37,8 @@ def bucket_end_windows(records, keep_margin: float, min_rounds: int) -> tuple[di
   for rec in records:
     if rec["method"] != "knapspec":
       continue
-    ar_runs = [s for r in records if r["item_id"] == rec["item_id"]
-               and r["method"] in ("ar", "ar-rerun")
-               for s in r.get("warmup_tokens_per_s", [])
-               + (r["tokens_per_s_runs"] if "tokens_per_s_runs" in r else [r["tokens_per_s"]])]
-    runs = rec.get("warmup_windows", []) + rec.get("timed_windows", [])
-    for w in (w for run in runs for w in run or []):
+    ar = ar_runs(records, rec["item_id"])
+    for _, w in record_windows(rec):
       reason = w["decision"]["reason"]
       if "to the bucket's end" not in reason:
         continue
@@ -50,14 +46,14 @@ def bucket_end_windows(records, keep_margin: float, min_rounds: int) -> tuple[di
       if w["rounds"] < min_rounds:
         continue
       named = _AR_MEASURED.search(reason)
-      if named is None and not ar_runs:
+      if named is None and not ar:
         continue
       counts["judged"] += 1
-      ar = float(named.group(1)) if named else statistics.median(ar_runs)
-      if w["measured_tokens_per_s"] < (1 + keep_margin) * ar:
+      judge = float(named.group(1)) if named else statistics.median(ar)
+      if w["measured_tokens_per_s"] < (1 + keep_margin) * judge:
         counts["losing"] += 1
         losing.append((rec["item_id"], w["context"], w["rounds"], w["tokens"],
-                       w["measured_tokens_per_s"], ar, named is not None))
+                       w["measured_tokens_per_s"], judge, named is not None))
   return counts, losing
 
 

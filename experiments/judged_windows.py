@@ -19,7 +19,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from knapspec_jax import decoding, methods  # noqa: E402
-from summarize import full_drafting_windows, read_records  # noqa: E402
+from summarize import ar_runs, full_drafting_windows, read_records  # noqa: E402
 
 _JUDGE = flags.DEFINE_integer("judge_windows", methods.KnapSpecConfig().judge_windows,
                               "Full windows judged together.")
@@ -41,9 +41,7 @@ def main(argv):
   for rec in records:
     if rec["method"] != "knapspec":
       continue
-    ar = [s for r in records
-          if r["item_id"] == rec["item_id"] and r["method"] in ("ar", "ar-rerun")
-          for s in r.get("warmup_tokens_per_s", []) + r["tokens_per_s_runs"]]
+    ar = ar_runs(records, rec["item_id"])
     if not ar:
       continue
     ar_median = statistics.median(ar)

@@ -41,6 +41,14 @@ def record_windows(record):
         yield f"{prefix}{i}", w
 
 
+def ar_runs(records, item_id) -> list[float]:
+  """The prompt's AR tokens/s over its `ar` and `ar-rerun` records' warm-ups and timed runs
+  (records without `tokens_per_s_runs` give their `tokens_per_s`)."""
+  return [s for r in records if r["item_id"] == item_id and r["method"] in ("ar", "ar-rerun")
+          for s in r.get("warmup_tokens_per_s", [])
+          + (r["tokens_per_s_runs"] if "tokens_per_s_runs" in r else [r["tokens_per_s"]])]
+
+
 def full_drafting_windows(runs, min_rounds: int):
   """The drafting windows of a record's window logs (`warmup_windows`, `timed_windows`; a run
   may be None) that a judgement or a prediction check reads: a draft ran, not in a trial (its

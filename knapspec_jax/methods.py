@@ -339,8 +339,8 @@ class KnapSpecConfig:
     specbench-161's runs at 1085-1090 against AR's 1127 (0.937x paired) while the bucket's
     windows together stayed at 1158. A shorter window pays the window's fixed host cost
     (about 2 ms on the H200, 10.35) over too few rounds to be judged alone. Over every committed
-    H100 record no Qwen document's window to a bucket's end lost alone
-    (experiments/bucket_end_windows.py).
+    record (65 files) no long document's window to a bucket's end lost alone (0 of 328,
+    experiments/bucket_end_windows.py).
   search_round_len: how the search (and a borrowed draft's scoring on its tokens) runs a draft
     over its n_ref reference tokens. 0: as one block, each token's draft seeing the draft's own
     keys and values at every earlier reference token, as if it had drafted all n_ref in one
@@ -388,6 +388,11 @@ class KnapSpecConfig:
   stand_in_above: bool = True
   bucket_end_alone: bool = True
   search_round_len: int = 0
+
+  @property
+  def bucket_end_rounds(self) -> int:
+    """bucket_end_alone: the fewest rounds a window to its bucket's end is judged alone on."""
+    return self.interval // 2
 
   def __post_init__(self):
     _check_common(self.gamma_max, self.threshold, self.interval, "gamma_max")
@@ -696,7 +701,7 @@ class KnapSpecPolicy:
       ar_speed = self.ar_speed(decision.context, capacity, decision.ar_tpt)
       bar = (1 + self.config.keep_margin) * ar_speed
       alone = (self.config.bucket_end_alone and decision.to_bucket_end
-               and window["rounds"] >= self.interval // 2 and measured < bar)
+               and window["rounds"] >= self.config.bucket_end_rounds and measured < bar)
       slower = unconfirmed or alone or (windows >= self.config.judge_windows
                                         and tokens / seconds < bar)
     if slower:
